@@ -1,0 +1,211 @@
+#include "crdt/dot_kernel.h"
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "crdt/status_macros.h"
+
+namespace mergedb::crdt {
+
+FieldKind PayloadKind(const Payload& payload) {
+  struct Visitor {
+    FieldKind operator()(const ElementPayload&) const { return FieldKind::kSet; }
+    FieldKind operator()(const CounterPayload&) const { return FieldKind::kCounter; }
+    FieldKind operator()(const RegisterPayload&) const { return FieldKind::kRegister; }
+    FieldKind operator()(const FlagPayload&) const { return FieldKind::kFlag; }
+  };
+  return std::visit(Visitor{}, payload);
+}
+
+const DotStore* DotKernel::FindLeaf(absl::string_view key) const {
+  auto it = leaves_.find(key);
+  return it == leaves_.end() ? nullptr : &it->second;
+}
+
+std::pair<LeafMap::const_iterator, LeafMap::const_iterator> DotKernel::LeavesWithPrefix(
+    absl::string_view prefix) const {
+  auto begin = leaves_.lower_bound(prefix);
+  std::string successor = PrefixSuccessor(prefix);
+  auto end = successor.empty() ? leaves_.end() : leaves_.lower_bound(successor);
+  return {begin, end};
+}
+
+void DotKernel::Join(const DotKernel& other, std::set<std::string>* changed) {
+  if (&other == this) return;  // x ⊔ x = x
+  // (s \ c'): drop our live dots that `other` has seen but no longer holds. Only dots inside
+  // other's context can go, so walk the index over its ranges instead of over all our leaves.
+  other.context_.ForEachRange([&](ReplicaId replica, uint64_t first, uint64_t last) {
+    auto it = index_.lower_bound(Dot{replica, first});
+    while (it != index_.end() && it->first.replica == replica && it->first.counter <= last) {
+      if (other.IsLive(it->first)) {
+        ++it;
+        continue;
+      }
+      auto leaf = leaves_.find(it->second);
+      leaf->second.erase(it->first);
+      if (changed != nullptr) changed->insert(leaf->first);
+      if (leaf->second.empty()) leaves_.erase(leaf);
+      it = index_.erase(it);
+    }
+  });
+  // (s' \ c): adopt other's live dots that we have never seen. A dot we have seen is either live
+  // here already (payloads are immutable, so ours is the same) or was removed here.
+  for (const auto& [key, store] : other.leaves_) {
+    DotStore* mine = nullptr;
+    for (const auto& [dot, payload] : store) {
+      if (context_.Contains(dot)) continue;
+      if (mine == nullptr) {
+        mine = &leaves_.try_emplace(key).first->second;
+        if (changed != nullptr) changed->insert(key);
+      }
+      mine->emplace(dot, payload);
+      index_.emplace(dot, key);
+    }
+  }
+  context_.Join(other.context_);
+}
+
+void DotKernel::AddEntry(absl::string_view key, const Dot& dot, Payload payload) {
+  auto leaf = leaves_.try_emplace(std::string(key)).first;
+  leaf->second.insert_or_assign(dot, std::move(payload));
+  index_.insert_or_assign(dot, leaf->first);
+  context_.Add(dot);
+}
+
+void DotKernel::AddSeenLeaf(const DotStore& leaf) {
+  for (const auto& entry : leaf) context_.Add(entry.first);
+}
+
+void DotKernel::EncodeLeaf(absl::string_view key, const DotStore& leaf, mergedb::v1::Leaf* out) {
+  out->set_key(std::string(key));
+  for (const auto& [dot, payload] : leaf) {
+    auto* entry = out->add_entries();
+    entry->mutable_dot()->set_replica(dot.replica);
+    entry->mutable_dot()->set_counter(dot.counter);
+    struct Visitor {
+      mergedb::v1::DotEntry* entry;
+      void operator()(const ElementPayload&) const {}
+      void operator()(const CounterPayload& p) const {
+        auto* c = entry->mutable_counter();
+        c->set_increments(p.increments);
+        c->set_decrements(p.decrements);
+      }
+      void operator()(const RegisterPayload& p) const {
+        auto* r = entry->mutable_register_();
+        p.value.EncodeTo(r->mutable_value());
+        r->set_hlc(p.hlc.packed());
+      }
+      void operator()(const FlagPayload& p) const { entry->set_flag(p.enabled); }
+    };
+    std::visit(Visitor{entry}, payload);
+  }
+}
+
+absl::StatusOr<DotStore> DotKernel::DecodeLeafEntries(const mergedb::v1::Leaf& in) {
+  DotStore store;
+  for (const auto& entry : in.entries()) {
+    const Dot dot{entry.dot().replica(), entry.dot().counter()};
+    if (dot.replica == 0 || dot.counter == 0) {
+      return absl::InvalidArgumentError("leaf entry: zero replica id or counter");
+    }
+    Payload payload;
+    switch (entry.payload_case()) {
+      case mergedb::v1::DotEntry::PAYLOAD_NOT_SET:
+        payload = ElementPayload{};
+        break;
+      case mergedb::v1::DotEntry::kCounter:
+        payload = CounterPayload{entry.counter().increments(), entry.counter().decrements()};
+        break;
+      case mergedb::v1::DotEntry::kRegister: {
+        MERGEDB_ASSIGN_OR_RETURN(RegisterValue value,
+                                 RegisterValue::Decode(entry.register_().value()));
+        payload = RegisterPayload{std::move(value), Hlc::FromPacked(entry.register_().hlc())};
+        break;
+      }
+      case mergedb::v1::DotEntry::kFlag:
+        payload = FlagPayload{entry.flag()};
+        break;
+    }
+    if (!store.empty() && PayloadKind(store.begin()->second) != PayloadKind(payload)) {
+      return absl::InvalidArgumentError("leaf: entries of different kinds");
+    }
+    if (!store.emplace(dot, std::move(payload)).second) {
+      return absl::InvalidArgumentError(absl::StrCat("leaf: dot ", DotToString(dot), " twice"));
+    }
+  }
+  if (store.empty()) return absl::InvalidArgumentError("leaf: no entries");
+  return store;
+}
+
+void DotKernel::EncodeTo(mergedb::v1::CausalState* out) const {
+  out->Clear();
+  context_.EncodeTo(out->mutable_context());
+  for (const auto& [key, store] : leaves_) EncodeLeaf(key, store, out->add_leaves());
+}
+
+std::string DotKernel::Encode() const {
+  mergedb::v1::CausalState state;
+  EncodeTo(&state);
+  return state.SerializeAsString();
+}
+
+absl::StatusOr<DotKernel> DotKernel::FromParts(CausalContext context, LeafMap leaves) {
+  DotKernel kernel;
+  kernel.context_ = std::move(context);
+  kernel.leaves_ = std::move(leaves);
+  for (const auto& [key, store] : kernel.leaves_) {
+    if (store.empty()) return absl::InvalidArgumentError("state: empty leaf");
+    for (const auto& entry : store) {
+      if (!kernel.context_.Contains(entry.first)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("state: live dot ", DotToString(entry.first), " outside the context"));
+      }
+      if (!kernel.index_.emplace(entry.first, key).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("state: dot ", DotToString(entry.first), " live in two leaves"));
+      }
+    }
+  }
+  return kernel;
+}
+
+absl::StatusOr<DotKernel> DotKernel::Decode(const mergedb::v1::CausalState& in) {
+  MERGEDB_ASSIGN_OR_RETURN(CausalContext context, CausalContext::Decode(in.context()));
+  LeafMap leaves;
+  for (const auto& leaf : in.leaves()) {
+    MERGEDB_ASSIGN_OR_RETURN(DotStore store, DecodeLeafEntries(leaf));
+    if (!leaves.emplace(leaf.key(), std::move(store)).second) {
+      return absl::InvalidArgumentError("state: the same leaf key twice");
+    }
+  }
+  return FromParts(std::move(context), std::move(leaves));
+}
+
+absl::StatusOr<DotKernel> DotKernel::Decode(absl::string_view bytes) {
+  mergedb::v1::CausalState state;
+  if (!state.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::InvalidArgumentError("state: not a mergedb.v1.CausalState message");
+  }
+  return Decode(state);
+}
+
+std::string DotKernel::DebugString() const {
+  std::string out = absl::StrCat("context=", context_.DebugString(), " leaves={");
+  for (const auto& [key, store] : leaves_) {
+    absl::StrAppend(&out, absl::CHexEscape(key), ":[");
+    for (const auto& [dot, payload] : store) {
+      absl::StrAppend(&out, DotToString(dot), " ");
+      if (const auto* r = std::get_if<RegisterPayload>(&payload)) {
+        absl::StrAppend(&out, "=", r->value.DebugString(), "@", r->hlc.DebugString(), " ");
+      } else if (const auto* c = std::get_if<CounterPayload>(&payload)) {
+        absl::StrAppend(&out, "+", c->increments, "-", c->decrements, " ");
+      } else if (const auto* f = std::get_if<FlagPayload>(&payload)) {
+        absl::StrAppend(&out, f->enabled ? "on " : "off ");
+      }
+    }
+    out += "] ";
+  }
+  out += "}";
+  return out;
+}
+
+}  // namespace mergedb::crdt

@@ -1,0 +1,143 @@
+#include "crdt/leaf_ops.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace mergedb::crdt {
+
+namespace {
+
+Dot NextDot(const DotKernel& state, ReplicaId replica) {
+  return Dot{replica, state.context().Max(replica) + 1};
+}
+
+// A delta holding one new entry at `key` that supersedes the entries of `key` selected by `keep`
+// returning false.
+template <typename Supersedes>
+DotKernel ReplaceDelta(const DotKernel& state, absl::string_view key, ReplicaId replica,
+                       Payload payload, Supersedes supersedes) {
+  DotKernel delta;
+  if (const DotStore* leaf = state.FindLeaf(key)) {
+    for (const auto& entry : *leaf) {
+      if (supersedes(entry.first)) delta.AddSeen(entry.first);
+    }
+  }
+  delta.AddEntry(key, NextDot(state, replica), std::move(payload));
+  return delta;
+}
+
+bool SupersedesAll(const Dot&) { return true; }
+
+__int128 CounterTotal(const DotStore& leaf) {
+  __int128 total = 0;
+  for (const auto& entry : leaf) {
+    const auto& p = std::get<CounterPayload>(entry.second);
+    total += static_cast<__int128>(p.increments) - static_cast<__int128>(p.decrements);
+  }
+  return total;
+}
+
+}  // namespace
+
+DotKernel RegisterWriteDelta(const DotKernel& state, absl::string_view key, ReplicaId replica,
+                             RegisterValue value, Hlc hlc) {
+  return ReplaceDelta(state, key, replica, RegisterPayload{std::move(value), hlc}, SupersedesAll);
+}
+
+absl::StatusOr<DotKernel> CounterAddDelta(const DotKernel& state, absl::string_view key,
+                                          ReplicaId replica, int64_t by) {
+  CounterPayload totals;
+  __int128 value = 0;
+  if (const DotStore* leaf = state.FindLeaf(key)) {
+    value = CounterTotal(*leaf);
+    // A replica has at most one live entry per counter; take the newest defensively.
+    for (auto it = leaf->rbegin(); it != leaf->rend(); ++it) {
+      if (it->first.replica == replica) {
+        totals = std::get<CounterPayload>(it->second);
+        break;
+      }
+    }
+  }
+  const __int128 next = value + by;
+  if (next > std::numeric_limits<int64_t>::max() || next < std::numeric_limits<int64_t>::min()) {
+    return absl::OutOfRangeError(absl::StrCat("counter would overflow int64 (adding ", by, ")"));
+  }
+  if (by >= 0) {
+    totals.increments += static_cast<uint64_t>(by);
+  } else {
+    totals.decrements += static_cast<uint64_t>(-(static_cast<__int128>(by)));
+  }
+  return ReplaceDelta(state, key, replica, totals,
+                      [replica](const Dot& dot) { return dot.replica == replica; });
+}
+
+DotKernel FlagWriteDelta(const DotKernel& state, absl::string_view key, ReplicaId replica,
+                         bool enabled) {
+  return ReplaceDelta(state, key, replica, FlagPayload{enabled}, SupersedesAll);
+}
+
+DotKernel ElementAddDelta(const DotKernel& state, absl::string_view key, ReplicaId replica) {
+  return ReplaceDelta(state, key, replica, ElementPayload{}, SupersedesAll);
+}
+
+DotKernel RemovePrefixDelta(const DotKernel& state, absl::string_view prefix) {
+  DotKernel delta;
+  auto [begin, end] = state.LeavesWithPrefix(prefix);
+  for (auto it = begin; it != end; ++it) delta.AddSeenLeaf(it->second);
+  return delta;
+}
+
+int64_t CounterValue(const DotStore& leaf) {
+  const __int128 total = CounterTotal(leaf);
+  if (total > std::numeric_limits<int64_t>::max()) return std::numeric_limits<int64_t>::max();
+  if (total < std::numeric_limits<int64_t>::min()) return std::numeric_limits<int64_t>::min();
+  return static_cast<int64_t>(total);
+}
+
+bool FlagValue(const DotStore& leaf) {
+  return std::any_of(leaf.begin(), leaf.end(), [](const auto& entry) {
+    return std::get<FlagPayload>(entry.second).enabled;
+  });
+}
+
+const RegisterPayload& RegisterWinner(const DotStore& leaf, Dot* winner_dot) {
+  auto best = leaf.begin();
+  for (auto it = std::next(leaf.begin()); it != leaf.end(); ++it) {
+    const auto& a = std::get<RegisterPayload>(it->second);
+    const auto& b = std::get<RegisterPayload>(best->second);
+    // Highest hybrid timestamp wins; ties go to the higher replica id, then the higher dot, so
+    // every replica picks the same entry whatever order it learned them in.
+    if (std::tie(a.hlc, it->first.replica, it->first.counter) >
+        std::tie(b.hlc, best->first.replica, best->first.counter)) {
+      best = it;
+    }
+  }
+  if (winner_dot != nullptr) *winner_dot = best->first;
+  return std::get<RegisterPayload>(best->second);
+}
+
+mergedb::v1::RegisterView RegisterViewOf(const DotStore& leaf) {
+  mergedb::v1::RegisterView view;
+  RegisterWinner(leaf).value.EncodeTo(view.mutable_winner());
+  if (leaf.size() > 1) {
+    std::vector<std::pair<Dot, const RegisterPayload*>> entries;
+    for (const auto& [dot, payload] : leaf) {
+      entries.emplace_back(dot, &std::get<RegisterPayload>(payload));
+    }
+    std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+      return std::tie(a.second->hlc, a.first.replica, a.first.counter) >
+             std::tie(b.second->hlc, b.first.replica, b.first.counter);
+    });
+    for (const auto& [dot, payload] : entries) {
+      auto* sibling = view.add_siblings();
+      payload->value.EncodeTo(sibling->mutable_value());
+      sibling->set_hlc(payload->hlc.packed());
+      sibling->set_replica(dot.replica);
+    }
+  }
+  return view;
+}
+
+}  // namespace mergedb::crdt
