@@ -59,26 +59,33 @@ void CausalContext::CompactReplica(ReplicaId replica) {
 }
 
 void CausalContext::Join(const CausalContext& other) {
+  // Touch only the replicas `other` mentions, so joining a small delta into a large context
+  // costs O(size of the delta · log n).
+  std::set<ReplicaId> touched;
   for (const auto& [replica, counter] : other.vector_) {
     uint64_t& mine = vector_[replica];
-    if (counter > mine) mine = counter;
+    if (counter > mine) {
+      mine = counter;
+      touched.insert(replica);
+    }
   }
   for (const Dot& dot : other.cloud_) {
     auto it = vector_.find(dot.replica);
-    if (it == vector_.end() || dot.counter > it->second) cloud_.insert(dot);
-  }
-  // Drop cloud dots now covered by the vector and fold the contiguous ones.
-  for (auto it = cloud_.begin(); it != cloud_.end();) {
-    auto vit = vector_.find(it->replica);
-    if (vit != vector_.end() && it->counter <= vit->second) {
-      it = cloud_.erase(it);
-    } else {
-      ++it;
+    if (it == vector_.end() || dot.counter > it->second) {
+      cloud_.insert(dot);
+      touched.insert(dot.replica);
     }
   }
-  std::set<ReplicaId> replicas;
-  for (const Dot& dot : cloud_) replicas.insert(dot.replica);
-  for (ReplicaId replica : replicas) CompactReplica(replica);
+  for (ReplicaId replica : touched) {
+    // Drop this replica's cloud dots now covered by the vector, then fold the contiguous ones.
+    auto vit = vector_.find(replica);
+    const uint64_t base = vit == vector_.end() ? 0 : vit->second;
+    auto it = cloud_.lower_bound(Dot{replica, 0});
+    while (it != cloud_.end() && it->replica == replica && it->counter <= base) {
+      it = cloud_.erase(it);
+    }
+    CompactReplica(replica);
+  }
 }
 
 void CausalContext::EncodeTo(mergedb::v1::CausalContext* out) const {

@@ -1,0 +1,106 @@
+#include "crdt/document.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace mergedb::crdt {
+namespace {
+
+constexpr ReplicaId kA = 0xaaaa000000000001ULL;
+constexpr ReplicaId kB = 0xbbbb000000000002ULL;
+
+RegisterValue Str(std::string s) { return RegisterValue::OfScalar(Scalar::OfString(std::move(s))); }
+
+TEST(Document, EveryOperationShowsInTheJsonView) {
+  Document doc;
+  ASSERT_TRUE(doc.SetRegister({"name"}, Str("ada"), kA, Hlc::FromParts(1, 0)).ok());
+  ASSERT_TRUE(doc.Increment({"stats", "visits"}, 41, kA).ok());
+  ASSERT_TRUE(doc.Increment({"stats", "visits"}, 1, kA).ok());
+  ASSERT_TRUE(doc.SetFlag({"active"}, true, kA).ok());
+  ASSERT_TRUE(doc.AddElements({"tags"}, {Scalar::OfString("x"), Scalar::OfInt(2)}, kA).ok());
+  ASSERT_TRUE(doc.RemoveElements({"tags"}, {Scalar::OfString("x")}).ok());
+  EXPECT_EQ(doc.ToJson().ShortDebugString(),
+            R"pb(struct_value { fields { key: "active" value { bool_value: true } } fields { key: "name" value { string_value: "ada" } } fields { key: "stats" value { struct_value { fields { key: "visits" value { number_value: 42 } } } } } fields { key: "tags" value { list_value { values { number_value: 2 } } } } })pb");
+  EXPECT_TRUE(doc.Conflicts().empty());
+}
+
+TEST(Document, RegistersHoldOpaqueJson) {
+  Document doc;
+  google::protobuf::Value json;
+  json.mutable_list_value()->add_values()->set_string_value("deep");
+  ASSERT_TRUE(doc.SetRegister({"blob"}, RegisterValue::OfJson(json), kA, Hlc::FromParts(1, 0)).ok());
+  EXPECT_EQ(doc.ToJson().struct_value().fields().at("blob").list_value().values(0).string_value(),
+            "deep");
+}
+
+TEST(Document, CountersAreExactInt64) {
+  Document doc;
+  const int64_t big = (int64_t{1} << 60) + 1;
+  ASSERT_TRUE(doc.Increment({"c"}, big, kA).ok());
+  EXPECT_EQ(doc.ReadField({"c"})[0].value().counter(), big);
+  EXPECT_EQ(doc.Increment({"c"}, std::numeric_limits<int64_t>::max(), kA).status().code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(doc.ReadField({"c"})[0].value().counter(), big);
+}
+
+TEST(Document, RemoveFieldOfAnAbsentFieldIsANoOp) {
+  Document doc;
+  ASSERT_TRUE(doc.SetFlag({"f"}, true, kA).ok());
+  const std::string before = doc.Encode();
+  Document delta = doc.RemoveField({"nope"});
+  EXPECT_TRUE(delta.context().empty());
+  EXPECT_EQ(doc.Encode(), before);
+}
+
+TEST(Document, DeleteLeavesATombstoneThatAbsorbsOldDeltas) {
+  Document doc;
+  Document write = *doc.SetRegister({"a"}, Str("1"), kA, Hlc::FromParts(1, 0));
+  doc.Delete();
+  EXPECT_FALSE(doc.exists());
+  doc.Join(write);
+  EXPECT_FALSE(doc.exists());
+  // A new write after the delete is a new dot, and is visible.
+  ASSERT_TRUE(doc.SetRegister({"a"}, Str("2"), kA, Hlc::FromParts(2, 0)).ok());
+  EXPECT_TRUE(doc.exists());
+}
+
+TEST(Document, EmptyPathIsInvalid) {
+  Document doc;
+  EXPECT_EQ(doc.Increment({}, 1, kA).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Delta size must follow the change, not the document.
+TEST(DocumentDeltaSize, AddingOneElementToAHundredThousandElementSetIsSmall) {
+  Document doc;
+  std::vector<Scalar> elements;
+  for (int64_t i = 0; i < 100000; ++i) elements.push_back(Scalar::OfInt(i));
+  ASSERT_TRUE(doc.AddElements({"big"}, elements, kA).ok());
+  Document other_replica = doc;
+  auto delta = other_replica.AddElements({"big"}, {Scalar::OfString("one more")}, kB);
+  ASSERT_TRUE(delta.ok());
+  EXPECT_LT(delta->Encode().size(), 64u) << delta->DebugString();
+  doc.Join(*delta);
+  EXPECT_EQ(doc.ReadField({"big"})[0].value().set().elements_size(), 100001);
+  // Removing one element ships the removed dot only.
+  auto remove = doc.RemoveElements({"big"}, {Scalar::OfInt(5000)});
+  ASSERT_TRUE(remove.ok());
+  EXPECT_LT(remove->Encode().size(), 32u);
+}
+
+TEST(DocumentDeltaSize, IncrementingACounterInATenThousandFieldDocumentIsSmall) {
+  Document doc;
+  for (int i = 0; i < 10000; ++i) {
+    ASSERT_TRUE(doc.Increment({"f" + std::to_string(i)}, 1, kA).ok());
+  }
+  auto delta = doc.Increment({"f5000"}, 1, kA);
+  ASSERT_TRUE(delta.ok());
+  EXPECT_LT(delta->Encode().size(), 64u) << delta->DebugString();
+  auto from_b = doc.Increment({"f5000"}, 1, kB);
+  ASSERT_TRUE(from_b.ok());
+  EXPECT_LT(from_b->Encode().size(), 64u);
+  EXPECT_EQ(doc.ReadField({"f5000"})[0].value().counter(), 3);
+}
+
+}  // namespace
+}  // namespace mergedb::crdt

@@ -1,0 +1,48 @@
+#include "crdt/hlc.h"
+
+#include "gtest/gtest.h"
+
+namespace mergedb::crdt {
+namespace {
+
+TEST(Hlc, TickFollowsThePhysicalClockWhenItIsAhead) {
+  Hlc t = HlcTick(Hlc(), 1000);
+  EXPECT_EQ(t.wall_millis(), 1000u);
+  EXPECT_EQ(t.logical(), 0u);
+}
+
+TEST(Hlc, TickIsStrictlyMonotonicWhenThePhysicalClockStallsOrGoesBack) {
+  Hlc t = HlcTick(Hlc(), 1000);
+  Hlc u = HlcTick(t, 1000);
+  Hlc v = HlcTick(u, 900);  // the wall clock stepped back
+  EXPECT_LT(t, u);
+  EXPECT_LT(u, v);
+  EXPECT_EQ(v.wall_millis(), 1000u);
+  EXPECT_EQ(v.logical(), 2u);
+}
+
+TEST(Hlc, ObserveMovesPastARemoteTimestampFromTheFuture) {
+  Hlc local = HlcTick(Hlc(), 1000);
+  Hlc remote = Hlc::FromParts(5000, 3);
+  Hlc after = HlcObserve(local, remote, 1001);
+  EXPECT_GT(after, remote);
+  EXPECT_GT(after, local);
+  EXPECT_EQ(after.wall_millis(), 5000u);
+  EXPECT_GT(HlcTick(after, 1002), after);
+}
+
+TEST(Hlc, LogicalOverflowBorrowsTheNextMillisecond) {
+  Hlc t = Hlc::FromParts(10, Hlc::kMaxLogical);
+  Hlc u = HlcTick(t, 10);
+  EXPECT_GT(u, t);
+  EXPECT_EQ(u.wall_millis(), 11u);
+  EXPECT_EQ(u.logical(), 0u);
+}
+
+TEST(Hlc, PackedFormComparesLikeTheParts) {
+  EXPECT_LT(Hlc::FromParts(1, 500), Hlc::FromParts(2, 0));
+  EXPECT_EQ(Hlc::FromPacked(Hlc::FromParts(77, 5).packed()), Hlc::FromParts(77, 5));
+}
+
+}  // namespace
+}  // namespace mergedb::crdt
