@@ -31,6 +31,9 @@ class CausalCrdt {
     kernel_.Join(other.kernel_, changed);
   }
 
+  // See DotKernel::set_change_journal.
+  void set_change_journal(std::set<std::string>* journal) { kernel_.set_change_journal(journal); }
+
   void EncodeTo(mergedb::v1::CausalState* out) const { kernel_.EncodeTo(out); }
   std::string Encode() const { return kernel_.Encode(); }
 

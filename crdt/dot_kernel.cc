@@ -31,6 +31,7 @@ std::pair<LeafMap::const_iterator, LeafMap::const_iterator> DotKernel::LeavesWit
 
 void DotKernel::Join(const DotKernel& other, std::set<std::string>* changed) {
   if (&other == this) return;  // x ⊔ x = x
+  if (changed == nullptr) changed = journal_;
   // (s \ c'): drop our live dots that `other` has seen but no longer holds. Only dots inside
   // other's context can go, so walk the index over its ranges instead of over all our leaves.
   other.context_.ForEachRange([&](ReplicaId replica, uint64_t first, uint64_t last) {

@@ -70,6 +70,30 @@ FieldKind PayloadKind(const Payload& payload);
 class DotKernel {
  public:
   DotKernel() = default;
+  // Copies never carry the change journal: it belongs to one object and one scope.
+  DotKernel(const DotKernel& other)
+      : context_(other.context_), leaves_(other.leaves_), index_(other.index_) {}
+  DotKernel& operator=(const DotKernel& other) {
+    context_ = other.context_;
+    leaves_ = other.leaves_;
+    index_ = other.index_;
+    return *this;
+  }
+  DotKernel(DotKernel&& other) noexcept
+      : context_(std::move(other.context_)),
+        leaves_(std::move(other.leaves_)),
+        index_(std::move(other.index_)) {}
+  DotKernel& operator=(DotKernel&& other) noexcept {
+    context_ = std::move(other.context_);
+    leaves_ = std::move(other.leaves_);
+    index_ = std::move(other.index_);
+    return *this;
+  }
+
+  // While `journal` is set, every Join into this state (including those a mutator performs)
+  // also inserts the keys of the leaves it changed into `*journal`. Storage uses it to rewrite
+  // only those leaves. Pass nullptr to stop. `*journal` must outlive the recording.
+  void set_change_journal(std::set<std::string>* journal) { journal_ = journal; }
 
   const CausalContext& context() const { return context_; }
   const LeafMap& leaves() const { return leaves_; }
@@ -118,6 +142,7 @@ class DotKernel {
   LeafMap leaves_;
   // Derived from leaves_: where each live dot lives.
   std::map<Dot, std::string> index_;
+  std::set<std::string>* journal_ = nullptr;
 };
 
 }  // namespace mergedb::crdt

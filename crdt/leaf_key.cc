@@ -49,48 +49,53 @@ std::string FieldKey(absl::Span<const std::string> path, FieldKind kind) {
   return key;
 }
 
+bool ConsumeName(absl::string_view* in, std::string* name) {
+  name->clear();
+  size_t i = 0;
+  while (i < in->size()) {
+    const char c = (*in)[i++];
+    if (c != '\0') {
+      name->push_back(c);
+      continue;
+    }
+    if (i >= in->size()) return false;
+    const char next = (*in)[i++];
+    if (next == '\xff') {
+      name->push_back('\0');
+    } else if (next == '\x01') {
+      in->remove_prefix(i);
+      return true;
+    } else {
+      return false;
+    }
+  }
+  return false;
+}
+
 absl::StatusOr<DecodedLeafKey> DecodeLeafKey(absl::string_view key) {
   DecodedLeafKey out;
-  size_t i = 0;
   while (true) {
     std::string name;
-    bool terminated = false;
-    while (i < key.size()) {
-      char c = key[i++];
-      if (c != '\0') {
-        name.push_back(c);
-        continue;
-      }
-      if (i >= key.size()) break;
-      char next = key[i++];
-      if (next == '\xff') {
-        name.push_back('\0');
-      } else if (next == '\x01') {
-        terminated = true;
-        break;
-      } else {
-        return absl::InvalidArgumentError("leaf key: bad escape in field name");
-      }
+    if (!ConsumeName(&key, &name) || key.empty()) {
+      return absl::InvalidArgumentError("leaf key: malformed or truncated field name or kind");
     }
-    if (!terminated || i >= key.size()) {
-      return absl::InvalidArgumentError("leaf key: truncated field name or kind");
-    }
-    const uint8_t kind_byte = static_cast<uint8_t>(key[i++]);
+    const uint8_t kind_byte = static_cast<uint8_t>(key[0]);
+    key.remove_prefix(1);
     if (!IsValidFieldKind(kind_byte)) {
       return absl::InvalidArgumentError(absl::StrCat("leaf key: unknown field kind ", kind_byte));
     }
     out.names.push_back(std::move(name));
     const FieldKind kind = static_cast<FieldKind>(kind_byte);
     if (kind == FieldKind::kMap) {
-      if (i == key.size()) return absl::InvalidArgumentError("leaf key: ends in a map segment");
+      if (key.empty()) return absl::InvalidArgumentError("leaf key: ends in a map segment");
       continue;
     }
     out.kind = kind;
     if (kind == FieldKind::kSet) {
-      out.element_key = std::string(key.substr(i));
+      out.element_key = std::string(key);
       auto element = Scalar::DecodeKey(out.element_key);
       if (!element.ok()) return element.status();
-    } else if (i != key.size()) {
+    } else if (!key.empty()) {
       return absl::InvalidArgumentError("leaf key: bytes after a non-set field");
     }
     return out;

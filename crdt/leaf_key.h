@@ -40,6 +40,9 @@ enum class FieldKind : uint8_t {
 absl::string_view FieldKindName(FieldKind kind);
 bool IsValidFieldKind(uint8_t byte);
 
+// Reads one escaped, terminated name from the front of `*in` into `*name` and advances `*in`.
+// False (and `*in` unspecified) when the input is malformed or truncated.
+bool ConsumeName(absl::string_view* in, std::string* name);
 // Appends `name` escaped and terminated.
 void AppendName(std::string* key, absl::string_view name);
 // Appends `name` and its kind byte.

@@ -1,0 +1,60 @@
+// FaultInjectionEnv: a leveldb::Env wrapper for durability tests and the simulator.
+//
+// It can fail file writes or syncs on demand, and it models a power loss: DropUnsyncedData()
+// truncates every file written through it back to its last synced length (files never synced
+// become empty), as a machine that crashed before its page cache reached the disk would leave
+// them. Modeled on LevelDB's own db/fault_injection_test.cc. Directory entries are not modeled:
+// a created file survives a crash (empty if it was never synced).
+//
+// Thread safety: thread-safe.
+#ifndef MERGEDB_STORAGE_FAULT_ENV_H_
+#define MERGEDB_STORAGE_FAULT_ENV_H_
+
+#include <atomic>
+#include <map>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "leveldb/env.h"
+
+namespace mergedb::storage {
+
+class FaultInjectionEnv : public leveldb::EnvWrapper {
+ public:
+  // `base` is borrowed and must outlive this Env (typically leveldb::NewMemEnv(...)).
+  explicit FaultInjectionEnv(leveldb::Env* base) : EnvWrapper(base) {}
+
+  // While set, Append (respectively Sync) of any file fails with an I/O error.
+  void set_fail_writes(bool fail) { fail_writes_ = fail; }
+  void set_fail_syncs(bool fail) { fail_syncs_ = fail; }
+  bool fail_writes() const { return fail_writes_; }
+  bool fail_syncs() const { return fail_syncs_; }
+
+  // Simulated crash. REQUIRES: no DB is open on this Env.
+  leveldb::Status DropUnsyncedData();
+
+  leveldb::Status NewWritableFile(const std::string& fname, leveldb::WritableFile** result) override;
+  leveldb::Status NewAppendableFile(const std::string& fname,
+                                    leveldb::WritableFile** result) override;
+  leveldb::Status RemoveFile(const std::string& fname) override;
+  leveldb::Status RenameFile(const std::string& src, const std::string& target) override;
+
+  // Called by the files it hands out.
+  void RecordWrite(const std::string& fname, size_t bytes);
+  void RecordSync(const std::string& fname);
+
+ private:
+  struct FileState {
+    size_t size = 0;
+    size_t synced = 0;
+  };
+  std::atomic<bool> fail_writes_{false};
+  std::atomic<bool> fail_syncs_{false};
+  absl::Mutex mu_;
+  std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace mergedb::storage
+
+#endif  // MERGEDB_STORAGE_FAULT_ENV_H_

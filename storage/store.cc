@@ -1,0 +1,897 @@
+#include "storage/store.h"
+
+#include <algorithm>
+#include <list>
+#include <unordered_map>
+
+#include "absl/hash/hash.h"
+#include "absl/random/random.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "crdt/status_macros.h"
+#include "leveldb/db.h"
+#include "leveldb/env.h"
+#include "leveldb/filter_policy.h"
+#include "leveldb/write_batch.h"
+#include "storage/keys.h"
+
+namespace mergedb::storage {
+
+namespace {
+
+using crdt::Document;
+using crdt::ReplicaId;
+
+// The one place LevelDB statuses become absl statuses.
+absl::Status FromLevelDb(const leveldb::Status& s, absl::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  const std::string message = absl::StrCat(what, ": ", s.ToString());
+  if (s.IsCorruption()) return absl::DataLossError(message);
+  if (s.IsNotFound()) return absl::NotFoundError(message);
+  if (s.IsInvalidArgument()) return absl::InvalidArgumentError(message);
+  if (s.IsNotSupportedError()) return absl::UnimplementedError(message);
+  return absl::UnavailableError(message);  // I/O errors
+}
+
+bool HasPrefix(const leveldb::Slice& key, absl::string_view prefix) {
+  return key.size() >= prefix.size() && memcmp(key.data(), prefix.data(), prefix.size()) == 0;
+}
+
+absl::string_view View(const leveldb::Slice& s) { return absl::string_view(s.data(), s.size()); }
+
+std::string DocName(absl::string_view collection, absl::string_view id) {
+  return absl::StrCat(collection, "/", id);
+}
+
+// Exclusive locks on a sorted set of stripes, released in reverse order.
+class StripeLocks {
+ public:
+  explicit StripeLocks(std::vector<absl::Mutex*> locks) : locks_(std::move(locks)) {
+    for (absl::Mutex* mu : locks_) mu->Lock();
+  }
+  ~StripeLocks() {
+    for (auto it = locks_.rbegin(); it != locks_.rend(); ++it) (*it)->Unlock();
+  }
+
+ private:
+  std::vector<absl::Mutex*> locks_;
+};
+
+}  // namespace
+
+// A bounded LRU of decoded documents keyed by document prefix. Entries are shared_ptrs, so an
+// evicted document stays valid for a writer that still holds it (under its document lock).
+// Thread-safe; its mutex is held only for map and list updates.
+class Store::DocCache {
+ public:
+  explicit DocCache(size_t capacity) : capacity_(capacity) {}
+
+  std::shared_ptr<Document> Lookup(const std::string& key) {
+    absl::MutexLock lock(&mu_);
+    auto it = map_.find(key);
+    if (it == map_.end()) return nullptr;
+    lru_.splice(lru_.begin(), lru_, it->second.position);
+    return it->second.doc;
+  }
+
+  // Inserts or refreshes `key` (re-estimating its cost), then evicts down to capacity.
+  void Insert(const std::string& key, std::shared_ptr<Document> doc) {
+    const size_t cost = 256 + 160 * doc->kernel().leaves().size();
+    absl::MutexLock lock(&mu_);
+    auto it = map_.find(key);
+    if (it != map_.end()) {
+      used_ -= it->second.cost;
+      lru_.splice(lru_.begin(), lru_, it->second.position);
+      it->second.doc = std::move(doc);
+      it->second.cost = cost;
+    } else {
+      lru_.push_front(key);
+      map_.emplace(key, Entry{std::move(doc), cost, lru_.begin()});
+    }
+    used_ += cost;
+    while (used_ > capacity_ && lru_.size() > 1) {
+      auto victim = map_.find(lru_.back());
+      used_ -= victim->second.cost;
+      map_.erase(victim);
+      lru_.pop_back();
+    }
+  }
+
+  void Erase(const std::string& key) {
+    absl::MutexLock lock(&mu_);
+    auto it = map_.find(key);
+    if (it == map_.end()) return;
+    used_ -= it->second.cost;
+    lru_.erase(it->second.position);
+    map_.erase(it);
+  }
+
+ private:
+  struct Entry {
+    std::shared_ptr<Document> doc;
+    size_t cost;
+    std::list<std::string>::iterator position;
+  };
+  const size_t capacity_;
+  absl::Mutex mu_;
+  std::list<std::string> lru_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<std::string, Entry> map_ ABSL_GUARDED_BY(mu_);
+  size_t used_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// One committer in the group-commit queue. `batch` holds everything that does not depend on
+// sequence numbers; the leader adds the rest (log and change keys) in commit order.
+struct Store::Writer {
+  leveldb::WriteBatch batch;
+
+  // A local write: the delta to log under (this replica, next sequence).
+  bool has_local_entry = false;
+  std::string local_entry;  // serialized LogEntry
+  std::string collection, id;
+  bool local_changed = false;  // a change-feed record is due
+  bool has_request = false;
+  std::string request_id;
+  mergedb::v1::RequestRecord request;
+
+  // A remote frame: change records to number, applied-vector advances.
+  std::vector<mergedb::v1::ChangeRecord> remote_changes;
+  VersionVector applied_updates;
+
+  int64_t doc_count_delta = 0;
+
+  // Outputs, set by the leader.
+  uint64_t log_seq = 0;
+  uint64_t change_seq = 0;
+  absl::Status status;
+  bool done = false;
+  absl::CondVar cv;
+};
+
+Store::Store(const StoreOptions& options)
+    : options_(options), cache_(std::make_unique<DocCache>(options.cache_bytes)) {}
+
+Store::~Store() {
+  delete db_;
+  delete filter_policy_;
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
+  if (options.path.empty()) return absl::InvalidArgumentError("store: empty data dir path");
+  if (options.cluster_id.empty() || options.node_name.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data dir ", options.path, ": cluster id and node name are required"));
+  }
+  std::unique_ptr<Store> store(new Store(options));
+  MERGEDB_RETURN_IF_ERROR(store->Initialize());
+  return store;
+}
+
+absl::Status Store::Repair(const std::string& path, leveldb::Env* env) {
+  leveldb::Options options;
+  options.paranoid_checks = true;
+  if (env != nullptr) options.env = env;
+  return FromLevelDb(leveldb::RepairDB(path, options), absl::StrCat("repair of data dir ", path));
+}
+
+absl::Status Store::Initialize() {
+  const std::string& path = options_.path;
+  leveldb::Options options;
+  options.create_if_missing = options_.create_mode == CreateMode::kCreateIfMissing;
+  // Without paranoid checks LevelDB can open a log with garbage in its middle, or recover
+  // after a full disk, and report OK with acknowledged records gone.
+  options.paranoid_checks = true;
+  options.write_buffer_size = size_t{16} << 20;
+  filter_policy_ = leveldb::NewBloomFilterPolicy(10);
+  options.filter_policy = filter_policy_;
+  if (options_.env != nullptr) options.env = options_.env;
+
+  leveldb::Status s = leveldb::DB::Open(options, path, &db_);
+  if (!s.ok()) {
+    db_ = nullptr;
+    const std::string detail = s.ToString();
+    if (s.IsIOError() && absl::StrContains(detail, "lock")) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data dir ", path, " is locked: another mergedb process is using it (", detail, ")"));
+    }
+    if (s.IsInvalidArgument() && absl::StrContains(detail, "does not exist")) {
+      return absl::NotFoundError(absl::StrCat("data dir ", path, " does not exist"));
+    }
+    if (s.IsCorruption()) {
+      return absl::DataLossError(absl::StrCat(
+          "data dir ", path, " is corrupted (", detail, "). Salvage it with `mergedb-repair ", path,
+          "` (drops damaged records; the node then catches up from its peers), or wipe it so the "
+          "node rebuilds from its peers"));
+    }
+    return FromLevelDb(s, absl::StrCat("opening data dir ", path));
+  }
+
+  std::string schema;
+  s = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSchema), &schema);
+  if (s.IsNotFound()) {
+    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
+    it->SeekToFirst();
+    if (it->Valid()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data dir ", path, " holds data but no mergedb schema record: not a mergedb data dir"));
+    }
+    MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading data dir ", path)));
+    // A new data directory: a fresh incarnation id, never derived from the name or config, so
+    // a node rebuilt after losing its data never reuses old dots.
+    absl::BitGen gen;
+    do {
+      replica_id_ = absl::Uniform<uint64_t>(gen);
+    } while (replica_id_ == 0);
+    leveldb::WriteBatch batch;
+    batch.Put(keys::Meta(keys::kMetaSchema), absl::StrCat(keys::kSchemaVersion));
+    batch.Put(keys::Meta(keys::kMetaCluster), options_.cluster_id);
+    batch.Put(keys::Meta(keys::kMetaNode), options_.node_name);
+    batch.Put(keys::Meta(keys::kMetaReplica), keys::EncodeBe64(replica_id_));
+    batch.Put(keys::Meta(keys::kMetaChangeSeq), keys::EncodeBe64(0));
+    batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(0));
+    leveldb::WriteOptions sync;
+    sync.sync = true;
+    return FromLevelDb(db_->Write(sync, &batch), absl::StrCat("initializing data dir ", path));
+  }
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(s, absl::StrCat("reading data dir ", path)));
+
+  int version = 0;
+  if (!absl::SimpleAtoi(schema, &version) || version < 1) {
+    return absl::DataLossError(
+        absl::StrCat("data dir ", path, ": unreadable schema version '", schema, "'"));
+  }
+  if (version > keys::kSchemaVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("data dir ", path, " has schema version ", version,
+                     "; this mergedb supports up to ", keys::kSchemaVersion, ": upgrade mergedb"));
+  }
+  auto read_meta = [&](absl::string_view name, std::string* value) -> absl::Status {
+    leveldb::Status ms = db_->Get(leveldb::ReadOptions(), keys::Meta(name), value);
+    if (ms.IsNotFound()) {
+      return absl::DataLossError(absl::StrCat("data dir ", path, ": meta record '", name,
+                                              "' is missing"));
+    }
+    return FromLevelDb(ms, absl::StrCat("reading data dir ", path));
+  };
+  std::string cluster, node, replica, change_seq, doc_count;
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaCluster, &cluster));
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaNode, &node));
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaReplica, &replica));
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaChangeSeq, &change_seq));
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaDocCount, &doc_count));
+  if (cluster != options_.cluster_id) {
+    return absl::FailedPreconditionError(absl::StrCat("data dir ", path, " belongs to cluster '",
+                                                      cluster, "', not '", options_.cluster_id,
+                                                      "'"));
+  }
+  if (node != options_.node_name) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "data dir ", path, " belongs to node '", node, "', not '", options_.node_name, "'"));
+  }
+  if (replica.size() != 8 || change_seq.size() != 8 || doc_count.size() != 8) {
+    return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed meta records"));
+  }
+  replica_id_ = keys::DecodeBe64(replica);
+  MERGEDB_ASSIGN_OR_RETURN(VersionVector applied,
+                           ReadVector(std::string(1, keys::kAppliedTag), nullptr));
+  MERGEDB_ASSIGN_OR_RETURN(VersionVector floors,
+                           ReadVector(std::string(1, keys::kLogFloorTag), nullptr));
+  absl::MutexLock lock(&commit_mu_);
+  applied_ = std::move(applied);
+  log_floor_ = std::move(floors);
+  last_change_seq_ = keys::DecodeBe64(change_seq);
+  doc_count_ = static_cast<int64_t>(keys::DecodeBe64(doc_count));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VersionVector> Store::ReadVector(absl::string_view prefix,
+                                                const leveldb::Snapshot* snapshot) {
+  VersionVector out;
+  leveldb::ReadOptions ro;
+  ro.snapshot = snapshot;
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
+  for (it->Seek(leveldb::Slice(prefix.data(), prefix.size()));
+       it->Valid() && HasPrefix(it->key(), prefix); it->Next()) {
+    if (it->key().size() != prefix.size() + 8 || it->value().size() != 8) {
+      return absl::DataLossError(
+          absl::StrCat("data dir ", options_.path, ": malformed version vector record"));
+    }
+    out[keys::DecodeBe64(View(it->key()).substr(prefix.size()))] =
+        keys::DecodeBe64(View(it->value()));
+  }
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading ", options_.path)));
+  return out;
+}
+
+absl::Mutex& Store::DocLock(absl::string_view doc_prefix) {
+  return doc_locks_[absl::Hash<absl::string_view>()(doc_prefix) % kDocLockStripes];
+}
+
+absl::StatusOr<Document> Store::LoadFromDb(const std::string& doc_prefix,
+                                           const leveldb::Snapshot* snapshot) {
+  leveldb::ReadOptions ro;
+  ro.verify_checksums = true;
+  ro.snapshot = snapshot;
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
+  crdt::CausalContext context;
+  crdt::LeafMap leaves;
+  auto corrupt = [&](absl::string_view why) {
+    return absl::DataLossError(absl::StrCat("data dir ", options_.path, ": document record ",
+                                            absl::CHexEscape(doc_prefix), " is corrupt: ", why));
+  };
+  for (it->Seek(doc_prefix); it->Valid() && HasPrefix(it->key(), doc_prefix); it->Next()) {
+    absl::string_view rest = View(it->key()).substr(doc_prefix.size());
+    if (rest.size() == 1 && rest[0] == '\0') {
+      mergedb::v1::CausalContext proto;
+      if (!proto.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return corrupt("unparseable context");
+      }
+      auto decoded = crdt::CausalContext::Decode(proto);
+      if (!decoded.ok()) return corrupt(decoded.status().message());
+      context = *std::move(decoded);
+    } else if (!rest.empty() && rest[0] == '\x01') {
+      mergedb::v1::Leaf proto;
+      if (!proto.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return corrupt("unparseable leaf");
+      }
+      auto store = crdt::DotKernel::DecodeLeafEntries(proto);
+      if (!store.ok()) return corrupt(store.status().message());
+      leaves.emplace(std::string(rest.substr(1)), *std::move(store));
+    } else {
+      return corrupt("unknown record");
+    }
+  }
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading ", options_.path)));
+  auto kernel = crdt::DotKernel::FromParts(std::move(context), std::move(leaves));
+  if (!kernel.ok()) return corrupt(kernel.status().message());
+  auto doc = Document::FromKernel(*std::move(kernel));
+  if (!doc.ok()) return corrupt(doc.status().message());
+  return *std::move(doc);
+}
+
+absl::StatusOr<std::shared_ptr<Document>> Store::LoadLocked(const std::string& doc_prefix) {
+  if (std::shared_ptr<Document> cached = cache_->Lookup(doc_prefix)) return cached;
+  MERGEDB_ASSIGN_OR_RETURN(Document doc, LoadFromDb(doc_prefix, nullptr));
+  auto shared = std::make_shared<Document>(std::move(doc));
+  cache_->Insert(doc_prefix, shared);
+  return shared;
+}
+
+void Store::EncodeDocChanges(const std::string& doc_prefix, const Document& doc,
+                             const std::set<std::string>& changed, leveldb::WriteBatch* batch) {
+  for (const std::string& leaf_key : changed) {
+    const std::string key = keys::DocLeaf(doc_prefix, leaf_key);
+    if (const crdt::DotStore* leaf = doc.kernel().FindLeaf(leaf_key)) {
+      mergedb::v1::Leaf proto;
+      crdt::DotKernel::EncodeLeaf("", *leaf, &proto);
+      batch->Put(key, proto.SerializeAsString());
+    } else {
+      batch->Delete(key);
+    }
+  }
+  mergedb::v1::CausalContext context;
+  doc.context().EncodeTo(&context);
+  batch->Put(keys::DocContext(doc_prefix), context.SerializeAsString());
+}
+
+absl::Status Store::FailStore(const absl::Status& status) {
+  if (fatal_.ok()) {
+    fatal_ = absl::UnavailableError(absl::StrCat(
+        "data dir ", options_.path, " refuses writes after a failed write (", status.message(),
+        "); restart the node to recover"));
+  }
+  return fatal_;
+}
+
+absl::Status Store::health() const {
+  absl::MutexLock lock(&commit_mu_);
+  return fatal_;
+}
+
+absl::Status Store::Commit(Writer* w) {
+  commit_mu_.Lock();
+  if (!fatal_.ok()) {
+    absl::Status status = fatal_;
+    commit_mu_.Unlock();
+    return status;
+  }
+  writers_.push_back(w);
+  while (!w->done && writers_.front() != w) w->cv.Wait(&commit_mu_);
+  if (w->done) {
+    absl::Status status = w->status;
+    commit_mu_.Unlock();
+    return status;
+  }
+
+  // This writer leads: take the queue (bounded by bytes), number its entries in order, write.
+  leveldb::WriteBatch group;
+  VersionVector applied = applied_;
+  uint64_t change_seq = last_change_seq_;
+  int64_t doc_count = doc_count_;
+  size_t taken = 0;
+  size_t bytes = 0;
+  for (Writer* x : writers_) {
+    const size_t size = x->batch.ApproximateSize();
+    if (taken > 0 && bytes + size > options_.max_group_bytes) break;
+    bytes += size;
+    ++taken;
+    group.Append(x->batch);
+    if (x->has_local_entry) {
+      x->log_seq = ++applied[replica_id_];
+      group.Put(keys::Log(replica_id_, x->log_seq), x->local_entry);
+    }
+    if (x->local_changed) {
+      x->change_seq = ++change_seq;
+      mergedb::v1::ChangeRecord change;
+      change.set_collection(x->collection);
+      change.set_id(x->id);
+      change.set_origin(replica_id_);
+      change.set_origin_seq(x->log_seq);
+      group.Put(keys::Change(x->change_seq), change.SerializeAsString());
+    }
+    if (x->has_request) {
+      x->request.set_change_seq(x->change_seq);
+      group.Put(keys::Request(x->request_id), x->request.SerializeAsString());
+    }
+    for (const auto& change : x->remote_changes) {
+      group.Put(keys::Change(++change_seq), change.SerializeAsString());
+    }
+    for (const auto& [origin, seq] : x->applied_updates) {
+      applied[origin] = std::max(applied[origin], seq);
+      group.Put(keys::Applied(origin), keys::EncodeBe64(applied[origin]));
+    }
+    doc_count += x->doc_count_delta;
+  }
+  if (applied[replica_id_] != applied_[replica_id_]) {
+    group.Put(keys::Applied(replica_id_), keys::EncodeBe64(applied[replica_id_]));
+  }
+  if (applied[replica_id_] == 0) applied.erase(replica_id_);
+  if (change_seq != last_change_seq_) {
+    group.Put(keys::Meta(keys::kMetaChangeSeq), keys::EncodeBe64(change_seq));
+  }
+  if (doc_count != doc_count_) {
+    group.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(static_cast<uint64_t>(doc_count)));
+  }
+
+  commit_mu_.Unlock();
+  leveldb::WriteOptions wo;
+  wo.sync = options_.durability == Durability::kSyncEachCommit;
+  const leveldb::Status s = db_->Write(wo, &group);
+  commit_mu_.Lock();
+
+  absl::Status status;
+  if (s.ok()) {
+    applied_ = std::move(applied);
+    last_change_seq_ = change_seq;
+    doc_count_ = doc_count;
+  } else {
+    // LevelDB refuses further writes after a failed sync; refuse every write, whatever failed.
+    status = FailStore(FromLevelDb(s, "commit"));
+  }
+  for (size_t i = 0; i < taken; ++i) {
+    Writer* x = writers_.front();
+    writers_.pop_front();
+    x->status = status;
+    x->done = true;
+    if (x != w) x->cv.Signal();
+  }
+  if (!writers_.empty()) writers_.front()->cv.Signal();
+  commit_mu_.Unlock();
+  return status;
+}
+
+absl::StatusOr<WriteResult> Store::ApplyLocal(const LocalWrite& write) {
+  MERGEDB_RETURN_IF_ERROR(health());
+  const std::string prefix = keys::DocPrefix(write.collection, write.id);
+  absl::MutexLock doc_lock(&DocLock(prefix));
+
+  WriteResult result;
+  if (!write.request_id.empty()) {
+    MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> previous,
+                             LookupRequest(write.request_id));
+    if (previous.has_value()) {
+      if (previous->collection() != write.collection || previous->id() != write.id) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "request id ", write.request_id, " was already used for document ",
+            DocName(previous->collection(), previous->id())));
+      }
+      MERGEDB_ASSIGN_OR_RETURN(result.version, crdt::CausalContext::Decode(previous->version()));
+      result.change_seq = previous->change_seq();
+      result.duplicate_request = true;
+      return result;
+    }
+  }
+
+  MERGEDB_ASSIGN_OR_RETURN(std::shared_ptr<Document> doc, LoadLocked(prefix));
+  const bool existed = doc->exists();
+  std::set<std::string> changed;
+  doc->set_change_journal(&changed);
+  absl::StatusOr<Document> delta = write.mutate(*doc);
+  doc->set_change_journal(nullptr);
+  if (!delta.ok()) {
+    // The update may have applied some of its operations before failing: forget the cached
+    // state so the next access reloads the committed one.
+    cache_->Erase(prefix);
+    return delta.status();
+  }
+
+  Writer w;
+  w.collection = write.collection;
+  w.id = write.id;
+  if (!delta->context().empty()) {
+    EncodeDocChanges(prefix, *doc, changed, &w.batch);
+    mergedb::v1::LogEntry entry;
+    entry.set_collection(write.collection);
+    entry.set_id(write.id);
+    delta->EncodeTo(entry.mutable_delta());
+    w.local_entry = entry.SerializeAsString();
+    w.has_local_entry = true;
+    w.local_changed = true;
+    w.doc_count_delta = static_cast<int64_t>(doc->exists()) - static_cast<int64_t>(existed);
+  }
+  if (!write.request_id.empty()) {
+    w.has_request = true;
+    w.request_id = write.request_id;
+    w.request.set_collection(write.collection);
+    w.request.set_id(write.id);
+    doc->context().EncodeTo(w.request.mutable_version());
+    w.request.set_unix_millis(write.unix_millis);
+  }
+  result.version = doc->context();
+  if (!w.has_local_entry && !w.has_request) return result;  // nothing to commit
+
+  absl::Status status = Commit(&w);
+  if (!status.ok()) {
+    cache_->Erase(prefix);
+    return status;
+  }
+  cache_->Insert(prefix, doc);
+  result.log_seq = w.log_seq;
+  result.change_seq = w.change_seq;
+  return result;
+}
+
+absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord> records) {
+  MERGEDB_RETURN_IF_ERROR(health());
+  absl::MutexLock remote_lock(&remote_mu_);
+  RemoteApplyResult result;
+  VersionVector applied = AppliedVector();
+  std::set<ReplicaId> stopped;
+  std::vector<std::pair<const LogRecord*, Document>> to_apply;
+  for (const LogRecord& record : records) {
+    if (record.origin == 0 || record.seq == 0) {
+      return absl::InvalidArgumentError("log record with a zero origin or sequence");
+    }
+    if (stopped.count(record.origin) > 0) continue;
+    uint64_t& have = applied[record.origin];
+    if (record.origin == replica_id_ || record.seq <= have) {
+      ++result.duplicates;
+      continue;
+    }
+    if (record.seq != have + 1) {
+      result.gap = true;
+      stopped.insert(record.origin);
+      continue;
+    }
+    auto delta = Document::Decode(record.entry.delta());
+    if (!delta.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("log record ", absl::Hex(record.origin), ":", record.seq, " for ",
+                       DocName(record.entry.collection(), record.entry.id()),
+                       " does not decode: ", delta.status().message()));
+    }
+    have = record.seq;
+    to_apply.emplace_back(&record, *std::move(delta));
+  }
+  if (to_apply.empty()) return result;
+
+  struct Touched {
+    std::shared_ptr<Document> doc;
+    std::set<std::string> changed;
+    bool existed = false;
+  };
+  std::map<std::string, Touched> docs;
+  std::vector<absl::Mutex*> stripes;
+  for (const auto& [record, delta] : to_apply) {
+    const std::string prefix = keys::DocPrefix(record->entry.collection(), record->entry.id());
+    stripes.push_back(&DocLock(prefix));
+    docs.try_emplace(prefix);
+  }
+  std::sort(stripes.begin(), stripes.end());
+  stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
+  StripeLocks locks(std::move(stripes));
+
+  for (auto& [prefix, touched] : docs) {
+    MERGEDB_ASSIGN_OR_RETURN(touched.doc, LoadLocked(prefix));
+    touched.existed = touched.doc->exists();
+  }
+  Writer w;
+  for (const auto& [record, delta] : to_apply) {
+    const std::string prefix = keys::DocPrefix(record->entry.collection(), record->entry.id());
+    Touched& touched = docs[prefix];
+    std::set<std::string> changed;
+    touched.doc->Join(delta, &changed);
+    w.batch.Put(keys::Log(record->origin, record->seq), record->entry.SerializeAsString());
+    if (!changed.empty()) {
+      mergedb::v1::ChangeRecord change;
+      change.set_collection(record->entry.collection());
+      change.set_id(record->entry.id());
+      change.set_origin(record->origin);
+      change.set_origin_seq(record->seq);
+      w.remote_changes.push_back(std::move(change));
+      touched.changed.insert(changed.begin(), changed.end());
+    }
+    w.applied_updates[record->origin] = record->seq;
+    ++result.applied;
+  }
+  for (auto& [prefix, touched] : docs) {
+    EncodeDocChanges(prefix, *touched.doc, touched.changed, &w.batch);
+    w.doc_count_delta +=
+        static_cast<int64_t>(touched.doc->exists()) - static_cast<int64_t>(touched.existed);
+  }
+  absl::Status status = Commit(&w);
+  for (auto& [prefix, touched] : docs) {
+    if (status.ok()) {
+      cache_->Insert(prefix, touched.doc);
+    } else {
+      cache_->Erase(prefix);
+    }
+  }
+  if (!status.ok()) return status;
+  return result;
+}
+
+absl::StatusOr<Document> Store::Get(absl::string_view collection, absl::string_view id) {
+  Document out;
+  MERGEDB_RETURN_IF_ERROR(Read(collection, id, [&](const Document& doc) { out = doc; }));
+  return out;
+}
+
+absl::Status Store::Read(absl::string_view collection, absl::string_view id,
+                         absl::FunctionRef<void(const Document&)> fn) {
+  const std::string prefix = keys::DocPrefix(collection, id);
+  absl::MutexLock doc_lock(&DocLock(prefix));
+  MERGEDB_ASSIGN_OR_RETURN(std::shared_ptr<Document> doc, LoadLocked(prefix));
+  fn(*doc);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ScanPage> Store::Scan(absl::string_view collection, size_t page_size,
+                                     absl::string_view page_token) {
+  if (page_size == 0) return absl::InvalidArgumentError("scan: page size must be positive");
+  const std::string collection_prefix = keys::CollectionPrefix(collection);
+  ScanPage page;
+  const leveldb::Snapshot* snapshot = db_->GetSnapshot();
+  leveldb::ReadOptions ro;
+  ro.snapshot = snapshot;
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
+  // Past every key of the token's document: its keys continue with 0x00 or 0x01.
+  std::string start = collection_prefix;
+  if (!page_token.empty()) start = keys::DocPrefix(collection, page_token) + "\x02";
+  absl::Status status;
+  std::string last_id;
+  for (it->Seek(start); it->Valid() && HasPrefix(it->key(), collection_prefix);) {
+    absl::string_view rest = View(it->key()).substr(collection_prefix.size());
+    std::string id;
+    if (!crdt::ConsumeName(&rest, &id)) {
+      status = absl::DataLossError(absl::StrCat("data dir ", options_.path,
+                                                ": malformed document key in scan"));
+      break;
+    }
+    if (page.documents.size() == page_size) {
+      page.next_token = last_id;
+      break;
+    }
+    const std::string prefix = keys::DocPrefix(collection, id);
+    auto doc = LoadFromDb(prefix, snapshot);
+    if (!doc.ok()) {
+      status = doc.status();
+      break;
+    }
+    if (doc->exists()) {
+      last_id = id;
+      page.documents.emplace_back(id, *std::move(doc));
+    }
+    it->Seek(prefix + "\x02");
+  }
+  if (status.ok()) status = FromLevelDb(it->status(), absl::StrCat("scanning ", options_.path));
+  it.reset();
+  db_->ReleaseSnapshot(snapshot);
+  MERGEDB_RETURN_IF_ERROR(status);
+  return page;
+}
+
+VersionVector Store::AppliedVector() const {
+  absl::MutexLock lock(&commit_mu_);
+  return applied_;
+}
+
+VersionVector Store::LogFloor() const {
+  absl::MutexLock lock(&commit_mu_);
+  return log_floor_;
+}
+
+absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have,
+                                                      size_t max_entries) {
+  VersionVector applied, floors;
+  {
+    absl::MutexLock lock(&commit_mu_);
+    applied = applied_;
+    floors = log_floor_;
+  }
+  std::vector<LogRecord> out;
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
+  for (const auto& [origin, top] : applied) {
+    auto h = have.find(origin);
+    uint64_t next = (h == have.end() ? 0 : h->second) + 1;
+    if (next > top) continue;
+    auto f = floors.find(origin);
+    if (f != floors.end() && next <= f->second) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "log of origin ", absl::Hex(origin), " is truncated through ", f->second,
+          " but the reader has only ", next - 1, ": it needs a full-state transfer"));
+    }
+    const std::string origin_prefix = keys::LogOrigin(origin);
+    for (it->Seek(keys::Log(origin, next));
+         it->Valid() && HasPrefix(it->key(), origin_prefix) && next <= top && out.size() < max_entries;
+         it->Next(), ++next) {
+      const uint64_t seq = keys::DecodeBe64(View(it->key()).substr(origin_prefix.size()));
+      if (seq != next) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "log of origin ", absl::Hex(origin), " lacks entry ", next,
+            " (truncated meanwhile): the reader needs a full-state transfer"));
+      }
+      LogRecord record;
+      record.origin = origin;
+      record.seq = seq;
+      if (!record.entry.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return absl::DataLossError(absl::StrCat("data dir ", options_.path, ": log entry ",
+                                                absl::Hex(origin), ":", seq, " is corrupt"));
+      }
+      out.push_back(std::move(record));
+    }
+    MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading log of ", options_.path)));
+    if (out.size() >= max_entries) break;
+  }
+  return out;
+}
+
+absl::Status Store::TruncateLog(const VersionVector& through) {
+  MERGEDB_RETURN_IF_ERROR(health());
+  VersionVector applied = AppliedVector();
+  VersionVector floors = LogFloor();
+  for (const auto& [origin, requested] : through) {
+    const uint64_t upto = std::min(requested, applied[origin]);
+    uint64_t floor = floors[origin];
+    if (upto <= floor) continue;
+    // Chunks bound the batch size; the floor record moves with each chunk, so a crash in the
+    // middle leaves a consistent floor.
+    constexpr uint64_t kChunk = 8192;
+    while (floor < upto) {
+      const uint64_t end = std::min(upto, floor + kChunk);
+      leveldb::WriteBatch batch;
+      for (uint64_t seq = floor + 1; seq <= end; ++seq) batch.Delete(keys::Log(origin, seq));
+      batch.Put(keys::LogFloor(origin), keys::EncodeBe64(end));
+      leveldb::WriteOptions wo;
+      wo.sync = options_.durability == Durability::kSyncEachCommit;
+      leveldb::Status s = db_->Write(wo, &batch);
+      absl::MutexLock lock(&commit_mu_);
+      if (!s.ok()) return FailStore(FromLevelDb(s, "log truncation"));
+      log_floor_[origin] = end;
+      floor = end;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Store::SetPeerAcked(absl::string_view peer, const VersionVector& acked) {
+  MERGEDB_RETURN_IF_ERROR(health());
+  leveldb::WriteBatch batch;
+  for (const auto& [origin, seq] : acked) batch.Put(keys::PeerAck(peer, origin), keys::EncodeBe64(seq));
+  leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch);
+  if (!s.ok()) {
+    absl::MutexLock lock(&commit_mu_);
+    return FailStore(FromLevelDb(s, "peer acknowledgement"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VersionVector> Store::PeerAcked(absl::string_view peer) {
+  return ReadVector(keys::PeerAckPrefix(peer), nullptr);
+}
+
+uint64_t Store::last_change_seq() const {
+  absl::MutexLock lock(&commit_mu_);
+  return last_change_seq_;
+}
+
+int64_t Store::document_count() const {
+  absl::MutexLock lock(&commit_mu_);
+  return doc_count_;
+}
+
+absl::StatusOr<std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>>> Store::ReadChanges(
+    uint64_t after_seq, size_t max) {
+  std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>> out;
+  const std::string prefix(1, keys::kChangeTag);
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
+  for (it->Seek(keys::Change(after_seq + 1));
+       it->Valid() && HasPrefix(it->key(), prefix) && out.size() < max; it->Next()) {
+    mergedb::v1::ChangeRecord record;
+    if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError(absl::StrCat("data dir ", options_.path, ": corrupt change record"));
+    }
+    out.emplace_back(keys::DecodeBe64(View(it->key()).substr(1)), std::move(record));
+  }
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), "reading the change feed"));
+  return out;
+}
+
+absl::StatusOr<std::optional<mergedb::v1::RequestRecord>> Store::LookupRequest(
+    absl::string_view request_id) {
+  std::string value;
+  leveldb::Status s = db_->Get(leveldb::ReadOptions(), keys::Request(request_id), &value);
+  if (s.IsNotFound()) return std::optional<mergedb::v1::RequestRecord>();
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(s, "reading a request record"));
+  mergedb::v1::RequestRecord record;
+  if (!record.ParseFromString(value)) {
+    return absl::DataLossError(absl::StrCat("data dir ", options_.path, ": corrupt request record"));
+  }
+  return std::optional<mergedb::v1::RequestRecord>(std::move(record));
+}
+
+absl::StatusOr<size_t> Store::ExpireRequests(int64_t before_unix_millis) {
+  MERGEDB_RETURN_IF_ERROR(health());
+  const std::string prefix(1, keys::kRequestTag);
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
+  leveldb::WriteBatch batch;
+  size_t expired = 0;
+  for (it->Seek(prefix); it->Valid() && HasPrefix(it->key(), prefix); it->Next()) {
+    mergedb::v1::RequestRecord record;
+    if (record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())) &&
+        record.unix_millis() >= before_unix_millis) {
+      continue;
+    }
+    batch.Delete(it->key());
+    ++expired;
+  }
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), "scanning request records"));
+  if (expired == 0) return expired;
+  leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch);
+  if (!s.ok()) {
+    absl::MutexLock lock(&commit_mu_);
+    return FailStore(FromLevelDb(s, "expiring request records"));
+  }
+  return expired;
+}
+
+absl::Status Store::ForEachDocumentInSnapshot(
+    VersionVector* applied,
+    absl::FunctionRef<absl::Status(absl::string_view, absl::string_view, const Document&)> fn) {
+  const leveldb::Snapshot* snapshot = db_->GetSnapshot();
+  absl::Status status = [&]() -> absl::Status {
+    MERGEDB_ASSIGN_OR_RETURN(*applied, ReadVector(std::string(1, keys::kAppliedTag), snapshot));
+    leveldb::ReadOptions ro;
+    ro.snapshot = snapshot;
+    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
+    const std::string docs(1, keys::kDocTag);
+    for (it->Seek(docs); it->Valid() && HasPrefix(it->key(), docs);) {
+      absl::string_view rest = View(it->key()).substr(1);
+      std::string collection, id;
+      if (!crdt::ConsumeName(&rest, &collection) || !crdt::ConsumeName(&rest, &id)) {
+        return absl::DataLossError(
+            absl::StrCat("data dir ", options_.path, ": malformed document key"));
+      }
+      const std::string prefix = keys::DocPrefix(collection, id);
+      MERGEDB_ASSIGN_OR_RETURN(Document doc, LoadFromDb(prefix, snapshot));
+      MERGEDB_RETURN_IF_ERROR(fn(collection, id, doc));
+      it->Seek(prefix + "\x02");
+    }
+    return FromLevelDb(it->status(), absl::StrCat("reading a snapshot of ", options_.path));
+  }();
+  db_->ReleaseSnapshot(snapshot);
+  return status;
+}
+
+}  // namespace mergedb::storage

@@ -1,0 +1,260 @@
+// Store: a node's whole durable state in one LevelDB directory (layout: storage/keys.h).
+//
+// Every change is one atomic WriteBatch: a local write commits the document's changed leaves and
+// context, the new log entry, the applied vector, the change-feed record and the client request
+// record together; a remote frame of deltas likewise commits all of its entries at once. A crash
+// at any moment leaves all of a batch or none of it.
+//
+// Group commit (the writer queue of LevelDB's DBImpl::Write): concurrent committers queue up; the
+// one at the front becomes the leader, takes the batches of the writers behind it, assigns log
+// and change sequence numbers in commit order, performs one LevelDB write (one fsync in
+// kSyncEachCommit mode) and wakes the others. Sequence numbers are assigned only by the leader,
+// in the order of the write, so a crash can never leave a hole in this node's own log.
+//
+// Durability (Durability::kNoSync, the default): a commit has reached the operating system when
+// it is acknowledged, so it survives a kill of the process, but a power loss or kernel crash can
+// lose the last few seconds. Durability::kSyncEachCommit: every commit is fsynced before it is
+// acknowledged, so it also survives power loss; group commit shares one fsync among all the
+// writers waiting at that moment.
+//
+// No silent loss: LevelDB is opened with paranoid_checks, every iterator's status is checked,
+// and a failed write or sync is fatal for the handle: every later write fails with UNAVAILABLE
+// until the store is reopened (as LevelDB itself does after a failed sync). Reads go on.
+//
+// Writes to one document are serialized (a striped lock, never one global lock) and the lock is
+// held until the commit is durable, so a reader never sees a write that could still be lost.
+// A bounded LRU cache keeps hot documents decoded, so the write path does not reload them.
+//
+// Thread safety: thread-safe. All methods may be called concurrently.
+#ifndef MERGEDB_STORAGE_STORE_H_
+#define MERGEDB_STORAGE_STORE_H_
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "crdt/document.h"
+#include "mergedb/v1/storage.pb.h"
+
+namespace leveldb {
+class DB;
+class Env;
+class FilterPolicy;
+class Snapshot;
+class WriteBatch;
+}  // namespace leveldb
+
+namespace mergedb::storage {
+
+// origin replica -> highest contiguous sequence.
+using VersionVector = std::map<crdt::ReplicaId, uint64_t>;
+
+enum class Durability {
+  kNoSync,          // acknowledged once in the OS: survives a process kill
+  kSyncEachCommit,  // fsynced before acknowledgement: survives power loss
+};
+
+enum class CreateMode {
+  kCreateIfMissing,
+  kMustExist,
+};
+
+struct StoreOptions {
+  std::string path;
+  // A data directory belongs to one cluster and one node for life; opening it under another
+  // cluster id or node name is refused.
+  std::string cluster_id;
+  std::string node_name;
+  Durability durability = Durability::kNoSync;
+  CreateMode create_mode = CreateMode::kCreateIfMissing;
+  // The LevelDB environment (files, threads, clock); nullptr for the default. Tests and the
+  // simulator pass an in-memory, fault-injecting one. Borrowed: must outlive the Store.
+  leveldb::Env* env = nullptr;
+  // Approximate memory for decoded hot documents.
+  size_t cache_bytes = size_t{64} << 20;
+  // Upper bound of one group commit's batch.
+  size_t max_group_bytes = size_t{4} << 20;
+};
+
+// A local update: `mutate` applies the update's operations to the document and returns their
+// combined delta (an empty delta when nothing changed). If it fails, nothing is written and the
+// document is as before.
+struct LocalWrite {
+  std::string collection;
+  std::string id;
+  // Empty: no retry detection. Otherwise a retry with the same id is answered from the
+  // committed record instead of being applied again.
+  std::string request_id;
+  int64_t unix_millis = 0;  // when, for the request record's expiry
+  std::function<absl::StatusOr<crdt::Document>(crdt::Document& doc)> mutate;
+};
+
+struct WriteResult {
+  crdt::CausalContext version;  // the document's causal context after the write
+  uint64_t log_seq = 0;         // this node's log sequence of the delta; 0 if nothing changed
+  uint64_t change_seq = 0;      // local change sequence; 0 if nothing changed
+  bool duplicate_request = false;
+};
+
+// One replication log entry: a delta of `origin`, its sequence, and the document it belongs to.
+struct LogRecord {
+  crdt::ReplicaId origin = 0;
+  uint64_t seq = 0;
+  mergedb::v1::LogEntry entry;
+};
+
+struct RemoteApplyResult {
+  size_t applied = 0;     // entries newly applied (and logged for forwarding)
+  size_t duplicates = 0;  // entries already applied here, skipped
+  // True when an entry's predecessor from the same origin is missing; that entry and the
+  // rest of its origin in the frame were not applied.
+  bool gap = false;
+};
+
+struct ScanPage {
+  std::vector<std::pair<std::string, crdt::Document>> documents;  // (id, state), in id order
+  std::string next_token;  // empty at the end of the collection
+};
+
+class Store {
+ public:
+  // Opens (or creates) the data directory. Errors name the problem and the path:
+  // FAILED_PRECONDITION for a directory locked by another process, of another cluster or node,
+  // or of a newer schema; NOT_FOUND when it does not exist and kMustExist; DATA_LOSS for
+  // corruption (repair with Repair(), or wipe the directory and rebuild the node from its
+  // peers).
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options);
+
+  // Runs LevelDB's repair on a closed data directory: salvages every readable record and
+  // rebuilds the metadata. Records in damaged blocks are dropped, so a repaired node should
+  // then catch up from its peers.
+  static absl::Status Repair(const std::string& path, leveldb::Env* env = nullptr);
+
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  crdt::ReplicaId replica_id() const { return replica_id_; }
+  const std::string& path() const { return options_.path; }
+
+  // ---- Writes ----
+  absl::StatusOr<WriteResult> ApplyLocal(const LocalWrite& write);
+
+  // Applies a frame of remote log entries in one commit. Entries of one origin must appear in
+  // sequence order. Already-applied entries are skipped; an entry whose predecessor is missing
+  // stops its origin (see RemoteApplyResult::gap). INVALID_ARGUMENT (nothing applied) if any
+  // delta does not decode.
+  absl::StatusOr<RemoteApplyResult> ApplyRemote(absl::Span<const LogRecord> records);
+
+  // ---- Reads ----
+  // The document's state: empty with an empty context if never written; empty with a non-empty
+  // context (a tombstone) if deleted.
+  absl::StatusOr<crdt::Document> Get(absl::string_view collection, absl::string_view id);
+  // Calls `fn` with the document under its lock: no copy, for readers of large documents.
+  absl::Status Read(absl::string_view collection, absl::string_view id,
+                    absl::FunctionRef<void(const crdt::Document&)> fn);
+  // Live (not deleted) documents of a collection in id order, after `page_token` (empty: from
+  // the start). REQUIRES: page_size > 0.
+  absl::StatusOr<ScanPage> Scan(absl::string_view collection, size_t page_size,
+                                absl::string_view page_token);
+
+  // ---- Replication log ----
+  VersionVector AppliedVector() const;
+  // Log entries the holder of `have` lacks, per origin in sequence order, at most `max_entries`.
+  // FAILED_PRECONDITION (naming the origin) when some are already truncated: the peer then
+  // needs a full-state transfer.
+  absl::StatusOr<std::vector<LogRecord>> ReadLog(const VersionVector& have, size_t max_entries);
+  // Deletes log entries at or below `through` (per origin).
+  absl::Status TruncateLog(const VersionVector& through);
+  // Per origin, the highest truncated sequence.
+  VersionVector LogFloor() const;
+  absl::Status SetPeerAcked(absl::string_view peer, const VersionVector& acked);
+  absl::StatusOr<VersionVector> PeerAcked(absl::string_view peer);
+
+  // ---- Change feed ----
+  uint64_t last_change_seq() const;
+  // Changes with sequence > after_seq, in order, at most max.
+  absl::StatusOr<std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>>> ReadChanges(
+      uint64_t after_seq, size_t max);
+
+  // ---- Client request ids ----
+  absl::StatusOr<std::optional<mergedb::v1::RequestRecord>> LookupRequest(
+      absl::string_view request_id);
+  // Forgets request ids committed before `before_unix_millis`; returns how many.
+  absl::StatusOr<size_t> ExpireRequests(int64_t before_unix_millis);
+
+  // ---- Snapshots (full-state transfer, backup) ----
+  // Calls `fn(collection, id, state)` for every document (tombstones included) as of one
+  // consistent point, whose applied vector is stored in `*applied` first. Writes go on meanwhile.
+  absl::Status ForEachDocumentInSnapshot(
+      VersionVector* applied,
+      absl::FunctionRef<absl::Status(absl::string_view collection, absl::string_view id,
+                                     const crdt::Document& state)>
+          fn);
+
+  // Live documents.
+  int64_t document_count() const;
+  // OK, or the failure that made the store refuse writes.
+  absl::Status health() const;
+
+ private:
+  struct PendingDoc;
+  struct Writer;
+  class DocCache;
+
+  explicit Store(const StoreOptions& options);
+  absl::Status Initialize();
+
+  // The striped lock serializing one document.
+  absl::Mutex& DocLock(absl::string_view doc_prefix);
+  // Loads the document from the cache or LevelDB. REQUIRES: its DocLock held.
+  absl::StatusOr<std::shared_ptr<crdt::Document>> LoadLocked(const std::string& doc_prefix);
+  absl::StatusOr<crdt::Document> LoadFromDb(const std::string& doc_prefix,
+                                            const leveldb::Snapshot* snapshot);
+  // Puts the changed leaves (deleting emptied ones) and the context of a document in `batch`.
+  static void EncodeDocChanges(const std::string& doc_prefix, const crdt::Document& doc,
+                               const std::set<std::string>& changed, leveldb::WriteBatch* batch);
+  absl::StatusOr<VersionVector> ReadVector(absl::string_view prefix,
+                                           const leveldb::Snapshot* snapshot);
+  // Queues `writer` for group commit and returns when its batch is durable (or failed).
+  absl::Status Commit(Writer* writer);
+  absl::Status FailStore(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
+
+  const StoreOptions options_;
+  leveldb::DB* db_ = nullptr;
+  const leveldb::FilterPolicy* filter_policy_ = nullptr;
+  crdt::ReplicaId replica_id_ = 0;
+
+  static constexpr size_t kDocLockStripes = 1024;
+  std::array<absl::Mutex, kDocLockStripes> doc_locks_;
+  std::unique_ptr<DocCache> cache_;
+
+  // Serializes ApplyRemote: two peers may forward the same origin's entries at once.
+  absl::Mutex remote_mu_;
+
+  mutable absl::Mutex commit_mu_;
+  std::deque<Writer*> writers_ ABSL_GUARDED_BY(commit_mu_);  // the commit queue, front first
+  VersionVector applied_ ABSL_GUARDED_BY(commit_mu_);
+  VersionVector log_floor_ ABSL_GUARDED_BY(commit_mu_);
+  uint64_t last_change_seq_ ABSL_GUARDED_BY(commit_mu_) = 0;
+  int64_t doc_count_ ABSL_GUARDED_BY(commit_mu_) = 0;
+  absl::Status fatal_ ABSL_GUARDED_BY(commit_mu_);
+};
+
+}  // namespace mergedb::storage
+
+#endif  // MERGEDB_STORAGE_STORE_H_
