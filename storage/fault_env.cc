@@ -90,6 +90,7 @@ leveldb::Status FaultInjectionEnv::RenameFile(const std::string& src, const std:
 }
 
 void FaultInjectionEnv::RecordWrite(const std::string& fname, size_t bytes) {
+  bytes_written_ += bytes;
   absl::MutexLock lock(&mu_);
   files_[fname].size += bytes;
 }

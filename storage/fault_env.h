@@ -31,6 +31,10 @@ class FaultInjectionEnv : public leveldb::EnvWrapper {
   bool fail_writes() const { return fail_writes_; }
   bool fail_syncs() const { return fail_syncs_; }
 
+  // Bytes appended to files through this Env so far (what the store wrote, before compaction
+  // rewrites): lets tests check that a write's cost follows the change.
+  uint64_t bytes_written() const { return bytes_written_; }
+
   // Simulated crash. REQUIRES: no DB is open on this Env.
   leveldb::Status DropUnsyncedData();
 
@@ -51,6 +55,7 @@ class FaultInjectionEnv : public leveldb::EnvWrapper {
   };
   std::atomic<bool> fail_writes_{false};
   std::atomic<bool> fail_syncs_{false};
+  std::atomic<uint64_t> bytes_written_{0};
   absl::Mutex mu_;
   std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);
 };

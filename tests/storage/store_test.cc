@@ -1,0 +1,354 @@
+#include "storage/store.h"
+
+#include <thread>
+#include <vector>
+
+#include "storage/keys.h"
+#include "tests/storage/store_test_util.h"
+
+namespace mergedb::storage {
+namespace {
+
+using crdt::Document;
+using testing::CounterOf;
+using testing::Increment;
+using testing::MemStoreTest;
+using testing::SetString;
+
+class StoreTest : public MemStoreTest {};
+
+TEST_F(StoreTest, LocalWriteIsReadBackWithItsVersionAndLogEntry) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  ASSERT_NE(me, 0u);
+  auto result = store->ApplyLocal(Increment("c", "d1", "n", 5, me));
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->log_seq, 1u);
+  EXPECT_EQ(result->change_seq, 1u);
+  EXPECT_TRUE(result->version.Contains({me, 1}));
+  auto doc = store->Get("c", "d1");
+  ASSERT_TRUE(doc.ok());
+  EXPECT_EQ(CounterOf(*doc, "n"), 5);
+  EXPECT_EQ(store->AppliedVector().at(me), 1u);
+  EXPECT_EQ(store->document_count(), 1);
+  auto log = store->ReadLog({}, 10);
+  ASSERT_TRUE(log.ok());
+  ASSERT_EQ(log->size(), 1u);
+  EXPECT_EQ((*log)[0].entry.id(), "d1");
+}
+
+TEST_F(StoreTest, ReopenKeepsEverything) {
+  crdt::ReplicaId me;
+  {
+    auto store = OpenOrDie();
+    me = store->replica_id();
+    for (int i = 0; i < 50; ++i) {
+      ASSERT_TRUE(store->ApplyLocal(Increment("c", "d" + std::to_string(i % 5), "n", 1, me)).ok());
+    }
+    ASSERT_TRUE(store->ApplyLocal(SetString("c", "s", "name", "ada", me)).ok());
+    ASSERT_TRUE(store->SetPeerAcked("n2", {{me, 7}}).ok());
+  }
+  auto store = OpenOrDie();
+  EXPECT_EQ(store->replica_id(), me) << "the incarnation id belongs to the data dir";
+  EXPECT_EQ(store->AppliedVector().at(me), 51u);
+  EXPECT_EQ(store->last_change_seq(), 51u);
+  EXPECT_EQ(store->document_count(), 6);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d3"), "n"), 10);
+  EXPECT_EQ(store->Get("c", "s")->ToJson().struct_value().fields().at("name").string_value(),
+            "ada");
+  EXPECT_EQ(store->PeerAcked("n2")->at(me), 7u);
+  // The next local write continues the log without a hole.
+  EXPECT_EQ(store->ApplyLocal(Increment("c", "d0", "n", 1, me))->log_seq, 52u);
+}
+
+TEST_F(StoreTest, ANewDataDirGetsANewReplicaId) {
+  crdt::ReplicaId first;
+  {
+    first = OpenOrDie()->replica_id();
+  }
+  StoreOptions other = Options();
+  other.path = "/db2";
+  EXPECT_NE(OpenOrDie(other)->replica_id(), first);
+}
+
+TEST_F(StoreTest, ConcurrentWritersGetContiguousSequencesAndExactCounters) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  constexpr int kThreads = 16;
+  constexpr int kWrites = 150;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kWrites; ++i) {
+        // Half the writers share one hot document; the others spread out.
+        const std::string id = t % 2 == 0 ? "hot" : "doc" + std::to_string(t);
+        ASSERT_TRUE(store->ApplyLocal(Increment("c", id, "n", 1, me)).ok());
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(CounterOf(*store->Get("c", "hot"), "n"), kThreads / 2 * kWrites);
+  EXPECT_EQ(store->AppliedVector().at(me), uint64_t{kThreads * kWrites});
+  EXPECT_EQ(store->last_change_seq(), uint64_t{kThreads * kWrites});
+  auto log = store->ReadLog({}, 100000);
+  ASSERT_TRUE(log.ok());
+  ASSERT_EQ(log->size(), size_t{kThreads * kWrites});
+  for (size_t i = 0; i < log->size(); ++i) EXPECT_EQ((*log)[i].seq, i + 1);
+}
+
+TEST_F(StoreTest, AFailedUpdateLeavesTheDocumentAsItWas) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, me)).ok());
+  LocalWrite write;
+  write.collection = "c";
+  write.id = "d";
+  write.mutate = [me](Document& doc) -> absl::StatusOr<Document> {
+    auto first = doc.Increment({"n"}, 100, me);  // applied in memory...
+    if (!first.ok()) return first.status();
+    return doc.SetRegister({"n"}, crdt::RegisterValue(), me, crdt::Hlc());  // ...then refused
+  };
+  EXPECT_EQ(store->ApplyLocal(write).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 1);
+  EXPECT_EQ(store->AppliedVector().at(me), 1u);
+}
+
+TEST_F(StoreTest, ANoOpUpdateWritesNothing) {
+  auto store = OpenOrDie();
+  LocalWrite write;
+  write.collection = "c";
+  write.id = "d";
+  write.mutate = [](Document& doc) -> absl::StatusOr<Document> { return doc.RemoveField({"x"}); };
+  auto result = store->ApplyLocal(write);
+  ASSERT_TRUE(result.ok());
+  EXPECT_EQ(result->log_seq, 0u);
+  EXPECT_EQ(store->last_change_seq(), 0u);
+  EXPECT_EQ(store->document_count(), 0);
+}
+
+TEST_F(StoreTest, ARetriedRequestIsAcknowledgedWithoutApplyingTwiceEvenAfterReopen) {
+  crdt::ReplicaId me;
+  {
+    auto store = OpenOrDie();
+    me = store->replica_id();
+    auto first = store->ApplyLocal(Increment("c", "d", "n", 1, me, "req-1"));
+    ASSERT_TRUE(first.ok());
+    EXPECT_FALSE(first->duplicate_request);
+    auto retry = store->ApplyLocal(Increment("c", "d", "n", 1, me, "req-1"));
+    ASSERT_TRUE(retry.ok());
+    EXPECT_TRUE(retry->duplicate_request);
+    EXPECT_EQ(retry->version, first->version);
+  }
+  auto store = OpenOrDie();
+  auto retry = store->ApplyLocal(Increment("c", "d", "n", 1, me, "req-1"));
+  ASSERT_TRUE(retry.ok());
+  EXPECT_TRUE(retry->duplicate_request);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 1);
+  auto misuse = store->ApplyLocal(Increment("c", "other", "n", 1, me, "req-1"));
+  EXPECT_EQ(misuse.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(misuse.status().message(), "request id req-1 was already used for document c/d");
+  // The window: expired ids are forgotten.
+  EXPECT_EQ(*store->ExpireRequests(2000), 1u);
+  EXPECT_FALSE(store->LookupRequest("req-1")->has_value());
+}
+
+TEST_F(StoreTest, RemoteFramesApplyInOrderSkipDuplicatesAndStopAtGaps) {
+  auto source = OpenOrDie();
+  StoreOptions other = Options();
+  other.path = "/other";
+  other.node_name = "n2";
+  auto sink = OpenOrDie(other);
+  const crdt::ReplicaId origin = source->replica_id();
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(source->ApplyLocal(Increment("c", "d", "n", 1, origin)).ok());
+  std::vector<LogRecord> log = *source->ReadLog({}, 100);
+  ASSERT_EQ(log.size(), 5u);
+
+  // Entries 1, 2 and a gap (4): 1 and 2 apply, 4 waits for 3.
+  std::vector<LogRecord> frame = {log[0], log[1], log[3]};
+  auto result = sink->ApplyRemote(frame);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->applied, 2u);
+  EXPECT_TRUE(result->gap);
+  EXPECT_EQ(sink->AppliedVector().at(origin), 2u);
+  EXPECT_EQ(CounterOf(*sink->Get("c", "d"), "n"), 2);
+
+  // The whole log again, duplicated: 3..5 apply once.
+  std::vector<LogRecord> all = log;
+  all.insert(all.end(), log.begin(), log.end());
+  result = sink->ApplyRemote(all);
+  ASSERT_TRUE(result.ok());
+  EXPECT_EQ(result->applied, 3u);
+  EXPECT_EQ(result->duplicates, 7u);
+  EXPECT_EQ(CounterOf(*sink->Get("c", "d"), "n"), 5);
+  // The sink logged them under their origin, so it can forward them.
+  auto forwarded = sink->ReadLog({}, 100);
+  ASSERT_TRUE(forwarded.ok());
+  ASSERT_EQ(forwarded->size(), 5u);
+  EXPECT_EQ((*forwarded)[4].origin, origin);
+  EXPECT_EQ(sink->last_change_seq(), 5u);
+}
+
+TEST_F(StoreTest, AMalformedRemoteDeltaIsRejectedAndNothingApplies) {
+  auto store = OpenOrDie();
+  LogRecord good;
+  good.origin = 42;
+  good.seq = 1;
+  good.entry.set_collection("c");
+  good.entry.set_id("d");
+  Document writer;
+  writer.Increment({"n"}, 1, 42)->EncodeTo(good.entry.mutable_delta());
+  LogRecord bad = good;
+  bad.seq = 2;
+  bad.entry.mutable_delta()->mutable_leaves(0)->set_key("\x09garbage");
+  std::vector<LogRecord> frame = {good, bad};
+  auto result = store->ApplyRemote(frame);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(store->AppliedVector().empty());
+  EXPECT_FALSE(store->Get("c", "d")->exists());
+}
+
+TEST_F(StoreTest, ScanPagesThroughLiveDocumentsInIdOrder) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  for (const char* id : {"e", "a", "c", "b", "d"}) {
+    ASSERT_TRUE(store->ApplyLocal(Increment("users", id, "n", 1, me)).ok());
+  }
+  ASSERT_TRUE(store->ApplyLocal(Increment("other", "zz", "n", 1, me)).ok());
+  LocalWrite del;
+  del.collection = "users";
+  del.id = "c";
+  del.mutate = [](Document& doc) -> absl::StatusOr<Document> { return doc.Delete(); };
+  ASSERT_TRUE(store->ApplyLocal(del).ok());
+  EXPECT_EQ(store->document_count(), 5);
+
+  std::vector<std::string> seen;
+  std::string token;
+  int pages = 0;
+  do {
+    auto page = store->Scan("users", 2, token);
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (const auto& [id, doc] : page->documents) seen.push_back(id);
+    token = page->next_token;
+    ++pages;
+  } while (!token.empty() && pages < 10);
+  EXPECT_EQ(seen, (std::vector<std::string>{"a", "b", "d", "e"}));
+  // The deleted document keeps its tombstone.
+  auto tombstone = store->Get("users", "c");
+  EXPECT_FALSE(tombstone->exists());
+  EXPECT_FALSE(tombstone->context().empty());
+}
+
+TEST_F(StoreTest, TruncatedLogAsksForAFullStateTransfer) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, me)).ok());
+  ASSERT_TRUE(store->TruncateLog({{me, 6}}).ok());
+  EXPECT_EQ(store->LogFloor().at(me), 6u);
+  auto tail = store->ReadLog({{me, 6}}, 100);
+  ASSERT_TRUE(tail.ok());
+  ASSERT_EQ(tail->size(), 4u);
+  EXPECT_EQ(tail->front().seq, 7u);
+  auto behind = store->ReadLog({{me, 3}}, 100);
+  EXPECT_EQ(behind.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(behind.status().message().find("full-state transfer"), absl::string_view::npos);
+  store.reset();
+  store = OpenOrDie();
+  EXPECT_EQ(store->LogFloor().at(me), 6u);
+}
+
+TEST_F(StoreTest, SnapshotIterationIsConsistentWhileWritesContinue) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(store->ApplyLocal(Increment("c", "d" + std::to_string(i), "n", 1, me)).ok());
+  }
+  VersionVector applied;
+  int seen = 0;
+  int64_t total = 0;
+  ASSERT_TRUE(store
+                  ->ForEachDocumentInSnapshot(
+                      &applied,
+                      [&](absl::string_view collection, absl::string_view, const Document& doc) {
+                        EXPECT_EQ(collection, "c");
+                        ++seen;
+                        total += CounterOf(doc, "n");
+                        // Writes during the iteration are not part of the snapshot.
+                        return store->ApplyLocal(Increment("c", "d0", "n", 1, me)).status();
+                      })
+                  .ok());
+  EXPECT_EQ(seen, 20);
+  EXPECT_EQ(total, 20);
+  EXPECT_EQ(applied.at(me), 20u);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d0"), "n"), 21);
+}
+
+TEST_F(StoreTest, ChangeFeedListsEveryChangeInOrder) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(store->ApplyLocal(Increment("c", "d" + std::to_string(i % 2), "n", 1, me)).ok());
+  }
+  auto changes = store->ReadChanges(2, 10);
+  ASSERT_TRUE(changes.ok());
+  ASSERT_EQ(changes->size(), 3u);
+  EXPECT_EQ((*changes)[0].first, 3u);
+  EXPECT_EQ((*changes)[0].second.id(), "d0");
+  EXPECT_EQ((*changes)[0].second.origin_seq(), 3u);
+}
+
+TEST_F(StoreTest, ASmallChangeToALargeDocumentWritesLittle) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  LocalWrite fill;
+  fill.collection = "c";
+  fill.id = "big";
+  fill.mutate = [me](Document& doc) {
+    std::vector<crdt::Scalar> elements;
+    for (int64_t i = 0; i < 100000; ++i) elements.push_back(crdt::Scalar::OfInt(i));
+    return doc.AddElements({"set"}, elements, me);
+  };
+  ASSERT_TRUE(store->ApplyLocal(fill).ok());
+  const uint64_t before = env_.bytes_written();
+  LocalWrite add;
+  add.collection = "c";
+  add.id = "big";
+  add.mutate = [me](Document& doc) {
+    return doc.AddElements({"set"}, {crdt::Scalar::OfString("one more")}, me);
+  };
+  ASSERT_TRUE(store->ApplyLocal(add).ok());
+  const uint64_t written = env_.bytes_written() - before;
+  EXPECT_LT(written, 1024u) << "adding one element rewrote " << written << " bytes";
+}
+
+TEST_F(StoreTest, ReadersNeverDecodeAHalfAppliedUpdate) {
+  // An update of two fields commits both or neither: readers racing the writer see a == b.
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  std::atomic<bool> stop{false};
+  std::thread reader([&] {
+    while (!stop) {
+      auto doc = store->Get("c", "pair");
+      ASSERT_TRUE(doc.ok());
+      ASSERT_EQ(CounterOf(*doc, "a"), CounterOf(*doc, "b"));
+    }
+  });
+  for (int i = 0; i < 300; ++i) {
+    LocalWrite write;
+    write.collection = "c";
+    write.id = "pair";
+    write.mutate = [me](Document& doc) -> absl::StatusOr<Document> {
+      auto a = doc.Increment({"a"}, 1, me);
+      if (!a.ok()) return a;
+      auto b = doc.Increment({"b"}, 1, me);
+      if (!b.ok()) return b;
+      a->Join(*b);
+      return a;
+    };
+    ASSERT_TRUE(store->ApplyLocal(write).ok());
+  }
+  stop = true;
+  reader.join();
+}
+
+}  // namespace
+}  // namespace mergedb::storage

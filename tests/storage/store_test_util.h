@@ -1,0 +1,75 @@
+// Test fixtures for the storage layer: a store on LevelDB's in-memory Env behind the
+// fault-injecting Env, and small document updates.
+#ifndef MERGEDB_TESTS_STORAGE_STORE_TEST_UTIL_H_
+#define MERGEDB_TESTS_STORAGE_STORE_TEST_UTIL_H_
+
+#include <memory>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "leveldb/env.h"
+#include "leveldb/helpers/memenv.h"
+#include "storage/fault_env.h"
+#include "storage/store.h"
+
+namespace mergedb::storage::testing {
+
+class MemStoreTest : public ::testing::Test {
+ protected:
+  MemStoreTest()
+      : mem_env_(leveldb::NewMemEnv(leveldb::Env::Default())), env_(mem_env_.get()) {}
+
+  StoreOptions Options() {
+    StoreOptions options;
+    options.path = "/db";
+    options.cluster_id = "test-cluster";
+    options.node_name = "n1";
+    options.env = &env_;
+    return options;
+  }
+
+  std::unique_ptr<Store> OpenOrDie(StoreOptions options) {
+    auto store = Store::Open(options);
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? *std::move(store) : nullptr;
+  }
+  std::unique_ptr<Store> OpenOrDie() { return OpenOrDie(Options()); }
+
+  std::unique_ptr<leveldb::Env> mem_env_;
+  FaultInjectionEnv env_;
+};
+
+inline LocalWrite Increment(std::string collection, std::string id, std::string field,
+                            int64_t by, crdt::ReplicaId replica, std::string request_id = "") {
+  LocalWrite write;
+  write.collection = std::move(collection);
+  write.id = std::move(id);
+  write.request_id = std::move(request_id);
+  write.unix_millis = 1000;
+  write.mutate = [field = std::move(field), by, replica](crdt::Document& doc) {
+    return doc.Increment({field}, by, replica);
+  };
+  return write;
+}
+
+inline LocalWrite SetString(std::string collection, std::string id, std::string field,
+                            std::string value, crdt::ReplicaId replica) {
+  LocalWrite write;
+  write.collection = std::move(collection);
+  write.id = std::move(id);
+  write.mutate = [field = std::move(field), value = std::move(value),
+                  replica](crdt::Document& doc) {
+    return doc.SetRegister({field}, crdt::RegisterValue::OfScalar(crdt::Scalar::OfString(value)),
+                           replica, crdt::Hlc::FromParts(1, 0));
+  };
+  return write;
+}
+
+inline int64_t CounterOf(const crdt::Document& doc, const std::string& field) {
+  auto fields = doc.ReadField({field});
+  return fields.empty() ? 0 : fields[0].value().counter();
+}
+
+}  // namespace mergedb::storage::testing
+
+#endif  // MERGEDB_TESTS_STORAGE_STORE_TEST_UTIL_H_
