@@ -25,14 +25,14 @@ class CausalCrdt {
   const DotKernel& kernel() const { return kernel_; }
   const CausalContext& context() const { return kernel_.context(); }
 
-  // Least upper bound; applies a delta or merges a full state alike. When `changed` is not null,
-  // the keys of the leaves whose live dots changed are inserted into it.
-  void Join(const Derived& other, std::set<std::string>* changed = nullptr) {
-    kernel_.Join(other.kernel_, changed);
+  // Least upper bound; applies a delta or merges a full state alike. When `changes` is not
+  // null, records the leaves whose live dots changed (DotKernel::Join).
+  void Join(const Derived& other, LeafChanges* changes = nullptr) {
+    kernel_.Join(other.kernel_, changes);
   }
 
   // See DotKernel::set_change_journal.
-  void set_change_journal(std::set<std::string>* journal) { kernel_.set_change_journal(journal); }
+  void set_change_journal(LeafChanges* journal) { kernel_.set_change_journal(journal); }
 
   void EncodeTo(mergedb::v1::CausalState* out) const { kernel_.EncodeTo(out); }
   std::string Encode() const { return kernel_.Encode(); }

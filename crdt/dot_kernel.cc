@@ -29,9 +29,16 @@ std::pair<LeafMap::const_iterator, LeafMap::const_iterator> DotKernel::LeavesWit
   return {begin, end};
 }
 
-void DotKernel::Join(const DotKernel& other, std::set<std::string>* changed) {
+void DotKernel::Join(const DotKernel& other, LeafChanges* changes) {
   if (&other == this) return;  // x ⊔ x = x
-  if (changed == nullptr) changed = journal_;
+  if (changes == nullptr) changes = journal_;
+  // Records a leaf's pre-image before its first change.
+  auto touch = [&](const std::string& key) {
+    if (changes == nullptr || changes->before.count(key) > 0) return;
+    auto leaf = leaves_.find(key);
+    changes->before.emplace(key, leaf == leaves_.end() ? std::nullopt
+                                                       : std::optional<DotStore>(leaf->second));
+  };
   // (s \ c'): drop our live dots that `other` has seen but no longer holds. Only dots inside
   // other's context can go, so walk the index over its ranges instead of over all our leaves.
   other.context_.ForEachRange([&](ReplicaId replica, uint64_t first, uint64_t last) {
@@ -41,9 +48,9 @@ void DotKernel::Join(const DotKernel& other, std::set<std::string>* changed) {
         ++it;
         continue;
       }
+      touch(it->second);
       auto leaf = leaves_.find(it->second);
       leaf->second.erase(it->first);
-      if (changed != nullptr) changed->insert(leaf->first);
       if (leaf->second.empty()) leaves_.erase(leaf);
       it = index_.erase(it);
     }
@@ -55,8 +62,8 @@ void DotKernel::Join(const DotKernel& other, std::set<std::string>* changed) {
     for (const auto& [dot, payload] : store) {
       if (context_.Contains(dot)) continue;
       if (mine == nullptr) {
+        touch(key);
         mine = &leaves_.try_emplace(key).first->second;
-        if (changed != nullptr) changed->insert(key);
       }
       mine->emplace(dot, payload);
       index_.emplace(dot, key);
@@ -146,7 +153,7 @@ void DotKernel::EncodeTo(mergedb::v1::CausalState* out) const {
 std::string DotKernel::Encode() const {
   mergedb::v1::CausalState state;
   EncodeTo(&state);
-  return state.SerializeAsString();
+  return SerializeDeterministic(state);
 }
 
 absl::StatusOr<DotKernel> DotKernel::FromParts(CausalContext context, LeafMap leaves) {

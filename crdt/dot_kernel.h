@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <variant>
@@ -64,6 +65,14 @@ using Payload = std::variant<ElementPayload, CounterPayload, RegisterPayload, Fl
 using DotStore = std::map<Dot, Payload>;
 using LeafMap = std::map<std::string, DotStore, std::less<>>;
 
+// What a Join changed: for each leaf whose live dots changed, its content before the first change
+// (nullopt if it did not exist). Storage rewrites exactly these leaves and uses the pre-images to
+// update its state digest incrementally.
+struct LeafChanges {
+  std::map<std::string, std::optional<DotStore>> before;
+  bool empty() const { return before.empty(); }
+};
+
 // The field kind a payload belongs to (ElementPayload -> kSet).
 FieldKind PayloadKind(const Payload& payload);
 
@@ -91,9 +100,9 @@ class DotKernel {
   }
 
   // While `journal` is set, every Join into this state (including those a mutator performs)
-  // also inserts the keys of the leaves it changed into `*journal`. Storage uses it to rewrite
-  // only those leaves. Pass nullptr to stop. `*journal` must outlive the recording.
-  void set_change_journal(std::set<std::string>* journal) { journal_ = journal; }
+  // also records what it changed into `*journal`. Pass nullptr to stop. `*journal` must
+  // outlive the recording.
+  void set_change_journal(LeafChanges* journal) { journal_ = journal; }
 
   const CausalContext& context() const { return context_; }
   const LeafMap& leaves() const { return leaves_; }
@@ -105,9 +114,9 @@ class DotKernel {
   std::pair<LeafMap::const_iterator, LeafMap::const_iterator> LeavesWithPrefix(
       absl::string_view prefix) const;
 
-  // Joins `other` into this state. When `changed` is not null, inserts the key of every leaf
-  // whose live dots changed.
-  void Join(const DotKernel& other, std::set<std::string>* changed = nullptr);
+  // Joins `other` into this state. When `changes` is not null (or a journal is set), records
+  // every leaf whose live dots changed, with its content before the change.
+  void Join(const DotKernel& other, LeafChanges* changes = nullptr);
 
   // ---- Building deltas. A mutator builds a delta with these, joins it into its state and
   // returns it. ----
@@ -142,7 +151,7 @@ class DotKernel {
   LeafMap leaves_;
   // Derived from leaves_: where each live dot lives.
   std::map<Dot, std::string> index_;
-  std::set<std::string>* journal_ = nullptr;
+  LeafChanges* journal_ = nullptr;
 };
 
 }  // namespace mergedb::crdt

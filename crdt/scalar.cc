@@ -172,20 +172,25 @@ std::string Scalar::DebugString() const {
   return std::visit(Visitor{}, rep_);
 }
 
-RegisterValue RegisterValue::OfJson(const google::protobuf::Value& json) {
+std::string SerializeDeterministic(const google::protobuf::MessageLite& message) {
   std::string serialized;
   {
     google::protobuf::io::StringOutputStream stream(&serialized);
     google::protobuf::io::CodedOutputStream coded(&stream);
     coded.SetSerializationDeterministic(true);
-    json.SerializeToCodedStream(&coded);
+    message.SerializeToCodedStream(&coded);
   }
-  return OfSerializedJson(std::move(serialized));
+  return serialized;
+}
+
+RegisterValue RegisterValue::OfJson(const google::protobuf::Value& json) {
+  return OfSerializedJson(SerializeDeterministic(json));
 }
 
 void RegisterValue::EncodeTo(mergedb::v1::RegisterValue* out) const {
   if (is_json_) {
-    out->set_json(json_);
+    // Valid by construction: OfJson serialized it, or Decode re-serialized a parsed value.
+    (void)out->mutable_json()->ParseFromString(json_);
   } else {
     scalar_.EncodeTo(out->mutable_scalar());
   }
@@ -198,13 +203,8 @@ absl::StatusOr<RegisterValue> RegisterValue::Decode(const mergedb::v1::RegisterV
       if (!scalar.ok()) return scalar.status();
       return OfScalar(*std::move(scalar));
     }
-    case mergedb::v1::RegisterValue::kJson: {
-      google::protobuf::Value probe;
-      if (!probe.ParseFromString(in.json())) {
-        return absl::InvalidArgumentError("register value: json is not a google.protobuf.Value");
-      }
-      return OfSerializedJson(in.json());
-    }
+    case mergedb::v1::RegisterValue::kJson:
+      return OfJson(in.json());
     case mergedb::v1::RegisterValue::KIND_NOT_SET:
       break;
   }

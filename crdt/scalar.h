@@ -64,7 +64,7 @@ class Scalar {
   Rep rep_;
 };
 
-// A register's value: a typed scalar, or any JSON value kept opaque (its deterministic
+// A register's value: a typed scalar, or any JSON value kept opaque (held as its deterministic
 // serialization, so equal JSON values are equal bytes).
 class RegisterValue {
  public:
@@ -97,6 +97,10 @@ class RegisterValue {
   Scalar scalar_;
   std::string json_;
 };
+
+// Serializes `message` deterministically (map entries sorted): every encoding of CRDT state goes
+// through this, so equal states are equal bytes on every replica.
+std::string SerializeDeterministic(const google::protobuf::MessageLite& message);
 
 }  // namespace mergedb::crdt
 

@@ -6,7 +6,7 @@ MERGEDB_APT_PACKAGES=(
   libprotobuf-dev protobuf-compiler
   libgrpc++-dev protobuf-compiler-grpc grpc-proto
   libabsl-dev libleveldb-dev libsnappy-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev
 )
 
 mergedb_missing_packages() {

@@ -47,6 +47,7 @@ inline constexpr absl::string_view kMetaNode = "node";            // node name
 inline constexpr absl::string_view kMetaReplica = "replica";      // be64 replica id
 inline constexpr absl::string_view kMetaChangeSeq = "change_seq"; // be64 last change sequence
 inline constexpr absl::string_view kMetaDocCount = "doc_count";   // be64 live documents
+inline constexpr absl::string_view kMetaDigest = "digest";        // 16-byte state digest
 
 inline constexpr int kSchemaVersion = 1;
 

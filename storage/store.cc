@@ -16,6 +16,7 @@
 #include "leveldb/filter_policy.h"
 #include "leveldb/write_batch.h"
 #include "storage/keys.h"
+#include "xxhash.h"
 
 namespace mergedb::storage {
 
@@ -40,6 +41,32 @@ bool HasPrefix(const leveldb::Slice& key, absl::string_view prefix) {
 }
 
 absl::string_view View(const leveldb::Slice& s) { return absl::string_view(s.data(), s.size()); }
+
+// One stored record's contribution to the state digest.
+unsigned __int128 RecordHash(absl::string_view key, absl::string_view value) {
+  std::string buf = keys::EncodeBe64(key.size());
+  buf.append(key.data(), key.size());
+  buf.append(value.data(), value.size());
+  const XXH128_hash_t h = XXH3_128bits(buf.data(), buf.size());
+  return (static_cast<unsigned __int128>(h.high64) << 64) | h.low64;
+}
+
+std::string EncodeDigest(unsigned __int128 digest) {
+  return keys::EncodeBe64(static_cast<uint64_t>(digest >> 64)) +
+         keys::EncodeBe64(static_cast<uint64_t>(digest));
+}
+
+std::string EncodeLeafValue(const crdt::DotStore& leaf) {
+  mergedb::v1::Leaf proto;
+  crdt::DotKernel::EncodeLeaf("", leaf, &proto);
+  return crdt::SerializeDeterministic(proto);
+}
+
+std::string EncodeContextValue(const crdt::CausalContext& context) {
+  mergedb::v1::CausalContext proto;
+  context.EncodeTo(&proto);
+  return crdt::SerializeDeterministic(proto);
+}
 
 std::string DocName(absl::string_view collection, absl::string_view id) {
   return absl::StrCat(collection, "/", id);
@@ -140,6 +167,7 @@ struct Store::Writer {
   VersionVector applied_updates;
 
   int64_t doc_count_delta = 0;
+  unsigned __int128 digest_delta = 0;
 
   // Outputs, set by the leader.
   uint64_t log_seq = 0;
@@ -230,6 +258,7 @@ absl::Status Store::Initialize() {
     batch.Put(keys::Meta(keys::kMetaReplica), keys::EncodeBe64(replica_id_));
     batch.Put(keys::Meta(keys::kMetaChangeSeq), keys::EncodeBe64(0));
     batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(0));
+    batch.Put(keys::Meta(keys::kMetaDigest), EncodeDigest(0));
     leveldb::WriteOptions sync;
     sync.sync = true;
     return FromLevelDb(db_->Write(sync, &batch), absl::StrCat("initializing data dir ", path));
@@ -254,12 +283,13 @@ absl::Status Store::Initialize() {
     }
     return FromLevelDb(ms, absl::StrCat("reading data dir ", path));
   };
-  std::string cluster, node, replica, change_seq, doc_count;
+  std::string cluster, node, replica, change_seq, doc_count, digest;
   MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaCluster, &cluster));
   MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaNode, &node));
   MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaReplica, &replica));
   MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaChangeSeq, &change_seq));
   MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaDocCount, &doc_count));
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaDigest, &digest));
   if (cluster != options_.cluster_id) {
     return absl::FailedPreconditionError(absl::StrCat("data dir ", path, " belongs to cluster '",
                                                       cluster, "', not '", options_.cluster_id,
@@ -269,7 +299,8 @@ absl::Status Store::Initialize() {
     return absl::FailedPreconditionError(absl::StrCat(
         "data dir ", path, " belongs to node '", node, "', not '", options_.node_name, "'"));
   }
-  if (replica.size() != 8 || change_seq.size() != 8 || doc_count.size() != 8) {
+  if (replica.size() != 8 || change_seq.size() != 8 || doc_count.size() != 8 ||
+      digest.size() != 16) {
     return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed meta records"));
   }
   replica_id_ = keys::DecodeBe64(replica);
@@ -282,6 +313,8 @@ absl::Status Store::Initialize() {
   log_floor_ = std::move(floors);
   last_change_seq_ = keys::DecodeBe64(change_seq);
   doc_count_ = static_cast<int64_t>(keys::DecodeBe64(doc_count));
+  digest_ = (static_cast<unsigned __int128>(keys::DecodeBe64(digest)) << 64) |
+            keys::DecodeBe64(absl::string_view(digest).substr(8));
   return absl::OkStatus();
 }
 
@@ -359,20 +392,27 @@ absl::StatusOr<std::shared_ptr<Document>> Store::LoadLocked(const std::string& d
 }
 
 void Store::EncodeDocChanges(const std::string& doc_prefix, const Document& doc,
-                             const std::set<std::string>& changed, leveldb::WriteBatch* batch) {
-  for (const std::string& leaf_key : changed) {
+                             const crdt::LeafChanges& changes,
+                             const crdt::CausalContext& context_before,
+                             leveldb::WriteBatch* batch, unsigned __int128* digest_delta) {
+  for (const auto& [leaf_key, before] : changes.before) {
     const std::string key = keys::DocLeaf(doc_prefix, leaf_key);
+    if (before.has_value()) *digest_delta -= RecordHash(key, EncodeLeafValue(*before));
     if (const crdt::DotStore* leaf = doc.kernel().FindLeaf(leaf_key)) {
-      mergedb::v1::Leaf proto;
-      crdt::DotKernel::EncodeLeaf("", *leaf, &proto);
-      batch->Put(key, proto.SerializeAsString());
+      const std::string value = EncodeLeafValue(*leaf);
+      *digest_delta += RecordHash(key, value);
+      batch->Put(key, value);
     } else {
       batch->Delete(key);
     }
   }
-  mergedb::v1::CausalContext context;
-  doc.context().EncodeTo(&context);
-  batch->Put(keys::DocContext(doc_prefix), context.SerializeAsString());
+  const std::string context_key = keys::DocContext(doc_prefix);
+  if (!context_before.empty()) {
+    *digest_delta -= RecordHash(context_key, EncodeContextValue(context_before));
+  }
+  const std::string context = EncodeContextValue(doc.context());
+  *digest_delta += RecordHash(context_key, context);
+  batch->Put(context_key, context);
 }
 
 absl::Status Store::FailStore(const absl::Status& status) {
@@ -409,6 +449,7 @@ absl::Status Store::Commit(Writer* w) {
   VersionVector applied = applied_;
   uint64_t change_seq = last_change_seq_;
   int64_t doc_count = doc_count_;
+  unsigned __int128 digest = digest_;
   size_t taken = 0;
   size_t bytes = 0;
   for (Writer* x : writers_) {
@@ -428,20 +469,21 @@ absl::Status Store::Commit(Writer* w) {
       change.set_id(x->id);
       change.set_origin(replica_id_);
       change.set_origin_seq(x->log_seq);
-      group.Put(keys::Change(x->change_seq), change.SerializeAsString());
+      group.Put(keys::Change(x->change_seq), crdt::SerializeDeterministic(change));
     }
     if (x->has_request) {
       x->request.set_change_seq(x->change_seq);
-      group.Put(keys::Request(x->request_id), x->request.SerializeAsString());
+      group.Put(keys::Request(x->request_id), crdt::SerializeDeterministic(x->request));
     }
     for (const auto& change : x->remote_changes) {
-      group.Put(keys::Change(++change_seq), change.SerializeAsString());
+      group.Put(keys::Change(++change_seq), crdt::SerializeDeterministic(change));
     }
     for (const auto& [origin, seq] : x->applied_updates) {
       applied[origin] = std::max(applied[origin], seq);
       group.Put(keys::Applied(origin), keys::EncodeBe64(applied[origin]));
     }
     doc_count += x->doc_count_delta;
+    digest += x->digest_delta;
   }
   if (applied[replica_id_] != applied_[replica_id_]) {
     group.Put(keys::Applied(replica_id_), keys::EncodeBe64(applied[replica_id_]));
@@ -453,6 +495,7 @@ absl::Status Store::Commit(Writer* w) {
   if (doc_count != doc_count_) {
     group.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(static_cast<uint64_t>(doc_count)));
   }
+  if (digest != digest_) group.Put(keys::Meta(keys::kMetaDigest), EncodeDigest(digest));
 
   commit_mu_.Unlock();
   leveldb::WriteOptions wo;
@@ -463,8 +506,10 @@ absl::Status Store::Commit(Writer* w) {
   absl::Status status;
   if (s.ok()) {
     applied_ = std::move(applied);
+    if (change_seq != last_change_seq_) change_cv_.SignalAll();
     last_change_seq_ = change_seq;
     doc_count_ = doc_count;
+    digest_ = digest;
   } else {
     // LevelDB refuses further writes after a failed sync; refuse every write, whatever failed.
     status = FailStore(FromLevelDb(s, "commit"));
@@ -505,8 +550,9 @@ absl::StatusOr<WriteResult> Store::ApplyLocal(const LocalWrite& write) {
 
   MERGEDB_ASSIGN_OR_RETURN(std::shared_ptr<Document> doc, LoadLocked(prefix));
   const bool existed = doc->exists();
-  std::set<std::string> changed;
-  doc->set_change_journal(&changed);
+  const crdt::CausalContext context_before = doc->context();
+  crdt::LeafChanges changes;
+  doc->set_change_journal(&changes);
   absl::StatusOr<Document> delta = write.mutate(*doc);
   doc->set_change_journal(nullptr);
   if (!delta.ok()) {
@@ -520,12 +566,12 @@ absl::StatusOr<WriteResult> Store::ApplyLocal(const LocalWrite& write) {
   w.collection = write.collection;
   w.id = write.id;
   if (!delta->context().empty()) {
-    EncodeDocChanges(prefix, *doc, changed, &w.batch);
+    EncodeDocChanges(prefix, *doc, changes, context_before, &w.batch, &w.digest_delta);
     mergedb::v1::LogEntry entry;
     entry.set_collection(write.collection);
     entry.set_id(write.id);
     delta->EncodeTo(entry.mutable_delta());
-    w.local_entry = entry.SerializeAsString();
+    w.local_entry = crdt::SerializeDeterministic(entry);
     w.has_local_entry = true;
     w.local_changed = true;
     w.doc_count_delta = static_cast<int64_t>(doc->exists()) - static_cast<int64_t>(existed);
@@ -588,7 +634,8 @@ absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord>
 
   struct Touched {
     std::shared_ptr<Document> doc;
-    std::set<std::string> changed;
+    crdt::LeafChanges changes;
+    crdt::CausalContext context_before;
     bool existed = false;
   };
   std::map<std::string, Touched> docs;
@@ -605,28 +652,31 @@ absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord>
   for (auto& [prefix, touched] : docs) {
     MERGEDB_ASSIGN_OR_RETURN(touched.doc, LoadLocked(prefix));
     touched.existed = touched.doc->exists();
+    touched.context_before = touched.doc->context();
   }
   Writer w;
   for (const auto& [record, delta] : to_apply) {
     const std::string prefix = keys::DocPrefix(record->entry.collection(), record->entry.id());
     Touched& touched = docs[prefix];
-    std::set<std::string> changed;
-    touched.doc->Join(delta, &changed);
-    w.batch.Put(keys::Log(record->origin, record->seq), record->entry.SerializeAsString());
-    if (!changed.empty()) {
+    crdt::LeafChanges entry_changes;
+    touched.doc->Join(delta, &entry_changes);
+    w.batch.Put(keys::Log(record->origin, record->seq), crdt::SerializeDeterministic(record->entry));
+    if (!entry_changes.empty()) {
       mergedb::v1::ChangeRecord change;
       change.set_collection(record->entry.collection());
       change.set_id(record->entry.id());
       change.set_origin(record->origin);
       change.set_origin_seq(record->seq);
       w.remote_changes.push_back(std::move(change));
-      touched.changed.insert(changed.begin(), changed.end());
+      // Keep the earliest pre-image of each leaf across the frame's entries.
+      touched.changes.before.merge(entry_changes.before);
     }
     w.applied_updates[record->origin] = record->seq;
     ++result.applied;
   }
   for (auto& [prefix, touched] : docs) {
-    EncodeDocChanges(prefix, *touched.doc, touched.changed, &w.batch);
+    EncodeDocChanges(prefix, *touched.doc, touched.changes, touched.context_before, &w.batch,
+                     &w.digest_delta);
     w.doc_count_delta +=
         static_cast<int64_t>(touched.doc->exists()) - static_cast<int64_t>(touched.existed);
   }
@@ -803,6 +853,20 @@ absl::StatusOr<VersionVector> Store::PeerAcked(absl::string_view peer) {
 
 uint64_t Store::last_change_seq() const {
   absl::MutexLock lock(&commit_mu_);
+  return last_change_seq_;
+}
+
+std::string Store::state_digest() const {
+  absl::MutexLock lock(&commit_mu_);
+  return EncodeDigest(digest_);
+}
+
+uint64_t Store::WaitForChange(uint64_t after_seq, absl::Duration timeout) {
+  absl::MutexLock lock(&commit_mu_);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (last_change_seq_ <= after_seq) {
+    if (change_cv_.WaitWithDeadline(&commit_mu_, deadline)) break;
+  }
   return last_change_seq_;
 }
 

@@ -46,6 +46,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "crdt/document.h"
 #include "mergedb/v1/storage.pb.h"
@@ -208,6 +209,15 @@ class Store {
 
   // Live documents.
   int64_t document_count() const;
+  // A digest of every document's full CRDT state (contexts included): the sum, modulo 2^128,
+  // of a 128-bit XXH3 hash of each stored document record (key and canonical value). Order-
+  // independent and maintained at each commit, so it reads in O(1); equal digests mean equal
+  // states (up to hash collisions). 16 bytes, big-endian.
+  std::string state_digest() const;
+
+  // Waits until the change feed has advanced past `after_seq` or `timeout` passes; returns the
+  // last change sequence.
+  uint64_t WaitForChange(uint64_t after_seq, absl::Duration timeout);
   // OK, or the failure that made the store refuse writes.
   absl::Status health() const;
 
@@ -225,9 +235,12 @@ class Store {
   absl::StatusOr<std::shared_ptr<crdt::Document>> LoadLocked(const std::string& doc_prefix);
   absl::StatusOr<crdt::Document> LoadFromDb(const std::string& doc_prefix,
                                             const leveldb::Snapshot* snapshot);
-  // Puts the changed leaves (deleting emptied ones) and the context of a document in `batch`.
+  // Puts the changed leaves (deleting emptied ones) and the context of a document in `batch`,
+  // and adds to `*digest_delta` the change of the state digest (new records minus old ones).
   static void EncodeDocChanges(const std::string& doc_prefix, const crdt::Document& doc,
-                               const std::set<std::string>& changed, leveldb::WriteBatch* batch);
+                               const crdt::LeafChanges& changes,
+                               const crdt::CausalContext& context_before,
+                               leveldb::WriteBatch* batch, unsigned __int128* digest_delta);
   absl::StatusOr<VersionVector> ReadVector(absl::string_view prefix,
                                            const leveldb::Snapshot* snapshot);
   // Queues `writer` for group commit and returns when its batch is durable (or failed).
@@ -252,6 +265,8 @@ class Store {
   VersionVector log_floor_ ABSL_GUARDED_BY(commit_mu_);
   uint64_t last_change_seq_ ABSL_GUARDED_BY(commit_mu_) = 0;
   int64_t doc_count_ ABSL_GUARDED_BY(commit_mu_) = 0;
+  unsigned __int128 digest_ ABSL_GUARDED_BY(commit_mu_) = 0;
+  absl::CondVar change_cv_;  // signalled when last_change_seq_ advances
   absl::Status fatal_ ABSL_GUARDED_BY(commit_mu_);
 };
 

@@ -84,8 +84,6 @@ TEST(RegisterValue, JsonIsOpaqueAndCanonical) {
   auto back = RegisterValue::Decode(proto);
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(back->ToJson().struct_value().fields().at("y").string_value(), "z");
-  proto.set_json("\xff\xff");
-  EXPECT_EQ(RegisterValue::Decode(proto).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

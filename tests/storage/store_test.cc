@@ -350,5 +350,40 @@ TEST_F(StoreTest, ReadersNeverDecodeAHalfAppliedUpdate) {
   reader.join();
 }
 
+TEST_F(StoreTest, EqualStatesHaveEqualDigestsWhateverTheOrderOfArrival) {
+  auto a = OpenOrDie();
+  StoreOptions ob = Options();
+  ob.path = "/b";
+  ob.node_name = "n2";
+  auto b = OpenOrDie(ob);
+  // Concurrent writes on both, including a removal and a type conflict.
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(a->ApplyLocal(Increment("c", "d" + std::to_string(i % 3), "n", 1, a->replica_id())).ok());
+    ASSERT_TRUE(b->ApplyLocal(SetString("c", "d" + std::to_string(i % 4), "n", "x", b->replica_id())).ok());
+  }
+  LocalWrite rm;
+  rm.collection = "c";
+  rm.id = "d1";
+  rm.mutate = [](Document& doc) -> absl::StatusOr<Document> { return doc.RemoveField({"n"}); };
+  ASSERT_TRUE(a->ApplyLocal(rm).ok());
+  EXPECT_NE(a->state_digest(), b->state_digest());
+  std::vector<LogRecord> from_a = *a->ReadLog({}, 1000);
+  std::vector<LogRecord> from_b = *b->ReadLog({}, 1000);
+  ASSERT_TRUE(b->ApplyRemote(from_a).ok());
+  ASSERT_TRUE(a->ApplyRemote(from_b).ok());
+  EXPECT_EQ(a->state_digest(), b->state_digest());
+  for (int i = 0; i < 4; ++i) {
+    const std::string id = "d" + std::to_string(i);
+    EXPECT_EQ(a->Get("c", id)->Encode(), b->Get("c", id)->Encode());
+  }
+  const std::string digest = a->state_digest();
+  EXPECT_EQ(digest.size(), 16u);
+  a.reset();
+  a = OpenOrDie();
+  EXPECT_EQ(a->state_digest(), digest) << "the digest is durable";
+  ASSERT_TRUE(a->ApplyLocal(Increment("c", "fresh", "n", 1, a->replica_id())).ok());
+  EXPECT_NE(a->state_digest(), b->state_digest());
+}
+
 }  // namespace
 }  // namespace mergedb::storage
