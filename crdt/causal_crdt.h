@@ -33,6 +33,8 @@ class CausalCrdt {
 
   // See DotKernel::set_change_journal.
   void set_change_journal(LeafChanges* journal) { kernel_.set_change_journal(journal); }
+  // See DotKernel::set_observed_limit.
+  void set_observed_limit(const CausalContext* observed) { kernel_.set_observed_limit(observed); }
 
   void EncodeTo(mergedb::v1::CausalState* out) const { kernel_.EncodeTo(out); }
   std::string Encode() const { return kernel_.Encode(); }

@@ -194,7 +194,7 @@ absl::StatusOr<Document> Document::RemoveElements(const Path& path,
   DotKernel delta;
   for (const Scalar& element : elements) {
     if (const DotStore* leaf = kernel_.FindLeaf(field_key + element.EncodeKey())) {
-      delta.AddSeenLeaf(*leaf);
+      delta.AddSeenLeaf(*leaf, kernel_);
     }
   }
   return Apply(std::move(delta));
@@ -209,7 +209,8 @@ Document Document::RemoveField(const Path& path) {
 
 Document Document::Delete() {
   DotKernel delta;
-  delta.AddSeen(kernel_.context());
+  const CausalContext* observed = kernel_.observed_limit();
+  delta.AddSeen(observed != nullptr ? *observed : kernel_.context());
   return Apply(std::move(delta));
 }
 

@@ -79,8 +79,10 @@ void DotKernel::AddEntry(absl::string_view key, const Dot& dot, Payload payload)
   context_.Add(dot);
 }
 
-void DotKernel::AddSeenLeaf(const DotStore& leaf) {
-  for (const auto& entry : leaf) context_.Add(entry.first);
+void DotKernel::AddSeenLeaf(const DotStore& leaf, const DotKernel& state) {
+  for (const auto& entry : leaf) {
+    if (state.MaySupersede(entry.first)) context_.Add(entry.first);
+  }
 }
 
 void DotKernel::EncodeLeaf(absl::string_view key, const DotStore& leaf, mergedb::v1::Leaf* out) {

@@ -104,6 +104,18 @@ class DotKernel {
   // outlive the recording.
   void set_change_journal(LeafChanges* journal) { journal_ = journal; }
 
+  // While `observed` is set, delta mutators on this state supersede and remove only dots in
+  // `*observed` (the causal context of the read an update was based on), not everything this
+  // state holds. Not copied, like the journal. `*observed` must outlive the setting.
+  // REQUIRES: `*observed` is contained in this state's context (the node waits until it is), so
+  // that a client's token can never remove writes this replica has not yet received.
+  void set_observed_limit(const CausalContext* observed) { observed_ = observed; }
+  // True when a mutator may supersede or remove `dot`.
+  bool MaySupersede(const Dot& dot) const {
+    return observed_ == nullptr || observed_->Contains(dot);
+  }
+  const CausalContext* observed_limit() const { return observed_; }
+
   const CausalContext& context() const { return context_; }
   const LeafMap& leaves() const { return leaves_; }
   bool empty() const { return leaves_.empty(); }
@@ -126,8 +138,8 @@ class DotKernel {
   // Adds `dot` to the context only: joining this delta removes that dot wherever it is live.
   void AddSeen(const Dot& dot) { context_.Add(dot); }
   void AddSeen(const CausalContext& context) { context_.Join(context); }
-  // Adds every live dot of `leaf` to the context.
-  void AddSeenLeaf(const DotStore& leaf);
+  // Adds every live dot of `leaf` that `state` may supersede to the context.
+  void AddSeenLeaf(const DotStore& leaf, const DotKernel& state);
 
   // ---- Encoding. The encoding is canonical: equal states encode to equal bytes. ----
   void EncodeTo(mergedb::v1::CausalState* out) const;
@@ -152,6 +164,7 @@ class DotKernel {
   // Derived from leaves_: where each live dot lives.
   std::map<Dot, std::string> index_;
   LeafChanges* journal_ = nullptr;
+  const CausalContext* observed_ = nullptr;
 };
 
 }  // namespace mergedb::crdt

@@ -21,7 +21,7 @@ DotKernel ReplaceDelta(const DotKernel& state, absl::string_view key, ReplicaId 
   DotKernel delta;
   if (const DotStore* leaf = state.FindLeaf(key)) {
     for (const auto& entry : *leaf) {
-      if (supersedes(entry.first)) delta.AddSeen(entry.first);
+      if (supersedes(entry.first) && state.MaySupersede(entry.first)) delta.AddSeen(entry.first);
     }
   }
   delta.AddEntry(key, NextDot(state, replica), std::move(payload));
@@ -69,8 +69,16 @@ absl::StatusOr<DotKernel> CounterAddDelta(const DotKernel& state, absl::string_v
   } else {
     totals.decrements += static_cast<uint64_t>(-(static_cast<__int128>(by)));
   }
-  return ReplaceDelta(state, key, replica, totals,
-                      [replica](const Dot& dot) { return dot.replica == replica; });
+  // A replica's own entry holds its running total and is always replaced, whatever the base
+  // read observed; otherwise the old total would stay beside the new one and count twice.
+  DotKernel delta;
+  if (const DotStore* leaf = state.FindLeaf(key)) {
+    for (const auto& entry : *leaf) {
+      if (entry.first.replica == replica) delta.AddSeen(entry.first);
+    }
+  }
+  delta.AddEntry(key, NextDot(state, replica), totals);
+  return delta;
 }
 
 DotKernel FlagWriteDelta(const DotKernel& state, absl::string_view key, ReplicaId replica,
@@ -85,7 +93,7 @@ DotKernel ElementAddDelta(const DotKernel& state, absl::string_view key, Replica
 DotKernel RemovePrefixDelta(const DotKernel& state, absl::string_view prefix) {
   DotKernel delta;
   auto [begin, end] = state.LeavesWithPrefix(prefix);
-  for (auto it = begin; it != end; ++it) delta.AddSeenLeaf(it->second);
+  for (auto it = begin; it != end; ++it) delta.AddSeenLeaf(it->second, state);
   return delta;
 }
 

@@ -3,7 +3,8 @@
 //
 // Every mutator is pure: it reads `state` and returns the delta to join into it. A new entry gets
 // the next dot of `replica` in `state`'s context, and the delta's context lists the dots the new
-// entry supersedes, so joining the delta anywhere removes exactly what the writer had observed.
+// entry supersedes, so joining the delta anywhere removes exactly what the writer had observed
+// (limited to the state's observed limit when one is set: DotKernel::set_observed_limit).
 #ifndef MERGEDB_CRDT_LEAF_OPS_H_
 #define MERGEDB_CRDT_LEAF_OPS_H_
 

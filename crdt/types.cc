@@ -82,7 +82,7 @@ AwSet AwSet::Add(ReplicaId replica, const Scalar& element) {
 
 AwSet AwSet::Remove(const Scalar& element) {
   DotKernel delta;
-  if (const DotStore* leaf = kernel_.FindLeaf(element.EncodeKey())) delta.AddSeenLeaf(*leaf);
+  if (const DotStore* leaf = kernel_.FindLeaf(element.EncodeKey())) delta.AddSeenLeaf(*leaf, kernel_);
   return Apply(std::move(delta));
 }
 

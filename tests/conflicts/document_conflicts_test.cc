@@ -74,6 +74,23 @@ TEST(DocumentConflicts, LateDuplicateOfAnOldDeltaCannotResurrectADeletedDocument
   }
 }
 
+TEST(DocumentConflicts, DeleteBasedOnAnOlderReadKeepsFieldsWrittenSince) {
+  // Situation: a client reads the document {name} from node 0 and keeps the version token;
+  // then node 1 adds "email", which reaches node 0. The client deletes the document through
+  // node 0 with the token as base. Every node ends with a document holding only "email": the
+  // delete removed what the read saw, nothing that arrived after it.
+  Replicas r(3);
+  r.Deliver(Replicas::Ok(r[0].SetRegister({"name"}, Str("ada"), Replicas::Id(0), r.Clock(0, 1))), {1, 2});
+  const CausalContext token = r[0].context();
+  r.Deliver(Replicas::Ok(r[1].SetRegister({"email"}, Str("a@x"), Replicas::Id(1), r.Clock(1, 2))), {0, 2});
+  r[0].set_observed_limit(&token);
+  Document del = r[0].Delete();
+  r[0].set_observed_limit(nullptr);
+  r.Deliver(del, {1, 2});
+  r.ExpectConverged();
+  EXPECT_EQ(r.Json(2), R"pb(struct_value { fields { key: "email" value { string_value: "a@x" } } })pb");
+}
+
 TEST(DocumentConflicts, TypeDivergenceKeepsBothKindsAndAgreesOnPrecedence) {
   // Situation: "x" is absent. Node 0 increments counter x by 3 while node 1 concurrently sets
   // register x = "hi". Every node keeps both (fields are keyed by name and kind, so nothing is

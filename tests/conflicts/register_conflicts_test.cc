@@ -78,5 +78,28 @@ TEST(RegisterConflicts, AWriteThatSawBothSiblingsResolvesTheConflict) {
   }
 }
 
+TEST(RegisterConflicts, AWriteBasedOnAnOlderReadSupersedesOnlyWhatThatReadSaw) {
+  // Situation: a client reads "title" = "a" from node 0 and keeps the version token; meanwhile
+  // node 1's write "b" reaches node 0. The client then writes "c" through node 0 with the token
+  // as its base. Every node ends with siblings "c" and "b": the write replaced the "a" its read
+  // saw, but "b" arrived after that read, so it is concurrent with the write and is kept.
+  Replicas r(3);
+  r.Deliver(Replicas::Ok(r[0].SetRegister({"title"}, Str("a"), Replicas::Id(0), r.Clock(0, 1))), {1, 2});
+  const CausalContext token = r[0].context();
+  r.Deliver(Replicas::Ok(r[1].SetRegister({"title"}, Str("b"), Replicas::Id(1), r.Clock(1, 2))), {0, 2});
+  r[0].set_observed_limit(&token);
+  Document write = Replicas::Ok(r[0].SetRegister({"title"}, Str("c"), Replicas::Id(0), r.Clock(0, 3)));
+  r[0].set_observed_limit(nullptr);
+  r.Deliver(write, {1, 2});
+  r.ExpectConverged();
+  for (int i = 0; i < 3; ++i) {
+    auto conflicts = r[i].Conflicts();
+    ASSERT_EQ(conflicts.size(), 1u);
+    ASSERT_EQ(conflicts[0].siblings.size(), 2u);
+    EXPECT_EQ(conflicts[0].siblings[0].value().scalar().string_value(), "c");
+    EXPECT_EQ(conflicts[0].siblings[1].value().scalar().string_value(), "b");
+  }
+}
+
 }  // namespace
 }  // namespace mergedb::crdt::testing
