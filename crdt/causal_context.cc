@@ -16,6 +16,19 @@ bool CausalContext::Contains(const Dot& dot) const {
   return cloud_.count(dot) > 0;
 }
 
+bool CausalContext::Includes(const CausalContext& other) const {
+  for (const auto& [replica, counter] : other.vector_) {
+    // In canonical form the dot right after a vector entry is never in the cloud, so a range
+    // 1..counter is covered only by a vector entry at least as high.
+    auto it = vector_.find(replica);
+    if (it == vector_.end() || it->second < counter) return false;
+  }
+  for (const Dot& dot : other.cloud_) {
+    if (!Contains(dot)) return false;
+  }
+  return true;
+}
+
 uint64_t CausalContext::Max(ReplicaId replica) const {
   uint64_t max = 0;
   if (auto it = vector_.find(replica); it != vector_.end()) max = it->second;

@@ -33,6 +33,8 @@ class CausalContext {
   Dot NextDot(ReplicaId replica);
 
   void Add(const Dot& dot);
+  // True when every dot of `other` is in this context.
+  bool Includes(const CausalContext& other) const;
   void Join(const CausalContext& other);
 
   bool empty() const { return vector_.empty() && cloud_.empty(); }

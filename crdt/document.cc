@@ -233,10 +233,11 @@ std::vector<mergedb::v1::TypedField> Document::ReadField(const Path& path) const
   return out;
 }
 
-std::vector<FieldConflict> Document::Conflicts() const {
+std::vector<FieldConflict> Document::Conflicts() const { return ConflictsIn(ToTyped(), Path()); }
+
+std::vector<FieldConflict> Document::ConflictsIn(const mergedb::v1::MapView& view, Path prefix) {
   std::vector<FieldConflict> out;
-  Path path;
-  CollectConflicts(ToTyped(), &path, &out);
+  CollectConflicts(view, &prefix, &out);
   return out;
 }
 

@@ -82,6 +82,8 @@ class Document : public CausalCrdt<Document> {
   // The typed fields named by `path` (one per kind present; empty if absent).
   std::vector<mergedb::v1::TypedField> ReadField(const Path& path) const;
   std::vector<FieldConflict> Conflicts() const;
+  // The conflicts within a typed view whose fields lie under `prefix`.
+  static std::vector<FieldConflict> ConflictsIn(const mergedb::v1::MapView& view, Path prefix);
 
   // JSON view of one typed value, and the precedence rank used for type conflicts.
   static google::protobuf::Value TypedToJson(const mergedb::v1::TypedValue& value);

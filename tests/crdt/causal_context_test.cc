@@ -53,6 +53,21 @@ TEST(CausalContext, JoinIsTheUnionInCanonicalForm) {
   EXPECT_FALSE(ab.Contains({2, 4}));
 }
 
+TEST(CausalContext, IncludesIsSubsetOfDots) {
+  CausalContext big, small;
+  big.Add({1, 1});
+  big.Add({1, 2});
+  big.Add({2, 5});
+  small.Add({1, 1});
+  EXPECT_TRUE(big.Includes(small));
+  small.Add({2, 5});
+  EXPECT_TRUE(big.Includes(small));
+  small.Add({1, 3});
+  EXPECT_FALSE(big.Includes(small));
+  EXPECT_TRUE(big.Includes(CausalContext()));
+  EXPECT_FALSE(CausalContext().Includes(big));
+}
+
 TEST(CausalContext, EncodeDecodeRoundTrips) {
   CausalContext c;
   c.Add({1, 1});

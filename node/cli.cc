@@ -1,0 +1,308 @@
+// mergedb: the command-line client. JSON output by default; `status` prints a table.
+//
+//   mergedb [--node=HOST:PORT] get COLLECTION ID [PATH]
+//   mergedb update COLLECTION ID OP [OP...]      (one atomic update)
+//       set PATH VALUE      VALUE in JSON scalar syntax: 42 (int), 4.5 (double), "text",
+//                           true, false, null; anything else is taken as a string
+//       setjson PATH JSON   any JSON value, stored opaque in a register
+//       incr PATH N         add N (negative to subtract) to a counter
+//       add PATH VALUE      add one element to a set (repeat the op for more)
+//       remove PATH VALUE   remove one element from a set
+//       enable PATH | disable PATH | rm PATH
+//   mergedb delete COLLECTION ID
+//   mergedb list COLLECTION [--page_size=N] [--page_token=T]
+//   mergedb watch COLLECTION [ID] [--after=POSITION | --from_now]
+//   mergedb status [--json]
+// PATH is dotted: address.city. Global flags: --timeout_ms, --write_concern=local|quorum|all,
+// --request_id, --base_version (a version token, base64, from a previous get).
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/util/json_util.h"
+#include "grpcpp/grpcpp.h"
+#include "mergedb/v1/api.grpc.pb.h"
+
+ABSL_FLAG(std::string, node, "127.0.0.1:7701", "Address of the node to talk to.");
+ABSL_FLAG(int64_t, timeout_ms, 5000, "Deadline of each call, milliseconds.");
+ABSL_FLAG(std::string, write_concern, "local", "local, quorum or all.");
+ABSL_FLAG(std::string, request_id, "", "Request id for retry-safe updates.");
+ABSL_FLAG(std::string, base_version, "", "Version token (base64) the update is based on.");
+ABSL_FLAG(std::string, after, "", "get: version token (base64) to wait for (read your writes).");
+ABSL_FLAG(int32_t, page_size, 0, "list: page size.");
+ABSL_FLAG(std::string, page_token, "", "list: token of the page to read.");
+ABSL_FLAG(uint64_t, from, 0, "watch: deliver changes after this position.");
+ABSL_FLAG(bool, from_now, false, "watch: only changes from now on.");
+ABSL_FLAG(bool, json, false, "status: JSON instead of a table.");
+
+namespace {
+
+using mergedb::v1::ClusterService;
+using mergedb::v1::DocumentService;
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "mergedb: %s\n", message.c_str());
+  return 2;
+}
+
+int FailStatus(const grpc::Status& status) {
+  std::fprintf(stderr, "mergedb: error %d: %s\n", static_cast<int>(status.error_code()),
+               status.error_message().c_str());
+  return 1;
+}
+
+void PrintJson(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  std::fputs(out.c_str(), stdout);
+  std::fflush(stdout);
+}
+
+std::vector<std::string> SplitPath(const std::string& path) {
+  return absl::StrSplit(path, '.');
+}
+
+void SetPath(const std::string& path, mergedb::v1::Operation* op) {
+  for (const std::string& name : SplitPath(path)) op->add_path(name);
+}
+
+// JSON scalar syntax, typed: an integer literal is an int64, a literal with a fraction or
+// exponent a double; quoted text a string; anything else is taken as a plain string.
+mergedb::v1::Scalar ParseScalar(const std::string& text) {
+  mergedb::v1::Scalar s;
+  int64_t i;
+  double d;
+  if (text == "null") {
+    s.mutable_null_value();
+  } else if (text == "true" || text == "false") {
+    s.set_bool_value(text == "true");
+  } else if (absl::SimpleAtoi(text, &i)) {
+    s.set_int_value(i);
+  } else if (text.find_first_of(".eE") != std::string::npos && absl::SimpleAtod(text, &d)) {
+    s.set_double_value(d);
+  } else if (text.size() >= 2 && text.front() == '"' && text.back() == '"') {
+    s.set_string_value(text.substr(1, text.size() - 2));
+  } else {
+    s.set_string_value(text);
+  }
+  return s;
+}
+
+std::string DecodeToken(const std::string& base64) {
+  std::string raw;
+  if (!base64.empty() && !absl::Base64Unescape(base64, &raw)) {
+    std::fprintf(stderr, "mergedb: version token is not base64\n");
+    std::exit(2);
+  }
+  return raw;
+}
+
+void SetDeadline(grpc::ClientContext* context) {
+  context->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)));
+}
+
+int ParseOps(const std::vector<char*>& args, size_t i, mergedb::v1::UpdateRequest* request) {
+  while (i < args.size()) {
+    const std::string op = args[i++];
+    auto need = [&](size_t n) -> bool {
+      if (i + n > args.size()) {
+        Fail(absl::StrCat("'", op, "' needs ", n, " argument(s)"));
+        return false;
+      }
+      return true;
+    };
+    auto* out = request->add_ops();
+    if (op == "set" || op == "setjson") {
+      if (!need(2)) return 2;
+      SetPath(args[i], out);
+      if (op == "set") {
+        *out->mutable_set()->mutable_value()->mutable_scalar() = ParseScalar(args[i + 1]);
+      } else {
+        auto status = google::protobuf::util::JsonStringToMessage(
+            args[i + 1], out->mutable_set()->mutable_value()->mutable_json());
+        if (!status.ok()) return Fail(absl::StrCat("setjson: not JSON: ", status.ToString()));
+      }
+      i += 2;
+    } else if (op == "incr") {
+      if (!need(2)) return 2;
+      SetPath(args[i], out);
+      int64_t by;
+      if (!absl::SimpleAtoi(args[i + 1], &by)) return Fail("incr: N must be an integer");
+      out->mutable_increment()->set_by(by);
+      i += 2;
+    } else if (op == "add" || op == "remove") {
+      if (!need(2)) return 2;
+      SetPath(args[i], out);
+      auto* elements = op == "add" ? out->mutable_add()->add_elements()
+                                   : out->mutable_remove()->add_elements();
+      *elements = ParseScalar(args[i + 1]);
+      i += 2;
+    } else if (op == "enable" || op == "disable" || op == "rm") {
+      if (!need(1)) return 2;
+      SetPath(args[i], out);
+      if (op == "enable") out->mutable_enable();
+      if (op == "disable") out->mutable_disable();
+      if (op == "rm") out->mutable_remove_field();
+      i += 1;
+    } else {
+      return Fail(absl::StrCat("unknown update operation '", op,
+                               "' (set, setjson, incr, add, remove, enable, disable, rm)"));
+    }
+  }
+  if (request->ops().empty()) return Fail("update: no operations");
+  return 0;
+}
+
+mergedb::v1::WriteConcern ParseWriteConcern() {
+  const std::string wc = absl::GetFlag(FLAGS_write_concern);
+  if (wc == "quorum") return mergedb::v1::QUORUM;
+  if (wc == "all") return mergedb::v1::ALL;
+  if (wc != "local") {
+    std::fprintf(stderr, "mergedb: --write_concern must be local, quorum or all\n");
+    std::exit(2);
+  }
+  return mergedb::v1::LOCAL;
+}
+
+int PrintStatusTable(const mergedb::v1::StatusResponse& s) {
+  std::string digest;
+  for (unsigned char c : s.state_digest()) absl::StrAppend(&digest, absl::Hex(c, absl::kZeroPad2));
+  std::printf("%-16s %s\n", "node", s.node_name().c_str());
+  std::printf("%-16s %s\n", "cluster", s.cluster_id().c_str());
+  std::printf("%-16s %016llx\n", "replica id", static_cast<unsigned long long>(s.replica_id()));
+  std::printf("%-16s %s\n", "role", mergedb::v1::Role_Name(s.role()).c_str());
+  std::printf("%-16s %lld\n", "documents", static_cast<long long>(s.document_count()));
+  std::printf("%-16s %.0f s\n", "uptime", s.uptime_seconds());
+  std::printf("%-16s %llu\n", "last position", static_cast<unsigned long long>(s.last_position()));
+  std::printf("%-16s %s\n", "state digest", digest.c_str());
+  std::printf("applied\n");
+  for (const auto& e : s.applied()) {
+    std::printf("  %016llx  %llu\n", static_cast<unsigned long long>(e.replica()),
+                static_cast<unsigned long long>(e.counter()));
+  }
+  if (s.peers_size() > 0) {
+    std::printf("%-12s %-22s %-10s %10s %12s %12s  %s\n", "peer", "address", "connected",
+                "behind", "bytes out", "bytes in", "last error");
+    for (const auto& p : s.peers()) {
+      std::printf("%-12s %-22s %-10s %10llu %12llu %12llu  %s\n", p.name().c_str(),
+                  p.address().c_str(), p.connected() ? "yes" : "no",
+                  static_cast<unsigned long long>(p.entries_behind()),
+                  static_cast<unsigned long long>(p.bytes_sent()),
+                  static_cast<unsigned long long>(p.bytes_received()), p.last_error().c_str());
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "mergedb [--node=HOST:PORT] get|update|delete|list|watch|status ... (see node/cli.cc)");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() < 2) return Fail("missing command: get, update, delete, list, watch, status");
+  const std::string command = args[1];
+  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_node), grpc::InsecureChannelCredentials());
+  auto documents = DocumentService::NewStub(channel);
+
+  if (command == "get") {
+    if (args.size() < 4 || args.size() > 5) return Fail("usage: get COLLECTION ID [PATH]");
+    mergedb::v1::GetRequest request;
+    request.set_collection(args[2]);
+    request.set_id(args[3]);
+    if (args.size() == 5) {
+      for (const std::string& name : SplitPath(args[4])) request.add_path(name);
+    }
+    request.set_after(DecodeToken(absl::GetFlag(FLAGS_after)));
+    mergedb::v1::GetResponse response;
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    grpc::Status status = documents->Get(&context, request, &response);
+    if (!status.ok()) return FailStatus(status);
+    PrintJson(response);
+    return 0;
+  }
+  if (command == "update" || command == "delete") {
+    if (args.size() < 4) return Fail(absl::StrCat("usage: ", command, " COLLECTION ID ..."));
+    mergedb::v1::UpdateRequest request;
+    request.set_collection(args[2]);
+    request.set_id(args[3]);
+    request.set_request_id(absl::GetFlag(FLAGS_request_id));
+    request.set_base_version(DecodeToken(absl::GetFlag(FLAGS_base_version)));
+    request.set_write_concern(ParseWriteConcern());
+    if (command == "delete") {
+      if (args.size() != 4) return Fail("usage: delete COLLECTION ID");
+      request.add_ops()->mutable_delete_document();
+    } else if (int rc = ParseOps(args, 4, &request); rc != 0) {
+      return rc;
+    }
+    mergedb::v1::UpdateResponse response;
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    grpc::Status status = documents->Update(&context, request, &response);
+    if (!status.ok()) return FailStatus(status);
+    PrintJson(response);
+    return 0;
+  }
+  if (command == "list") {
+    if (args.size() != 3) return Fail("usage: list COLLECTION");
+    mergedb::v1::ListRequest request;
+    request.set_collection(args[2]);
+    request.set_page_size(absl::GetFlag(FLAGS_page_size));
+    request.set_page_token(absl::GetFlag(FLAGS_page_token));
+    mergedb::v1::ListResponse response;
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    grpc::Status status = documents->List(&context, request, &response);
+    if (!status.ok()) return FailStatus(status);
+    PrintJson(response);
+    return 0;
+  }
+  if (command == "watch") {
+    if (args.size() < 3 || args.size() > 4) return Fail("usage: watch COLLECTION [ID]");
+    mergedb::v1::WatchRequest request;
+    request.set_collection(args[2]);
+    if (args.size() == 4) request.set_id(args[3]);
+    request.set_after_position(absl::GetFlag(FLAGS_from));
+    request.set_from_now(absl::GetFlag(FLAGS_from_now));
+    grpc::ClientContext context;  // no deadline: runs until interrupted
+    auto reader = documents->Watch(&context, request);
+    mergedb::v1::WatchEvent event;
+    google::protobuf::util::JsonPrintOptions options;
+    options.preserve_proto_field_names = true;
+    while (reader->Read(&event)) {
+      std::string line;
+      (void)google::protobuf::util::MessageToJsonString(event, &line, options);
+      std::printf("%s\n", line.c_str());
+      std::fflush(stdout);
+    }
+    grpc::Status status = reader->Finish();
+    return status.ok() ? 0 : FailStatus(status);
+  }
+  if (command == "status") {
+    auto cluster = ClusterService::NewStub(channel);
+    mergedb::v1::StatusResponse response;
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    grpc::Status status = cluster->Status(&context, mergedb::v1::StatusRequest(), &response);
+    if (!status.ok()) return FailStatus(status);
+    if (absl::GetFlag(FLAGS_json)) {
+      PrintJson(response);
+      return 0;
+    }
+    return PrintStatusTable(response);
+  }
+  return Fail(absl::StrCat("unknown command '", command,
+                           "' (get, update, delete, list, watch, status)"));
+}

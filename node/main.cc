@@ -1,0 +1,130 @@
+// mergedb-node: one mergedb server. Flags are parsed here, and only here, into NodeOptions.
+//
+// Prints "mergedb-node NAME listening on HOST:PORT" on stdout once serving (scripts and tests
+// read the port from it when --listen asks for port 0). SIGTERM or SIGINT drains in-flight
+// requests and closes the data directory cleanly; exit status 0. Any start-up problem (a bad
+// flag, a port in use, a data directory that cannot be opened) prints one clear line on stderr
+// and exits with status 1 (2 for usage errors).
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "node/log.h"
+#include "node/node.h"
+
+ABSL_FLAG(std::string, data_dir, "", "Data directory (created if missing). Required.");
+ABSL_FLAG(std::string, listen, "127.0.0.1:7700", "Address to serve on, host:port (port 0: any).");
+ABSL_FLAG(std::string, node_name, "", "This node's name, unique in the cluster. Required.");
+ABSL_FLAG(std::string, cluster, "", "Cluster id; a data dir belongs to one cluster. Required.");
+ABSL_FLAG(std::string, role, "primary",
+          "primary (accepts writes) or replica (read-only: refuses client writes).");
+ABSL_FLAG(bool, fsync, false,
+          "fsync every commit before acknowledging it (survives power loss). Default: "
+          "acknowledged writes survive a process kill, not a power loss.");
+ABSL_FLAG(int64_t, cache_mb, 64, "Memory for decoded hot documents, MiB.");
+ABSL_FLAG(int64_t, max_name_bytes, 512, "Longest collection, id or field name, bytes.");
+ABSL_FLAG(int32_t, max_path_depth, 32, "Deepest field path, names.");
+ABSL_FLAG(int64_t, max_value_bytes, 1 << 20, "Largest register value or set element, bytes.");
+ABSL_FLAG(int64_t, max_update_bytes, 4 << 20, "Largest update request, bytes.");
+ABSL_FLAG(int32_t, max_ops_per_update, 1000, "Most operations in one update.");
+ABSL_FLAG(int64_t, max_response_bytes, 4 << 20, "Largest Get or List answer, bytes.");
+ABSL_FLAG(int64_t, request_id_window_s, 24 * 3600,
+          "How long client request ids are remembered for retry detection, seconds.");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
+ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
+          "Testing only: shift this node's wall clock (for clock-skew fault injection).");
+
+namespace {
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "mergedb-node: %s (see --help)\n", message.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "mergedb-node --data_dir=DIR --node_name=NAME --cluster=ID [--listen=HOST:PORT] [...]");
+  absl::ParseCommandLine(argc, argv);
+  using mergedb::node::NodeOptions;
+  NodeOptions options;
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.node_name = absl::GetFlag(FLAGS_node_name);
+  options.cluster_id = absl::GetFlag(FLAGS_cluster);
+  options.listen = absl::GetFlag(FLAGS_listen);
+  if (options.data_dir.empty()) return UsageError("--data_dir is required");
+  if (options.node_name.empty()) return UsageError("--node_name is required");
+  if (options.cluster_id.empty()) return UsageError("--cluster is required");
+  const std::string role = absl::GetFlag(FLAGS_role);
+  if (role == "primary") {
+    options.role = mergedb::v1::PRIMARY;
+  } else if (role == "replica") {
+    options.role = mergedb::v1::REPLICA;
+  } else {
+    return UsageError(absl::StrCat("--role must be primary or replica, not '", role, "'"));
+  }
+  options.durability = absl::GetFlag(FLAGS_fsync) ? mergedb::storage::Durability::kSyncEachCommit
+                                                  : mergedb::storage::Durability::kNoSync;
+  auto positive = [](int64_t v) { return v > 0; };
+  if (!positive(absl::GetFlag(FLAGS_cache_mb)) || !positive(absl::GetFlag(FLAGS_max_name_bytes)) ||
+      absl::GetFlag(FLAGS_max_path_depth) <= 0 || !positive(absl::GetFlag(FLAGS_max_value_bytes)) ||
+      !positive(absl::GetFlag(FLAGS_max_update_bytes)) ||
+      absl::GetFlag(FLAGS_max_ops_per_update) <= 0 ||
+      !positive(absl::GetFlag(FLAGS_max_response_bytes)) ||
+      !positive(absl::GetFlag(FLAGS_request_id_window_s))) {
+    return UsageError("sizes, limits and windows must be positive");
+  }
+  if (absl::GetFlag(FLAGS_max_update_bytes) > (int64_t{1} << 30)) {
+    return UsageError("--max_update_bytes is at most 1 GiB");
+  }
+  options.cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_cache_mb)) << 20;
+  options.limits.max_name_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_name_bytes));
+  options.limits.max_path_depth = absl::GetFlag(FLAGS_max_path_depth);
+  options.limits.max_value_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_value_bytes));
+  options.limits.max_update_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_update_bytes));
+  options.limits.max_ops_per_update = absl::GetFlag(FLAGS_max_ops_per_update);
+  options.limits.max_response_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_response_bytes));
+  options.request_id_window = absl::Seconds(absl::GetFlag(FLAGS_request_id_window_s));
+  options.clock_offset_millis = absl::GetFlag(FLAGS_testonly_clock_offset_ms);
+  const std::string level = absl::GetFlag(FLAGS_log_level);
+  if (level == "debug") {
+    mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);
+  } else if (level == "info") {
+    mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kInfo);
+  } else if (level == "warning") {
+    mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kWarning);
+  } else if (level == "error") {
+    mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kError);
+  } else {
+    return UsageError(absl::StrCat("--log_level must be debug, info, warning or error"));
+  }
+  mergedb::node::SetLogTag(options.node_name);
+
+  // Block the stop signals in every thread; the main thread takes them with sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  auto node = mergedb::node::Node::Start(options);
+  if (!node.ok()) {
+    std::fprintf(stderr, "mergedb-node: %s\n", std::string(node.status().message()).c_str());
+    return 1;
+  }
+  std::printf("mergedb-node %s listening on %s\n", options.node_name.c_str(),
+              (*node)->address().c_str());
+  std::fflush(stdout);
+
+  int signal = 0;
+  sigwait(&stop_signals, &signal);
+  MERGEDB_LOG(INFO) << "received " << (signal == SIGTERM ? "SIGTERM" : "SIGINT") << ", draining";
+  (*node)->Shutdown(absl::Seconds(5));
+  return 0;
+}

@@ -1,0 +1,115 @@
+#include "node/node.h"
+
+#include "absl/strings/str_cat.h"
+#include "crdt/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "node/log.h"
+#include "node/services.h"
+
+namespace mergedb::node {
+
+namespace {
+// Request-id expiry runs this often.
+constexpr absl::Duration kJanitorInterval = absl::Minutes(1);
+}  // namespace
+
+Node::Node(const NodeOptions& options)
+    : options_(options), clock_(options.clock_offset_millis), hlc_(&clock_) {}
+
+absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
+  if (options.node_name.empty()) return absl::InvalidArgumentError("node name is required");
+  if (options.cluster_id.empty()) return absl::InvalidArgumentError("cluster id is required");
+  if (options.data_dir.empty()) return absl::InvalidArgumentError("data dir is required");
+  std::unique_ptr<Node> node(new Node(options));
+  node->start_time_ = absl::Now();
+
+  storage::StoreOptions store_options;
+  store_options.path = options.data_dir;
+  store_options.cluster_id = options.cluster_id;
+  store_options.node_name = options.node_name;
+  store_options.durability = options.durability;
+  store_options.cache_bytes = options.cache_bytes;
+  store_options.env = options.env;
+  MERGEDB_ASSIGN_OR_RETURN(node->store_, storage::Store::Open(store_options));
+
+  node->documents_ = std::make_unique<DocumentServiceImpl>(node.get());
+  node->cluster_ = std::make_unique<ClusterServiceImpl>(node.get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  // gRPC enables SO_REUSEPORT by default, which would let a second node bind a port already in
+  // use and silently share it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Messages a little over the update limit are refused by gRPC itself (RESOURCE_EXHAUSTED);
+  // the rest of the limits are checked with precise messages by validation.
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(options.limits.max_update_bytes + (size_t{64} << 10)));
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &node->port_);
+  builder.RegisterService(node->documents_.get());
+  builder.RegisterService(node->cluster_.get());
+  node->server_ = builder.BuildAndStart();
+  if (node->server_ == nullptr || node->port_ == 0) {
+    node->server_.reset();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot listen on ", options.listen, ": the address is in use or invalid"));
+  }
+  node->server_->GetHealthCheckService()->SetServingStatus(true);
+  node->janitor_ = std::thread([n = node.get()] { n->RunJanitor(); });
+  MERGEDB_LOG(INFO) << "node " << options.node_name << " (replica "
+                    << absl::StrCat(absl::Hex(node->store_->replica_id())) << ", cluster "
+                    << options.cluster_id << ") serving on " << node->address() << ", data in "
+                    << options.data_dir;
+  return node;
+}
+
+std::string Node::address() const {
+  const std::string& listen = options_.listen;
+  const size_t colon = listen.rfind(':');
+  return absl::StrCat(colon == std::string::npos ? listen : listen.substr(0, colon), ":", port_);
+}
+
+void Node::RunJanitor() {
+  absl::MutexLock lock(&janitor_mu_);
+  while (!janitor_stop_) {
+    janitor_mu_.AwaitWithTimeout(absl::Condition(&janitor_stop_), kJanitorInterval);
+    if (janitor_stop_) break;
+    const int64_t before = absl::ToUnixMillis(absl::Now() - options_.request_id_window);
+    auto expired = store_->ExpireRequests(before);
+    if (!expired.ok()) {
+      MERGEDB_LOG(WARNING) << "request id expiry: " << expired.status().message();
+    } else if (*expired > 0) {
+      MERGEDB_LOG(DEBUG) << "forgot " << *expired << " request ids";
+    }
+  }
+}
+
+void Node::Shutdown(absl::Duration grace) {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  MERGEDB_LOG(INFO) << "node " << options_.node_name << " shutting down";
+  if (server_ != nullptr) {
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    // New calls are refused at once; in-flight unary calls finish (their writes are
+    // acknowledged only once durable); long waits and Watch streams notice stopping_.
+    stopping_ = true;
+    server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+    server_->Wait();
+  }
+  stopping_ = true;
+  {
+    absl::MutexLock janitor_lock(&janitor_mu_);
+    janitor_stop_ = true;
+  }
+  if (janitor_.joinable()) janitor_.join();
+  store_.reset();  // closes LevelDB cleanly
+  MERGEDB_LOG(INFO) << "node " << options_.node_name << " stopped";
+}
+
+Node::~Node() { Shutdown(absl::Seconds(1)); }
+
+}  // namespace mergedb::node

@@ -1,0 +1,94 @@
+// Node: one mergedb server process's worth of state and services — the store, the clocks, the
+// gRPC server with DocumentService, ClusterService, grpc.health.v1.Health and server reflection.
+// mergedb-node (main.cc) parses flags into NodeOptions and runs one; tests run several in one
+// process.
+//
+// Thread safety: Start, Shutdown and the accessors may be called from any thread.
+#ifndef MERGEDB_NODE_NODE_H_
+#define MERGEDB_NODE_NODE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "mergedb/v1/api.pb.h"
+#include "node/clock.h"
+#include "node/validation.h"
+#include "storage/store.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace mergedb::node {
+
+struct NodeOptions {
+  std::string node_name;
+  std::string cluster_id;
+  std::string data_dir;
+  // host:port; port 0 picks a free one (see Node::port()).
+  std::string listen = "127.0.0.1:0";
+  mergedb::v1::Role role = mergedb::v1::PRIMARY;
+  storage::Durability durability = storage::Durability::kNoSync;
+  size_t cache_bytes = size_t{64} << 20;
+  Limits limits;
+  // How long a client request id is remembered for retry detection.
+  absl::Duration request_id_window = absl::Hours(24);
+  // Test-only: shifts this node's wall clock (and so its hybrid clock).
+  int64_t clock_offset_millis = 0;
+  // LevelDB environment for the store (nullptr: the real file system).
+  leveldb::Env* env = nullptr;
+};
+
+class DocumentServiceImpl;
+class ClusterServiceImpl;
+
+class Node {
+ public:
+  // Opens the store and starts serving. Errors name the problem: a data dir that cannot be
+  // opened (storage::Store::Open), an address that cannot be listened on.
+  static absl::StatusOr<std::unique_ptr<Node>> Start(const NodeOptions& options);
+
+  ~Node();
+
+  // Stops accepting calls, lets in-flight calls finish within `grace` (then cancels them, and
+  // ends Watch streams), stops background work and closes the store. Idempotent.
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+
+  int port() const { return port_; }
+  std::string address() const;
+  const NodeOptions& options() const { return options_; }
+  storage::Store* store() { return store_.get(); }
+  HybridClock* hybrid_clock() { return &hlc_; }
+  bool stopping() const { return stopping_; }
+  absl::Time start_time() const { return start_time_; }
+
+ private:
+  explicit Node(const NodeOptions& options);
+  void RunJanitor();
+
+  const NodeOptions options_;
+  SystemClock clock_;
+  HybridClock hlc_;
+  std::unique_ptr<storage::Store> store_;
+  std::unique_ptr<DocumentServiceImpl> documents_;
+  std::unique_ptr<ClusterServiceImpl> cluster_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  absl::Time start_time_;
+  std::atomic<bool> stopping_{false};
+
+  absl::Mutex janitor_mu_;
+  bool janitor_stop_ ABSL_GUARDED_BY(janitor_mu_) = false;
+  std::thread janitor_;
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+}  // namespace mergedb::node
+
+#endif  // MERGEDB_NODE_NODE_H_

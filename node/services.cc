@@ -1,0 +1,319 @@
+#include "node/services.h"
+
+#include <algorithm>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "crdt/status_macros.h"
+#include "grpcpp/server_context.h"
+#include "node/grpc_status.h"
+#include "node/log.h"
+#include "node/node.h"
+
+namespace mergedb::node {
+
+namespace {
+
+using mergedb::v1::GetRequest;
+using mergedb::v1::GetResponse;
+using mergedb::v1::UpdateRequest;
+using mergedb::v1::UpdateResponse;
+
+// Waits without a client deadline are bounded by this.
+constexpr absl::Duration kDefaultWait = absl::Seconds(10);
+// Long waits wake up this often to notice cancellation and shutdown.
+constexpr absl::Duration kPollInterval = absl::Milliseconds(100);
+constexpr int kDefaultPageSize = 100;
+constexpr int kMaxPageSize = 1000;
+
+absl::Time DeadlineOf(const grpc::ServerContext* context) {
+  const auto deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::Now() + kDefaultWait;
+  return std::min(absl::FromChrono(deadline), absl::Now() + absl::Hours(24));
+}
+
+void AddConflicts(const std::vector<crdt::FieldConflict>& conflicts, GetResponse* response) {
+  for (const auto& c : conflicts) {
+    auto* out = response->add_conflicts();
+    for (const auto& name : c.path) out->add_path(name);
+    for (crdt::FieldKind kind : c.kinds) {
+      out->add_kinds(static_cast<mergedb::v1::FieldKind>(kind));
+    }
+    for (const auto& sibling : c.siblings) *out->add_siblings() = sibling;
+  }
+}
+
+// List page tokens: "L" + the last id returned, web-safe base64, so malformed tokens are caught.
+std::string EncodePageToken(absl::string_view last_id) {
+  std::string out;
+  absl::WebSafeBase64Escape(absl::StrCat("L", last_id), &out);
+  return out;
+}
+
+absl::StatusOr<std::string> DecodePageToken(absl::string_view token) {
+  std::string raw;
+  if (!absl::WebSafeBase64Unescape(token, &raw) || raw.empty() || raw[0] != 'L') {
+    return absl::InvalidArgumentError("page_token: malformed (pass next_page_token unchanged)");
+  }
+  return raw.substr(1);
+}
+
+}  // namespace
+
+absl::Status DocumentServiceImpl::WaitForVersion(const std::string& collection,
+                                                 const std::string& id,
+                                                 const crdt::CausalContext& token,
+                                                 absl::Time deadline,
+                                                 grpc::ServerContext* context) {
+  storage::Store* store = node_->store();
+  while (true) {
+    const uint64_t seen = store->last_change_seq();
+    bool covered = false;
+    MERGEDB_RETURN_IF_ERROR(store->Read(
+        collection, id, [&](const crdt::Document& doc) { covered = doc.context().Includes(token); }));
+    if (covered) return absl::OkStatus();
+    const absl::Time now = absl::Now();
+    if (now >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "document ", collection, "/", id,
+          ": this node has not yet applied every write the version token covers"));
+    }
+    if (context != nullptr && context->IsCancelled()) {
+      return absl::CancelledError("the call was cancelled");
+    }
+    if (node_->stopping()) return absl::UnavailableError("the node is shutting down");
+    store->WaitForChange(seen, std::min(kPollInterval, deadline - now));
+  }
+}
+
+absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRequest& request,
+                                                                  absl::Time deadline,
+                                                                  grpc::ServerContext* context) {
+  if (node_->options().role == mergedb::v1::REPLICA) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "node ", node_->options().node_name,
+        " is a read-only replica: send writes to a primary node"));
+  }
+  if (node_->stopping()) return absl::UnavailableError("the node is shutting down");
+  MERGEDB_ASSIGN_OR_RETURN(PreparedUpdate update,
+                           PreparedUpdate::Prepare(request, node_->options().limits));
+  if (update.has_base_version()) {
+    MERGEDB_RETURN_IF_ERROR(
+        WaitForVersion(request.collection(), request.id(), update.base_version(), deadline, context));
+  }
+  storage::LocalWrite write;
+  write.collection = request.collection();
+  write.id = request.id();
+  write.request_id = request.request_id();
+  write.unix_millis = absl::ToUnixMillis(absl::Now());
+  storage::Store* store = node_->store();
+  HybridClock* clock = node_->hybrid_clock();
+  const crdt::ReplicaId replica = store->replica_id();
+  write.mutate = [&update, replica, clock](crdt::Document& doc) {
+    return update.Apply(doc, replica, *clock);
+  };
+  MERGEDB_ASSIGN_OR_RETURN(storage::WriteResult result, store->ApplyLocal(write));
+  // A single-node cluster: this node is every replica, so QUORUM and ALL are satisfied by the
+  // durable local commit.
+  UpdateResponse response;
+  response.set_request_id(request.request_id());
+  response.set_version(EncodeVersionToken(result.version));
+  response.set_duplicate(result.duplicate_request);
+  response.set_position(result.change_seq);
+  return response;
+}
+
+grpc::Status DocumentServiceImpl::Update(grpc::ServerContext* context,
+                                         const UpdateRequest* request,
+                                         UpdateResponse* response) {
+  auto result = ExecuteUpdate(*request, DeadlineOf(context), context);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return grpc::Status::OK;
+}
+
+grpc::Status DocumentServiceImpl::UpdateStream(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<UpdateResponse, UpdateRequest>* stream) {
+  UpdateRequest request;
+  while (stream->Read(&request)) {
+    auto result = ExecuteUpdate(request, DeadlineOf(context), context);
+    UpdateResponse response;
+    if (result.ok()) {
+      response = *std::move(result);
+    } else {
+      response.set_request_id(request.request_id());
+      response.set_code(static_cast<int>(result.status().code()));
+      response.set_message(std::string(result.status().message()));
+    }
+    if (!stream->Write(response)) break;  // the client went away
+  }
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<GetResponse> DocumentServiceImpl::ExecuteGet(const GetRequest& request,
+                                                            absl::Time deadline,
+                                                            grpc::ServerContext* context) {
+  const Limits& limits = node_->options().limits;
+  MERGEDB_RETURN_IF_ERROR(ValidateName("collection", request.collection(), limits));
+  MERGEDB_RETURN_IF_ERROR(ValidateName("id", request.id(), limits));
+  MERGEDB_ASSIGN_OR_RETURN(crdt::Path path, ValidatePath("path", request.path(), limits));
+  if (!request.after().empty()) {
+    MERGEDB_ASSIGN_OR_RETURN(crdt::CausalContext after,
+                             DecodeVersionToken("after", request.after()));
+    MERGEDB_RETURN_IF_ERROR(
+        WaitForVersion(request.collection(), request.id(), after, deadline, context));
+  }
+  GetResponse response;
+  MERGEDB_RETURN_IF_ERROR(node_->store()->Read(
+      request.collection(), request.id(), [&](const crdt::Document& doc) {
+        response.set_found(doc.exists());
+        response.set_version(EncodeVersionToken(doc.context()));
+        mergedb::v1::MapView view;
+        if (path.empty()) {
+          view = doc.ToTyped();
+          *response.mutable_value() = crdt::Document::MapToJson(view);
+        } else {
+          for (auto& field : doc.ReadField(path)) *view.add_fields() = std::move(field);
+          response.mutable_value()->set_null_value(google::protobuf::NULL_VALUE);
+          for (const auto& field : view.fields()) {
+            if (!field.shadowed()) *response.mutable_value() = crdt::Document::TypedToJson(field.value());
+          }
+        }
+        crdt::Path prefix(path.begin(), path.empty() ? path.end() : path.end() - 1);
+        AddConflicts(crdt::Document::ConflictsIn(view, prefix), &response);
+        for (auto& field : *view.mutable_fields()) *response.add_fields() = std::move(field);
+      }));
+  const size_t size = response.ByteSizeLong();
+  if (size > limits.max_response_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "document ", request.collection(), "/", request.id(), ": the answer is ", size,
+        " bytes, over the ", limits.max_response_bytes,
+        "-byte response limit; read one field at a time with GetRequest.path"));
+  }
+  return response;
+}
+
+grpc::Status DocumentServiceImpl::Get(grpc::ServerContext* context, const GetRequest* request,
+                                      GetResponse* response) {
+  auto result = ExecuteGet(*request, DeadlineOf(context), context);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return grpc::Status::OK;
+}
+
+grpc::Status DocumentServiceImpl::Delete(grpc::ServerContext* context,
+                                         const mergedb::v1::DeleteRequest* request,
+                                         UpdateResponse* response) {
+  UpdateRequest update;
+  update.set_collection(request->collection());
+  update.set_id(request->id());
+  update.set_request_id(request->request_id());
+  update.set_base_version(request->base_version());
+  update.set_write_concern(request->write_concern());
+  update.add_ops()->mutable_delete_document();
+  return Update(context, &update, response);
+}
+
+grpc::Status DocumentServiceImpl::List(grpc::ServerContext*,
+                                       const mergedb::v1::ListRequest* request,
+                                       mergedb::v1::ListResponse* response) {
+  const Limits& limits = node_->options().limits;
+  absl::Status status = ValidateName("collection", request->collection(), limits);
+  if (!status.ok()) return ToGrpcStatus(status);
+  int page_size = request->page_size();
+  if (page_size < 0 || page_size > kMaxPageSize) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("page_size: ", page_size, " is outside 0..", kMaxPageSize)));
+  }
+  if (page_size == 0) page_size = kDefaultPageSize;
+  std::string after;
+  if (!request->page_token().empty()) {
+    auto decoded = DecodePageToken(request->page_token());
+    if (!decoded.ok()) return ToGrpcStatus(decoded.status());
+    after = *std::move(decoded);
+  }
+  auto page = node_->store()->Scan(request->collection(), static_cast<size_t>(page_size), after);
+  if (!page.ok()) return ToGrpcStatus(page.status());
+  size_t bytes = 0;
+  std::string last;
+  for (auto& [id, doc] : page->documents) {
+    mergedb::v1::ListedDocument listed;
+    listed.set_id(id);
+    *listed.mutable_value() = doc.ToJson();
+    listed.set_version(EncodeVersionToken(doc.context()));
+    const size_t size = listed.ByteSizeLong();
+    // Keep the answer under the response limit: end the page early (at least one document).
+    if (response->documents_size() > 0 && bytes + size > limits.max_response_bytes) {
+      response->set_next_page_token(EncodePageToken(last));
+      return grpc::Status::OK;
+    }
+    if (size > limits.max_response_bytes) {
+      return ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
+          "document ", request->collection(), "/", id, " is ", size, " bytes, over the ",
+          limits.max_response_bytes, "-byte response limit: read it with Get and a path")));
+    }
+    bytes += size;
+    last = id;
+    *response->add_documents() = std::move(listed);
+  }
+  if (!page->next_token.empty()) response->set_next_page_token(EncodePageToken(page->next_token));
+  return grpc::Status::OK;
+}
+
+grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
+                                        const mergedb::v1::WatchRequest* request,
+                                        grpc::ServerWriter<mergedb::v1::WatchEvent>* writer) {
+  const Limits& limits = node_->options().limits;
+  absl::Status status = ValidateName("collection", request->collection(), limits);
+  if (status.ok() && !request->id().empty()) status = ValidateName("id", request->id(), limits);
+  if (!status.ok()) return ToGrpcStatus(status);
+  storage::Store* store = node_->store();
+  uint64_t position = request->from_now() ? store->last_change_seq() : request->after_position();
+  constexpr size_t kBatch = 256;
+  while (!context->IsCancelled() && !node_->stopping()) {
+    auto changes = store->ReadChanges(position, kBatch);
+    if (!changes.ok()) return ToGrpcStatus(changes.status());
+    for (const auto& [seq, change] : *changes) {
+      position = seq;
+      if (change.collection() != request->collection()) continue;
+      if (!request->id().empty() && change.id() != request->id()) continue;
+      mergedb::v1::WatchEvent event;
+      event.set_position(seq);
+      event.set_collection(change.collection());
+      event.set_id(change.id());
+      event.set_origin(change.origin());
+      absl::Status read = store->Read(change.collection(), change.id(), [&](const crdt::Document& doc) {
+        event.set_found(doc.exists());
+        *event.mutable_value() = doc.ToJson();
+        event.set_version(EncodeVersionToken(doc.context()));
+      });
+      if (!read.ok()) return ToGrpcStatus(read);
+      if (!writer->Write(event)) return grpc::Status::OK;  // the client went away
+    }
+    if (changes->size() < kBatch) store->WaitForChange(position, kPollInterval);
+  }
+  if (node_->stopping()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the node is shutting down");
+  return grpc::Status::OK;
+}
+
+grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1::StatusRequest*,
+                                        mergedb::v1::StatusResponse* response) {
+  storage::Store* store = node_->store();
+  response->set_node_name(node_->options().node_name);
+  response->set_cluster_id(node_->options().cluster_id);
+  response->set_replica_id(store->replica_id());
+  response->set_role(node_->options().role);
+  for (const auto& [origin, seq] : store->AppliedVector()) {
+    auto* entry = response->add_applied();
+    entry->set_replica(origin);
+    entry->set_counter(seq);
+  }
+  response->set_document_count(store->document_count());
+  response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - node_->start_time()));
+  response->set_state_digest(store->state_digest());
+  response->set_last_position(store->last_change_seq());
+  return grpc::Status::OK;
+}
+
+}  // namespace mergedb::node

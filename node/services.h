@@ -1,0 +1,65 @@
+// The gRPC services of a node (synchronous gRPC API: each call runs on one server thread, which
+// may block on the store's group commit; the server grows its thread pool as needed).
+#ifndef MERGEDB_NODE_SERVICES_H_
+#define MERGEDB_NODE_SERVICES_H_
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "crdt/causal_context.h"
+#include "mergedb/v1/api.grpc.pb.h"
+
+namespace mergedb::node {
+
+class Node;
+
+// Thread safety: thread-safe; `node` is borrowed and outlives the service.
+class DocumentServiceImpl final : public mergedb::v1::DocumentService::Service {
+ public:
+  explicit DocumentServiceImpl(Node* node) : node_(node) {}
+
+  grpc::Status Update(grpc::ServerContext* context, const mergedb::v1::UpdateRequest* request,
+                      mergedb::v1::UpdateResponse* response) override;
+  grpc::Status UpdateStream(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<mergedb::v1::UpdateResponse, mergedb::v1::UpdateRequest>* stream)
+      override;
+  grpc::Status Get(grpc::ServerContext* context, const mergedb::v1::GetRequest* request,
+                   mergedb::v1::GetResponse* response) override;
+  grpc::Status Delete(grpc::ServerContext* context, const mergedb::v1::DeleteRequest* request,
+                      mergedb::v1::UpdateResponse* response) override;
+  grpc::Status List(grpc::ServerContext* context, const mergedb::v1::ListRequest* request,
+                    mergedb::v1::ListResponse* response) override;
+  grpc::Status Watch(grpc::ServerContext* context, const mergedb::v1::WatchRequest* request,
+                     grpc::ServerWriter<mergedb::v1::WatchEvent>* writer) override;
+
+  // The transport-independent core of Update: validates, waits for a base version if one is
+  // given, applies and commits. `deadline` bounds the waits.
+  absl::StatusOr<mergedb::v1::UpdateResponse> ExecuteUpdate(
+      const mergedb::v1::UpdateRequest& request, absl::Time deadline,
+      grpc::ServerContext* context);
+  absl::StatusOr<mergedb::v1::GetResponse> ExecuteGet(const mergedb::v1::GetRequest& request,
+                                                      absl::Time deadline,
+                                                      grpc::ServerContext* context);
+
+ private:
+  // Waits until this node's copy of the document includes `token`.
+  absl::Status WaitForVersion(const std::string& collection, const std::string& id,
+                              const crdt::CausalContext& token, absl::Time deadline,
+                              grpc::ServerContext* context);
+
+  Node* const node_;
+};
+
+class ClusterServiceImpl final : public mergedb::v1::ClusterService::Service {
+ public:
+  explicit ClusterServiceImpl(Node* node) : node_(node) {}
+  grpc::Status Status(grpc::ServerContext* context, const mergedb::v1::StatusRequest* request,
+                      mergedb::v1::StatusResponse* response) override;
+
+ private:
+  Node* const node_;
+};
+
+}  // namespace mergedb::node
+
+#endif  // MERGEDB_NODE_SERVICES_H_
