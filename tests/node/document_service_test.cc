@@ -1,0 +1,379 @@
+// DocumentService and ClusterService through a real gRPC client against an in-process node.
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "tests/node/node_test_util.h"
+
+namespace mergedb::node {
+namespace {
+
+using mergedb::v1::GetRequest;
+using mergedb::v1::GetResponse;
+using mergedb::v1::UpdateRequest;
+using mergedb::v1::UpdateResponse;
+using testing::AddOp;
+using testing::CounterIn;
+using testing::Incr;
+using testing::NodeTest;
+using testing::SetStr;
+using testing::UpdateOf;
+
+class DocumentServiceTest : public NodeTest {};
+
+TEST_F(DocumentServiceTest, UpdateThenGetShowsJsonAndTypedViews) {
+  StartNode();
+  UpdateRequest request = UpdateOf("users", "ada");
+  SetStr(&request, {"name"}, "Ada");
+  Incr(&request, {"stats", "visits"}, (int64_t{1} << 60) + 1);
+  auto* add = AddOp(&request, {"tags"})->mutable_add();
+  add->add_elements()->set_int_value(1);
+  add->add_elements()->set_double_value(1.0);
+  AddOp(&request, {"active"})->mutable_enable();
+  UpdateResponse response;
+  ASSERT_TRUE(Update(request, &response).ok());
+  EXPECT_FALSE(response.version().empty());
+  EXPECT_EQ(response.position(), 1u);
+
+  GetResponse got = GetOrDie("users", "ada");
+  EXPECT_TRUE(got.found());
+  EXPECT_EQ(got.version(), response.version());
+  const auto& fields = got.value().struct_value().fields();
+  EXPECT_EQ(fields.at("name").string_value(), "Ada");
+  EXPECT_TRUE(fields.at("active").bool_value());
+  // Beyond 2^53 the JSON view keeps the counter exact as a string; the typed view is an int64.
+  EXPECT_EQ(fields.at("stats").struct_value().fields().at("visits").string_value(),
+            "1152921504606846977");
+  EXPECT_EQ(fields.at("tags").list_value().values_size(), 2);  // int 1 and double 1.0
+  bool saw_counter = false;
+  for (const auto& field : got.fields()) {
+    if (field.name() == "stats") {
+      EXPECT_EQ(field.value().map().fields(0).value().counter(), (int64_t{1} << 60) + 1);
+      saw_counter = true;
+    }
+  }
+  EXPECT_TRUE(saw_counter);
+}
+
+TEST_F(DocumentServiceTest, GetOfAMissingDocumentIsNotFound) {
+  StartNode();
+  GetResponse got = GetOrDie("users", "nobody");
+  EXPECT_FALSE(got.found());
+  EXPECT_TRUE(got.fields().empty());
+}
+
+TEST_F(DocumentServiceTest, GetWithAPathReadsOneField) {
+  StartNode();
+  UpdateRequest request = UpdateOf("c", "d");
+  SetStr(&request, {"address", "city"}, "Lyon");
+  SetStr(&request, {"address", "zip"}, "69001");
+  SetStr(&request, {"other"}, "x");
+  ASSERT_TRUE(Update(request).ok());
+  GetRequest get;
+  get.set_collection("c");
+  get.set_id("d");
+  get.add_path("address");
+  get.add_path("city");
+  GetResponse got;
+  ASSERT_TRUE(Get(get, &got).ok());
+  EXPECT_EQ(got.value().string_value(), "Lyon");
+  ASSERT_EQ(got.fields_size(), 1);
+  EXPECT_EQ(got.fields(0).name(), "city");
+  get.set_path(1, "absent");
+  ASSERT_TRUE(Get(get, &got).ok());
+  EXPECT_EQ(got.value().kind_case(), google::protobuf::Value::kNullValue);
+  EXPECT_EQ(got.fields_size(), 0);
+}
+
+TEST_F(DocumentServiceTest, GetAfterATokenWaitsForItThenTimesOut) {
+  StartNode();
+  UpdateRequest request = UpdateOf("c", "d");
+  Incr(&request, {"n"}, 1);
+  UpdateResponse response;
+  ASSERT_TRUE(Update(request, &response).ok());
+  GetRequest get;
+  get.set_collection("c");
+  get.set_id("d");
+  get.set_after(response.version());
+  GetResponse got;
+  ASSERT_TRUE(Get(get, &got).ok());
+  EXPECT_EQ(CounterIn(got, "n"), 1);
+  // A token covering a write this node never received: the read waits for its deadline.
+  crdt::CausalContext future;
+  future.Add({0x1234, 1});
+  get.set_after(EncodeVersionToken(future));
+  grpc::Status status = Get(get, &got, 300);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
+}
+
+TEST_F(DocumentServiceTest, DeleteLeavesNothingVisibleAndAcceptsABaseVersion) {
+  StartNode();
+  UpdateRequest request = UpdateOf("c", "d");
+  SetStr(&request, {"name"}, "x");
+  UpdateResponse first;
+  ASSERT_TRUE(Update(request, &first).ok());
+  // A field written after the read the delete is based on survives it.
+  UpdateRequest later = UpdateOf("c", "d");
+  SetStr(&later, {"email"}, "e");
+  ASSERT_TRUE(Update(later).ok());
+  mergedb::v1::DeleteRequest del;
+  del.set_collection("c");
+  del.set_id("d");
+  del.set_base_version(first.version());
+  grpc::ClientContext context;
+  Deadline(&context);
+  UpdateResponse deleted;
+  ASSERT_TRUE(docs_->Delete(&context, del, &deleted).ok());
+  GetResponse got = GetOrDie("c", "d");
+  EXPECT_TRUE(got.found());
+  EXPECT_EQ(got.value().struct_value().fields().size(), 1u);
+  EXPECT_TRUE(got.value().struct_value().fields().contains("email"));
+  // Without a base version the delete removes everything this node holds.
+  del.clear_base_version();
+  grpc::ClientContext context2;
+  Deadline(&context2);
+  ASSERT_TRUE(docs_->Delete(&context2, del, &deleted).ok());
+  EXPECT_FALSE(GetOrDie("c", "d").found());
+}
+
+TEST_F(DocumentServiceTest, ListPagesInIdOrderAndRejectsMalformedTokens) {
+  StartNode();
+  for (int i = 0; i < 7; ++i) {
+    UpdateRequest request = UpdateOf("c", "doc" + std::to_string(i));
+    Incr(&request, {"n"}, i);
+    ASSERT_TRUE(Update(request).ok());
+  }
+  std::vector<std::string> ids;
+  std::string token;
+  for (int pages = 0; pages < 10; ++pages) {
+    mergedb::v1::ListRequest list;
+    list.set_collection("c");
+    list.set_page_size(3);
+    list.set_page_token(token);
+    mergedb::v1::ListResponse response;
+    grpc::ClientContext context;
+    Deadline(&context);
+    ASSERT_TRUE(docs_->List(&context, list, &response).ok());
+    for (const auto& doc : response.documents()) ids.push_back(doc.id());
+    token = response.next_page_token();
+    if (token.empty()) break;
+  }
+  EXPECT_EQ(ids, (std::vector<std::string>{"doc0", "doc1", "doc2", "doc3", "doc4", "doc5",
+                                            "doc6"}));
+  mergedb::v1::ListRequest bad;
+  bad.set_collection("c");
+  bad.set_page_token("%%%");
+  mergedb::v1::ListResponse response;
+  grpc::ClientContext context;
+  Deadline(&context);
+  grpc::Status status = docs_->List(&context, bad, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "page_token"));
+  bad.set_page_token("");
+  bad.set_page_size(5000);
+  grpc::ClientContext context2;
+  Deadline(&context2);
+  EXPECT_EQ(docs_->List(&context2, bad, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(DocumentServiceTest, WatchDeliversEveryChangeInOrderAndResumes) {
+  StartNode();
+  auto write = [&](const std::string& id, int64_t by) {
+    UpdateRequest request = UpdateOf("feed", id);
+    Incr(&request, {"n"}, by);
+    ASSERT_TRUE(Update(request).ok());
+  };
+  write("a", 1);
+  write("b", 1);
+  UpdateRequest other = UpdateOf("elsewhere", "x");  // another collection: filtered out
+  Incr(&other, {"n"}, 1);
+  ASSERT_TRUE(Update(other).ok());
+  write("a", 1);
+
+  mergedb::v1::WatchRequest watch;
+  watch.set_collection("feed");
+  grpc::ClientContext context;
+  Deadline(&context, 10000);
+  auto reader = docs_->Watch(&context, watch);
+  std::vector<std::pair<uint64_t, std::string>> seen;
+  mergedb::v1::WatchEvent event;
+  while (seen.size() < 3 && reader->Read(&event)) seen.emplace_back(event.position(), event.id());
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0], (std::pair<uint64_t, std::string>{1, "a"}));
+  EXPECT_EQ(seen[1], (std::pair<uint64_t, std::string>{2, "b"}));
+  EXPECT_EQ(seen[2], (std::pair<uint64_t, std::string>{4, "a"}));
+  // A live change arrives on the open stream.
+  write("b", 5);
+  ASSERT_TRUE(reader->Read(&event));
+  EXPECT_EQ(event.position(), 5u);
+  EXPECT_EQ(event.value().struct_value().fields().at("n").number_value(), 6);
+  context.TryCancel();
+  (void)reader->Finish();
+
+  // Resume after position 2, one document only.
+  watch.set_after_position(2);
+  watch.set_id("a");
+  grpc::ClientContext resume;
+  Deadline(&resume, 10000);
+  auto resumed = docs_->Watch(&resume, watch);
+  ASSERT_TRUE(resumed->Read(&event));
+  EXPECT_EQ(event.position(), 4u);
+  EXPECT_EQ(event.id(), "a");
+  resume.TryCancel();
+  (void)resumed->Finish();
+}
+
+TEST_F(DocumentServiceTest, UpdateStreamAcknowledgesEachUpdateAndSurvivesABadOne) {
+  StartNode();
+  grpc::ClientContext context;
+  Deadline(&context, 10000);
+  auto stream = docs_->UpdateStream(&context);
+  for (int i = 0; i < 50; ++i) {
+    UpdateRequest request = UpdateOf("s", "doc");
+    request.set_request_id("r" + std::to_string(i));
+    if (i == 10) {
+      request.add_ops();  // no operation: refused, the stream goes on
+    } else {
+      Incr(&request, {"n"}, 1);
+    }
+    ASSERT_TRUE(stream->Write(request));
+  }
+  stream->WritesDone();
+  UpdateResponse response;
+  int ok = 0, failed = 0;
+  while (stream->Read(&response)) {
+    if (response.code() == 0) {
+      ++ok;
+    } else {
+      ++failed;
+      EXPECT_EQ(response.request_id(), "r10");
+      EXPECT_EQ(response.code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+    }
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(ok, 49);
+  EXPECT_EQ(failed, 1);
+  EXPECT_EQ(CounterIn(GetOrDie("s", "doc"), "n"), 49);
+}
+
+TEST_F(DocumentServiceTest, ARetriedRequestIdCountsOnceEvenAcrossARestart) {
+  StartNode();
+  UpdateRequest request = UpdateOf("c", "d");
+  Incr(&request, {"n"}, 1);
+  request.set_request_id("client-7/op-1");
+  UpdateResponse first, retry;
+  ASSERT_TRUE(Update(request, &first).ok());
+  ASSERT_TRUE(Update(request, &retry).ok());
+  EXPECT_FALSE(first.duplicate());
+  EXPECT_TRUE(retry.duplicate());
+  EXPECT_EQ(retry.version(), first.version());
+  RestartNode(Options());
+  ASSERT_TRUE(Update(request, &retry).ok());
+  EXPECT_TRUE(retry.duplicate());
+  EXPECT_EQ(CounterIn(GetOrDie("c", "d"), "n"), 1);
+}
+
+TEST_F(DocumentServiceTest, SixteenClientsIncrementingOneDocumentLoseNothing) {
+  StartNode();
+  constexpr int kClients = 16;
+  constexpr int kEach = 100;
+  std::vector<std::thread> clients;
+  std::atomic<int> failures{0};
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&] {
+      // Each client has its own channel (and so its own connection).
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      auto channel = grpc::CreateCustomChannel(node_->address(), grpc::InsecureChannelCredentials(), args);
+      auto stub = mergedb::v1::DocumentService::NewStub(channel);
+      for (int i = 0; i < kEach; ++i) {
+        UpdateRequest request = UpdateOf("hot", "doc");
+        Incr(&request, {"n"}, 1);
+        UpdateResponse response;
+        grpc::ClientContext context;
+        Deadline(&context, 20000);
+        if (!stub->Update(&context, request, &response).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& c : clients) c.join();
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(CounterIn(GetOrDie("hot", "doc"), "n"), kClients * kEach);
+}
+
+TEST_F(DocumentServiceTest, GracefulShutdownLosesNoAcknowledgedWrite) {
+  StartNode();
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> acknowledged{0}, attempted{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&] {
+      auto stub = mergedb::v1::DocumentService::NewStub(channel_);
+      while (!stop) {
+        UpdateRequest request = UpdateOf("c", "d");
+        Incr(&request, {"n"}, 1);
+        UpdateResponse response;
+        grpc::ClientContext context;
+        Deadline(&context, 2000);
+        ++attempted;
+        if (stub->Update(&context, request, &response).ok()) {
+          ++acknowledged;
+        } else {
+          return;  // the node is going away
+        }
+      }
+    });
+  }
+  while (acknowledged < 200) std::this_thread::yield();
+  node_->Shutdown(absl::Seconds(5));  // while the clients are still writing
+  stop = true;
+  for (auto& c : clients) c.join();
+  node_.reset();
+  StartNode();
+  const int64_t n = CounterIn(GetOrDie("c", "d"), "n");
+  EXPECT_GE(n, acknowledged.load());
+  EXPECT_LE(n, attempted.load());
+}
+
+TEST_F(DocumentServiceTest, StatusReportsIdentityCountsAndADigestThatFollowsTheState) {
+  StartNode();
+  auto status = [&] {
+    mergedb::v1::StatusResponse response;
+    grpc::ClientContext context;
+    Deadline(&context);
+    EXPECT_TRUE(cluster_->Status(&context, mergedb::v1::StatusRequest(), &response).ok());
+    return response;
+  };
+  mergedb::v1::StatusResponse empty = status();
+  EXPECT_EQ(empty.node_name(), "n1");
+  EXPECT_EQ(empty.cluster_id(), "test");
+  EXPECT_EQ(empty.role(), mergedb::v1::PRIMARY);
+  EXPECT_EQ(empty.document_count(), 0);
+  EXPECT_EQ(empty.state_digest().size(), 16u);
+  UpdateRequest request = UpdateOf("c", "d");
+  Incr(&request, {"n"}, 1);
+  ASSERT_TRUE(Update(request).ok());
+  mergedb::v1::StatusResponse after = status();
+  EXPECT_EQ(after.document_count(), 1);
+  EXPECT_NE(after.state_digest(), empty.state_digest());
+  ASSERT_EQ(after.applied_size(), 1);
+  EXPECT_EQ(after.applied(0).replica(), after.replica_id());
+  EXPECT_EQ(after.applied(0).counter(), 1u);
+  EXPECT_EQ(after.last_position(), 1u);
+}
+
+TEST_F(DocumentServiceTest, AReadOnlyReplicaRefusesWritesAndServesReads) {
+  NodeOptions options = Options();
+  options.role = mergedb::v1::REPLICA;
+  StartNode(options);
+  UpdateRequest request = UpdateOf("c", "d");
+  Incr(&request, {"n"}, 1);
+  grpc::Status status = Update(request);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "read-only replica"));
+  EXPECT_FALSE(GetOrDie("c", "d").found());
+}
+
+}  // namespace
+}  // namespace mergedb::node
