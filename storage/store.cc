@@ -165,6 +165,7 @@ struct Store::Writer {
   // A remote frame: change records to number, applied-vector advances.
   std::vector<mergedb::v1::ChangeRecord> remote_changes;
   VersionVector applied_updates;
+  VersionVector floor_updates;  // full-state transfers: log floors to raise
 
   int64_t doc_count_delta = 0;
   unsigned __int128 digest_delta = 0;
@@ -473,6 +474,7 @@ absl::Status Store::Commit(Writer* w) {
     }
     if (x->has_request) {
       x->request.set_change_seq(x->change_seq);
+      x->request.set_log_seq(x->log_seq);
       group.Put(keys::Request(x->request_id), crdt::SerializeDeterministic(x->request));
     }
     for (const auto& change : x->remote_changes) {
@@ -484,6 +486,9 @@ absl::Status Store::Commit(Writer* w) {
     }
     doc_count += x->doc_count_delta;
     digest += x->digest_delta;
+    for (const auto& [origin, floor] : x->floor_updates) {
+      group.Put(keys::LogFloor(origin), keys::EncodeBe64(floor));
+    }
   }
   if (applied[replica_id_] != applied_[replica_id_]) {
     group.Put(keys::Applied(replica_id_), keys::EncodeBe64(applied[replica_id_]));
@@ -510,6 +515,13 @@ absl::Status Store::Commit(Writer* w) {
     last_change_seq_ = change_seq;
     doc_count_ = doc_count;
     digest_ = digest;
+    for (size_t i = 0; i < taken; ++i) {
+      for (const auto& [origin, floor] : writers_[i]->floor_updates) {
+        log_floor_[origin] = std::max(log_floor_[origin], floor);
+      }
+    }
+    ++commit_count_;
+    commit_cv_.SignalAll();
   } else {
     // LevelDB refuses further writes after a failed sync; refuse every write, whatever failed.
     status = FailStore(FromLevelDb(s, "commit"));
@@ -543,6 +555,7 @@ absl::StatusOr<WriteResult> Store::ApplyLocal(const LocalWrite& write) {
       }
       MERGEDB_ASSIGN_OR_RETURN(result.version, crdt::CausalContext::Decode(previous->version()));
       result.change_seq = previous->change_seq();
+      result.log_seq = previous->log_seq();
       result.duplicate_request = true;
       return result;
     }
@@ -690,6 +703,79 @@ absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord>
   }
   if (!status.ok()) return status;
   return result;
+}
+
+absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
+  MERGEDB_RETURN_IF_ERROR(health());
+  if (docs.empty()) return absl::OkStatus();
+  absl::MutexLock remote_lock(&remote_mu_);
+  struct Touched {
+    std::shared_ptr<Document> doc;
+    crdt::LeafChanges changes;
+    crdt::CausalContext context_before;
+    bool existed = false;
+    const SnapshotDoc* source = nullptr;
+  };
+  std::map<std::string, Touched> touched_docs;
+  std::vector<absl::Mutex*> stripes;
+  for (const SnapshotDoc& doc : docs) {
+    const std::string prefix = keys::DocPrefix(doc.collection, doc.id);
+    stripes.push_back(&DocLock(prefix));
+    touched_docs[prefix].source = &doc;
+  }
+  std::sort(stripes.begin(), stripes.end());
+  stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
+  StripeLocks locks(std::move(stripes));
+  for (auto& [prefix, touched] : touched_docs) {
+    MERGEDB_ASSIGN_OR_RETURN(touched.doc, LoadLocked(prefix));
+    touched.existed = touched.doc->exists();
+    touched.context_before = touched.doc->context();
+  }
+  Writer w;
+  for (const SnapshotDoc& doc : docs) {
+    Touched& touched = touched_docs[keys::DocPrefix(doc.collection, doc.id)];
+    const crdt::CausalContext before = touched.doc->context();
+    crdt::LeafChanges changes;
+    touched.doc->Join(doc.state, &changes);
+    if (!changes.empty() || !(touched.doc->context() == before)) {
+      mergedb::v1::ChangeRecord change;
+      change.set_collection(doc.collection);
+      change.set_id(doc.id);
+      w.remote_changes.push_back(std::move(change));
+    }
+    touched.changes.before.merge(changes.before);
+  }
+  for (auto& [prefix, touched] : touched_docs) {
+    EncodeDocChanges(prefix, *touched.doc, touched.changes, touched.context_before, &w.batch,
+                     &w.digest_delta);
+    w.doc_count_delta +=
+        static_cast<int64_t>(touched.doc->exists()) - static_cast<int64_t>(touched.existed);
+  }
+  absl::Status status = Commit(&w);
+  for (auto& [prefix, touched] : touched_docs) {
+    if (status.ok()) {
+      cache_->Insert(prefix, touched.doc);
+    } else {
+      cache_->Erase(prefix);
+    }
+  }
+  return status;
+}
+
+absl::Status Store::FinishSnapshot(const VersionVector& applied) {
+  MERGEDB_RETURN_IF_ERROR(health());
+  absl::MutexLock remote_lock(&remote_mu_);
+  const VersionVector mine = AppliedVector();
+  Writer w;
+  for (const auto& [origin, seq] : applied) {
+    if (origin == replica_id_) continue;  // our own log is never behind a peer's view of it
+    auto it = mine.find(origin);
+    if (it != mine.end() && it->second >= seq) continue;
+    w.applied_updates[origin] = seq;
+    w.floor_updates[origin] = seq;
+  }
+  if (w.applied_updates.empty()) return absl::OkStatus();
+  return Commit(&w);
 }
 
 absl::StatusOr<Document> Store::Get(absl::string_view collection, absl::string_view id) {
@@ -870,6 +956,20 @@ uint64_t Store::WaitForChange(uint64_t after_seq, absl::Duration timeout) {
   return last_change_seq_;
 }
 
+uint64_t Store::commit_count() const {
+  absl::MutexLock lock(&commit_mu_);
+  return commit_count_;
+}
+
+uint64_t Store::WaitForCommit(uint64_t after_count, absl::Duration timeout) {
+  absl::MutexLock lock(&commit_mu_);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (commit_count_ <= after_count) {
+    if (commit_cv_.WaitWithDeadline(&commit_mu_, deadline)) break;
+  }
+  return commit_count_;
+}
+
 int64_t Store::document_count() const {
   absl::MutexLock lock(&commit_mu_);
   return doc_count_;
@@ -930,32 +1030,67 @@ absl::StatusOr<size_t> Store::ExpireRequests(int64_t before_unix_millis) {
   return expired;
 }
 
+class Store::LevelDbSnapshotCursor : public SnapshotCursor {
+ public:
+  LevelDbSnapshotCursor(Store* store) : store_(store), snapshot_(store->db_->GetSnapshot()) {}
+  ~LevelDbSnapshotCursor() override {
+    it_.reset();
+    store_->db_->ReleaseSnapshot(snapshot_);
+  }
+
+  absl::Status Init() {
+    MERGEDB_ASSIGN_OR_RETURN(applied_,
+                             store_->ReadVector(std::string(1, keys::kAppliedTag), snapshot_));
+    leveldb::ReadOptions ro;
+    ro.snapshot = snapshot_;
+    it_.reset(store_->db_->NewIterator(ro));
+    it_->Seek(std::string(1, keys::kDocTag));
+    return absl::OkStatus();
+  }
+
+  const VersionVector& applied() const override { return applied_; }
+
+  absl::StatusOr<bool> Next(SnapshotDoc* doc) override {
+    const std::string docs(1, keys::kDocTag);
+    if (!it_->Valid() || !HasPrefix(it_->key(), docs)) {
+      MERGEDB_RETURN_IF_ERROR(FromLevelDb(it_->status(), "reading a snapshot"));
+      return false;
+    }
+    absl::string_view rest = View(it_->key()).substr(1);
+    if (!crdt::ConsumeName(&rest, &doc->collection) || !crdt::ConsumeName(&rest, &doc->id)) {
+      return absl::DataLossError(
+          absl::StrCat("data dir ", store_->options_.path, ": malformed document key"));
+    }
+    const std::string prefix = keys::DocPrefix(doc->collection, doc->id);
+    MERGEDB_ASSIGN_OR_RETURN(doc->state, store_->LoadFromDb(prefix, snapshot_));
+    it_->Seek(prefix + "\x02");
+    return true;
+  }
+
+ private:
+  Store* const store_;
+  const leveldb::Snapshot* const snapshot_;
+  std::unique_ptr<leveldb::Iterator> it_;
+  VersionVector applied_;
+};
+
+absl::StatusOr<std::unique_ptr<SnapshotCursor>> Store::OpenSnapshot() {
+  auto cursor = std::make_unique<LevelDbSnapshotCursor>(this);
+  MERGEDB_RETURN_IF_ERROR(cursor->Init());
+  return std::unique_ptr<SnapshotCursor>(std::move(cursor));
+}
+
 absl::Status Store::ForEachDocumentInSnapshot(
     VersionVector* applied,
     absl::FunctionRef<absl::Status(absl::string_view, absl::string_view, const Document&)> fn) {
-  const leveldb::Snapshot* snapshot = db_->GetSnapshot();
-  absl::Status status = [&]() -> absl::Status {
-    MERGEDB_ASSIGN_OR_RETURN(*applied, ReadVector(std::string(1, keys::kAppliedTag), snapshot));
-    leveldb::ReadOptions ro;
-    ro.snapshot = snapshot;
-    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
-    const std::string docs(1, keys::kDocTag);
-    for (it->Seek(docs); it->Valid() && HasPrefix(it->key(), docs);) {
-      absl::string_view rest = View(it->key()).substr(1);
-      std::string collection, id;
-      if (!crdt::ConsumeName(&rest, &collection) || !crdt::ConsumeName(&rest, &id)) {
-        return absl::DataLossError(
-            absl::StrCat("data dir ", options_.path, ": malformed document key"));
-      }
-      const std::string prefix = keys::DocPrefix(collection, id);
-      MERGEDB_ASSIGN_OR_RETURN(Document doc, LoadFromDb(prefix, snapshot));
-      MERGEDB_RETURN_IF_ERROR(fn(collection, id, doc));
-      it->Seek(prefix + "\x02");
-    }
-    return FromLevelDb(it->status(), absl::StrCat("reading a snapshot of ", options_.path));
-  }();
-  db_->ReleaseSnapshot(snapshot);
-  return status;
+  MERGEDB_ASSIGN_OR_RETURN(std::unique_ptr<SnapshotCursor> cursor, OpenSnapshot());
+  *applied = cursor->applied();
+  SnapshotDoc doc;
+  while (true) {
+    MERGEDB_ASSIGN_OR_RETURN(bool more, cursor->Next(&doc));
+    if (!more) return absl::OkStatus();
+    MERGEDB_RETURN_IF_ERROR(fn(doc.collection, doc.id, doc.state));
+  }
 }
 
 }  // namespace mergedb::storage

@@ -126,6 +126,24 @@ struct RemoteApplyResult {
   bool gap = false;
 };
 
+// One document (or part of one) of a full-state transfer.
+struct SnapshotDoc {
+  std::string collection;
+  std::string id;
+  crdt::Document state;
+};
+
+// A consistent point-in-time view of every document, read one document at a time (full-state
+// transfer, backup). Thread safety: not thread-safe; the Store must outlive it.
+class SnapshotCursor {
+ public:
+  virtual ~SnapshotCursor() = default;
+  // The applied vector the snapshot reflects.
+  virtual const VersionVector& applied() const = 0;
+  // The next document (tombstones included), or false at the end.
+  virtual absl::StatusOr<bool> Next(SnapshotDoc* doc) = 0;
+};
+
 struct ScanPage {
   std::vector<std::pair<std::string, crdt::Document>> documents;  // (id, state), in id order
   std::string next_token;  // empty at the end of the collection
@@ -160,6 +178,15 @@ class Store {
   // stops its origin (see RemoteApplyResult::gap). INVALID_ARGUMENT (nothing applied) if any
   // delta does not decode.
   absl::StatusOr<RemoteApplyResult> ApplyRemote(absl::Span<const LogRecord> records);
+
+  // Joins document states from a full-state transfer (whole documents or parts, see
+  // mergedb.v1.SnapshotDocument) in one commit. They are not deltas of one origin, so no log
+  // entries are written; every changed document gets a change record (origin 0).
+  absl::Status ApplySnapshot(absl::Span<const SnapshotDoc> docs);
+  // Ends a full-state transfer whose snapshot reflected `applied`: raises this node's applied
+  // vector to it, and the log floor of every origin raised, since the entries in between never
+  // arrived one by one and cannot be forwarded from here.
+  absl::Status FinishSnapshot(const VersionVector& applied);
 
   // ---- Reads ----
   // The document's state: empty with an empty context if never written; empty with a non-empty
@@ -201,6 +228,7 @@ class Store {
   // ---- Snapshots (full-state transfer, backup) ----
   // Calls `fn(collection, id, state)` for every document (tombstones included) as of one
   // consistent point, whose applied vector is stored in `*applied` first. Writes go on meanwhile.
+  absl::StatusOr<std::unique_ptr<SnapshotCursor>> OpenSnapshot();
   absl::Status ForEachDocumentInSnapshot(
       VersionVector* applied,
       absl::FunctionRef<absl::Status(absl::string_view collection, absl::string_view id,
@@ -218,13 +246,17 @@ class Store {
   // Waits until the change feed has advanced past `after_seq` or `timeout` passes; returns the
   // last change sequence.
   uint64_t WaitForChange(uint64_t after_seq, absl::Duration timeout);
+  // Commits so far (local writes, remote frames, snapshots): replication waits on it, since a
+  // remote frame that changes no document still adds log entries to forward.
+  uint64_t commit_count() const;
+  uint64_t WaitForCommit(uint64_t after_count, absl::Duration timeout);
   // OK, or the failure that made the store refuse writes.
   absl::Status health() const;
 
  private:
-  struct PendingDoc;
   struct Writer;
   class DocCache;
+  class LevelDbSnapshotCursor;
 
   explicit Store(const StoreOptions& options);
   absl::Status Initialize();
@@ -267,6 +299,8 @@ class Store {
   int64_t doc_count_ ABSL_GUARDED_BY(commit_mu_) = 0;
   unsigned __int128 digest_ ABSL_GUARDED_BY(commit_mu_) = 0;
   absl::CondVar change_cv_;  // signalled when last_change_seq_ advances
+  uint64_t commit_count_ ABSL_GUARDED_BY(commit_mu_) = 0;
+  absl::CondVar commit_cv_;  // signalled after every successful commit
   absl::Status fatal_ ABSL_GUARDED_BY(commit_mu_);
 };
 
