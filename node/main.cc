@@ -21,6 +21,8 @@ ABSL_FLAG(std::string, data_dir, "", "Data directory (created if missing). Requi
 ABSL_FLAG(std::string, listen, "127.0.0.1:7700", "Address to serve on, host:port (port 0: any).");
 ABSL_FLAG(std::string, node_name, "", "This node's name, unique in the cluster. Required.");
 ABSL_FLAG(std::string, cluster, "", "Cluster id; a data dir belongs to one cluster. Required.");
+ABSL_FLAG(std::string, peers, "",
+          "The other cluster members: name=host:port,name=host:port (empty: a single node).");
 ABSL_FLAG(std::string, role, "primary",
           "primary (accepts writes) or replica (read-only: refuses client writes).");
 ABSL_FLAG(bool, fsync, false,
@@ -61,6 +63,9 @@ int main(int argc, char** argv) {
   if (options.data_dir.empty()) return UsageError("--data_dir is required");
   if (options.node_name.empty()) return UsageError("--node_name is required");
   if (options.cluster_id.empty()) return UsageError("--cluster is required");
+  auto peers = mergedb::node::ParsePeers(absl::GetFlag(FLAGS_peers));
+  if (!peers.ok()) return UsageError(std::string(peers.status().message()));
+  options.peers = *std::move(peers);
   const std::string role = absl::GetFlag(FLAGS_role);
   if (role == "primary") {
     options.role = mergedb::v1::PRIMARY;

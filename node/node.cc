@@ -36,6 +36,19 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   store_options.env = options.env;
   MERGEDB_ASSIGN_OR_RETURN(node->store_, storage::Store::Open(store_options));
 
+  ReplicationOptions replication = options.replication;
+  replication.cluster_id = options.cluster_id;
+  replication.node_name = options.node_name;
+  replication.peers = options.peers;
+  for (const PeerConfig& peer : options.peers) {
+    if (peer.name == options.node_name) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--peers lists this node's own name '", peer.name, "'"));
+    }
+  }
+  node->replication_ =
+      std::make_unique<Replication>(std::move(replication), node->store_.get(), &node->hlc_);
+
   node->documents_ = std::make_unique<DocumentServiceImpl>(node.get());
   node->cluster_ = std::make_unique<ClusterServiceImpl>(node.get());
   grpc::EnableDefaultHealthCheckService(true);
@@ -48,7 +61,17 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   // the rest of the limits are checked with precise messages by validation.
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(options.limits.max_update_bytes + (size_t{64} << 10)));
+  // Accept the replication streams' keepalive pings (gRPC's defaults answer pings more often
+  // than every 5 minutes with GOAWAY) and ping idle clients too, so a dead peer is noticed
+  // within seconds on both sides.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &node->port_);
+  builder.RegisterService(node->replication_.get());
   builder.RegisterService(node->documents_.get());
   builder.RegisterService(node->cluster_.get());
   node->server_ = builder.BuildAndStart();
@@ -58,6 +81,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
         "cannot listen on ", options.listen, ": the address is in use or invalid"));
   }
   node->server_->GetHealthCheckService()->SetServingStatus(true);
+  node->replication_->Start();
   node->janitor_ = std::thread([n = node.get()] { n->RunJanitor(); });
   MERGEDB_LOG(INFO) << "node " << options.node_name << " (replica "
                     << absl::StrCat(absl::Hex(node->store_->replica_id())) << ", cluster "
@@ -74,9 +98,15 @@ std::string Node::address() const {
 
 void Node::RunJanitor() {
   absl::MutexLock lock(&janitor_mu_);
+  absl::Time next_expiry = absl::Now() + kJanitorInterval;
   while (!janitor_stop_) {
-    janitor_mu_.AwaitWithTimeout(absl::Condition(&janitor_stop_), kJanitorInterval);
+    janitor_mu_.AwaitWithTimeout(absl::Condition(&janitor_stop_), options_.truncate_interval);
     if (janitor_stop_) break;
+    if (absl::Status truncated = replication_->TruncateLog(); !truncated.ok()) {
+      MERGEDB_LOG(WARNING) << "log truncation: " << truncated.message();
+    }
+    if (absl::Now() < next_expiry) continue;
+    next_expiry = absl::Now() + kJanitorInterval;
     const int64_t before = absl::ToUnixMillis(absl::Now() - options_.request_id_window);
     auto expired = store_->ExpireRequests(before);
     if (!expired.ok()) {
@@ -97,6 +127,7 @@ void Node::Shutdown(absl::Duration grace) {
     // New calls are refused at once; in-flight unary calls finish (their writes are
     // acknowledged only once durable); long waits and Watch streams notice stopping_.
     stopping_ = true;
+    replication_->Stop();
     server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
     server_->Wait();
   }

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "mergedb/v1/api.pb.h"
 #include "node/clock.h"
+#include "node/replication.h"
 #include "node/validation.h"
 #include "storage/store.h"
 
@@ -42,6 +43,12 @@ struct NodeOptions {
   int64_t clock_offset_millis = 0;
   // LevelDB environment for the store (nullptr: the real file system).
   leveldb::Env* env = nullptr;
+  // The other members of the cluster (membership is the cluster id plus these names).
+  std::vector<PeerConfig> peers;
+  // Replication tuning; cluster id, node name and peers are filled in from the fields above.
+  ReplicationOptions replication;
+  // How often fully replicated log entries are truncated.
+  absl::Duration truncate_interval = absl::Seconds(1);
 };
 
 class DocumentServiceImpl;
@@ -64,6 +71,11 @@ class Node {
   const NodeOptions& options() const { return options_; }
   storage::Store* store() { return store_.get(); }
   HybridClock* hybrid_clock() { return &hlc_; }
+  Replication* replication() { return replication_.get(); }
+  // Test hook: cuts (or heals) this node's side of the link to `peer`.
+  void SetLinkBlocked(const std::string& peer, bool blocked) {
+    replication_->SetLinkBlocked(peer, blocked);
+  }
   bool stopping() const { return stopping_; }
   absl::Time start_time() const { return start_time_; }
 
@@ -75,6 +87,7 @@ class Node {
   SystemClock clock_;
   HybridClock hlc_;
   std::unique_ptr<storage::Store> store_;
+  std::unique_ptr<Replication> replication_;
   std::unique_ptr<DocumentServiceImpl> documents_;
   std::unique_ptr<ClusterServiceImpl> cluster_;
   std::unique_ptr<grpc::Server> server_;

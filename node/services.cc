@@ -113,8 +113,21 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRe
     return update.Apply(doc, replica, *clock);
   };
   MERGEDB_ASSIGN_OR_RETURN(storage::WriteResult result, store->ApplyLocal(write));
-  // A single-node cluster: this node is every replica, so QUORUM and ALL are satisfied by the
-  // durable local commit.
+  const mergedb::v1::WriteConcern concern = request.write_concern();
+  if ((concern == mergedb::v1::QUORUM || concern == mergedb::v1::ALL) && result.log_seq > 0) {
+    // Synchronous replication: wait until enough members (this one included) applied it.
+    ClusterView* view = node_->replication()->view();
+    const int members = view->member_count();
+    const int needed = concern == mergedb::v1::ALL ? members : members / 2 + 1;
+    const int confirmed = view->WaitForConfirmations(replica, result.log_seq, needed, deadline);
+    if (confirmed < needed) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the write is durable on node ", node_->options().node_name,
+          " and will still replicate, but only ", confirmed, " of ", members,
+          " nodes confirmed it before the deadline (", mergedb::v1::WriteConcern_Name(concern),
+          " needs ", needed, ")"));
+    }
+  }
   UpdateResponse response;
   response.set_request_id(request.request_id());
   response.set_version(EncodeVersionToken(result.version));
@@ -309,6 +322,7 @@ grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1:
     entry->set_replica(origin);
     entry->set_counter(seq);
   }
+  for (auto& peer : node_->replication()->PeerStatuses()) *response->add_peers() = std::move(peer);
   response->set_document_count(store->document_count());
   response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - node_->start_time()));
   response->set_state_digest(store->state_digest());

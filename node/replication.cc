@@ -1,0 +1,774 @@
+#include "node/replication.h"
+
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "crdt/status_macros.h"
+#include "grpcpp/grpcpp.h"
+#include "node/grpc_status.h"
+#include "node/log.h"
+
+namespace mergedb::node {
+
+namespace {
+
+using mergedb::v1::ReplicationRequest;
+using mergedb::v1::ReplicationResponse;
+
+void EncodeVector(const storage::VersionVector& v,
+                  google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>* out) {
+  for (const auto& [origin, seq] : v) {
+    auto* e = out->Add();
+    e->set_replica(origin);
+    e->set_counter(seq);
+  }
+}
+
+storage::VersionVector DecodeVector(
+    const google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>& in) {
+  storage::VersionVector v;
+  for (const auto& e : in) v[e.replica()] = std::max(v[e.replica()], e.counter());
+  return v;
+}
+
+// Register timestamps in a delta, so the hybrid clock never falls behind what it has seen.
+void ObserveTimestamps(const mergedb::v1::CausalState& delta, HybridClock* clock) {
+  uint64_t max = 0;
+  for (const auto& leaf : delta.leaves()) {
+    for (const auto& entry : leaf.entries()) {
+      if (entry.has_register_()) max = std::max<uint64_t>(max, entry.register_().hlc());
+    }
+  }
+  if (max > 0) clock->Observe(crdt::Hlc::FromPacked(max));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// ClusterView
+
+ClusterView::ClusterView(std::string self, std::vector<std::string> peers, storage::Store* store)
+    : self_(std::move(self)), peers_(std::move(peers)), store_(store) {}
+
+void ClusterView::Update(const std::string& node, const storage::VersionVector& applied,
+                         Mode mode) {
+  if (node == self_) return;
+  if (std::find(peers_.begin(), peers_.end(), node) == peers_.end()) return;
+  absl::MutexLock lock(&mu_);
+  storage::VersionVector& known = known_[node];
+  if (mode == Mode::kReplace) {
+    known = applied;
+  } else {
+    for (const auto& [origin, seq] : applied) known[origin] = std::max(known[origin], seq);
+  }
+  changed_.SignalAll();
+}
+
+void ClusterView::Notify() {
+  absl::MutexLock lock(&mu_);
+  changed_.SignalAll();
+}
+
+std::map<std::string, storage::VersionVector> ClusterView::Known() const {
+  absl::MutexLock lock(&mu_);
+  return known_;
+}
+
+int ClusterView::ConfirmationsLocked(crdt::ReplicaId origin, uint64_t seq,
+                                     const storage::VersionVector& mine) const {
+  auto covered = [&](const storage::VersionVector& v) {
+    auto it = v.find(origin);
+    return it != v.end() && it->second >= seq;
+  };
+  int count = covered(mine) ? 1 : 0;
+  for (const std::string& peer : peers_) {
+    auto it = known_.find(peer);
+    if (it != known_.end() && covered(it->second)) ++count;
+  }
+  return count;
+}
+
+int ClusterView::Confirmations(crdt::ReplicaId origin, uint64_t seq) const {
+  const storage::VersionVector mine = store_->AppliedVector();
+  absl::MutexLock lock(&mu_);
+  return ConfirmationsLocked(origin, seq, mine);
+}
+
+int ClusterView::WaitForConfirmations(crdt::ReplicaId origin, uint64_t seq, int needed,
+                                      absl::Time deadline) {
+  const storage::VersionVector mine = store_->AppliedVector();
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    const int count = ConfirmationsLocked(origin, seq, mine);
+    if (count >= needed) return count;
+    if (changed_.WaitWithDeadline(&mu_, deadline)) return ConfirmationsLocked(origin, seq, mine);
+  }
+}
+
+std::optional<storage::VersionVector> ClusterView::FullyReplicated() const {
+  storage::VersionVector result = store_->AppliedVector();
+  absl::MutexLock lock(&mu_);
+  for (const std::string& peer : peers_) {
+    auto it = known_.find(peer);
+    if (it == known_.end()) return std::nullopt;
+    for (auto& [origin, seq] : result) {
+      auto theirs = it->second.find(origin);
+      seq = std::min(seq, theirs == it->second.end() ? 0 : theirs->second);
+    }
+  }
+  return result;
+}
+
+uint64_t ClusterView::EntriesBehind(const std::string& peer) const {
+  const storage::VersionVector mine = store_->AppliedVector();
+  absl::MutexLock lock(&mu_);
+  auto it = known_.find(peer);
+  uint64_t behind = 0;
+  for (const auto& [origin, seq] : mine) {
+    uint64_t theirs = 0;
+    if (it != known_.end()) {
+      auto t = it->second.find(origin);
+      if (t != it->second.end()) theirs = t->second;
+    }
+    if (seq > theirs) behind += seq - theirs;
+  }
+  return behind;
+}
+
+// ---------------------------------------------------------------------------------------------
+// LinkSender
+
+LinkSender::LinkSender(const ReplicationOptions& options, storage::Store* store, ClusterView* view,
+                       std::string peer)
+    : options_(options), store_(store), view_(view), peer_(std::move(peer)) {}
+
+ReplicationRequest LinkSender::Hello() const {
+  ReplicationRequest request;
+  auto* hello = request.mutable_hello();
+  hello->set_cluster_id(options_.cluster_id);
+  hello->set_node_name(options_.node_name);
+  hello->set_replica_id(store_->replica_id());
+  hello->set_protocol_version(kReplicationProtocolVersion);
+  return request;
+}
+
+absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
+  if (ack.node_name() != peer_) {
+    return absl::FailedPreconditionError(absl::StrCat("peer at this address is node '",
+                                                      ack.node_name(), "', not '", peer_, "'"));
+  }
+  sent_ = DecodeVector(ack.applied());
+  in_flight_ = 0;
+  snapshot_.reset();
+  pending_parts_.clear();
+  // The peer's vector is authoritative for its current incarnation.
+  view_->Update(peer_, sent_, ClusterView::Mode::kReplace);
+  // A peer with an empty data dir gets a full-state transfer rather than the whole history.
+  need_snapshot_ = sent_.empty() && !store_->AppliedVector().empty();
+  return absl::OkStatus();
+}
+
+void LinkSender::OnResponse(const ReplicationResponse& response) {
+  if (!response.has_ack()) return;
+  in_flight_ = std::max(0, in_flight_ - 1);
+  view_->Update(peer_, DecodeVector(response.ack().applied()), ClusterView::Mode::kMerge);
+  for (const auto& known : response.ack().known()) {
+    view_->Update(known.node_name(), DecodeVector(known.applied()), ClusterView::Mode::kMerge);
+  }
+}
+
+absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
+  if (in_flight_ >= options_.window) return std::nullopt;
+  if (in_snapshot()) return NextSnapshotChunk();
+  auto records = store_->ReadLog(sent_, options_.max_frame_records);
+  if (absl::IsFailedPrecondition(records.status())) {
+    MERGEDB_LOG(INFO) << "peer " << peer_ << " needs a full-state transfer: "
+                      << records.status().message();
+    need_snapshot_ = true;
+    return NextSnapshotChunk();
+  }
+  if (!records.ok()) return records.status();
+  if (records->empty()) return std::nullopt;
+  ReplicationRequest request;
+  auto* frame = request.mutable_frame();
+  size_t bytes = 0;
+  for (storage::LogRecord& record : *records) {
+    const size_t size = record.entry.ByteSizeLong() + 24;
+    if (frame->records_size() > 0 && bytes + size > options_.max_message_bytes) break;
+    bytes += size;
+    auto* out = frame->add_records();
+    out->set_origin(record.origin);
+    out->set_seq(record.seq);
+    *out->mutable_entry() = std::move(record.entry);
+    sent_[record.origin] = record.seq;
+  }
+  ++in_flight_;
+  return request;
+}
+
+absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::NextSnapshotChunk() {
+  if (snapshot_ == nullptr) {
+    MERGEDB_ASSIGN_OR_RETURN(snapshot_, store_->OpenSnapshot());
+    need_snapshot_ = false;
+    pending_parts_.clear();
+  }
+  ReplicationRequest request;
+  auto* chunk = request.mutable_snapshot();
+  size_t bytes = 0;
+  while (true) {
+    if (pending_parts_.empty()) {
+      storage::SnapshotDoc doc;
+      MERGEDB_ASSIGN_OR_RETURN(bool more, snapshot_->Next(&doc));
+      if (!more) break;
+      for (crdt::Document& part : SplitForTransfer(doc.state, options_.max_message_bytes / 2)) {
+        pending_parts_.push_back({doc.collection, doc.id, std::move(part)});
+      }
+    }
+    storage::SnapshotDoc& part = pending_parts_.front();
+    mergedb::v1::SnapshotDocument encoded;
+    encoded.set_collection(part.collection);
+    encoded.set_id(part.id);
+    part.state.EncodeTo(encoded.mutable_state());
+    const size_t size = encoded.ByteSizeLong();
+    if (chunk->documents_size() > 0 && bytes + size > options_.max_message_bytes - 1024) {
+      ++in_flight_;
+      return request;  // full; the rest follows in later chunks
+    }
+    bytes += size;
+    *chunk->add_documents() = std::move(encoded);
+    pending_parts_.pop_front();
+  }
+  // The snapshot is exhausted: the last chunk carries its applied vector, and the log resumes
+  // from there.
+  chunk->set_last(true);
+  EncodeVector(snapshot_->applied(), chunk->mutable_applied());
+  for (const auto& [origin, seq] : snapshot_->applied()) sent_[origin] = std::max(sent_[origin], seq);
+  snapshot_.reset();
+  ++in_flight_;
+  return request;
+}
+
+std::vector<crdt::Document> SplitForTransfer(const crdt::Document& doc, size_t max_bytes) {
+  std::vector<crdt::Document> parts;
+  if (doc.Encode().size() <= max_bytes) {
+    parts.push_back(doc);
+    return parts;
+  }
+  // Every part but the last carries its leaves with only their own dots as context; the last
+  // carries the whole context, so that joining all parts in order gives exactly `doc`.
+  crdt::LeafMap group;
+  crdt::CausalContext group_context;
+  size_t group_bytes = 0;
+  auto flush = [&](bool last) {
+    crdt::CausalContext context = last ? doc.context() : group_context;
+    auto kernel = crdt::DotKernel::FromParts(std::move(context), std::move(group));
+    parts.push_back(*crdt::Document::FromKernel(*std::move(kernel)));
+    group = crdt::LeafMap();
+    group_context = crdt::CausalContext();
+    group_bytes = 0;
+  };
+  for (const auto& [key, leaf] : doc.kernel().leaves()) {
+    mergedb::v1::Leaf encoded;
+    crdt::DotKernel::EncodeLeaf(key, leaf, &encoded);
+    const size_t size = encoded.ByteSizeLong();
+    if (!group.empty() && group_bytes + size > max_bytes) flush(false);
+    group.emplace(key, leaf);
+    for (const auto& entry : leaf) group_context.Add(entry.first);
+    group_bytes += size;
+  }
+  flush(true);
+  return parts;
+}
+
+// ---------------------------------------------------------------------------------------------
+// LinkReceiver
+
+absl::StatusOr<ReplicationResponse> LinkReceiver::OnHello(const mergedb::v1::Hello& hello) {
+  if (hello.cluster_id() != options_.cluster_id) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("node '", hello.node_name(), "' belongs to cluster '", hello.cluster_id(),
+                     "', this node to cluster '", options_.cluster_id, "'"));
+  }
+  if (hello.protocol_version() != kReplicationProtocolVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("node '", hello.node_name(), "' speaks replication protocol ",
+                     hello.protocol_version(), "; this node speaks ", kReplicationProtocolVersion));
+  }
+  const bool member =
+      std::any_of(options_.peers.begin(), options_.peers.end(),
+                  [&](const PeerConfig& p) { return p.name == hello.node_name(); });
+  if (!member || hello.node_name() == options_.node_name) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "node '", hello.node_name(), "' is not a configured peer of node '", options_.node_name,
+        "'"));
+  }
+  if (hello.replica_id() == 0) return absl::InvalidArgumentError("hello: zero replica id");
+  peer_ = hello.node_name();
+  ReplicationResponse response;
+  auto* ack = response.mutable_hello_ack();
+  ack->set_node_name(options_.node_name);
+  ack->set_replica_id(store_->replica_id());
+  EncodeVector(store_->AppliedVector(), ack->mutable_applied());
+  return response;
+}
+
+ReplicationResponse LinkReceiver::MakeAck() const {
+  ReplicationResponse response;
+  auto* ack = response.mutable_ack();
+  EncodeVector(store_->AppliedVector(), ack->mutable_applied());
+  for (const auto& [node, vector] : view_->Known()) {
+    if (node == peer_) continue;  // the sender knows its own vector best
+    auto* known = ack->add_known();
+    known->set_node_name(node);
+    EncodeVector(vector, known->mutable_applied());
+  }
+  return response;
+}
+
+absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
+    const ReplicationRequest& request) {
+  switch (request.kind_case()) {
+    case ReplicationRequest::kFrame: {
+      std::vector<storage::LogRecord> records;
+      records.reserve(static_cast<size_t>(request.frame().records_size()));
+      for (const auto& in : request.frame().records()) {
+        storage::LogRecord record;
+        record.origin = in.origin();
+        record.seq = in.seq();
+        record.entry = in.entry();
+        records.push_back(std::move(record));
+      }
+      MERGEDB_ASSIGN_OR_RETURN(storage::RemoteApplyResult result, store_->ApplyRemote(records));
+      if (result.gap) {
+        return absl::AbortedError(absl::StrCat(
+            "frame from node '", peer_, "' skips log entries this node lacks; resynchronizing"));
+      }
+      for (const auto& record : records) ObserveTimestamps(record.entry.delta(), clock_);
+      return std::optional<ReplicationResponse>(MakeAck());
+    }
+    case ReplicationRequest::kSnapshot: {
+      std::vector<storage::SnapshotDoc> docs;
+      for (const auto& in : request.snapshot().documents()) {
+        auto state = crdt::Document::Decode(in.state());
+        if (!state.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat("snapshot document ", in.collection(),
+                                                         "/", in.id(), ": ",
+                                                         state.status().message()));
+        }
+        ObserveTimestamps(in.state(), clock_);
+        docs.push_back({in.collection(), in.id(), *std::move(state)});
+      }
+      MERGEDB_RETURN_IF_ERROR(store_->ApplySnapshot(docs));
+      if (request.snapshot().last()) {
+        MERGEDB_RETURN_IF_ERROR(store_->FinishSnapshot(DecodeVector(request.snapshot().applied())));
+        MERGEDB_LOG(INFO) << "full-state transfer from " << peer_ << " complete";
+      }
+      return std::optional<ReplicationResponse>(MakeAck());
+    }
+    case ReplicationRequest::kHeartbeat: {
+      ReplicationResponse response;
+      response.mutable_heartbeat();
+      return std::optional<ReplicationResponse>(std::move(response));
+    }
+    case ReplicationRequest::kHello:
+      return absl::InvalidArgumentError("a second hello on one replication stream");
+    case ReplicationRequest::KIND_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError("replication request with no kind set");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replication: the gRPC transport
+
+// One outbound link: a thread that connects, says hello, streams frames and heartbeats, and
+// reconnects with exponential backoff and jitter. A reader thread per stream takes acks.
+class Replication::Session {
+ public:
+  Session(Replication* owner, PeerConfig peer) : owner_(owner), peer_(std::move(peer)) {
+    grpc::ChannelArguments args;
+    // Failure detection: keepalive pings on an idle connection, answered within 2 s; the
+    // server side (Node::Start) is configured to accept them. Heartbeats on the stream cover
+    // a paused peer whose kernel still answers pings.
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+    args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
+    args.SetInt(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, 64 << 20);
+    channel_ = grpc::CreateCustomChannel(peer_.address, grpc::InsecureChannelCredentials(), args);
+    stub_ = mergedb::v1::ReplicationService::NewStub(channel_);
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+      if (context_ != nullptr) context_->TryCancel();
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Ends the current stream (test hook, shutdown).
+  void Interrupt() {
+    absl::MutexLock lock(&mu_);
+    if (context_ != nullptr) context_->TryCancel();
+  }
+
+ private:
+  bool stopping() {
+    absl::MutexLock lock(&mu_);
+    return stop_ || owner_->stopping_;
+  }
+
+  void Run() {
+    std::mt19937_64 rng(std::random_device{}());
+    absl::Duration backoff = owner_->options_.backoff_min;
+    while (!stopping()) {
+      const absl::Time started = absl::Now();
+      if (!owner_->Blocked(peer_.name)) {
+        const absl::Status status = RunStream();
+        owner_->StateOf(peer_.name)->connected = false;
+        if (!status.ok() && !stopping()) {
+          owner_->SetError(peer_.name, std::string(status.message()));
+          MERGEDB_LOG(DEBUG) << "link to " << peer_.name << ": " << status.message();
+        }
+        // A stream that lasted resets the backoff.
+        if (absl::Now() - started > absl::Seconds(5)) backoff = owner_->options_.backoff_min;
+      }
+      // Exponential backoff with full jitter; interruptible by Stop().
+      const double jitter = std::uniform_real_distribution<double>(0.5, 1.0)(rng);
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), backoff * jitter);
+      backoff = std::min(backoff * 2, owner_->options_.backoff_max);
+    }
+  }
+
+  absl::Status RunStream() {
+    const ReplicationOptions& options = owner_->options_;
+    storage::Store* store = owner_->store_;
+    PeerState* state = owner_->StateOf(peer_.name);
+    grpc::ClientContext context;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_) return absl::OkStatus();
+      context_ = &context;
+    }
+    struct Cleanup {
+      Session* s;
+      ~Cleanup() {
+        absl::MutexLock lock(&s->mu_);
+        s->context_ = nullptr;
+      }
+    } cleanup{this};
+
+    auto stream = stub_->Replicate(&context);
+    LinkSender sender(options, store, &owner_->view_, peer_.name);
+
+    // Shared by this thread (the writer), the reader and the watchdog.
+    absl::Mutex link_mu;
+    bool broken = false;
+    bool hello_done = false;
+    absl::Status link_status;
+    absl::Time last_heard = absl::Now();
+
+    // The reader takes the hello answer, then acks and heartbeats.
+    std::thread reader([&] {
+      ReplicationResponse response;
+      while (stream->Read(&response)) {
+        state->bytes_received += response.ByteSizeLong();
+        absl::MutexLock lock(&link_mu);
+        last_heard = absl::Now();
+        if (hello_done) {
+          sender.OnResponse(response);
+          continue;
+        }
+        link_status = response.has_hello_ack()
+                          ? sender.OnHelloAck(response.hello_ack())
+                          : absl::InternalError("peer did not answer the hello");
+        if (!link_status.ok()) break;
+        hello_done = true;
+      }
+      absl::MutexLock lock(&link_mu);
+      broken = true;
+    });
+    // The watchdog ends a stream whose peer went silent: a partitioned or paused peer stalls
+    // a TCP connection instead of closing it, and a blocked Write or Read never returns alone.
+    bool watchdog_stop = false;
+    std::thread watchdog([&] {
+      absl::MutexLock lock(&link_mu);
+      while (!watchdog_stop && !broken) {
+        link_mu.AwaitWithTimeout(absl::Condition(&watchdog_stop), absl::Milliseconds(100));
+        if (!watchdog_stop && absl::Now() - last_heard > options.dead_after) {
+          link_status = absl::UnavailableError(absl::StrCat(
+              "no word from ", peer_.name, " for ", absl::FormatDuration(options.dead_after)));
+          context.TryCancel();
+          break;
+        }
+      }
+    });
+
+    ReplicationRequest hello = sender.Hello();
+    state->bytes_sent += hello.ByteSizeLong();
+    bool logged_connected = false;
+    if (stream->Write(hello)) {
+      absl::Time last_sent = absl::Now();
+      while (!stopping() && !owner_->Blocked(peer_.name)) {
+        uint64_t commits = store->commit_count();
+        std::optional<ReplicationRequest> next;
+        bool window_full = false;
+        {
+          absl::MutexLock lock(&link_mu);
+          if (broken) break;
+          if (!hello_done) {
+            link_mu.AwaitWithTimeout(absl::Condition(&hello_done), absl::Milliseconds(20));
+            continue;
+          }
+          if (!logged_connected) {
+            logged_connected = true;
+            state->connected = true;
+            owner_->SetError(peer_.name, "");
+            MERGEDB_LOG(INFO) << "replicating to " << peer_.name << " at " << peer_.address;
+          }
+          auto produced = sender.Next();
+          if (!produced.ok()) {
+            link_status = produced.status();
+            break;
+          }
+          next = *std::move(produced);
+          window_full = sender.window_full();
+        }
+        if (next.has_value()) {
+          state->bytes_sent += next->ByteSizeLong();
+          if (!stream->Write(*next)) break;
+          last_sent = absl::Now();
+          continue;
+        }
+        if (absl::Now() - last_sent >= options.heartbeat) {
+          ReplicationRequest heartbeat;
+          heartbeat.mutable_heartbeat();
+          state->bytes_sent += heartbeat.ByteSizeLong();
+          if (!stream->Write(heartbeat)) break;
+          last_sent = absl::Now();
+        }
+        if (window_full) {
+          // Wait for an ack to free the window (or the link to break).
+          struct Ready {
+            const LinkSender* sender;
+            const bool* broken;
+            bool operator()() const { return *broken || !sender->window_full(); }
+          } ready{&sender, &broken};
+          absl::MutexLock lock(&link_mu);
+          link_mu.AwaitWithTimeout(absl::Condition(&ready), options.heartbeat);
+        } else {
+          // Caught up: wait for the next commit, at most until a heartbeat is due.
+          store->WaitForCommit(commits, options.heartbeat);
+        }
+      }
+    }
+    context.TryCancel();
+    reader.join();
+    {
+      absl::MutexLock lock(&link_mu);
+      watchdog_stop = true;
+    }
+    watchdog.join();
+    grpc::Status finish = stream->Finish();
+    absl::Status result;
+    {
+      absl::MutexLock lock(&link_mu);
+      result = link_status;
+    }
+    if (result.ok() && !finish.ok() && finish.error_code() != grpc::StatusCode::CANCELLED) {
+      result = FromGrpcStatus(finish);
+      if (finish.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+        MERGEDB_LOG(WARNING) << "peer " << peer_.name << " refused replication: "
+                             << finish.error_message();
+      }
+    }
+    return result;
+  }
+
+  Replication* const owner_;
+  const PeerConfig peer_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<mergedb::v1::ReplicationService::Stub> stub_;
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::thread thread_;
+};
+
+Replication::Replication(ReplicationOptions options, storage::Store* store, HybridClock* clock)
+    : options_(std::move(options)),
+      store_(store),
+      clock_(clock),
+      view_(options_.node_name,
+            [&] {
+              std::vector<std::string> names;
+              for (const auto& p : options_.peers) names.push_back(p.name);
+              return names;
+            }(),
+            store) {
+  for (const auto& peer : options_.peers) {
+    peer_states_.emplace(peer.name, std::make_unique<PeerState>());
+  }
+}
+
+Replication::~Replication() { Stop(); }
+
+void Replication::Start() {
+  for (const auto& peer : options_.peers) {
+    sessions_.push_back(std::make_unique<Session>(this, peer));
+  }
+}
+
+void Replication::Stop() {
+  stopping_ = true;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [peer, context] : inbound_) context->TryCancel();
+  }
+  for (auto& session : sessions_) session->Stop();
+  sessions_.clear();
+  view_.Notify();
+}
+
+Replication::PeerState* Replication::StateOf(const std::string& peer) const {
+  auto it = peer_states_.find(peer);
+  return it == peer_states_.end() ? nullptr : it->second.get();
+}
+
+bool Replication::Blocked(const std::string& peer) const {
+  absl::MutexLock lock(&mu_);
+  return blocked_.count(peer) > 0;
+}
+
+void Replication::SetError(const std::string& peer, const std::string& error) {
+  if (PeerState* state = StateOf(peer)) {
+    absl::MutexLock lock(&state->mu);
+    state->last_error = error;
+  }
+}
+
+void Replication::SetLinkBlocked(const std::string& peer, bool blocked) {
+  absl::MutexLock lock(&mu_);
+  if (blocked) {
+    blocked_.insert(peer);
+    auto [begin, end] = inbound_.equal_range(peer);
+    for (auto it = begin; it != end; ++it) it->second->TryCancel();
+  } else {
+    blocked_.erase(peer);
+  }
+  // Outbound sessions notice the block at their next step and end their stream.
+}
+
+std::vector<mergedb::v1::PeerStatus> Replication::PeerStatuses() const {
+  std::vector<mergedb::v1::PeerStatus> out;
+  for (const auto& peer : options_.peers) {
+    PeerState* state = StateOf(peer.name);
+    mergedb::v1::PeerStatus status;
+    status.set_name(peer.name);
+    status.set_address(peer.address);
+    status.set_connected(state->connected);
+    status.set_entries_behind(view_.EntriesBehind(peer.name));
+    status.set_bytes_sent(state->bytes_sent);
+    status.set_bytes_received(state->bytes_received);
+    absl::MutexLock lock(&state->mu);
+    status.set_last_error(state->last_error);
+    out.push_back(std::move(status));
+  }
+  return out;
+}
+
+absl::Status Replication::TruncateLog() {
+  std::optional<storage::VersionVector> everywhere = view_.FullyReplicated();
+  if (!everywhere.has_value()) return absl::OkStatus();
+  return store_->TruncateLog(*everywhere);
+}
+
+grpc::Status Replication::Replicate(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<ReplicationResponse, ReplicationRequest>* stream) {
+  ReplicationRequest request;
+  if (!stream->Read(&request)) return grpc::Status::OK;
+  if (!request.has_hello()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first message must be a hello");
+  }
+  LinkReceiver receiver(options_, store_, &view_, clock_);
+  auto hello = receiver.OnHello(request.hello());
+  if (!hello.ok()) {
+    MERGEDB_LOG(WARNING) << "refused replication from " << context->peer() << ": "
+                         << hello.status().message();
+    return ToGrpcStatus(hello.status());
+  }
+  const std::string peer = receiver.peer();
+  {
+    absl::MutexLock lock(&mu_);
+    if (blocked_.count(peer) > 0 || stopping_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "link cut");
+    }
+    inbound_.emplace(peer, context);
+  }
+  struct Unregister {
+    Replication* r;
+    const std::string& peer;
+    grpc::ServerContext* context;
+    ~Unregister() {
+      absl::MutexLock lock(&r->mu_);
+      auto [begin, end] = r->inbound_.equal_range(peer);
+      for (auto it = begin; it != end; ++it) {
+        if (it->second == context) {
+          r->inbound_.erase(it);
+          break;
+        }
+      }
+    }
+  } unregister{this, peer, context};
+
+  PeerState* state = StateOf(peer);
+  state->bytes_received += request.ByteSizeLong();
+  state->bytes_sent += hello->ByteSizeLong();
+  if (!stream->Write(*hello)) return grpc::Status::OK;
+  while (stream->Read(&request)) {
+    state->bytes_received += request.ByteSizeLong();
+    auto response = receiver.OnRequest(request);
+    if (!response.ok()) {
+      if (!absl::IsAborted(response.status())) {
+        MERGEDB_LOG(WARNING) << "replication from " << peer << ": " << response.status().message();
+      }
+      return ToGrpcStatus(response.status());
+    }
+    if (response->has_value()) {
+      state->bytes_sent += (*response)->ByteSizeLong();
+      if (!stream->Write(**response)) break;
+    }
+  }
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<std::vector<PeerConfig>> ParsePeers(absl::string_view spec) {
+  std::vector<PeerConfig> peers;
+  if (spec.empty()) return peers;
+  for (absl::string_view item : absl::StrSplit(spec, ',')) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    if (kv.first.empty() || kv.second.empty() || kv.second.find(':') == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--peers: '", item, "' is not name=host:port"));
+    }
+    for (const auto& p : peers) {
+      if (p.name == kv.first) {
+        return absl::InvalidArgumentError(absl::StrCat("--peers: '", kv.first, "' twice"));
+      }
+    }
+    peers.push_back({kv.first, kv.second});
+  }
+  return peers;
+}
+
+}  // namespace mergedb::node

@@ -1,0 +1,208 @@
+// Replication: every node pushes to every configured peer the log entries that peer lacks (of
+// every origin, so writes are forwarded along any path), then live deltas; peers acknowledge with
+// their applied vector and every other node's vector they know.
+//
+// The protocol logic is transport-free and thread-free: LinkSender (one outbound link) and
+// LinkReceiver (one inbound stream) turn messages into messages, reading and writing only the
+// store and the ClusterView. Replication drives them over gRPC streams with threads; a simulator
+// can drive the same classes over a seeded in-memory network.
+#ifndef MERGEDB_NODE_REPLICATION_H_
+#define MERGEDB_NODE_REPLICATION_H_
+
+#include <atomic>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "mergedb/v1/api.pb.h"
+#include "mergedb/v1/replication.grpc.pb.h"
+#include "node/clock.h"
+#include "storage/store.h"
+
+namespace mergedb::node {
+
+inline constexpr uint32_t kReplicationProtocolVersion = 1;
+
+struct PeerConfig {
+  std::string name;
+  std::string address;  // host:port
+};
+
+struct ReplicationOptions {
+  std::string cluster_id;
+  std::string node_name;
+  std::vector<PeerConfig> peers;
+  // Frames and snapshot chunks stay under this (a single record larger than it goes alone).
+  size_t max_message_bytes = size_t{1} << 20;
+  size_t max_frame_records = 1024;
+  // Frames or chunks sent but not yet acknowledged, per link.
+  int window = 8;
+  // A link with no message from the peer for `dead_after` is declared dead and reconnected;
+  // each side sends a heartbeat after `heartbeat` of silence.
+  absl::Duration heartbeat = absl::Milliseconds(300);
+  absl::Duration dead_after = absl::Seconds(3);
+  absl::Duration backoff_min = absl::Milliseconds(50);
+  absl::Duration backoff_max = absl::Seconds(2);
+};
+
+// What this node knows of every member's applied vector, by node name (a peer is known by name;
+// its replica id changes with each incarnation). This node's own vector is read from the store.
+// Thread-safe.
+class ClusterView {
+ public:
+  // `store` is borrowed and outlives the view.
+  ClusterView(std::string self, std::vector<std::string> peers, storage::Store* store);
+
+  // Merges (per origin, the max) or, with kReplace, replaces what is known of `node`.
+  enum class Mode { kMerge, kReplace };
+  void Update(const std::string& node, const storage::VersionVector& applied, Mode mode);
+  std::map<std::string, storage::VersionVector> Known() const;
+
+  int member_count() const { return static_cast<int>(peers_.size()) + 1; }
+  // How many members (this node included) have applied (origin, seq).
+  int Confirmations(crdt::ReplicaId origin, uint64_t seq) const;
+  // Waits until `needed` members have applied (origin, seq) or `deadline` passes; returns the
+  // confirmations reached.
+  int WaitForConfirmations(crdt::ReplicaId origin, uint64_t seq, int needed, absl::Time deadline);
+  // Per origin, what every member has applied: what the log may drop. nullopt until every peer
+  // has reported.
+  std::optional<storage::VersionVector> FullyReplicated() const;
+  // Log entries this node holds that `peer` is not known to have.
+  uint64_t EntriesBehind(const std::string& peer) const;
+  void Notify();
+
+ private:
+  int ConfirmationsLocked(crdt::ReplicaId origin, uint64_t seq,
+                          const storage::VersionVector& mine) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  const std::string self_;
+  const std::vector<std::string> peers_;
+  storage::Store* const store_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, storage::VersionVector> known_ ABSL_GUARDED_BY(mu_);
+  absl::CondVar changed_;
+};
+
+// The sending side of one link. Not thread-safe: one driver calls it.
+class LinkSender {
+ public:
+  // `store` and `view` are borrowed and outlive the sender.
+  LinkSender(const ReplicationOptions& options, storage::Store* store, ClusterView* view,
+             std::string peer);
+
+  mergedb::v1::ReplicationRequest Hello() const;
+  absl::Status OnHelloAck(const mergedb::v1::HelloAck& ack);
+  // The next frame or snapshot chunk to send now; nullopt when caught up or the window is full.
+  absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> Next();
+  void OnResponse(const mergedb::v1::ReplicationResponse& response);
+  bool in_snapshot() const { return snapshot_ != nullptr || need_snapshot_; }
+  bool window_full() const { return in_flight_ >= options_.window; }
+
+ private:
+  absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> NextSnapshotChunk();
+
+  const ReplicationOptions& options_;
+  storage::Store* const store_;
+  ClusterView* const view_;
+  const std::string peer_;
+  storage::VersionVector sent_;
+  int in_flight_ = 0;
+  bool need_snapshot_ = false;
+  std::unique_ptr<storage::SnapshotCursor> snapshot_;
+  std::deque<storage::SnapshotDoc> pending_parts_;
+};
+
+// The receiving side of one inbound stream. Not thread-safe.
+class LinkReceiver {
+ public:
+  LinkReceiver(const ReplicationOptions& options, storage::Store* store, ClusterView* view,
+               HybridClock* clock)
+      : options_(options), store_(store), view_(view), clock_(clock) {}
+
+  // Checks the sender belongs to this cluster and membership, and speaks this protocol.
+  absl::StatusOr<mergedb::v1::ReplicationResponse> OnHello(const mergedb::v1::Hello& hello);
+  // The answer to one request, if any.
+  absl::StatusOr<std::optional<mergedb::v1::ReplicationResponse>> OnRequest(
+      const mergedb::v1::ReplicationRequest& request);
+  const std::string& peer() const { return peer_; }
+
+ private:
+  mergedb::v1::ReplicationResponse MakeAck() const;
+
+  const ReplicationOptions& options_;
+  storage::Store* const store_;
+  ClusterView* const view_;
+  HybridClock* const clock_;
+  std::string peer_;
+};
+
+// Splits a document into parts whose encodings stay under `max_bytes` (see SnapshotDocument).
+std::vector<crdt::Document> SplitForTransfer(const crdt::Document& doc, size_t max_bytes);
+
+// The gRPC transport: one sender thread per peer, the ReplicationService for inbound streams,
+// counters for Status, and a test hook that cuts links. Thread-safe.
+class Replication final : public mergedb::v1::ReplicationService::Service {
+ public:
+  // `store` and `clock` are borrowed and outlive this object.
+  Replication(ReplicationOptions options, storage::Store* store, HybridClock* clock);
+  ~Replication() override;
+
+  void Start();
+  void Stop();
+
+  ClusterView* view() { return &view_; }
+  const ReplicationOptions& options() const { return options_; }
+  std::vector<mergedb::v1::PeerStatus> PeerStatuses() const;
+  // Drops what every member has applied from the log.
+  absl::Status TruncateLog();
+
+  // Test hook: while blocked, no stream to or from `peer` is kept or accepted on this node.
+  void SetLinkBlocked(const std::string& peer, bool blocked);
+
+  grpc::Status Replicate(grpc::ServerContext* context,
+                         grpc::ServerReaderWriter<mergedb::v1::ReplicationResponse,
+                                                  mergedb::v1::ReplicationRequest>* stream) override;
+
+ private:
+  struct PeerState {
+    std::atomic<bool> connected{false};
+    std::atomic<uint64_t> bytes_sent{0};
+    std::atomic<uint64_t> bytes_received{0};
+    absl::Mutex mu;
+    std::string last_error ABSL_GUARDED_BY(mu);
+  };
+  class Session;
+
+  PeerState* StateOf(const std::string& peer) const;
+  bool Blocked(const std::string& peer) const;
+  void SetError(const std::string& peer, const std::string& error);
+
+  const ReplicationOptions options_;
+  storage::Store* const store_;
+  HybridClock* const clock_;
+  ClusterView view_;
+  std::map<std::string, std::unique_ptr<PeerState>> peer_states_;
+  std::vector<std::unique_ptr<Session>> sessions_;
+  std::atomic<bool> stopping_{false};
+
+  mutable absl::Mutex mu_;
+  std::set<std::string> blocked_ ABSL_GUARDED_BY(mu_);
+  std::multimap<std::string, grpc::ServerContext*> inbound_ ABSL_GUARDED_BY(mu_);
+};
+
+// Parses --peers: "name=host:port,name=host:port".
+absl::StatusOr<std::vector<PeerConfig>> ParsePeers(absl::string_view spec);
+
+}  // namespace mergedb::node
+
+#endif  // MERGEDB_NODE_REPLICATION_H_
