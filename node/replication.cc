@@ -397,6 +397,7 @@ class Replication::Session {
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
     args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
     args.SetInt(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, 64 << 20);
@@ -467,6 +468,16 @@ class Replication::Session {
       }
     } cleanup{this};
 
+    // Connect first, bounded: a stream started on a channel in backoff fails at once, and one
+    // started with wait-for-ready blocks its thread in the constructor.
+    const absl::Time connect_deadline = absl::Now() + owner_->options_.dead_after;
+    while (!channel_->WaitForConnected(absl::ToChronoTime(
+        std::min(connect_deadline, absl::Now() + absl::Milliseconds(100))))) {
+      if (stopping()) return absl::OkStatus();
+      if (absl::Now() >= connect_deadline) {
+        return absl::UnavailableError(absl::StrCat("cannot connect to ", peer_.address));
+      }
+    }
     auto stream = stub_->Replicate(&context);
     LinkSender sender(options, store, &owner_->view_, peer_.name);
 
@@ -571,7 +582,12 @@ class Replication::Session {
         }
       }
     }
-    context.TryCancel();
+    {
+      // Cancel only a stream still open: once the peer ended it, its status (a refusal, say)
+      // must reach Finish() intact.
+      absl::MutexLock lock(&link_mu);
+      if (!broken) context.TryCancel();
+    }
     reader.join();
     {
       absl::MutexLock lock(&link_mu);

@@ -26,10 +26,14 @@ constexpr absl::Duration kPollInterval = absl::Milliseconds(100);
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 
+// When the node stops waiting for a call: a little before the client's deadline, so that the
+// node's own answer (saying what happened) reaches the client before its deadline does.
 absl::Time DeadlineOf(const grpc::ServerContext* context) {
   const auto deadline = context->deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return absl::Now() + kDefaultWait;
-  return std::min(absl::FromChrono(deadline), absl::Now() + absl::Hours(24));
+  const absl::Time client = std::min(absl::FromChrono(deadline), absl::Now() + absl::Hours(24));
+  const absl::Duration margin = std::min(absl::Milliseconds(50), (client - absl::Now()) / 10);
+  return client - margin;
 }
 
 void AddConflicts(const std::vector<crdt::FieldConflict>& conflicts, GetResponse* response) {

@@ -1,0 +1,223 @@
+// Replication between in-process nodes over real gRPC links on 127.0.0.1.
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "tests/node/cluster_test_util.h"
+#include "tests/node/node_test_util.h"
+
+namespace mergedb::node {
+namespace {
+
+using mergedb::v1::UpdateRequest;
+using mergedb::v1::UpdateResponse;
+using testing::Cluster;
+using testing::CounterIn;
+using testing::Incr;
+using testing::SetStr;
+using testing::UpdateOf;
+
+UpdateRequest IncrementOf(const std::string& id, int64_t by) {
+  UpdateRequest request = UpdateOf("c", id);
+  Incr(&request, {"n"}, by);
+  return request;
+}
+
+TEST(Replication, ThreeNodesWritingConflictingUpdatesConverge) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  std::vector<std::thread> writers;
+  for (int i = 0; i < 3; ++i) {
+    writers.emplace_back([&, i] {
+      for (int k = 0; k < 60; ++k) {
+        UpdateRequest request = UpdateOf("c", "doc" + std::to_string(k % 5));
+        Incr(&request, {"n"}, 1);
+        SetStr(&request, {"last"}, "node" + std::to_string(i));
+        ASSERT_TRUE(cluster.Update(i, request).ok());
+      }
+    });
+  }
+  for (auto& w : writers) w.join();
+  ASSERT_TRUE(cluster.WaitConverged());
+  int64_t total = 0;
+  for (int d = 0; d < 5; ++d) {
+    const auto a = cluster.Get(0, "c", "doc" + std::to_string(d));
+    for (int i = 1; i < 3; ++i) {
+      const auto b = cluster.Get(i, "c", "doc" + std::to_string(d));
+      EXPECT_EQ(a.version(), b.version());
+      EXPECT_EQ(a.value().SerializeAsString().size(), b.value().SerializeAsString().size());
+    }
+    total += CounterIn(a, "n");
+  }
+  EXPECT_EQ(total, 180);
+}
+
+TEST(Replication, APartitionDuringWritesHealsIntoOneState) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  // Isolate node 3; both sides keep accepting writes.
+  cluster.SetLink(2, 0, false);
+  cluster.SetLink(2, 1, false);
+  for (int k = 0; k < 20; ++k) {
+    ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+    ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 10)).ok());
+  }
+  ASSERT_TRUE(cluster.WaitConverged({0, 1}));
+  EXPECT_EQ(CounterIn(cluster.Get(1, "c", "d"), "n"), 21);
+  EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 201);
+  cluster.SetLink(2, 0, true);
+  cluster.SetLink(2, 1, true);
+  ASSERT_TRUE(cluster.WaitConverged());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(CounterIn(cluster.Get(i, "c", "d"), "n"), 221);
+}
+
+TEST(Replication, ARestartedNodeCatchesUpFromTheLog) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  const auto replica_before = cluster.node(2)->store()->replica_id();
+  cluster.Stop(2);
+  for (int k = 0; k < 100; ++k) ASSERT_TRUE(cluster.Update(k % 2, IncrementOf("d", 1)).ok());
+  cluster.Start(2);
+  ASSERT_TRUE(cluster.WaitConverged());
+  EXPECT_EQ(cluster.node(2)->store()->replica_id(), replica_before);
+  EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 101);
+}
+
+TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  // Over 4 MiB of state: 600 documents with a 8 KiB register each.
+  for (int k = 0; k < 600; ++k) {
+    UpdateRequest request = UpdateOf("big", "doc" + std::to_string(k));
+    SetStr(&request, {"payload"}, std::string(8 << 10, static_cast<char>('a' + k % 26)));
+    Incr(&request, {"n"}, 1);
+    ASSERT_TRUE(cluster.Update(k % 3, request).ok());
+  }
+  ASSERT_TRUE(cluster.WaitConverged());
+  // Everyone acknowledged everything, so the logs get truncated: the wiped node cannot be
+  // served from them.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (cluster.node(0)->store()->LogFloor().empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_FALSE(cluster.node(0)->store()->LogFloor().empty()) << "logs were never truncated";
+  const auto old_replica = cluster.node(2)->store()->replica_id();
+  cluster.Stop(2);
+  cluster.Wipe(2);
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (int k = 0; !stop && k < 2000; ++k) {
+      (void)cluster.Update(k % 2, IncrementOf("live", 1));
+    }
+  });
+  cluster.Start(2);
+  EXPECT_NE(cluster.node(2)->store()->replica_id(), old_replica) << "a wiped node is a new incarnation";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  stop = true;
+  writer.join();
+  ASSERT_TRUE(cluster.WaitConverged({0, 1, 2}, std::chrono::seconds(30)));
+  EXPECT_EQ(cluster.node(2)->store()->document_count(), cluster.node(0)->store()->document_count());
+  EXPECT_EQ(cluster.Get(2, "big", "doc599").value().struct_value().fields().at("payload").string_value().size(),
+            size_t{8 << 10});
+}
+
+TEST(Replication, WritesAreForwardedAlongAChain) {
+  // Links n1-n2 and n2-n3 only.
+  Cluster cluster(3, {{1}, {0, 2}, {1}});
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 5)).ok());
+  ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 7)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 12);
+  EXPECT_EQ(CounterIn(cluster.Get(0, "c", "d"), "n"), 12);
+  // n1 learns through n2's acknowledgements what n3 has applied.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool learned = false;
+  while (!learned && std::chrono::steady_clock::now() < deadline) {
+    auto known = cluster.node(0)->replication()->view()->Known();
+    learned = known.count("n2") > 0 && known.at("n2") == cluster.node(2)->store()->AppliedVector();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(learned);
+}
+
+TEST(Replication, AReadOnlyReplicaAppliesAndServesButRefusesWrites) {
+  Cluster cluster(3);
+  cluster.options(2).role = mergedb::v1::REPLICA;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 3)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 3);
+  grpc::Status refused = cluster.Update(2, IncrementOf("d", 1));
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST(Replication, QuorumSucceedsWithOneOfThreeDownAndTimesOutWithTwoDown) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  cluster.Stop(2);
+  UpdateRequest request = IncrementOf("d", 1);
+  request.set_write_concern(mergedb::v1::QUORUM);
+  EXPECT_TRUE(cluster.Update(0, request).ok());
+  request.set_write_concern(mergedb::v1::ALL);
+  grpc::Status all = cluster.Update(0, request, nullptr, 500);
+  EXPECT_EQ(all.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  cluster.Stop(1);
+  request.set_write_concern(mergedb::v1::QUORUM);
+  grpc::Status quorum = cluster.Update(0, request, nullptr, 500);
+  EXPECT_EQ(quorum.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(absl::StrContains(quorum.error_message(), "durable on node n1 and will still replicate"))
+      << quorum.error_message();
+  // The timed-out writes were durable locally and replicate once the others return.
+  cluster.Start(1);
+  cluster.Start(2);
+  ASSERT_TRUE(cluster.WaitConverged());
+  EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 3);
+}
+
+TEST(Replication, ANodeOfAnotherClusterIsRefused) {
+  Cluster ours(2);
+  Cluster theirs(1, {{}}, "other-cluster");
+  // Their node claims to be our n2 peer.
+  theirs.options(0).peers = {{"n1", ours.Address(0)}};
+  theirs.options(0).node_name = "n2";
+  ours.Start(0);
+  theirs.Start(0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  std::string error;
+  while (std::chrono::steady_clock::now() < deadline) {
+    error = theirs.Status(0).peers(0).last_error();
+    if (absl::StrContains(error, "cluster")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(absl::StrContains(error, "belongs to cluster 'other-cluster'")) << error;
+  EXPECT_FALSE(theirs.Status(0).peers(0).connected());
+}
+
+TEST(Replication, StatusReportsPeersLagAndTraffic) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  for (int k = 0; k < 10; ++k) ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  mergedb::v1::StatusResponse status;
+  while (std::chrono::steady_clock::now() < deadline) {
+    status = cluster.Status(0);
+    if (status.peers(0).entries_behind() == 0 && status.peers(1).entries_behind() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(status.peers_size(), 2);
+  for (const auto& peer : status.peers()) {
+    EXPECT_TRUE(peer.connected());
+    EXPECT_EQ(peer.entries_behind(), 0u);
+    EXPECT_GT(peer.bytes_sent(), 0u);
+    EXPECT_GT(peer.bytes_received(), 0u);
+  }
+}
+
+}  // namespace
+}  // namespace mergedb::node
