@@ -14,6 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "node/log.h"
 #include "node/node.h"
 
@@ -23,6 +24,9 @@ ABSL_FLAG(std::string, node_name, "", "This node's name, unique in the cluster. 
 ABSL_FLAG(std::string, cluster, "", "Cluster id; a data dir belongs to one cluster. Required.");
 ABSL_FLAG(std::string, peers, "",
           "The other cluster members: name=host:port,name=host:port (empty: a single node).");
+ABSL_FLAG(std::string, members, "",
+          "Every other member's name, comma-separated, when the links (--peers) are not a full "
+          "mesh; members count for QUORUM, ALL and log truncation. Default: the peers.");
 ABSL_FLAG(std::string, role, "primary",
           "primary (accepts writes) or replica (read-only: refuses client writes).");
 ABSL_FLAG(bool, fsync, false,
@@ -66,6 +70,9 @@ int main(int argc, char** argv) {
   auto peers = mergedb::node::ParsePeers(absl::GetFlag(FLAGS_peers));
   if (!peers.ok()) return UsageError(std::string(peers.status().message()));
   options.peers = *std::move(peers);
+  if (!absl::GetFlag(FLAGS_members).empty()) {
+    options.members = absl::StrSplit(absl::GetFlag(FLAGS_members), ',', absl::SkipEmpty());
+  }
   const std::string role = absl::GetFlag(FLAGS_role);
   if (role == "primary") {
     options.role = mergedb::v1::PRIMARY;

@@ -40,6 +40,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   replication.cluster_id = options.cluster_id;
   replication.node_name = options.node_name;
   replication.peers = options.peers;
+  replication.members = options.members;
   for (const PeerConfig& peer : options.peers) {
     if (peer.name == options.node_name) {
       return absl::InvalidArgumentError(

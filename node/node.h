@@ -43,8 +43,10 @@ struct NodeOptions {
   int64_t clock_offset_millis = 0;
   // LevelDB environment for the store (nullptr: the real file system).
   leveldb::Env* env = nullptr;
-  // The other members of the cluster (membership is the cluster id plus these names).
+  // The nodes this one streams to. Membership is the cluster id plus the member names.
   std::vector<PeerConfig> peers;
+  // Every other member's name; empty means the peers' names (a full mesh).
+  std::vector<std::string> members;
   // Replication tuning; cluster id, node name and peers are filled in from the fields above.
   ReplicationOptions replication;
   // How often fully replicated log entries are truncated.

@@ -71,6 +71,25 @@ void ClusterView::Notify() {
   changed_.SignalAll();
 }
 
+void ClusterView::SetInbound(const std::string& peer, crdt::ReplicaId replica, Link link) {
+  absl::MutexLock lock(&mu_);
+  auto [begin, end] = inbound_.equal_range(peer);
+  for (auto it = begin; it != end; ++it) {
+    if (it->second == replica) {
+      if (link == Link::kDown) inbound_.erase(it);
+      return;
+    }
+  }
+  if (link == Link::kUp) inbound_.emplace(peer, replica);
+}
+
+std::vector<crdt::ReplicaId> ClusterView::DirectOrigins() const {
+  absl::MutexLock lock(&mu_);
+  std::set<crdt::ReplicaId> ids;
+  for (const auto& entry : inbound_) ids.insert(entry.second);
+  return {ids.begin(), ids.end()};
+}
+
 std::map<std::string, storage::VersionVector> ClusterView::Known() const {
   absl::MutexLock lock(&mu_);
   return known_;
@@ -160,6 +179,7 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
                                                       ack.node_name(), "', not '", peer_, "'"));
   }
   sent_ = DecodeVector(ack.applied());
+  peer_direct_ = {ack.direct_origins().begin(), ack.direct_origins().end()};
   in_flight_ = 0;
   snapshot_.reset();
   pending_parts_.clear();
@@ -172,8 +192,19 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
 
 void LinkSender::OnResponse(const ReplicationResponse& response) {
   if (!response.has_ack()) return;
-  in_flight_ = std::max(0, in_flight_ - 1);
-  view_->Update(peer_, DecodeVector(response.ack().applied()), ClusterView::Mode::kMerge);
+  if (!response.ack().for_heartbeat()) in_flight_ = std::max(0, in_flight_ - 1);
+  const storage::VersionVector applied = DecodeVector(response.ack().applied());
+  std::set<crdt::ReplicaId> direct(response.ack().direct_origins().begin(),
+                                   response.ack().direct_origins().end());
+  for (crdt::ReplicaId origin : peer_direct_) {
+    // A first-hand stream to the peer broke: forward that origin from what the peer has.
+    if (direct.count(origin) == 0) {
+      auto it = applied.find(origin);
+      sent_[origin] = it == applied.end() ? 0 : it->second;
+    }
+  }
+  peer_direct_ = std::move(direct);
+  view_->Update(peer_, applied, ClusterView::Mode::kMerge);
   for (const auto& known : response.ack().known()) {
     view_->Update(known.node_name(), DecodeVector(known.applied()), ClusterView::Mode::kMerge);
   }
@@ -182,7 +213,16 @@ void LinkSender::OnResponse(const ReplicationResponse& response) {
 absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   if (in_flight_ >= options_.window) return std::nullopt;
   if (in_snapshot()) return NextSnapshotChunk();
-  auto records = store_->ReadLog(sent_, options_.max_frame_records);
+  // Skip the origins the peer gets first-hand, and what the peer is known to have already.
+  storage::VersionVector from = sent_;
+  const storage::VersionVector mine = store_->AppliedVector();
+  for (crdt::ReplicaId origin : peer_direct_) {
+    if (origin != store_->replica_id()) {
+      auto it = mine.find(origin);
+      if (it != mine.end()) from[origin] = std::max(from[origin], it->second);
+    }
+  }
+  auto records = store_->ReadLog(from, options_.max_frame_records);
   if (absl::IsFailedPrecondition(records.status())) {
     MERGEDB_LOG(INFO) << "peer " << peer_ << " needs a full-state transfer: "
                       << records.status().message();
@@ -296,21 +336,22 @@ absl::StatusOr<ReplicationResponse> LinkReceiver::OnHello(const mergedb::v1::Hel
         absl::StrCat("node '", hello.node_name(), "' speaks replication protocol ",
                      hello.protocol_version(), "; this node speaks ", kReplicationProtocolVersion));
   }
-  const bool member =
-      std::any_of(options_.peers.begin(), options_.peers.end(),
-                  [&](const PeerConfig& p) { return p.name == hello.node_name(); });
+  const bool member = std::find(options_.members.begin(), options_.members.end(),
+                                hello.node_name()) != options_.members.end();
   if (!member || hello.node_name() == options_.node_name) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "node '", hello.node_name(), "' is not a configured peer of node '", options_.node_name,
-        "'"));
+        "node '", hello.node_name(), "' is not a member of cluster '", options_.cluster_id,
+        "' as node '", options_.node_name, "' knows it"));
   }
   if (hello.replica_id() == 0) return absl::InvalidArgumentError("hello: zero replica id");
   peer_ = hello.node_name();
+  peer_replica_ = hello.replica_id();
   ReplicationResponse response;
   auto* ack = response.mutable_hello_ack();
   ack->set_node_name(options_.node_name);
   ack->set_replica_id(store_->replica_id());
   EncodeVector(store_->AppliedVector(), ack->mutable_applied());
+  for (crdt::ReplicaId id : view_->DirectOrigins()) ack->add_direct_origins(id);
   return response;
 }
 
@@ -324,6 +365,7 @@ ReplicationResponse LinkReceiver::MakeAck() const {
     known->set_node_name(node);
     EncodeVector(vector, known->mutable_applied());
   }
+  for (crdt::ReplicaId id : view_->DirectOrigins()) ack->add_direct_origins(id);
   return response;
 }
 
@@ -368,8 +410,8 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
       return std::optional<ReplicationResponse>(MakeAck());
     }
     case ReplicationRequest::kHeartbeat: {
-      ReplicationResponse response;
-      response.mutable_heartbeat();
+      ReplicationResponse response = MakeAck();
+      response.mutable_ack()->set_for_heartbeat(true);
       return std::optional<ReplicationResponse>(std::move(response));
     }
     case ReplicationRequest::kHello:
@@ -620,17 +662,23 @@ class Replication::Session {
   std::thread thread_;
 };
 
+namespace {
+ReplicationOptions WithMembers(ReplicationOptions options) {
+  if (options.members.empty()) {
+    for (const auto& p : options.peers) options.members.push_back(p.name);
+  }
+  return options;
+}
+}  // namespace
+
 Replication::Replication(ReplicationOptions options, storage::Store* store, HybridClock* clock)
-    : options_(std::move(options)),
+    : options_(WithMembers(std::move(options))),
       store_(store),
       clock_(clock),
-      view_(options_.node_name,
-            [&] {
-              std::vector<std::string> names;
-              for (const auto& p : options_.peers) names.push_back(p.name);
-              return names;
-            }(),
-            store) {
+      view_(options_.node_name, options_.members, store) {
+  for (const auto& member : options_.members) {
+    peer_states_.emplace(member, std::make_unique<PeerState>());
+  }
   for (const auto& peer : options_.peers) {
     peer_states_.emplace(peer.name, std::make_unique<PeerState>());
   }
@@ -750,6 +798,13 @@ grpc::Status Replication::Replicate(
   PeerState* state = StateOf(peer);
   state->bytes_received += request.ByteSizeLong();
   state->bytes_sent += hello->ByteSizeLong();
+  view_.SetInbound(peer, receiver.peer_replica(), ClusterView::Link::kUp);
+  struct Disconnect {
+    ClusterView* view;
+    const std::string& peer;
+    crdt::ReplicaId replica;
+    ~Disconnect() { view->SetInbound(peer, replica, ClusterView::Link::kDown); }
+  } disconnect{&view_, peer, receiver.peer_replica()};
   if (!stream->Write(*hello)) return grpc::Status::OK;
   while (stream->Read(&request)) {
     state->bytes_received += request.ByteSizeLong();

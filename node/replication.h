@@ -40,7 +40,11 @@ struct PeerConfig {
 struct ReplicationOptions {
   std::string cluster_id;
   std::string node_name;
+  // The nodes this one streams to (its links).
   std::vector<PeerConfig> peers;
+  // Every other member of the cluster, by name: who may connect, and who counts for QUORUM,
+  // ALL and log truncation. Empty: the peers' names (a full mesh).
+  std::vector<std::string> members;
   // Frames and snapshot chunks stay under this (a single record larger than it goes alone).
   size_t max_message_bytes = size_t{1} << 20;
   size_t max_frame_records = 1024;
@@ -59,7 +63,7 @@ struct ReplicationOptions {
 // Thread-safe.
 class ClusterView {
  public:
-  // `store` is borrowed and outlives the view.
+  // `peers` are the other members' names. `store` is borrowed and outlives the view.
   ClusterView(std::string self, std::vector<std::string> peers, storage::Store* store);
 
   // Merges (per origin, the max) or, with kReplace, replaces what is known of `node`.
@@ -80,6 +84,12 @@ class ClusterView {
   uint64_t EntriesBehind(const std::string& peer) const;
   void Notify();
 
+  // Inbound streams this node currently has, by peer name: their replica ids are the
+  // "direct origins" acks announce.
+  enum class Link { kUp, kDown };
+  void SetInbound(const std::string& peer, crdt::ReplicaId replica, Link link);
+  std::vector<crdt::ReplicaId> DirectOrigins() const;
+
  private:
   int ConfirmationsLocked(crdt::ReplicaId origin, uint64_t seq,
                           const storage::VersionVector& mine) const
@@ -90,6 +100,7 @@ class ClusterView {
   storage::Store* const store_;
   mutable absl::Mutex mu_;
   std::map<std::string, storage::VersionVector> known_ ABSL_GUARDED_BY(mu_);
+  std::multimap<std::string, crdt::ReplicaId> inbound_ ABSL_GUARDED_BY(mu_);
   absl::CondVar changed_;
 };
 
@@ -116,6 +127,8 @@ class LinkSender {
   ClusterView* const view_;
   const std::string peer_;
   storage::VersionVector sent_;
+  // Origins the peer receives first-hand (not forwarded from here).
+  std::set<crdt::ReplicaId> peer_direct_;
   int in_flight_ = 0;
   bool need_snapshot_ = false;
   std::unique_ptr<storage::SnapshotCursor> snapshot_;
@@ -135,6 +148,7 @@ class LinkReceiver {
   absl::StatusOr<std::optional<mergedb::v1::ReplicationResponse>> OnRequest(
       const mergedb::v1::ReplicationRequest& request);
   const std::string& peer() const { return peer_; }
+  crdt::ReplicaId peer_replica() const { return peer_replica_; }
 
  private:
   mergedb::v1::ReplicationResponse MakeAck() const;
@@ -144,6 +158,7 @@ class LinkReceiver {
   ClusterView* const view_;
   HybridClock* const clock_;
   std::string peer_;
+  crdt::ReplicaId peer_replica_ = 0;
 };
 
 // Splits a document into parts whose encodings stay under `max_bytes` (see SnapshotDocument).

@@ -177,6 +177,9 @@ class Cluster {
       peers = links_[static_cast<size_t>(i)];
     }
     for (int j : peers) options.peers.push_back({Name(j), Address(j)});
+    for (int j = 0; j < n_; ++j) {
+      if (j != i) options.members.push_back(Name(j));
+    }
     return options;
   }
 

@@ -139,7 +139,7 @@ TEST(Replication, WritesAreForwardedAlongAChain) {
   bool learned = false;
   while (!learned && std::chrono::steady_clock::now() < deadline) {
     auto known = cluster.node(0)->replication()->view()->Known();
-    learned = known.count("n2") > 0 && known.at("n2") == cluster.node(2)->store()->AppliedVector();
+    learned = known.count("n3") > 0 && known.at("n3") == cluster.node(2)->store()->AppliedVector();
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_TRUE(learned);
