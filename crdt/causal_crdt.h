@@ -27,8 +27,9 @@ class CausalCrdt {
 
   // Least upper bound; applies a delta or merges a full state alike. When `changes` is not
   // null, records the leaves whose live dots changed (DotKernel::Join).
-  void Join(const Derived& other, LeafChanges* changes = nullptr) {
-    kernel_.Join(other.kernel_, changes);
+  void Join(const Derived& other, LeafChanges* changes = nullptr,
+            const std::set<Dot>* keep = nullptr) {
+    kernel_.Join(other.kernel_, changes, keep);
   }
 
   // See DotKernel::set_change_journal.

@@ -29,7 +29,7 @@ std::pair<LeafMap::const_iterator, LeafMap::const_iterator> DotKernel::LeavesWit
   return {begin, end};
 }
 
-void DotKernel::Join(const DotKernel& other, LeafChanges* changes) {
+void DotKernel::Join(const DotKernel& other, LeafChanges* changes, const std::set<Dot>* keep) {
   if (&other == this) return;  // x ⊔ x = x
   if (changes == nullptr) changes = journal_;
   // Records a leaf's pre-image before its first change.
@@ -44,7 +44,7 @@ void DotKernel::Join(const DotKernel& other, LeafChanges* changes) {
   other.context_.ForEachRange([&](ReplicaId replica, uint64_t first, uint64_t last) {
     auto it = index_.lower_bound(Dot{replica, first});
     while (it != index_.end() && it->first.replica == replica && it->first.counter <= last) {
-      if (other.IsLive(it->first)) {
+      if (other.IsLive(it->first) || (keep != nullptr && keep->count(it->first) > 0)) {
         ++it;
         continue;
       }

@@ -127,8 +127,11 @@ class DotKernel {
       absl::string_view prefix) const;
 
   // Joins `other` into this state. When `changes` is not null (or a journal is set), records
-  // every leaf whose live dots changed, with its content before the change.
-  void Join(const DotKernel& other, LeafChanges* changes = nullptr);
+  // every leaf whose live dots changed, with its content before the change. Dots in `*keep`
+  // are never removed: a document split for transfer sends its whole context with its last
+  // part, which must not remove the live dots its earlier parts delivered.
+  void Join(const DotKernel& other, LeafChanges* changes = nullptr,
+            const std::set<Dot>* keep = nullptr);
 
   // ---- Building deltas. A mutator builds a delta with these, joins it into its state and
   // returns it. ----

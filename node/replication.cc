@@ -262,15 +262,19 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::NextSnapshotChunk(
       storage::SnapshotDoc doc;
       MERGEDB_ASSIGN_OR_RETURN(bool more, snapshot_->Next(&doc));
       if (!more) break;
-      for (crdt::Document& part : SplitForTransfer(doc.state, options_.max_message_bytes / 2)) {
-        pending_parts_.push_back({doc.collection, doc.id, std::move(part)});
+      std::vector<crdt::Document> parts =
+          SplitForTransfer(doc.state, options_.max_message_bytes / 2);
+      for (size_t i = 0; i < parts.size(); ++i) {
+        pending_parts_.push_back(
+            {{doc.collection, doc.id, std::move(parts[i]), {}}, i + 1 < parts.size()});
       }
     }
-    storage::SnapshotDoc& part = pending_parts_.front();
+    Part& part = pending_parts_.front();
     mergedb::v1::SnapshotDocument encoded;
-    encoded.set_collection(part.collection);
-    encoded.set_id(part.id);
-    part.state.EncodeTo(encoded.mutable_state());
+    encoded.set_collection(part.doc.collection);
+    encoded.set_id(part.doc.id);
+    encoded.set_partial(part.partial);
+    part.doc.state.EncodeTo(encoded.mutable_state());
     const size_t size = encoded.ByteSizeLong();
     if (chunk->documents_size() > 0 && bytes + size > options_.max_message_bytes - 1024) {
       ++in_flight_;
@@ -400,7 +404,17 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
                                                          state.status().message()));
         }
         ObserveTimestamps(in.state(), clock_);
-        docs.push_back({in.collection(), in.id(), *std::move(state)});
+        storage::SnapshotDoc doc{in.collection(), in.id(), *std::move(state), {}};
+        const auto key = std::make_pair(in.collection(), in.id());
+        if (in.partial()) {
+          for (const auto& [leaf, store] : doc.state.kernel().leaves()) {
+            for (const auto& entry : store) split_dots_[key].insert(entry.first);
+          }
+        } else if (auto it = split_dots_.find(key); it != split_dots_.end()) {
+          doc.keep = std::move(it->second);
+          split_dots_.erase(it);
+        }
+        docs.push_back(std::move(doc));
       }
       MERGEDB_RETURN_IF_ERROR(store_->ApplySnapshot(docs));
       if (request.snapshot().last()) {

@@ -132,7 +132,11 @@ class LinkSender {
   int in_flight_ = 0;
   bool need_snapshot_ = false;
   std::unique_ptr<storage::SnapshotCursor> snapshot_;
-  std::deque<storage::SnapshotDoc> pending_parts_;
+  struct Part {
+    storage::SnapshotDoc doc;
+    bool partial = false;
+  };
+  std::deque<Part> pending_parts_;
 };
 
 // The receiving side of one inbound stream. Not thread-safe.
@@ -159,9 +163,12 @@ class LinkReceiver {
   HybridClock* const clock_;
   std::string peer_;
   crdt::ReplicaId peer_replica_ = 0;
+  // Live dots delivered by the partial parts of split documents, until their last part.
+  std::map<std::pair<std::string, std::string>, std::set<crdt::Dot>> split_dots_;
 };
 
-// Splits a document into parts whose encodings stay under `max_bytes` (see SnapshotDocument).
+// Splits a document into parts whose encodings stay under `max_bytes` (see SnapshotDocument):
+// every part but the last is partial.
 std::vector<crdt::Document> SplitForTransfer(const crdt::Document& doc, size_t max_bytes);
 
 // The gRPC transport: one sender thread per peer, the ReplicationService for inbound streams,

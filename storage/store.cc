@@ -736,7 +736,7 @@ absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
     Touched& touched = touched_docs[keys::DocPrefix(doc.collection, doc.id)];
     const crdt::CausalContext before = touched.doc->context();
     crdt::LeafChanges changes;
-    touched.doc->Join(doc.state, &changes);
+    touched.doc->Join(doc.state, &changes, &doc.keep);
     if (!changes.empty() || !(touched.doc->context() == before)) {
       mergedb::v1::ChangeRecord change;
       change.set_collection(doc.collection);

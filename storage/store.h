@@ -131,6 +131,8 @@ struct SnapshotDoc {
   std::string collection;
   std::string id;
   crdt::Document state;
+  // Live dots the join must not remove (see crdt::DotKernel::Join).
+  std::set<crdt::Dot> keep;
 };
 
 // A consistent point-in-time view of every document, read one document at a time (full-state

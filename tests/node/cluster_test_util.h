@@ -64,6 +64,7 @@ class Cluster {
   NodeOptions& options(int i) { return options_[static_cast<size_t>(i)]; }
   Node* node(int i) { return nodes_[static_cast<size_t>(i)].get(); }
   std::string Address(int i) const { return absl::StrCat("127.0.0.1:", ports_[static_cast<size_t>(i)]); }
+  int Port(int i) const { return ports_[static_cast<size_t>(i)]; }
 
   void StartAll() {
     for (int i = 0; i < n_; ++i) Start(i);

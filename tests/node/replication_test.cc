@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "tests/node/cluster_test_util.h"
 #include "tests/node/node_test_util.h"
+#include "tests/node/tcp_proxy.h"
 
 namespace mergedb::node {
 namespace {
@@ -97,6 +98,13 @@ TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
     Incr(&request, {"n"}, 1);
     ASSERT_TRUE(cluster.Update(k % 3, request).ok());
   }
+  // And one document over 1 MiB, which the transfer has to split across messages.
+  for (int batch = 0; batch < 6; ++batch) {
+    UpdateRequest request = UpdateOf("big", "one-large-set");
+    auto* add = testing::AddOp(&request, {"members"})->mutable_add();
+    for (int e = 0; e < 10000; ++e) add->add_elements()->set_int_value(batch * 10000 + e);
+    ASSERT_TRUE(cluster.Update(0, request).ok());
+  }
   ASSERT_TRUE(cluster.WaitConverged());
   // Everyone acknowledged everything, so the logs get truncated: the wiped node cannot be
   // served from them.
@@ -123,6 +131,14 @@ TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
   EXPECT_EQ(cluster.node(2)->store()->document_count(), cluster.node(0)->store()->document_count());
   EXPECT_EQ(cluster.Get(2, "big", "doc599").value().struct_value().fields().at("payload").string_value().size(),
             size_t{8 << 10});
+  mergedb::v1::GetRequest get;
+  get.set_collection("big");
+  get.set_id("one-large-set");
+  get.add_path("members");
+  mergedb::v1::GetResponse members;
+  grpc::ClientContext context;
+  ASSERT_TRUE(cluster.Docs(2)->Get(&context, get, &members).ok());
+  EXPECT_EQ(members.value().list_value().values_size(), 60000);
 }
 
 TEST(Replication, WritesAreForwardedAlongAChain) {
@@ -217,6 +233,36 @@ TEST(Replication, StatusReportsPeersLagAndTraffic) {
     EXPECT_GT(peer.bytes_sent(), 0u);
     EXPECT_GT(peer.bytes_received(), 0u);
   }
+}
+
+TEST(Replication, AStalledLinkIsNoticedWithinSecondsAndUnacknowledgedDeltasAreResent) {
+  Cluster cluster(2);
+  // n1 reaches n2 through a proxy that can blackhole the connection: a partition that stalls
+  // TCP instead of closing it.
+  testing::TcpProxy proxy(cluster.Port(1));
+  cluster.options(0).peers[0].address = proxy.address();
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+
+  proxy.set_mode(testing::TcpProxy::Mode::kBlackhole);
+  const auto cut = std::chrono::steady_clock::now();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 10)).ok());  // cannot reach n2 now
+  bool noticed = false;
+  while (!noticed && std::chrono::steady_clock::now() - cut < std::chrono::seconds(15)) {
+    noticed = !cluster.Status(0).peers(0).connected();
+    if (!noticed) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - cut).count();
+  ASSERT_TRUE(noticed);
+  EXPECT_LT(seconds, 6.0) << "a dead link must be noticed within a few seconds";
+  std::printf("stalled link noticed after %.2f s\n", seconds);
+  EXPECT_EQ(CounterIn(cluster.Get(1, "c", "d"), "n"), 1);
+
+  proxy.set_mode(testing::TcpProxy::Mode::kPass);
+  ASSERT_TRUE(cluster.WaitConverged({0, 1}, std::chrono::seconds(30)));
+  EXPECT_EQ(CounterIn(cluster.Get(1, "c", "d"), "n"), 11);
 }
 
 }  // namespace
