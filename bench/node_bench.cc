@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "mergedb/bench/echo.grpc.pb.h"
 #include "mergedb/v1/api.grpc.pb.h"
@@ -121,6 +122,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s [--requests=N] [--fsync]\n", argv[0]);
     return 2;
   }
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kWarning);
   const std::string dir = "/tmp/mergedb-node-bench-" + std::to_string(getpid());
   std::filesystem::remove_all(dir);

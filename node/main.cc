@@ -15,6 +15,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "node/log.h"
 #include "node/node.h"
 
@@ -58,6 +59,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "mergedb-node --data_dir=DIR --node_name=NAME --cluster=ID [--listen=HOST:PORT] [...]");
   absl::ParseCommandLine(argc, argv);
+  // Abseil's debug-build deadlock detection costs a graph update on every lock.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   using mergedb::node::NodeOptions;
   NodeOptions options;
   options.data_dir = absl::GetFlag(FLAGS_data_dir);

@@ -179,7 +179,8 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
                                                       ack.node_name(), "', not '", peer_, "'"));
   }
   sent_ = DecodeVector(ack.applied());
-  peer_direct_ = {ack.direct_origins().begin(), ack.direct_origins().end()};
+  peer_replica_ = ack.replica_id();
+  peer_direct_ = {ack.direct().replicas().begin(), ack.direct().replicas().end()};
   in_flight_ = 0;
   snapshot_.reset();
   pending_parts_.clear();
@@ -194,16 +195,18 @@ void LinkSender::OnResponse(const ReplicationResponse& response) {
   if (!response.has_ack()) return;
   if (!response.ack().for_heartbeat()) in_flight_ = std::max(0, in_flight_ - 1);
   const storage::VersionVector applied = DecodeVector(response.ack().applied());
-  std::set<crdt::ReplicaId> direct(response.ack().direct_origins().begin(),
-                                   response.ack().direct_origins().end());
-  for (crdt::ReplicaId origin : peer_direct_) {
-    // A first-hand stream to the peer broke: forward that origin from what the peer has.
-    if (direct.count(origin) == 0) {
-      auto it = applied.find(origin);
-      sent_[origin] = it == applied.end() ? 0 : it->second;
+  if (response.ack().has_direct()) {
+    std::set<crdt::ReplicaId> direct(response.ack().direct().replicas().begin(),
+                                     response.ack().direct().replicas().end());
+    for (crdt::ReplicaId origin : peer_direct_) {
+      // A first-hand stream to the peer broke: forward that origin from what the peer has.
+      if (direct.count(origin) == 0) {
+        auto it = applied.find(origin);
+        sent_[origin] = it == applied.end() ? 0 : it->second;
+      }
     }
+    peer_direct_ = std::move(direct);
   }
-  peer_direct_ = std::move(direct);
   view_->Update(peer_, applied, ClusterView::Mode::kMerge);
   for (const auto& known : response.ack().known()) {
     view_->Update(known.node_name(), DecodeVector(known.applied()), ClusterView::Mode::kMerge);
@@ -213,14 +216,22 @@ void LinkSender::OnResponse(const ReplicationResponse& response) {
 absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   if (in_flight_ >= options_.window) return std::nullopt;
   if (in_snapshot()) return NextSnapshotChunk();
-  // Skip the origins the peer gets first-hand, and what the peer is known to have already.
+  // Never send the peer its own writes, nor the origins it gets first-hand; and start past what
+  // it is known to have (through any path). Log truncation only drops what every member is
+  // known to have, so reading from here never needs a truncated entry by accident.
   storage::VersionVector from = sent_;
   const storage::VersionVector mine = store_->AppliedVector();
+  auto skip = [&](crdt::ReplicaId origin) {
+    auto it = mine.find(origin);
+    if (it != mine.end()) from[origin] = std::max(from[origin], it->second);
+  };
+  skip(peer_replica_);
   for (crdt::ReplicaId origin : peer_direct_) {
-    if (origin != store_->replica_id()) {
-      auto it = mine.find(origin);
-      if (it != mine.end()) from[origin] = std::max(from[origin], it->second);
-    }
+    if (origin != store_->replica_id()) skip(origin);
+  }
+  const auto known = view_->Known();
+  if (auto it = known.find(peer_); it != known.end()) {
+    for (const auto& [origin, seq] : it->second) from[origin] = std::max(from[origin], seq);
   }
   auto records = store_->ReadLog(from, options_.max_frame_records);
   if (absl::IsFailedPrecondition(records.status())) {
@@ -355,21 +366,35 @@ absl::StatusOr<ReplicationResponse> LinkReceiver::OnHello(const mergedb::v1::Hel
   ack->set_node_name(options_.node_name);
   ack->set_replica_id(store_->replica_id());
   EncodeVector(store_->AppliedVector(), ack->mutable_applied());
-  for (crdt::ReplicaId id : view_->DirectOrigins()) ack->add_direct_origins(id);
+  acked_direct_ = view_->DirectOrigins();
+  for (crdt::ReplicaId id : acked_direct_) ack->mutable_direct()->add_replicas(id);
   return response;
 }
 
-ReplicationResponse LinkReceiver::MakeAck() const {
+ReplicationResponse LinkReceiver::MakeAck() {
   ReplicationResponse response;
   auto* ack = response.mutable_ack();
   EncodeVector(store_->AppliedVector(), ack->mutable_applied());
+  // Only what changed since the previous ack, and everything once a second.
+  const bool full = absl::Now() - last_full_ack_ > absl::Seconds(1);
+  if (full) {
+    last_full_ack_ = absl::Now();
+    acked_known_.clear();
+  }
   for (const auto& [node, vector] : view_->Known()) {
     if (node == peer_) continue;  // the sender knows its own vector best
+    auto previous = acked_known_.find(node);
+    if (previous != acked_known_.end() && previous->second == vector) continue;
+    acked_known_[node] = vector;
     auto* known = ack->add_known();
     known->set_node_name(node);
     EncodeVector(vector, known->mutable_applied());
   }
-  for (crdt::ReplicaId id : view_->DirectOrigins()) ack->add_direct_origins(id);
+  std::vector<crdt::ReplicaId> direct = view_->DirectOrigins();
+  if (full || direct != acked_direct_) {
+    for (crdt::ReplicaId id : direct) ack->mutable_direct()->add_replicas(id);
+    acked_direct_ = std::move(direct);
+  }
   return response;
 }
 

@@ -129,6 +129,7 @@ class LinkSender {
   storage::VersionVector sent_;
   // Origins the peer receives first-hand (not forwarded from here).
   std::set<crdt::ReplicaId> peer_direct_;
+  crdt::ReplicaId peer_replica_ = 0;
   int in_flight_ = 0;
   bool need_snapshot_ = false;
   std::unique_ptr<storage::SnapshotCursor> snapshot_;
@@ -155,7 +156,7 @@ class LinkReceiver {
   crdt::ReplicaId peer_replica() const { return peer_replica_; }
 
  private:
-  mergedb::v1::ReplicationResponse MakeAck() const;
+  mergedb::v1::ReplicationResponse MakeAck();
 
   const ReplicationOptions& options_;
   storage::Store* const store_;
@@ -163,7 +164,12 @@ class LinkReceiver {
   HybridClock* const clock_;
   std::string peer_;
   crdt::ReplicaId peer_replica_ = 0;
+  // What the previous acks on this stream said, so the next ack carries only changes.
+  std::map<std::string, storage::VersionVector> acked_known_;
+  std::vector<crdt::ReplicaId> acked_direct_;
+  absl::Time last_full_ack_;
   // Live dots delivered by the partial parts of split documents, until their last part.
+  // (Receiver side.)
   std::map<std::pair<std::string, std::string>, std::set<crdt::Dot>> split_dots_;
 };
 

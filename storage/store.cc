@@ -216,6 +216,13 @@ absl::Status Store::Initialize() {
   options.filter_policy = filter_policy_;
   if (options_.env != nullptr) options.env = options_.env;
 
+  if (options.create_if_missing) {
+    // LevelDB creates only the last directory of the path; create the parents too (mkdir -p).
+    for (size_t slash = path.find('/', 1); slash != std::string::npos;
+         slash = path.find('/', slash + 1)) {
+      (void)options.env->CreateDir(path.substr(0, slash));
+    }
+  }
   leveldb::Status s = leveldb::DB::Open(options, path, &db_);
   if (!s.ok()) {
     db_ = nullptr;

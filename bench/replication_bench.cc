@@ -1,0 +1,273 @@
+// replication_bench: three nodes in one process (real disk, full mesh), measured in one run:
+//   1. peak acknowledged writes/s (unary Update, 64 in flight, spread over the three nodes);
+//   2. at half of that rate: replication lag p50/p99 (acknowledgement on node 1 -> visible on
+//      nodes 2 and 3, seen by Watch streams on a sample of writes), and bytes between nodes per
+//      write (all payload bytes every node sends to its peers, frames and acknowledgements);
+//   3. catch-up: node 3 down while 100,000 writes are accepted, then restarted: catch-up rate
+//      versus the rate the writes were accepted.
+//
+//   build/bench/replication_bench [--writes=N] [--catchup=N]
+// Not part of the test suite.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "grpcpp/grpcpp.h"
+#include "mergedb/v1/api.grpc.pb.h"
+#include "node/log.h"
+#include "node/node.h"
+#include "tests/node/cluster_test_util.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using mergedb::node::Node;
+using mergedb::node::NodeOptions;
+constexpr int kDocuments = 10000;
+
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+mergedb::v1::UpdateRequest W1(std::mt19937_64& rng, uint64_t i) {
+  mergedb::v1::UpdateRequest request;
+  request.set_collection("w1");
+  request.set_id("doc" + std::to_string(rng() % kDocuments));
+  auto* op = request.add_ops();
+  if (i % 2 == 0) {
+    op->add_path("name");
+    op->mutable_set()->mutable_value()->mutable_scalar()->set_string_value(std::string(64, 'v'));
+  } else {
+    op->add_path("count");
+    op->mutable_increment()->set_by(1);
+  }
+  return request;
+}
+
+// Sends `total` updates with `concurrency` in flight, round-robin over `stubs`, optionally paced
+// to `rate` per second. `on_ack(i, node)` runs for each acknowledgement. Returns writes/s.
+template <typename OnAck>
+double Drive(std::vector<mergedb::v1::DocumentService::Stub*> stubs, int concurrency, int total,
+             double rate, OnAck on_ack,
+             std::function<mergedb::v1::UpdateRequest(std::mt19937_64&, uint64_t)> make = W1) {
+  struct Call {
+    grpc::ClientContext context;
+    mergedb::v1::UpdateResponse response;
+    grpc::Status status;
+    uint64_t i;
+    size_t node;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<mergedb::v1::UpdateResponse>> reader;
+  };
+  grpc::CompletionQueue cq;
+  std::mt19937_64 rng(7);
+  int issued = 0, done = 0;
+  const auto start = Clock::now();
+  auto issue = [&] {
+    if (rate > 0) {
+      const auto due = start + std::chrono::duration<double>(issued / rate);
+      std::this_thread::sleep_until(due);
+    }
+    auto* call = new Call;
+    call->i = static_cast<uint64_t>(issued);
+    call->node = static_cast<size_t>(issued) % stubs.size();
+    call->reader = stubs[call->node]->PrepareAsyncUpdate(&call->context, make(rng, call->i), &cq);
+    call->reader->StartCall();
+    call->reader->Finish(&call->response, &call->status, call);
+    ++issued;
+  };
+  for (int k = 0; k < concurrency && issued < total; ++k) issue();
+  void* tag;
+  bool ok;
+  while (done < total && cq.Next(&tag, &ok)) {
+    auto* call = static_cast<Call*>(tag);
+    if (!call->status.ok()) {
+      std::fprintf(stderr, "write failed: %s\n", call->status.error_message().c_str());
+      std::exit(1);
+    }
+    on_ack(call->i, call->node);
+    delete call;
+    ++done;
+    if (issued < total) issue();
+  }
+  const double rate_done = total / Since(start);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return rate_done;
+}
+
+uint64_t BytesBetweenNodes(std::vector<std::unique_ptr<Node>>& nodes) {
+  uint64_t bytes = 0;
+  for (auto& node : nodes) {
+    if (node == nullptr) continue;
+    for (const auto& peer : node->replication()->PeerStatuses()) bytes += peer.bytes_sent();
+  }
+  return bytes;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int writes = 60000;
+  int catchup = 100000;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--writes=", 9) == 0 && absl::SimpleAtoi(argv[i] + 9, &writes)) continue;
+    if (std::strncmp(argv[i], "--catchup=", 10) == 0 && absl::SimpleAtoi(argv[i] + 10, &catchup)) continue;
+    std::fprintf(stderr, "usage: %s [--writes=N] [--catchup=N]\n", argv[0]);
+    return 2;
+  }
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kWarning);
+  const std::string root = "/tmp/mergedb-replication-bench-" + std::to_string(getpid());
+  std::filesystem::remove_all(root);
+  std::vector<int> ports;
+  for (int i = 0; i < 3; ++i) ports.push_back(mergedb::node::testing::PickPort());
+  std::vector<NodeOptions> options(3);
+  std::vector<std::unique_ptr<Node>> nodes(3);
+  for (int i = 0; i < 3; ++i) {
+    options[i].node_name = absl::StrCat("n", i + 1);
+    options[i].cluster_id = "bench";
+    options[i].data_dir = absl::StrCat(root, "/n", i + 1);
+    options[i].listen = absl::StrCat("127.0.0.1:", ports[i]);
+    for (int j = 0; j < 3; ++j) {
+      if (j != i) options[i].peers.push_back({absl::StrCat("n", j + 1), absl::StrCat("127.0.0.1:", ports[j])});
+    }
+  }
+  for (int i = 0; i < 3; ++i) nodes[i] = *Node::Start(options[i]);
+  std::vector<std::unique_ptr<mergedb::v1::DocumentService::Stub>> stubs;
+  for (int i = 0; i < 3; ++i) {
+    stubs.push_back(mergedb::v1::DocumentService::NewStub(
+        grpc::CreateChannel(options[i].listen, grpc::InsecureChannelCredentials())));
+  }
+  auto all = [&] { return std::vector<mergedb::v1::DocumentService::Stub*>{stubs[0].get(), stubs[1].get(), stubs[2].get()}; };
+  auto wait_converged = [&](double limit_s) {
+    const auto start = Clock::now();
+    while (Since(start) < limit_s) {
+      bool same = true;
+      const std::string d0 = nodes[0]->store()->state_digest();
+      const auto a0 = nodes[0]->store()->AppliedVector();
+      for (int i = 1; i < 3; ++i) {
+        if (nodes[i]->store()->state_digest() != d0 || nodes[i]->store()->AppliedVector() != a0) same = false;
+      }
+      if (same) return Since(start);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    return -1.0;
+  };
+
+  std::printf("replication_bench: %u cores, 3 nodes in one process with the client, W1 writes\n",
+              std::thread::hardware_concurrency());
+  // 1. Peak.
+  const double peak = Drive(all(), 64, writes, 0, [](uint64_t, size_t) {});
+  const double settle = wait_converged(30);
+  std::printf("peak: %.0f acknowledged writes/s (unary, 64 in flight); converged %.1f ms after\n",
+              peak, settle * 1000);
+
+  // 2. Half of peak: lag and bytes per write.
+  absl::Mutex mu;
+  std::map<std::string, Clock::time_point> acked_at;
+  std::vector<double> lags_ms;
+  std::atomic<bool> stop_watch{false};
+  std::vector<std::thread> watchers;
+  std::vector<std::unique_ptr<grpc::ClientContext>> watch_contexts;
+  for (int i = 1; i < 3; ++i) {
+    watch_contexts.push_back(std::make_unique<grpc::ClientContext>());
+    grpc::ClientContext* context = watch_contexts.back().get();
+    watchers.emplace_back([&, i, context] {
+      mergedb::v1::WatchRequest request;
+      request.set_collection("lag");
+      request.set_from_now(true);
+      auto reader = stubs[static_cast<size_t>(i)]->Watch(context, request);
+      mergedb::v1::WatchEvent event;
+      while (reader->Read(&event)) {
+        const auto now = Clock::now();
+        absl::MutexLock lock(&mu);
+        auto it = acked_at.find(event.id());
+        if (it != acked_at.end()) {
+          lags_ms.push_back(std::chrono::duration<double, std::milli>(now - it->second).count());
+        }
+      }
+      (void)reader->Finish();
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const uint64_t bytes_before = BytesBetweenNodes(nodes);
+  const int half_writes = std::max(5000, writes / 2);
+  constexpr int kSampleEvery = 50;
+  auto sampled = [](std::mt19937_64& rng, uint64_t i) {
+    if (i % kSampleEvery != 0) return W1(rng, i);
+    mergedb::v1::UpdateRequest request;
+    request.set_collection("lag");
+    request.set_id(absl::StrCat("s", i));
+    auto* op = request.add_ops();
+    op->add_path("count");
+    op->mutable_increment()->set_by(1);
+    return request;
+  };
+  // Sampled writes go to node 1 only, so nodes 2 and 3 measure them.
+  const double half_rate = Drive(
+      {stubs[0].get(), stubs[1].get(), stubs[2].get()}, 16, half_writes, peak / 2,
+      [&](uint64_t i, size_t) {
+        if (i % kSampleEvery == 0) {
+          absl::MutexLock lock(&mu);
+          acked_at[absl::StrCat("s", i)] = Clock::now();
+        }
+      },
+      [&](std::mt19937_64& rng, uint64_t i) {
+        // Route sampled writes (i % kSampleEvery == 0) through node 1: i % 3 == 0 there.
+        return sampled(rng, i % 3 == 0 ? i : (i % kSampleEvery == 0 ? i + 1 : i));
+      });
+  const double converge_half = wait_converged(30);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const uint64_t bytes = BytesBetweenNodes(nodes) - bytes_before;
+  for (auto& context : watch_contexts) context->TryCancel();
+  for (auto& w : watchers) w.join();
+  std::vector<double> lags;
+  {
+    absl::MutexLock lock(&mu);
+    lags = lags_ms;
+  }
+  std::printf("half load: %.0f writes/s; lag p50 %.2f ms, p99 %.2f ms (%zu samples); "
+              "%.0f bytes between nodes per write; converged %.1f ms after the last ack\n",
+              half_rate, Percentile(lags, 0.5), Percentile(lags, 0.99), lags.size(),
+              static_cast<double>(bytes) / half_writes, converge_half * 1000);
+
+  // 3. Catch-up.
+  nodes[2]->Shutdown(absl::Seconds(1));
+  nodes[2].reset();
+  const double accept = Drive({stubs[0].get(), stubs[1].get()}, 64, catchup, 0, [](uint64_t, size_t) {});
+  auto restarted = Node::Start(options[2]);
+  if (!restarted.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(restarted.status().message()).c_str());
+    return 1;
+  }
+  nodes[2] = *std::move(restarted);
+  const auto start = Clock::now();
+  const auto target = nodes[0]->store()->AppliedVector();
+  while (nodes[2]->store()->AppliedVector() != target && Since(start) < 120) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const double catchup_s = Since(start);
+  std::printf("catch-up: %d missed writes accepted at %.0f writes/s, replayed in %.2f s = %.0f "
+              "writes/s (%.2fx the accept rate)\n",
+              catchup, accept, catchup_s, catchup / catchup_s, (catchup / catchup_s) / accept);
+  for (auto& node : nodes) node->Shutdown(absl::Seconds(1));
+  std::filesystem::remove_all(root);
+  return 0;
+}
