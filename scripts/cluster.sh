@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# A local mergedb cluster on 127.0.0.1, one command away.
+#
+#   scripts/cluster.sh up [N] [--replicas M] [--base-port P] [--dir DIR]
+#        installs what is missing, builds if needed, starts N nodes (default 3; the last M are
+#        read-only replicas), waits until all are healthy, prints addresses and examples.
+#        Safe on a running cluster: starts only the nodes that are down.
+#   scripts/cluster.sh status            one line per node: pid, address, role, health, lag
+#   scripts/cluster.sh kill NODE         SIGKILL (e.g. kill n2)
+#   scripts/cluster.sh start NODE | restart NODE | logs NODE
+#   scripts/cluster.sh down              SIGTERM every node (they drain and close cleanly)
+#   scripts/cluster.sh wipe              down, then delete every data dir and log
+#
+# State lives in one folder (default .cluster/ in the repository, or --dir / MERGEDB_CLUSTER_DIR).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/deps.sh
+source "$root/scripts/deps.sh"
+
+build_dir=${MERGEDB_BUILD_DIR:-$root/build}
+dir=${MERGEDB_CLUSTER_DIR:-$root/.cluster}
+node_bin=$build_dir/node/mergedb-node
+cli_bin=$build_dir/node/mergedb
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+usage() {
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+}
+
+# ---- arguments ----
+command=${1:-}
+[ -n "$command" ] || usage
+shift
+count=""
+replicas=""
+base_port=""
+target=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --replicas) replicas=${2:?--replicas needs a number}; shift 2 ;;
+    --replicas=*) replicas=${1#*=}; shift ;;
+    --base-port) base_port=${2:?--base-port needs a port}; shift 2 ;;
+    --base-port=*) base_port=${1#*=}; shift ;;
+    --dir) dir=${2:?--dir needs a folder}; shift 2 ;;
+    --dir=*) dir=${1#*=}; shift ;;
+    -h|--help) usage ;;
+    -*) die "unknown option $1" ;;
+    *)
+      if [ "$command" = up ] && [ -z "$count" ]; then count=$1
+      elif [ -z "$target" ]; then target=$1
+      else die "unexpected argument $1"; fi
+      shift ;;
+  esac
+done
+
+conf=$dir/cluster.conf
+load_conf() {
+  [ -f "$conf" ] || die "no cluster in $dir (run: scripts/cluster.sh up)"
+  # shellcheck source=/dev/null
+  source "$conf"
+}
+
+node_index() {  # n2 -> 2
+  local name=$1
+  [[ "$name" =~ ^n([0-9]+)$ ]] || die "nodes are named n1..n$N, not '$name'"
+  local i=${BASH_REMATCH[1]}
+  [ "$i" -ge 1 ] && [ "$i" -le "$N" ] || die "no node $name in this $N-node cluster"
+  echo "$i"
+}
+port_of() { echo $((BASE_PORT + $1 - 1)); }
+pid_of() {
+  local f=$dir/n$1.pid
+  [ -f "$f" ] || return 1
+  local pid; pid=$(cat "$f")
+  kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+role_of() { if [ "$1" -gt $((N - REPLICAS)) ]; then echo replica; else echo primary; fi; }
+
+port_in_use() {
+  # A listening TCP socket on 127.0.0.1:PORT (ss from iproute2, else bash's /dev/tcp).
+  if command -v ss >/dev/null; then
+    ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
+  else
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  fi
+}
+
+start_node() {
+  local i=$1
+  if pid_of "$i" >/dev/null; then return 0; fi
+  local port; port=$(port_of "$i")
+  port_in_use "$port" && die "port $port (node n$i) is already in use by another program; choose --base-port"
+  local peers="" j
+  for j in $(seq 1 "$N"); do
+    [ "$j" = "$i" ] && continue
+    peers+="${peers:+,}n$j=127.0.0.1:$(port_of "$j")"
+  done
+  mkdir -p "$dir"
+  nohup "$node_bin" --data_dir="$dir/n$i" --node_name="n$i" --cluster=local \
+    --listen="127.0.0.1:$port" --peers="$peers" --role="$(role_of "$i")" \
+    >>"$dir/n$i.log" 2>&1 &
+  echo $! >"$dir/n$i.pid"
+}
+
+healthy() { "$cli_bin" --node="127.0.0.1:$(port_of "$1")" --timeout_ms=500 status >/dev/null 2>&1; }
+
+wait_healthy() {
+  local i=$1 tries=0
+  while ! healthy "$i"; do
+    tries=$((tries + 1))
+    if ! pid_of "$i" >/dev/null; then
+      echo "node n$i exited; the end of its log ($dir/n$i.log):" >&2
+      tail -n 5 "$dir/n$i.log" >&2
+      return 1
+    fi
+    [ $tries -lt 150 ] || { echo "node n$i is not healthy after 30 s" >&2; return 1; }
+    sleep 0.2
+  done
+}
+
+stop_node() {  # SIGTERM, then wait (bounded) for the drain
+  local i=$1 pid
+  pid=$(pid_of "$i") || { rm -f "$dir/n$i.pid"; return 0; }
+  kill -TERM "$pid"
+  local tries=0
+  while kill -0 "$pid" 2>/dev/null && [ $tries -lt 100 ]; do sleep 0.1; tries=$((tries + 1)); done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  rm -f "$dir/n$i.pid"
+}
+
+status_line() {
+  local i=$1 pid health lag role port
+  port=$(port_of "$i")
+  role=$(role_of "$i")
+  if pid=$(pid_of "$i"); then
+    if healthy "$i"; then
+      health=serving
+      lag=$("$cli_bin" --node="127.0.0.1:$port" --timeout_ms=1000 status --json 2>/dev/null |
+        /usr/bin/python3 -c 'import json,sys
+s=json.load(sys.stdin)
+print(" ".join("%s:%s%s" % (p["name"], p.get("entries_behind","0"), "" if p.get("connected") else "(down)") for p in s.get("peers",[])) or "-")' 2>/dev/null || echo "?")
+    else
+      health=starting; lag="-"
+    fi
+  else
+    pid="-"; health=down; lag="-"
+  fi
+  printf "%-4s pid %-8s 127.0.0.1:%-6s %-8s %-9s behind %s\n" "n$i" "$pid" "$port" "$role" "$health" "$lag"
+}
+
+case "$command" in
+  up)
+    mergedb_ensure_packages
+    mergedb_build "$build_dir" >/dev/null || die "build failed (run: cmake --build $build_dir)"
+    if [ -f "$conf" ]; then
+      # shellcheck source=/dev/null
+      source "$conf"
+      if [ -n "$count" ] && [ "$count" != "$N" ]; then
+        die "a $N-node cluster already lives in $dir (run 'wipe' first to change its size)"
+      fi
+    else
+      N=${count:-3}
+      REPLICAS=${replicas:-0}
+      BASE_PORT=${base_port:-7701}
+      [[ "$N" =~ ^[1-9][0-9]*$ ]] || die "N must be a positive number"
+      [[ "$REPLICAS" =~ ^[0-9]+$ ]] && [ "$REPLICAS" -lt "$N" ] || die "--replicas must be below N"
+      mkdir -p "$dir"
+      printf 'N=%s\nREPLICAS=%s\nBASE_PORT=%s\n' "$N" "$REPLICAS" "$BASE_PORT" >"$conf"
+    fi
+    for i in $(seq 1 "$N"); do start_node "$i"; done
+    for i in $(seq 1 "$N"); do wait_healthy "$i" || die "cluster did not come up"; done
+    echo "mergedb cluster up: $N nodes ($REPLICAS read-only), data and logs in $dir"
+    for i in $(seq 1 "$N"); do status_line "$i"; done
+    p1=$(port_of 1); p2=$(port_of $(( N > 1 ? 2 : 1 )))
+    cat <<EOF
+
+Try:
+  $cli_bin --node=127.0.0.1:$p1 update users ada set name '"Ada"' incr visits 1
+  $cli_bin --node=127.0.0.1:$p2 get users ada
+  $cli_bin --node=127.0.0.1:$p1 status
+  scripts/cluster.sh kill n2; scripts/cluster.sh start n2; scripts/cluster.sh status
+EOF
+    ;;
+  down)
+    load_conf
+    for i in $(seq 1 "$N"); do stop_node "$i"; done
+    echo "cluster down (data kept in $dir; 'up' brings it back)"
+    ;;
+  status)
+    load_conf
+    for i in $(seq 1 "$N"); do status_line "$i"; done
+    ;;
+  kill)
+    load_conf
+    [ -n "$target" ] || die "kill needs a node name (n1..n$N)"
+    i=$(node_index "$target")
+    pid=$(pid_of "$i") || die "$target is not running"
+    kill -KILL "$pid"
+    rm -f "$dir/n$i.pid"
+    echo "$target killed (SIGKILL)"
+    ;;
+  start)
+    load_conf
+    [ -n "$target" ] || die "start needs a node name"
+    i=$(node_index "$target")
+    mergedb_build "$build_dir" >/dev/null
+    start_node "$i"
+    wait_healthy "$i"
+    status_line "$i"
+    ;;
+  restart)
+    load_conf
+    [ -n "$target" ] || die "restart needs a node name"
+    i=$(node_index "$target")
+    stop_node "$i"
+    start_node "$i"
+    wait_healthy "$i"
+    status_line "$i"
+    ;;
+  logs)
+    load_conf
+    [ -n "$target" ] || die "logs needs a node name"
+    i=$(node_index "$target")
+    cat "$dir/n$i.log"
+    ;;
+  wipe)
+    if [ -f "$conf" ]; then
+      # shellcheck source=/dev/null
+      source "$conf"
+      for i in $(seq 1 "$N"); do stop_node "$i"; done
+    fi
+    rm -rf "$dir"
+    echo "cluster wiped ($dir removed)"
+    ;;
+  *)
+    usage
+    ;;
+esac
