@@ -7,6 +7,7 @@ MERGEDB_APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc grpc-proto
   libabsl-dev libleveldb-dev libsnappy-dev
   libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev
+  python3-grpcio python3-protobuf iproute2
 )
 
 mergedb_missing_packages() {
@@ -32,6 +33,22 @@ mergedb_ensure_packages() {
   fi
   # shellcheck disable=SC2086
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
+}
+
+# The Node.js client example's npm dependencies (from package-lock.json), when Node.js and npm are
+# on the machine. They do not come from Debian's npm package, which conflicts with the installed
+# nodejs: this only uses what is already there.
+mergedb_ensure_node_client() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "mergedb: node/npm not found; the Node.js client test will be skipped" >&2
+    return 0
+  fi
+  local lock=$root/clients/node/package-lock.json stamp=$root/clients/node/node_modules/.mergedb-lock
+  if [ -f "$stamp" ] && cmp -s "$lock" "$stamp"; then return 0; fi
+  (cd "$root/clients/node" && npm ci --no-audit --no-fund --loglevel=error) &&
+    cp "$lock" "$stamp"
 }
 
 # mergedb_build BUILD_DIR: configures once (Ninja) and builds; ccache is picked up when present.

@@ -8,6 +8,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/deps.sh"
 
 mergedb_ensure_packages
+mergedb_ensure_node_client
 build_dir=${MERGEDB_BUILD_DIR:-$root/build}
 mergedb_build "$build_dir"
 cd "$build_dir"

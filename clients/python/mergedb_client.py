@@ -1,0 +1,85 @@
+"""A small Python client for mergedb, on Debian's python3-grpcio and python3-protobuf.
+
+The stubs are generated from protos/ into the build tree (build/clients/python); put that folder
+and this one on PYTHONPATH. Values are typed: int stays int64, float is a double.
+"""
+import grpc
+
+from mergedb.v1 import api_pb2, api_pb2_grpc, crdt_pb2
+
+
+def scalar(value):
+    """A Python value as a typed mergedb Scalar."""
+    s = crdt_pb2.Scalar()
+    if value is None:
+        s.null_value.SetInParent()
+    elif isinstance(value, bool):
+        s.bool_value = value
+    elif isinstance(value, int):
+        s.int_value = value
+    elif isinstance(value, float):
+        s.double_value = value
+    elif isinstance(value, str):
+        s.string_value = value
+    else:
+        raise TypeError(f"not a mergedb scalar: {value!r}")
+    return s
+
+
+class Update:
+    """Builds one atomic UpdateRequest: Update("users", "ada").set("name", "Ada").incr("visits")."""
+
+    def __init__(self, collection, id, request_id="", write_concern=api_pb2.LOCAL):
+        self.request = api_pb2.UpdateRequest(collection=collection, id=id, request_id=request_id,
+                                             write_concern=write_concern)
+
+    def _op(self, path):
+        op = self.request.ops.add()
+        op.path.extend(path.split(".") if isinstance(path, str) else path)
+        return op
+
+    def set(self, path, value):
+        self._op(path).set.value.scalar.CopyFrom(scalar(value))
+        return self
+
+    def incr(self, path, by=1):
+        self._op(path).increment.by = by
+        return self
+
+    def add(self, path, *elements):
+        self._op(path).add.elements.extend(scalar(e) for e in elements)
+        return self
+
+    def remove(self, path, *elements):
+        self._op(path).remove.elements.extend(scalar(e) for e in elements)
+        return self
+
+    def enable(self, path):
+        self._op(path).enable.SetInParent()
+        return self
+
+    def disable(self, path):
+        self._op(path).disable.SetInParent()
+        return self
+
+
+class Client:
+    def __init__(self, address, timeout=5.0):
+        self.channel = grpc.insecure_channel(address)
+        self.documents = api_pb2_grpc.DocumentServiceStub(self.channel)
+        self.cluster = api_pb2_grpc.ClusterServiceStub(self.channel)
+        self.timeout = timeout
+
+    def update(self, update):
+        return self.documents.Update(update.request, timeout=self.timeout)
+
+    def get(self, collection, id, after=b"", path=()):
+        return self.documents.Get(
+            api_pb2.GetRequest(collection=collection, id=id, after=after, path=list(path)),
+            timeout=self.timeout)
+
+    def status(self):
+        return self.cluster.Status(api_pb2.StatusRequest(), timeout=self.timeout)
+
+    def close(self):
+        self.channel.close()
