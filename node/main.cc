@@ -42,6 +42,8 @@ ABSL_FLAG(int32_t, max_ops_per_update, 1000, "Most operations in one update.");
 ABSL_FLAG(int64_t, max_response_bytes, 4 << 20, "Largest Get or List answer, bytes.");
 ABSL_FLAG(int64_t, request_id_window_s, 24 * 3600,
           "How long client request ids are remembered for retry detection, seconds.");
+ABSL_FLAG(int64_t, change_feed_retention, 1000000,
+          "Change-feed records kept for Watch to resume from (older positions: OUT_OF_RANGE).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -107,6 +109,10 @@ int main(int argc, char** argv) {
   options.limits.max_response_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_response_bytes));
   options.request_id_window = absl::Seconds(absl::GetFlag(FLAGS_request_id_window_s));
   options.clock_offset_millis = absl::GetFlag(FLAGS_testonly_clock_offset_ms);
+  if (absl::GetFlag(FLAGS_change_feed_retention) <= 0) {
+    return UsageError("--change_feed_retention must be positive");
+  }
+  options.change_feed_retention = static_cast<uint64_t>(absl::GetFlag(FLAGS_change_feed_retention));
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

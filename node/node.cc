@@ -106,6 +106,10 @@ void Node::RunJanitor() {
     if (absl::Status truncated = replication_->TruncateLog(); !truncated.ok()) {
       MERGEDB_LOG(WARNING) << "log truncation: " << truncated.message();
     }
+    if (absl::Status trimmed = store_->TruncateChanges(options_.change_feed_retention);
+        !trimmed.ok()) {
+      MERGEDB_LOG(WARNING) << "change feed truncation: " << trimmed.message();
+    }
     if (absl::Now() < next_expiry) continue;
     next_expiry = absl::Now() + kJanitorInterval;
     const int64_t before = absl::ToUnixMillis(absl::Now() - options_.request_id_window);

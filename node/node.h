@@ -49,6 +49,8 @@ struct NodeOptions {
   std::vector<std::string> members;
   // Replication tuning; cluster id, node name and peers are filled in from the fields above.
   ReplicationOptions replication;
+  // How many change-feed records the node keeps for Watch resumption.
+  uint64_t change_feed_retention = 1000000;
   // How often fully replicated log entries are truncated.
   absl::Duration truncate_interval = absl::Seconds(1);
 };

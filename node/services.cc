@@ -287,6 +287,8 @@ grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
   if (!status.ok()) return ToGrpcStatus(status);
   storage::Store* store = node_->store();
   uint64_t position = request->from_now() ? store->last_change_seq() : request->after_position();
+  // 0 means "from the oldest change still held".
+  if (!request->from_now() && position == 0) position = store->change_floor();
   constexpr size_t kBatch = 256;
   while (!context->IsCancelled() && !node_->stopping()) {
     auto changes = store->ReadChanges(position, kBatch);

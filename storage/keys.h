@@ -48,6 +48,7 @@ inline constexpr absl::string_view kMetaReplica = "replica";      // be64 replic
 inline constexpr absl::string_view kMetaChangeSeq = "change_seq"; // be64 last change sequence
 inline constexpr absl::string_view kMetaDocCount = "doc_count";   // be64 live documents
 inline constexpr absl::string_view kMetaDigest = "digest";        // 16-byte state digest
+inline constexpr absl::string_view kMetaChangeFloor = "change_floor";  // be64 oldest dropped
 
 inline constexpr int kSchemaVersion = 1;
 

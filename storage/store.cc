@@ -316,6 +316,13 @@ absl::Status Store::Initialize() {
                            ReadVector(std::string(1, keys::kAppliedTag), nullptr));
   MERGEDB_ASSIGN_OR_RETURN(VersionVector floors,
                            ReadVector(std::string(1, keys::kLogFloorTag), nullptr));
+  std::string change_floor;
+  leveldb::Status fs = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaChangeFloor),
+                                &change_floor);
+  if (!fs.ok() && !fs.IsNotFound()) return FromLevelDb(fs, absl::StrCat("reading ", path));
+  if (fs.ok() && change_floor.size() != 8) {
+    return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed change floor"));
+  }
   absl::MutexLock lock(&commit_mu_);
   applied_ = std::move(applied);
   log_floor_ = std::move(floors);
@@ -323,6 +330,7 @@ absl::Status Store::Initialize() {
   doc_count_ = static_cast<int64_t>(keys::DecodeBe64(doc_count));
   digest_ = (static_cast<unsigned __int128>(keys::DecodeBe64(digest)) << 64) |
             keys::DecodeBe64(absl::string_view(digest).substr(8));
+  change_floor_ = fs.ok() ? keys::DecodeBe64(change_floor) : 0;
   return absl::OkStatus();
 }
 
@@ -982,8 +990,43 @@ int64_t Store::document_count() const {
   return doc_count_;
 }
 
+uint64_t Store::change_floor() const {
+  absl::MutexLock lock(&commit_mu_);
+  return change_floor_;
+}
+
+absl::Status Store::TruncateChanges(uint64_t keep) {
+  MERGEDB_RETURN_IF_ERROR(health());
+  uint64_t floor, last;
+  {
+    absl::MutexLock lock(&commit_mu_);
+    floor = change_floor_;
+    last = last_change_seq_;
+  }
+  if (last <= keep || last - keep <= floor) return absl::OkStatus();
+  const uint64_t upto = last - keep;
+  constexpr uint64_t kChunk = 8192;
+  while (floor < upto) {
+    const uint64_t end = std::min(upto, floor + kChunk);
+    leveldb::WriteBatch batch;
+    for (uint64_t seq = floor + 1; seq <= end; ++seq) batch.Delete(keys::Change(seq));
+    batch.Put(keys::Meta(keys::kMetaChangeFloor), keys::EncodeBe64(end));
+    leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch);
+    absl::MutexLock lock(&commit_mu_);
+    if (!s.ok()) return FailStore(FromLevelDb(s, "change feed truncation"));
+    change_floor_ = end;
+    floor = end;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>>> Store::ReadChanges(
     uint64_t after_seq, size_t max) {
+  if (const uint64_t floor = change_floor(); after_seq < floor) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "the change feed no longer holds changes after position ", after_seq,
+        " (the oldest retained follows ", floor, "): read the documents again and watch from now"));
+  }
   std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>> out;
   const std::string prefix(1, keys::kChangeTag);
   std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));

@@ -217,9 +217,14 @@ class Store {
 
   // ---- Change feed ----
   uint64_t last_change_seq() const;
-  // Changes with sequence > after_seq, in order, at most max.
+  // Changes with sequence > after_seq, in order, at most max. OUT_OF_RANGE when changes after
+  // `after_seq` were already dropped by TruncateChanges.
   absl::StatusOr<std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>>> ReadChanges(
       uint64_t after_seq, size_t max);
+
+  // Drops the oldest change records, keeping the newest `keep` (the change feed's retention).
+  absl::Status TruncateChanges(uint64_t keep);
+  uint64_t change_floor() const;
 
   // ---- Client request ids ----
   absl::StatusOr<std::optional<mergedb::v1::RequestRecord>> LookupRequest(
@@ -298,6 +303,7 @@ class Store {
   VersionVector applied_ ABSL_GUARDED_BY(commit_mu_);
   VersionVector log_floor_ ABSL_GUARDED_BY(commit_mu_);
   uint64_t last_change_seq_ ABSL_GUARDED_BY(commit_mu_) = 0;
+  uint64_t change_floor_ ABSL_GUARDED_BY(commit_mu_) = 0;  // changes <= this were dropped
   int64_t doc_count_ ABSL_GUARDED_BY(commit_mu_) = 0;
   unsigned __int128 digest_ ABSL_GUARDED_BY(commit_mu_) = 0;
   absl::CondVar change_cv_;  // signalled when last_change_seq_ advances

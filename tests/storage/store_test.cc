@@ -296,6 +296,21 @@ TEST_F(StoreTest, ChangeFeedListsEveryChangeInOrder) {
   EXPECT_EQ((*changes)[0].second.origin_seq(), 3u);
 }
 
+TEST_F(StoreTest, TheChangeFeedKeepsItsRetentionAndRefusesOlderPositions) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  for (int i = 0; i < 30; ++i) ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, me)).ok());
+  ASSERT_TRUE(store->TruncateChanges(10).ok());
+  EXPECT_EQ(store->change_floor(), 20u);
+  auto tail = store->ReadChanges(20, 100);
+  ASSERT_TRUE(tail.ok());
+  EXPECT_EQ(tail->size(), 10u);
+  EXPECT_EQ(store->ReadChanges(5, 100).status().code(), absl::StatusCode::kOutOfRange);
+  store.reset();
+  store = OpenOrDie();
+  EXPECT_EQ(store->change_floor(), 20u);
+}
+
 TEST_F(StoreTest, ASmallChangeToALargeDocumentWritesLittle) {
   auto store = OpenOrDie();
   const crdt::ReplicaId me = store->replica_id();
