@@ -39,6 +39,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   ReplicationOptions replication = options.replication;
   replication.cluster_id = options.cluster_id;
   replication.node_name = options.node_name;
+  replication.role = options.role;
   replication.peers = options.peers;
   replication.members = options.members;
   for (const PeerConfig& peer : options.peers) {

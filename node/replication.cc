@@ -90,6 +90,20 @@ std::vector<crdt::ReplicaId> ClusterView::DirectOrigins() const {
   return {ids.begin(), ids.end()};
 }
 
+void ClusterView::SetRole(const std::string& node, mergedb::v1::Role role) {
+  absl::MutexLock lock(&mu_);
+  roles_[node] = role;
+}
+
+std::vector<std::string> ClusterView::NodesWithRole(mergedb::v1::Role role) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (const auto& [node, r] : roles_) {
+    if (r == role) out.push_back(node);
+  }
+  return out;
+}
+
 std::map<std::string, storage::VersionVector> ClusterView::Known() const {
   absl::MutexLock lock(&mu_);
   return known_;
@@ -170,6 +184,7 @@ ReplicationRequest LinkSender::Hello() const {
   hello->set_node_name(options_.node_name);
   hello->set_replica_id(store_->replica_id());
   hello->set_protocol_version(kReplicationProtocolVersion);
+  hello->set_role(options_.role);
   return request;
 }
 
@@ -361,6 +376,7 @@ absl::StatusOr<ReplicationResponse> LinkReceiver::OnHello(const mergedb::v1::Hel
   if (hello.replica_id() == 0) return absl::InvalidArgumentError("hello: zero replica id");
   peer_ = hello.node_name();
   peer_replica_ = hello.replica_id();
+  view_->SetRole(peer_, hello.role());
   ReplicationResponse response;
   auto* ack = response.mutable_hello_ack();
   ack->set_node_name(options_.node_name);

@@ -40,6 +40,7 @@ struct PeerConfig {
 struct ReplicationOptions {
   std::string cluster_id;
   std::string node_name;
+  mergedb::v1::Role role = mergedb::v1::PRIMARY;
   // The nodes this one streams to (its links).
   std::vector<PeerConfig> peers;
   // Every other member of the cluster, by name: who may connect, and who counts for QUORUM,
@@ -90,6 +91,10 @@ class ClusterView {
   void SetInbound(const std::string& peer, crdt::ReplicaId replica, Link link);
   std::vector<crdt::ReplicaId> DirectOrigins() const;
 
+  // Roles of the members that introduced themselves (inbound streams' hellos).
+  void SetRole(const std::string& node, mergedb::v1::Role role);
+  std::vector<std::string> NodesWithRole(mergedb::v1::Role role) const;
+
  private:
   int ConfirmationsLocked(crdt::ReplicaId origin, uint64_t seq,
                           const storage::VersionVector& mine) const
@@ -101,6 +106,7 @@ class ClusterView {
   mutable absl::Mutex mu_;
   std::map<std::string, storage::VersionVector> known_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, crdt::ReplicaId> inbound_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, mergedb::v1::Role> roles_ ABSL_GUARDED_BY(mu_);
   absl::CondVar changed_;
 };
 

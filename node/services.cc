@@ -4,6 +4,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "crdt/status_macros.h"
 #include "grpcpp/server_context.h"
 #include "node/grpc_status.h"
@@ -94,9 +95,19 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRe
                                                                   absl::Time deadline,
                                                                   grpc::ServerContext* context) {
   if (node_->options().role == mergedb::v1::REPLICA) {
+    // Name the writable nodes this replica has heard from, with their addresses when known.
+    std::vector<std::string> primaries;
+    for (const std::string& name : node_->replication()->view()->NodesWithRole(mergedb::v1::PRIMARY)) {
+      std::string entry = name;
+      for (const PeerConfig& peer : node_->options().peers) {
+        if (peer.name == name) entry = absl::StrCat(name, " (", peer.address, ")");
+      }
+      primaries.push_back(std::move(entry));
+    }
     return absl::FailedPreconditionError(absl::StrCat(
-        "node ", node_->options().node_name,
-        " is a read-only replica: send writes to a primary node"));
+        "node ", node_->options().node_name, " is a read-only replica: send writes to ",
+        primaries.empty() ? std::string("a primary node")
+                          : absl::StrCat("a primary: ", absl::StrJoin(primaries, ", "))));
   }
   if (node_->stopping()) return absl::UnavailableError("the node is shutting down");
   MERGEDB_ASSIGN_OR_RETURN(PreparedUpdate update,

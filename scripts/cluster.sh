@@ -170,6 +170,12 @@ case "$command" in
       mkdir -p "$dir"
       printf 'N=%s\nREPLICAS=%s\nBASE_PORT=%s\n' "$N" "$REPLICAS" "$BASE_PORT" >"$conf"
     fi
+    # Check every port first, so that a port in use starts nothing.
+    for i in $(seq 1 "$N"); do
+      pid_of "$i" >/dev/null && continue
+      port=$(port_of "$i")
+      ! port_in_use "$port" || die "port $port (node n$i) is already in use by another program; choose --base-port"
+    done
     for i in $(seq 1 "$N"); do start_node "$i"; done
     for i in $(seq 1 "$N"); do wait_healthy "$i" || die "cluster did not come up"; done
     echo "mergedb cluster up: $N nodes ($REPLICAS read-only), data and logs in $dir"

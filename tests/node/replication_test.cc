@@ -170,6 +170,10 @@ TEST(Replication, AReadOnlyReplicaAppliesAndServesButRefusesWrites) {
   EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 3);
   grpc::Status refused = cluster.Update(2, IncrementOf("d", 1));
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  // The refusal names the writable nodes.
+  EXPECT_TRUE(absl::StrContains(refused.error_message(), "n1 (" + cluster.Address(0) + ")"))
+      << refused.error_message();
+  EXPECT_TRUE(absl::StrContains(refused.error_message(), "n2 (")) << refused.error_message();
 }
 
 TEST(Replication, QuorumSucceedsWithOneOfThreeDownAndTimesOutWithTwoDown) {
