@@ -381,7 +381,9 @@ absl::StatusOr<ReplicationResponse> LinkReceiver::OnHello(const mergedb::v1::Hel
   auto* ack = response.mutable_hello_ack();
   ack->set_node_name(options_.node_name);
   ack->set_replica_id(store_->replica_id());
-  EncodeVector(store_->AppliedVector(), ack->mutable_applied());
+  acked_applied_ = store_->AppliedVector();
+  EncodeVector(acked_applied_, ack->mutable_applied());
+  last_full_ack_ = absl::Now();
   acked_direct_ = view_->DirectOrigins();
   for (crdt::ReplicaId id : acked_direct_) ack->mutable_direct()->add_replicas(id);
   return response;
@@ -390,13 +392,20 @@ absl::StatusOr<ReplicationResponse> LinkReceiver::OnHello(const mergedb::v1::Hel
 ReplicationResponse LinkReceiver::MakeAck() {
   ReplicationResponse response;
   auto* ack = response.mutable_ack();
-  EncodeVector(store_->AppliedVector(), ack->mutable_applied());
-  // Only what changed since the previous ack, and everything once a second.
+  // Only what changed since the previous ack, and everything once a second: the sender merges
+  // (per origin, the max), so an entry left out means "unchanged".
   const bool full = absl::Now() - last_full_ack_ > absl::Seconds(1);
   if (full) {
     last_full_ack_ = absl::Now();
     acked_known_.clear();
+    acked_applied_.clear();
   }
+  storage::VersionVector changed;
+  for (const auto& [origin, seq] : store_->AppliedVector()) {
+    uint64_t& acked = acked_applied_[origin];
+    if (seq != acked) changed[origin] = acked = seq;
+  }
+  EncodeVector(changed, ack->mutable_applied());
   for (const auto& [node, vector] : view_->Known()) {
     if (node == peer_) continue;  // the sender knows its own vector best
     auto previous = acked_known_.find(node);

@@ -172,6 +172,7 @@ class LinkReceiver {
   crdt::ReplicaId peer_replica_ = 0;
   // What the previous acks on this stream said, so the next ack carries only changes.
   std::map<std::string, storage::VersionVector> acked_known_;
+  storage::VersionVector acked_applied_;
   std::vector<crdt::ReplicaId> acked_direct_;
   absl::Time last_full_ack_;
   // Live dots delivered by the partial parts of split documents, until their last part.
