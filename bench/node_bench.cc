@@ -25,11 +25,10 @@
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/log.h"
 #include "node/node.h"
+#include "bench/bench_util.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-constexpr int kDocuments = 10000;
 
 class EchoService final : public mergedb::bench::Echo::Service {
   grpc::Status Call(grpc::ServerContext*, const mergedb::v1::UpdateRequest* request,
@@ -38,75 +37,6 @@ class EchoService final : public mergedb::bench::Echo::Service {
     return grpc::Status::OK;
   }
 };
-
-mergedb::v1::UpdateRequest MakeRequest(std::mt19937_64& rng, uint64_t i) {
-  mergedb::v1::UpdateRequest request;
-  request.set_collection("bench");
-  request.set_id("doc" + std::to_string(rng() % kDocuments));
-  auto* op = request.add_ops();
-  if (i % 2 == 0) {
-    op->add_path("name");
-    op->mutable_set()->mutable_value()->mutable_scalar()->set_string_value(std::string(64, 'v'));
-  } else {
-    op->add_path("count");
-    op->mutable_increment()->set_by(1);
-  }
-  return request;
-}
-
-struct Result {
-  double per_second;
-  double p50_us, p99_us;
-};
-
-// Runs `total` calls with `concurrency` in flight. `start` begins one asynchronous call.
-template <typename Stub>
-Result Drive(Stub* stub, int concurrency, int total,
-             std::unique_ptr<grpc::ClientAsyncResponseReader<mergedb::v1::UpdateResponse>> (
-                 Stub::*prepare)(grpc::ClientContext*, const mergedb::v1::UpdateRequest&,
-                                 grpc::CompletionQueue*)) {
-  struct Call {
-    grpc::ClientContext context;
-    mergedb::v1::UpdateResponse response;
-    grpc::Status status;
-    Clock::time_point started;
-    std::unique_ptr<grpc::ClientAsyncResponseReader<mergedb::v1::UpdateResponse>> reader;
-  };
-  grpc::CompletionQueue cq;
-  std::mt19937_64 rng(42);
-  std::vector<double> latencies;
-  latencies.reserve(static_cast<size_t>(total));
-  int issued = 0, done = 0;
-  auto issue = [&] {
-    auto* call = new Call;
-    call->started = Clock::now();
-    call->reader = (stub->*prepare)(&call->context, MakeRequest(rng, static_cast<uint64_t>(issued)), &cq);
-    call->reader->StartCall();
-    call->reader->Finish(&call->response, &call->status, call);
-    ++issued;
-  };
-  const auto start = Clock::now();
-  for (int i = 0; i < concurrency && issued < total; ++i) issue();
-  void* tag;
-  bool ok;
-  while (done < total && cq.Next(&tag, &ok)) {
-    auto* call = static_cast<Call*>(tag);
-    if (!call->status.ok()) {
-      std::fprintf(stderr, "call failed: %s\n", call->status.error_message().c_str());
-      std::exit(1);
-    }
-    latencies.push_back(std::chrono::duration<double, std::micro>(Clock::now() - call->started).count());
-    delete call;
-    ++done;
-    if (issued < total) issue();
-  }
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-  std::sort(latencies.begin(), latencies.end());
-  return {total / seconds, latencies[latencies.size() / 2], latencies[latencies.size() * 99 / 100]};
-}
 
 }  // namespace
 
@@ -155,11 +85,20 @@ int main(int argc, char** argv) {
               "p99 us", "echo/s", "p50 us", "p99 us", "ratio");
   for (int concurrency : {1, 16, 64}) {
     const int n = concurrency == 1 ? std::max(1000, requests / 4) : requests;
-    Drive(echo_stub.get(), concurrency, std::min(n, 2000), &mergedb::bench::Echo::Stub::PrepareAsyncCall);  // warm-up
-    const Result e = Drive(echo_stub.get(), concurrency, n, &mergedb::bench::Echo::Stub::PrepareAsyncCall);
-    const Result u = Drive(node_stub.get(), concurrency, n, &mergedb::v1::DocumentService::Stub::PrepareAsyncUpdate);
-    std::printf("%-12d %12.0f %10.0f %10.0f %12.0f %10.0f %10.0f %7.2fx\n", concurrency, u.per_second,
-                u.p50_us, u.p99_us, e.per_second, e.p50_us, e.p99_us, u.per_second / e.per_second);
+    using mergedb::bench::Drive;
+    const std::vector<mergedb::bench::Echo::Stub*> echo_stubs = {echo_stub.get()};
+    const std::vector<mergedb::v1::DocumentService::Stub*> node_stubs = {node_stub.get()};
+    auto w1 = [](std::mt19937_64& rng, uint64_t i) { return mergedb::bench::W1Request(rng, i); };
+    auto ignore = [](uint64_t, size_t) {};
+    Drive(echo_stubs, &mergedb::bench::Echo::Stub::PrepareAsyncCall, concurrency,
+          std::min(n, 2000), 0, w1, ignore);  // warm-up
+    const auto e = Drive(echo_stubs, &mergedb::bench::Echo::Stub::PrepareAsyncCall, concurrency,
+                         n, 0, w1, ignore);
+    const auto u = Drive(node_stubs, &mergedb::v1::DocumentService::Stub::PrepareAsyncUpdate,
+                         concurrency, n, 0, w1, ignore);
+    std::printf("%-12d %12.0f %10.0f %10.0f %12.0f %10.0f %10.0f %7.2fx\n", concurrency,
+                u.per_second, u.Percentile(0.5), u.Percentile(0.99), e.per_second,
+                e.Percentile(0.5), e.Percentile(0.99), u.per_second / e.per_second);
   }
   echo_server->Shutdown();
   (*node)->Shutdown(absl::Seconds(1));

@@ -28,83 +28,18 @@
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/log.h"
 #include "node/node.h"
+#include "bench/bench_util.h"
 #include "tests/node/cluster_test_util.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using mergedb::bench::Clock;
+using Stubs = std::vector<mergedb::v1::DocumentService::Stub*>;
+constexpr auto kPrepare = &mergedb::v1::DocumentService::Stub::PrepareAsyncUpdate;
 using mergedb::node::Node;
 using mergedb::node::NodeOptions;
-constexpr int kDocuments = 10000;
 
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-mergedb::v1::UpdateRequest W1(std::mt19937_64& rng, uint64_t i) {
-  mergedb::v1::UpdateRequest request;
-  request.set_collection("w1");
-  request.set_id("doc" + std::to_string(rng() % kDocuments));
-  auto* op = request.add_ops();
-  if (i % 2 == 0) {
-    op->add_path("name");
-    op->mutable_set()->mutable_value()->mutable_scalar()->set_string_value(std::string(64, 'v'));
-  } else {
-    op->add_path("count");
-    op->mutable_increment()->set_by(1);
-  }
-  return request;
-}
-
-// Sends `total` updates with `concurrency` in flight, round-robin over `stubs`, optionally paced
-// to `rate` per second. `on_ack(i, node)` runs for each acknowledgement. Returns writes/s.
-template <typename OnAck>
-double Drive(std::vector<mergedb::v1::DocumentService::Stub*> stubs, int concurrency, int total,
-             double rate, OnAck on_ack,
-             std::function<mergedb::v1::UpdateRequest(std::mt19937_64&, uint64_t)> make = W1) {
-  struct Call {
-    grpc::ClientContext context;
-    mergedb::v1::UpdateResponse response;
-    grpc::Status status;
-    uint64_t i;
-    size_t node;
-    std::unique_ptr<grpc::ClientAsyncResponseReader<mergedb::v1::UpdateResponse>> reader;
-  };
-  grpc::CompletionQueue cq;
-  std::mt19937_64 rng(7);
-  int issued = 0, done = 0;
-  const auto start = Clock::now();
-  auto issue = [&] {
-    if (rate > 0) {
-      const auto due = start + std::chrono::duration<double>(issued / rate);
-      std::this_thread::sleep_until(due);
-    }
-    auto* call = new Call;
-    call->i = static_cast<uint64_t>(issued);
-    call->node = static_cast<size_t>(issued) % stubs.size();
-    call->reader = stubs[call->node]->PrepareAsyncUpdate(&call->context, make(rng, call->i), &cq);
-    call->reader->StartCall();
-    call->reader->Finish(&call->response, &call->status, call);
-    ++issued;
-  };
-  for (int k = 0; k < concurrency && issued < total; ++k) issue();
-  void* tag;
-  bool ok;
-  while (done < total && cq.Next(&tag, &ok)) {
-    auto* call = static_cast<Call*>(tag);
-    if (!call->status.ok()) {
-      std::fprintf(stderr, "write failed: %s\n", call->status.error_message().c_str());
-      std::exit(1);
-    }
-    on_ack(call->i, call->node);
-    delete call;
-    ++done;
-    if (issued < total) issue();
-  }
-  const double rate_done = total / Since(start);
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-  return rate_done;
-}
 
 uint64_t BytesBetweenNodes(std::vector<std::unique_ptr<Node>>& nodes) {
   uint64_t bytes = 0;
@@ -176,7 +111,9 @@ int main(int argc, char** argv) {
   std::printf("replication_bench: %u cores, 3 nodes in one process with the client, W1 writes\n",
               std::thread::hardware_concurrency());
   // 1. Peak.
-  const double peak = Drive(all(), 64, writes, 0, [](uint64_t, size_t) {});
+  auto w1 = [](std::mt19937_64& rng, uint64_t i) { return mergedb::bench::W1Request(rng, i); };
+  auto ignore = [](uint64_t, size_t) {};
+  const double peak = mergedb::bench::Drive(all(), kPrepare, 64, writes, 0, w1, ignore).per_second;
   const double settle = wait_converged(30);
   std::printf("peak: %.0f acknowledged writes/s (unary, 64 in flight); converged %.1f ms after\n",
               peak, settle * 1000);
@@ -218,7 +155,7 @@ int main(int argc, char** argv) {
   const int half_writes = std::max(5000, writes / 2);
   constexpr int kSampleEvery = 50;
   auto sampled = [](std::mt19937_64& rng, uint64_t i) {
-    if (i % kSampleEvery != 0) return W1(rng, i);
+    if (i % kSampleEvery != 0) return mergedb::bench::W1Request(rng, i);
     mergedb::v1::UpdateRequest request;
     request.set_collection("lag");
     request.set_id(absl::StrCat("s", i));
@@ -228,9 +165,12 @@ int main(int argc, char** argv) {
     return request;
   };
   // Sampled writes go to node 1 only, so nodes 2 and 3 measure them.
-  const double half_rate = Drive(
-      {stubs[0].get(), stubs[1].get(), stubs[2].get()}, 16, half_writes,
-      lag_rate > 0 ? lag_rate : peak / 2,
+  const double half_rate = mergedb::bench::Drive(
+      all(), kPrepare, 16, half_writes, lag_rate > 0 ? lag_rate : peak / 2,
+      [&](std::mt19937_64& rng, uint64_t i) {
+        // Route sampled writes (i % kSampleEvery == 0) through node 1: i % 3 == 0 there.
+        return sampled(rng, i % 3 == 0 ? i : (i % kSampleEvery == 0 ? i + 1 : i));
+      },
       [&](uint64_t i, size_t) {
         if (i % kSampleEvery == 0) {
           const std::string id = absl::StrCat("s", i);
@@ -242,11 +182,7 @@ int main(int argc, char** argv) {
             seen_early.erase(early);
           }
         }
-      },
-      [&](std::mt19937_64& rng, uint64_t i) {
-        // Route sampled writes (i % kSampleEvery == 0) through node 1: i % 3 == 0 there.
-        return sampled(rng, i % 3 == 0 ? i : (i % kSampleEvery == 0 ? i + 1 : i));
-      });
+      }).per_second;
   const double converge_half = wait_converged(30);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   const uint64_t bytes = BytesBetweenNodes(nodes) - bytes_before;
@@ -265,7 +201,9 @@ int main(int argc, char** argv) {
   // 3. Catch-up.
   nodes[2]->Shutdown(absl::Seconds(1));
   nodes[2].reset();
-  const double accept = Drive({stubs[0].get(), stubs[1].get()}, 64, catchup, 0, [](uint64_t, size_t) {});
+  const double accept =
+      mergedb::bench::Drive(Stubs{stubs[0].get(), stubs[1].get()}, kPrepare, 64, catchup, 0, w1,
+                            ignore).per_second;
   auto restarted = Node::Start(options[2]);
   if (!restarted.ok()) {
     std::fprintf(stderr, "%s\n", std::string(restarted.status().message()).c_str());

@@ -63,15 +63,9 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   // the rest of the limits are checked with precise messages by validation.
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(options.limits.max_update_bytes + (size_t{64} << 10)));
-  // Accept the replication streams' keepalive pings (gRPC's defaults answer pings more often
-  // than every 5 minutes with GOAWAY) and ping idle clients too, so a dead peer is noticed
-  // within seconds on both sides.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Accept the replication streams' keepalive pings and ping idle clients too, so a dead peer
+  // is noticed within seconds on both sides.
+  for (const auto& [name, value] : KeepaliveChannelArgs()) builder.AddChannelArgument(name, value);
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &node->port_);
   builder.RegisterService(node->replication_.get());
   builder.RegisterService(node->documents_.get());

@@ -495,13 +495,9 @@ class Replication::Session {
  public:
   Session(Replication* owner, PeerConfig peer) : owner_(owner), peer_(std::move(peer)) {
     grpc::ChannelArguments args;
-    // Failure detection: keepalive pings on an idle connection, answered within 2 s; the
-    // server side (Node::Start) is configured to accept them. Heartbeats on the stream cover
-    // a paused peer whose kernel still answers pings.
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    // Failure detection: keepalive pings (KeepaliveChannelArgs), plus heartbeats on the stream
+    // and the watchdog of RunStream for a peer whose transport still answers.
+    for (const auto& [name, value] : KeepaliveChannelArgs()) args.SetInt(name, value);
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
@@ -885,6 +881,17 @@ grpc::Status Replication::Replicate(
     }
   }
   return grpc::Status::OK;
+}
+
+std::vector<std::pair<const char*, int>> KeepaliveChannelArgs() {
+  return {
+      {GRPC_ARG_KEEPALIVE_TIME_MS, 1000},
+      {GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000},
+      {GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1},
+      {GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0},
+      {GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500},
+      {GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0},
+  };
 }
 
 absl::StatusOr<std::vector<PeerConfig>> ParsePeers(absl::string_view spec) {

@@ -235,6 +235,13 @@ class Replication final : public mergedb::v1::ReplicationService::Service {
   std::multimap<std::string, grpc::ServerContext*> inbound_ ABSL_GUARDED_BY(mu_);
 };
 
+// gRPC channel arguments for failure detection, set alike on the server (Node::Start) and on
+// the replication channels. gRPC's defaults defeat client-only keepalive: an idle stream stops
+// pinging after two pings, and a server answers pings more frequent than every 5 minutes with
+// GOAWAY. Here both sides ping every second, expect an answer within 2 s, and accept pings
+// without data or calls.
+std::vector<std::pair<const char*, int>> KeepaliveChannelArgs();
+
 // Parses --peers: "name=host:port,name=host:port".
 absl::StatusOr<std::vector<PeerConfig>> ParsePeers(absl::string_view spec);
 

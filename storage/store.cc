@@ -660,6 +660,21 @@ absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord>
   }
   if (to_apply.empty()) return result;
 
+  Writer w;
+  std::vector<JoinTarget> targets;
+  targets.reserve(to_apply.size());
+  for (const auto& [record, delta] : to_apply) {
+    w.batch.Put(keys::Log(record->origin, record->seq), crdt::SerializeDeterministic(record->entry));
+    w.applied_updates[record->origin] = record->seq;
+    targets.push_back({record->entry.collection(), record->entry.id(), &delta, nullptr,
+                       record->origin, record->seq});
+  }
+  MERGEDB_RETURN_IF_ERROR(JoinAndCommit(targets, &w));
+  result.applied = to_apply.size();
+  return result;
+}
+
+absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* w) {
   struct Touched {
     std::shared_ptr<Document> doc;
     crdt::LeafChanges changes;
@@ -668,106 +683,44 @@ absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord>
   };
   std::map<std::string, Touched> docs;
   std::vector<absl::Mutex*> stripes;
-  for (const auto& [record, delta] : to_apply) {
-    const std::string prefix = keys::DocPrefix(record->entry.collection(), record->entry.id());
+  for (const JoinTarget& target : targets) {
+    const std::string prefix = keys::DocPrefix(target.collection, target.id);
     stripes.push_back(&DocLock(prefix));
     docs.try_emplace(prefix);
   }
+  // Several documents: take their stripes in address order, so no two committers deadlock.
   std::sort(stripes.begin(), stripes.end());
   stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
   StripeLocks locks(std::move(stripes));
-
   for (auto& [prefix, touched] : docs) {
     MERGEDB_ASSIGN_OR_RETURN(touched.doc, LoadLocked(prefix));
     touched.existed = touched.doc->exists();
     touched.context_before = touched.doc->context();
   }
-  Writer w;
-  for (const auto& [record, delta] : to_apply) {
-    const std::string prefix = keys::DocPrefix(record->entry.collection(), record->entry.id());
-    Touched& touched = docs[prefix];
-    crdt::LeafChanges entry_changes;
-    touched.doc->Join(delta, &entry_changes);
-    w.batch.Put(keys::Log(record->origin, record->seq), crdt::SerializeDeterministic(record->entry));
-    if (!entry_changes.empty()) {
-      mergedb::v1::ChangeRecord change;
-      change.set_collection(record->entry.collection());
-      change.set_id(record->entry.id());
-      change.set_origin(record->origin);
-      change.set_origin_seq(record->seq);
-      w.remote_changes.push_back(std::move(change));
-      // Keep the earliest pre-image of each leaf across the frame's entries.
-      touched.changes.before.merge(entry_changes.before);
-    }
-    w.applied_updates[record->origin] = record->seq;
-    ++result.applied;
-  }
-  for (auto& [prefix, touched] : docs) {
-    EncodeDocChanges(prefix, *touched.doc, touched.changes, touched.context_before, &w.batch,
-                     &w.digest_delta);
-    w.doc_count_delta +=
-        static_cast<int64_t>(touched.doc->exists()) - static_cast<int64_t>(touched.existed);
-  }
-  absl::Status status = Commit(&w);
-  for (auto& [prefix, touched] : docs) {
-    if (status.ok()) {
-      cache_->Insert(prefix, touched.doc);
-    } else {
-      cache_->Erase(prefix);
-    }
-  }
-  if (!status.ok()) return status;
-  return result;
-}
-
-absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
-  MERGEDB_RETURN_IF_ERROR(health());
-  if (docs.empty()) return absl::OkStatus();
-  absl::MutexLock remote_lock(&remote_mu_);
-  struct Touched {
-    std::shared_ptr<Document> doc;
-    crdt::LeafChanges changes;
-    crdt::CausalContext context_before;
-    bool existed = false;
-    const SnapshotDoc* source = nullptr;
-  };
-  std::map<std::string, Touched> touched_docs;
-  std::vector<absl::Mutex*> stripes;
-  for (const SnapshotDoc& doc : docs) {
-    const std::string prefix = keys::DocPrefix(doc.collection, doc.id);
-    stripes.push_back(&DocLock(prefix));
-    touched_docs[prefix].source = &doc;
-  }
-  std::sort(stripes.begin(), stripes.end());
-  stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
-  StripeLocks locks(std::move(stripes));
-  for (auto& [prefix, touched] : touched_docs) {
-    MERGEDB_ASSIGN_OR_RETURN(touched.doc, LoadLocked(prefix));
-    touched.existed = touched.doc->exists();
-    touched.context_before = touched.doc->context();
-  }
-  Writer w;
-  for (const SnapshotDoc& doc : docs) {
-    Touched& touched = touched_docs[keys::DocPrefix(doc.collection, doc.id)];
+  for (const JoinTarget& target : targets) {
+    Touched& touched = docs[keys::DocPrefix(target.collection, target.id)];
     const crdt::CausalContext before = touched.doc->context();
     crdt::LeafChanges changes;
-    touched.doc->Join(doc.state, &changes, &doc.keep);
+    touched.doc->Join(*target.state, &changes, target.keep);
     if (!changes.empty() || !(touched.doc->context() == before)) {
       mergedb::v1::ChangeRecord change;
-      change.set_collection(doc.collection);
-      change.set_id(doc.id);
-      w.remote_changes.push_back(std::move(change));
+      change.set_collection(target.collection);
+      change.set_id(target.id);
+      change.set_origin(target.origin);
+      change.set_origin_seq(target.seq);
+      w->remote_changes.push_back(std::move(change));
     }
+    // Keep the earliest pre-image of each leaf across the targets.
     touched.changes.before.merge(changes.before);
   }
-  for (auto& [prefix, touched] : touched_docs) {
-    EncodeDocChanges(prefix, *touched.doc, touched.changes, touched.context_before, &w.batch,
-                     &w.digest_delta);
-    w.doc_count_delta +=
+  for (auto& [prefix, touched] : docs) {
+    EncodeDocChanges(prefix, *touched.doc, touched.changes, touched.context_before, &w->batch,
+                     &w->digest_delta);
+    w->doc_count_delta +=
         static_cast<int64_t>(touched.doc->exists()) - static_cast<int64_t>(touched.existed);
   }
-  absl::Status status = Commit(&w);
-  for (auto& [prefix, touched] : touched_docs) {
+  absl::Status status = Commit(w);
+  for (auto& [prefix, touched] : docs) {
     if (status.ok()) {
       cache_->Insert(prefix, touched.doc);
     } else {
@@ -775,6 +728,19 @@ absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
     }
   }
   return status;
+}
+
+absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
+  MERGEDB_RETURN_IF_ERROR(health());
+  if (docs.empty()) return absl::OkStatus();
+  absl::MutexLock remote_lock(&remote_mu_);
+  std::vector<JoinTarget> targets;
+  targets.reserve(docs.size());
+  for (const SnapshotDoc& doc : docs) {
+    targets.push_back({doc.collection, doc.id, &doc.state, &doc.keep, 0, 0});
+  }
+  Writer w;
+  return JoinAndCommit(targets, &w);
 }
 
 absl::Status Store::FinishSnapshot(const VersionVector& applied) {

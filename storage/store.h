@@ -268,6 +268,20 @@ class Store {
   explicit Store(const StoreOptions& options);
   absl::Status Initialize();
 
+  // A state to join into a document (a remote delta, or a snapshot part) and where it came
+  // from, for the change feed. Borrowed pointers: valid for the JoinAndCommit call.
+  struct JoinTarget {
+    std::string collection;
+    std::string id;
+    const crdt::Document* state;
+    const std::set<crdt::Dot>* keep;
+    crdt::ReplicaId origin;
+    uint64_t seq;
+  };
+  // Joins every target into its document under the documents' locks, adds the changed leaves,
+  // contexts and change records to `w`, and commits `w`.
+  absl::Status JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* w);
+
   // The striped lock serializing one document.
   absl::Mutex& DocLock(absl::string_view doc_prefix);
   // Loads the document from the cache or LevelDB. REQUIRES: its DocLock held.
