@@ -35,6 +35,12 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   store_options.cache_bytes = options.cache_bytes;
   store_options.env = options.env;
   MERGEDB_ASSIGN_OR_RETURN(node->store_, storage::Store::Open(store_options));
+  if (node->store_->rotated_incarnation()) {
+    MERGEDB_LOG(WARNING) << "the previous stop was not clean and commits are not fsynced: "
+                            "continuing as a new incarnation (replica "
+                         << absl::StrCat(absl::Hex(node->store_->replica_id()))
+                         << ") so that no dot or log sequence is ever reused";
+  }
 
   ReplicationOptions replication = options.replication;
   replication.cluster_id = options.cluster_id;

@@ -49,6 +49,8 @@ inline constexpr absl::string_view kMetaChangeSeq = "change_seq"; // be64 last c
 inline constexpr absl::string_view kMetaDocCount = "doc_count";   // be64 live documents
 inline constexpr absl::string_view kMetaDigest = "digest";        // 16-byte state digest
 inline constexpr absl::string_view kMetaChangeFloor = "change_floor";  // be64 oldest dropped
+// Present while the store is closed cleanly; removed while it is open.
+inline constexpr absl::string_view kMetaCleanShutdown = "clean_shutdown";
 
 inline constexpr int kSchemaVersion = 1;
 

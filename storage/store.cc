@@ -182,6 +182,12 @@ Store::Store(const StoreOptions& options)
     : options_(options), cache_(std::make_unique<DocCache>(options.cache_bytes)) {}
 
 Store::~Store() {
+  if (db_ != nullptr && health().ok()) {
+    // Marks the close as clean: the next open keeps this incarnation (see Initialize).
+    leveldb::WriteOptions sync;
+    sync.sync = true;
+    (void)db_->Put(sync, keys::Meta(keys::kMetaCleanShutdown), "1");
+  }
   delete db_;
   delete filter_policy_;
 }
@@ -312,6 +318,31 @@ absl::Status Store::Initialize() {
     return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed meta records"));
   }
   replica_id_ = keys::DecodeBe64(replica);
+  // Without an fsync per commit, a power loss after an unclean stop may have dropped the tail of
+  // this node's own log after peers received it. Reusing those sequence numbers and dots for new
+  // writes would make replicas silently disagree (Riak's kv679), so after any unclean stop a
+  // no-fsync node continues as a new incarnation; its old writes stay under the old id, and the
+  // peers send back any it lost.
+  std::string clean;
+  leveldb::Status cs = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaCleanShutdown), &clean);
+  if (!cs.ok() && !cs.IsNotFound()) return FromLevelDb(cs, absl::StrCat("reading ", path));
+  leveldb::WriteBatch open_batch;
+  open_batch.Delete(keys::Meta(keys::kMetaCleanShutdown));
+  if (cs.IsNotFound() && options_.durability == Durability::kNoSync) {
+    absl::BitGen gen;
+    const crdt::ReplicaId previous = replica_id_;
+    do {
+      replica_id_ = absl::Uniform<uint64_t>(gen);
+    } while (replica_id_ == 0 || replica_id_ == previous);
+    open_batch.Put(keys::Meta(keys::kMetaReplica), keys::EncodeBe64(replica_id_));
+    rotated_incarnation_ = true;
+  }
+  {
+    leveldb::WriteOptions sync;
+    sync.sync = true;
+    MERGEDB_RETURN_IF_ERROR(
+        FromLevelDb(db_->Write(sync, &open_batch), absl::StrCat("opening data dir ", path)));
+  }
   MERGEDB_ASSIGN_OR_RETURN(VersionVector applied,
                            ReadVector(std::string(1, keys::kAppliedTag), nullptr));
   MERGEDB_ASSIGN_OR_RETURN(VersionVector floors,

@@ -170,6 +170,8 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   crdt::ReplicaId replica_id() const { return replica_id_; }
+  // True when this open found an unclean stop in no-fsync mode and drew a new replica id.
+  bool rotated_incarnation() const { return rotated_incarnation_; }
   const std::string& path() const { return options_.path; }
 
   // ---- Writes ----
@@ -304,6 +306,7 @@ class Store {
   leveldb::DB* db_ = nullptr;
   const leveldb::FilterPolicy* filter_policy_ = nullptr;
   crdt::ReplicaId replica_id_ = 0;
+  bool rotated_incarnation_ = false;
 
   static constexpr size_t kDocLockStripes = 1024;
   std::array<absl::Mutex, kDocLockStripes> doc_locks_;

@@ -81,7 +81,11 @@ class Simulation {
     }
     for (int i = 0; i < n; ++i) {
       for (int j = 0; j < n; ++j) {
-        if (i != j) streams_.push_back(Stream{i, j});
+        if (i == j) continue;
+        Stream stream;
+        stream.from = i;
+        stream.to = j;
+        streams_.push_back(std::move(stream));
       }
     }
   }

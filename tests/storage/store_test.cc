@@ -61,6 +61,38 @@ TEST_F(StoreTest, ReopenKeepsEverything) {
   EXPECT_EQ(store->ApplyLocal(Increment("c", "d0", "n", 1, me))->log_seq, 52u);
 }
 
+TEST_F(StoreTest, AnUncleanStopWithoutFsyncStartsANewIncarnation) {
+  crdt::ReplicaId first;
+  {
+    auto store = OpenOrDie();
+    first = store->replica_id();
+    ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, first)).ok());
+    (void)store.release();  // the process dies: no clean close
+  }
+  auto store = OpenOrDie();
+  EXPECT_TRUE(store->rotated_incarnation());
+  EXPECT_NE(store->replica_id(), first);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 1) << "the old writes stay";
+  EXPECT_EQ(store->AppliedVector().at(first), 1u) << "under the old origin";
+  store.reset();
+  store = OpenOrDie();
+  EXPECT_FALSE(store->rotated_incarnation()) << "a clean close keeps the incarnation";
+}
+
+TEST_F(StoreTest, AnUncleanStopWithFsyncKeepsTheIncarnation) {
+  StoreOptions options = Options();
+  options.durability = Durability::kSyncEachCommit;
+  crdt::ReplicaId first;
+  {
+    auto store = OpenOrDie(options);
+    first = store->replica_id();
+    (void)store.release();
+  }
+  auto store = OpenOrDie(options);
+  EXPECT_FALSE(store->rotated_incarnation());
+  EXPECT_EQ(store->replica_id(), first);
+}
+
 TEST_F(StoreTest, ANewDataDirGetsANewReplicaId) {
   crdt::ReplicaId first;
   {
