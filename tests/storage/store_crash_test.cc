@@ -17,8 +17,9 @@
 #include <random>
 #include <thread>
 
-#include "storage/store.h"
 #include "gtest/gtest.h"
+#include "storage/store.h"
+#include "tests/storage/store_test_util.h"
 
 namespace mergedb::storage {
 namespace {
@@ -34,22 +35,11 @@ StoreOptions CrashOptions(const std::string& dir) {
   return options;
 }
 
-// One update: increments a and b of a document together, and the global total; with a request
-// id so a retry could be recognised.
+// One update: increments a and b of a document together, with a request id so a retry could
+// be recognised.
 LocalWrite PairUpdate(crdt::ReplicaId me, int thread, int64_t i) {
-  LocalWrite write;
-  write.collection = "c";
-  write.id = "doc" + std::to_string((thread * 7919 + i) % kDocs);
-  write.request_id = "t" + std::to_string(thread) + "-" + std::to_string(i);
-  write.mutate = [me](crdt::Document& doc) -> absl::StatusOr<crdt::Document> {
-    auto a = doc.Increment({"a"}, 1, me);
-    if (!a.ok()) return a;
-    auto b = doc.Increment({"b"}, 1, me);
-    if (!b.ok()) return b;
-    a->Join(*b);
-    return a;
-  };
-  return write;
+  return testing::IncrementPair("c", "doc" + std::to_string((thread * 7919 + i) % kDocs), me,
+                                "t" + std::to_string(thread) + "-" + std::to_string(i));
 }
 
 // The child: writes until killed. Each acknowledgement is one 8-byte record (thread, i), which

@@ -380,18 +380,7 @@ TEST_F(StoreTest, ReadersNeverDecodeAHalfAppliedUpdate) {
     }
   });
   for (int i = 0; i < 300; ++i) {
-    LocalWrite write;
-    write.collection = "c";
-    write.id = "pair";
-    write.mutate = [me](Document& doc) -> absl::StatusOr<Document> {
-      auto a = doc.Increment({"a"}, 1, me);
-      if (!a.ok()) return a;
-      auto b = doc.Increment({"b"}, 1, me);
-      if (!b.ok()) return b;
-      a->Join(*b);
-      return a;
-    };
-    ASSERT_TRUE(store->ApplyLocal(write).ok());
+    ASSERT_TRUE(store->ApplyLocal(testing::IncrementPair("c", "pair", me)).ok());
   }
   stop = true;
   reader.join();

@@ -65,6 +65,25 @@ inline LocalWrite SetString(std::string collection, std::string id, std::string 
   return write;
 }
 
+// Increments counters a and b of a document in one update: readers and crash recovery must never
+// see one without the other.
+inline LocalWrite IncrementPair(std::string collection, std::string id, crdt::ReplicaId replica,
+                                std::string request_id = "") {
+  LocalWrite write;
+  write.collection = std::move(collection);
+  write.id = std::move(id);
+  write.request_id = std::move(request_id);
+  write.mutate = [replica](crdt::Document& doc) -> absl::StatusOr<crdt::Document> {
+    auto a = doc.Increment({"a"}, 1, replica);
+    if (!a.ok()) return a;
+    auto b = doc.Increment({"b"}, 1, replica);
+    if (!b.ok()) return b;
+    a->Join(*b);
+    return a;
+  };
+  return write;
+}
+
 inline int64_t CounterOf(const crdt::Document& doc, const std::string& field) {
   auto fields = doc.ReadField({field});
   return fields.empty() ? 0 : fields[0].value().counter();
