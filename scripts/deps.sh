@@ -47,8 +47,11 @@ mergedb_ensure_node_client() {
   fi
   local lock=$root/clients/node/package-lock.json stamp=$root/clients/node/node_modules/.mergedb-lock
   if [ -f "$stamp" ] && cmp -s "$lock" "$stamp"; then return 0; fi
-  (cd "$root/clients/node" && npm ci --no-audit --no-fund --loglevel=error) &&
+  if (cd "$root/clients/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
     cp "$lock" "$stamp"
+  else
+    echo "mergedb: 'npm ci' in clients/node failed; the Node.js client test will be skipped" >&2
+  fi
 }
 
 # mergedb_build BUILD_DIR: configures once (Ninja) and builds; ccache is picked up when present.
