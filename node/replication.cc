@@ -194,6 +194,7 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
                                                       ack.node_name(), "', not '", peer_, "'"));
   }
   sent_ = DecodeVector(ack.applied());
+  peer_applied_ = sent_;
   peer_replica_ = ack.replica_id();
   peer_direct_ = {ack.direct().replicas().begin(), ack.direct().replicas().end()};
   in_flight_ = 0;
@@ -203,13 +204,32 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
   view_->Update(peer_, sent_, ClusterView::Mode::kReplace);
   // A peer with an empty data dir gets a full-state transfer rather than the whole history.
   need_snapshot_ = sent_.empty() && !store_->AppliedVector().empty();
+  CheckDivergence(ack.applied(), ack.state_digest());
   return absl::OkStatus();
+}
+
+void LinkSender::CheckDivergence(
+    const google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>& applied,
+    const std::string& digest) {
+  if (digest.empty() || in_snapshot()) return;
+  const auto [mine, my_digest] = store_->AppliedAndDigest();
+  if (DecodeVector(applied) == mine && digest != my_digest) {
+    MERGEDB_LOG(WARNING) << "peer " << peer_ << " has applied what this node has but holds another "
+                         << "state: sending a full-state transfer to reconcile";
+    need_snapshot_ = true;
+  }
 }
 
 void LinkSender::OnResponse(const ReplicationResponse& response) {
   if (!response.has_ack()) return;
   if (!response.ack().for_heartbeat()) in_flight_ = std::max(0, in_flight_ - 1);
+  if (response.ack().for_heartbeat() && in_flight_ == 0) {
+    CheckDivergence(response.ack().applied(), response.ack().state_digest());
+  }
   const storage::VersionVector applied = DecodeVector(response.ack().applied());
+  for (const auto& [origin, seq] : applied) {
+    peer_applied_[origin] = std::max(peer_applied_[origin], seq);
+  }
   if (response.ack().has_direct()) {
     std::set<crdt::ReplicaId> direct(response.ack().direct().replicas().begin(),
                                      response.ack().direct().replicas().end());
@@ -232,8 +252,7 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   if (in_flight_ >= options_.window) return std::nullopt;
   if (in_snapshot()) return NextSnapshotChunk();
   // Never send the peer its own writes, nor the origins it gets first-hand; and start past what
-  // it is known to have (through any path). Log truncation only drops what every member is
-  // known to have, so reading from here never needs a truncated entry by accident.
+  // the peer itself reported having (entries it got from other nodes meanwhile).
   storage::VersionVector from = sent_;
   const storage::VersionVector mine = store_->AppliedVector();
   auto skip = [&](crdt::ReplicaId origin) {
@@ -244,10 +263,7 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   for (crdt::ReplicaId origin : peer_direct_) {
     if (origin != store_->replica_id()) skip(origin);
   }
-  const auto known = view_->Known();
-  if (auto it = known.find(peer_); it != known.end()) {
-    for (const auto& [origin, seq] : it->second) from[origin] = std::max(from[origin], seq);
-  }
+  for (const auto& [origin, seq] : peer_applied_) from[origin] = std::max(from[origin], seq);
   auto records = store_->ReadLog(from, options_.max_frame_records);
   if (absl::IsFailedPrecondition(records.status())) {
     MERGEDB_LOG(INFO) << "peer " << peer_ << " needs a full-state transfer: "
@@ -381,9 +397,10 @@ absl::StatusOr<ReplicationResponse> LinkReceiver::OnHello(const mergedb::v1::Hel
   auto* ack = response.mutable_hello_ack();
   ack->set_node_name(options_.node_name);
   ack->set_replica_id(store_->replica_id());
-  acked_applied_ = store_->AppliedVector();
+  auto [applied, digest] = store_->AppliedAndDigest();
+  acked_applied_ = applied;
   EncodeVector(acked_applied_, ack->mutable_applied());
-  last_full_ack_ = absl::Now();
+  ack->set_state_digest(digest);
   acked_direct_ = view_->DirectOrigins();
   for (crdt::ReplicaId id : acked_direct_) ack->mutable_direct()->add_replicas(id);
   return response;
@@ -392,11 +409,13 @@ absl::StatusOr<ReplicationResponse> LinkReceiver::OnHello(const mergedb::v1::Hel
 ReplicationResponse LinkReceiver::MakeAck() {
   ReplicationResponse response;
   auto* ack = response.mutable_ack();
-  // Only what changed since the previous ack, and everything once a second: the sender merges
-  // (per origin, the max), so an entry left out means "unchanged".
-  const bool full = absl::Now() - last_full_ack_ > absl::Seconds(1);
+  // Only what changed since the previous ack, and everything every 64th ack: the sender merges
+  // (per origin, the max), so an entry left out means "unchanged". (Counted, not timed, so the
+  // protocol logic never reads a clock.)
+  constexpr int kFullAckEvery = 64;
+  const bool full = ++acks_since_full_ >= kFullAckEvery;
   if (full) {
-    last_full_ack_ = absl::Now();
+    acks_since_full_ = 0;
     acked_known_.clear();
     acked_applied_.clear();
   }
@@ -475,6 +494,12 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
     }
     case ReplicationRequest::kHeartbeat: {
       ReplicationResponse response = MakeAck();
+      // A heartbeat answer carries the whole vector and the digest, read at one point.
+      auto [applied, digest] = store_->AppliedAndDigest();
+      response.mutable_ack()->clear_applied();
+      EncodeVector(applied, response.mutable_ack()->mutable_applied());
+      acked_applied_ = std::move(applied);
+      response.mutable_ack()->set_state_digest(digest);
       response.mutable_ack()->set_for_heartbeat(true);
       return std::optional<ReplicationResponse>(std::move(response));
     }

@@ -127,12 +127,19 @@ class LinkSender {
 
  private:
   absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> NextSnapshotChunk();
+  // Starts a full-state transfer when the peer reports the same applied vector as ours but a
+  // different state digest.
+  void CheckDivergence(const google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>& applied,
+                       const std::string& digest);
 
   const ReplicationOptions& options_;
   storage::Store* const store_;
   ClusterView* const view_;
   const std::string peer_;
   storage::VersionVector sent_;
+  // What the peer itself has reported on this stream (hello ack, then acks): authoritative,
+  // unlike what third parties relay, which can be stale after the peer lost data in a crash.
+  storage::VersionVector peer_applied_;
   // Origins the peer receives first-hand (not forwarded from here).
   std::set<crdt::ReplicaId> peer_direct_;
   crdt::ReplicaId peer_replica_ = 0;
@@ -174,7 +181,7 @@ class LinkReceiver {
   std::map<std::string, storage::VersionVector> acked_known_;
   storage::VersionVector acked_applied_;
   std::vector<crdt::ReplicaId> acked_direct_;
-  absl::Time last_full_ack_;
+  int acks_since_full_ = 0;
   // Live dots delivered by the partial parts of split documents, until their last part.
   // (Receiver side.)
   std::map<std::pair<std::string, std::string>, std::set<crdt::Dot>> split_dots_;

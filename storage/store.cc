@@ -182,7 +182,7 @@ Store::Store(const StoreOptions& options)
     : options_(options), cache_(std::make_unique<DocCache>(options.cache_bytes)) {}
 
 Store::~Store() {
-  if (db_ != nullptr && health().ok()) {
+  if (db_ != nullptr && !abandoned_ && health().ok()) {
     // Marks the close as clean: the next open keeps this incarnation (see Initialize).
     leveldb::WriteOptions sync;
     sync.sync = true;
@@ -261,9 +261,8 @@ absl::Status Store::Initialize() {
     MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading data dir ", path)));
     // A new data directory: a fresh incarnation id, never derived from the name or config, so
     // a node rebuilt after losing its data never reuses old dots.
-    absl::BitGen gen;
     do {
-      replica_id_ = absl::Uniform<uint64_t>(gen);
+      replica_id_ = DrawReplicaId();
     } while (replica_id_ == 0);
     leveldb::WriteBatch batch;
     batch.Put(keys::Meta(keys::kMetaSchema), absl::StrCat(keys::kSchemaVersion));
@@ -329,10 +328,9 @@ absl::Status Store::Initialize() {
   leveldb::WriteBatch open_batch;
   open_batch.Delete(keys::Meta(keys::kMetaCleanShutdown));
   if (cs.IsNotFound() && options_.durability == Durability::kNoSync) {
-    absl::BitGen gen;
     const crdt::ReplicaId previous = replica_id_;
     do {
-      replica_id_ = absl::Uniform<uint64_t>(gen);
+      replica_id_ = DrawReplicaId();
     } while (replica_id_ == 0 || replica_id_ == previous);
     open_batch.Put(keys::Meta(keys::kMetaReplica), keys::EncodeBe64(replica_id_));
     rotated_incarnation_ = true;
@@ -363,6 +361,12 @@ absl::Status Store::Initialize() {
             keys::DecodeBe64(absl::string_view(digest).substr(8));
   change_floor_ = fs.ok() ? keys::DecodeBe64(change_floor) : 0;
   return absl::OkStatus();
+}
+
+uint64_t Store::DrawReplicaId() {
+  if (options_.random) return options_.random();
+  absl::BitGen gen;
+  return absl::Uniform<uint64_t>(gen);
 }
 
 absl::StatusOr<VersionVector> Store::ReadVector(absl::string_view prefix,
@@ -957,6 +961,11 @@ uint64_t Store::last_change_seq() const {
 std::string Store::state_digest() const {
   absl::MutexLock lock(&commit_mu_);
   return EncodeDigest(digest_);
+}
+
+std::pair<VersionVector, std::string> Store::AppliedAndDigest() const {
+  absl::MutexLock lock(&commit_mu_);
+  return {applied_, EncodeDigest(digest_)};
 }
 
 uint64_t Store::WaitForChange(uint64_t after_seq, absl::Duration timeout) {

@@ -89,6 +89,9 @@ struct StoreOptions {
   size_t cache_bytes = size_t{64} << 20;
   // Upper bound of one group commit's batch.
   size_t max_group_bytes = size_t{4} << 20;
+  // Draws replica ids (non-zero results). Empty: OS-seeded randomness. The simulator passes a
+  // seeded source so that a schedule replays exactly.
+  std::function<uint64_t()> random;
 };
 
 // A local update: `mutate` applies the update's operations to the document and returns their
@@ -172,6 +175,9 @@ class Store {
   crdt::ReplicaId replica_id() const { return replica_id_; }
   // True when this open found an unclean stop in no-fsync mode and drew a new replica id.
   bool rotated_incarnation() const { return rotated_incarnation_; }
+  // Testing: makes the destructor close LevelDB like a killed process would, without the
+  // clean-shutdown marker.
+  void AbandonForTesting() { abandoned_ = true; }
   const std::string& path() const { return options_.path; }
 
   // ---- Writes ----
@@ -251,6 +257,8 @@ class Store {
   // independent and maintained at each commit, so it reads in O(1); equal digests mean equal
   // states (up to hash collisions). 16 bytes, big-endian.
   std::string state_digest() const;
+  // The applied vector and the state digest read at one point (no commit in between).
+  std::pair<VersionVector, std::string> AppliedAndDigest() const;
 
   // Waits until the change feed has advanced past `after_seq` or `timeout` passes; returns the
   // last change sequence.
@@ -269,6 +277,7 @@ class Store {
 
   explicit Store(const StoreOptions& options);
   absl::Status Initialize();
+  uint64_t DrawReplicaId();
 
   // A state to join into a document (a remote delta, or a snapshot part) and where it came
   // from, for the change feed. Borrowed pointers: valid for the JoinAndCommit call.
@@ -307,6 +316,7 @@ class Store {
   const leveldb::FilterPolicy* filter_policy_ = nullptr;
   crdt::ReplicaId replica_id_ = 0;
   bool rotated_incarnation_ = false;
+  bool abandoned_ = false;
 
   static constexpr size_t kDocLockStripes = 1024;
   std::array<absl::Mutex, kDocLockStripes> doc_locks_;

@@ -2,8 +2,8 @@
 // thread, stores on LevelDB's in-memory Env, and the real protocol logic (LinkSender,
 // LinkReceiver, ClusterView) over a seeded network of streams. A stream is FIFO, as TCP is; the
 // network severs streams at random (losing whatever was in flight), partitions and heals links,
-// and kills and restarts nodes (a process kill: committed data stays; power loss, which drops
-// unsynced writes, is not simulated yet), while random document updates land on random nodes, and
+// and crashes and restarts nodes (process kills, which keep what was committed, and power losses,
+// which drop what was never synced), while random document updates land on random nodes, and
 // nodes truncate their logs as their janitors do. At the end everything
 // heals and every node must hold the same state (equal digests and applied vectors).
 //
@@ -20,6 +20,7 @@
 #include "leveldb/helpers/memenv.h"
 #include "node/log.h"
 #include "node/replication.h"
+#include "storage/fault_env.h"
 #include "tests/crdt/random_ops.h"
 
 namespace mergedb::node {
@@ -36,7 +37,8 @@ class SimClock : public Clock {
 
 struct SimNode {
   std::string name;
-  std::unique_ptr<leveldb::Env> env;
+  std::unique_ptr<leveldb::Env> mem_env;
+  std::unique_ptr<storage::FaultInjectionEnv> env;  // over mem_env: can drop unsynced data
   std::unique_ptr<storage::Store> store;
   std::unique_ptr<ClusterView> view;
   SimClock clock;
@@ -64,7 +66,8 @@ class Simulation {
     for (int i = 0; i < n; ++i) {
       auto node = std::make_unique<SimNode>();
       node->name = absl::StrCat("n", i + 1);
-      node->env.reset(leveldb::NewMemEnv(leveldb::Env::Default()));
+      node->mem_env.reset(leveldb::NewMemEnv(leveldb::Env::Default()));
+      node->env = std::make_unique<storage::FaultInjectionEnv>(node->mem_env.get());
       node->hlc = std::make_unique<HybridClock>(&node->clock);
       node->options.cluster_id = "sim";
       node->options.node_name = node->name;
@@ -98,6 +101,8 @@ class Simulation {
     options.node_name = node.name;
     options.env = node.env.get();
     options.cache_bytes = static_cast<size_t>(rng_.Range(0, 1)) ? 1 : size_t{1} << 20;
+    // Replica ids from the schedule's own generator: a seed replays exactly.
+    options.random = [this] { return static_cast<uint64_t>(rng_.Range(1, INT64_MAX)); };
     auto store = storage::Store::Open(options);
     ASSERT_TRUE(store.ok()) << store.status();
     node.store = *std::move(store);
@@ -105,13 +110,20 @@ class Simulation {
     node.up = true;
   }
 
-  void Crash(int i) {
+  // A process kill keeps everything committed (it is in the OS); a power loss also drops what
+  // was never synced, which without fsync is the tail of the node's writes.
+  enum class CrashKind { kProcessKill, kPowerLoss };
+  void Crash(int i, CrashKind kind) {
     for (Stream& s : streams_) {
       if (s.from == i || s.to == i) Close(s);
     }
     SimNode& node = *nodes_[static_cast<size_t>(i)];
     node.view.reset();
-    node.store.reset();  // a process kill: what was acknowledged is in the (simulated) OS
+    node.store->AbandonForTesting();
+    node.store.reset();
+    if (kind == CrashKind::kPowerLoss) {
+      ASSERT_TRUE(node.env->DropUnsyncedData().ok());
+    }
     node.up = false;
   }
 
@@ -172,6 +184,13 @@ class Simulation {
     }
   }
 
+  void Heartbeat(Stream& s) {
+    if (!s.open || !s.hello_acked) return;
+    mergedb::v1::ReplicationRequest heartbeat;
+    heartbeat.mutable_heartbeat();
+    s.requests.push_back(std::move(heartbeat));
+  }
+
   // Lets the sender produce what it has to send now.
   void Pump(Stream& s) {
     if (!s.open || !s.hello_acked) return;
@@ -224,7 +243,7 @@ class Simulation {
         if (rng_.Chance(0.2)) {
           const int i = static_cast<int>(rng_.Range(0, n - 1));
           if (nodes_[static_cast<size_t>(i)]->up) {
-            Crash(i);
+            Crash(i, rng_.Chance(0.5) ? CrashKind::kPowerLoss : CrashKind::kProcessKill);
           } else {
             Boot(i);
           }
@@ -240,6 +259,9 @@ class Simulation {
         }
         break;
       }
+      case 8:
+        Heartbeat(s);
+        break;
       default:
         Open(s);
         Pump(s);
@@ -262,7 +284,11 @@ class Simulation {
         busy = busy || !s.requests.empty() || !s.responses.empty();
         Deliver(s);
       }
-      if (!busy && Converged()) return true;
+      if (!busy) {
+        if (Converged()) return true;
+        // Idle links exchange heartbeats, whose answers let senders compare digests.
+        for (Stream& s : streams_) Heartbeat(s);
+      }
     }
     return false;
   }
@@ -283,7 +309,11 @@ class Simulation {
     for (auto& node : nodes_) {
       absl::StrAppend(&out, node->name, " docs=", node->store->document_count(), " applied={");
       for (const auto& [o, s] : node->store->AppliedVector()) absl::StrAppend(&out, absl::Hex(o), ":", s, " ");
-      absl::StrAppend(&out, "}\n");
+      absl::StrAppend(&out, "} replica=", absl::Hex(node->store->replica_id()), "\n");
+      for (int d = 0; d < 4; ++d) {
+        auto doc = node->store->Get("c", absl::StrCat("d", d));
+        if (doc.ok()) absl::StrAppend(&out, "  d", d, ": ", doc->DebugString(), "\n");
+      }
     }
     return out;
   }
