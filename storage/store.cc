@@ -1136,17 +1136,4 @@ absl::StatusOr<std::unique_ptr<SnapshotCursor>> Store::OpenSnapshot() {
   return std::unique_ptr<SnapshotCursor>(std::move(cursor));
 }
 
-absl::Status Store::ForEachDocumentInSnapshot(
-    VersionVector* applied,
-    absl::FunctionRef<absl::Status(absl::string_view, absl::string_view, const Document&)> fn) {
-  MERGEDB_ASSIGN_OR_RETURN(std::unique_ptr<SnapshotCursor> cursor, OpenSnapshot());
-  *applied = cursor->applied();
-  SnapshotDoc doc;
-  while (true) {
-    MERGEDB_ASSIGN_OR_RETURN(bool more, cursor->Next(&doc));
-    if (!more) return absl::OkStatus();
-    MERGEDB_RETURN_IF_ERROR(fn(doc.collection, doc.id, doc.state));
-  }
-}
-
 }  // namespace mergedb::storage

@@ -241,14 +241,9 @@ class Store {
   absl::StatusOr<size_t> ExpireRequests(int64_t before_unix_millis);
 
   // ---- Snapshots (full-state transfer, backup) ----
-  // Calls `fn(collection, id, state)` for every document (tombstones included) as of one
-  // consistent point, whose applied vector is stored in `*applied` first. Writes go on meanwhile.
+  // A cursor over every document (tombstones included) as of one consistent point, with the
+  // applied vector of that point. Writes go on meanwhile.
   absl::StatusOr<std::unique_ptr<SnapshotCursor>> OpenSnapshot();
-  absl::Status ForEachDocumentInSnapshot(
-      VersionVector* applied,
-      absl::FunctionRef<absl::Status(absl::string_view collection, absl::string_view id,
-                                     const crdt::Document& state)>
-          fn);
 
   // Live documents.
   int64_t document_count() const;

@@ -186,10 +186,7 @@ TEST_F(StoreTest, ARetriedRequestIsAcknowledgedWithoutApplyingTwiceEvenAfterReop
 
 TEST_F(StoreTest, RemoteFramesApplyInOrderSkipDuplicatesAndStopAtGaps) {
   auto source = OpenOrDie();
-  StoreOptions other = Options();
-  other.path = "/other";
-  other.node_name = "n2";
-  auto sink = OpenOrDie(other);
+  auto sink = OpenOrDie(SecondNode("/other"));
   const crdt::ReplicaId origin = source->replica_id();
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(source->ApplyLocal(Increment("c", "d", "n", 1, origin)).ok());
   std::vector<LogRecord> log = *source->ReadLog({}, 100);
@@ -294,23 +291,24 @@ TEST_F(StoreTest, SnapshotIterationIsConsistentWhileWritesContinue) {
   for (int i = 0; i < 20; ++i) {
     ASSERT_TRUE(store->ApplyLocal(Increment("c", "d" + std::to_string(i), "n", 1, me)).ok());
   }
-  VersionVector applied;
+  auto cursor = store->OpenSnapshot();
+  ASSERT_TRUE(cursor.ok()) << cursor.status();
   int seen = 0;
   int64_t total = 0;
-  ASSERT_TRUE(store
-                  ->ForEachDocumentInSnapshot(
-                      &applied,
-                      [&](absl::string_view collection, absl::string_view, const Document& doc) {
-                        EXPECT_EQ(collection, "c");
-                        ++seen;
-                        total += CounterOf(doc, "n");
-                        // Writes during the iteration are not part of the snapshot.
-                        return store->ApplyLocal(Increment("c", "d0", "n", 1, me)).status();
-                      })
-                  .ok());
+  SnapshotDoc doc;
+  while (true) {
+    auto more = (*cursor)->Next(&doc);
+    ASSERT_TRUE(more.ok()) << more.status();
+    if (!*more) break;
+    EXPECT_EQ(doc.collection, "c");
+    ++seen;
+    total += CounterOf(doc.state, "n");
+    // Writes during the iteration are not part of the snapshot.
+    ASSERT_TRUE(store->ApplyLocal(Increment("c", "d0", "n", 1, me)).ok());
+  }
   EXPECT_EQ(seen, 20);
   EXPECT_EQ(total, 20);
-  EXPECT_EQ(applied.at(me), 20u);
+  EXPECT_EQ((*cursor)->applied().at(me), 20u);
   EXPECT_EQ(CounterOf(*store->Get("c", "d0"), "n"), 21);
 }
 
@@ -388,10 +386,7 @@ TEST_F(StoreTest, ReadersNeverDecodeAHalfAppliedUpdate) {
 
 TEST_F(StoreTest, EqualStatesHaveEqualDigestsWhateverTheOrderOfArrival) {
   auto a = OpenOrDie();
-  StoreOptions ob = Options();
-  ob.path = "/b";
-  ob.node_name = "n2";
-  auto b = OpenOrDie(ob);
+  auto b = OpenOrDie(SecondNode("/b"));
   // Concurrent writes on both, including a removal and a type conflict.
   for (int i = 0; i < 20; ++i) {
     ASSERT_TRUE(a->ApplyLocal(Increment("c", "d" + std::to_string(i % 3), "n", 1, a->replica_id())).ok());

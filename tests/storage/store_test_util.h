@@ -28,6 +28,14 @@ class MemStoreTest : public ::testing::Test {
     return options;
   }
 
+  // Another node's data dir in the same in-memory Env.
+  StoreOptions SecondNode(std::string path) {
+    StoreOptions options = Options();
+    options.path = std::move(path);
+    options.node_name = "n2";
+    return options;
+  }
+
   std::unique_ptr<Store> OpenOrDie(StoreOptions options) {
     auto store = Store::Open(options);
     EXPECT_TRUE(store.ok()) << store.status();
