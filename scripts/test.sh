@@ -12,4 +12,11 @@ mergedb_ensure_node_client
 build_dir=${MERGEDB_BUILD_DIR:-$root/build}
 mergedb_build "$build_dir"
 cd "$build_dir"
-ctest --output-on-failure --timeout 600 -j "$(nproc)" "$@"
+status=0
+rm -f Testing/chaos-*.txt
+ctest --output-on-failure --timeout 600 -j "$(nproc)" "$@" || status=$?
+# The fault tests' summaries (ctest shows a passing test's output only with -V).
+for summary in Testing/chaos-*.txt; do
+  if [ -f "$summary" ]; then cat "$summary"; fi
+done
+exit $status
