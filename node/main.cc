@@ -33,6 +33,8 @@ ABSL_FLAG(std::string, role, "primary",
 ABSL_FLAG(bool, fsync, false,
           "fsync every commit before acknowledging it (survives power loss). Default: "
           "acknowledged writes survive a process kill, not a power loss.");
+ABSL_FLAG(bool, compress_replication, true,
+          "Compress replication streams (DEFLATE over each stream, negotiated per link).");
 ABSL_FLAG(int64_t, cache_mb, 64, "Memory for decoded hot documents, MiB.");
 ABSL_FLAG(int64_t, max_name_bytes, 512, "Longest collection, id or field name, bytes.");
 ABSL_FLAG(int32_t, max_path_depth, 32, "Deepest field path, names.");
@@ -109,6 +111,7 @@ int main(int argc, char** argv) {
   options.limits.max_response_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_response_bytes));
   options.request_id_window = absl::Seconds(absl::GetFlag(FLAGS_request_id_window_s));
   options.clock_offset_millis = absl::GetFlag(FLAGS_testonly_clock_offset_ms);
+  options.replication.compress_streams = absl::GetFlag(FLAGS_compress_replication);
   if (absl::GetFlag(FLAGS_change_feed_retention) <= 0) {
     return UsageError("--change_feed_retention must be positive");
   }

@@ -9,6 +9,7 @@
 #include "grpcpp/grpcpp.h"
 #include "node/grpc_status.h"
 #include "node/log.h"
+#include "node/stream_codec.h"
 
 namespace mergedb::node {
 
@@ -516,6 +517,35 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
 
 // One outbound link: a thread that connects, says hello, streams frames and heartbeats, and
 // reconnects with exponential backoff and jitter. A reader thread per stream takes acks.
+namespace {
+
+// The largest replication message, set on the channels and bounding decompression.
+constexpr int kMaxMessageBytes = 64 << 20;
+
+// Stream compression (negotiated in the hello exchange): a message travels as the compressed
+// bytes of its serialization, in the `compressed` case of the same message type.
+template <typename Message>
+void Wrap(StreamCompressor* compressor, Message* message) {
+  std::string compressed = compressor->Compress(message->SerializeAsString());
+  message->Clear();
+  message->set_compressed(std::move(compressed));
+}
+
+template <typename Message>
+absl::Status Unwrap(StreamDecompressor* decompressor, Message* message) {
+  if (!message->has_compressed()) {
+    return absl::InvalidArgumentError("uncompressed message on a compressed replication stream");
+  }
+  MERGEDB_ASSIGN_OR_RETURN(std::string plain,
+                           decompressor->Decompress(message->compressed(), size_t{kMaxMessageBytes}));
+  if (!message->ParseFromString(plain) || message->has_compressed()) {
+    return absl::InvalidArgumentError("compressed replication message does not parse");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 class Replication::Session {
  public:
   Session(Replication* owner, PeerConfig peer) : owner_(owner), peer_(std::move(peer)) {
@@ -526,8 +556,8 @@ class Replication::Session {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-    args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
-    args.SetInt(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, 64 << 20);
+    args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, kMaxMessageBytes);
+    args.SetInt(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, kMaxMessageBytes);
     channel_ = grpc::CreateCustomChannel(peer_.address, grpc::InsecureChannelCredentials(), args);
     stub_ = mergedb::v1::ReplicationService::NewStub(channel_);
     thread_ = std::thread([this] { Run(); });
@@ -616,6 +646,9 @@ class Replication::Session {
     absl::Time last_heard = absl::Now();
 
     // The reader takes the hello answer, then acks and heartbeats.
+    // Set once with hello_done, before the writer sends anything else.
+    std::unique_ptr<StreamCompressor> compressor;
+    std::unique_ptr<StreamDecompressor> decompressor;
     std::thread reader([&] {
       ReplicationResponse response;
       while (stream->Read(&response)) {
@@ -623,6 +656,13 @@ class Replication::Session {
         absl::MutexLock lock(&link_mu);
         last_heard = absl::Now();
         if (hello_done) {
+          if (decompressor != nullptr) {
+            if (absl::Status s = Unwrap(decompressor.get(), &response); !s.ok()) {
+              link_status = s;
+              context.TryCancel();  // the stream cannot continue past a message it lost
+              break;
+            }
+          }
           sender.OnResponse(response);
           continue;
         }
@@ -630,6 +670,10 @@ class Replication::Session {
                           ? sender.OnHelloAck(response.hello_ack())
                           : absl::InternalError("peer did not answer the hello");
         if (!link_status.ok()) break;
+        if (response.hello_ack().compression() == mergedb::v1::STREAM_COMPRESSION_DEFLATE) {
+          compressor = std::make_unique<StreamCompressor>();
+          decompressor = std::make_unique<StreamDecompressor>();
+        }
         hello_done = true;
       }
       absl::MutexLock lock(&link_mu);
@@ -652,6 +696,9 @@ class Replication::Session {
     });
 
     ReplicationRequest hello = sender.Hello();
+    if (options.compress_streams) {
+      hello.mutable_hello()->set_compression(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+    }
     state->bytes_sent += hello.ByteSizeLong();
     bool logged_connected = false;
     if (stream->Write(hello)) {
@@ -681,17 +728,21 @@ class Replication::Session {
           next = *std::move(produced);
           window_full = sender.window_full();
         }
+        // Only this thread uses the compressor, once hello_done made it final.
+        auto send = [&](ReplicationRequest& request) {
+          if (compressor != nullptr) Wrap(compressor.get(), &request);
+          state->bytes_sent += request.ByteSizeLong();
+          return stream->Write(request);
+        };
         if (next.has_value()) {
-          state->bytes_sent += next->ByteSizeLong();
-          if (!stream->Write(*next)) break;
+          if (!send(*next)) break;
           last_sent = absl::Now();
           continue;
         }
         if (absl::Now() - last_sent >= options.heartbeat) {
           ReplicationRequest heartbeat;
           heartbeat.mutable_heartbeat();
-          state->bytes_sent += heartbeat.ByteSizeLong();
-          if (!stream->Write(heartbeat)) break;
+          if (!send(heartbeat)) break;
           last_sent = absl::Now();
         }
         if (window_full) {
@@ -880,6 +931,14 @@ grpc::Status Replication::Replicate(
     }
   } unregister{this, peer, context};
 
+  std::unique_ptr<StreamCompressor> compressor;
+  std::unique_ptr<StreamDecompressor> decompressor;
+  if (options_.compress_streams &&
+      request.hello().compression() == mergedb::v1::STREAM_COMPRESSION_DEFLATE) {
+    hello->mutable_hello_ack()->set_compression(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+    compressor = std::make_unique<StreamCompressor>();
+    decompressor = std::make_unique<StreamDecompressor>();
+  }
   PeerState* state = StateOf(peer);
   state->bytes_received += request.ByteSizeLong();
   state->bytes_sent += hello->ByteSizeLong();
@@ -893,6 +952,12 @@ grpc::Status Replication::Replicate(
   if (!stream->Write(*hello)) return grpc::Status::OK;
   while (stream->Read(&request)) {
     state->bytes_received += request.ByteSizeLong();
+    if (decompressor != nullptr) {
+      if (absl::Status s = Unwrap(decompressor.get(), &request); !s.ok()) {
+        MERGEDB_LOG(WARNING) << "replication from " << peer << ": " << s.message();
+        return ToGrpcStatus(s);
+      }
+    }
     auto response = receiver.OnRequest(request);
     if (!response.ok()) {
       if (!absl::IsAborted(response.status())) {
@@ -901,6 +966,7 @@ grpc::Status Replication::Replicate(
       return ToGrpcStatus(response.status());
     }
     if (response->has_value()) {
+      if (compressor != nullptr) Wrap(compressor.get(), &**response);
       state->bytes_sent += (*response)->ByteSizeLong();
       if (!stream->Write(**response)) break;
     }

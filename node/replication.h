@@ -57,6 +57,8 @@ struct ReplicationOptions {
   absl::Duration dead_after = absl::Seconds(3);
   absl::Duration backoff_min = absl::Milliseconds(50);
   absl::Duration backoff_max = absl::Seconds(2);
+  // Offer (outbound) and accept (inbound) DEFLATE stream compression; see node/stream_codec.h.
+  bool compress_streams = true;
 };
 
 // What this node knows of every member's applied vector, by node name (a peer is known by name;

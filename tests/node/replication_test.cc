@@ -141,6 +141,15 @@ TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
   EXPECT_EQ(members.value().list_value().values_size(), 60000);
 }
 
+TEST(Replication, NodesWithAndWithoutStreamCompressionInteroperate) {
+  Cluster cluster(3);
+  cluster.options(1).replication.compress_streams = false;
+  cluster.StartAll();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(cluster.Update(i, IncrementOf("mixed", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(CounterIn(cluster.Get(i, "c", "mixed"), "n"), 3);
+}
+
 TEST(Replication, WritesAreForwardedAlongAChain) {
   // Links n1-n2 and n2-n3 only.
   Cluster cluster(3, {{1}, {0, 2}, {1}});

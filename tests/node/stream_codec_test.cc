@@ -1,0 +1,84 @@
+#include "node/stream_codec.h"
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace mergedb::node {
+namespace {
+
+constexpr size_t kMax = size_t{64} << 20;
+
+std::string RandomBytes(std::mt19937_64& rng, size_t n) {
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+TEST(StreamCodec, MessagesRoundTripInOrderAndRepetitionGetsCheap) {
+  StreamCompressor compressor;
+  StreamDecompressor decompressor;
+  std::mt19937_64 rng(7);
+  const std::string common = RandomBytes(rng, 60);  // e.g. replica ids and keys of every frame
+  std::vector<size_t> sizes;
+  for (int i = 0; i < 200; ++i) {
+    const std::string message = common + RandomBytes(rng, 8);
+    const std::string wire = compressor.Compress(message);
+    sizes.push_back(wire.size());
+    auto plain = decompressor.Decompress(wire, kMax);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    ASSERT_EQ(*plain, message) << "message " << i;
+  }
+  // The first message pays for the common part; later ones refer back to it.
+  EXPECT_GT(sizes.front(), 60u);
+  EXPECT_LT(sizes.back(), 30u);
+}
+
+TEST(StreamCodec, EmptyLargeAndIncompressibleMessagesRoundTrip) {
+  StreamCompressor compressor;
+  StreamDecompressor decompressor;
+  std::mt19937_64 rng(8);
+  for (size_t n : {size_t{0}, size_t{1}, size_t{100000}, size_t{3} << 20, size_t{0}}) {
+    const std::string message = RandomBytes(rng, n);
+    auto plain = decompressor.Decompress(compressor.Compress(message), kMax);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    EXPECT_EQ(*plain, message);
+  }
+}
+
+TEST(StreamCodec, CorruptDataIsAnErrorAndTheStreamStaysBroken) {
+  StreamCompressor compressor;
+  StreamDecompressor decompressor;
+  std::string wire = compressor.Compress(std::string(1000, 'a'));
+  wire[0] = static_cast<char>(0xff);  // an invalid block type
+  auto plain = decompressor.Decompress(wire, kMax);
+  ASSERT_FALSE(plain.ok());
+  EXPECT_EQ(plain.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(decompressor.Decompress(compressor.Compress("x"), kMax).ok());
+}
+
+TEST(StreamCodec, AMessageOfAnotherStreamDoesNotDecode) {
+  StreamCompressor first, second;
+  StreamDecompressor decompressor;
+  const std::string message = "frame frame frame frame frame";
+  ASSERT_TRUE(decompressor.Decompress(first.Compress(message), kMax).ok());
+  (void)second.Compress(std::string(5000, 'z'));
+  // Refers back into a history this decompressor never saw.
+  auto plain = decompressor.Decompress(second.Compress(std::string(5000, 'z')), kMax);
+  EXPECT_FALSE(plain.ok() && *plain == std::string(5000, 'z'));
+}
+
+TEST(StreamCodec, ExpansionBeyondTheLimitIsRefused) {
+  StreamCompressor compressor;
+  StreamDecompressor decompressor;
+  const std::string wire = compressor.Compress(std::string(size_t{8} << 20, '\0'));
+  EXPECT_LT(wire.size(), size_t{64} << 10);
+  auto plain = decompressor.Decompress(wire, size_t{1} << 20);
+  ASSERT_FALSE(plain.ok());
+  EXPECT_NE(plain.status().message().find("expands beyond"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace mergedb::node
