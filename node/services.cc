@@ -1,6 +1,8 @@
 #include "node/services.h"
 
 #include <algorithm>
+#include <deque>
+#include <thread>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -91,9 +93,7 @@ absl::Status DocumentServiceImpl::WaitForVersion(const std::string& collection,
   }
 }
 
-absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRequest& request,
-                                                                  absl::Time deadline,
-                                                                  grpc::ServerContext* context) {
+absl::Status DocumentServiceImpl::CheckWritable() {
   if (node_->options().role == mergedb::v1::REPLICA) {
     // Name the writable nodes this replica has heard from, with their addresses when known.
     std::vector<std::string> primaries;
@@ -110,31 +110,34 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRe
                           : absl::StrCat("a primary: ", absl::StrJoin(primaries, ", "))));
   }
   if (node_->stopping()) return absl::UnavailableError("the node is shutting down");
-  MERGEDB_ASSIGN_OR_RETURN(PreparedUpdate update,
-                           PreparedUpdate::Prepare(request, node_->options().limits));
-  if (update.has_base_version()) {
-    MERGEDB_RETURN_IF_ERROR(
-        WaitForVersion(request.collection(), request.id(), update.base_version(), deadline, context));
-  }
+  return absl::OkStatus();
+}
+
+storage::LocalWrite DocumentServiceImpl::MakeLocalWrite(const UpdateRequest& request,
+                                                        const PreparedUpdate& update) {
   storage::LocalWrite write;
   write.collection = request.collection();
   write.id = request.id();
   write.request_id = request.request_id();
   write.unix_millis = absl::ToUnixMillis(absl::Now());
-  storage::Store* store = node_->store();
   HybridClock* clock = node_->hybrid_clock();
-  const crdt::ReplicaId replica = store->replica_id();
+  const crdt::ReplicaId replica = node_->store()->replica_id();
   write.mutate = [&update, replica, clock](crdt::Document& doc) {
     return update.Apply(doc, replica, *clock);
   };
-  MERGEDB_ASSIGN_OR_RETURN(storage::WriteResult result, store->ApplyLocal(write));
+  return write;
+}
+
+absl::StatusOr<UpdateResponse> DocumentServiceImpl::FinishUpdate(
+    const UpdateRequest& request, const storage::WriteResult& result, absl::Time deadline) {
   const mergedb::v1::WriteConcern concern = request.write_concern();
   if ((concern == mergedb::v1::QUORUM || concern == mergedb::v1::ALL) && result.log_seq > 0) {
     // Synchronous replication: wait until enough members (this one included) applied it.
     ClusterView* view = node_->replication()->view();
     const int members = view->member_count();
     const int needed = concern == mergedb::v1::ALL ? members : members / 2 + 1;
-    const int confirmed = view->WaitForConfirmations(replica, result.log_seq, needed, deadline);
+    const int confirmed =
+        view->WaitForConfirmations(node_->store()->replica_id(), result.log_seq, needed, deadline);
     if (confirmed < needed) {
       return absl::DeadlineExceededError(absl::StrCat(
           "the write is durable on node ", node_->options().node_name,
@@ -151,6 +154,63 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRe
   return response;
 }
 
+absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRequest& request,
+                                                                  absl::Time deadline,
+                                                                  grpc::ServerContext* context) {
+  MERGEDB_RETURN_IF_ERROR(CheckWritable());
+  MERGEDB_ASSIGN_OR_RETURN(PreparedUpdate update,
+                           PreparedUpdate::Prepare(request, node_->options().limits));
+  if (update.has_base_version()) {
+    MERGEDB_RETURN_IF_ERROR(
+        WaitForVersion(request.collection(), request.id(), update.base_version(), deadline, context));
+  }
+  MERGEDB_ASSIGN_OR_RETURN(storage::WriteResult result,
+                           node_->store()->ApplyLocal(MakeLocalWrite(request, update)));
+  return FinishUpdate(request, result, deadline);
+}
+
+std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
+    absl::Span<const UpdateRequest> requests, absl::Time deadline, grpc::ServerContext* context) {
+  std::vector<absl::StatusOr<UpdateResponse>> responses(requests.size(), UpdateResponse{});
+  // Valid requests go to the store as one batch. A request with a base version waits for it
+  // first, which may take a while: it runs alone, after the writes before it.
+  std::deque<PreparedUpdate> updates;  // stable addresses: the writes' mutations refer to them
+  std::vector<storage::LocalWrite> writes;
+  std::vector<size_t> batched;  // request index of each write
+  auto apply_batch = [&] {
+    auto results = node_->store()->ApplyLocalBatch(writes);
+    for (size_t k = 0; k < results.size(); ++k) {
+      const size_t i = batched[k];
+      responses[i] = results[k].ok() ? FinishUpdate(requests[i], *results[k], deadline)
+                                     : absl::StatusOr<UpdateResponse>(results[k].status());
+    }
+    writes.clear();
+    batched.clear();
+    updates.clear();
+  };
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (absl::Status writable = CheckWritable(); !writable.ok()) {
+      responses[i] = writable;
+      continue;
+    }
+    auto update = PreparedUpdate::Prepare(requests[i], node_->options().limits);
+    if (!update.ok()) {
+      responses[i] = update.status();
+      continue;
+    }
+    if (update->has_base_version()) {
+      apply_batch();
+      responses[i] = ExecuteUpdate(requests[i], deadline, context);
+      continue;
+    }
+    updates.push_back(*std::move(update));
+    writes.push_back(MakeLocalWrite(requests[i], updates.back()));
+    batched.push_back(i);
+  }
+  apply_batch();
+  return responses;
+}
+
 grpc::Status DocumentServiceImpl::Update(grpc::ServerContext* context,
                                          const UpdateRequest* request,
                                          UpdateResponse* response) {
@@ -163,19 +223,71 @@ grpc::Status DocumentServiceImpl::Update(grpc::ServerContext* context,
 grpc::Status DocumentServiceImpl::UpdateStream(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<UpdateResponse, UpdateRequest>* stream) {
-  UpdateRequest request;
-  while (stream->Read(&request)) {
-    auto result = ExecuteUpdate(request, DeadlineOf(context), context);
-    UpdateResponse response;
-    if (result.ok()) {
-      response = *std::move(result);
-    } else {
-      response.set_request_id(request.request_id());
-      response.set_code(static_cast<int>(result.status().code()));
-      response.set_message(std::string(result.status().message()));
+  // A client that pipelines its updates should pay one storage commit for all that arrived
+  // together, not one each. A reader thread takes requests off the stream as they come; this
+  // thread applies whatever queued up meanwhile as one batch and answers each in order.
+  // Each stream holds at most kMaxQueued unanswered requests; beyond that the reader stops
+  // reading and gRPC's flow control holds the client back.
+  constexpr size_t kMaxQueued = 1024;
+  constexpr size_t kMaxBatch = 256;
+  absl::Mutex mu;
+  std::deque<UpdateRequest> queue;
+  bool reader_done = false;
+  std::thread reader([&] {
+    UpdateRequest request;
+    while (true) {
+      {
+        absl::MutexLock lock(&mu);
+        auto room = [&] { return queue.size() < kMaxQueued; };
+        mu.Await(absl::Condition(&room));
+      }
+      if (!stream->Read(&request)) break;
+      absl::MutexLock lock(&mu);
+      queue.push_back(std::move(request));
     }
-    if (!stream->Write(response)) break;  // the client went away
+    absl::MutexLock lock(&mu);
+    reader_done = true;
+  });
+  const absl::Time deadline = DeadlineOf(context);
+  std::vector<UpdateRequest> batch;
+  bool client_gone = false;
+  while (!client_gone) {
+    batch.clear();
+    {
+      absl::MutexLock lock(&mu);
+      auto ready = [&] { return !queue.empty() || reader_done; };
+      mu.Await(absl::Condition(&ready));
+      if (queue.empty()) break;  // the client finished sending and everything is answered
+      while (!queue.empty() && batch.size() < kMaxBatch) {
+        batch.push_back(std::move(queue.front()));
+        queue.pop_front();
+      }
+    }
+    auto results = ExecuteUpdates(batch, deadline, context);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      UpdateResponse response;
+      if (results[i].ok()) {
+        response = *std::move(results[i]);
+      } else {
+        response.set_request_id(batch[i].request_id());
+        response.set_code(static_cast<int>(results[i].status().code()));
+        response.set_message(std::string(results[i].status().message()));
+      }
+      if (!stream->Write(response)) {
+        client_gone = true;
+        break;
+      }
+    }
   }
+  {
+    // Left early (the client went away): the reader may be blocked in Read or waiting for
+    // room; cancelling the call ends the one, emptying the queue the other. After a normal end
+    // the reader is done and the call must end OK, not cancelled.
+    absl::MutexLock lock(&mu);
+    if (!reader_done) context->TryCancel();
+    queue.clear();
+  }
+  reader.join();
   return grpc::Status::OK;
 }
 

@@ -3,10 +3,15 @@
 #ifndef MERGEDB_NODE_SERVICES_H_
 #define MERGEDB_NODE_SERVICES_H_
 
+#include <vector>
+
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "crdt/causal_context.h"
 #include "mergedb/v1/api.grpc.pb.h"
+#include "node/validation.h"
+#include "storage/store.h"
 
 namespace mergedb::node {
 
@@ -37,6 +42,19 @@ class DocumentServiceImpl final : public mergedb::v1::DocumentService::Service {
   absl::StatusOr<mergedb::v1::UpdateResponse> ExecuteUpdate(
       const mergedb::v1::UpdateRequest& request, absl::Time deadline,
       grpc::ServerContext* context);
+  // Several updates, in order, committed together where possible; one result each.
+  std::vector<absl::StatusOr<mergedb::v1::UpdateResponse>> ExecuteUpdates(
+      absl::Span<const mergedb::v1::UpdateRequest> requests, absl::Time deadline,
+      grpc::ServerContext* context);
+  // OK on a writable node; otherwise why not (a read-only replica names the primaries).
+  absl::Status CheckWritable();
+  // The storage write of a validated update; `update` must outlive it.
+  storage::LocalWrite MakeLocalWrite(const mergedb::v1::UpdateRequest& request,
+                                     const PreparedUpdate& update);
+  // After the local commit: waits for the write concern, then builds the answer.
+  absl::StatusOr<mergedb::v1::UpdateResponse> FinishUpdate(
+      const mergedb::v1::UpdateRequest& request, const storage::WriteResult& result,
+      absl::Time deadline);
   absl::StatusOr<mergedb::v1::GetResponse> ExecuteGet(const mergedb::v1::GetRequest& request,
                                                       absl::Time deadline,
                                                       grpc::ServerContext* context);

@@ -481,21 +481,33 @@ absl::Status Store::health() const {
 }
 
 absl::Status Store::Commit(Writer* w) {
+  Writer* one[] = {w};
+  return Commit(absl::MakeSpan(one));
+}
+
+absl::Status Store::Commit(absl::Span<Writer* const> ws) {
   commit_mu_.Lock();
   if (!fatal_.ok()) {
     absl::Status status = fatal_;
     commit_mu_.Unlock();
     return status;
   }
-  writers_.push_back(w);
-  while (!w->done && writers_.front() != w) w->cv.Wait(&commit_mu_);
-  if (w->done) {
-    absl::Status status = w->status;
-    commit_mu_.Unlock();
-    return status;
+  // The caller's writers enter the queue together, so they stay contiguous and in order: the
+  // leader numbers log entries in queue order.
+  for (Writer* w : ws) writers_.push_back(w);
+  absl::Status first_error;
+  for (Writer* w : ws) {
+    while (!w->done && writers_.front() != w) w->cv.Wait(&commit_mu_);
+    if (!w->done) LeadGroup(w);
+    if (first_error.ok()) first_error = w->status;
   }
+  commit_mu_.Unlock();
+  return first_error;
+}
 
-  // This writer leads: take the queue (bounded by bytes), number its entries in order, write.
+// The leader, first in the queue, takes the queue (bounded by bytes), numbers its entries in
+// order and writes them in one LevelDB batch. Called and returns with commit_mu_ held.
+void Store::LeadGroup(Writer* w) {
   leveldb::WriteBatch group;
   VersionVector applied = applied_;
   uint64_t change_seq = last_change_seq_;
@@ -584,15 +596,98 @@ absl::Status Store::Commit(Writer* w) {
     if (x != w) x->cv.Signal();
   }
   if (!writers_.empty()) writers_.front()->cv.Signal();
-  commit_mu_.Unlock();
-  return status;
 }
 
 absl::StatusOr<WriteResult> Store::ApplyLocal(const LocalWrite& write) {
   MERGEDB_RETURN_IF_ERROR(health());
   const std::string prefix = keys::DocPrefix(write.collection, write.id);
   absl::MutexLock doc_lock(&DocLock(prefix));
+  Writer w;
+  std::shared_ptr<Document> doc;
+  MERGEDB_ASSIGN_OR_RETURN(WriteResult result, PrepareLocal(write, prefix, &w, &doc));
+  if (doc == nullptr) return result;  // nothing to commit
+  absl::Status status = Commit(&w);
+  if (!status.ok()) {
+    cache_->Erase(prefix);
+    return status;
+  }
+  cache_->Insert(prefix, doc);
+  result.log_seq = w.log_seq;
+  result.change_seq = w.change_seq;
+  return result;
+}
 
+std::vector<absl::StatusOr<WriteResult>> Store::ApplyLocalBatch(
+    absl::Span<const LocalWrite> writes) {
+  std::vector<absl::StatusOr<WriteResult>> results(writes.size(), WriteResult{});
+  if (absl::Status health_status = health(); !health_status.ok()) {
+    for (auto& result : results) result = health_status;
+    return results;
+  }
+  std::vector<std::string> prefixes;
+  std::vector<absl::Mutex*> stripes;
+  for (const LocalWrite& write : writes) {
+    prefixes.push_back(keys::DocPrefix(write.collection, write.id));
+    stripes.push_back(&DocLock(prefixes.back()));
+  }
+  // Several documents: their stripes in address order, as JoinAndCommit takes them.
+  std::sort(stripes.begin(), stripes.end());
+  stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
+  StripeLocks locks(std::move(stripes));
+
+  // Writes prepared but not yet committed, in order.
+  struct Pending {
+    size_t index;
+    std::unique_ptr<Writer> writer;
+    std::shared_ptr<Document> doc;
+  };
+  std::vector<Pending> pending;
+  std::set<std::string> pending_requests;
+  auto flush = [&] {
+    if (pending.empty()) return;
+    std::vector<Writer*> ws;
+    for (const Pending& p : pending) ws.push_back(p.writer.get());
+    const absl::Status status = Commit(absl::MakeSpan(ws));
+    for (Pending& p : pending) {
+      const std::string& prefix = prefixes[p.index];
+      if (!p.writer->status.ok() || !status.ok()) {
+        cache_->Erase(prefix);
+        results[p.index] = p.writer->status.ok() ? status : p.writer->status;
+        continue;
+      }
+      cache_->Insert(prefix, p.doc);
+      results[p.index]->log_seq = p.writer->log_seq;
+      results[p.index]->change_seq = p.writer->change_seq;
+    }
+    pending.clear();
+    pending_requests.clear();
+  };
+  for (size_t i = 0; i < writes.size(); ++i) {
+    // A retry of a request still pending here would not find its record: commit first.
+    if (!writes[i].request_id.empty() && pending_requests.count(writes[i].request_id) > 0) {
+      flush();
+    }
+    auto writer = std::make_unique<Writer>();
+    std::shared_ptr<Document> doc;
+    results[i] = PrepareLocal(writes[i], prefixes[i], writer.get(), &doc);
+    if (!results[i].ok()) {
+      // The failed update may have half-applied to the cached document that earlier writes of
+      // this batch also changed: commit those (their changes are already encoded), then drop
+      // the cached state so the next access reloads what is committed.
+      flush();
+      cache_->Erase(prefixes[i]);
+      continue;
+    }
+    if (doc == nullptr) continue;  // nothing to commit
+    if (!writes[i].request_id.empty()) pending_requests.insert(writes[i].request_id);
+    pending.push_back({i, std::move(writer), std::move(doc)});
+  }
+  flush();
+  return results;
+}
+
+absl::StatusOr<WriteResult> Store::PrepareLocal(const LocalWrite& write, const std::string& prefix,
+                                                Writer* w, std::shared_ptr<Document>* to_commit) {
   WriteResult result;
   if (!write.request_id.empty()) {
     MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> previous,
@@ -625,39 +720,29 @@ absl::StatusOr<WriteResult> Store::ApplyLocal(const LocalWrite& write) {
     return delta.status();
   }
 
-  Writer w;
-  w.collection = write.collection;
-  w.id = write.id;
+  w->collection = write.collection;
+  w->id = write.id;
   if (!delta->context().empty()) {
-    EncodeDocChanges(prefix, *doc, changes, context_before, &w.batch, &w.digest_delta);
+    EncodeDocChanges(prefix, *doc, changes, context_before, &w->batch, &w->digest_delta);
     mergedb::v1::LogEntry entry;
     entry.set_collection(write.collection);
     entry.set_id(write.id);
     delta->EncodeTo(entry.mutable_delta());
-    w.local_entry = crdt::SerializeDeterministic(entry);
-    w.has_local_entry = true;
-    w.local_changed = true;
-    w.doc_count_delta = static_cast<int64_t>(doc->exists()) - static_cast<int64_t>(existed);
+    w->local_entry = crdt::SerializeDeterministic(entry);
+    w->has_local_entry = true;
+    w->local_changed = true;
+    w->doc_count_delta = static_cast<int64_t>(doc->exists()) - static_cast<int64_t>(existed);
   }
   if (!write.request_id.empty()) {
-    w.has_request = true;
-    w.request_id = write.request_id;
-    w.request.set_collection(write.collection);
-    w.request.set_id(write.id);
-    doc->context().EncodeTo(w.request.mutable_version());
-    w.request.set_unix_millis(write.unix_millis);
+    w->has_request = true;
+    w->request_id = write.request_id;
+    w->request.set_collection(write.collection);
+    w->request.set_id(write.id);
+    doc->context().EncodeTo(w->request.mutable_version());
+    w->request.set_unix_millis(write.unix_millis);
   }
   result.version = doc->context();
-  if (!w.has_local_entry && !w.has_request) return result;  // nothing to commit
-
-  absl::Status status = Commit(&w);
-  if (!status.ok()) {
-    cache_->Erase(prefix);
-    return status;
-  }
-  cache_->Insert(prefix, doc);
-  result.log_seq = w.log_seq;
-  result.change_seq = w.change_seq;
+  if (w->has_local_entry || w->has_request) *to_commit = std::move(doc);
   return result;
 }
 

@@ -182,6 +182,10 @@ class Store {
 
   // ---- Writes ----
   absl::StatusOr<WriteResult> ApplyLocal(const LocalWrite& write);
+  // Applies several local writes in order, committed together (one LevelDB write when they fit
+  // one group): what a client stream pipelines costs one commit, not one per write. Each write
+  // gets its own result; a failed one leaves nothing and does not stop the others.
+  std::vector<absl::StatusOr<WriteResult>> ApplyLocalBatch(absl::Span<const LocalWrite> writes);
 
   // Applies a frame of remote log entries in one commit. Entries of one origin must appear in
   // sequence order. Already-applied entries are skipped; an entry whose predecessor is missing
@@ -304,6 +308,14 @@ class Store {
                                            const leveldb::Snapshot* snapshot);
   // Queues `writer` for group commit and returns when its batch is durable (or failed).
   absl::Status Commit(Writer* writer);
+  // Commits `writers` in order, adjacent in the queue; the first error, each writer's in its
+  // `status`.
+  absl::Status Commit(absl::Span<Writer* const> writers);
+  void LeadGroup(Writer* leader) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
+  // Runs a local write's mutation on the document (the caller holds its lock) and encodes the
+  // commit into `w`. Sets `*to_commit` to the document when there is anything to commit.
+  absl::StatusOr<WriteResult> PrepareLocal(const LocalWrite& write, const std::string& prefix,
+                                           Writer* w, std::shared_ptr<crdt::Document>* to_commit);
   absl::Status FailStore(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
 
   const StoreOptions options_;

@@ -224,6 +224,55 @@ TEST_F(DocumentServiceTest, WatchDeliversEveryChangeInOrderAndResumes) {
   (void)resumed->Finish();
 }
 
+TEST_F(DocumentServiceTest, UpdateStreamAnswersPipelinedUpdatesInOrderAndOutlivesAClientThatLeaves) {
+  StartNode();
+  {
+    grpc::ClientContext context;
+    Deadline(&context, 10000);
+    auto stream = docs_->UpdateStream(&context);
+    // 300 updates in flight at once: the node applies them in batches, answering in order.
+    for (int i = 0; i < 300; ++i) {
+      UpdateRequest request = UpdateOf("p", "doc" + std::to_string(i % 7));
+      request.set_request_id("p" + std::to_string(i));
+      Incr(&request, {"n"}, 1);
+      ASSERT_TRUE(stream->Write(request));
+    }
+    stream->WritesDone();
+    UpdateResponse response;
+    int answered = 0;
+    uint64_t last_position = 0;
+    while (stream->Read(&response)) {
+      EXPECT_EQ(response.code(), 0) << response.message();
+      EXPECT_EQ(response.request_id(), "p" + std::to_string(answered));
+      EXPECT_GT(response.position(), last_position);
+      last_position = response.position();
+      ++answered;
+    }
+    EXPECT_TRUE(stream->Finish().ok());
+    EXPECT_EQ(answered, 300);
+  }
+  int64_t total = 0;
+  for (int d = 0; d < 7; ++d) total += CounterIn(GetOrDie("p", "doc" + std::to_string(d)), "n");
+  EXPECT_EQ(total, 300);
+  {
+    // A client that sends and vanishes without reading: the node drops the stream and serves on.
+    grpc::ClientContext context;
+    auto stream = docs_->UpdateStream(&context);
+    for (int i = 0; i < 2000; ++i) {
+      UpdateRequest request = UpdateOf("p", "gone");
+      Incr(&request, {"n"}, 1);
+      if (!stream->Write(request)) break;
+    }
+    context.TryCancel();
+  }
+  UpdateRequest request = UpdateOf("p", "after");
+  Incr(&request, {"n"}, 1);
+  grpc::ClientContext context;
+  Deadline(&context, 5000);
+  UpdateResponse response;
+  EXPECT_TRUE(docs_->Update(&context, request, &response).ok());
+}
+
 TEST_F(DocumentServiceTest, UpdateStreamAcknowledgesEachUpdateAndSurvivesABadOne) {
   StartNode();
   grpc::ClientContext context;

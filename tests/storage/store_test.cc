@@ -128,21 +128,72 @@ TEST_F(StoreTest, ConcurrentWritersGetContiguousSequencesAndExactCounters) {
   for (size_t i = 0; i < log->size(); ++i) EXPECT_EQ((*log)[i].seq, i + 1);
 }
 
-TEST_F(StoreTest, AFailedUpdateLeavesTheDocumentAsItWas) {
-  auto store = OpenOrDie();
-  const crdt::ReplicaId me = store->replica_id();
-  ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, me)).ok());
+// An update that applies +100 in memory, then is refused: nothing of it may remain.
+LocalWrite HalfAppliedThenRefused(crdt::ReplicaId me) {
   LocalWrite write;
   write.collection = "c";
   write.id = "d";
   write.mutate = [me](Document& doc) -> absl::StatusOr<Document> {
-    auto first = doc.Increment({"n"}, 100, me);  // applied in memory...
+    auto first = doc.Increment({"n"}, 100, me);
     if (!first.ok()) return first.status();
-    return doc.SetRegister({"n"}, crdt::RegisterValue(), me, crdt::Hlc());  // ...then refused
+    return doc.SetRegister({"n"}, crdt::RegisterValue(), me, crdt::Hlc());
   };
-  EXPECT_EQ(store->ApplyLocal(write).status().code(), absl::StatusCode::kFailedPrecondition);
+  return write;
+}
+
+TEST_F(StoreTest, AFailedUpdateLeavesTheDocumentAsItWas) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, me)).ok());
+  EXPECT_EQ(store->ApplyLocal(HalfAppliedThenRefused(me)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 1);
   EXPECT_EQ(store->AppliedVector().at(me), 1u);
+}
+
+TEST_F(StoreTest, ABatchCommitsTogetherInOrderAndAFailedWriteSparesTheOthers) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  std::vector<LocalWrite> writes;
+  writes.push_back(Increment("c", "d", "n", 1, me, "r1"));
+  writes.push_back(Increment("c", "e", "n", 5, me));
+  writes.push_back(Increment("c", "d", "n", 2, me, "r2"));
+  writes.push_back(HalfAppliedThenRefused(me));  // same document as the writes around it
+  writes.push_back(Increment("c", "d", "n", 4, me, "r1"));  // a retry of the first: not applied
+  writes.push_back(Increment("c", "d", "n", 8, me));
+  const uint64_t commits_before = store->commit_count();
+  auto results = store->ApplyLocalBatch(writes);
+  ASSERT_EQ(results.size(), writes.size());
+  EXPECT_EQ(results[3].status().code(), absl::StatusCode::kFailedPrecondition);
+  for (size_t i : {0, 1, 2, 4, 5}) ASSERT_TRUE(results[i].ok()) << i << results[i].status();
+  EXPECT_TRUE(results[4]->duplicate_request);
+  EXPECT_EQ(results[4]->log_seq, results[0]->log_seq);
+  // Log sequences follow the batch order.
+  EXPECT_EQ(results[0]->log_seq, 1u);
+  EXPECT_EQ(results[1]->log_seq, 2u);
+  EXPECT_EQ(results[2]->log_seq, 3u);
+  EXPECT_EQ(results[5]->log_seq, 4u);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 1 + 2 + 8);
+  EXPECT_EQ(CounterOf(*store->Get("c", "e"), "n"), 5);
+  EXPECT_EQ(store->AppliedVector().at(me), 4u);
+  // Committed before the failure (so the retry finds the first write's record), then the rest:
+  // two commits, where one write at a time would take four.
+  EXPECT_EQ(store->commit_count() - commits_before, 2u);
+  // A request repeated within one batch is applied once.
+  std::vector<LocalWrite> twice;
+  twice.push_back(Increment("c", "d", "n", 16, me, "r3"));
+  twice.push_back(Increment("c", "d", "n", 16, me, "r3"));
+  auto repeated = store->ApplyLocalBatch(twice);
+  ASSERT_TRUE(repeated[0].ok() && repeated[1].ok());
+  EXPECT_FALSE(repeated[0]->duplicate_request);
+  EXPECT_TRUE(repeated[1]->duplicate_request);
+  // All of it is on disk, not only in the document cache.
+  store.reset();
+  store = OpenOrDie();
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 11 + 16);
+  auto log = store->ReadLog({}, 100);
+  ASSERT_TRUE(log.ok());
+  EXPECT_EQ(log->size(), 5u);
 }
 
 TEST_F(StoreTest, ANoOpUpdateWritesNothing) {
