@@ -6,7 +6,7 @@ MERGEDB_APT_PACKAGES=(
   libprotobuf-dev protobuf-compiler
   libgrpc++-dev protobuf-compiler-grpc grpc-proto
   libabsl-dev libleveldb-dev libsnappy-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev zlib1g-dev
   python3-grpcio python3-protobuf iproute2
 )
 
