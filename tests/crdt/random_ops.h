@@ -32,10 +32,13 @@ class Rng {
   std::mt19937_64 engine_;
 };
 
-// The seeds a property test runs: MERGEDB_SEED=<n> replays exactly one, otherwise `count`
-// seeds starting at `base`.
+// The seeds a property test runs: `count` seeds starting at `base`. MERGEDB_SEED=<n> replays
+// exactly one; MERGEDB_SEEDS=<count> and MERGEDB_SEED_BASE=<first> run a longer or another
+// series than the suite's fixed one.
 inline std::vector<uint64_t> SeedsToRun(uint64_t base, int count) {
   if (const char* env = std::getenv("MERGEDB_SEED")) return {std::strtoull(env, nullptr, 10)};
+  if (const char* env = std::getenv("MERGEDB_SEEDS")) count = std::atoi(env);
+  if (const char* env = std::getenv("MERGEDB_SEED_BASE")) base = std::strtoull(env, nullptr, 10);
   std::vector<uint64_t> seeds;
   for (int i = 0; i < count; ++i) seeds.push_back(base + static_cast<uint64_t>(i));
   return seeds;
