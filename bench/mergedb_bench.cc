@@ -11,8 +11,8 @@
 // the directory stays.
 //
 // W1: --documents documents (10,000); --writes writes (200,000) or --duration seconds; even
-// writes set the register "name" of a uniformly chosen document to a --value_size-byte string
-// (64), odd writes increment its counter "count". Write w goes to writable node w % n, so the
+// writes set the register "name" of a uniformly chosen document to a random --value_size-byte
+// string (64 letters and digits: values that do not compress), odd writes increment its counter "count". Write w goes to writable node w % n, so the
 // writes are spread evenly. --concurrency operations (16) are outstanding at all times across
 // all connections: unary Update calls, or (--mode=stream) UpdateRequests pipelined over
 // --streams UpdateStream streams (each write on the least loaded stream of its node; responses
@@ -562,16 +562,15 @@ class LagTracker {
 };
 
 // Lag probe documents: "s<sample>" for samples, "ready-<node>" to check the watches are live.
+// The register gets `value` (a sample: a W1-sized random value, so it costs what a W1 set does).
 UpdateRequest ProbeRequest(const std::string& collection, const std::string& id,
-                           size_t value_size) {
+                           std::string value) {
   UpdateRequest request;
   request.set_collection(collection);
   request.set_id(id);
   auto* op = request.add_ops();
   op->add_path("probe");
-  std::string value = id;
-  if (value.size() < value_size) value.resize(value_size, 'p');
-  op->mutable_set()->mutable_value()->mutable_scalar()->set_string_value(value);
+  op->mutable_set()->mutable_value()->mutable_scalar()->set_string_value(std::move(value));
   return request;
 }
 
@@ -617,7 +616,7 @@ class Watchers {
         context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
         UpdateResponse response;
         const grpc::Status status = e.documents->Update(
-            &context, ProbeRequest(collection_, absl::StrCat("ready-", i), 8), &response);
+            &context, ProbeRequest(collection_, absl::StrCat("ready-", i), "ready"), &response);
         if (!status.ok()) {
           return absl::UnavailableError(absl::StrCat("probe write to ", e.address, ": ",
                                                      status.error_message()));
@@ -945,7 +944,8 @@ void Phase::IssueWrite(Clock::time_point now) {
   const int node = static_cast<int>(w % static_cast<int64_t>(nodes_.size()));
   const bool sampled = options_.sample_every > 0 && w % options_.sample_every == 0;
   UpdateRequest request =
-      sampled ? ProbeRequest(options_.lag_collection, absl::StrCat("s", w), options_.shape.value_size)
+      sampled ? ProbeRequest(options_.lag_collection, absl::StrCat("s", w),
+                             RandomValue(rng_, options_.shape.value_size))
               : W1Request(rng_, static_cast<uint64_t>(w), options_.shape);
   request.set_write_concern(options_.concern);
   const int64_t sample = sampled ? w : -1;
@@ -1119,14 +1119,18 @@ EchoResult RunEchoBaseline(int concurrency, int64_t calls, const W1Shape& shape)
   return result;
 }
 
-// One Put per write of W1's key and value sizes (key: collection, id and field name; value: the
-// register value, or 8 bytes for a counter), `writers` threads, sync as the nodes.
+// One Put per write of W1's key and value sizes (key: collection, id and field name; value: a
+// random register value, or 8 bytes for a counter), `writers` threads, sync as the nodes.
 double RunLevelDbBaseline(const std::string& dir, int writers, int64_t puts, const W1Shape& shape,
                           bool sync) {
   BareLevelDb bare = BareLevelDb::Create(dir);
   leveldb::WriteOptions options;
   options.sync = sync;
-  const std::string value(shape.value_size, 'v');
+  // Random values, as W1 writes them (LevelDB compresses blocks with snappy): drawn beforehand
+  // so the writer threads share no generator.
+  std::mt19937_64 rng(7);
+  std::vector<std::string> values;
+  for (int k = 0; k < 4096; ++k) values.push_back(RandomValue(rng, shape.value_size));
   const std::string counter(8, '\1');
   const double rate = RunWriters(
       writers, static_cast<int>(puts),
@@ -1134,7 +1138,8 @@ double RunLevelDbBaseline(const std::string& dir, int writers, int64_t puts, con
         const bool set = i % 2 == 0;
         const std::string key = absl::StrCat(shape.collection, std::string(1, '\0'), "doc", doc,
                                              std::string(1, '\0'), set ? "name" : "count");
-        const leveldb::Status s = bare.db->Put(options, key, set ? value : counter);
+        const leveldb::Status s =
+            bare.db->Put(options, key, set ? values[static_cast<size_t>(i) % values.size()] : counter);
         if (!s.ok()) Fatal(absl::StrCat("bare LevelDB: ", s.ToString()));
       },
       shape.documents);

@@ -4,7 +4,8 @@
 //   (--help lists every flag; bench/w1_compare.sh starts Redis and runs both tools)
 //
 // W1 as mergedb-bench runs it: --documents hashes doc:<i> (10,000); even writes
-// `HSET doc:<i> name <--value_size bytes>`, odd writes `HINCRBY doc:<i> count 1`, documents chosen
+// `HSET doc:<i> name <--value_size random letters and digits>` (as mergedb's W1: values that do
+// not compress, so that neither side's byte counts are flattered), odd writes `HINCRBY doc:<i> count 1`, documents chosen
 // uniformly. --concurrency writes (16) are outstanding at all times, pipelined over
 // --connections connections (each write on the least loaded one). Modes:
 //   async  replicas follow asynchronously (Redis's default);
@@ -211,7 +212,6 @@ class Load {
       c.context->flags &= ~REDIS_BLOCK;
       connections_.push_back(std::move(c));
     }
-    value_.assign(options.shape.value_size, 'v');
     wait_count_ = std::to_string(options.wait_replicas);
   }
 
@@ -255,7 +255,7 @@ class Load {
       const std::string key =
           absl::StrCat("doc:", rng_() % static_cast<uint64_t>(options_.shape.documents));
       if (w % 2 == 0) {
-        Append(*best, {"HSET", key, "name", value_});
+        Append(*best, {"HSET", key, "name", RandomValue(rng_, options_.shape.value_size)});
       } else {
         Append(*best, {"HINCRBY", key, "count", "1"});
       }
@@ -295,7 +295,7 @@ class Load {
   const LoadOptions options_;
   std::mt19937_64 rng_;
   std::vector<Connection> connections_;
-  std::string value_, wait_count_;
+  std::string wait_count_;
   int64_t issued_ = 0;
   int outstanding_ = 0;
   Clock::time_point end_, last_progress_;
