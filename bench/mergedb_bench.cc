@@ -24,7 +24,11 @@
 // - replication lag p50/p99: one write in --sample_every (100) sets a register in a document of
 //   its own in the collection "<collection>-lag"; every node runs a Watch on that collection,
 //   and the lag is the time a node other than the writer shows the write minus the time the
-//   writer's acknowledgement arrived (0 when it showed before the acknowledgement arrived);
+//   writer's acknowledgement arrived (0 when it showed before the acknowledgement arrived).
+//   A node serving a Watch wakes and reads its change feed on every commit, which costs it CPU
+//   on every write (a third of the cluster's throughput here): so by default (--lag=separate)
+//   lag is measured in a second phase of max(2000, writes/5) writes with the same mode,
+//   concurrency and write concern, after the main figures were taken without Watch streams;
 // - convergence: ms from the last acknowledgement until every node's Status shows the same
 //   state_digest and the same applied vector (polled about every millisecond);
 // - bytes between nodes per write: the sum over nodes of every peer's bytes_sent (replication
@@ -99,8 +103,9 @@ ABSL_FLAG(std::string, targets, "",
           "Comma-separated host:port of running nodes to load. Empty: start a 3-node cluster.");
 ABSL_FLAG(std::string, mode, "unary", "unary (Update calls) or stream (UpdateStream pipelining).");
 ABSL_FLAG(int, streams, 0,
-          "stream mode: UpdateStream streams in all, spread over the writable nodes "
-          "(0: --concurrency, one stream per outstanding write; see README).");
+          "stream mode: UpdateStream streams in all, spread over the writable nodes (0: two per "
+          "writable node). A node serves one stream's requests one at a time: fewer streams "
+          "pipeline deeper (best for LOCAL), more let more QUORUM/ALL writes wait at once.");
 ABSL_FLAG(std::string, write_concern, "local", "local, quorum or all.");
 ABSL_FLAG(int64_t, writes, 200000, "Writes to acknowledge (ignored with --duration).");
 ABSL_FLAG(double, duration, 0, "Seconds to run (stop by time instead of count); 0: by count.");
@@ -110,6 +115,11 @@ ABSL_FLAG(int, documents, mergedb::bench::kW1Documents, "Documents W1 writes to.
 ABSL_FLAG(int, value_size, 64, "Bytes of each register value.");
 ABSL_FLAG(bool, fsync, false, "Start the nodes with --fsync (and fsync the LevelDB baseline).");
 ABSL_FLAG(int, sample_every, 100, "Measure replication lag on one write in N (0: no lag).");
+ABSL_FLAG(std::string, lag, "separate",
+          "separate: measure replication lag in a phase of its own after the main measurement "
+          "(max(2000, writes/5) writes, Watch streams on every node), because serving a Watch "
+          "costs the nodes CPU on every write and would lower the main figures; inline: Watch "
+          "streams during the main measurement; off.");
 ABSL_FLAG(int64_t, warmup, 2000, "Writes before the measurement starts (not counted).");
 ABSL_FLAG(bool, baselines, true,
           "Measure the echo and LevelDB baselines (default: on when the tool starts the cluster, "
@@ -1226,7 +1236,6 @@ int Main(int argc, char** argv) {
     return UsageError("--write_concern must be local, quorum or all");
   }
   phase.concurrency = absl::GetFlag(FLAGS_concurrency);
-  phase.streams = absl::GetFlag(FLAGS_streams) > 0 ? absl::GetFlag(FLAGS_streams) : phase.concurrency;
   phase.writes = absl::GetFlag(FLAGS_writes);
   phase.duration_s = absl::GetFlag(FLAGS_duration);
   phase.read_ratio = absl::GetFlag(FLAGS_read_ratio);
@@ -1245,6 +1254,10 @@ int Main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_value_size) < 0) return UsageError("--value_size must not be negative");
   if (sample_every < 0) return UsageError("--sample_every must not be negative");
   if (absl::GetFlag(FLAGS_nodes) < 1) return UsageError("--nodes must be at least 1");
+  const std::string lag_mode = absl::GetFlag(FLAGS_lag);
+  if (lag_mode != "separate" && lag_mode != "inline" && lag_mode != "off") {
+    return UsageError("--lag must be separate, inline or off");
+  }
 
   const std::string targets = absl::GetFlag(FLAGS_targets);
   const bool start_cluster = targets.empty();
@@ -1318,14 +1331,18 @@ int Main(int argc, char** argv) {
     if (e.writable) writable.push_back(&e);
   }
   if (writable.empty()) Fatal("no writable node among the targets");
-  const bool sampling = sample_every > 0 && nodes.size() > 1;
+  phase.streams = absl::GetFlag(FLAGS_streams) > 0 ? absl::GetFlag(FLAGS_streams)
+                                                  : 2 * static_cast<int>(writable.size());
+  phase.streams = std::max(phase.streams, static_cast<int>(writable.size()));
+  const bool sampling = sample_every > 0 && nodes.size() > 1 && lag_mode != "off";
+  const bool lag_inline = sampling && lag_mode == "inline";
 
   std::vector<std::string> addresses;
   for (const Endpoint& e : nodes) addresses.push_back(absl::StrCat(e.name, "=", e.address));
   const std::string describe = absl::StrCat(
       "W1, ", nodes.size(), " nodes (", start_cluster ? "started by the tool" : "given", ": ",
       absl::StrJoin(addresses, " "), "), mode ", mode,
-      phase.mode == Mode::kStream ? absl::StrCat(" (", std::max<int>(phase.streams, writable.size()), " streams)") : "",
+      phase.mode == Mode::kStream ? absl::StrCat(" (", phase.streams, " streams)") : "",
       ", write concern ", absl::AsciiStrToUpper(concern), ", fsync ",
       start_cluster ? (fsync ? "on" : "off") : "as the targets run", ", ", phase.concurrency,
       " outstanding, ", std::thread::hardware_concurrency(), " cores");
@@ -1333,7 +1350,7 @@ int Main(int argc, char** argv) {
 
   LagTracker tracker(static_cast<int>(nodes.size()));
   Watchers watchers(&nodes, phase.lag_collection, &tracker);
-  if (sampling) watchers.Start();
+  if (lag_inline) watchers.Start();
 
   // Warm-up: connections, server threads, the first documents. Not measured.
   if (absl::GetFlag(FLAGS_warmup) > 0) {
@@ -1346,7 +1363,7 @@ int Main(int argc, char** argv) {
     warm.label = "warm-up";
     (void)Phase(writable, warm, nullptr).Run();
   }
-  if (sampling) {
+  if (lag_inline) {
     if (absl::Status live = watchers.WaitLive(absl::Seconds(20)); !live.ok()) {
       Fatal(std::string(live.message()));
     }
@@ -1365,7 +1382,7 @@ int Main(int argc, char** argv) {
   const double busy_before = MachineBusySeconds();
 
   phase.first_write = 1000000000;  // sample ids never collide with the warm-up's writes
-  phase.sample_every = sampling ? sample_every : 0;
+  phase.sample_every = lag_inline ? sample_every : 0;
   phase.progress = !json_only;
   phase.label = "mergedb-bench";
   const PhaseResult run = Phase(writable, phase, &tracker).Run();
@@ -1397,6 +1414,21 @@ int Main(int argc, char** argv) {
                                 ? SecondsBetween(run.start, *converged)
                                 : SecondsBetween(run.start, Clock::now());
   const double others_cores = start_cluster && measured_s > 0 ? std::max(0.0, others_cpu) / measured_s : -1;
+  // Replication lag in a phase of its own (see --lag).
+  std::optional<PhaseResult> lag_run;
+  if (sampling && !lag_inline) {
+    watchers.Start();
+    if (absl::Status live = watchers.WaitLive(absl::Seconds(20)); !live.ok()) {
+      Fatal(std::string(live.message()));
+    }
+    PhaseOptions lag_phase = phase;
+    lag_phase.writes = std::max<int64_t>(2000, run.writes / 5);
+    lag_phase.duration_s = 0;
+    lag_phase.first_write = 2000000000;
+    lag_phase.sample_every = sample_every;
+    lag_phase.label = "lag phase";
+    lag_run = Phase(writable, lag_phase, &tracker).Run();
+  }
   if (sampling) tracker.WaitComplete(absl::Seconds(10));
   watchers.Stop();
   const LagTracker::Summary lag = tracker.Summarize();
@@ -1442,6 +1474,14 @@ int Main(int argc, char** argv) {
                   "replication lag p50 / p99 (ms)", p(lag.lags_ms, 0.5), p(lag.lags_ms, 0.99),
                   lag.lags_ms.size(), static_cast<long long>(lag.expected), sample_every,
                   static_cast<long long>(lag.before_ack));
+      if (lag_run.has_value()) {
+        std::printf("  %-40s %lld writes at %.0f writes/s, latency p50 %.0f us, p99 %.0f us\n",
+                    "  lag measured in a separate phase:", static_cast<long long>(lag_run->writes),
+                    lag_run->writes / std::max(1e-9, lag_run->seconds()),
+                    p(lag_run->write_latency_us, 0.5), p(lag_run->write_latency_us, 0.99));
+      } else {
+        std::printf("  %-40s during the main measurement (--lag=inline)\n", "  lag measured");
+      }
     }
     if (convergence_ms >= 0) {
       std::printf("  %-40s %.1f\n", "convergence after the last ack (ms)", convergence_ms);
@@ -1482,7 +1522,7 @@ int Main(int argc, char** argv) {
   json.Add("nodes", static_cast<int>(nodes.size()));
   json.AddBool("fsync", fsync);
   json.Add("concurrency", phase.concurrency);
-  if (phase.mode == Mode::kStream) json.Add("streams", std::max<int>(phase.streams, writable.size()));
+  if (phase.mode == Mode::kStream) json.Add("streams", phase.streams);
   json.Add("documents", phase.shape.documents);
   json.Add("value_size", static_cast<int64_t>(phase.shape.value_size));
   json.Add("cores", static_cast<int>(std::thread::hardware_concurrency()));
@@ -1499,6 +1539,11 @@ int Main(int argc, char** argv) {
     l.Add("expected", lag.expected);
     l.Add("before_ack", lag.before_ack);
     l.Add("sample_every", sample_every);
+    l.AddString("phase", lag_run.has_value() ? "separate" : "inline");
+    if (lag_run.has_value()) {
+      l.Add("phase_writes", lag_run->writes);
+      l.Add("phase_writes_per_s", lag_run->writes / std::max(1e-9, lag_run->seconds()));
+    }
     json.Add("lag_ms", l);
   }
   json.Add("convergence_ms", convergence_ms);
