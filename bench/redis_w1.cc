@@ -65,7 +65,9 @@ ABSL_FLAG(std::string, mode, "async", "async, wait1 (WAIT 1 0 after each write) 
 ABSL_FLAG(int64_t, writes, 200000, "Writes to acknowledge (ignored with --duration).");
 ABSL_FLAG(double, duration, 0, "Seconds to run (stop by time instead of count); 0: by count.");
 ABSL_FLAG(int, concurrency, 16, "Writes outstanding at all times, across all connections.");
-ABSL_FLAG(int, connections, 0, "Connections (0: --concurrency, one per outstanding write).");
+ABSL_FLAG(int, connections, 6,
+          "Connections the writes are pipelined over (6: as many as mergedb-bench's default "
+          "UpdateStream streams on a 3-node cluster).");
 ABSL_FLAG(int, documents, mergedb::bench::kW1Documents, "Hashes W1 writes to.");
 ABSL_FLAG(int, value_size, 64, "Bytes of each HSET value.");
 ABSL_FLAG(int64_t, warmup, 2000, "Writes before the measurement starts (not counted).");
@@ -392,13 +394,13 @@ int Main(int argc, char** argv) {
   }
   if (port <= 0) return UsageError("--port is required");
   load.concurrency = absl::GetFlag(FLAGS_concurrency);
-  load.connections = absl::GetFlag(FLAGS_connections) > 0 ? absl::GetFlag(FLAGS_connections)
-                                                          : load.concurrency;
+  load.connections = absl::GetFlag(FLAGS_connections);
   load.writes = absl::GetFlag(FLAGS_writes);
   load.duration_s = absl::GetFlag(FLAGS_duration);
   load.shape.documents = absl::GetFlag(FLAGS_documents);
   load.shape.value_size = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_value_size)));
   if (load.concurrency < 1) return UsageError("--concurrency must be at least 1");
+  if (load.connections < 1) return UsageError("--connections must be at least 1");
   if (load.duration_s < 0) return UsageError("--duration must not be negative");
   if (load.duration_s == 0 && load.writes < 1) return UsageError("--writes must be at least 1");
   if (load.shape.documents < 1) return UsageError("--documents must be at least 1");

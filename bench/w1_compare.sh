@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # W1 on mergedb beside Redis, on this machine, in one run, and one table of ratios.
 #
-#   bench/w1_compare.sh [--quick] [--fsync] [--writes N] [--concurrency C] [--keep]
+#   bench/w1_compare.sh [--quick] [--fsync] [--duration S | --writes N] [--concurrency C]
+#                       [--streams S] [--keep]
 #
-#   --quick        20,000 writes per run instead of 200,000 (about a minute in all)
+#   --quick        5 s per run instead of 20 (about a minute and a half in all; default about 4)
 #   --fsync        Redis appendfsync always, mergedb-node --fsync (default: Redis appendfsync
 #                  everysec, mergedb without fsync: both acknowledge writes that survive a
 #                  process kill but not a power loss)
-#   --writes N     writes per run; --concurrency C: outstanding writes (default 16)
-#   --keep         keep the working directory (Redis logs, JSON lines)
+#   --duration S   seconds each measurement runs (default 20); --writes N: N writes instead
+#   --concurrency C  outstanding writes (default 16)
+#   --streams S    mergedb UpdateStream streams and Redis connections (default 6)
+#   --keep         keep the working directory (Redis logs, each tool's output)
 #
 # Installs what is missing (scripts/deps.sh, plus redis-server and libhiredis-dev), builds
 # mergedb-bench, mergedb-node and redis-w1, starts redis-server as a primary and 2 replicas on
@@ -25,28 +28,42 @@ build_dir=${MERGEDB_BUILD_DIR:-$root/build}
 python=/usr/bin/python3
 
 die() { echo "w1_compare.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
-writes=200000
+duration=20
+writes=""
 concurrency=16
+streams=6
 fsync=0
 keep=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) writes=20000; shift ;;
+    --quick) duration=5; shift ;;
     --fsync) fsync=1; shift ;;
+    --duration) duration=${2:?--duration needs seconds}; shift 2 ;;
+    --duration=*) duration=${1#*=}; shift ;;
     --writes) writes=${2:?--writes needs a number}; shift 2 ;;
     --writes=*) writes=${1#*=}; shift ;;
     --concurrency) concurrency=${2:?--concurrency needs a number}; shift 2 ;;
     --concurrency=*) concurrency=${1#*=}; shift ;;
+    --streams) streams=${2:?--streams needs a number}; shift 2 ;;
+    --streams=*) streams=${1#*=}; shift ;;
     --keep) keep=1; shift ;;
     -h|--help) usage ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-[[ "$writes" =~ ^[1-9][0-9]*$ ]] || die "--writes must be a positive number"
+[[ "$duration" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a whole number of seconds"
+[ -z "$writes" ] || [[ "$writes" =~ ^[1-9][0-9]*$ ]] || die "--writes must be a positive number"
 [[ "$concurrency" =~ ^[1-9][0-9]*$ ]] || die "--concurrency must be a positive number"
-warmup=$(( writes >= 100000 ? 2000 : 1000 ))
+[[ "$streams" =~ ^[1-9][0-9]*$ ]] || die "--streams must be a positive number"
+if [ -n "$writes" ]; then
+  amount=(--writes="$writes")
+  amount_text="$writes writes per run"
+else
+  amount=(--duration="$duration")
+  amount_text="$duration s per run"
+fi
 
 mergedb_ensure_packages redis-server libhiredis-dev
 if [ ! -f "$build_dir/build.ninja" ]; then
@@ -116,7 +133,7 @@ until redis-cli -p "$p_primary" info replication | grep -q '^connected_slaves:2'
   sleep 0.1
 done
 
-echo "w1_compare: $writes writes per run, $concurrency outstanding, fsync $([ "$fsync" = 1 ] && echo on || echo off), nproc $(nproc), $(redis-server --version | cut -d' ' -f1-3)"
+echo "w1_compare: $amount_text, $concurrency outstanding, $streams streams/connections, fsync $([ "$fsync" = 1 ] && echo on || echo off), nproc $(nproc), $(redis-server --version | cut -d' ' -f1-3)"
 echo "working directory $work"
 
 run() {  # LABEL COMMAND...: the table to stdout, progress to stderr, the JSON line kept
@@ -137,9 +154,10 @@ run() {  # LABEL COMMAND...: the table to stdout, progress to stderr, the JSON l
   tail -n 1 "$work/$label.out" >"$work/$label.json"
 }
 
-common=(--writes="$writes" --concurrency="$concurrency" --warmup="$warmup")
+common=("${amount[@]}" --concurrency="$concurrency" --warmup=2000)
 for mode in async wait1 wait2; do
-  run "redis-$mode" "$redis_w1" --port="$p_primary" --mode="$mode" "${common[@]}"
+  run "redis-$mode" "$redis_w1" --port="$p_primary" --mode="$mode" --connections="$streams" \
+    "${common[@]}"
 done
 # Redis is idle from here on; stop it so that mergedb has the machine to itself.
 cleanup_redis() {
@@ -149,19 +167,17 @@ cleanup_redis() {
 }
 cleanup_redis
 
-run "mergedb-stream-local" "$bench" --mode=stream --write_concern=local --fsync="$mergedb_fsync" \
-  --baselines "${common[@]}"
-run "mergedb-stream-quorum" "$bench" --mode=stream --write_concern=quorum --fsync="$mergedb_fsync" \
-  --nobaselines "${common[@]}"
-run "mergedb-stream-all" "$bench" --mode=stream --write_concern=all --fsync="$mergedb_fsync" \
-  --nobaselines "${common[@]}"
-run "mergedb-unary-local" "$bench" --mode=unary --write_concern=local --fsync="$mergedb_fsync" \
+stream=(--mode=stream --streams="$streams" --fsync="$mergedb_fsync")
+run "mergedb-stream-local" "$bench" "${stream[@]}" --write_concern=local --baselines "${common[@]}"
+run "mergedb-stream-quorum" "$bench" "${stream[@]}" --write_concern=quorum --nobaselines "${common[@]}"
+run "mergedb-stream-all" "$bench" "${stream[@]}" --write_concern=all --nobaselines "${common[@]}"
+run "mergedb-unary-local" "$bench" --mode=unary --fsync="$mergedb_fsync" --write_concern=local \
   --nobaselines "${common[@]}"
 
 echo
-"$python" - "$work" "$writes" "$concurrency" "$fsync" "$(nproc)" <<'EOF'
+"$python" - "$work" "$amount_text" "$concurrency" "$streams" "$fsync" "$(nproc)" <<'EOF'
 import json, sys
-work, writes, concurrency, fsync, nproc = sys.argv[1:]
+work, amount, concurrency, streams, fsync, nproc = sys.argv[1:]
 def load(label):
     with open(f"{work}/{label}.json") as f:
         return json.load(f)
@@ -176,7 +192,8 @@ runs = [
 ]
 durability = ("fsync each commit / appendfsync always" if fsync == "1"
               else "no fsync / appendfsync everysec")
-print(f"W1: {writes} writes per run, {concurrency} outstanding, {durability}, nproc {nproc}")
+print(f"W1: {amount}, {concurrency} outstanding, {streams} UpdateStream streams / Redis "
+      f"connections, {durability}, nproc {nproc}")
 header = ("run", "writes/s", "p50 us", "p99 us", "p99.9 us", "bytes/write", "converge ms",
           "lag p50/p99 ms", "others cores")
 fmt = "{:<29} {:>9} {:>8} {:>8} {:>9} {:>11} {:>11} {:>15} {:>12}"
