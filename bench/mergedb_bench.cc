@@ -17,7 +17,8 @@
 // all connections: unary Update calls, or (--mode=stream) UpdateRequests pipelined over
 // --streams UpdateStream streams (each write on the least loaded stream of its node; responses
 // are matched in order, because a node answers a stream's requests in the order it sent them).
-// --read_ratio of the operations are Get calls instead (outside the write count).
+// --read_ratio of the operations are Get calls instead (outside the write count), spread over all
+// nodes, read-only replicas included.
 //
 // Measured (after --warmup writes, which are not counted):
 // - acknowledged writes/s and write latency p50/p99/p99.9 (send to acknowledgement);
@@ -736,10 +737,15 @@ struct PhaseResult {
 
 class Phase {
  public:
-  // `writable` are the endpoints writes and reads go to (borrowed; they outlive the phase);
-  // `tracker` may be null when options.sample_every is 0.
-  Phase(std::vector<Endpoint*> writable, const PhaseOptions& options, LagTracker* tracker)
-      : nodes_(std::move(writable)), options_(options), tracker_(tracker), rng_(42 + options.first_write) {}
+  // Writes go to `writable`, reads to `readable` (borrowed; they outlive the phase); `tracker`
+  // may be null when options.sample_every is 0.
+  Phase(std::vector<Endpoint*> writable, std::vector<Endpoint*> readable,
+        const PhaseOptions& options, LagTracker* tracker)
+      : nodes_(std::move(writable)),
+        readers_(std::move(readable)),
+        options_(options),
+        tracker_(tracker),
+        rng_(42 + options.first_write) {}
 
   PhaseResult Run();
 
@@ -778,7 +784,7 @@ class Phase {
     int node = 0;
     void Proceed(bool) override {
       if (!status.ok()) {
-        phase->Fail(absl::StrCat("Get on ", phase->nodes_[node]->address, " failed: ",
+        phase->Fail(absl::StrCat("Get on ", phase->readers_[node]->address, " failed: ",
                                  status.error_message()));
       }
       phase->OnReadDone(sent);
@@ -915,6 +921,7 @@ class Phase {
   void Progress(Clock::time_point now, bool final_line);
 
   const std::vector<Endpoint*> nodes_;
+  const std::vector<Endpoint*> readers_;
   const PhaseOptions options_;
   LagTracker* const tracker_;
   std::mt19937_64 rng_;
@@ -979,7 +986,7 @@ void Phase::IssueWrite(Clock::time_point now) {
 }
 
 void Phase::IssueRead(Clock::time_point now) {
-  const int node = static_cast<int>(reads_issued_++ % static_cast<int64_t>(nodes_.size()));
+  const int node = static_cast<int>(reads_issued_++ % static_cast<int64_t>(readers_.size()));
   auto* call = new UnaryRead;
   call->phase = this;
   call->sent = now;
@@ -988,7 +995,7 @@ void Phase::IssueRead(Clock::time_point now) {
   GetRequest request;
   request.set_collection(options_.shape.collection);
   request.set_id(absl::StrCat("doc", rng_() % static_cast<uint64_t>(options_.shape.documents)));
-  call->reader = nodes_[node]->documents->PrepareAsyncGet(&call->context, request, &cq_);
+  call->reader = readers_[node]->documents->PrepareAsyncGet(&call->context, request, &cq_);
   call->reader->StartCall();
   call->reader->Finish(&call->response, &call->status, call);
 }
@@ -1323,8 +1330,9 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr, "mergedb-bench: warning: %s\n", std::string(mesh.message()).c_str());
     }
   }
-  std::vector<Endpoint*> writable;
+  std::vector<Endpoint*> writable, all_nodes;
   for (Endpoint& e : nodes) {
+    all_nodes.push_back(&e);
     auto status = GetStatus(e, absl::Seconds(10));
     if (!status.ok()) Fatal(std::string(status.status().message()));
     e.writable = status->role() != mergedb::v1::REPLICA;
@@ -1361,7 +1369,7 @@ int Main(int argc, char** argv) {
     warm.sample_every = 0;
     warm.first_write = 0;
     warm.label = "warm-up";
-    (void)Phase(writable, warm, nullptr).Run();
+    (void)Phase(writable, all_nodes, warm, nullptr).Run();
   }
   if (lag_inline) {
     if (absl::Status live = watchers.WaitLive(absl::Seconds(20)); !live.ok()) {
@@ -1385,7 +1393,7 @@ int Main(int argc, char** argv) {
   phase.sample_every = lag_inline ? sample_every : 0;
   phase.progress = !json_only;
   phase.label = "mergedb-bench";
-  const PhaseResult run = Phase(writable, phase, &tracker).Run();
+  const PhaseResult run = Phase(writable, all_nodes, phase, &tracker).Run();
 
   const auto converged = WaitConverged(nodes, absl::Seconds(120));
   const double convergence_ms =
@@ -1427,7 +1435,7 @@ int Main(int argc, char** argv) {
     lag_phase.first_write = 2000000000;
     lag_phase.sample_every = sample_every;
     lag_phase.label = "lag phase";
-    lag_run = Phase(writable, lag_phase, &tracker).Run();
+    lag_run = Phase(writable, all_nodes, lag_phase, &tracker).Run();
   }
   if (sampling) tracker.WaitComplete(absl::Seconds(10));
   watchers.Stop();
@@ -1520,7 +1528,11 @@ int Main(int argc, char** argv) {
   json.AddString("write_concern", concern);
   json.AddBool("started_cluster", start_cluster);
   json.Add("nodes", static_cast<int>(nodes.size()));
-  json.AddBool("fsync", fsync);
+  if (start_cluster) {
+    json.AddBool("fsync", fsync);
+  } else {
+    json.AddRaw("fsync", "null");  // as the targets run: unknown here
+  }
   json.Add("concurrency", phase.concurrency);
   if (phase.mode == Mode::kStream) json.Add("streams", phase.streams);
   json.Add("documents", phase.shape.documents);
