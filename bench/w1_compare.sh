@@ -2,7 +2,7 @@
 # W1 on mergedb beside Redis, on this machine, in one run, and one table of ratios.
 #
 #   bench/w1_compare.sh [--quick] [--fsync] [--duration S | --writes N] [--concurrency C]
-#                       [--streams S] [--keep]
+#                       [--streams S] [--wait-quiet S] [--keep]
 #
 #   --quick        5 s per run instead of 20 (about a minute and a half in all; default about 4)
 #   --fsync        Redis appendfsync always, mergedb-node --fsync (default: Redis appendfsync
@@ -11,6 +11,9 @@
 #   --duration S   seconds each measurement runs (default 20); --writes N: N writes instead
 #   --concurrency C  outstanding writes (default 16)
 #   --streams S    mergedb UpdateStream streams and Redis connections (default 6)
+#   --wait-quiet S before each run, wait up to S seconds until the machine is 90% idle (it is
+#                  shared: each tool reports the CPU other processes took during its run, and
+#                  the table warns about runs that shared the machine)
 #   --keep         keep the working directory (Redis logs, each tool's output)
 #
 # Installs what is missing (scripts/deps.sh, plus redis-server and libhiredis-dev), builds
@@ -28,12 +31,13 @@ build_dir=${MERGEDB_BUILD_DIR:-$root/build}
 python=/usr/bin/python3
 
 die() { echo "w1_compare.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 duration=20
 writes=""
 concurrency=16
 streams=6
+wait_quiet=0
 fsync=0
 keep=0
 while [ $# -gt 0 ]; do
@@ -48,6 +52,8 @@ while [ $# -gt 0 ]; do
     --concurrency=*) concurrency=${1#*=}; shift ;;
     --streams) streams=${2:?--streams needs a number}; shift 2 ;;
     --streams=*) streams=${1#*=}; shift ;;
+    --wait-quiet) wait_quiet=${2:?--wait-quiet needs seconds}; shift 2 ;;
+    --wait-quiet=*) wait_quiet=${1#*=}; shift ;;
     --keep) keep=1; shift ;;
     -h|--help) usage ;;
     *) die "unknown argument $1 (see --help)" ;;
@@ -57,6 +63,7 @@ done
 [ -z "$writes" ] || [[ "$writes" =~ ^[1-9][0-9]*$ ]] || die "--writes must be a positive number"
 [[ "$concurrency" =~ ^[1-9][0-9]*$ ]] || die "--concurrency must be a positive number"
 [[ "$streams" =~ ^[1-9][0-9]*$ ]] || die "--streams must be a positive number"
+[[ "$wait_quiet" =~ ^[0-9]+$ ]] || die "--wait-quiet must be a whole number of seconds"
 if [ -n "$writes" ]; then
   amount=(--writes="$writes")
   amount_text="$writes writes per run"
@@ -136,9 +143,31 @@ done
 echo "w1_compare: $amount_text, $concurrency outstanding, $streams streams/connections, fsync $([ "$fsync" = 1 ] && echo on || echo off), nproc $(nproc), $(redis-server --version | cut -d' ' -f1-3)"
 echo "working directory $work"
 
+idle_percent() {  # over the next 2 seconds, from /proc/stat (all CPUs)
+  local a b
+  read -r -a a < /proc/stat
+  sleep 2
+  read -r -a b < /proc/stat
+  local total=0 i
+  for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+  echo $(( total > 0 ? 100 * (b[4] - a[4]) / total : 100 ))
+}
+
+wait_for_quiet() {
+  [ "$wait_quiet" -gt 0 ] || return 0
+  local start=$SECONDS idle
+  while idle=$(idle_percent); [ "$idle" -lt 90 ]; do
+    if [ $((SECONDS - start)) -ge "$wait_quiet" ]; then
+      echo "(the machine is still only $idle% idle after $wait_quiet s: measuring anyway)" >&2
+      return 0
+    fi
+  done
+}
+
 run() {  # LABEL COMMAND...: the table to stdout, progress to stderr, the JSON line kept
   local label=$1
   shift
+  wait_for_quiet
   echo
   echo "== $label: ${*#"$root"/}"
   "$@" >"$work/$label.out" &
@@ -230,6 +259,11 @@ if b:
           f"{b['echo_calls_per_s']:.0f} calls/s (stream LOCAL / echo {b['mergedb_over_echo']:.2f}x), "
           f"bare LevelDB {b['leveldb_puts_per_s']:.0f} puts/s (stream LOCAL / LevelDB "
           f"{b['mergedb_over_leveldb']:.2f}x)")
+busy = [name for name, r in runs if r.get("other_processes_cores", 0) > 0.1]
+if busy:
+    print()
+    print("WARNING: other processes used more than 0.1 core during: " + ", ".join(busy) + ".")
+    print("Those figures are low; run again on a quiet machine (--wait-quiet 120 helps).")
 print()
 print("bytes/write: mergedb = replication payload every node sent its peers (frames, acks,")
 print("heartbeats); Redis = what the primary wrote to and read from its replicas (stream + REPLCONF")
