@@ -1,26 +1,45 @@
-// Shared by the benchmarks: the W1 write mix and an asynchronous unary client that keeps a
-// fixed number of calls in flight (so the client is never the bottleneck of a one-write-per-RPC
-// server), optionally paced to a rate.
+// Shared by the benchmarks: the W1 write mix, an asynchronous unary client that keeps a fixed
+// number of calls in flight (so the client is never the bottleneck of a one-write-per-RPC
+// server), optionally paced to a rate; a bare-LevelDB writer loop (the storage baseline); and
+// small helpers for percentiles, /proc process statistics and one-line JSON reports.
+//
+// Header-only. Thread safety: every function is safe to call from any thread; the classes are
+// not thread-safe unless their comment says so.
 #ifndef MERGEDB_BENCH_BENCH_UTIL_H_
 #define MERGEDB_BENCH_BENCH_UTIL_H_
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "grpcpp/grpcpp.h"
+// Declares the std::default_delete specialization Drive's unique_ptr of a reader needs.
+#include "grpcpp/support/async_unary_call.h"
+#include "leveldb/db.h"
+#include "leveldb/filter_policy.h"
 #include "mergedb/v1/api.pb.h"
 
 namespace mergedb::bench {
 
 using Clock = std::chrono::steady_clock;
 inline constexpr int kW1Documents = 10000;
+
+inline double SecondsBetween(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
 
 // A printable string of random letters and digits: values no compressor can shrink much (about
 // 6 bits of entropy per byte), so that bytes-on-the-wire figures are not flattered.
@@ -32,17 +51,26 @@ inline std::string RandomValue(std::mt19937_64& rng, size_t size) {
   return value;
 }
 
-// W1: over 10,000 documents, even writes set one field to a random 64-byte string, odd writes
-// increment a counter field.
+// The shape of a W1 write: which collection, how many documents, how long the set values are.
+struct W1Shape {
+  std::string collection = "w1";
+  int documents = kW1Documents;
+  size_t value_size = 64;
+};
+
+// W1: over `shape.documents` documents (chosen uniformly), even writes set the register "name"
+// to a random `shape.value_size`-byte string (RandomValue), odd writes increment the counter
+// "count" by 1.
 inline mergedb::v1::UpdateRequest W1Request(std::mt19937_64& rng, uint64_t i,
-                                            const std::string& collection = "w1") {
+                                            const W1Shape& shape) {
   mergedb::v1::UpdateRequest request;
-  request.set_collection(collection);
-  request.set_id("doc" + std::to_string(rng() % kW1Documents));
+  request.set_collection(shape.collection);
+  request.set_id("doc" + std::to_string(rng() % static_cast<uint64_t>(shape.documents)));
   auto* op = request.add_ops();
   if (i % 2 == 0) {
     op->add_path("name");
-    op->mutable_set()->mutable_value()->mutable_scalar()->set_string_value(RandomValue(rng, 64));
+    op->mutable_set()->mutable_value()->mutable_scalar()->set_string_value(
+        RandomValue(rng, shape.value_size));
   } else {
     op->add_path("count");
     op->mutable_increment()->set_by(1);
@@ -50,14 +78,24 @@ inline mergedb::v1::UpdateRequest W1Request(std::mt19937_64& rng, uint64_t i,
   return request;
 }
 
+inline mergedb::v1::UpdateRequest W1Request(std::mt19937_64& rng, uint64_t i,
+                                            const std::string& collection = "w1") {
+  W1Shape shape;
+  shape.collection = collection;
+  return W1Request(rng, i, shape);
+}
+
+// The p-quantile (0..1) of an ascending vector; 0 when it is empty.
+inline double PercentileOfSorted(const std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  return sorted[std::min(sorted.size() - 1,
+                         static_cast<size_t>(p * static_cast<double>(sorted.size())))];
+}
+
 struct DriveResult {
   double per_second = 0;
   std::vector<double> latencies_us;  // sorted
-  double Percentile(double p) const {
-    if (latencies_us.empty()) return 0;
-    return latencies_us[std::min(latencies_us.size() - 1,
-                                 static_cast<size_t>(p * static_cast<double>(latencies_us.size())))];
-  }
+  double Percentile(double p) const { return PercentileOfSorted(latencies_us, p); }
 };
 
 template <typename Stub>
@@ -119,6 +157,151 @@ DriveResult Drive(const std::vector<Stub*>& stubs, PrepareUpdate<Stub> prepare, 
   std::sort(result.latencies_us.begin(), result.latencies_us.end());
   return result;
 }
+
+// Runs fn(i, doc) for i in [0, updates) on `writers` threads (doc uniform in [0, documents));
+// returns calls per second.
+template <typename Fn>
+double RunWriters(int writers, int updates, Fn fn, int documents = kW1Documents) {
+  std::atomic<int> next{0};
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int w = 0; w < writers; ++w) {
+    threads.emplace_back([&, w] {
+      std::mt19937 rng(static_cast<unsigned>(w + 1));
+      while (true) {
+        const int i = next.fetch_add(1);
+        if (i >= updates) break;
+        fn(i, static_cast<int>(rng() % static_cast<unsigned>(documents)));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return updates / SecondsBetween(start, Clock::now());
+}
+
+// A LevelDB database opened the way the store opens its own (paranoid checks, 16 MiB write
+// buffer, 10-bit bloom filter): the "bare LevelDB" baselines write through it.
+struct BareLevelDb {
+  std::unique_ptr<const leveldb::FilterPolicy> filter;
+  std::unique_ptr<leveldb::DB> db;  // declared last: closed before the filter goes
+
+  // Creates a fresh database in `dir` (which must not hold one). Exits the process on failure:
+  // a benchmark without its baseline measures nothing.
+  static BareLevelDb Create(const std::string& dir) {
+    BareLevelDb bare;
+    bare.filter.reset(leveldb::NewBloomFilterPolicy(10));
+    leveldb::Options options;
+    options.create_if_missing = true;
+    options.error_if_exists = true;
+    options.paranoid_checks = true;
+    options.write_buffer_size = size_t{16} << 20;
+    options.filter_policy = bare.filter.get();
+    leveldb::DB* db = nullptr;
+    const leveldb::Status status = leveldb::DB::Open(options, dir, &db);
+    if (!status.ok()) {
+      std::fprintf(stderr, "bare LevelDB in %s: %s\n", dir.c_str(), status.ToString().c_str());
+      std::exit(1);
+    }
+    bare.db.reset(db);
+    return bare;
+  }
+};
+
+// CPU time and peak memory of a live process, from /proc (Linux).
+struct ProcessStats {
+  bool ok = false;
+  double cpu_seconds = 0;     // utime + stime
+  double peak_rss_mib = 0;    // VmHWM
+};
+
+inline ProcessStats ReadProcessStats(pid_t pid) {
+  ProcessStats stats;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return stats;
+  // The command name (field 2) may hold spaces: fields are counted after its closing ')'.
+  const size_t paren = line.rfind(')');
+  if (paren == std::string::npos) return stats;
+  std::istringstream fields(line.substr(paren + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int k = 3; k <= 15 && fields >> field; ++k) {
+    if (k == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+    if (k == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+  }
+  stats.cpu_seconds = static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      stats.peak_rss_mib = std::strtod(line.c_str() + 6, nullptr) / 1024.0;  // kB
+      stats.ok = true;
+    }
+  }
+  return stats;
+}
+
+// CPU seconds all processes of the machine have spent busy since boot (/proc/stat: user, nice,
+// system, irq, softirq, steal). Subtracting the benchmark's own processes from a difference of
+// two readings gives what *other* processes took during a run: on a shared machine, a number
+// measured while others were busy is worth little, and the report says so.
+inline double MachineBusySeconds() {
+  std::ifstream stat("/proc/stat");
+  std::string cpu;
+  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0,
+                     steal = 0;
+  if (!(stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal)) {
+    return 0;
+  }
+  return static_cast<double>(user + nice + system + irq + softirq + steal) /
+         static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// Builds one JSON object on one line, fields in insertion order. Non-finite numbers become null.
+class JsonObject {
+ public:
+  JsonObject& Add(const std::string& key, double value) {
+    char buffer[64];
+    if (std::isfinite(value)) {
+      std::snprintf(buffer, sizeof buffer, "%.6g", value);
+    } else {
+      std::snprintf(buffer, sizeof buffer, "null");
+    }
+    return AddRaw(key, buffer);
+  }
+  JsonObject& Add(const std::string& key, int64_t value) { return AddRaw(key, std::to_string(value)); }
+  JsonObject& Add(const std::string& key, int value) { return Add(key, static_cast<int64_t>(value)); }
+  JsonObject& AddBool(const std::string& key, bool value) { return AddRaw(key, value ? "true" : "false"); }
+  JsonObject& AddString(const std::string& key, const std::string& value) {
+    return AddRaw(key, Quote(value));
+  }
+  JsonObject& Add(const std::string& key, const JsonObject& value) { return AddRaw(key, value.str()); }
+  // `json` must already be valid JSON (an array, say).
+  JsonObject& AddRaw(const std::string& key, const std::string& json) {
+    body_ += (body_.empty() ? "" : ",") + Quote(key) + ":" + json;
+    return *this;
+  }
+  std::string str() const { return "{" + body_ + "}"; }
+
+  static std::string Quote(const std::string& s) {
+    std::string out = "\"";
+    for (char c : s) {
+      if (c == '"' || c == '\\') {
+        out += '\\';
+        out += c;
+      } else if (static_cast<unsigned char>(c) < 0x20) {
+        char buffer[8];
+        std::snprintf(buffer, sizeof buffer, "\\u%04x", c);
+        out += buffer;
+      } else {
+        out += c;
+      }
+    }
+    return out + "\"";
+  }
+
+ private:
+  std::string body_;
+};
 
 }  // namespace mergedb::bench
 

@@ -19,9 +19,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
 #include "crdt/document.h"
 #include "leveldb/db.h"
-#include "leveldb/filter_policy.h"
 #include "leveldb/write_batch.h"
 #include "storage/fault_env.h"
 #include "storage/keys.h"
@@ -30,8 +30,8 @@
 namespace mergedb::storage {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-constexpr int kDocuments = 10000;
+using bench::Clock;
+using bench::RunWriters;
 constexpr crdt::ReplicaId kReplica = 0x5eed;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -65,35 +65,10 @@ Records RecordsFor(int doc, uint64_t n) {
   return r;
 }
 
-template <typename Fn>
-double RunWriters(int writers, int updates, Fn fn) {
-  std::atomic<int> next{0};
-  const auto start = Clock::now();
-  std::vector<std::thread> threads;
-  for (int w = 0; w < writers; ++w) {
-    threads.emplace_back([&, w] {
-      std::mt19937 rng(static_cast<unsigned>(w + 1));
-      while (true) {
-        const int i = next.fetch_add(1);
-        if (i >= updates) break;
-        fn(i, static_cast<int>(rng() % kDocuments));
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  return updates / Seconds(Clock::now() - start);
-}
-
 double BareLevelDb(const std::string& dir, Durability durability, int writers, int updates) {
   std::filesystem::remove_all(dir);
-  leveldb::Options options;
-  options.create_if_missing = true;
-  options.paranoid_checks = true;
-  options.write_buffer_size = size_t{16} << 20;
-  std::unique_ptr<const leveldb::FilterPolicy> filter(leveldb::NewBloomFilterPolicy(10));
-  options.filter_policy = filter.get();
-  leveldb::DB* db = nullptr;
-  if (!leveldb::DB::Open(options, dir, &db).ok()) std::abort();
+  bench::BareLevelDb bare = bench::BareLevelDb::Create(dir);
+  leveldb::DB* db = bare.db.get();
   const Records sample = RecordsFor(1, 5);
   leveldb::WriteOptions wo;
   wo.sync = durability == Durability::kSyncEachCommit;
@@ -106,7 +81,6 @@ double BareLevelDb(const std::string& dir, Durability durability, int writers, i
     batch.Put(keys::Log(kReplica, ++seq), sample.log_value);
     if (!db->Write(wo, &batch).ok()) std::abort();
   });
-  delete db;
   return rate;
 }
 
