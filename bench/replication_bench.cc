@@ -6,7 +6,7 @@
 //   3. catch-up: node 3 down while 100,000 writes are accepted, then restarted: catch-up rate
 //      versus the rate the writes were accepted.
 //
-//   build/bench/replication_bench [--writes=N] [--catchup=N] [--lag_rate=W/S]
+//   build/bench/replication_bench [--writes=N] [--catchup=N] [--lag_rate=W/S] [--compress=0|1]
 // Not part of the test suite.
 #include <unistd.h>
 
@@ -62,11 +62,14 @@ int main(int argc, char** argv) {
   int writes = 60000;
   int catchup = 100000;
   double lag_rate = 0;  // 0: half of the measured peak
+  int compress = 1;
   for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--compress=", 11) == 0 && absl::SimpleAtoi(argv[i] + 11, &compress)) continue;
     if (std::strncmp(argv[i], "--writes=", 9) == 0 && absl::SimpleAtoi(argv[i] + 9, &writes)) continue;
     if (std::strncmp(argv[i], "--catchup=", 10) == 0 && absl::SimpleAtoi(argv[i] + 10, &catchup)) continue;
     if (std::strncmp(argv[i], "--lag_rate=", 11) == 0 && absl::SimpleAtod(argv[i] + 11, &lag_rate)) continue;
-    std::fprintf(stderr, "usage: %s [--writes=N] [--catchup=N] [--lag_rate=W/S]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s [--writes=N] [--catchup=N] [--lag_rate=W/S] [--compress=0|1]\n",
+                 argv[0]);
     return 2;
   }
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
@@ -82,6 +85,7 @@ int main(int argc, char** argv) {
     options[i].cluster_id = "bench";
     options[i].data_dir = absl::StrCat(root, "/n", i + 1);
     options[i].listen = absl::StrCat("127.0.0.1:", ports[i]);
+    options[i].replication.compress_streams = compress != 0;
     for (int j = 0; j < 3; ++j) {
       if (j != i) options[i].peers.push_back({absl::StrCat("n", j + 1), absl::StrCat("127.0.0.1:", ports[j])});
     }
