@@ -67,6 +67,27 @@ absl::StatusOr<std::string> DecodePageToken(absl::string_view token) {
 
 }  // namespace
 
+GetResponse RenderGetResponse(const crdt::Document& doc, const crdt::Path& path) {
+  GetResponse response;
+  response.set_found(doc.exists());
+  response.set_version(EncodeVersionToken(doc.context()));
+  mergedb::v1::MapView view;
+  if (path.empty()) {
+    view = doc.ToTyped();
+    *response.mutable_value() = crdt::Document::MapToJson(view);
+  } else {
+    for (auto& field : doc.ReadField(path)) *view.add_fields() = std::move(field);
+    response.mutable_value()->set_null_value(google::protobuf::NULL_VALUE);
+    for (const auto& field : view.fields()) {
+      if (!field.shadowed()) *response.mutable_value() = crdt::Document::TypedToJson(field.value());
+    }
+  }
+  crdt::Path prefix(path.begin(), path.empty() ? path.end() : path.end() - 1);
+  AddConflicts(crdt::Document::ConflictsIn(view, prefix), &response);
+  for (auto& field : *view.mutable_fields()) *response.add_fields() = std::move(field);
+  return response;
+}
+
 absl::Status DocumentServiceImpl::WaitForVersion(const std::string& collection,
                                                  const std::string& id,
                                                  const crdt::CausalContext& token,
@@ -306,24 +327,8 @@ absl::StatusOr<GetResponse> DocumentServiceImpl::ExecuteGet(const GetRequest& re
   }
   GetResponse response;
   MERGEDB_RETURN_IF_ERROR(node_->store()->Read(
-      request.collection(), request.id(), [&](const crdt::Document& doc) {
-        response.set_found(doc.exists());
-        response.set_version(EncodeVersionToken(doc.context()));
-        mergedb::v1::MapView view;
-        if (path.empty()) {
-          view = doc.ToTyped();
-          *response.mutable_value() = crdt::Document::MapToJson(view);
-        } else {
-          for (auto& field : doc.ReadField(path)) *view.add_fields() = std::move(field);
-          response.mutable_value()->set_null_value(google::protobuf::NULL_VALUE);
-          for (const auto& field : view.fields()) {
-            if (!field.shadowed()) *response.mutable_value() = crdt::Document::TypedToJson(field.value());
-          }
-        }
-        crdt::Path prefix(path.begin(), path.empty() ? path.end() : path.end() - 1);
-        AddConflicts(crdt::Document::ConflictsIn(view, prefix), &response);
-        for (auto& field : *view.mutable_fields()) *response.add_fields() = std::move(field);
-      }));
+      request.collection(), request.id(),
+      [&](const crdt::Document& doc) { response = RenderGetResponse(doc, path); }));
   const size_t size = response.ByteSizeLong();
   if (size > limits.max_response_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(

@@ -9,11 +9,17 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "crdt/causal_context.h"
+#include "crdt/document.h"
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/validation.h"
 #include "storage/store.h"
 
 namespace mergedb::node {
+
+// A Get's answer for the field at `path` (empty: the whole document) of `doc`: found, the JSON
+// and typed views, the conflicts and the version token. ExecuteGet adds the waits and the size
+// limit; the fuzzers read documents back through this, as a client would.
+mergedb::v1::GetResponse RenderGetResponse(const crdt::Document& doc, const crdt::Path& path);
 
 class Node;
 
