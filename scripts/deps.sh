@@ -8,6 +8,7 @@ MERGEDB_APT_PACKAGES=(
   libabsl-dev libleveldb-dev libsnappy-dev
   libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev zlib1g-dev
   python3-grpcio python3-protobuf iproute2
+  clang-14 libclang-rt-14-dev
 )
 
 mergedb_missing_packages() {
@@ -52,6 +53,20 @@ mergedb_ensure_node_client() {
   else
     echo "mergedb: 'npm ci' in clients/node failed; the Node.js client test will be skipped" >&2
   fi
+}
+
+# mergedb_build_fuzzers FUZZ_BUILD_DIR: the libFuzzer targets' own tree (tests/fuzz): clang with
+# ASan and UBSan, and only the libraries the fuzzers link. Configured once, then rebuilt
+# incrementally; the main tree's fuzz tests run its binaries (and skip when it is missing).
+# libclang-rt-14-dev provides libFuzzer itself (-fsanitize=fuzzer).
+mergedb_build_fuzzers() {
+  local root build_dir=$1
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if [ ! -f "$build_dir/build.ninja" ]; then
+    cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DCMAKE_CXX_COMPILER=clang++-14 -DMERGEDB_BUILD_FUZZERS=ON
+  fi
+  cmake --build "$build_dir" --target mergedb_fuzzers
 }
 
 # mergedb_build BUILD_DIR: configures once (Ninja) and builds; ccache is picked up when present.
