@@ -834,6 +834,11 @@ absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* 
     touched.changes.before.merge(changes.before);
   }
   for (auto& [prefix, touched] : docs) {
+    // A join that changed nothing writes nothing. Above all, a state with an empty context
+    // joined into a document never written must not store an (empty) context record: the
+    // digest would count it, and no later write could take it back out, since an empty
+    // context_before means "no record" to EncodeDocChanges.
+    if (touched.changes.empty() && touched.doc->context() == touched.context_before) continue;
     EncodeDocChanges(prefix, *touched.doc, touched.changes, touched.context_before, &w->batch,
                      &w->digest_delta);
     w->doc_count_delta +=
