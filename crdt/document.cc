@@ -2,8 +2,10 @@
 
 #include <algorithm>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "crdt/utf8.h"
 
 namespace mergedb::crdt {
 
@@ -282,6 +284,22 @@ google::protobuf::Value Document::MapToJson(const mergedb::v1::MapView& map) {
 absl::Status Document::Validate(const DotKernel& kernel) {
   for (const auto& [key, store] : kernel.leaves()) {
     MERGEDB_ASSIGN_OR_RETURN(DecodedLeafKey decoded, DecodeLeafKey(key));
+    // Names and string elements reach clients as protobuf strings, which must be UTF-8: one
+    // bad name from a peer would make every read of the document unparseable.
+    for (const std::string& name : decoded.names) {
+      if (InvalidUtf8At(name) != absl::string_view::npos) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("document state: field name '", absl::CHexEscape(name), "' is not UTF-8"));
+      }
+    }
+    if (decoded.kind == FieldKind::kSet) {
+      const auto element = Scalar::DecodeKey(decoded.element_key);  // DecodeLeafKey checked it
+      const auto* text = std::get_if<std::string>(&element->rep());
+      if (text != nullptr && InvalidUtf8At(*text) != absl::string_view::npos) {
+        return absl::InvalidArgumentError(absl::StrCat("document state: set element '",
+                                                       absl::CHexEscape(*text), "' is not UTF-8"));
+      }
+    }
     if (PayloadKind(store.begin()->second) != decoded.kind) {
       return absl::InvalidArgumentError(absl::StrCat(
           "document state: a ", FieldKindName(decoded.kind), " leaf holds entries of kind ",

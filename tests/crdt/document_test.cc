@@ -70,6 +70,28 @@ TEST(Document, EmptyPathIsInvalid) {
   EXPECT_EQ(doc.Increment({}, 1, kA).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Names and string elements reach clients in protobuf strings: a state from a peer with a name
+// or element that is not UTF-8 would make the document unreadable, so it does not decode
+// (found by tests/fuzz/replication_fuzzer).
+TEST(Document, StatesWithNamesOrElementsThatAreNotUtf8DoNotDecode) {
+  const std::string bad = "\xcditle";
+  Document named;
+  ASSERT_TRUE(named.SetRegister({"map", bad}, Str("x"), kA, Hlc::FromParts(1, 0)).ok());
+  auto decoded = Document::Decode(named.Encode());
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(decoded.status().message().find("not UTF-8"), absl::string_view::npos);
+
+  Document element;
+  ASSERT_TRUE(element.AddElements({"tags"}, {Scalar::OfString(bad)}, kA).ok());
+  EXPECT_EQ(Document::Decode(element.Encode()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  Document fine;
+  ASSERT_TRUE(fine.SetRegister({"caf\xc3\xa9"}, Str("x"), kA, Hlc::FromParts(1, 0)).ok());
+  ASSERT_TRUE(fine.AddElements({"tags"}, {Scalar::OfString("\xf0\x9f\x98\x80")}, kA).ok());
+  EXPECT_TRUE(Document::Decode(fine.Encode()).ok());
+}
+
 // Delta size must follow the change, not the document.
 TEST(DocumentDeltaSize, AddingOneElementToAHundredThousandElementSetIsSmall) {
   Document doc;
