@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <random>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "crdt/status_macros.h"
+#include "crdt/utf8.h"
 #include "grpcpp/grpcpp.h"
 #include "node/grpc_status.h"
 #include "node/log.h"
@@ -43,6 +45,20 @@ void ObserveTimestamps(const mergedb::v1::CausalState& delta, HybridClock* clock
     }
   }
   if (max > 0) clock->Observe(crdt::Hlc::FromPacked(max));
+}
+
+// The collection and id a peer sends go out again in protobuf strings (List, Watch), which must
+// be UTF-8: a document named otherwise would break every answer that lists it.
+bool IsUtf8Name(absl::string_view collection, absl::string_view id) {
+  return crdt::InvalidUtf8At(collection) == absl::string_view::npos &&
+         crdt::InvalidUtf8At(id) == absl::string_view::npos;
+}
+
+absl::Status NotUtf8Error(absl::string_view what, absl::string_view collection,
+                          absl::string_view id) {
+  return absl::InvalidArgumentError(absl::StrCat(what, " names document ",
+                                                 absl::CHexEscape(collection), "/",
+                                                 absl::CHexEscape(id), ", which is not UTF-8"));
 }
 
 }  // namespace
@@ -450,6 +466,10 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
       std::vector<storage::LogRecord> records;
       records.reserve(static_cast<size_t>(request.frame().records_size()));
       for (const auto& in : request.frame().records()) {
+        if (!IsUtf8Name(in.entry().collection(), in.entry().id())) {
+          return NotUtf8Error(absl::StrCat("log record ", absl::Hex(in.origin()), ":", in.seq()),
+                              in.entry().collection(), in.entry().id());
+        }
         storage::LogRecord record;
         record.origin = in.origin();
         record.seq = in.seq();
@@ -467,6 +487,9 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
     case ReplicationRequest::kSnapshot: {
       std::vector<storage::SnapshotDoc> docs;
       for (const auto& in : request.snapshot().documents()) {
+        if (!IsUtf8Name(in.collection(), in.id())) {
+          return NotUtf8Error("snapshot document", in.collection(), in.id());
+        }
         auto state = crdt::Document::Decode(in.state());
         if (!state.ok()) {
           return absl::InvalidArgumentError(absl::StrCat("snapshot document ", in.collection(),

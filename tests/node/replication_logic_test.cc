@@ -117,6 +117,39 @@ TEST_F(ReplicationLogicTest, ForeignClustersUnknownNodesAndOtherProtocolsAreRefu
   EXPECT_TRUE(receiver.OnHello(HelloFrom("n1", 12345)).ok());
 }
 
+// Collections and ids go out again in protobuf strings (List, Watch), so a frame or snapshot
+// chunk naming a document in bytes that are not UTF-8 is refused whole (found by
+// tests/fuzz/replication_fuzzer).
+TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
+  auto store = OpenStore("/b", "n2");
+  ClusterView view("n2", {"n1"}, store.get());
+  LinkReceiver receiver(options_, store.get(), &view, &hlc_);
+  ASSERT_TRUE(receiver.OnHello(HelloFrom("n1", 7)).ok());
+  crdt::Document writer;
+  mergedb::v1::ReplicationRequest frame;
+  for (const char* id : {"fine", "d\x85"}) {
+    auto* record = frame.mutable_frame()->add_records();
+    record->set_origin(7);
+    record->set_seq(static_cast<uint64_t>(frame.frame().records_size()));
+    record->mutable_entry()->set_collection("c");
+    record->mutable_entry()->set_id(id);
+    writer.Increment({"n"}, 1, 7)->EncodeTo(record->mutable_entry()->mutable_delta());
+  }
+  auto refused = receiver.OnRequest(frame);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "not UTF-8"));
+  EXPECT_TRUE(store->AppliedVector().empty());
+  EXPECT_FALSE(store->Get("c", "fine")->exists());
+
+  mergedb::v1::ReplicationRequest chunk;
+  auto* doc = chunk.mutable_snapshot()->add_documents();
+  doc->set_collection("c\xff");
+  doc->set_id("d");
+  writer.EncodeTo(doc->mutable_state());
+  EXPECT_EQ(receiver.OnRequest(chunk).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->document_count(), 0);
+}
+
 TEST(SplitForTransfer, PartsJoinedInOrderRebuildTheDocumentExactly) {
   crdt::Document doc;
   const crdt::ReplicaId a = 11, b = 22;
