@@ -121,6 +121,10 @@ absl::StatusOr<CausalContext> CausalContext::Decode(const mergedb::v1::CausalCon
     if (entry.replica() == 0 || entry.counter() == 0) {
       return absl::InvalidArgumentError("causal context: zero replica id or counter in vector");
     }
+    if (entry.counter() > kMaxCounter) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("causal context: counter ", entry.counter(), " beyond 2^63 - 1"));
+    }
     uint64_t& mine = context.vector_[entry.replica()];
     mine = std::max(mine, entry.counter());
   }
@@ -128,6 +132,10 @@ absl::StatusOr<CausalContext> CausalContext::Decode(const mergedb::v1::CausalCon
   for (const auto& dot : in.cloud()) {
     if (dot.replica() == 0 || dot.counter() == 0) {
       return absl::InvalidArgumentError("causal context: zero replica id or counter in cloud");
+    }
+    if (dot.counter() > kMaxCounter) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("causal context: counter ", dot.counter(), " beyond 2^63 - 1"));
     }
     cloud.cloud_.insert(Dot{dot.replica(), dot.counter()});
   }

@@ -49,8 +49,14 @@ class CausalContext {
     for (const Dot& dot : cloud_) fn(dot.replica, dot.counter, dot.counter);
   }
 
+  // The largest counter Decode accepts. No replica makes 2^63 writes to one document; a larger
+  // counter can only come from a forged or corrupt state, and one at 2^64 - 1 for this node's
+  // replica would make NextDot wrap to the invalid counter 0 on every later local write.
+  static constexpr uint64_t kMaxCounter = (uint64_t{1} << 63) - 1;
+
   void EncodeTo(mergedb::v1::CausalContext* out) const;
-  // Rejects zero replica ids or counters; accepts any order (the result is canonical).
+  // Rejects zero replica ids, zero counters and counters above kMaxCounter; accepts any order
+  // (the result is canonical).
   static absl::StatusOr<CausalContext> Decode(const mergedb::v1::CausalContext& in);
 
   std::string DebugString() const;

@@ -86,6 +86,25 @@ TEST(CausalContext, DecodeRejectsZeroIds) {
   EXPECT_EQ(CausalContext::Decode(proto).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A counter at 2^64 - 1 for a replica made its next local write use the invalid counter 0: the
+// write was silently lost, or its delta could not be decoded by any peer (tests/fuzz/
+// crdt_join_fuzzer reports it from its seed crash-counter-at-uint64-max). Counters beyond
+// 2^63 - 1 do not decode.
+TEST(CausalContext, DecodeRejectsCountersNoReplicaCanReach) {
+  mergedb::v1::CausalContext proto;
+  auto* entry = proto.add_vector();
+  entry->set_replica(4);
+  entry->set_counter(CausalContext::kMaxCounter);
+  EXPECT_TRUE(CausalContext::Decode(proto).ok());
+  entry->set_counter(UINT64_MAX);
+  EXPECT_EQ(CausalContext::Decode(proto).status().code(), absl::StatusCode::kInvalidArgument);
+  proto.clear_vector();
+  auto* dot = proto.add_cloud();
+  dot->set_replica(4);
+  dot->set_counter(CausalContext::kMaxCounter + 1);
+  EXPECT_EQ(CausalContext::Decode(proto).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CausalContext, DecodeCanonicalizesNonCanonicalInput) {
   mergedb::v1::CausalContext proto;
   auto* d = proto.add_cloud();
