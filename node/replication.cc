@@ -529,6 +529,10 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
     }
     case ReplicationRequest::kHello:
       return absl::InvalidArgumentError("a second hello on one replication stream");
+    case ReplicationRequest::kCompressed:
+      // The transport unwraps compressed messages on streams that negotiated compression.
+      return absl::InvalidArgumentError(
+          "a compressed message on a replication stream that did not negotiate compression");
     case ReplicationRequest::KIND_NOT_SET:
       break;
   }
