@@ -21,6 +21,7 @@
 #include "crdt/scalar.h"
 #include "fuzz_input.pb.h"
 #include "node/replication.h"
+#include "node/stream_codec.h"
 #include "node/validation.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -272,7 +273,21 @@ void ClientSeeds() {
   }
 }
 
-// ---- replication_fuzzer ----
+// ---- replication_fuzzer and stream_codec_fuzzer ----
+
+// Writes `stream` as a replication_fuzzer seed, and its requests compressed as one compressed
+// stream (and again as plain messages) as a stream_codec_fuzzer seed.
+void WriteReplication(const std::string& name, const mergedb::fuzz::ReplicationStream& stream) {
+  Write("replication_fuzzer", name, stream);
+  mergedb::fuzz::CompressedStream compressed;
+  node::StreamCompressor compressor;
+  for (const auto& request : stream.requests()) {
+    const std::string plain = crdt::SerializeDeterministic(request);
+    compressed.add_compressed(compressor.Compress(plain));
+    compressed.add_plain(plain);
+  }
+  Write("stream_codec_fuzzer", name, compressed);
+}
 
 void AddFrame(mergedb::fuzz::ReplicationStream* stream, const std::vector<storage::LogRecord>& log,
               std::initializer_list<int> indexes) {
@@ -298,7 +313,6 @@ void AddWholeLog(mergedb::fuzz::ReplicationStream* stream,
 }
 
 void ReplicationSeeds() {
-  const std::string target = "replication_fuzzer";
   // Three nodes: `local` has the fuzzed node's replica id, so the peer's log carries dots of
   // the fuzzed node itself, as a real peer's would.
   MemNode local("local", kLocalReplica);
@@ -337,7 +351,7 @@ void ReplicationSeeds() {
     AddFrame(&stream, *own, {0, 1, 2});
     AddFrame(&stream, *own, {3, 4, 5, 6});
     stream.add_requests()->mutable_heartbeat();
-    Write(target, "frames_in_order", stream);
+    WriteReplication("frames_in_order", stream);
   }
   {
     // Duplicated, gapped and reordered frames.
@@ -347,7 +361,7 @@ void ReplicationSeeds() {
     AddFrame(&stream, *own, {4, 5});
     AddFrame(&stream, *own, {3, 2});
     AddWholeLog(&stream, *own);
-    Write(target, "frames_duplicated_gapped_reordered", stream);
+    WriteReplication("frames_duplicated_gapped_reordered", stream);
   }
 
   // Concurrent writes on the three nodes, which the peer forwards: siblings, type conflicts,
@@ -376,7 +390,7 @@ void ReplicationSeeds() {
     MERGEDB_FUZZ_CHECK(log.ok(), "the peer's forwarded log");
     AddWholeLog(&stream, *log);
     stream.add_requests()->mutable_heartbeat();
-    Write(target, "forwarded_concurrent_writes", stream);
+    WriteReplication("forwarded_concurrent_writes", stream);
   }
   {
     // A full-state transfer of the peer's documents, split into parts, then a frame.
@@ -411,7 +425,7 @@ void ReplicationSeeds() {
     auto tail = peer.store()->ReadLog((*cursor)->applied(), 100);
     MERGEDB_FUZZ_CHECK(tail.ok(), "the log after the snapshot");
     AddWholeLog(&stream, *tail);
-    Write(target, "snapshot_split_then_frame", stream);
+    WriteReplication("snapshot_split_then_frame", stream);
   }
   {
     // A stream opened by a foreign node (refused; the harness reconnects), then malformed
@@ -435,7 +449,7 @@ void ReplicationSeeds() {
     *stream.add_requests()->mutable_hello() = *hello;
     stream.add_requests();
     AddFrame(&stream, *own, {0, 1});
-    Write(target, "refused_and_malformed", stream);
+    WriteReplication("refused_and_malformed", stream);
   }
 }
 
