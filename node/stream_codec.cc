@@ -31,6 +31,11 @@ StreamCompressor::StreamCompressor() {
 StreamCompressor::~StreamCompressor() { deflateEnd(&z_); }
 
 std::string StreamCompressor::Compress(absl::string_view message) {
+  // An empty message travels as no bytes at all. deflate() refuses a second sync flush with no
+  // input in between (Z_BUF_ERROR, no output), so it would yield no flush tail for the
+  // receiver to put back; Decompress() treats empty data the same way, keeping both ends in
+  // step.
+  if (message.empty()) return std::string();
   std::string out;
   out.resize(deflateBound(&z_, message.size()) + 16);
   z_.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(message.data()));
@@ -62,6 +67,7 @@ StreamDecompressor::~StreamDecompressor() { inflateEnd(&z_); }
 absl::StatusOr<std::string> StreamDecompressor::Decompress(absl::string_view data,
                                                            size_t max_bytes) {
   if (failed_) return absl::InvalidArgumentError("compressed stream: already broken");
+  if (data.empty()) return std::string();  // an empty message (see Compress)
   std::string out;
   size_t produced = 0;
   auto run = [&](absl::string_view in) -> absl::Status {

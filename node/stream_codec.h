@@ -27,7 +27,7 @@ class StreamCompressor {
   StreamCompressor& operator=(const StreamCompressor&) = delete;
 
   // The next message of the stream, compressed and flushed so that the peer can decode it
-  // without waiting for more.
+  // without waiting for more. An empty message compresses to no bytes.
   std::string Compress(absl::string_view message);
 
  private:
