@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -214,22 +215,32 @@ struct ProcessStats {
   double peak_rss_mib = 0;    // VmHWM
 };
 
+// Parses a /proc/PID/stat line: the parent's pid and utime + stime in clock ticks.
+inline bool ParseProcStat(const std::string& line, long* ppid, unsigned long long* ticks) {
+  // The command name (field 2) may hold spaces: fields are counted after its closing ')'.
+  const size_t paren = line.rfind(')');
+  if (paren == std::string::npos || paren + 2 > line.size()) return false;
+  std::istringstream fields(line.substr(paren + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  int k = 3;
+  for (; k <= 15 && fields >> field; ++k) {
+    if (k == 4) *ppid = std::strtol(field.c_str(), nullptr, 10);
+    if (k == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+    if (k == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+  }
+  *ticks = utime + stime;
+  return k > 15;
+}
+
 inline ProcessStats ReadProcessStats(pid_t pid) {
   ProcessStats stats;
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
-  if (!std::getline(stat, line)) return stats;
-  // The command name (field 2) may hold spaces: fields are counted after its closing ')'.
-  const size_t paren = line.rfind(')');
-  if (paren == std::string::npos) return stats;
-  std::istringstream fields(line.substr(paren + 2));
-  std::string field;
-  unsigned long long utime = 0, stime = 0;
-  for (int k = 3; k <= 15 && fields >> field; ++k) {
-    if (k == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
-    if (k == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
-  }
-  stats.cpu_seconds = static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  long ppid = 0;
+  unsigned long long ticks = 0;
+  if (!std::getline(stat, line) || !ParseProcStat(line, &ppid, &ticks)) return stats;
+  stats.cpu_seconds = static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK));
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   while (std::getline(status, line)) {
     if (line.rfind("VmHWM:", 0) == 0) {
@@ -240,11 +251,14 @@ inline ProcessStats ReadProcessStats(pid_t pid) {
   return stats;
 }
 
-// CPU seconds all processes of the machine have spent busy since boot (/proc/stat: user, nice,
-// system, irq, softirq, steal). Subtracting the benchmark's own processes from a difference of
-// two readings gives what *other* processes took during a run: on a shared machine, a number
-// measured while others were busy is worth little, and the report says so.
-inline double MachineBusySeconds() {
+// CPU seconds the machine's user-space processes have spent since boot: /proc/stat's busy time
+// (user, nice, system, steal) less kernel threads (children of kthreadd: ext4's journal and
+// writeback threads do much of a benchmark's own fsync work) and less interrupt time (irq and
+// softirq, where loopback TCP's receive work lands), which no process is charged for. The
+// difference of two readings, less the benchmark's own processes, is what *other* programs took
+// during a run: on a shared machine, a figure measured while others were busy is low, and the
+// report says so. (Steal, CPU the hypervisor gave other machines, counts as others too.)
+inline double UserProcessesBusySeconds() {
   std::ifstream stat("/proc/stat");
   std::string cpu;
   unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0,
@@ -252,7 +266,20 @@ inline double MachineBusySeconds() {
   if (!(stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal)) {
     return 0;
   }
-  return static_cast<double>(user + nice + system + irq + softirq + steal) /
+  unsigned long long kernel_threads = 0;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(entry.path() / "stat");
+    std::string line;
+    long ppid = 0;
+    unsigned long long ticks = 0;
+    if (!std::getline(in, line) || !ParseProcStat(line, &ppid, &ticks)) continue;
+    if (ppid == 2 || name == "2") kernel_threads += ticks;
+  }
+  const unsigned long long busy = user + nice + system + steal;
+  return static_cast<double>(busy > kernel_threads ? busy - kernel_threads : 0) /
          static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 

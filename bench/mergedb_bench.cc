@@ -1387,7 +1387,7 @@ int Main(int argc, char** argv) {
     stats_before.push_back(e.pid > 0 ? ReadProcessStats(e.pid) : ProcessStats{});
   }
   const double client_cpu_before = CpuSecondsOfSelf();
-  const double busy_before = MachineBusySeconds();
+  const double busy_before = UserProcessesBusySeconds();
 
   phase.first_write = 1000000000;  // sample ids never collide with the warm-up's writes
   phase.sample_every = lag_inline ? sample_every : 0;
@@ -1401,7 +1401,7 @@ int Main(int argc, char** argv) {
           ? std::max(0.0, std::chrono::duration<double, std::milli>(*converged - run.last_ack).count())
           : -1;
   const double client_cpu = CpuSecondsOfSelf() - client_cpu_before;
-  const double machine_busy = MachineBusySeconds() - busy_before;
+  const double machine_busy = UserProcessesBusySeconds() - busy_before;
   const uint64_t bytes = BytesBetweenNodes(nodes) - bytes_before;
   struct NodeStats {
     std::string name;

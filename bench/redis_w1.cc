@@ -450,7 +450,7 @@ int Main(int argc, char** argv) {
   std::vector<ProcessStats> proc_before;
   for (const auto& [name, pid] : processes) proc_before.push_back(ReadProcessStats(pid));
   const double client_before = CpuSecondsOfSelf();
-  const double busy_before = MachineBusySeconds();
+  const double busy_before = UserProcessesBusySeconds();
 
   load.progress = !json_only;
   load.label = "redis-w1";
@@ -463,7 +463,7 @@ int Main(int argc, char** argv) {
       converged ? std::max(0.0, std::chrono::duration<double, std::milli>(converged_at - run.last_ack).count())
                 : -1;
   const double client_cpu = CpuSecondsOfSelf() - client_before;
-  const double machine_busy = MachineBusySeconds() - busy_before;
+  const double machine_busy = UserProcessesBusySeconds() - busy_before;
   const auto stats_after = Info(primary.get(), "stats");
   const auto repl_after = Info(primary.get(), "replication");
 
