@@ -4,7 +4,7 @@
 #   bench/w1_compare.sh [--quick] [--fsync] [--duration S | --writes N] [--concurrency C]
 #                       [--streams S] [--wait-quiet S] [--keep]
 #
-#   --quick        5 s per run instead of 20 (about a minute and a half in all; default about 4)
+#   --quick        5 s per run instead of 20 (under 2 minutes in all; the default under 4)
 #   --fsync        Redis appendfsync always, mergedb-node --fsync (default: Redis appendfsync
 #                  everysec, mergedb without fsync: both acknowledge writes that survive a
 #                  process kill but not a power loss)
