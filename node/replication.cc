@@ -80,12 +80,13 @@ void ClusterView::Update(const std::string& node, const storage::VersionVector& 
   } else {
     for (const auto& [origin, seq] : applied) known[origin] = std::max(known[origin], seq);
   }
-  changed_.SignalAll();
+  // Waiters (WaitForConfirmations) use mutex conditions: releasing mu_ wakes only those whose
+  // write has now reached its write concern, not every waiter on every acknowledgement.
 }
 
-void ClusterView::Notify() {
+void ClusterView::ReleaseWaiters() {
   absl::MutexLock lock(&mu_);
-  changed_.SignalAll();
+  released_ = true;
 }
 
 void ClusterView::SetInbound(const std::string& peer, crdt::ReplicaId replica, Link link) {
@@ -150,11 +151,18 @@ int ClusterView::WaitForConfirmations(crdt::ReplicaId origin, uint64_t seq, int 
                                       absl::Time deadline) {
   const storage::VersionVector mine = store_->AppliedVector();
   absl::MutexLock lock(&mu_);
-  while (true) {
-    const int count = ConfirmationsLocked(origin, seq, mine);
-    if (count >= needed) return count;
-    if (changed_.WaitWithDeadline(&mu_, deadline)) return ConfirmationsLocked(origin, seq, mine);
-  }
+  struct Enough {
+    ClusterView* view;
+    crdt::ReplicaId origin;
+    uint64_t seq;
+    int needed;
+    const storage::VersionVector* mine;
+    bool operator()() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return view->released_ || view->ConfirmationsLocked(origin, seq, *mine) >= needed;
+    }
+  } enough{this, origin, seq, needed, &mine};
+  mu_.AwaitWithDeadline(absl::Condition(&enough), deadline);
+  return ConfirmationsLocked(origin, seq, mine);
 }
 
 std::optional<storage::VersionVector> ClusterView::FullyReplicated() const {
@@ -863,7 +871,7 @@ void Replication::Stop() {
   }
   for (auto& session : sessions_) session->Stop();
   sessions_.clear();
-  view_.Notify();
+  view_.ReleaseWaiters();
 }
 
 Replication::PeerState* Replication::StateOf(const std::string& peer) const {

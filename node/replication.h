@@ -85,7 +85,8 @@ class ClusterView {
   std::optional<storage::VersionVector> FullyReplicated() const;
   // Log entries this node holds that `peer` is not known to have.
   uint64_t EntriesBehind(const std::string& peer) const;
-  void Notify();
+  // Shutdown: every current and later WaitForConfirmations returns at once.
+  void ReleaseWaiters();
 
   // Inbound streams this node currently has, by peer name: their replica ids are the
   // "direct origins" acks announce.
@@ -109,7 +110,7 @@ class ClusterView {
   std::map<std::string, storage::VersionVector> known_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, crdt::ReplicaId> inbound_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, mergedb::v1::Role> roles_ ABSL_GUARDED_BY(mu_);
-  absl::CondVar changed_;
+  bool released_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // The sending side of one link. Not thread-safe: one driver calls it.
