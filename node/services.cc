@@ -269,7 +269,6 @@ grpc::Status DocumentServiceImpl::UpdateStream(
     absl::MutexLock lock(&mu);
     reader_done = true;
   });
-  const absl::Time deadline = DeadlineOf(context);
   std::vector<UpdateRequest> batch;
   bool client_gone = false;
   while (!client_gone) {
@@ -284,7 +283,9 @@ grpc::Status DocumentServiceImpl::UpdateStream(
         queue.pop_front();
       }
     }
-    auto results = ExecuteUpdates(batch, deadline, context);
+    // Per batch, not per stream: a stream without a deadline lives on, and each of its writes
+    // gets the default wait from when it is applied.
+    auto results = ExecuteUpdates(batch, DeadlineOf(context), context);
     for (size_t i = 0; i < batch.size(); ++i) {
       UpdateResponse response;
       if (results[i].ok()) {
