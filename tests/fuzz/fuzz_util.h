@@ -102,4 +102,19 @@ void CheckStore(storage::Store* store, const std::set<DocName>& touched);
 
 }  // namespace mergedb::fuzz
 
+// The libFuzzer entry points of a target whose input is the proto message `Input`, handed to
+// mergedb::fuzz::Run(const Input&). Bytes that do not parse are the protobuf library's
+// business: returning -1 keeps them out of the corpus.
+#define MERGEDB_FUZZ_TARGET(Input)                                             \
+  extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {      \
+    mergedb::fuzz::SilenceLogs();                                             \
+    return 0;                                                                 \
+  }                                                                           \
+  extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {   \
+    Input input;                                                              \
+    if (!input.ParseFromArray(data, static_cast<int>(size))) return -1;       \
+    mergedb::fuzz::Run(input);                                                \
+    return 0;                                                                 \
+  }
+
 #endif  // MERGEDB_TESTS_FUZZ_FUZZ_UTIL_H_

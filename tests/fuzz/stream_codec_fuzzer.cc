@@ -57,15 +57,4 @@ void Run(const CompressedStream& input) {
 }  // namespace
 }  // namespace mergedb::fuzz
 
-extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-  mergedb::fuzz::SilenceLogs();
-  return 0;
-}
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  mergedb::fuzz::CompressedStream input;
-  // Bytes that do not parse are the protobuf library's business; keep them out of the corpus.
-  if (!input.ParseFromArray(data, static_cast<int>(size))) return -1;
-  mergedb::fuzz::Run(input);
-  return 0;
-}
+MERGEDB_FUZZ_TARGET(mergedb::fuzz::CompressedStream)
