@@ -550,8 +550,6 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
 // ---------------------------------------------------------------------------------------------
 // Replication: the gRPC transport
 
-// One outbound link: a thread that connects, says hello, streams frames and heartbeats, and
-// reconnects with exponential backoff and jitter. A reader thread per stream takes acks.
 namespace {
 
 // The largest replication message, set on the channels and bounding decompression.
@@ -581,6 +579,8 @@ absl::Status Unwrap(StreamDecompressor* decompressor, Message* message) {
 
 }  // namespace
 
+// One outbound link: a thread that connects, says hello, streams frames and heartbeats, and
+// reconnects with exponential backoff and jitter. A reader thread per stream takes acks.
 class Replication::Session {
  public:
   Session(Replication* owner, PeerConfig peer) : owner_(owner), peer_(std::move(peer)) {
