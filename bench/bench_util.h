@@ -8,6 +8,7 @@
 #ifndef MERGEDB_BENCH_BENCH_UTIL_H_
 #define MERGEDB_BENCH_BENCH_UTIL_H_
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -91,6 +92,14 @@ inline double PercentileOfSorted(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
   return sorted[std::min(sorted.size() - 1,
                          static_cast<size_t>(p * static_cast<double>(sorted.size())))];
+}
+
+// User plus system CPU this process has used, in seconds.
+inline double CpuSecondsOfSelf() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
 }
 
 struct DriveResult {

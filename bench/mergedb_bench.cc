@@ -57,7 +57,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1167,13 +1166,6 @@ double RunLevelDbBaseline(const std::string& dir, int writers, int64_t puts, con
 }
 
 // ---------------------------------------------------------------------------------------------
-
-double CpuSecondsOfSelf() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
-         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
-}
 
 JsonObject Percentiles(const std::vector<double>& sorted, double scale, bool with_p999) {
   JsonObject o;

@@ -35,7 +35,6 @@
 // Threads: one. Redis client: hiredis (formatting and reply parsing; sockets driven by poll).
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -359,13 +358,6 @@ LoadResult Load::Run() {
   if (options_.progress) Progress(Clock::now(), true);
   std::sort(result_.latency_us.begin(), result_.latency_us.end());
   return std::move(result_);
-}
-
-double CpuSecondsOfSelf() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
-         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
 }
 
 int UsageError(const std::string& message) {

@@ -50,12 +50,6 @@ uint64_t BytesBetweenNodes(std::vector<std::unique_ptr<Node>>& nodes) {
   return bytes;
 }
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -197,9 +191,11 @@ int main(int argc, char** argv) {
     absl::MutexLock lock(&mu);
     lags = lags_ms;
   }
+  std::sort(lags.begin(), lags.end());
+  using mergedb::bench::PercentileOfSorted;
   std::printf("half load: %.0f writes/s; lag p50 %.2f ms, p99 %.2f ms (%zu samples); "
               "%.0f bytes between nodes per write; converged %.1f ms after the last ack\n",
-              half_rate, Percentile(lags, 0.5), Percentile(lags, 0.99), lags.size(),
+              half_rate, PercentileOfSorted(lags, 0.5), PercentileOfSorted(lags, 0.99), lags.size(),
               static_cast<double>(bytes) / half_writes, converge_half * 1000);
 
   // 3. Catch-up.

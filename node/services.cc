@@ -181,6 +181,13 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRe
   MERGEDB_RETURN_IF_ERROR(CheckWritable());
   MERGEDB_ASSIGN_OR_RETURN(PreparedUpdate update,
                            PreparedUpdate::Prepare(request, node_->options().limits));
+  return ApplyUpdate(request, update, deadline, context);
+}
+
+absl::StatusOr<UpdateResponse> DocumentServiceImpl::ApplyUpdate(const UpdateRequest& request,
+                                                                const PreparedUpdate& update,
+                                                                absl::Time deadline,
+                                                                grpc::ServerContext* context) {
   if (update.has_base_version()) {
     MERGEDB_RETURN_IF_ERROR(
         WaitForVersion(request.collection(), request.id(), update.base_version(), deadline, context));
@@ -221,7 +228,7 @@ std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
     }
     if (update->has_base_version()) {
       apply_batch();
-      responses[i] = ExecuteUpdate(requests[i], deadline, context);
+      responses[i] = ApplyUpdate(requests[i], *update, deadline, context);
       continue;
     }
     updates.push_back(*std::move(update));

@@ -48,6 +48,12 @@ class DocumentServiceImpl final : public mergedb::v1::DocumentService::Service {
   absl::StatusOr<mergedb::v1::UpdateResponse> ExecuteUpdate(
       const mergedb::v1::UpdateRequest& request, absl::Time deadline,
       grpc::ServerContext* context);
+  // One validated update on a writable node: waits for its base version, commits it alone,
+  // then waits for its write concern.
+  absl::StatusOr<mergedb::v1::UpdateResponse> ApplyUpdate(const mergedb::v1::UpdateRequest& request,
+                                                          const PreparedUpdate& update,
+                                                          absl::Time deadline,
+                                                          grpc::ServerContext* context);
   // Several updates, in order, committed together where possible; one result each.
   std::vector<absl::StatusOr<mergedb::v1::UpdateResponse>> ExecuteUpdates(
       absl::Span<const mergedb::v1::UpdateRequest> requests, absl::Time deadline,

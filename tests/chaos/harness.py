@@ -12,15 +12,13 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 
 import grpc
 
-from mergedb.v1 import api_pb2, api_pb2_grpc, crdt_pb2
+from mergedb.v1 import api_pb2, api_pb2_grpc
 
 
 def log(message):
@@ -518,19 +516,26 @@ def check_history(history, documents):
     return problems
 
 
+def check_nodes(nodes, history):
+    """Reads every node's documents and checks the history against each; the nodes must also
+    hold identical documents. Returns the violations, each naming its node."""
+    problems = []
+    states = []
+    for node in nodes:
+        documents = read_documents(node.address, Workload.COLLECTION)
+        states.append(documents)
+        problems += [f"{node.name}: {p}" for p in check_history(history, documents)]
+    if any(state != states[0] for state in states):
+        problems.append("nodes report equal digests but different documents")
+    return problems
+
+
 def summarize_ops(history):
     attempted = collections.Counter(op.kind for op in history.ops)
     acked = collections.Counter(op.kind for op in history.ops if op.acked is not None)
     outcomes = collections.Counter(op.outcome for op in history.ops)
     concerns = collections.Counter(op.concern for op in history.ops if op.acked is not None)
     return attempted, acked, outcomes, concerns
-
-
-def free_port_pair_ok():
-    """Whether 127.0.0.1 is usable (a sanity check before starting anything)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return True
 
 
 def find_paths(argv):

@@ -11,6 +11,7 @@ import argparse
 import collections
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -246,14 +247,7 @@ def main():
             for node in nodes:
                 log(f"{node.name} log tail:\n{node.tail_log()}")
             raise RuntimeError("the nodes did not converge within 120 s of the heal")
-        problems = []
-        states = []
-        for node in nodes:
-            documents = harness.read_documents(node.address, harness.Workload.COLLECTION)
-            states.append(documents)
-            problems += [f"{node.name}: {p}" for p in harness.check_history(history, documents)]
-        if any(state != states[0] for state in states):
-            problems.append("nodes report equal digests but different documents")
+        problems = harness.check_nodes(nodes, history)
         attempted, acked, outcomes, concerns = harness.summarize_ops(history)
         lost = len(problems)
         lines = [f"==== nemesis summary (seed {args.seed}, {args.nodes} nodes, "
@@ -283,7 +277,6 @@ def main():
         if failed:
             print(f"FAILED (seed {args.seed}); logs kept in {work}")
         elif not args.keep:
-            import shutil
             shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
 

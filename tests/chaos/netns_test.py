@@ -13,6 +13,7 @@ Usage: netns_test.py BUILD_DIR
 """
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -193,10 +194,7 @@ def main():
         assert harness.wait_converged(nodes, 60) is not None, \
             "the nodes did not converge within 60 s of the heal"
         converged = time.monotonic() - healed
-        problems = []
-        for node in nodes:
-            documents = harness.read_documents(node.address, harness.Workload.COLLECTION)
-            problems += [f"{node.name}: {p}" for p in harness.check_history(history, documents)]
+        problems = harness.check_nodes(nodes, history)
         attempted, acked, outcomes, _ = harness.summarize_ops(history)
         harness.report(
             sys.argv[1], "chaos-netns",
@@ -219,7 +217,6 @@ def main():
             for node in nodes:
                 print(f"--- {node.name}\n{node.tail_log()}")
         else:
-            import shutil
             shutil.rmtree(work, ignore_errors=True)
 
 
