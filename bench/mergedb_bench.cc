@@ -411,14 +411,28 @@ absl::Status WaitForMesh(std::vector<Endpoint>& nodes, absl::Duration timeout) {
                                                   absl::FormatDuration(timeout), ":", missing));
 }
 
-uint64_t BytesBetweenNodes(std::vector<Endpoint>& nodes) {
+// What the nodes sent each other (Status counters summed over every node's peers).
+struct Traffic {
   uint64_t bytes = 0;
+  uint64_t frames = 0;
+  uint64_t entries = 0;
+  Traffic operator-(const Traffic& o) const {
+    return {bytes - o.bytes, frames - o.frames, entries - o.entries};
+  }
+};
+
+Traffic TrafficBetweenNodes(std::vector<Endpoint>& nodes) {
+  Traffic traffic;
   for (Endpoint& e : nodes) {
     auto status = GetStatus(e, absl::Seconds(5));
     if (!status.ok()) Fatal(std::string(status.status().message()));
-    for (const auto& peer : status->peers()) bytes += peer.bytes_sent();
+    for (const auto& peer : status->peers()) {
+      traffic.bytes += peer.bytes_sent();
+      traffic.frames += peer.frames_sent();
+      traffic.entries += peer.entries_sent();
+    }
   }
-  return bytes;
+  return traffic;
 }
 
 // Polls Status on every node until all show the same state_digest and applied vector; returns
@@ -1373,7 +1387,7 @@ int Main(int argc, char** argv) {
     if (!WaitConverged(nodes, absl::Seconds(60)).has_value()) Fatal("the warm-up did not converge");
   }
 
-  const uint64_t bytes_before = BytesBetweenNodes(nodes);
+  const Traffic traffic_before = TrafficBetweenNodes(nodes);
   std::vector<ProcessStats> stats_before;
   for (const Endpoint& e : nodes) {
     stats_before.push_back(e.pid > 0 ? ReadProcessStats(e.pid) : ProcessStats{});
@@ -1394,7 +1408,7 @@ int Main(int argc, char** argv) {
           : -1;
   const double client_cpu = CpuSecondsOfSelf() - client_cpu_before;
   const double machine_busy = UserProcessesBusySeconds() - busy_before;
-  const uint64_t bytes = BytesBetweenNodes(nodes) - bytes_before;
+  const Traffic traffic = TrafficBetweenNodes(nodes) - traffic_before;
   struct NodeStats {
     std::string name;
     double cpu_s = 0;
@@ -1452,7 +1466,9 @@ int Main(int argc, char** argv) {
   const double seconds = run.seconds();
   const double writes_per_s = seconds > 0 ? run.writes / seconds : 0;
   const double reads_per_s = seconds > 0 ? run.reads / seconds : 0;
-  const double bytes_per_write = run.writes > 0 ? static_cast<double>(bytes) / run.writes : 0;
+  const double bytes_per_write = run.writes > 0 ? static_cast<double>(traffic.bytes) / run.writes : 0;
+  const double entries_per_frame =
+      traffic.frames > 0 ? static_cast<double>(traffic.entries) / traffic.frames : 0;
   auto p = [](const std::vector<double>& v, double q) { return PercentileOfSorted(v, q); };
 
   if (!json_only) {
@@ -1489,6 +1505,7 @@ int Main(int argc, char** argv) {
       std::printf("  %-40s NOT CONVERGED within 120 s\n", "convergence after the last ack (ms)");
     }
     std::printf("  %-40s %.0f\n", "bytes between nodes per write", bytes_per_write);
+    std::printf("  %-40s %.1f\n", "log entries per replication frame", entries_per_frame);
     for (const NodeStats& n : node_stats) {
       std::printf("  %-40s %.2f CPU s (%.1f us/write), peak RSS %.1f MiB\n",
                   absl::StrCat("node ", n.name).c_str(), n.cpu_s,
@@ -1552,6 +1569,7 @@ int Main(int argc, char** argv) {
   }
   json.Add("convergence_ms", convergence_ms);
   json.Add("bytes_between_nodes_per_write", bytes_per_write);
+  json.Add("entries_per_frame", entries_per_frame);
   std::vector<std::string> per_node;
   for (const NodeStats& n : node_stats) {
     per_node.push_back(JsonObject()

@@ -51,6 +51,10 @@ struct ReplicationOptions {
   size_t max_frame_records = 1024;
   // Frames or chunks sent but not yet acknowledged, per link.
   int window = 8;
+  // With a frame in flight, the next one leaves only once this many entries wait (or at the
+  // ack): live writes then share frames instead of costing a message and an ack each, and a
+  // catch-up still pipelines full frames. See LinkSender::Next.
+  size_t min_pipelined_entries = 256;
   // A link with no message from the peer for `dead_after` is declared dead and reconnected;
   // each side sends a heartbeat after `heartbeat` of silence.
   absl::Duration heartbeat = absl::Milliseconds(300);
@@ -126,7 +130,8 @@ class LinkSender {
   absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> Next();
   void OnResponse(const mergedb::v1::ReplicationResponse& response);
   bool in_snapshot() const { return snapshot_ != nullptr || need_snapshot_; }
-  bool window_full() const { return in_flight_ >= options_.window; }
+  // True while Next() waits for an ack: the window is full, or it holds back a partial frame.
+  bool waiting_for_ack() const { return in_flight_ >= options_.window || holding_partial_; }
 
  private:
   absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> NextSnapshotChunk();
@@ -147,6 +152,7 @@ class LinkSender {
   std::set<crdt::ReplicaId> peer_direct_;
   crdt::ReplicaId peer_replica_ = 0;
   int in_flight_ = 0;
+  bool holding_partial_ = false;
   bool need_snapshot_ = false;
   std::unique_ptr<storage::SnapshotCursor> snapshot_;
   struct Part {
@@ -223,6 +229,8 @@ class Replication final : public mergedb::v1::ReplicationService::Service {
     std::atomic<bool> connected{false};
     std::atomic<uint64_t> bytes_sent{0};
     std::atomic<uint64_t> bytes_received{0};
+    std::atomic<uint64_t> frames_sent{0};
+    std::atomic<uint64_t> entries_sent{0};
     absl::Mutex mu;
     std::string last_error ABSL_GUARDED_BY(mu);
   };

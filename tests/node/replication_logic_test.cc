@@ -150,6 +150,71 @@ TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
   EXPECT_EQ(store->document_count(), 0);
 }
 
+// Live writes share frames: while one frame is unacknowledged, a partial one waits and leaves
+// at the ack with everything that accumulated; a backlog of min_pipelined_entries or more is
+// pipelined without waiting (catch-up keeps its throughput).
+TEST_F(ReplicationLogicTest, PartialFramesWaitForTheAckAndBacklogsPipeline) {
+  auto source = OpenStore("/a", "n1");
+  auto sink = OpenStore("/b", "n2");
+  ReplicationOptions sender_options = options_;
+  sender_options.node_name = "n1";
+  sender_options.peers = {{"n2", "unused:2"}};
+  sender_options.members = {"n2"};
+  sender_options.min_pipelined_entries = 8;
+  ClusterView source_view("n1", {"n2"}, source.get());
+  ClusterView sink_view("n2", {"n1"}, sink.get());
+  LinkSender sender(sender_options, source.get(), &source_view, "n2");
+  LinkReceiver receiver(options_, sink.get(), &sink_view, &hlc_);
+  auto hello_ack = receiver.OnHello(sender.Hello().hello());
+  ASSERT_TRUE(hello_ack.ok()) << hello_ack.status();
+  ASSERT_TRUE(sender.OnHelloAck(hello_ack->hello_ack()).ok());
+
+  const crdt::ReplicaId origin = source->replica_id();
+  auto write = [&](int n) {
+    for (int k = 0; k < n; ++k) {
+      storage::LocalWrite w;
+      w.collection = "c";
+      w.id = "d";
+      w.mutate = [origin](crdt::Document& doc) { return doc.Increment({"n"}, 1, origin); };
+      ASSERT_TRUE(source->ApplyLocal(w).ok());
+    }
+  };
+  auto next = [&]() -> std::optional<mergedb::v1::ReplicationRequest> {
+    auto produced = sender.Next();
+    EXPECT_TRUE(produced.ok()) << produced.status();
+    return produced.ok() ? *std::move(produced) : std::nullopt;
+  };
+  auto deliver = [&](const mergedb::v1::ReplicationRequest& frame) {
+    auto ack = receiver.OnRequest(frame);
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    ASSERT_TRUE(ack->has_value());
+    sender.OnResponse(**ack);
+  };
+
+  write(1);
+  auto first = next();
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->frame().records_size(), 1);
+  write(3);
+  EXPECT_FALSE(next().has_value());  // held: a frame is in flight and only 3 entries wait
+  EXPECT_TRUE(sender.waiting_for_ack());
+  deliver(*first);
+  EXPECT_FALSE(sender.waiting_for_ack());
+  auto second = next();
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->frame().records_size(), 3);  // everything that waited, in one frame
+  write(10);
+  auto third = next();  // 10 >= 8 wait: pipelined behind the unacknowledged second frame
+  ASSERT_TRUE(third.has_value());
+  EXPECT_EQ(third->frame().records_size(), 10);
+  deliver(*second);
+  deliver(*third);
+  EXPECT_EQ(sink->AppliedVector().at(origin), 14u);
+  EXPECT_EQ(sink->state_digest(), source->state_digest());
+  EXPECT_FALSE(next().has_value());
+  EXPECT_FALSE(sender.waiting_for_ack());
+}
+
 TEST(SplitForTransfer, PartsJoinedInOrderRebuildTheDocumentExactly) {
   crdt::Document doc;
   const crdt::ReplicaId a = 11, b = 22;

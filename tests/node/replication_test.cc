@@ -230,6 +230,22 @@ TEST(Replication, ANodeOfAnotherClusterIsRefused) {
 TEST(Replication, StatusReportsPeersLagAndTraffic) {
   Cluster cluster(3);
   cluster.StartAll();
+  // Nodes that start empty may first get a full-state transfer; past this write, every node
+  // holds data and receives log entries in frames.
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  auto frames_and_entries = [&] {
+    uint64_t frames = 0, entries = 0;
+    for (int i = 0; i < 3; ++i) {
+      const mergedb::v1::StatusResponse node_status = cluster.Status(i);
+      for (const auto& peer : node_status.peers()) {
+        frames += peer.frames_sent();
+        entries += peer.entries_sent();
+      }
+    }
+    return std::make_pair(frames, entries);
+  };
+  const auto [frames_before, entries_before] = frames_and_entries();
   for (int k = 0; k < 10; ++k) ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
   ASSERT_TRUE(cluster.WaitConverged());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -246,6 +262,12 @@ TEST(Replication, StatusReportsPeersLagAndTraffic) {
     EXPECT_GT(peer.bytes_sent(), 0u);
     EXPECT_GT(peer.bytes_received(), 0u);
   }
+  // Nodes 1 and 2 each received the ten new entries from someone (directly or forwarded), in
+  // frames of one entry or more.
+  const auto [frames_after, entries_after] = frames_and_entries();
+  EXPECT_GE(entries_after - entries_before, 20u);
+  EXPECT_GE(frames_after - frames_before, 2u);
+  EXPECT_LE(frames_after - frames_before, entries_after - entries_before);
 }
 
 TEST(Replication, AStalledLinkIsNoticedWithinSecondsAndUnacknowledgedDeltasAreResent) {
