@@ -245,8 +245,8 @@ void LinkSender::CheckDivergence(
   }
 }
 
-void LinkSender::OnResponse(const ReplicationResponse& response) {
-  if (!response.has_ack()) return;
+bool LinkSender::OnResponse(const ReplicationResponse& response) {
+  if (!response.has_ack()) return false;
   if (!response.ack().for_heartbeat()) {
     in_flight_ = std::max(0, in_flight_ - 1);
     holding_partial_ = false;
@@ -258,6 +258,7 @@ void LinkSender::OnResponse(const ReplicationResponse& response) {
   for (const auto& [origin, seq] : applied) {
     peer_applied_[origin] = std::max(peer_applied_[origin], seq);
   }
+  bool widened = false;
   if (response.ack().has_direct()) {
     std::set<crdt::ReplicaId> direct(response.ack().direct().replicas().begin(),
                                      response.ack().direct().replicas().end());
@@ -266,6 +267,7 @@ void LinkSender::OnResponse(const ReplicationResponse& response) {
       if (direct.count(origin) == 0) {
         auto it = applied.find(origin);
         sent_[origin] = it == applied.end() ? 0 : it->second;
+        widened = true;
       }
     }
     peer_direct_ = std::move(direct);
@@ -274,41 +276,55 @@ void LinkSender::OnResponse(const ReplicationResponse& response) {
   for (const auto& known : response.ack().known()) {
     view_->Update(known.node_name(), DecodeVector(known.applied()), ClusterView::Mode::kMerge);
   }
+  return widened;
+}
+
+uint64_t LogInterest::Pending(const storage::VersionVector& applied) const {
+  uint64_t pending = 0;
+  for (const auto& [origin, top] : applied) {
+    if (excluded.count(origin) > 0) continue;
+    auto it = from.find(origin);
+    const uint64_t have = it == from.end() ? 0 : it->second;
+    if (top > have) pending += top - have;
+  }
+  return pending;
+}
+
+LogInterest LinkSender::Interest(const storage::VersionVector& mine) const {
+  // Never send the peer its own writes, nor the origins it gets first-hand; and start past what
+  // the peer itself reported having (entries it got from other nodes meanwhile).
+  LogInterest interest;
+  interest.from = sent_;
+  interest.excluded.insert(peer_replica_);
+  for (crdt::ReplicaId origin : peer_direct_) {
+    if (origin != store_->replica_id()) interest.excluded.insert(origin);
+  }
+  for (const auto& [origin, seq] : peer_applied_) {
+    interest.from[origin] = std::max(interest.from[origin], seq);
+  }
+  // ReadLog takes a floor per origin: an excluded origin starts past everything held.
+  for (crdt::ReplicaId origin : interest.excluded) {
+    auto it = mine.find(origin);
+    if (it != mine.end()) interest.from[origin] = std::max(interest.from[origin], it->second);
+  }
+  return interest;
 }
 
 absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   if (in_flight_ >= options_.window) return std::nullopt;
   if (in_snapshot()) return NextSnapshotChunk();
-  // Never send the peer its own writes, nor the origins it gets first-hand; and start past what
-  // the peer itself reported having (entries it got from other nodes meanwhile).
-  storage::VersionVector from = sent_;
   const storage::VersionVector mine = store_->AppliedVector();
-  auto skip = [&](crdt::ReplicaId origin) {
-    auto it = mine.find(origin);
-    if (it != mine.end()) from[origin] = std::max(from[origin], it->second);
-  };
-  skip(peer_replica_);
-  for (crdt::ReplicaId origin : peer_direct_) {
-    if (origin != store_->replica_id()) skip(origin);
-  }
-  for (const auto& [origin, seq] : peer_applied_) from[origin] = std::max(from[origin], seq);
+  const LogInterest interest = Interest(mine);
   // Nagle's rule for frames: every message costs each side a wake-up, a syscall and an ack
   // (tens of microseconds, more than applying an entry), so while a frame is in flight a
   // partial one waits for its ack and then leaves with whatever accumulated. Under live load
   // that turns one frame per commit into one per round trip, for a round trip of extra lag at
   // most.
-  if (in_flight_ > 0) {
-    uint64_t waiting = 0;
-    for (const auto& [origin, top] : mine) {
-      auto it = from.find(origin);
-      const uint64_t have = it == from.end() ? 0 : it->second;
-      if (top > have) waiting += top - have;
-    }
-    if (waiting < options_.min_pipelined_entries) {
-      holding_partial_ = true;
-      return std::nullopt;
-    }
+  if (in_flight_ > 0 && interest.Pending(mine) < options_.min_pipelined_entries) {
+    holding_partial_ = true;
+    return std::nullopt;
   }
+  const storage::VersionVector& from = interest.from;
   auto records = store_->ReadLog(from, options_.max_frame_records);
   if (absl::IsFailedPrecondition(records.status())) {
     MERGEDB_LOG(INFO) << "peer " << peer_ << " needs a full-state transfer: "
@@ -704,6 +720,12 @@ class Replication::Session {
     // Set once with hello_done, before the writer sends anything else.
     std::unique_ptr<StreamCompressor> compressor;
     std::unique_ptr<StreamDecompressor> decompressor;
+    // Set by the reader when the writer, waiting for log entries, must look again anyway.
+    std::atomic<bool> kicked{false};
+    auto kick = [&] {
+      kicked = true;
+      store->ReevaluateWaiters();
+    };
     std::thread reader([&] {
       ReplicationResponse response;
       while (stream->Read(&response)) {
@@ -718,7 +740,7 @@ class Replication::Session {
               break;
             }
           }
-          sender.OnResponse(response);
+          if (sender.OnResponse(response)) kick();
           continue;
         }
         link_status = response.has_hello_ack()
@@ -731,8 +753,11 @@ class Replication::Session {
         }
         hello_done = true;
       }
-      absl::MutexLock lock(&link_mu);
-      broken = true;
+      {
+        absl::MutexLock lock(&link_mu);
+        broken = true;
+      }
+      kick();
     });
     // The watchdog ends a stream whose peer went silent: a partitioned or paused peer stalls
     // a TCP connection instead of closing it, and a blocked Write or Read never returns alone.
@@ -759,9 +784,10 @@ class Replication::Session {
     if (stream->Write(hello)) {
       absl::Time last_sent = absl::Now();
       while (!stopping() && !owner_->Blocked(peer_.name)) {
-        uint64_t commits = store->commit_count();
+        kicked = false;
         std::optional<ReplicationRequest> next;
         bool waiting_for_ack = false;
+        LogInterest interest;
         {
           absl::MutexLock lock(&link_mu);
           if (broken) break;
@@ -782,6 +808,7 @@ class Replication::Session {
           }
           next = *std::move(produced);
           waiting_for_ack = sender.waiting_for_ack();
+          if (!next.has_value() && !waiting_for_ack) interest = sender.Interest(store->AppliedVector());
         }
         // Only this thread uses the compressor, once hello_done made it final.
         auto send = [&](ReplicationRequest& request) {
@@ -814,8 +841,13 @@ class Replication::Session {
           absl::MutexLock lock(&link_mu);
           link_mu.AwaitWithTimeout(absl::Condition(&ready), options.heartbeat);
         } else {
-          // Caught up: wait for the next commit, at most until a heartbeat is due.
-          store->WaitForCommit(commits, options.heartbeat);
+          // Caught up: wait for a commit of entries this link sends, at most until a heartbeat
+          // is due. Commits of entries the peer gets first-hand do not wake this thread.
+          store->WaitForApplied(
+              [&](const storage::VersionVector& applied) {
+                return kicked.load() || interest.Pending(applied) > 0;
+              },
+              options.heartbeat);
         }
       }
     }

@@ -117,6 +117,16 @@ class ClusterView {
   bool released_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// Which log entries a link sends: per origin, those past `from`, except the excluded origins
+// (the peer's own and those it receives first-hand). A value, so it can be read while the link
+// changes.
+struct LogInterest {
+  storage::VersionVector from;
+  std::set<crdt::ReplicaId> excluded;
+  // Entries of `applied` this link would send.
+  uint64_t Pending(const storage::VersionVector& applied) const;
+};
+
 // The sending side of one link. Not thread-safe: one driver calls it.
 class LinkSender {
  public:
@@ -128,10 +138,16 @@ class LinkSender {
   absl::Status OnHelloAck(const mergedb::v1::HelloAck& ack);
   // The next frame or snapshot chunk to send now; nullopt when caught up or the window is full.
   absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> Next();
-  void OnResponse(const mergedb::v1::ReplicationResponse& response);
+  // Returns true when the ack widened what this link must send (the peer lost a first-hand
+  // stream).
+  bool OnResponse(const mergedb::v1::ReplicationResponse& response);
   bool in_snapshot() const { return snapshot_ != nullptr || need_snapshot_; }
   // True while Next() waits for an ack: the window is full, or it holds back a partial frame.
   bool waiting_for_ack() const { return in_flight_ >= options_.window || holding_partial_; }
+  // What the link sends, given the store's applied vector `mine`. Once Next() returned nothing
+  // with the window open, the link has nothing to send until Interest(...).Pending(applied) > 0
+  // or an ack changes what the peer receives first-hand (OnResponse returns true).
+  LogInterest Interest(const storage::VersionVector& mine) const;
 
  private:
   absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> NextSnapshotChunk();

@@ -582,8 +582,7 @@ void Store::LeadGroup(Writer* w) {
         log_floor_[origin] = std::max(log_floor_[origin], floor);
       }
     }
-    ++commit_count_;
-    commit_cv_.SignalAll();
+    ++commit_count_;  // waiters on applied_ re-check their conditions when the lock is released
   } else {
     // LevelDB refuses further writes after a failed sync; refuse every write, whatever failed.
     status = FailStore(FromLevelDb(s, "commit"));
@@ -1075,14 +1074,18 @@ uint64_t Store::commit_count() const {
   return commit_count_;
 }
 
-uint64_t Store::WaitForCommit(uint64_t after_count, absl::Duration timeout) {
+void Store::WaitForApplied(const std::function<bool(const VersionVector&)>& wanted,
+                           absl::Duration timeout) {
+  struct Ready {
+    const std::function<bool(const VersionVector&)>* wanted;
+    const VersionVector* applied;
+    bool operator()() const { return (*wanted)(*applied); }
+  } ready{&wanted, &applied_};
   absl::MutexLock lock(&commit_mu_);
-  const absl::Time deadline = absl::Now() + timeout;
-  while (commit_count_ <= after_count) {
-    if (commit_cv_.WaitWithDeadline(&commit_mu_, deadline)) break;
-  }
-  return commit_count_;
+  commit_mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
 }
+
+void Store::ReevaluateWaiters() { absl::MutexLock lock(&commit_mu_); }
 
 int64_t Store::document_count() const {
   absl::MutexLock lock(&commit_mu_);

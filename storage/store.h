@@ -262,10 +262,18 @@ class Store {
   // Waits until the change feed has advanced past `after_seq` or `timeout` passes; returns the
   // last change sequence.
   uint64_t WaitForChange(uint64_t after_seq, absl::Duration timeout);
-  // Commits so far (local writes, remote frames, snapshots): replication waits on it, since a
-  // remote frame that changes no document still adds log entries to forward.
+  // Commits so far (local writes, remote frames, snapshots).
   uint64_t commit_count() const;
-  uint64_t WaitForCommit(uint64_t after_count, absl::Duration timeout);
+  // Waits until `wanted(applied vector)` holds or `timeout` passes. `wanted` runs under the
+  // store's commit lock each time the lock is released, so a waiter wakes only when its
+  // condition holds: a replication sender whose peer receives most origins first-hand sleeps
+  // through the commits that do not concern it instead of waking for each. It must be quick,
+  // must not block and must not call the store.
+  void WaitForApplied(const std::function<bool(const VersionVector&)>& wanted,
+                      absl::Duration timeout);
+  // Has the waiters re-evaluate their conditions (after something they read besides the
+  // applied vector changed).
+  void ReevaluateWaiters();
   // OK, or the failure that made the store refuse writes.
   absl::Status health() const;
 
@@ -342,7 +350,6 @@ class Store {
   unsigned __int128 digest_ ABSL_GUARDED_BY(commit_mu_) = 0;
   absl::CondVar change_cv_;  // signalled when last_change_seq_ advances
   uint64_t commit_count_ ABSL_GUARDED_BY(commit_mu_) = 0;
-  absl::CondVar commit_cv_;  // signalled after every successful commit
   absl::Status fatal_ ABSL_GUARDED_BY(commit_mu_);
 };
 
