@@ -325,6 +325,12 @@ class Store {
   absl::StatusOr<WriteResult> PrepareLocal(const LocalWrite& write, const std::string& prefix,
                                            Writer* w, std::shared_ptr<crdt::Document>* to_commit);
   absl::Status FailStore(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
+  // Deletes key(floor + 1) .. key(upto) in chunks, recording each chunk's end under
+  // `floor_key`; `advanced(end)` runs after each chunk with commit_mu_ held.
+  absl::Status DeleteThrough(uint64_t floor, uint64_t upto,
+                             absl::FunctionRef<std::string(uint64_t)> key,
+                             const std::string& floor_key, absl::string_view what,
+                             absl::FunctionRef<void(uint64_t)> advanced);
 
   const StoreOptions options_;
   leveldb::DB* db_ = nullptr;
