@@ -80,7 +80,6 @@ int main(int argc, char** argv) {
     options[i].data_dir = absl::StrCat(root, "/n", i + 1);
     options[i].listen = absl::StrCat("127.0.0.1:", ports[i]);
     options[i].replication.compress_streams = compress != 0;
-    if (getenv("XNAGLE")) options[i].replication.min_pipelined_entries = atoi(getenv("XNAGLE"));
     for (int j = 0; j < 3; ++j) {
       if (j != i) options[i].peers.push_back({absl::StrCat("n", j + 1), absl::StrCat("127.0.0.1:", ports[j])});
     }
