@@ -110,7 +110,8 @@ absl::Status DocumentServiceImpl::WaitForVersion(const std::string& collection,
       return absl::CancelledError("the call was cancelled");
     }
     if (node_->stopping()) return absl::UnavailableError("the node is shutting down");
-    store->WaitForChange(seen, std::min(kPollInterval, deadline - now));
+    store->WaitForChange(seen, {std::string(collection), std::string(id)},
+                         std::min(kPollInterval, deadline - now));
   }
 }
 
@@ -430,6 +431,7 @@ grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
   // 0 means "from the oldest change still held".
   if (!request->from_now() && position == 0) position = store->change_floor();
   constexpr size_t kBatch = 256;
+  const storage::Store::ChangeFilter filter{request->collection(), request->id()};
   while (!context->IsCancelled() && !node_->stopping()) {
     auto changes = store->ReadChanges(position, kBatch);
     if (!changes.ok()) return ToGrpcStatus(changes.status());
@@ -450,7 +452,7 @@ grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
       if (!read.ok()) return ToGrpcStatus(read);
       if (!writer->Write(event)) return grpc::Status::OK;  // the client went away
     }
-    if (changes->size() < kBatch) store->WaitForChange(position, kPollInterval);
+    if (changes->size() < kBatch) store->WaitForChange(position, filter, kPollInterval);
   }
   if (node_->stopping()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the node is shutting down");
   return grpc::Status::OK;

@@ -513,6 +513,7 @@ void Store::LeadGroup(Writer* w) {
   uint64_t change_seq = last_change_seq_;
   int64_t doc_count = doc_count_;
   unsigned __int128 digest = digest_;
+  std::vector<RecentChange> fresh;
   size_t taken = 0;
   size_t bytes = 0;
   for (Writer* x : writers_) {
@@ -533,6 +534,7 @@ void Store::LeadGroup(Writer* w) {
       change.set_origin(replica_id_);
       change.set_origin_seq(x->log_seq);
       group.Put(keys::Change(x->change_seq), crdt::SerializeDeterministic(change));
+      fresh.push_back({x->change_seq, x->collection, x->id});
     }
     if (x->has_request) {
       x->request.set_change_seq(x->change_seq);
@@ -541,6 +543,7 @@ void Store::LeadGroup(Writer* w) {
     }
     for (const auto& change : x->remote_changes) {
       group.Put(keys::Change(++change_seq), crdt::SerializeDeterministic(change));
+      fresh.push_back({change_seq, change.collection(), change.id()});
     }
     for (const auto& [origin, seq] : x->applied_updates) {
       applied[origin] = std::max(applied[origin], seq);
@@ -573,7 +576,9 @@ void Store::LeadGroup(Writer* w) {
   absl::Status status;
   if (s.ok()) {
     applied_ = std::move(applied);
-    if (change_seq != last_change_seq_) change_cv_.SignalAll();
+    // Waiters on the change feed re-check their conditions when the lock is released.
+    for (RecentChange& change : fresh) recent_changes_.push_back(std::move(change));
+    while (recent_changes_.size() > kRecentChanges) recent_changes_.pop_front();
     last_change_seq_ = change_seq;
     doc_count_ = doc_count;
     digest_ = digest;
@@ -1072,12 +1077,35 @@ std::pair<VersionVector, std::string> Store::AppliedAndDigest() const {
   return {applied_, EncodeDigest(digest_)};
 }
 
-uint64_t Store::WaitForChange(uint64_t after_seq, absl::Duration timeout) {
+uint64_t Store::WaitForChange(uint64_t after_seq, const ChangeFilter& filter,
+                              absl::Duration timeout) {
+  // Runs under commit_mu_ each time it is released, so it remembers how far it has looked.
+  struct Matched {
+    const Store* store;
+    const ChangeFilter* filter;
+    mutable uint64_t checked;  // changes through this sequence did not match
+    bool operator()() const {
+      const auto& recent = store->recent_changes_;
+      if (store->last_change_seq_ <= checked) return false;
+      // Forgotten changes past `checked`: the caller must read the feed to know.
+      if (recent.empty() || recent.front().seq > checked + 1 ||
+          recent.back().seq != store->last_change_seq_) {
+        return true;
+      }
+      // Sequences in the deque are consecutive, so the first unchecked one is found by offset.
+      for (size_t i = static_cast<size_t>(checked + 1 - recent.front().seq); i < recent.size(); ++i) {
+        const RecentChange& change = recent[i];
+        if (change.collection == filter->collection &&
+            (filter->id.empty() || change.id == filter->id)) {
+          return true;
+        }
+        checked = change.seq;
+      }
+      return false;
+    }
+  } matched{this, &filter, after_seq};
   absl::MutexLock lock(&commit_mu_);
-  const absl::Time deadline = absl::Now() + timeout;
-  while (last_change_seq_ <= after_seq) {
-    if (change_cv_.WaitWithDeadline(&commit_mu_, deadline)) break;
-  }
+  commit_mu_.AwaitWithTimeout(absl::Condition(&matched), timeout);
   return last_change_seq_;
 }
 

@@ -1,5 +1,7 @@
 #include "storage/store.h"
 
+#include <atomic>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -375,6 +377,50 @@ TEST_F(StoreTest, ChangeFeedListsEveryChangeInOrder) {
   EXPECT_EQ((*changes)[0].first, 3u);
   EXPECT_EQ((*changes)[0].second.id(), "d0");
   EXPECT_EQ((*changes)[0].second.origin_seq(), 3u);
+}
+
+// A change-feed waiter wakes for changes its filter matches, local or remote, and not for
+// others; one that starts behind what the store remembers wakes at once and reads the feed.
+TEST_F(StoreTest, ChangeWaitersWakeOnlyForTheChangesTheyFilter) {
+  auto store = OpenOrDie();
+  auto peer = OpenOrDie(SecondNode("/peer"));
+  const crdt::ReplicaId me = store->replica_id();
+  const uint64_t start = store->last_change_seq();
+  std::atomic<bool> woke{false};
+  std::atomic<uint64_t> returned{0};
+  std::thread waiter([&] {
+    returned = store->WaitForChange(start, {"c", "wanted"}, absl::Seconds(60));
+    woke = true;
+  });
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(store->ApplyLocal(Increment("c", "other", "n", 1, me)).ok());
+    ASSERT_TRUE(store->ApplyLocal(Increment("elsewhere", "wanted", "n", 1, me)).ok());
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(woke) << "woken by changes the filter does not match";
+  // The matching change arrives from a peer.
+  ASSERT_TRUE(peer->ApplyLocal(Increment("c", "wanted", "n", 1, peer->replica_id())).ok());
+  ASSERT_TRUE(store->ApplyRemote(*peer->ReadLog({}, 10)).ok());
+  waiter.join();
+  EXPECT_EQ(returned, start + 41);
+
+  // A whole-collection filter matches every document of the collection.
+  const uint64_t now = store->last_change_seq();
+  std::thread collection_waiter([&] {
+    returned = store->WaitForChange(now, {"c", ""}, absl::Seconds(60));
+  });
+  ASSERT_TRUE(store->ApplyLocal(Increment("elsewhere", "x", "n", 1, me)).ok());
+  ASSERT_TRUE(store->ApplyLocal(Increment("c", "any", "n", 1, me)).ok());
+  collection_waiter.join();
+  EXPECT_EQ(returned, now + 2);
+
+  // Further back than the remembered changes: the waiter cannot tell, so it returns at once.
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_TRUE(store->ApplyLocal(Increment("elsewhere", "y", "n", 1, me)).ok());
+  }
+  const auto before = std::chrono::steady_clock::now();
+  EXPECT_EQ(store->WaitForChange(0, {"c", "never"}, absl::Seconds(60)), store->last_change_seq());
+  EXPECT_LT(std::chrono::steady_clock::now() - before, std::chrono::seconds(30));
 }
 
 TEST_F(StoreTest, TheChangeFeedKeepsItsRetentionAndRefusesOlderPositions) {
