@@ -22,6 +22,8 @@ std::string CollectionPrefix(absl::string_view collection) {
   return key;
 }
 
+std::string DocSpaceEnd() { return std::string{kDocTag, '\xFF'}; }
+
 std::string DocPrefix(absl::string_view collection, absl::string_view id) {
   std::string key = CollectionPrefix(collection);
   crdt::AppendName(&key, id);

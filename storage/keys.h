@@ -59,6 +59,11 @@ std::string Meta(absl::string_view name);
 std::string DocPrefix(absl::string_view collection, absl::string_view id);
 // The prefix of every document of a collection.
 std::string CollectionPrefix(absl::string_view collection);
+// A live key after every document key (tag, 0xFF: no collection name starts with 0xFF, which
+// is not UTF-8). A seek past the last document stops here instead of walking the deletion
+// markers of truncated log entries that follow, which LevelDB skips one by one until
+// compaction drops them.
+std::string DocSpaceEnd();
 std::string DocContext(absl::string_view doc_prefix);
 std::string DocLeaf(absl::string_view doc_prefix, absl::string_view leaf_key);
 std::string Log(crdt::ReplicaId origin, uint64_t seq);

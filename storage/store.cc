@@ -272,6 +272,7 @@ absl::Status Store::Initialize() {
     batch.Put(keys::Meta(keys::kMetaChangeSeq), keys::EncodeBe64(0));
     batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(0));
     batch.Put(keys::Meta(keys::kMetaDigest), EncodeDigest(0));
+    batch.Put(keys::DocSpaceEnd(), "");
     leveldb::WriteOptions sync;
     sync.sync = true;
     return FromLevelDb(db_->Write(sync, &batch), absl::StrCat("initializing data dir ", path));
@@ -327,6 +328,7 @@ absl::Status Store::Initialize() {
   if (!cs.ok() && !cs.IsNotFound()) return FromLevelDb(cs, absl::StrCat("reading ", path));
   leveldb::WriteBatch open_batch;
   open_batch.Delete(keys::Meta(keys::kMetaCleanShutdown));
+  open_batch.Put(keys::DocSpaceEnd(), "");  // data dirs written before the fence existed
   if (cs.IsNotFound() && options_.durability == Durability::kNoSync) {
     const crdt::ReplicaId previous = replica_id_;
     do {
@@ -1160,15 +1162,20 @@ absl::StatusOr<std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>>> Stor
         " (the oldest retained follows ", floor, "): read the documents again and watch from now"));
   }
   std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>> out;
+  const uint64_t last = last_change_seq();
+  if (after_seq >= last || max == 0) return out;
   const std::string prefix(1, keys::kChangeTag);
   std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
-  for (it->Seek(keys::Change(after_seq + 1));
-       it->Valid() && HasPrefix(it->key(), prefix) && out.size() < max; it->Next()) {
+  // Like ReadLog, never steps past the last change: deleted request records may follow.
+  for (it->Seek(keys::Change(after_seq + 1)); it->Valid() && HasPrefix(it->key(), prefix);
+       it->Next()) {
     mergedb::v1::ChangeRecord record;
     if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
       return absl::DataLossError(absl::StrCat("data dir ", options_.path, ": corrupt change record"));
     }
-    out.emplace_back(keys::DecodeBe64(View(it->key()).substr(1)), std::move(record));
+    const uint64_t seq = keys::DecodeBe64(View(it->key()).substr(1));
+    out.emplace_back(seq, std::move(record));
+    if (seq >= last || out.size() >= max) break;
   }
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), "reading the change feed"));
   return out;
@@ -1234,7 +1241,7 @@ class Store::LevelDbSnapshotCursor : public SnapshotCursor {
 
   absl::StatusOr<bool> Next(SnapshotDoc* doc) override {
     const std::string docs(1, keys::kDocTag);
-    if (!it_->Valid() || !HasPrefix(it_->key(), docs)) {
+    if (!it_->Valid() || !HasPrefix(it_->key(), docs) || View(it_->key()) == keys::DocSpaceEnd()) {
       MERGEDB_RETURN_IF_ERROR(FromLevelDb(it_->status(), "reading a snapshot"));
       return false;
     }
