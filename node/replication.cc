@@ -318,9 +318,10 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   // Nagle's rule for frames: every message costs each side a wake-up, a syscall and an ack
   // (tens of microseconds, more than applying an entry), so while a frame is in flight a
   // partial one waits for its ack and then leaves with whatever accumulated. Under live load
-  // that turns one frame per commit into one per round trip, for a round trip of extra lag at
-  // most.
-  if (in_flight_ > 0 && interest.Pending(mine) < options_.min_pipelined_entries) {
+  // that turns one frame per commit into one per round trip, for at most max_hold of extra lag
+  // (the driver calls StopHolding when the ack is slower).
+  if (in_flight_ > 0 && !hold_released_ &&
+      interest.Pending(mine) < options_.min_pipelined_entries) {
     holding_partial_ = true;
     return std::nullopt;
   }
@@ -348,6 +349,7 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
     sent_[record.origin] = record.seq;
   }
   ++in_flight_;
+  hold_released_ = false;
   return request;
 }
 
@@ -832,14 +834,20 @@ class Replication::Session {
           last_sent = absl::Now();
         }
         if (waiting_for_ack) {
-          // Wait for an ack (or the link to break); commits meanwhile go in the next frame.
+          // Wait for an ack (or the link to break); commits meanwhile go in the next frame. A
+          // held partial frame waits at most max_hold, then leaves anyway.
           struct Ready {
             const LinkSender* sender;
             const bool* broken;
             bool operator()() const { return *broken || !sender->waiting_for_ack(); }
           } ready{&sender, &broken};
           absl::MutexLock lock(&link_mu);
-          link_mu.AwaitWithTimeout(absl::Condition(&ready), options.heartbeat);
+          const bool holding = sender.holding_partial();
+          if (!link_mu.AwaitWithTimeout(absl::Condition(&ready),
+                                        holding ? options.max_hold : options.heartbeat) &&
+              holding && sender.holding_partial()) {
+            sender.StopHolding();
+          }
         } else {
           // Caught up: wait for a commit of entries this link sends, at most until a heartbeat
           // is due. Commits of entries the peer gets first-hand do not wake this thread.

@@ -55,6 +55,9 @@ struct ReplicationOptions {
   // ack): live writes then share frames instead of costing a message and an ack each, and a
   // catch-up still pipelines full frames. See LinkSender::Next.
   size_t min_pipelined_entries = 256;
+  // ...but a partial frame waits for that ack at most this long: when acks are slow (a busy
+  // peer), waiting would add their delay to the replication lag.
+  absl::Duration max_hold = absl::Milliseconds(2);
   // A link with no message from the peer for `dead_after` is declared dead and reconnected;
   // each side sends a heartbeat after `heartbeat` of silence.
   absl::Duration heartbeat = absl::Milliseconds(300);
@@ -144,6 +147,12 @@ class LinkSender {
   bool in_snapshot() const { return snapshot_ != nullptr || need_snapshot_; }
   // True while Next() waits for an ack: the window is full, or it holds back a partial frame.
   bool waiting_for_ack() const { return in_flight_ >= options_.window || holding_partial_; }
+  bool holding_partial() const { return holding_partial_; }
+  // The driver waited `max_hold` for an ack in vain: the next Next() sends the partial frame.
+  void StopHolding() {
+    holding_partial_ = false;
+    hold_released_ = true;
+  }
   // What the link sends, given the store's applied vector `mine`. Once Next() returned nothing
   // with the window open, the link has nothing to send until Interest(...).Pending(applied) > 0
   // or an ack changes what the peer receives first-hand (OnResponse returns true).
@@ -169,6 +178,7 @@ class LinkSender {
   crdt::ReplicaId peer_replica_ = 0;
   int in_flight_ = 0;
   bool holding_partial_ = false;
+  bool hold_released_ = false;
   bool need_snapshot_ = false;
   std::unique_ptr<storage::SnapshotCursor> snapshot_;
   struct Part {

@@ -151,8 +151,9 @@ TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
 }
 
 // Live writes share frames: while one frame is unacknowledged, a partial one waits and leaves
-// at the ack with everything that accumulated; a backlog of min_pipelined_entries or more is
-// pipelined without waiting (catch-up keeps its throughput).
+// at the ack with everything that accumulated (or when the driver stops holding it after
+// max_hold); a backlog of min_pipelined_entries or more is pipelined without waiting (catch-up
+// keeps its throughput).
 TEST_F(ReplicationLogicTest, PartialFramesWaitForTheAckAndBacklogsPipeline) {
   auto source = OpenStore("/a", "n1");
   auto sink = OpenStore("/b", "n2");
@@ -207,9 +208,25 @@ TEST_F(ReplicationLogicTest, PartialFramesWaitForTheAckAndBacklogsPipeline) {
   auto third = next();  // 10 >= 8 wait: pipelined behind the unacknowledged second frame
   ASSERT_TRUE(third.has_value());
   EXPECT_EQ(third->frame().records_size(), 10);
+  // An ack that is slow to come: the driver gives up holding and the partial frame leaves.
+  write(2);
+  EXPECT_FALSE(next().has_value());
+  ASSERT_TRUE(sender.holding_partial());
+  sender.StopHolding();
+  EXPECT_FALSE(sender.waiting_for_ack());
+  auto fourth = next();
+  ASSERT_TRUE(fourth.has_value());
+  EXPECT_EQ(fourth->frame().records_size(), 2);
+  write(1);
+  EXPECT_FALSE(next().has_value());  // and the next partial frame is held again
   deliver(*second);
   deliver(*third);
-  EXPECT_EQ(sink->AppliedVector().at(origin), 14u);
+  deliver(*fourth);
+  auto fifth = next();
+  ASSERT_TRUE(fifth.has_value());
+  EXPECT_EQ(fifth->frame().records_size(), 1);
+  deliver(*fifth);
+  EXPECT_EQ(sink->AppliedVector().at(origin), 17u);
   EXPECT_EQ(sink->state_digest(), source->state_digest());
   EXPECT_FALSE(next().has_value());
   EXPECT_FALSE(sender.waiting_for_ack());
