@@ -87,6 +87,17 @@ inline mergedb::v1::UpdateRequest W1Request(std::mt19937_64& rng, uint64_t i,
   return W1Request(rng, i, shape);
 }
 
+// What the nodes sent each other (the PeerStatus counters summed over every node's peers):
+// payload bytes, replication frames and the log entries in them.
+struct Traffic {
+  uint64_t bytes = 0;
+  uint64_t frames = 0;
+  uint64_t entries = 0;
+  Traffic operator-(const Traffic& o) const {
+    return {bytes - o.bytes, frames - o.frames, entries - o.entries};
+  }
+};
+
 // The p-quantile (0..1) of an ascending vector; 0 when it is empty.
 inline double PercentileOfSorted(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;

@@ -411,15 +411,7 @@ absl::Status WaitForMesh(std::vector<Endpoint>& nodes, absl::Duration timeout) {
                                                   absl::FormatDuration(timeout), ":", missing));
 }
 
-// What the nodes sent each other (Status counters summed over every node's peers).
-struct Traffic {
-  uint64_t bytes = 0;
-  uint64_t frames = 0;
-  uint64_t entries = 0;
-  Traffic operator-(const Traffic& o) const {
-    return {bytes - o.bytes, frames - o.frames, entries - o.entries};
-  }
-};
+using mergedb::bench::Traffic;
 
 Traffic TrafficBetweenNodes(std::vector<Endpoint>& nodes) {
   Traffic traffic;

@@ -41,15 +41,7 @@ using mergedb::node::NodeOptions;
 
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// What the nodes sent each other: payload bytes, frames and the log entries in them.
-struct Traffic {
-  uint64_t bytes = 0;
-  uint64_t frames = 0;
-  uint64_t entries = 0;
-  Traffic operator-(const Traffic& o) const {
-    return {bytes - o.bytes, frames - o.frames, entries - o.entries};
-  }
-};
+using mergedb::bench::Traffic;
 
 Traffic TrafficBetweenNodes(std::vector<std::unique_ptr<Node>>& nodes) {
   Traffic traffic;
