@@ -290,7 +290,7 @@ uint64_t LogInterest::Pending(const storage::VersionVector& applied) const {
   return pending;
 }
 
-LogInterest LinkSender::Interest(const storage::VersionVector& mine) const {
+LogInterest LinkSender::Interest() const {
   // Never send the peer its own writes, nor the origins it gets first-hand; and start past what
   // the peer itself reported having (entries it got from other nodes meanwhile).
   LogInterest interest;
@@ -302,11 +302,6 @@ LogInterest LinkSender::Interest(const storage::VersionVector& mine) const {
   for (const auto& [origin, seq] : peer_applied_) {
     interest.from[origin] = std::max(interest.from[origin], seq);
   }
-  // ReadLog takes a floor per origin: an excluded origin starts past everything held.
-  for (crdt::ReplicaId origin : interest.excluded) {
-    auto it = mine.find(origin);
-    if (it != mine.end()) interest.from[origin] = std::max(interest.from[origin], it->second);
-  }
   return interest;
 }
 
@@ -314,7 +309,7 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   if (in_flight_ >= options_.window) return std::nullopt;
   if (in_snapshot()) return NextSnapshotChunk();
   const storage::VersionVector mine = store_->AppliedVector();
-  const LogInterest interest = Interest(mine);
+  const LogInterest interest = Interest();
   // Nagle's rule for frames: every message costs each side a wake-up, a syscall and an ack
   // (tens of microseconds, more than applying an entry), so while a frame is in flight a
   // partial one waits for its ack and then leaves with whatever accumulated. Under live load
@@ -325,7 +320,12 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
     holding_partial_ = true;
     return std::nullopt;
   }
-  const storage::VersionVector& from = interest.from;
+  // ReadLog takes a floor per origin: an excluded origin starts past everything held.
+  storage::VersionVector from = interest.from;
+  for (crdt::ReplicaId origin : interest.excluded) {
+    auto it = mine.find(origin);
+    if (it != mine.end()) from[origin] = std::max(from[origin], it->second);
+  }
   auto records = store_->ReadLog(from, options_.max_frame_records);
   if (absl::IsFailedPrecondition(records.status())) {
     MERGEDB_LOG(INFO) << "peer " << peer_ << " needs a full-state transfer: "
@@ -810,7 +810,7 @@ class Replication::Session {
           }
           next = *std::move(produced);
           waiting_for_ack = sender.waiting_for_ack();
-          if (!next.has_value() && !waiting_for_ack) interest = sender.Interest(store->AppliedVector());
+          if (!next.has_value() && !waiting_for_ack) interest = sender.Interest();
         }
         // Only this thread uses the compressor, once hello_done made it final.
         auto send = [&](ReplicationRequest& request) {

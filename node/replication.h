@@ -153,10 +153,10 @@ class LinkSender {
     holding_partial_ = false;
     hold_released_ = true;
   }
-  // What the link sends, given the store's applied vector `mine`. Once Next() returned nothing
-  // with the window open, the link has nothing to send until Interest(...).Pending(applied) > 0
-  // or an ack changes what the peer receives first-hand (OnResponse returns true).
-  LogInterest Interest(const storage::VersionVector& mine) const;
+  // What the link sends. Once Next() returned nothing with the window open, the link has
+  // nothing to send until Interest().Pending(applied) > 0 or an ack changes what the peer
+  // receives first-hand (OnResponse returns true).
+  LogInterest Interest() const;
 
  private:
   absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> NextSnapshotChunk();

@@ -94,6 +94,7 @@ absl::Status DocumentServiceImpl::WaitForVersion(const std::string& collection,
                                                  absl::Time deadline,
                                                  grpc::ServerContext* context) {
   storage::Store* store = node_->store();
+  const storage::Store::ChangeFilter filter{collection, id};
   while (true) {
     const uint64_t seen = store->last_change_seq();
     bool covered = false;
@@ -110,8 +111,7 @@ absl::Status DocumentServiceImpl::WaitForVersion(const std::string& collection,
       return absl::CancelledError("the call was cancelled");
     }
     if (node_->stopping()) return absl::UnavailableError("the node is shutting down");
-    store->WaitForChange(seen, {std::string(collection), std::string(id)},
-                         std::min(kPollInterval, deadline - now));
+    store->WaitForChange(seen, filter, std::min(kPollInterval, deadline - now));
   }
 }
 
@@ -135,19 +135,24 @@ absl::Status DocumentServiceImpl::CheckWritable() {
   return absl::OkStatus();
 }
 
-storage::LocalWrite DocumentServiceImpl::MakeLocalWrite(const UpdateRequest& request,
-                                                        const PreparedUpdate& update) {
+storage::LocalWrite MakeLocalWrite(const UpdateRequest& request, const PreparedUpdate& update,
+                                   crdt::ReplicaId replica, HybridClock* clock,
+                                   int64_t unix_millis) {
   storage::LocalWrite write;
   write.collection = request.collection();
   write.id = request.id();
   write.request_id = request.request_id();
-  write.unix_millis = absl::ToUnixMillis(absl::Now());
-  HybridClock* clock = node_->hybrid_clock();
-  const crdt::ReplicaId replica = node_->store()->replica_id();
+  write.unix_millis = unix_millis;
   write.mutate = [&update, replica, clock](crdt::Document& doc) {
     return update.Apply(doc, replica, *clock);
   };
   return write;
+}
+
+storage::LocalWrite DocumentServiceImpl::LocalWriteOf(const UpdateRequest& request,
+                                                      const PreparedUpdate& update) {
+  return MakeLocalWrite(request, update, node_->store()->replica_id(), node_->hybrid_clock(),
+                        absl::ToUnixMillis(absl::Now()));
 }
 
 absl::StatusOr<UpdateResponse> DocumentServiceImpl::FinishUpdate(
@@ -194,7 +199,7 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ApplyUpdate(const UpdateRequ
         WaitForVersion(request.collection(), request.id(), update.base_version(), deadline, context));
   }
   MERGEDB_ASSIGN_OR_RETURN(storage::WriteResult result,
-                           node_->store()->ApplyLocal(MakeLocalWrite(request, update)));
+                           node_->store()->ApplyLocal(LocalWriteOf(request, update)));
   return FinishUpdate(request, result, deadline);
 }
 
@@ -233,7 +238,7 @@ std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
       continue;
     }
     updates.push_back(*std::move(update));
-    writes.push_back(MakeLocalWrite(requests[i], updates.back()));
+    writes.push_back(LocalWriteOf(requests[i], updates.back()));
     batched.push_back(i);
   }
   apply_batch();
@@ -452,7 +457,8 @@ grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
       if (!read.ok()) return ToGrpcStatus(read);
       if (!writer->Write(event)) return grpc::Status::OK;  // the client went away
     }
-    if (changes->size() < kBatch) store->WaitForChange(position, filter, kPollInterval);
+    // Changes the filter rules out need not be read again after a poll timeout.
+    if (changes->size() < kBatch) store->WaitForChange(position, filter, kPollInterval, &position);
   }
   if (node_->stopping()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the node is shutting down");
   return grpc::Status::OK;

@@ -11,6 +11,7 @@
 #include "crdt/causal_context.h"
 #include "crdt/document.h"
 #include "mergedb/v1/api.grpc.pb.h"
+#include "node/clock.h"
 #include "node/validation.h"
 #include "storage/store.h"
 
@@ -20,6 +21,13 @@ namespace mergedb::node {
 // and typed views, the conflicts and the version token. ExecuteGet adds the waits and the size
 // limit; the fuzzers read documents back through this, as a client would.
 mergedb::v1::GetResponse RenderGetResponse(const crdt::Document& doc, const crdt::Path& path);
+
+// The storage write of a validated update, made as `replica` with timestamps from `clock` at
+// `unix_millis` (recorded with its request id). `update` and `clock` must outlive the write. The
+// fuzzers write through this too, as the node does.
+storage::LocalWrite MakeLocalWrite(const mergedb::v1::UpdateRequest& request,
+                                   const PreparedUpdate& update, crdt::ReplicaId replica,
+                                   HybridClock* clock, int64_t unix_millis);
 
 class Node;
 
@@ -60,9 +68,9 @@ class DocumentServiceImpl final : public mergedb::v1::DocumentService::Service {
       grpc::ServerContext* context);
   // OK on a writable node; otherwise why not (a read-only replica names the primaries).
   absl::Status CheckWritable();
-  // The storage write of a validated update; `update` must outlive it.
-  storage::LocalWrite MakeLocalWrite(const mergedb::v1::UpdateRequest& request,
-                                     const PreparedUpdate& update);
+  // The storage write of a validated update on this node; `update` must outlive it.
+  storage::LocalWrite LocalWriteOf(const mergedb::v1::UpdateRequest& request,
+                                   const PreparedUpdate& update);
   // After the local commit: waits for the write concern, then builds the answer.
   absl::StatusOr<mergedb::v1::UpdateResponse> FinishUpdate(
       const mergedb::v1::UpdateRequest& request, const storage::WriteResult& result,

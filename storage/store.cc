@@ -1080,7 +1080,7 @@ std::pair<VersionVector, std::string> Store::AppliedAndDigest() const {
 }
 
 uint64_t Store::WaitForChange(uint64_t after_seq, const ChangeFilter& filter,
-                              absl::Duration timeout) {
+                              absl::Duration timeout, uint64_t* unmatched_through) {
   // Runs under commit_mu_ each time it is released, so it remembers how far it has looked.
   struct Matched {
     const Store* store;
@@ -1107,7 +1107,10 @@ uint64_t Store::WaitForChange(uint64_t after_seq, const ChangeFilter& filter,
     }
   } matched{this, &filter, after_seq};
   absl::MutexLock lock(&commit_mu_);
-  commit_mu_.AwaitWithTimeout(absl::Condition(&matched), timeout);
+  if (!commit_mu_.AwaitWithTimeout(absl::Condition(&matched), timeout)) {
+    matched();  // a timeout: take in what was committed since the last evaluation
+  }
+  if (unmatched_through != nullptr) *unmatched_through = matched.checked;
   return last_change_seq_;
 }
 

@@ -270,7 +270,11 @@ class Store {
   // up: each Watch stream used to wake (and read the feed) at every commit, which cost every
   // write ~100 us of CPU per watcher. The store remembers the names of its recent changes for
   // this; past what it remembers, a waiter wakes and filters what it reads, as before.
-  uint64_t WaitForChange(uint64_t after_seq, const ChangeFilter& filter, absl::Duration timeout);
+  // `*unmatched_through` (optional) gets the sequence through which every change past
+  // `after_seq` is known not to match: a reader may resume past it instead of reading those
+  // changes again.
+  uint64_t WaitForChange(uint64_t after_seq, const ChangeFilter& filter, absl::Duration timeout,
+                         uint64_t* unmatched_through = nullptr);
   // Commits so far (local writes, remote frames, snapshots).
   uint64_t commit_count() const;
   // Waits until `wanted(applied vector)` holds or `timeout` passes. `wanted` runs under the

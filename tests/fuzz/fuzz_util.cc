@@ -93,17 +93,8 @@ absl::StatusOr<storage::WriteResult> ApplyClientUpdate(MemNode& node,
         }));
     if (!covered) return absl::DeadlineExceededError("base version not applied here");
   }
-  storage::LocalWrite write;
-  write.collection = request.collection();
-  write.id = request.id();
-  write.request_id = request.request_id();
-  write.unix_millis = 1'700'000'000'000;
-  const crdt::ReplicaId replica = node.store()->replica_id();
-  node::HybridClock* clock = node.hlc();
-  write.mutate = [&update, replica, clock](crdt::Document& doc) {
-    return update.Apply(doc, replica, *clock);
-  };
-  return node.store()->ApplyLocal(write);
+  return node.store()->ApplyLocal(node::MakeLocalWrite(request, update, node.store()->replica_id(),
+                                                       node.hlc(), 1'700'000'000'000));
 }
 
 void ReadBack(const crdt::Document& doc) {

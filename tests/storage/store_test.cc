@@ -425,8 +425,9 @@ TEST_F(StoreTest, ChangeWaitersWakeOnlyForTheChangesTheyFilter) {
   const uint64_t start = store->last_change_seq();
   std::atomic<bool> woke{false};
   std::atomic<uint64_t> returned{0};
+  uint64_t unmatched = 0;
   std::thread waiter([&] {
-    returned = store->WaitForChange(start, {"c", "wanted"}, absl::Seconds(60));
+    returned = store->WaitForChange(start, {"c", "wanted"}, absl::Seconds(60), &unmatched);
     woke = true;
   });
   for (int i = 0; i < 20; ++i) {
@@ -440,6 +441,12 @@ TEST_F(StoreTest, ChangeWaitersWakeOnlyForTheChangesTheyFilter) {
   ASSERT_TRUE(store->ApplyRemote(*peer->ReadLog({}, 10)).ok());
   waiter.join();
   EXPECT_EQ(returned, start + 41);
+  EXPECT_EQ(unmatched, start + 40);  // a reader resumes right before the match
+
+  // A timeout reports how far nothing matched, so a reader need not read those changes again.
+  ASSERT_TRUE(store->ApplyLocal(Increment("c", "other", "n", 1, me)).ok());
+  store->WaitForChange(start + 41, {"c", "wanted"}, absl::Milliseconds(20), &unmatched);
+  EXPECT_EQ(unmatched, start + 42);
 
   // A whole-collection filter matches every document of the collection.
   const uint64_t now = store->last_change_seq();
