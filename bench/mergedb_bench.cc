@@ -101,10 +101,14 @@
 
 ABSL_FLAG(std::string, targets, "",
           "Comma-separated host:port of running nodes to load. Empty: start a 3-node cluster.");
-ABSL_FLAG(std::string, mode, "unary", "unary (Update calls) or stream (UpdateStream pipelining).");
+ABSL_FLAG(std::string, mode, "unary",
+          "unary (Update calls), stream (UpdateStream pipelining, one update per message) or "
+          "batch (UpdateBatchStream: the updates queued while a message is in flight leave as "
+          "the next message).");
 ABSL_FLAG(int, streams, 0,
-          "stream mode: UpdateStream streams in all, spread over the writable nodes (0: two per "
-          "writable node). A node serves one stream's requests one at a time: fewer streams "
+          "stream and batch modes: streams in all, spread over the writable nodes (0: two per "
+          "writable node in stream mode, one in batch mode). A node serves one stream's "
+          "requests one at a time: fewer streams "
           "pipeline deeper (best for LOCAL), more let more QUORUM/ALL writes wait at once.");
 ABSL_FLAG(std::string, write_concern, "local", "local, quorum or all.");
 ABSL_FLAG(int64_t, writes, 200000, "Writes to acknowledge (ignored with --duration).");
@@ -713,7 +717,7 @@ class Watchers {
 // ---------------------------------------------------------------------------------------------
 // The load: one completion queue, driven by the calling thread.
 
-enum class Mode { kUnary, kStream };
+enum class Mode { kUnary, kStream, kBatch };
 
 struct PhaseOptions {
   Mode mode = Mode::kUnary;
@@ -733,6 +737,7 @@ struct PhaseOptions {
 
 struct PhaseResult {
   int64_t writes = 0;
+  int64_t messages_sent = 0;  // batch mode: UpdateBatch messages
   int64_t reads = 0;
   Clock::time_point start, last_ack;
   std::vector<double> write_latency_us;  // sorted
@@ -797,11 +802,15 @@ class Phase {
     }
   };
 
-  // One UpdateStream: at most one Write and one Read outstanding (gRPC's rule), the other
-  // requests queued; responses matched to requests in order.
+  // One UpdateStream, or (batched) one UpdateBatchStream: at most one Write and one Read
+  // outstanding (gRPC's rule), the other requests queued; responses matched to requests in
+  // order. Batched, a Write carries everything queued since the previous one left (Nagle's
+  // rule), and the writes a response message completes are queued before the next Write starts
+  // (Flush, after each event), so they leave together.
   class Stream {
    public:
-    Stream(Phase* phase, int node) : phase_(phase), node_(node) {
+    Stream(Phase* phase, int node, bool batched)
+        : phase_(phase), node_(node), batched_(batched) {
       start_tag_ = {this, &Stream::OnStart};
       write_tag_ = {this, &Stream::OnWrite};
       read_tag_ = {this, &Stream::OnRead};
@@ -812,14 +821,22 @@ class Phase {
     bool finished() const { return finished_; }
 
     void Start(grpc::CompletionQueue* cq) {
-      stream_ = phase_->nodes_[node_]->documents->PrepareAsyncUpdateStream(&context_, cq);
-      stream_->StartCall(&start_tag_);
+      auto* documents = phase_->nodes_[node_]->documents.get();
+      if (batched_) {
+        batch_stream_ = documents->PrepareAsyncUpdateBatchStream(&context_, cq);
+        batch_stream_->StartCall(&start_tag_);
+      } else {
+        stream_ = documents->PrepareAsyncUpdateStream(&context_, cq);
+        stream_->StartCall(&start_tag_);
+      }
     }
     void Send(UpdateRequest request, Clock::time_point sent, int64_t sample) {
       in_flight_.push_back({sent, sample});
       unsent_.push_back(std::move(request));
-      MaybeWrite();
+      if (!batched_) MaybeWrite();
     }
+    // Batched: starts a Write of what is queued, unless one is in flight.
+    void Flush() { MaybeWrite(); }
     // No more requests: half-close once everything queued is written.
     void Close() {
       closing_ = true;
@@ -839,29 +856,62 @@ class Phase {
       int64_t sample;
     };
 
+    // A node's default --max_batch_updates.
+    static constexpr int kMaxBatchUpdates = 1000;
+    // Batched, a message waits while this many are unanswered (Nagle's rule, clocked by the
+    // answers rather than by the transport, which takes a message at once).
+    static constexpr int kMaxUnansweredMessages = 1;
+
     void MaybeWrite() {
       if (!started_ || writing_ || broken_) return;
-      if (!unsent_.empty()) {
-        current_ = std::move(unsent_.front());
-        unsent_.pop_front();
+      if (!unsent_.empty() && (!batched_ || unanswered_messages_ < kMaxUnansweredMessages)) {
         writing_ = true;
-        stream_->Write(current_, &write_tag_);
+        if (batched_) {
+          current_batch_.clear_updates();
+          while (!unsent_.empty() && current_batch_.updates_size() < kMaxBatchUpdates) {
+            *current_batch_.add_updates() = std::move(unsent_.front());
+            unsent_.pop_front();
+          }
+          batch_sizes_.push_back(current_batch_.updates_size());
+          ++unanswered_messages_;
+          ++phase_->result_.messages_sent;
+          batch_stream_->Write(current_batch_, &write_tag_);
+        } else {
+          current_ = std::move(unsent_.front());
+          unsent_.pop_front();
+          stream_->Write(current_, &write_tag_);
+        }
       } else if (closing_ && !half_closed_) {
         half_closed_ = true;
         writing_ = true;
-        stream_->WritesDone(&write_tag_);
+        if (batched_) {
+          batch_stream_->WritesDone(&write_tag_);
+        } else {
+          stream_->WritesDone(&write_tag_);
+        }
       }
     }
     void MaybeFinish() {
       if (read_ended_ && !writing_ && !finishing_) {
         finishing_ = true;
-        stream_->Finish(&status_, &finish_tag_);
+        if (batched_) {
+          batch_stream_->Finish(&status_, &finish_tag_);
+        } else {
+          stream_->Finish(&status_, &finish_tag_);
+        }
+      }
+    }
+    void StartRead() {
+      if (batched_) {
+        batch_stream_->Read(&batch_response_, &read_tag_);
+      } else {
+        stream_->Read(&response_, &read_tag_);
       }
     }
     void OnStart(bool ok) {
       if (!ok) phase_->Fail(absl::StrCat("UpdateStream to ", phase_->nodes_[node_]->address, " did not start"));
       started_ = true;
-      stream_->Read(&response_, &read_tag_);
+      StartRead();
       MaybeWrite();
     }
     void OnWrite(bool ok) {
@@ -876,14 +926,30 @@ class Phase {
         MaybeFinish();
         return;
       }
+      if (!batched_) {
+        OnAnswer(response_);
+      } else {
+        if (batch_sizes_.empty() ||
+            batch_response_.responses_size() != batch_sizes_.front()) {
+          phase_->Fail(absl::StrCat("UpdateBatchStream on ", phase_->nodes_[node_]->address,
+                                    " answered ", batch_response_.responses_size(),
+                                    " updates for a message of ",
+                                    batch_sizes_.empty() ? 0 : batch_sizes_.front()));
+        }
+        batch_sizes_.pop_front();
+        --unanswered_messages_;
+        for (const UpdateResponse& response : batch_response_.responses()) OnAnswer(response);
+      }
+      StartRead();
+    }
+    void OnAnswer(const UpdateResponse& response) {
       if (in_flight_.empty()) phase_->Fail("UpdateStream answered a request never sent");
       const Pending pending = in_flight_.front();
       in_flight_.pop_front();
-      if (response_.code() != 0) {
+      if (response.code() != 0) {
         phase_->Fail(absl::StrCat("UpdateStream write on ", phase_->nodes_[node_]->address,
-                                  " failed: ", response_.message(), " (code ", response_.code(), ")"));
+                                  " failed: ", response.message(), " (code ", response.code(), ")"));
       }
-      stream_->Read(&response_, &read_tag_);
       phase_->OnWriteAck(pending.sent, pending.sample, node_);
     }
     void OnFinish(bool) {
@@ -898,11 +964,19 @@ class Phase {
 
     Phase* const phase_;
     const int node_;
+    const bool batched_;
     grpc::ClientContext context_;
     std::unique_ptr<grpc::ClientAsyncReaderWriter<UpdateRequest, UpdateResponse>> stream_;
+    std::unique_ptr<grpc::ClientAsyncReaderWriter<mergedb::v1::UpdateBatch,
+                                                  mergedb::v1::UpdateBatchResponse>>
+        batch_stream_;
     Tag start_tag_, write_tag_, read_tag_, finish_tag_;
     UpdateRequest current_;
     UpdateResponse response_;
+    mergedb::v1::UpdateBatch current_batch_;
+    mergedb::v1::UpdateBatchResponse batch_response_;
+    std::deque<int> batch_sizes_;  // updates of each unanswered message, oldest first
+    int unanswered_messages_ = 0;
     grpc::Status status_;
     std::deque<UpdateRequest> unsent_;
     std::deque<Pending> in_flight_;
@@ -1041,11 +1115,11 @@ void Phase::Progress(Clock::time_point now, bool final_line) {
 PhaseResult Phase::Run() {
   result_.write_latency_us.reserve(static_cast<size_t>(std::max<int64_t>(options_.writes, 1000)));
   streams_of_node_.resize(nodes_.size());
-  if (options_.mode == Mode::kStream) {
+  if (options_.mode != Mode::kUnary) {
     const int streams = std::max(options_.streams, static_cast<int>(nodes_.size()));
     for (int k = 0; k < streams; ++k) {
       const int node = k % static_cast<int>(nodes_.size());
-      streams_.push_back(std::make_unique<Stream>(this, node));
+      streams_.push_back(std::make_unique<Stream>(this, node, options_.mode == Mode::kBatch));
       streams_of_node_[node].push_back(streams_.back().get());
       streams_.back()->Start(&cq_);
     }
@@ -1067,6 +1141,15 @@ PhaseResult Phase::Run() {
     if (got == grpc::CompletionQueue::GOT_EVENT) {
       last_event = now;
       static_cast<Handler*>(tag)->Proceed(ok);
+      if (options_.mode == Mode::kBatch) {
+        // Take every event that is already there before writing: answers that arrived
+        // together then send their successors together.
+        while (cq_.AsyncNext(&tag, &ok, std::chrono::system_clock::time_point()) ==
+               grpc::CompletionQueue::GOT_EVENT) {
+          static_cast<Handler*>(tag)->Proceed(ok);
+        }
+        for (auto& stream : streams_) stream->Flush();
+      }
     } else if (got == grpc::CompletionQueue::SHUTDOWN) {
       Fail("completion queue shut down");
     } else if (now - last_event > std::chrono::seconds(90)) {
@@ -1227,8 +1310,10 @@ int Main(int argc, char** argv) {
     phase.mode = Mode::kUnary;
   } else if (mode == "stream") {
     phase.mode = Mode::kStream;
+  } else if (mode == "batch") {
+    phase.mode = Mode::kBatch;
   } else {
-    return UsageError("--mode must be unary or stream");
+    return UsageError("--mode must be unary, stream or batch");
   }
   const std::string concern = absl::GetFlag(FLAGS_write_concern);
   if (concern == "local") {
@@ -1337,8 +1422,12 @@ int Main(int argc, char** argv) {
     if (e.writable) writable.push_back(&e);
   }
   if (writable.empty()) Fatal("no writable node among the targets");
-  phase.streams = absl::GetFlag(FLAGS_streams) > 0 ? absl::GetFlag(FLAGS_streams)
-                                                  : 2 * static_cast<int>(writable.size());
+  // Batched, one stream per node: its messages carry whatever accumulates, so a node's writes
+  // are better on one stream than spread thinner over two.
+  const int streams_per_node = phase.mode == Mode::kBatch ? 1 : 2;
+  phase.streams = absl::GetFlag(FLAGS_streams) > 0
+                      ? absl::GetFlag(FLAGS_streams)
+                      : streams_per_node * static_cast<int>(writable.size());
   phase.streams = std::max(phase.streams, static_cast<int>(writable.size()));
   const bool sampling = sample_every > 0 && nodes.size() > 1 && lag_mode != "off";
   const bool lag_inline = sampling && lag_mode == "inline";
@@ -1348,7 +1437,7 @@ int Main(int argc, char** argv) {
   const std::string describe = absl::StrCat(
       "W1, ", nodes.size(), " nodes (", start_cluster ? "started by the tool" : "given", ": ",
       absl::StrJoin(addresses, " "), "), mode ", mode,
-      phase.mode == Mode::kStream ? absl::StrCat(" (", phase.streams, " streams)") : "",
+      phase.mode != Mode::kUnary ? absl::StrCat(" (", phase.streams, " streams)") : "",
       ", write concern ", absl::AsciiStrToUpper(concern), ", fsync ",
       start_cluster ? (fsync ? "on" : "off") : "as the targets run", ", ", phase.concurrency,
       " outstanding, ", std::thread::hardware_concurrency(), " cores");
@@ -1461,6 +1550,8 @@ int Main(int argc, char** argv) {
   const double bytes_per_write = run.writes > 0 ? static_cast<double>(traffic.bytes) / run.writes : 0;
   const double entries_per_frame =
       traffic.frames > 0 ? static_cast<double>(traffic.entries) / traffic.frames : 0;
+  const double updates_per_message =
+      run.messages_sent > 0 ? static_cast<double>(run.writes) / run.messages_sent : 0;
   auto p = [](const std::vector<double>& v, double q) { return PercentileOfSorted(v, q); };
 
   if (!json_only) {
@@ -1498,6 +1589,9 @@ int Main(int argc, char** argv) {
     }
     std::printf("  %-40s %.0f\n", "bytes between nodes per write", bytes_per_write);
     std::printf("  %-40s %.1f\n", "log entries per replication frame", entries_per_frame);
+    if (phase.mode == Mode::kBatch) {
+      std::printf("  %-40s %.1f\n", "updates per UpdateBatch message", updates_per_message);
+    }
     for (const NodeStats& n : node_stats) {
       std::printf("  %-40s %.2f CPU s (%.1f us/write), peak RSS %.1f MiB\n",
                   absl::StrCat("node ", n.name).c_str(), n.cpu_s,
@@ -1535,7 +1629,7 @@ int Main(int argc, char** argv) {
     json.AddRaw("fsync", "null");  // as the targets run: unknown here
   }
   json.Add("concurrency", phase.concurrency);
-  if (phase.mode == Mode::kStream) json.Add("streams", phase.streams);
+  if (phase.mode != Mode::kUnary) json.Add("streams", phase.streams);
   json.Add("documents", phase.shape.documents);
   json.Add("value_size", static_cast<int64_t>(phase.shape.value_size));
   json.Add("cores", static_cast<int>(std::thread::hardware_concurrency()));
@@ -1562,6 +1656,7 @@ int Main(int argc, char** argv) {
   json.Add("convergence_ms", convergence_ms);
   json.Add("bytes_between_nodes_per_write", bytes_per_write);
   json.Add("entries_per_frame", entries_per_frame);
+  if (phase.mode == Mode::kBatch) json.Add("updates_per_message", updates_per_message);
   std::vector<std::string> per_node;
   for (const NodeStats& n : node_stats) {
     per_node.push_back(JsonObject()

@@ -63,10 +63,14 @@ int main(int argc, char** argv) {
   int catchup = 100000;
   double lag_rate = 0;  // 0: half of the measured peak
   int compress = 1;
+  double max_hold_ms = -1;
+  double truncate_ms = -1;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--compress=", 11) == 0 && absl::SimpleAtoi(argv[i] + 11, &compress)) continue;
     if (std::strncmp(argv[i], "--writes=", 9) == 0 && absl::SimpleAtoi(argv[i] + 9, &writes)) continue;
     if (std::strncmp(argv[i], "--catchup=", 10) == 0 && absl::SimpleAtoi(argv[i] + 10, &catchup)) continue;
+    if (std::strncmp(argv[i], "--truncate_ms=", 14) == 0 && absl::SimpleAtod(argv[i] + 14, &truncate_ms)) continue;
+    if (std::strncmp(argv[i], "--max_hold_ms=", 14) == 0 && absl::SimpleAtod(argv[i] + 14, &max_hold_ms)) continue;
     if (std::strncmp(argv[i], "--lag_rate=", 11) == 0 && absl::SimpleAtod(argv[i] + 11, &lag_rate)) continue;
     std::fprintf(stderr, "usage: %s [--writes=N] [--catchup=N] [--lag_rate=W/S] [--compress=0|1]\n",
                  argv[0]);
@@ -86,6 +90,8 @@ int main(int argc, char** argv) {
     options[i].data_dir = absl::StrCat(root, "/n", i + 1);
     options[i].listen = absl::StrCat("127.0.0.1:", ports[i]);
     options[i].replication.compress_streams = compress != 0;
+    if (truncate_ms >= 0) options[i].truncate_interval = absl::Milliseconds(truncate_ms);
+    if (max_hold_ms >= 0) options[i].replication.max_hold = absl::Milliseconds(max_hold_ms);
     for (int j = 0; j < 3; ++j) {
       if (j != i) options[i].peers.push_back({absl::StrCat("n", j + 1), absl::StrCat("127.0.0.1:", ports[j])});
     }

@@ -41,6 +41,7 @@ ABSL_FLAG(int32_t, max_path_depth, 32, "Deepest field path, names.");
 ABSL_FLAG(int64_t, max_value_bytes, 1 << 20, "Largest register value or set element, bytes.");
 ABSL_FLAG(int64_t, max_update_bytes, 4 << 20, "Largest update request, bytes.");
 ABSL_FLAG(int32_t, max_ops_per_update, 1000, "Most operations in one update.");
+ABSL_FLAG(int32_t, max_batch_updates, 1000, "Most updates in one UpdateBatchStream message.");
 ABSL_FLAG(int64_t, max_response_bytes, 4 << 20, "Largest Get or List answer, bytes.");
 ABSL_FLAG(int64_t, request_id_window_s, 24 * 3600,
           "How long client request ids are remembered for retry detection, seconds.");
@@ -94,7 +95,7 @@ int main(int argc, char** argv) {
   if (!positive(absl::GetFlag(FLAGS_cache_mb)) || !positive(absl::GetFlag(FLAGS_max_name_bytes)) ||
       absl::GetFlag(FLAGS_max_path_depth) <= 0 || !positive(absl::GetFlag(FLAGS_max_value_bytes)) ||
       !positive(absl::GetFlag(FLAGS_max_update_bytes)) ||
-      absl::GetFlag(FLAGS_max_ops_per_update) <= 0 ||
+      absl::GetFlag(FLAGS_max_ops_per_update) <= 0 || absl::GetFlag(FLAGS_max_batch_updates) <= 0 ||
       !positive(absl::GetFlag(FLAGS_max_response_bytes)) ||
       !positive(absl::GetFlag(FLAGS_request_id_window_s))) {
     return UsageError("sizes, limits and windows must be positive");
@@ -108,6 +109,7 @@ int main(int argc, char** argv) {
   options.limits.max_value_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_value_bytes));
   options.limits.max_update_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_update_bytes));
   options.limits.max_ops_per_update = absl::GetFlag(FLAGS_max_ops_per_update);
+  options.limits.max_batch_updates = absl::GetFlag(FLAGS_max_batch_updates);
   options.limits.max_response_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_response_bytes));
   options.request_id_window = absl::Seconds(absl::GetFlag(FLAGS_request_id_window_s));
   options.clock_offset_millis = absl::GetFlag(FLAGS_testonly_clock_offset_ms);

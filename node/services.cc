@@ -254,68 +254,131 @@ grpc::Status DocumentServiceImpl::Update(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status DocumentServiceImpl::UpdateStream(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<UpdateResponse, UpdateRequest>* stream) {
+namespace {
+
+// The two streaming write RPCs differ only in how many updates a message carries and how the
+// answers are packed; these overloads say it, for PipelineUpdates.
+size_t UpdatesIn(const UpdateRequest&) { return 1; }
+size_t UpdatesIn(const mergedb::v1::UpdateBatch& batch) {
+  return static_cast<size_t>(batch.updates_size());
+}
+void MoveUpdates(UpdateRequest& request, std::vector<UpdateRequest>* out) {
+  out->push_back(std::move(request));
+}
+void MoveUpdates(mergedb::v1::UpdateBatch& batch, std::vector<UpdateRequest>* out) {
+  for (UpdateRequest& request : *batch.mutable_updates()) out->push_back(std::move(request));
+}
+const std::string& RequestIdOf(const UpdateRequest& request, size_t) {
+  return request.request_id();
+}
+const std::string& RequestIdOf(const mergedb::v1::UpdateBatch& batch, size_t i) {
+  return batch.updates(static_cast<int>(i)).request_id();
+}
+void AddAnswer(UpdateResponse response, UpdateResponse* answer) { *answer = std::move(response); }
+void AddAnswer(UpdateResponse response, mergedb::v1::UpdateBatchResponse* answer) {
+  *answer->add_responses() = std::move(response);
+}
+
+// A streamed update's answer: its result, or why it failed (the stream goes on).
+UpdateResponse StreamedAnswer(absl::StatusOr<UpdateResponse> result, const std::string& request_id) {
+  if (result.ok()) return *std::move(result);
+  UpdateResponse response;
+  response.set_request_id(request_id);
+  response.set_code(static_cast<int>(result.status().code()));
+  response.set_message(std::string(result.status().message()));
+  return response;
+}
+
+}  // namespace
+
+template <typename Request, typename Answer>
+grpc::Status DocumentServiceImpl::PipelineUpdates(
+    grpc::ServerContext* context, grpc::ServerReaderWriter<Answer, Request>* stream) {
   // A client that pipelines its updates should pay one storage commit for all that arrived
-  // together, not one each. A reader thread takes requests off the stream as they come; this
-  // thread applies whatever queued up meanwhile as one batch and answers each in order.
-  // Each stream holds at most kMaxQueued unanswered requests; beyond that the reader stops
+  // together, not one each. A reader thread takes messages off the stream as they come; this
+  // thread applies whatever queued up meanwhile as one batch and answers each message in order.
+  // Each stream holds at most kMaxQueued unanswered updates; beyond that the reader stops
   // reading and gRPC's flow control holds the client back.
   constexpr size_t kMaxQueued = 1024;
-  constexpr size_t kMaxBatch = 256;
+  constexpr size_t kMaxBatch = 256;  // updates per commit, unless one message holds more
+  const size_t max_per_message = static_cast<size_t>(node_->options().limits.max_batch_updates);
   absl::Mutex mu;
-  std::deque<UpdateRequest> queue;
+  std::deque<Request> queue;
+  size_t queued_updates = 0;
   bool reader_done = false;
   std::thread reader([&] {
-    UpdateRequest request;
+    Request request;
     while (true) {
       {
         absl::MutexLock lock(&mu);
-        auto room = [&] { return queue.size() < kMaxQueued; };
+        auto room = [&] { return queued_updates < kMaxQueued; };
         mu.Await(absl::Condition(&room));
       }
       if (!stream->Read(&request)) break;
       absl::MutexLock lock(&mu);
+      // At least one, so that an empty message (answered by an empty one) still takes room.
+      queued_updates += std::max<size_t>(1, UpdatesIn(request));
       queue.push_back(std::move(request));
     }
     absl::MutexLock lock(&mu);
     reader_done = true;
   });
-  std::vector<UpdateRequest> batch;
+  std::vector<Request> messages;
+  std::vector<UpdateRequest> updates;
   bool client_gone = false;
   while (!client_gone) {
-    batch.clear();
+    messages.clear();
     {
       absl::MutexLock lock(&mu);
       auto ready = [&] { return !queue.empty() || reader_done; };
       mu.Await(absl::Condition(&ready));
       if (queue.empty()) break;  // the client finished sending and everything is answered
-      while (!queue.empty() && batch.size() < kMaxBatch) {
-        batch.push_back(std::move(queue.front()));
+      size_t taken = 0;
+      while (!queue.empty() &&
+             (messages.empty() || taken + UpdatesIn(queue.front()) <= kMaxBatch)) {
+        const size_t n = std::max<size_t>(1, UpdatesIn(queue.front()));
+        taken += n;
+        queued_updates -= n;
+        messages.push_back(std::move(queue.front()));
         queue.pop_front();
       }
     }
+    // An oversized message is refused whole (none of its updates applied); the others' updates
+    // run as one batch. Their results come back in order, so message k's answers follow
+    // message k-1's.
+    updates.clear();
+    std::vector<bool> refused(messages.size(), false);
+    for (size_t k = 0; k < messages.size(); ++k) {
+      refused[k] = UpdatesIn(messages[k]) > max_per_message;
+      if (!refused[k]) MoveUpdates(messages[k], &updates);
+    }
     // Per batch, not per stream: a stream without a deadline lives on, and each of its writes
     // gets the default wait from when it is applied.
-    auto results = ExecuteUpdates(batch, DeadlineOf(context), context);
-    for (size_t i = 0; i < batch.size(); ++i) {
-      UpdateResponse response;
-      if (results[i].ok()) {
-        response = *std::move(results[i]);
-      } else {
-        response.set_request_id(batch[i].request_id());
-        response.set_code(static_cast<int>(results[i].status().code()));
-        response.set_message(std::string(results[i].status().message()));
+    std::vector<absl::StatusOr<UpdateResponse>> results;
+    if (!updates.empty()) results = ExecuteUpdates(updates, DeadlineOf(context), context);
+    size_t next = 0;
+    for (size_t k = 0; k < messages.size() && !client_gone; ++k) {
+      Answer answer;
+      const size_t n = UpdatesIn(messages[k]);
+      for (size_t i = 0; i < n; ++i) {
+        if (refused[k]) {
+          AddAnswer(StreamedAnswer(absl::InvalidArgumentError(absl::StrCat(
+                                       "a message holds at most ", max_per_message,
+                                       " updates (--max_batch_updates); this one holds ", n,
+                                       ", none was applied")),
+                                   RequestIdOf(messages[k], i)),
+                    &answer);
+        } else {
+          AddAnswer(StreamedAnswer(std::move(results[next]), updates[next].request_id()),
+                    &answer);
+          ++next;
+        }
       }
       // The answers of one batch leave in one transport write: all but the last may wait in
       // gRPC's buffer (one syscall and one wake-up of the client for the batch).
       grpc::WriteOptions options;
-      if (i + 1 < batch.size()) options.set_buffer_hint();
-      if (!stream->Write(response, options)) {
-        client_gone = true;
-        break;
-      }
+      if (k + 1 < messages.size()) options.set_buffer_hint();
+      if (!stream->Write(answer, options)) client_gone = true;
     }
   }
   {
@@ -325,9 +388,22 @@ grpc::Status DocumentServiceImpl::UpdateStream(
     absl::MutexLock lock(&mu);
     if (!reader_done) context->TryCancel();
     queue.clear();
+    queued_updates = 0;
   }
   reader.join();
   return grpc::Status::OK;
+}
+
+grpc::Status DocumentServiceImpl::UpdateStream(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<UpdateResponse, UpdateRequest>* stream) {
+  return PipelineUpdates(context, stream);
+}
+
+grpc::Status DocumentServiceImpl::UpdateBatchStream(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<mergedb::v1::UpdateBatchResponse, mergedb::v1::UpdateBatch>* stream) {
+  return PipelineUpdates(context, stream);
 }
 
 absl::StatusOr<GetResponse> DocumentServiceImpl::ExecuteGet(const GetRequest& request,

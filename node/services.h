@@ -42,6 +42,10 @@ class DocumentServiceImpl final : public mergedb::v1::DocumentService::Service {
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<mergedb::v1::UpdateResponse, mergedb::v1::UpdateRequest>* stream)
       override;
+  grpc::Status UpdateBatchStream(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<mergedb::v1::UpdateBatchResponse, mergedb::v1::UpdateBatch>* stream)
+      override;
   grpc::Status Get(grpc::ServerContext* context, const mergedb::v1::GetRequest* request,
                    mergedb::v1::GetResponse* response) override;
   grpc::Status Delete(grpc::ServerContext* context, const mergedb::v1::DeleteRequest* request,
@@ -80,6 +84,11 @@ class DocumentServiceImpl final : public mergedb::v1::DocumentService::Service {
                                                       grpc::ServerContext* context);
 
  private:
+  // Both streaming write RPCs: a reader thread queues the messages, this thread applies what
+  // queued up as one batch and answers each message in order.
+  template <typename Request, typename Answer>
+  grpc::Status PipelineUpdates(grpc::ServerContext* context,
+                               grpc::ServerReaderWriter<Answer, Request>* stream);
   // Waits until this node's copy of the document includes `token`.
   absl::Status WaitForVersion(const std::string& collection, const std::string& id,
                               const crdt::CausalContext& token, absl::Time deadline,

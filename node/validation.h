@@ -26,6 +26,7 @@ struct Limits {
   size_t max_value_bytes = 1 << 20;     // one register value or set element
   size_t max_update_bytes = 4 << 20;    // one UpdateRequest
   int max_ops_per_update = 1000;        // operations in one UpdateRequest
+  int max_batch_updates = 1000;         // updates in one UpdateBatch
   size_t max_response_bytes = 4 << 20;  // one Get or List answer
   size_t max_request_id_bytes = 128;
   int max_json_depth = 64;              // nesting inside a JSON register value

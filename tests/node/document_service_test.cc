@@ -306,6 +306,105 @@ TEST_F(DocumentServiceTest, UpdateStreamAcknowledgesEachUpdateAndSurvivesABadOne
   EXPECT_EQ(CounterIn(GetOrDie("s", "doc"), "n"), 49);
 }
 
+TEST_F(DocumentServiceTest, UpdateBatchStreamAnswersEveryMessageWithOneResponsePerUpdateInOrder) {
+  NodeOptions options = Options();
+  options.limits.max_batch_updates = 100;
+  StartNode(options);
+  grpc::ClientContext context;
+  Deadline(&context, 10000);
+  auto stream = docs_->UpdateBatchStream(&context);
+  // Message m holds m % 13 updates (some none), all written before any answer is read, so the
+  // node takes several messages into one commit. Update "b5.2" has no operation (refused
+  // alone), "b7.0" retries "b6.0" (acknowledged, not applied twice), and message 9 holds one
+  // update more than the limit (refused whole).
+  constexpr int kMessages = 40;
+  std::vector<int> sizes;
+  int64_t expected = 0;
+  for (int m = 0; m < kMessages; ++m) {
+    const int n = m == 9 ? 101 : m % 13;
+    sizes.push_back(n);
+    mergedb::v1::UpdateBatch batch;
+    for (int i = 0; i < n; ++i) {
+      UpdateRequest* request = batch.add_updates();
+      *request = UpdateOf("b", "doc" + std::to_string(i % 3));
+      request->set_request_id(m == 7 && i == 0 ? "b6.0"
+                                               : "b" + std::to_string(m) + "." + std::to_string(i));
+      if (m == 5 && i == 2) {
+        request->add_ops();
+        continue;
+      }
+      Incr(request, {"n"}, 1);
+      if (m != 9 && !(m == 7 && i == 0)) ++expected;
+    }
+    ASSERT_TRUE(stream->Write(batch));
+  }
+  stream->WritesDone();
+  mergedb::v1::UpdateBatchResponse answer;
+  int m = 0;
+  uint64_t last_position = 0;
+  while (stream->Read(&answer)) {
+    ASSERT_LT(m, kMessages);
+    ASSERT_EQ(answer.responses_size(), sizes[static_cast<size_t>(m)]) << "message " << m;
+    for (int i = 0; i < answer.responses_size(); ++i) {
+      const UpdateResponse& response = answer.responses(i);
+      const std::string id = m == 7 && i == 0 ? "b6.0"
+                                              : "b" + std::to_string(m) + "." + std::to_string(i);
+      EXPECT_EQ(response.request_id(), id);
+      if (m == 9) {
+        EXPECT_EQ(response.code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+        EXPECT_TRUE(absl::StrContains(response.message(), "at most 100 updates")) << response.message();
+      } else if (m == 5 && i == 2) {
+        EXPECT_EQ(response.code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+      } else if (m == 7 && i == 0) {
+        EXPECT_EQ(response.code(), 0) << response.message();
+        EXPECT_TRUE(response.duplicate());
+      } else {
+        EXPECT_EQ(response.code(), 0) << response.message();
+        EXPECT_FALSE(response.duplicate());
+        EXPECT_GT(response.position(), last_position);
+        last_position = response.position();
+      }
+    }
+    ++m;
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(m, kMessages);
+  int64_t total = 0;
+  for (int d = 0; d < 3; ++d) total += CounterIn(GetOrDie("b", "doc" + std::to_string(d)), "n");
+  EXPECT_EQ(total, expected);
+}
+
+TEST_F(DocumentServiceTest, UpdateBatchStreamOnAReplicaRefusesEachUpdateAndServesOn) {
+  NodeOptions options = Options();
+  options.role = mergedb::v1::REPLICA;
+  StartNode(options);
+  grpc::ClientContext context;
+  Deadline(&context, 10000);
+  auto stream = docs_->UpdateBatchStream(&context);
+  for (int m = 0; m < 3; ++m) {
+    mergedb::v1::UpdateBatch batch;
+    for (int i = 0; i < 4; ++i) Incr(batch.add_updates(), {"n"}, 1);
+    for (auto& update : *batch.mutable_updates()) {
+      update.set_collection("r");
+      update.set_id("d");
+    }
+    ASSERT_TRUE(stream->Write(batch));
+  }
+  stream->WritesDone();
+  mergedb::v1::UpdateBatchResponse answer;
+  int messages = 0;
+  while (stream->Read(&answer)) {
+    ++messages;
+    ASSERT_EQ(answer.responses_size(), 4);
+    for (const UpdateResponse& response : answer.responses()) {
+      EXPECT_EQ(response.code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+    }
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(messages, 3);
+  EXPECT_FALSE(GetOrDie("r", "d").found());
+}
+
 TEST_F(DocumentServiceTest, ARetriedRequestIdCountsOnceEvenAcrossARestart) {
   StartNode();
   UpdateRequest request = UpdateOf("c", "d");
