@@ -4,7 +4,7 @@
 #   bench/w1_compare.sh [--quick] [--fsync] [--duration S | --writes N] [--concurrency C]
 #                       [--streams S] [--wait-quiet S] [--keep]
 #
-#   --quick        5 s per run instead of 20 (under 2 minutes in all; the default under 4)
+#   --quick        5 s per run instead of 20 (about 3 minutes in all; the default about 7)
 #   --fsync        Redis appendfsync always, mergedb-node --fsync (default: Redis appendfsync
 #                  everysec, mergedb without fsync: both acknowledge writes that survive a
 #                  process kill but not a power loss)
@@ -21,7 +21,8 @@
 # free 127.0.0.1 ports (appendonly yes, RDB snapshots off) in a temporary directory, then runs:
 #   redis-w1 async, WAIT 1 0 after each write, WAIT 2 0 after each write;
 #   mergedb-bench (a fresh 3-node cluster each time) UpdateStream LOCAL (with the echo and
-#   LevelDB baselines), UpdateStream QUORUM, UpdateStream ALL, unary LOCAL;
+#   LevelDB baselines), UpdateStream QUORUM, UpdateStream ALL, the same three on
+#   UpdateBatchStream (one stream per node), unary LOCAL;
 # and prints the table. Every process it started is stopped on exit, also on Ctrl-C.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -200,6 +201,12 @@ stream=(--mode=stream --streams="$streams" --fsync="$mergedb_fsync")
 run "mergedb-stream-local" "$bench" "${stream[@]}" --write_concern=local --baselines "${common[@]}"
 run "mergedb-stream-quorum" "$bench" "${stream[@]}" --write_concern=quorum --nobaselines "${common[@]}"
 run "mergedb-stream-all" "$bench" "${stream[@]}" --write_concern=all --nobaselines "${common[@]}"
+# UpdateBatchStream, one stream per node (the tool's default for it): what a client queued
+# while its previous message was unanswered leaves as one message.
+batch=(--mode=batch --fsync="$mergedb_fsync")
+run "mergedb-batch-local" "$bench" "${batch[@]}" --write_concern=local --nobaselines "${common[@]}"
+run "mergedb-batch-quorum" "$bench" "${batch[@]}" --write_concern=quorum --nobaselines "${common[@]}"
+run "mergedb-batch-all" "$bench" "${batch[@]}" --write_concern=all --nobaselines "${common[@]}"
 run "mergedb-unary-local" "$bench" --mode=unary --fsync="$mergedb_fsync" --write_concern=local \
   --nobaselines "${common[@]}"
 
@@ -214,6 +221,9 @@ runs = [
     ("mergedb UpdateStream LOCAL", load("mergedb-stream-local")),
     ("mergedb UpdateStream QUORUM", load("mergedb-stream-quorum")),
     ("mergedb UpdateStream ALL", load("mergedb-stream-all")),
+    ("mergedb UpdateBatchStream LOCAL", load("mergedb-batch-local")),
+    ("mergedb UpdateBatchStream QUORUM", load("mergedb-batch-quorum")),
+    ("mergedb UpdateBatchStream ALL", load("mergedb-batch-all")),
     ("mergedb unary LOCAL", load("mergedb-unary-local")),
     ("Redis async replicas", load("redis-async")),
     ("Redis WAIT 1 0", load("redis-wait1")),
@@ -225,7 +235,7 @@ print(f"W1: {amount}, {concurrency} outstanding, {streams} UpdateStream streams 
       f"connections, {durability}, nproc {nproc}")
 header = ("run", "writes/s", "p50 us", "p99 us", "p99.9 us", "bytes/write", "converge ms",
           "lag p50/p99 ms", "others cores")
-fmt = "{:<29} {:>9} {:>8} {:>8} {:>9} {:>11} {:>11} {:>15} {:>12}"
+fmt = "{:<35} {:>9} {:>8} {:>8} {:>9} {:>11} {:>11} {:>15} {:>12}"
 print(fmt.format(*header))
 for name, r in runs:
     lag = r.get("lag_ms")
@@ -237,18 +247,21 @@ for name, r in runs:
         f"{lag['p50']:.2f}/{lag['p99']:.2f}" if lag else "-",
         f"{r['other_processes_cores']:.2f}" if "other_processes_cores" in r else "?"))
 print()
-print("ratios mergedb / Redis        writes/s  bytes/write  converge ms")
+print("ratios mergedb / Redis              writes/s  bytes/write  converge ms")
 pairs = [
     ("stream LOCAL / Redis async", "mergedb-stream-local", "redis-async"),
     ("stream QUORUM / Redis WAIT 1", "mergedb-stream-quorum", "redis-wait1"),
     ("stream ALL / Redis WAIT 2", "mergedb-stream-all", "redis-wait2"),
+    ("batch stream LOCAL / Redis async", "mergedb-batch-local", "redis-async"),
+    ("batch stream QUORUM / Redis WAIT 1", "mergedb-batch-quorum", "redis-wait1"),
+    ("batch stream ALL / Redis WAIT 2", "mergedb-batch-all", "redis-wait2"),
     ("unary LOCAL / Redis async", "mergedb-unary-local", "redis-async"),
 ]
 def ratio(a, b):
     return f"{a / b:.2f}x" if b > 0 and a >= 0 else "-"
 for name, m, r in pairs:
     m, r = load(m), load(r)
-    print("{:<29} {:>9} {:>12} {:>12}".format(
+    print("{:<35} {:>9} {:>12} {:>12}".format(
         name, ratio(m["writes_per_s"], r["writes_per_s"]),
         ratio(m["bytes_between_nodes_per_write"], r["bytes_between_nodes_per_write"]),
         ratio(m["convergence_ms"], r["convergence_ms"])))

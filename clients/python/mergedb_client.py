@@ -73,6 +73,21 @@ class Client:
     def update(self, update):
         return self.documents.Update(update.request, timeout=self.timeout)
 
+    def update_many(self, updates, per_message=1000):
+        """Applies `updates` over one UpdateBatchStream, `per_message` to a message (at most the
+        node's --max_batch_updates). Returns one UpdateResponse per update, in order; a failed
+        update has a nonzero `code` (a grpc.StatusCode value) and a `message`, and does not stop
+        the others."""
+        requests = [u.request for u in updates]
+        messages = [api_pb2.UpdateBatch(updates=requests[i:i + per_message])
+                    for i in range(0, len(requests), per_message)]
+        answers = []
+        for answer in self.documents.UpdateBatchStream(iter(messages), timeout=self.timeout):
+            answers.extend(answer.responses)
+        if len(answers) != len(requests):
+            raise RuntimeError(f"UpdateBatchStream answered {len(answers)} of {len(requests)} updates")
+        return answers
+
     def get(self, collection, id, after=b"", path=()):
         return self.documents.Get(
             api_pb2.GetRequest(collection=collection, id=id, after=after, path=list(path)),
