@@ -7,6 +7,10 @@
 //      versus the rate the writes were accepted.
 //
 //   build/bench/replication_bench [--writes=N] [--catchup=N] [--lag_rate=W/S] [--compress=0|1]
+//       [--max_hold_ms=MS] [--truncate_ms=MS]
+// --lag_rate fixes the rate of phase 2 (default: half of the measured peak); --max_hold_ms sets
+// ReplicationOptions::max_hold and --truncate_ms the nodes' log truncation interval, to see
+// what each does to the lag.
 // Not part of the test suite.
 #include <unistd.h>
 
@@ -72,7 +76,9 @@ int main(int argc, char** argv) {
     if (std::strncmp(argv[i], "--truncate_ms=", 14) == 0 && absl::SimpleAtod(argv[i] + 14, &truncate_ms)) continue;
     if (std::strncmp(argv[i], "--max_hold_ms=", 14) == 0 && absl::SimpleAtod(argv[i] + 14, &max_hold_ms)) continue;
     if (std::strncmp(argv[i], "--lag_rate=", 11) == 0 && absl::SimpleAtod(argv[i] + 11, &lag_rate)) continue;
-    std::fprintf(stderr, "usage: %s [--writes=N] [--catchup=N] [--lag_rate=W/S] [--compress=0|1]\n",
+    std::fprintf(stderr,
+                 "usage: %s [--writes=N] [--catchup=N] [--lag_rate=W/S] [--compress=0|1] "
+                 "[--max_hold_ms=MS] [--truncate_ms=MS]\n",
                  argv[0]);
     return 2;
   }
