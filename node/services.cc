@@ -262,17 +262,21 @@ size_t UpdatesIn(const UpdateRequest&) { return 1; }
 size_t UpdatesIn(const mergedb::v1::UpdateBatch& batch) {
   return static_cast<size_t>(batch.updates_size());
 }
+// Why a message cannot be taken (OK: it can). One update always can.
+absl::Status CheckMessage(const UpdateRequest&, const Limits&) { return absl::OkStatus(); }
+absl::Status CheckMessage(const mergedb::v1::UpdateBatch& batch, const Limits& limits) {
+  if (batch.updates_size() <= limits.max_batch_updates) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "an UpdateBatch holds at most ", limits.max_batch_updates,
+      " updates (the node's --max_batch_updates); this one holds ", batch.updates_size(),
+      ": none of it was applied, and the stream ends here (the messages before it were "
+      "answered)"));
+}
 void MoveUpdates(UpdateRequest& request, std::vector<UpdateRequest>* out) {
   out->push_back(std::move(request));
 }
 void MoveUpdates(mergedb::v1::UpdateBatch& batch, std::vector<UpdateRequest>* out) {
   for (UpdateRequest& request : *batch.mutable_updates()) out->push_back(std::move(request));
-}
-const std::string& RequestIdOf(const UpdateRequest& request, size_t) {
-  return request.request_id();
-}
-const std::string& RequestIdOf(const mergedb::v1::UpdateBatch& batch, size_t i) {
-  return batch.updates(static_cast<int>(i)).request_id();
 }
 void AddAnswer(UpdateResponse response, UpdateResponse* answer) { *answer = std::move(response); }
 void AddAnswer(UpdateResponse response, mergedb::v1::UpdateBatchResponse* answer) {
@@ -297,15 +301,19 @@ grpc::Status DocumentServiceImpl::PipelineUpdates(
   // A client that pipelines its updates should pay one storage commit for all that arrived
   // together, not one each. A reader thread takes messages off the stream as they come; this
   // thread applies whatever queued up meanwhile as one batch and answers each message in order.
-  // Each stream holds at most kMaxQueued unanswered updates; beyond that the reader stops
-  // reading and gRPC's flow control holds the client back.
+  // The reader stops reading while kMaxQueued or more updates wait (one message may hold more:
+  // up to --max_batch_updates), and gRPC's flow control holds the client back.
   constexpr size_t kMaxQueued = 1024;
   constexpr size_t kMaxBatch = 256;  // updates per commit, unless one message holds more
-  const size_t max_per_message = static_cast<size_t>(node_->options().limits.max_batch_updates);
+  const Limits& limits = node_->options().limits;
   absl::Mutex mu;
   std::deque<Request> queue;
   size_t queued_updates = 0;
   bool reader_done = false;
+  // A message the node will not take ends the stream once the messages before it are answered:
+  // answering each of its updates would let one message under the size limit (millions of
+  // empty updates) make the node build an answer of hundreds of megabytes.
+  absl::Status refused;
   std::thread reader([&] {
     Request request;
     while (true) {
@@ -315,7 +323,12 @@ grpc::Status DocumentServiceImpl::PipelineUpdates(
         mu.Await(absl::Condition(&room));
       }
       if (!stream->Read(&request)) break;
+      absl::Status taken = CheckMessage(request, limits);
       absl::MutexLock lock(&mu);
+      if (!taken.ok()) {
+        refused = std::move(taken);
+        break;
+      }
       // At least one, so that an empty message (answered by an empty one) still takes room.
       queued_updates += std::max<size_t>(1, UpdatesIn(request));
       queue.push_back(std::move(request));
@@ -332,7 +345,7 @@ grpc::Status DocumentServiceImpl::PipelineUpdates(
       absl::MutexLock lock(&mu);
       auto ready = [&] { return !queue.empty() || reader_done; };
       mu.Await(absl::Condition(&ready));
-      if (queue.empty()) break;  // the client finished sending and everything is answered
+      if (queue.empty()) break;  // the reader is done and everything is answered
       size_t taken = 0;
       while (!queue.empty() &&
              (messages.empty() || taken + UpdatesIn(queue.front()) <= kMaxBatch)) {
@@ -343,55 +356,42 @@ grpc::Status DocumentServiceImpl::PipelineUpdates(
         queue.pop_front();
       }
     }
-    // An oversized message is refused whole (none of its updates applied); the others' updates
-    // run as one batch. Their results come back in order, so message k's answers follow
-    // message k-1's.
+    // A cancelled call cannot receive its answers: leave what it sent unapplied rather than
+    // apply up to kMaxQueued updates nobody will hear about.
+    if (context->IsCancelled()) break;
     updates.clear();
-    std::vector<bool> refused(messages.size(), false);
-    for (size_t k = 0; k < messages.size(); ++k) {
-      refused[k] = UpdatesIn(messages[k]) > max_per_message;
-      if (!refused[k]) MoveUpdates(messages[k], &updates);
-    }
+    for (Request& message : messages) MoveUpdates(message, &updates);
     // Per batch, not per stream: a stream without a deadline lives on, and each of its writes
     // gets the default wait from when it is applied.
     std::vector<absl::StatusOr<UpdateResponse>> results;
     if (!updates.empty()) results = ExecuteUpdates(updates, DeadlineOf(context), context);
+    // Results come back in order: message k's answers follow message k-1's.
     size_t next = 0;
     for (size_t k = 0; k < messages.size() && !client_gone; ++k) {
       Answer answer;
-      const size_t n = UpdatesIn(messages[k]);
-      for (size_t i = 0; i < n; ++i) {
-        if (refused[k]) {
-          AddAnswer(StreamedAnswer(absl::InvalidArgumentError(absl::StrCat(
-                                       "a message holds at most ", max_per_message,
-                                       " updates (--max_batch_updates); this one holds ", n,
-                                       ", none was applied")),
-                                   RequestIdOf(messages[k], i)),
-                    &answer);
-        } else {
-          AddAnswer(StreamedAnswer(std::move(results[next]), updates[next].request_id()),
-                    &answer);
-          ++next;
-        }
+      for (size_t i = 0; i < UpdatesIn(messages[k]); ++i, ++next) {
+        AddAnswer(StreamedAnswer(std::move(results[next]), updates[next].request_id()), &answer);
       }
-      // The answers of one batch leave in one transport write: all but the last may wait in
-      // gRPC's buffer (one syscall and one wake-up of the client for the batch).
-      grpc::WriteOptions options;
-      if (k + 1 < messages.size()) options.set_buffer_hint();
-      if (!stream->Write(answer, options)) client_gone = true;
+      // Not WriteOptions::set_buffer_hint for all but the last answer, though that would send
+      // a batch's answers in one transport write: a synchronous Write returns only once its
+      // bytes are on their way, and a buffered one waits for the transport's next flush, up to
+      // a second on a connection with nothing else to send.
+      if (!stream->Write(answer)) client_gone = true;
     }
   }
+  absl::Status result;
   {
     // Left early (the client went away): the reader may be blocked in Read or waiting for
     // room; cancelling the call ends the one, emptying the queue the other. After a normal end
-    // the reader is done and the call must end OK, not cancelled.
+    // the reader is done and the call must end OK (or with the refusal), not cancelled.
     absl::MutexLock lock(&mu);
     if (!reader_done) context->TryCancel();
     queue.clear();
     queued_updates = 0;
+    result = refused;
   }
   reader.join();
-  return grpc::Status::OK;
+  return client_gone ? grpc::Status::OK : ToGrpcStatus(result);
 }
 
 grpc::Status DocumentServiceImpl::UpdateStream(

@@ -307,34 +307,31 @@ TEST_F(DocumentServiceTest, UpdateStreamAcknowledgesEachUpdateAndSurvivesABadOne
 }
 
 TEST_F(DocumentServiceTest, UpdateBatchStreamAnswersEveryMessageWithOneResponsePerUpdateInOrder) {
-  NodeOptions options = Options();
-  options.limits.max_batch_updates = 100;
-  StartNode(options);
+  StartNode();
   grpc::ClientContext context;
   Deadline(&context, 10000);
   auto stream = docs_->UpdateBatchStream(&context);
   // Message m holds m % 13 updates (some none), all written before any answer is read, so the
-  // node takes several messages into one commit. Update "b5.2" has no operation (refused
-  // alone), "b7.0" retries "b6.0" (acknowledged, not applied twice), and message 9 holds one
-  // update more than the limit (refused whole).
+  // node takes several messages into one commit. Update "b5.2" has an empty operation (refused
+  // alone), and "b7.0" retries "b6.0" (acknowledged, not applied twice).
   constexpr int kMessages = 40;
-  std::vector<int> sizes;
+  auto id_of = [](int m, int i) {
+    return m == 7 && i == 0 ? std::string("b6.0")
+                            : "b" + std::to_string(m) + "." + std::to_string(i);
+  };
   int64_t expected = 0;
   for (int m = 0; m < kMessages; ++m) {
-    const int n = m == 9 ? 101 : m % 13;
-    sizes.push_back(n);
     mergedb::v1::UpdateBatch batch;
-    for (int i = 0; i < n; ++i) {
+    for (int i = 0; i < m % 13; ++i) {
       UpdateRequest* request = batch.add_updates();
       *request = UpdateOf("b", "doc" + std::to_string(i % 3));
-      request->set_request_id(m == 7 && i == 0 ? "b6.0"
-                                               : "b" + std::to_string(m) + "." + std::to_string(i));
+      request->set_request_id(id_of(m, i));
       if (m == 5 && i == 2) {
         request->add_ops();
         continue;
       }
       Incr(request, {"n"}, 1);
-      if (m != 9 && !(m == 7 && i == 0)) ++expected;
+      if (!(m == 7 && i == 0)) ++expected;
     }
     ASSERT_TRUE(stream->Write(batch));
   }
@@ -344,16 +341,11 @@ TEST_F(DocumentServiceTest, UpdateBatchStreamAnswersEveryMessageWithOneResponseP
   uint64_t last_position = 0;
   while (stream->Read(&answer)) {
     ASSERT_LT(m, kMessages);
-    ASSERT_EQ(answer.responses_size(), sizes[static_cast<size_t>(m)]) << "message " << m;
+    ASSERT_EQ(answer.responses_size(), m % 13) << "message " << m;
     for (int i = 0; i < answer.responses_size(); ++i) {
       const UpdateResponse& response = answer.responses(i);
-      const std::string id = m == 7 && i == 0 ? "b6.0"
-                                              : "b" + std::to_string(m) + "." + std::to_string(i);
-      EXPECT_EQ(response.request_id(), id);
-      if (m == 9) {
-        EXPECT_EQ(response.code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
-        EXPECT_TRUE(absl::StrContains(response.message(), "at most 100 updates")) << response.message();
-      } else if (m == 5 && i == 2) {
+      EXPECT_EQ(response.request_id(), id_of(m, i));
+      if (m == 5 && i == 2) {
         EXPECT_EQ(response.code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
       } else if (m == 7 && i == 0) {
         EXPECT_EQ(response.code(), 0) << response.message();
@@ -372,6 +364,65 @@ TEST_F(DocumentServiceTest, UpdateBatchStreamAnswersEveryMessageWithOneResponseP
   int64_t total = 0;
   for (int d = 0; d < 3; ++d) total += CounterIn(GetOrDie("b", "doc" + std::to_string(d)), "n");
   EXPECT_EQ(total, expected);
+}
+
+TEST_F(DocumentServiceTest, UpdateBatchStreamEndsAtAMessageOverTheLimitAfterAnsweringTheOnesBefore) {
+  NodeOptions options = Options();
+  options.limits.max_batch_updates = 100;
+  StartNode(options);
+  grpc::ClientContext context;
+  Deadline(&context, 10000);
+  auto stream = docs_->UpdateBatchStream(&context);
+  // Messages of 100, 100, 101 (one over: refused whole) and 100 updates.
+  for (int n : {100, 100, 101, 100}) {
+    mergedb::v1::UpdateBatch batch;
+    for (int i = 0; i < n; ++i) Incr(batch.add_updates(), {"n"}, 1);
+    for (auto& update : *batch.mutable_updates()) {
+      update.set_collection("o");
+      update.set_id(std::to_string(n));
+    }
+    if (!stream->Write(batch)) break;  // the node may end the stream before the last one
+  }
+  stream->WritesDone();
+  mergedb::v1::UpdateBatchResponse answer;
+  int messages = 0;
+  while (stream->Read(&answer)) {
+    ++messages;
+    EXPECT_EQ(answer.responses_size(), 100);
+    for (const UpdateResponse& response : answer.responses()) EXPECT_EQ(response.code(), 0);
+  }
+  grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "at most 100 updates")) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "this one holds 101")) << status.error_message();
+  EXPECT_EQ(messages, 2);
+  // The first two messages (both to document "100") applied, the refused one and the one after
+  // it not.
+  EXPECT_EQ(CounterIn(GetOrDie("o", "100"), "n"), 200);
+  EXPECT_FALSE(GetOrDie("o", "101").found());
+}
+
+TEST_F(DocumentServiceTest, UpdateBatchStreamOutlivesAClientThatLeaves) {
+  StartNode();
+  {
+    grpc::ClientContext context;
+    auto stream = docs_->UpdateBatchStream(&context);
+    for (int m = 0; m < 200; ++m) {
+      mergedb::v1::UpdateBatch batch;
+      for (int i = 0; i < 50; ++i) {
+        UpdateRequest* request = batch.add_updates();
+        *request = UpdateOf("p", "gone");
+        Incr(request, {"n"}, 1);
+      }
+      if (!stream->Write(batch)) break;
+    }
+    context.TryCancel();
+  }
+  UpdateRequest request = UpdateOf("p", "after");
+  Incr(&request, {"n"}, 1);
+  UpdateResponse response;
+  EXPECT_TRUE(Update(request, &response).ok());
+  EXPECT_EQ(CounterIn(GetOrDie("p", "after"), "n"), 1);
 }
 
 TEST_F(DocumentServiceTest, UpdateBatchStreamOnAReplicaRefusesEachUpdateAndServesOn) {
