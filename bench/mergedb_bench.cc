@@ -837,6 +837,7 @@ class Phase {
     }
     // Batched: starts a Write of what is queued, unless one is in flight.
     void Flush() { MaybeWrite(); }
+    const char* rpc() const { return batched_ ? "UpdateBatchStream" : "UpdateStream"; }
     // No more requests: half-close once everything queued is written.
     void Close() {
       closing_ = true;
@@ -856,8 +857,10 @@ class Phase {
       int64_t sample;
     };
 
-    // A node's default --max_batch_updates.
+    // A node's default --max_batch_updates, and its default --max_update_bytes (4 MiB): a
+    // message stays within both.
     static constexpr int kMaxBatchUpdates = 1000;
+    static constexpr size_t kMaxBatchBytes = size_t{4} << 20;
     // Batched, a message waits while this many are unanswered (Nagle's rule, clocked by the
     // answers rather than by the transport, which takes a message at once).
     static constexpr int kMaxUnansweredMessages = 1;
@@ -868,7 +871,11 @@ class Phase {
         writing_ = true;
         if (batched_) {
           current_batch_.clear_updates();
+          size_t bytes = 0;
           while (!unsent_.empty() && current_batch_.updates_size() < kMaxBatchUpdates) {
+            const size_t size = unsent_.front().ByteSizeLong() + 8;
+            if (current_batch_.updates_size() > 0 && bytes + size > kMaxBatchBytes) break;
+            bytes += size;
             *current_batch_.add_updates() = std::move(unsent_.front());
             unsent_.pop_front();
           }
@@ -881,7 +888,7 @@ class Phase {
           unsent_.pop_front();
           stream_->Write(current_, &write_tag_);
         }
-      } else if (closing_ && !half_closed_) {
+      } else if (closing_ && !half_closed_ && unsent_.empty()) {
         half_closed_ = true;
         writing_ = true;
         if (batched_) {
@@ -909,7 +916,7 @@ class Phase {
       }
     }
     void OnStart(bool ok) {
-      if (!ok) phase_->Fail(absl::StrCat("UpdateStream to ", phase_->nodes_[node_]->address, " did not start"));
+      if (!ok) phase_->Fail(absl::StrCat(rpc(), " to ", phase_->nodes_[node_]->address, " did not start"));
       started_ = true;
       StartRead();
       MaybeWrite();
@@ -931,7 +938,7 @@ class Phase {
       } else {
         if (batch_sizes_.empty() ||
             batch_response_.responses_size() != batch_sizes_.front()) {
-          phase_->Fail(absl::StrCat("UpdateBatchStream on ", phase_->nodes_[node_]->address,
+          phase_->Fail(absl::StrCat(rpc(), " on ", phase_->nodes_[node_]->address,
                                     " answered ", batch_response_.responses_size(),
                                     " updates for a message of ",
                                     batch_sizes_.empty() ? 0 : batch_sizes_.front()));
@@ -943,11 +950,11 @@ class Phase {
       StartRead();
     }
     void OnAnswer(const UpdateResponse& response) {
-      if (in_flight_.empty()) phase_->Fail("UpdateStream answered a request never sent");
+      if (in_flight_.empty()) phase_->Fail(absl::StrCat(rpc(), " answered a request never sent"));
       const Pending pending = in_flight_.front();
       in_flight_.pop_front();
       if (response.code() != 0) {
-        phase_->Fail(absl::StrCat("UpdateStream write on ", phase_->nodes_[node_]->address,
+        phase_->Fail(absl::StrCat(rpc(), " write on ", phase_->nodes_[node_]->address,
                                   " failed: ", response.message(), " (code ", response.code(), ")"));
       }
       phase_->OnWriteAck(pending.sent, pending.sample, node_);
@@ -955,7 +962,7 @@ class Phase {
     void OnFinish(bool) {
       finished_ = true;
       if (!status_.ok() || !in_flight_.empty()) {
-        phase_->Fail(absl::StrCat("UpdateStream to ", phase_->nodes_[node_]->address, " ended: ",
+        phase_->Fail(absl::StrCat(rpc(), " to ", phase_->nodes_[node_]->address, " ended: ",
                                   status_.error_message(), " with ", in_flight_.size(),
                                   " writes unanswered"));
       }

@@ -73,19 +73,32 @@ class Client:
     def update(self, update):
         return self.documents.Update(update.request, timeout=self.timeout)
 
-    def update_many(self, updates, per_message=1000):
-        """Applies `updates` over one UpdateBatchStream, `per_message` to a message (at most the
-        node's --max_batch_updates). Returns one UpdateResponse per update, in order; a failed
-        update has a nonzero `code` (a grpc.StatusCode value) and a `message`, and does not stop
-        the others."""
-        requests = [u.request for u in updates]
-        messages = [api_pb2.UpdateBatch(updates=requests[i:i + per_message])
-                    for i in range(0, len(requests), per_message)]
+    def update_many(self, updates, per_message=1000, message_bytes=4 << 20):
+        """Applies `updates` over one UpdateBatchStream. A message holds at most `per_message`
+        updates (the node's --max_batch_updates) and at most `message_bytes` of them (the
+        node's --max_update_bytes; a single larger update goes alone). Returns one
+        UpdateResponse per update, in order; a failed update has a nonzero `code` (a gRPC status
+        code number, e.g. grpc.StatusCode.INVALID_ARGUMENT.value[0]) and a `message`, and does
+        not stop the others. A stream the node ends raises grpc.RpcError: set request_id on the
+        updates, so that a retry of the ones without an answer is applied once."""
+        if per_message < 1 or message_bytes < 1:
+            raise ValueError("per_message and message_bytes must be positive")
+        messages, batch, size = [], [], 0
+        for update in updates:
+            n = update.request.ByteSize() + 8  # the field's tag and length
+            if batch and (len(batch) == per_message or size + n > message_bytes):
+                messages.append(api_pb2.UpdateBatch(updates=batch))
+                batch, size = [], 0
+            batch.append(update.request)
+            size += n
+        if batch:
+            messages.append(api_pb2.UpdateBatch(updates=batch))
         answers = []
         for answer in self.documents.UpdateBatchStream(iter(messages), timeout=self.timeout):
             answers.extend(answer.responses)
-        if len(answers) != len(requests):
-            raise RuntimeError(f"UpdateBatchStream answered {len(answers)} of {len(requests)} updates")
+        sent = sum(len(m.updates) for m in messages)
+        if len(answers) != sent:
+            raise RuntimeError(f"UpdateBatchStream answered {len(answers)} of {sent} updates")
         return answers
 
     def get(self, collection, id, after=b"", path=()):
