@@ -28,4 +28,13 @@ Hlc HlcObserve(Hlc last, Hlc remote, uint64_t now_millis) {
   return Successor(std::max(last, remote), now_millis);
 }
 
+Hlc HlcObserveBounded(Hlc last, Hlc remote, uint64_t now_millis, uint64_t max_ahead_millis) {
+  const uint64_t limit_wall =
+      now_millis > Hlc::kMaxWallMillis || max_ahead_millis > Hlc::kMaxWallMillis - now_millis
+          ? Hlc::kMaxWallMillis
+          : now_millis + max_ahead_millis;
+  return HlcObserve(last, std::min(remote, Hlc::FromParts(limit_wall, Hlc::kMaxLogical)),
+                    now_millis);
+}
+
 }  // namespace mergedb::crdt

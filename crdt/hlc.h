@@ -49,6 +49,13 @@ Hlc HlcTick(Hlc last, uint64_t now_millis);
 // strictly greater than `last` and `remote`.
 Hlc HlcObserve(Hlc last, Hlc remote, uint64_t now_millis);
 
+// HlcObserve for a remote timestamp that may come from a wrong clock: one more than
+// `max_ahead_millis` past the physical clock counts as the last timestamp of that bound, so a
+// peer whose clock runs a year ahead (or a forged 2^64 - 1) cannot drag this clock along. Safe
+// for registers: a write that has seen another supersedes it through its causal context, not its
+// timestamp; timestamps only order truly concurrent writes.
+Hlc HlcObserveBounded(Hlc last, Hlc remote, uint64_t now_millis, uint64_t max_ahead_millis);
+
 }  // namespace mergedb::crdt
 
 #endif  // MERGEDB_CRDT_HLC_H_

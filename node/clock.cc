@@ -15,10 +15,11 @@ crdt::Hlc HybridClock::Tick() {
   return last_;
 }
 
-void HybridClock::Observe(crdt::Hlc remote) {
+bool HybridClock::Observe(crdt::Hlc remote) {
   const uint64_t now = static_cast<uint64_t>(std::max<int64_t>(0, clock_->NowMillis()));
   absl::MutexLock lock(&mu_);
-  last_ = crdt::HlcObserve(last_, remote, now);
+  last_ = crdt::HlcObserveBounded(last_, remote, now, max_ahead_millis_);
+  return remote.wall_millis() <= now || remote.wall_millis() - now <= max_ahead_millis_;
 }
 
 }  // namespace mergedb::node

@@ -30,16 +30,24 @@ class SystemClock : public Clock {
 };
 
 // The node's hybrid logical clock: timestamps for register writes that are strictly increasing
-// on this node and never behind any timestamp it has observed. Thread-safe.
+// on this node and never behind any timestamp it has observed up to `max_ahead` past the
+// physical clock (crdt::HlcObserveBounded). Thread-safe.
 class HybridClock {
  public:
+  static constexpr int64_t kDefaultMaxAheadMillis = 60000;
+
   // `clock` is borrowed and must outlive this object.
-  explicit HybridClock(Clock* clock) : clock_(clock) {}
+  explicit HybridClock(Clock* clock, int64_t max_ahead_millis = kDefaultMaxAheadMillis)
+      : clock_(clock), max_ahead_millis_(static_cast<uint64_t>(max_ahead_millis)) {}
   crdt::Hlc Tick();
-  void Observe(crdt::Hlc remote);
+  // False when `remote` was more than max_ahead past the physical clock (the clock followed it
+  // only that far).
+  bool Observe(crdt::Hlc remote);
+  int64_t max_ahead_millis() const { return static_cast<int64_t>(max_ahead_millis_); }
 
  private:
   Clock* const clock_;
+  const uint64_t max_ahead_millis_;
   absl::Mutex mu_;
   crdt::Hlc last_ ABSL_GUARDED_BY(mu_);
 };

@@ -42,6 +42,10 @@ ABSL_FLAG(int64_t, max_value_bytes, 1 << 20, "Largest register value or set elem
 ABSL_FLAG(int64_t, max_update_bytes, 4 << 20, "Largest update request, bytes.");
 ABSL_FLAG(int32_t, max_ops_per_update, 1000, "Most operations in one update.");
 ABSL_FLAG(int32_t, max_batch_updates, 1000, "Most updates in one UpdateBatchStream message.");
+ABSL_FLAG(int64_t, max_clock_ahead_ms, 60000,
+          "How far past this node's wall clock its hybrid clock follows a peer's timestamps (a "
+          "peer's wrong clock, or a forged timestamp, cannot drag it further; such writes still "
+          "apply, and a warning names the peer).");
 ABSL_FLAG(int64_t, max_response_bytes, 4 << 20, "Largest Get or List answer, bytes.");
 ABSL_FLAG(int64_t, request_id_window_s, 24 * 3600,
           "How long client request ids are remembered for retry detection, seconds.");
@@ -97,7 +101,8 @@ int main(int argc, char** argv) {
       !positive(absl::GetFlag(FLAGS_max_update_bytes)) ||
       absl::GetFlag(FLAGS_max_ops_per_update) <= 0 || absl::GetFlag(FLAGS_max_batch_updates) <= 0 ||
       !positive(absl::GetFlag(FLAGS_max_response_bytes)) ||
-      !positive(absl::GetFlag(FLAGS_request_id_window_s))) {
+      !positive(absl::GetFlag(FLAGS_request_id_window_s)) ||
+      !positive(absl::GetFlag(FLAGS_max_clock_ahead_ms))) {
     return UsageError("sizes, limits and windows must be positive");
   }
   if (absl::GetFlag(FLAGS_max_update_bytes) > (int64_t{1} << 30)) {
@@ -113,6 +118,7 @@ int main(int argc, char** argv) {
   options.limits.max_response_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_response_bytes));
   options.request_id_window = absl::Seconds(absl::GetFlag(FLAGS_request_id_window_s));
   options.clock_offset_millis = absl::GetFlag(FLAGS_testonly_clock_offset_ms);
+  options.max_clock_ahead_millis = absl::GetFlag(FLAGS_max_clock_ahead_ms);
   options.replication.compress_streams = absl::GetFlag(FLAGS_compress_replication);
   if (absl::GetFlag(FLAGS_change_feed_retention) <= 0) {
     return UsageError("--change_feed_retention must be positive");

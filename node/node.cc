@@ -18,7 +18,7 @@ constexpr absl::Duration kJanitorInterval = absl::Minutes(1);
 }  // namespace
 
 Node::Node(const NodeOptions& options)
-    : options_(options), clock_(options.clock_offset_millis), hlc_(&clock_) {}
+    : options_(options), clock_(options.clock_offset_millis), hlc_(&clock_, options.max_clock_ahead_millis) {}
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   if (options.node_name.empty()) return absl::InvalidArgumentError("node name is required");

@@ -41,6 +41,8 @@ struct NodeOptions {
   absl::Duration request_id_window = absl::Hours(24);
   // Test-only: shifts this node's wall clock (and so its hybrid clock).
   int64_t clock_offset_millis = 0;
+  // The hybrid clock follows peers' timestamps at most this far past the wall clock.
+  int64_t max_clock_ahead_millis = HybridClock::kDefaultMaxAheadMillis;
   // LevelDB environment for the store (nullptr: the real file system).
   leveldb::Env* env = nullptr;
   // The nodes this one streams to. Membership is the cluster id plus the member names.

@@ -36,15 +36,15 @@ storage::VersionVector DecodeVector(
   return v;
 }
 
-// Register timestamps in a delta, so the hybrid clock never falls behind what it has seen.
-void ObserveTimestamps(const mergedb::v1::CausalState& delta, HybridClock* clock) {
+// The newest register timestamp in a delta (0: none).
+uint64_t NewestTimestamp(const mergedb::v1::CausalState& delta) {
   uint64_t max = 0;
   for (const auto& leaf : delta.leaves()) {
     for (const auto& entry : leaf.entries()) {
       if (entry.has_register_()) max = std::max<uint64_t>(max, entry.register_().hlc());
     }
   }
-  if (max > 0) clock->Observe(crdt::Hlc::FromPacked(max));
+  return max;
 }
 
 // The collection and id a peer sends go out again in protobuf strings (List, Watch), which must
@@ -505,6 +505,21 @@ ReplicationResponse LinkReceiver::MakeAck() {
   return response;
 }
 
+void LinkReceiver::ObserveTimestamp(uint64_t packed) {
+  if (packed == 0 || clock_->Observe(crdt::Hlc::FromPacked(packed))) return;
+  // The peer's clock (or this one) is wrong, or the timestamp is forged. The write applies as
+  // it is (every node must merge the same data); only this node's clock refuses to follow.
+  const absl::Time now = absl::Now();
+  if (now - last_clock_warning_ < absl::Seconds(10)) return;
+  last_clock_warning_ = now;
+  MERGEDB_LOG(WARNING) << "node '" << peer_ << "' sent a register write timestamped "
+                       << crdt::Hlc::FromPacked(packed).DebugString()
+                       << " (ms since the epoch), more than --max_clock_ahead_ms="
+                       << clock_->max_ahead_millis()
+                       << " ahead of this node's clock: one of the two clocks is wrong; this "
+                          "node's clock follows it only that far";
+}
+
 absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
     const ReplicationRequest& request) {
   switch (request.kind_case()) {
@@ -527,7 +542,11 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
         return absl::AbortedError(absl::StrCat(
             "frame from node '", peer_, "' skips log entries this node lacks; resynchronizing"));
       }
-      for (const auto& record : records) ObserveTimestamps(record.entry.delta(), clock_);
+      uint64_t newest = 0;
+      for (const auto& record : records) {
+        newest = std::max(newest, NewestTimestamp(record.entry.delta()));
+      }
+      ObserveTimestamp(newest);
       return std::optional<ReplicationResponse>(MakeAck());
     }
     case ReplicationRequest::kSnapshot: {
@@ -542,7 +561,7 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
                                                          "/", in.id(), ": ",
                                                          state.status().message()));
         }
-        ObserveTimestamps(in.state(), clock_);
+        ObserveTimestamp(NewestTimestamp(in.state()));
         storage::SnapshotDoc doc{in.collection(), in.id(), *std::move(state), {}};
         const auto key = std::make_pair(in.collection(), in.id());
         if (in.partial()) {

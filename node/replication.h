@@ -205,11 +205,15 @@ class LinkReceiver {
 
  private:
   mergedb::v1::ReplicationResponse MakeAck();
+  // Advances the hybrid clock past a packed timestamp the peer sent (0: none); warns, at most
+  // every 10 s, when it lies beyond the clock's bound.
+  void ObserveTimestamp(uint64_t packed);
 
   const ReplicationOptions& options_;
   storage::Store* const store_;
   ClusterView* const view_;
   HybridClock* const clock_;
+  absl::Time last_clock_warning_ = absl::InfinitePast();
   std::string peer_;
   crdt::ReplicaId peer_replica_ = 0;
   // What the previous acks on this stream said, so the next ack carries only changes.

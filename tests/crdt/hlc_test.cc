@@ -31,6 +31,25 @@ TEST(Hlc, ObserveMovesPastARemoteTimestampFromTheFuture) {
   EXPECT_GT(HlcTick(after, 1002), after);
 }
 
+TEST(Hlc, ABoundedObserveFollowsARemoteClockOnlyUpToItsBound) {
+  const Hlc local = HlcTick(Hlc(), 1000);
+  // Within the bound: the same as HlcObserve.
+  const Hlc near = Hlc::FromParts(1500, 7);
+  EXPECT_EQ(HlcObserveBounded(local, near, 1001, 500), HlcObserve(local, near, 1001));
+  // Beyond it (a clock a year ahead, or a forged maximum): the clock stops at the bound, and is
+  // still strictly past what it had.
+  for (const Hlc far : {Hlc::FromParts(1001 + 365ull * 24 * 3600 * 1000, 0),
+                        Hlc::FromPacked(~uint64_t{0})}) {
+    const Hlc after = HlcObserveBounded(local, far, 1001, 500);
+    EXPECT_GT(after, local);
+    EXPECT_LE(after.wall_millis(), 1001u + 500u + 1u) << after.DebugString();
+    EXPECT_GT(HlcTick(after, 1002), after);
+  }
+  // A bound past the end of representable time saturates instead of wrapping.
+  const Hlc top = HlcObserveBounded(local, Hlc::FromPacked(~uint64_t{0}), 1001, ~uint64_t{0});
+  EXPECT_EQ(top.wall_millis(), Hlc::kMaxWallMillis);
+}
+
 TEST(Hlc, LogicalOverflowBorrowsTheNextMillisecond) {
   Hlc t = Hlc::FromParts(10, Hlc::kMaxLogical);
   Hlc u = HlcTick(t, 10);

@@ -96,6 +96,38 @@ TEST_F(ReplicationLogicTest, DuplicatedAndReorderedFramesChangeNothing) {
   EXPECT_EQ(sink->state_digest(), source->state_digest());
 }
 
+TEST_F(ReplicationLogicTest, AForgedFarFutureTimestampAppliesButDoesNotDragTheClock) {
+  auto source = OpenStore("/a", "n1");
+  const crdt::ReplicaId origin = source->replica_id();
+  // A register write stamped with the largest timestamp there is (a forged one, or a clock gone
+  // wild), then an ordinary one.
+  for (const crdt::Hlc hlc : {crdt::Hlc::FromPacked(~uint64_t{0}), hlc_.Tick()}) {
+    storage::LocalWrite write;
+    write.collection = "c";
+    write.id = hlc.packed() == ~uint64_t{0} ? "forged" : "plain";
+    write.mutate = [origin, hlc](crdt::Document& doc) -> absl::StatusOr<crdt::Document> {
+      return doc.SetRegister({"r"}, crdt::RegisterValue(), origin, hlc);
+    };
+    ASSERT_TRUE(source->ApplyLocal(write).ok());
+  }
+  std::vector<storage::LogRecord> log = *source->ReadLog({}, 100);
+  ASSERT_EQ(log.size(), 2u);
+
+  auto sink = OpenStore("/b", "n2");
+  ClusterView view("n2", {"n1"}, sink.get());
+  LinkReceiver receiver(options_, sink.get(), &view, &hlc_);
+  ASSERT_TRUE(receiver.OnHello(HelloFrom("n1", origin)).ok());
+  ASSERT_TRUE(receiver.OnRequest(FrameOf(log, {1, 2})).ok());
+  // The write applies (every node must merge the same data) ...
+  EXPECT_EQ(sink->state_digest(), source->state_digest());
+  // ... but the clock followed it no further than its bound past the wall clock.
+  const int64_t now = clock_.NowMillis();
+  const crdt::Hlc next = hlc_.Tick();
+  EXPECT_LE(next.wall_millis(),
+            static_cast<uint64_t>(now + HybridClock::kDefaultMaxAheadMillis + 1000));
+  EXPECT_GE(next.wall_millis(), static_cast<uint64_t>(now));
+}
+
 TEST_F(ReplicationLogicTest, ForeignClustersUnknownNodesAndOtherProtocolsAreRefused) {
   auto store = OpenStore("/b", "n2");
   ClusterView view("n2", {"n1"}, store.get());
