@@ -156,15 +156,28 @@ absl::Status Document::CheckWritable(const Path& path, FieldKind kind) const {
   return absl::OkStatus();
 }
 
+absl::Status Document::CheckDotsLeft(ReplicaId replica, uint64_t needed) const {
+  const uint64_t used = kernel_.context().Max(replica);
+  if (used <= CausalContext::kMaxCounter && CausalContext::kMaxCounter - used >= needed) {
+    return absl::OkStatus();
+  }
+  return absl::OutOfRangeError(absl::StrCat(
+      "replica ", absl::Hex(replica), " has no dots left in this document (its counter is ", used,
+      ", the largest is ", CausalContext::kMaxCounter,
+      "): the document's state came from a forged or corrupt peer"));
+}
+
 absl::StatusOr<Document> Document::SetRegister(const Path& path, RegisterValue value,
                                                ReplicaId replica, Hlc hlc) {
   MERGEDB_RETURN_IF_ERROR(CheckWritable(path, FieldKind::kRegister));
+  MERGEDB_RETURN_IF_ERROR(CheckDotsLeft(replica, 1));
   return Apply(RegisterWriteDelta(kernel_, FieldKey(path, FieldKind::kRegister), replica,
                                   std::move(value), hlc));
 }
 
 absl::StatusOr<Document> Document::Increment(const Path& path, int64_t by, ReplicaId replica) {
   MERGEDB_RETURN_IF_ERROR(CheckWritable(path, FieldKind::kCounter));
+  MERGEDB_RETURN_IF_ERROR(CheckDotsLeft(replica, 1));
   MERGEDB_ASSIGN_OR_RETURN(
       DotKernel delta, CounterAddDelta(kernel_, FieldKey(path, FieldKind::kCounter), replica, by));
   return Apply(std::move(delta));
@@ -172,6 +185,7 @@ absl::StatusOr<Document> Document::Increment(const Path& path, int64_t by, Repli
 
 absl::StatusOr<Document> Document::SetFlag(const Path& path, bool enabled, ReplicaId replica) {
   MERGEDB_RETURN_IF_ERROR(CheckWritable(path, FieldKind::kFlag));
+  MERGEDB_RETURN_IF_ERROR(CheckDotsLeft(replica, 1));
   return Apply(FlagWriteDelta(kernel_, FieldKey(path, FieldKind::kFlag), replica, enabled));
 }
 
@@ -179,6 +193,7 @@ absl::StatusOr<Document> Document::AddElements(const Path& path,
                                                absl::Span<const Scalar> elements,
                                                ReplicaId replica) {
   MERGEDB_RETURN_IF_ERROR(CheckWritable(path, FieldKind::kSet));
+  MERGEDB_RETURN_IF_ERROR(CheckDotsLeft(replica, elements.size()));
   const std::string field_key = FieldKey(path, FieldKind::kSet);
   DotKernel total;
   for (const Scalar& element : elements) {

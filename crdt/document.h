@@ -56,7 +56,7 @@ class Document : public CausalCrdt<Document> {
 
   // ---- Delta mutators. Every path must be non-empty. Errors leave the document unchanged:
   // FailedPrecondition when a path crosses or names a field of another kind on this replica;
-  // OutOfRange for counter overflow. ----
+  // OutOfRange for counter overflow, and when the replica has no dots left (CheckDotsLeft). ----
   absl::StatusOr<Document> SetRegister(const Path& path, RegisterValue value, ReplicaId replica,
                                        Hlc hlc);
   absl::StatusOr<Document> Increment(const Path& path, int64_t by, ReplicaId replica);
@@ -71,6 +71,10 @@ class Document : public CausalCrdt<Document> {
 
   // OK when a write of `kind` at `path` agrees with every field this replica holds on the way.
   absl::Status CheckWritable(const Path& path, FieldKind kind) const;
+  // OK when `replica` can take `needed` more dots in this document: its counters end at
+  // CausalContext::kMaxCounter (what Decode accepts), so a write past it would build a state no
+  // replica can read back. Only a forged or corrupt state gets near that end.
+  absl::Status CheckDotsLeft(ReplicaId replica, uint64_t needed) const;
 
   // True while any field is live; false for a never-written or deleted document.
   bool exists() const { return !kernel_.empty(); }

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
 namespace mergedb::crdt {
@@ -73,6 +74,35 @@ TEST(Document, EmptyPathIsInvalid) {
 // Names and string elements reach clients in protobuf strings: a state from a peer with a name
 // or element that is not UTF-8 would make the document unreadable, so it does not decode
 // (found by tests/fuzz/replication_fuzzer).
+TEST(Document, AReplicaWithNoDotsLeftIsRefusedInsteadOfWritingAStateNoOneCanRead) {
+  // A state (forged, or corrupt) in which kA's counter sits one below the largest that decodes.
+  Document seed;
+  ASSERT_TRUE(seed.SetFlag({"f"}, true, kA).ok());
+  mergedb::v1::CausalState state;
+  seed.EncodeTo(&state);
+  const uint64_t last = CausalContext::kMaxCounter;
+  state.mutable_context()->mutable_vector(0)->set_counter(last - 1);
+  state.mutable_leaves(0)->mutable_entries(0)->mutable_dot()->set_counter(last - 1);
+  auto decoded = Document::Decode(state);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  Document doc = *decoded;
+  // One dot left: a set add of two elements is refused whole, one write of one dot goes in ...
+  const Document before = doc;
+  auto two = doc.AddElements({"s"}, {Scalar::OfInt(1), Scalar::OfInt(2)}, kA);
+  EXPECT_EQ(two.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(doc, before);
+  ASSERT_TRUE(doc.Increment({"n"}, 1, kA).ok());
+  EXPECT_TRUE(Document::Decode(doc.Encode()).ok());
+  // ... and then every write of kA is refused, and the document still decodes; kB writes on.
+  for (auto refused : {doc.Increment({"n"}, 1, kA), doc.SetFlag({"f"}, false, kA),
+                       doc.SetRegister({"r"}, Str("x"), kA, Hlc::FromParts(1, 0))}) {
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kOutOfRange);
+    EXPECT_TRUE(absl::StrContains(refused.status().message(), "no dots left"));
+  }
+  EXPECT_TRUE(Document::Decode(doc.Encode()).ok());
+  EXPECT_TRUE(doc.Increment({"n"}, 1, kB).ok());
+}
+
 TEST(Document, StatesWithNamesOrElementsThatAreNotUtf8DoNotDecode) {
   const std::string bad = "\xcditle";
   Document named;
