@@ -15,7 +15,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "leveldb/env.h"
@@ -70,7 +72,16 @@ class Cluster {
     for (int i = 0; i < n_; ++i) Start(i);
   }
   void Start(int i) {
+    // The port was free when picked, but until the node binds it any socket may get it as its
+    // ephemeral port: another node's connection attempt to a peer not yet listening, or a test
+    // running beside this one. Such a holder lets go within moments; wait for it (bounded).
     auto node = Node::Start(options_[static_cast<size_t>(i)]);
+    for (int attempt = 0; attempt < 50 && !node.ok() &&
+                          absl::StrContains(node.status().message(), "address is in use");
+         ++attempt) {
+      absl::SleepFor(absl::Milliseconds(100));
+      node = Node::Start(options_[static_cast<size_t>(i)]);
+    }
     ASSERT_TRUE(node.ok()) << node.status();
     nodes_[static_cast<size_t>(i)] = *std::move(node);
     stubs_.erase(i);
