@@ -101,6 +101,7 @@
 #include "mergedb/bench/echo.grpc.pb.h"
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/replication.h"
+#include "node/validation.h"
 
 ABSL_FLAG(std::string, targets, "",
           "Comma-separated host:port of running nodes to load. Empty: start a 3-node cluster.");
@@ -863,10 +864,10 @@ class Phase {
       int64_t sample;
     };
 
-    // A node's default --max_batch_updates, and its default --max_update_bytes (4 MiB): a
+    // A node's default --max_batch_updates and --max_update_bytes: a
     // message stays within both.
-    static constexpr int kMaxBatchUpdates = 1000;
-    static constexpr size_t kMaxBatchBytes = size_t{4} << 20;
+    static constexpr int kMaxBatchUpdates = mergedb::node::Limits{}.max_batch_updates;
+    static constexpr size_t kMaxBatchBytes = mergedb::node::Limits{}.max_update_bytes;
     // Batched, a message waits while this many are unanswered (Nagle's rule, clocked by the
     // answers rather than by the transport, which takes a message at once).
     static constexpr int kMaxUnansweredMessages = 1;

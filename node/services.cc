@@ -347,9 +347,9 @@ grpc::Status DocumentServiceImpl::PipelineUpdates(
       mu.Await(absl::Condition(&ready));
       if (queue.empty()) break;  // the reader is done and everything is answered
       size_t taken = 0;
-      while (!queue.empty() &&
-             (messages.empty() || taken + UpdatesIn(queue.front()) <= kMaxBatch)) {
+      while (!queue.empty()) {
         const size_t n = std::max<size_t>(1, UpdatesIn(queue.front()));
+        if (!messages.empty() && taken + n > kMaxBatch) break;
         taken += n;
         queued_updates -= n;
         messages.push_back(std::move(queue.front()));

@@ -1243,8 +1243,8 @@ class Store::LevelDbSnapshotCursor : public SnapshotCursor {
   const VersionVector& applied() const override { return applied_; }
 
   absl::StatusOr<bool> Next(SnapshotDoc* doc) override {
-    const std::string docs(1, keys::kDocTag);
-    if (!it_->Valid() || !HasPrefix(it_->key(), docs) || View(it_->key()) == keys::DocSpaceEnd()) {
+    // The iterator starts at the first document key; the fence (or any key after it) ends them.
+    if (!it_->Valid() || View(it_->key()) >= doc_space_end_) {
       MERGEDB_RETURN_IF_ERROR(FromLevelDb(it_->status(), "reading a snapshot"));
       return false;
     }
@@ -1262,6 +1262,7 @@ class Store::LevelDbSnapshotCursor : public SnapshotCursor {
  private:
   Store* const store_;
   const leveldb::Snapshot* const snapshot_;
+  const std::string doc_space_end_ = keys::DocSpaceEnd();
   std::unique_ptr<leveldb::Iterator> it_;
   VersionVector applied_;
 };
