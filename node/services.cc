@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <deque>
-#include <thread>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -28,16 +27,6 @@ constexpr absl::Duration kDefaultWait = absl::Seconds(10);
 constexpr absl::Duration kPollInterval = absl::Milliseconds(100);
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
-
-// When the node stops waiting for a call: a little before the client's deadline, so that the
-// node's own answer (saying what happened) reaches the client before its deadline does.
-absl::Time DeadlineOf(const grpc::ServerContext* context) {
-  const auto deadline = context->deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) return absl::Now() + kDefaultWait;
-  const absl::Time client = std::min(absl::FromChrono(deadline), absl::Now() + absl::Hours(24));
-  const absl::Duration margin = std::min(absl::Milliseconds(50), (client - absl::Now()) / 10);
-  return client - margin;
-}
 
 void AddConflicts(const std::vector<crdt::FieldConflict>& conflicts, GetResponse* response) {
   for (const auto& c : conflicts) {
@@ -66,6 +55,16 @@ absl::StatusOr<std::string> DecodePageToken(absl::string_view token) {
 }
 
 }  // namespace
+
+// When the node stops waiting for a call: a little before the client's deadline, so that the
+// node's own answer (saying what happened) reaches the client before its deadline does.
+absl::Time CallDeadline(const grpc::ServerContext* context) {
+  const auto deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::Now() + kDefaultWait;
+  const absl::Time client = std::min(absl::FromChrono(deadline), absl::Now() + absl::Hours(24));
+  const absl::Duration margin = std::min(absl::Milliseconds(50), (client - absl::Now()) / 10);
+  return client - margin;
+}
 
 GetResponse RenderGetResponse(const crdt::Document& doc, const crdt::Path& path) {
   GetResponse response;
@@ -248,162 +247,10 @@ std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
 grpc::Status DocumentServiceImpl::Update(grpc::ServerContext* context,
                                          const UpdateRequest* request,
                                          UpdateResponse* response) {
-  auto result = ExecuteUpdate(*request, DeadlineOf(context), context);
+  auto result = ExecuteUpdate(*request, CallDeadline(context), context);
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response = *std::move(result);
   return grpc::Status::OK;
-}
-
-namespace {
-
-// The two streaming write RPCs differ only in how many updates a message carries and how the
-// answers are packed; these overloads say it, for PipelineUpdates.
-size_t UpdatesIn(const UpdateRequest&) { return 1; }
-size_t UpdatesIn(const mergedb::v1::UpdateBatch& batch) {
-  return static_cast<size_t>(batch.updates_size());
-}
-// Why a message cannot be taken (OK: it can). One update always can.
-absl::Status CheckMessage(const UpdateRequest&, const Limits&) { return absl::OkStatus(); }
-absl::Status CheckMessage(const mergedb::v1::UpdateBatch& batch, const Limits& limits) {
-  if (batch.updates_size() <= limits.max_batch_updates) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "an UpdateBatch holds at most ", limits.max_batch_updates,
-      " updates (the node's --max_batch_updates); this one holds ", batch.updates_size(),
-      ": none of it was applied, and the stream ends here (the messages before it were "
-      "answered)"));
-}
-void MoveUpdates(UpdateRequest& request, std::vector<UpdateRequest>* out) {
-  out->push_back(std::move(request));
-}
-void MoveUpdates(mergedb::v1::UpdateBatch& batch, std::vector<UpdateRequest>* out) {
-  for (UpdateRequest& request : *batch.mutable_updates()) out->push_back(std::move(request));
-}
-void AddAnswer(UpdateResponse response, UpdateResponse* answer) { *answer = std::move(response); }
-void AddAnswer(UpdateResponse response, mergedb::v1::UpdateBatchResponse* answer) {
-  *answer->add_responses() = std::move(response);
-}
-
-// A streamed update's answer: its result, or why it failed (the stream goes on).
-UpdateResponse StreamedAnswer(absl::StatusOr<UpdateResponse> result, const std::string& request_id) {
-  if (result.ok()) return *std::move(result);
-  UpdateResponse response;
-  response.set_request_id(request_id);
-  response.set_code(static_cast<int>(result.status().code()));
-  response.set_message(std::string(result.status().message()));
-  return response;
-}
-
-}  // namespace
-
-template <typename Request, typename Answer>
-grpc::Status DocumentServiceImpl::PipelineUpdates(
-    grpc::ServerContext* context, grpc::ServerReaderWriter<Answer, Request>* stream) {
-  // A client that pipelines its updates should pay one storage commit for all that arrived
-  // together, not one each. A reader thread takes messages off the stream as they come; this
-  // thread applies whatever queued up meanwhile as one batch and answers each message in order.
-  // The reader stops reading while kMaxQueued or more updates wait (one message may hold more:
-  // up to --max_batch_updates), and gRPC's flow control holds the client back.
-  constexpr size_t kMaxQueued = 1024;
-  constexpr size_t kMaxBatch = 256;  // updates per commit, unless one message holds more
-  const Limits& limits = node_->options().limits;
-  absl::Mutex mu;
-  std::deque<Request> queue;
-  size_t queued_updates = 0;
-  bool reader_done = false;
-  // A message the node will not take ends the stream once the messages before it are answered:
-  // answering each of its updates would let one message under the size limit (millions of
-  // empty updates) make the node build an answer of hundreds of megabytes.
-  absl::Status refused;
-  std::thread reader([&] {
-    Request request;
-    while (true) {
-      {
-        absl::MutexLock lock(&mu);
-        auto room = [&] { return queued_updates < kMaxQueued; };
-        mu.Await(absl::Condition(&room));
-      }
-      if (!stream->Read(&request)) break;
-      absl::Status taken = CheckMessage(request, limits);
-      absl::MutexLock lock(&mu);
-      if (!taken.ok()) {
-        refused = std::move(taken);
-        break;
-      }
-      // At least one, so that an empty message (answered by an empty one) still takes room.
-      queued_updates += std::max<size_t>(1, UpdatesIn(request));
-      queue.push_back(std::move(request));
-    }
-    absl::MutexLock lock(&mu);
-    reader_done = true;
-  });
-  std::vector<Request> messages;
-  std::vector<UpdateRequest> updates;
-  bool client_gone = false;
-  while (!client_gone) {
-    messages.clear();
-    {
-      absl::MutexLock lock(&mu);
-      auto ready = [&] { return !queue.empty() || reader_done; };
-      mu.Await(absl::Condition(&ready));
-      if (queue.empty()) break;  // the reader is done and everything is answered
-      size_t taken = 0;
-      while (!queue.empty()) {
-        const size_t n = std::max<size_t>(1, UpdatesIn(queue.front()));
-        if (!messages.empty() && taken + n > kMaxBatch) break;
-        taken += n;
-        queued_updates -= n;
-        messages.push_back(std::move(queue.front()));
-        queue.pop_front();
-      }
-    }
-    // A cancelled call cannot receive its answers: leave what it sent unapplied rather than
-    // apply up to kMaxQueued updates nobody will hear about.
-    if (context->IsCancelled()) break;
-    updates.clear();
-    for (Request& message : messages) MoveUpdates(message, &updates);
-    // Per batch, not per stream: a stream without a deadline lives on, and each of its writes
-    // gets the default wait from when it is applied.
-    std::vector<absl::StatusOr<UpdateResponse>> results;
-    if (!updates.empty()) results = ExecuteUpdates(updates, DeadlineOf(context), context);
-    // Results come back in order: message k's answers follow message k-1's.
-    size_t next = 0;
-    for (size_t k = 0; k < messages.size() && !client_gone; ++k) {
-      Answer answer;
-      for (size_t i = 0; i < UpdatesIn(messages[k]); ++i, ++next) {
-        AddAnswer(StreamedAnswer(std::move(results[next]), updates[next].request_id()), &answer);
-      }
-      // Not WriteOptions::set_buffer_hint for all but the last answer, though that would send
-      // a batch's answers in one transport write: a synchronous Write returns only once its
-      // bytes are on their way, and a buffered one waits for the transport's next flush, up to
-      // a second on a connection with nothing else to send.
-      if (!stream->Write(answer)) client_gone = true;
-    }
-  }
-  absl::Status result;
-  {
-    // Left early (the client went away): the reader may be blocked in Read or waiting for
-    // room; cancelling the call ends the one, emptying the queue the other. After a normal end
-    // the reader is done and the call must end OK (or with the refusal), not cancelled.
-    absl::MutexLock lock(&mu);
-    if (!reader_done) context->TryCancel();
-    queue.clear();
-    queued_updates = 0;
-    result = refused;
-  }
-  reader.join();
-  return client_gone ? grpc::Status::OK : ToGrpcStatus(result);
-}
-
-grpc::Status DocumentServiceImpl::UpdateStream(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<UpdateResponse, UpdateRequest>* stream) {
-  return PipelineUpdates(context, stream);
-}
-
-grpc::Status DocumentServiceImpl::UpdateBatchStream(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<mergedb::v1::UpdateBatchResponse, mergedb::v1::UpdateBatch>* stream) {
-  return PipelineUpdates(context, stream);
 }
 
 absl::StatusOr<GetResponse> DocumentServiceImpl::ExecuteGet(const GetRequest& request,
@@ -435,7 +282,7 @@ absl::StatusOr<GetResponse> DocumentServiceImpl::ExecuteGet(const GetRequest& re
 
 grpc::Status DocumentServiceImpl::Get(grpc::ServerContext* context, const GetRequest* request,
                                       GetResponse* response) {
-  auto result = ExecuteGet(*request, DeadlineOf(context), context);
+  auto result = ExecuteGet(*request, CallDeadline(context), context);
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response = *std::move(result);
   return grpc::Status::OK;

@@ -1,5 +1,7 @@
-// The gRPC services of a node (synchronous gRPC API: each call runs on one server thread, which
-// may block on the store's group commit; the server grows its thread pool as needed).
+// The gRPC services of a node. Most calls use the synchronous gRPC API (each call runs on one
+// server thread, which may block on the store's group commit; the server grows its thread pool
+// as needed); the streaming write RPCs, where the per-message cost matters most, run on the
+// asynchronous API (node/write_streams.h) over ExecuteUpdates.
 #ifndef MERGEDB_NODE_SERVICES_H_
 #define MERGEDB_NODE_SERVICES_H_
 
@@ -29,23 +31,27 @@ storage::LocalWrite MakeLocalWrite(const mergedb::v1::UpdateRequest& request,
                                    const PreparedUpdate& update, crdt::ReplicaId replica,
                                    HybridClock* clock, int64_t unix_millis);
 
+// When the node stops waiting for a call: a little before the client's deadline, so that the
+// node's own answer (saying what happened) reaches the client before its deadline does; calls
+// without a deadline wait at most a default.
+absl::Time CallDeadline(const grpc::ServerContext* context);
+
 class Node;
 
+// UpdateStream and UpdateBatchStream are asynchronous methods: WriteStreams serves them.
+using DocumentServiceBase = mergedb::v1::DocumentService::WithAsyncMethod_UpdateStream<
+    mergedb::v1::DocumentService::WithAsyncMethod_UpdateBatchStream<
+        mergedb::v1::DocumentService::Service>>;
+
 // Thread safety: thread-safe; `node` is borrowed and outlives the service.
-class DocumentServiceImpl final : public mergedb::v1::DocumentService::Service {
+class DocumentServiceImpl final : public DocumentServiceBase {
  public:
   explicit DocumentServiceImpl(Node* node) : node_(node) {}
 
+  Node* node() const { return node_; }
+
   grpc::Status Update(grpc::ServerContext* context, const mergedb::v1::UpdateRequest* request,
                       mergedb::v1::UpdateResponse* response) override;
-  grpc::Status UpdateStream(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<mergedb::v1::UpdateResponse, mergedb::v1::UpdateRequest>* stream)
-      override;
-  grpc::Status UpdateBatchStream(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<mergedb::v1::UpdateBatchResponse, mergedb::v1::UpdateBatch>* stream)
-      override;
   grpc::Status Get(grpc::ServerContext* context, const mergedb::v1::GetRequest* request,
                    mergedb::v1::GetResponse* response) override;
   grpc::Status Delete(grpc::ServerContext* context, const mergedb::v1::DeleteRequest* request,
@@ -84,11 +90,6 @@ class DocumentServiceImpl final : public mergedb::v1::DocumentService::Service {
                                                       grpc::ServerContext* context);
 
  private:
-  // Both streaming write RPCs: a reader thread queues the messages, this thread applies what
-  // queued up as one batch and answers each message in order.
-  template <typename Request, typename Answer>
-  grpc::Status PipelineUpdates(grpc::ServerContext* context,
-                               grpc::ServerReaderWriter<Answer, Request>* stream);
   // Waits until this node's copy of the document includes `token`.
   absl::Status WaitForVersion(const std::string& collection, const std::string& id,
                               const crdt::CausalContext& token, absl::Time deadline,

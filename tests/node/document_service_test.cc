@@ -306,6 +306,40 @@ TEST_F(DocumentServiceTest, UpdateStreamAcknowledgesEachUpdateAndSurvivesABadOne
   EXPECT_EQ(CounterIn(GetOrDie("s", "doc"), "n"), 49);
 }
 
+// With fsync per commit a commit waits for the disk, so the stream's applies run off the
+// threads that read; the answers still come in order and every acknowledged update survives a
+// restart.
+TEST_F(DocumentServiceTest, UpdateStreamWithFsyncPerCommitAnswersInOrderAndKeepsEveryUpdate) {
+  NodeOptions options = Options();
+  options.durability = storage::Durability::kSyncEachCommit;
+  StartNode(options);
+  {
+    grpc::ClientContext context;
+    Deadline(&context, 10000);
+    auto stream = docs_->UpdateStream(&context);
+    for (int i = 0; i < 200; ++i) {
+      UpdateRequest request = UpdateOf("f", "doc" + std::to_string(i % 3));
+      request.set_request_id("f" + std::to_string(i));
+      Incr(&request, {"n"}, 1);
+      ASSERT_TRUE(stream->Write(request));
+    }
+    stream->WritesDone();
+    UpdateResponse response;
+    int answered = 0;
+    while (stream->Read(&response)) {
+      EXPECT_EQ(response.code(), 0) << response.message();
+      EXPECT_EQ(response.request_id(), "f" + std::to_string(answered));
+      ++answered;
+    }
+    EXPECT_TRUE(stream->Finish().ok());
+    EXPECT_EQ(answered, 200);
+  }
+  RestartNode(options);
+  int64_t total = 0;
+  for (int d = 0; d < 3; ++d) total += CounterIn(GetOrDie("f", "doc" + std::to_string(d)), "n");
+  EXPECT_EQ(total, 200);
+}
+
 TEST_F(DocumentServiceTest, UpdateBatchStreamAnswersEveryMessageWithOneResponsePerUpdateInOrder) {
   StartNode();
   grpc::ClientContext context;
@@ -539,6 +573,32 @@ TEST_F(DocumentServiceTest, GracefulShutdownLosesNoAcknowledgedWrite) {
   const int64_t n = CounterIn(GetOrDie("c", "d"), "n");
   EXPECT_GE(n, acknowledged.load());
   EXPECT_LE(n, attempted.load());
+}
+
+// A second node on a port in use is refused with a clear error, and the node already there
+// serves on (the refused one set up its write streams' queue before the bind failed).
+TEST_F(DocumentServiceTest, ANodeOnAPortInUseIsRefusedAndTheOtherServesOn) {
+  StartNode();
+  NodeOptions second = Options();
+  second.node_name = "n2";
+  second.data_dir = "/data2";
+  second.listen = node_->address();
+  auto refused = Node::Start(second);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "cannot listen on " + node_->address()))
+      << refused.status();
+  grpc::ClientContext context;
+  Deadline(&context);
+  auto stream = docs_->UpdateStream(&context);
+  UpdateRequest request = UpdateOf("p", "after");
+  Incr(&request, {"n"}, 1);
+  ASSERT_TRUE(stream->Write(request));
+  UpdateResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.code(), 0) << response.message();
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
 }
 
 TEST_F(DocumentServiceTest, StatusReportsIdentityCountsAndADigestThatFollowsTheState) {

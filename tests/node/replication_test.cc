@@ -208,6 +208,112 @@ TEST(Replication, QuorumSucceedsWithOneOfThreeDownAndTimesOutWithTwoDown) {
   EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 3);
 }
 
+// Write streams apply LOCAL writes on the threads that read them, and hand writes that wait for
+// peers to threads of their own: a QUORUM wait must neither reorder a stream's answers nor hold
+// up other streams.
+TEST(Replication, AStreamWaitingForAQuorumAnswersInOrderWhileOtherStreamsGoOn) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  cluster.Stop(1);
+  cluster.Stop(2);
+  // More waiting streams than the node has threads that read.
+  constexpr int kWaiting = 4;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReaderWriter<UpdateRequest, UpdateResponse>>> waiting;
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(3);
+  for (int s = 0; s < kWaiting; ++s) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->set_deadline(deadline);
+    waiting.push_back(cluster.Docs(0)->UpdateStream(contexts.back().get()));
+    for (int i = 0; i < 3; ++i) {
+      UpdateRequest request = IncrementOf("d", 1);
+      request.set_request_id(absl::StrCat("s", s, "w", i));
+      if (i == 1) request.set_write_concern(mergedb::v1::QUORUM);  // cannot be met: 1 of 3 up
+      ASSERT_TRUE(waiting.back()->Write(request));
+    }
+    waiting.back()->WritesDone();
+    UpdateResponse response;
+    ASSERT_TRUE(waiting.back()->Read(&response));  // w0 is LOCAL: answered before w1 waits
+    EXPECT_EQ(response.request_id(), absl::StrCat("s", s, "w0"));
+    EXPECT_EQ(response.code(), 0) << response.message();
+  }
+
+  // Meanwhile another stream's writes are answered: nothing waits behind the w1s.
+  std::atomic<bool> waiting_answered{false};
+  std::thread reader([&] {
+    for (int s = 0; s < kWaiting; ++s) {
+      auto& stream = waiting[static_cast<size_t>(s)];
+      UpdateResponse next;
+      std::vector<UpdateResponse> rest;
+      while (stream->Read(&next)) rest.push_back(next);
+      waiting_answered = true;
+      ASSERT_EQ(rest.size(), 2u);
+      EXPECT_EQ(rest[0].request_id(), absl::StrCat("s", s, "w1"));
+      EXPECT_EQ(rest[0].code(), static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED));
+      EXPECT_TRUE(absl::StrContains(rest[0].message(), "durable on node n1")) << rest[0].message();
+      EXPECT_EQ(rest[1].request_id(), absl::StrCat("s", s, "w2"));  // applied after w1's wait, answered after it
+      EXPECT_EQ(rest[1].code(), 0) << rest[1].message();
+      EXPECT_TRUE(stream->Finish().ok());
+    }
+  });
+  grpc::ClientContext other_context;
+  other_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto other = cluster.Docs(0)->UpdateBatchStream(&other_context);
+  mergedb::v1::UpdateBatch batch;
+  for (int i = 0; i < 5; ++i) *batch.add_updates() = IncrementOf("d", 10);
+  for (int k = 0; k < 4; ++k) {
+    ASSERT_TRUE(other->Write(batch));
+    mergedb::v1::UpdateBatchResponse answers;
+    ASSERT_TRUE(other->Read(&answers));
+    ASSERT_EQ(answers.responses_size(), 5);
+    for (const UpdateResponse& answer : answers.responses()) EXPECT_EQ(answer.code(), 0);
+  }
+  EXPECT_FALSE(waiting_answered) << "a LOCAL stream waited for the QUORUM writes of others";
+  other->WritesDone();
+  EXPECT_TRUE(other->Finish().ok());
+  reader.join();
+
+  cluster.Start(1);
+  cluster.Start(2);
+  ASSERT_TRUE(cluster.WaitConverged());
+  EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), kWaiting * 3 + 4 * 5 * 10);
+}
+
+// A node stops while clients hold write streams open, one of them waiting for a quorum that
+// cannot come: the stop neither hangs nor loses what was acknowledged.
+TEST(Replication, ANodeStopsWithWriteStreamsOpenAndAQuorumWaitInFlight) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  cluster.Stop(1);
+  cluster.Stop(2);
+  grpc::ClientContext idle_context;
+  auto idle = cluster.Docs(0)->UpdateStream(&idle_context);
+  UpdateRequest local = IncrementOf("d", 1);
+  ASSERT_TRUE(idle->Write(local));
+  UpdateResponse response;
+  ASSERT_TRUE(idle->Read(&response));
+  ASSERT_EQ(response.code(), 0) << response.message();
+  grpc::ClientContext waiting_context;  // no deadline: the node's default wait (10 s)
+  auto waiting = cluster.Docs(0)->UpdateStream(&waiting_context);
+  UpdateRequest quorum = IncrementOf("d", 1);
+  quorum.set_write_concern(mergedb::v1::QUORUM);
+  ASSERT_TRUE(waiting->Write(quorum));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the wait has begun
+  const auto stop_started = std::chrono::steady_clock::now();
+  cluster.Stop(0);
+  const double stop_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - stop_started).count();
+  std::cout << "stopped in " << stop_seconds << " s\n";
+  // Both streams end; whatever answer the waiting write got, it was not a success.
+  while (waiting->Read(&response)) EXPECT_NE(response.code(), 0);
+  EXPECT_FALSE(waiting->Finish().ok());
+  EXPECT_FALSE(idle->Read(&response));
+  EXPECT_FALSE(idle->Finish().ok());
+  // Both increments were durable on n1 before it stopped.
+  cluster.Start(0);
+  EXPECT_EQ(CounterIn(cluster.Get(0, "c", "d"), "n"), 2);
+}
+
 TEST(Replication, ANodeOfAnotherClusterIsRefused) {
   Cluster ours(2);
   Cluster theirs(1, {{}}, "other-cluster");

@@ -1,0 +1,455 @@
+#include "node/write_streams.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/async_stream.h"
+#include "mergedb/v1/api.grpc.pb.h"
+#include "node/grpc_status.h"
+#include "node/log.h"
+#include "node/node.h"
+#include "node/services.h"
+
+namespace mergedb::node {
+
+void BlockingPool::Run(std::function<void()> task) {
+  absl::MutexLock lock(&mu_);
+  tasks_.push_back(std::move(task));
+  if (static_cast<int>(tasks_.size()) > idle_ && static_cast<int>(threads_.size()) < max_threads_) {
+    threads_.emplace_back([this] { Work(); });
+  }
+}
+
+void BlockingPool::Work() {
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    ++idle_;
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !tasks_.empty() || stop_; };
+    mu_.Await(absl::Condition(&ready));
+    --idle_;
+    if (tasks_.empty()) return;  // stopping, and nothing is left to run
+    std::function<void()> task = std::move(tasks_.front());
+    tasks_.pop_front();
+    mu_.Unlock();
+    task();
+    task = nullptr;
+    mu_.Lock();
+  }
+}
+
+BlockingPool::~BlockingPool() {
+  std::vector<std::thread> threads;
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    threads.swap(threads_);
+  }
+  for (std::thread& thread : threads) thread.join();
+}
+
+namespace {
+
+using mergedb::v1::UpdateBatch;
+using mergedb::v1::UpdateBatchResponse;
+using mergedb::v1::UpdateRequest;
+using mergedb::v1::UpdateResponse;
+
+// Updates of one stream waiting to be applied; past this the stream stops reading (one message
+// may hold more: up to --max_batch_updates).
+constexpr size_t kMaxQueued = 1024;
+// Updates per commit, unless one message holds more.
+constexpr size_t kMaxBatch = 256;
+
+// The two streaming write RPCs differ only in how many updates a message carries and how the
+// answers are packed; these overloads say it.
+size_t UpdatesIn(const UpdateRequest&) { return 1; }
+size_t UpdatesIn(const UpdateBatch& batch) { return static_cast<size_t>(batch.updates_size()); }
+// Why a message cannot be taken (OK: it can). One update always can.
+absl::Status CheckMessage(const UpdateRequest&, const Limits&) { return absl::OkStatus(); }
+absl::Status CheckMessage(const UpdateBatch& batch, const Limits& limits) {
+  if (batch.updates_size() <= limits.max_batch_updates) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "an UpdateBatch holds at most ", limits.max_batch_updates,
+      " updates (the node's --max_batch_updates); this one holds ", batch.updates_size(),
+      ": none of it was applied, and the stream ends here (the messages before it were "
+      "answered)"));
+}
+void MoveUpdates(UpdateRequest& request, std::vector<UpdateRequest>* out) {
+  out->push_back(std::move(request));
+}
+void MoveUpdates(UpdateBatch& batch, std::vector<UpdateRequest>* out) {
+  for (UpdateRequest& request : *batch.mutable_updates()) out->push_back(std::move(request));
+}
+void AddAnswer(UpdateResponse response, UpdateResponse* answer) { *answer = std::move(response); }
+void AddAnswer(UpdateResponse response, UpdateBatchResponse* answer) {
+  *answer->add_responses() = std::move(response);
+}
+// An update whose apply waits for something other than this node's CPU: peers' confirmations,
+// or its base version to arrive.
+bool Waits(const UpdateRequest& request) {
+  return request.write_concern() == mergedb::v1::QUORUM ||
+         request.write_concern() == mergedb::v1::ALL || !request.base_version().empty();
+}
+bool Waits(const UpdateBatch& batch) {
+  return std::any_of(batch.updates().begin(), batch.updates().end(),
+                     [](const UpdateRequest& update) { return Waits(update); });
+}
+
+// A streamed update's answer: its result, or why it failed (the stream goes on).
+UpdateResponse StreamedAnswer(absl::StatusOr<UpdateResponse> result, const std::string& request_id) {
+  if (result.ok()) return *std::move(result);
+  UpdateResponse response;
+  response.set_request_id(request_id);
+  response.set_code(static_cast<int>(result.status().code()));
+  response.set_message(std::string(result.status().message()));
+  return response;
+}
+
+// What a completion-queue tag points to: the call and which of its operations completed.
+class Call;
+struct Tag {
+  Call* call;
+  int event;
+};
+
+class Call {
+ public:
+  virtual ~Call() = default;
+  virtual void OnEvent(int event, bool ok) = 0;
+};
+
+// One UpdateStream or UpdateBatchStream call, from the request for it until it ended. It
+// deletes itself once gRPC returned every tag it handed out and no apply runs for it.
+template <typename Request, typename Answer>
+class WriteStreamCall final : public Call {
+ public:
+  using Stream = grpc::ServerAsyncReaderWriter<Answer, Request>;
+  using RequestMethod = void (DocumentServiceImpl::*)(grpc::ServerContext*, Stream*,
+                                                     grpc::CompletionQueue*,
+                                                     grpc::ServerCompletionQueue*, void*);
+
+  // Asks gRPC for the next call of `method`.
+  static void Listen(WriteStreams* server, RequestMethod method) {
+    if (server->CallStarting()) new WriteStreamCall(server, method);
+  }
+
+  void OnEvent(int event, bool ok) override {
+    switch (event) {
+      case kStarted:
+        if (!ok) {  // the server is stopping; a call that never started gets no done tag
+          Destroy();
+          return;
+        }
+        Listen(server_, method_);
+        {
+          absl::MutexLock lock(&mu_);
+          started_ = true;
+          StartReadLocked();
+        }
+        return;
+      case kRead:
+        OnRead(ok);
+        return;
+      case kWritten:
+        OnWritten(ok);
+        return;
+      case kFinished: {
+        absl::MutexLock lock(&mu_);
+        finish_pending_ = false;
+        if (!DeletableLocked()) return;
+      }
+        Destroy();
+        return;
+      case kDone: {
+        absl::MutexLock lock(&mu_);
+        done_ = true;
+        if (context_.IsCancelled()) LeaveLocked();
+        if (!DeletableLocked()) return;
+      }
+        Destroy();
+        return;
+    }
+  }
+
+ private:
+  enum Event { kStarted, kRead, kWritten, kFinished, kDone };
+
+  WriteStreamCall(WriteStreams* server, RequestMethod method)
+      : server_(server),
+        method_(method),
+        limits_(server->service()->node()->options().limits),
+        // With fsync per commit a commit waits for the disk: it must not hold a poller.
+        commits_wait_(server->service()->node()->options().durability !=
+                      storage::Durability::kNoSync),
+        stream_(&context_) {
+    context_.AsyncNotifyWhenDone(&done_tag_);
+    (server->service()->*method)(&context_, &stream_, server->cq(), server->cq(), &started_tag_);
+  }
+
+  void OnRead(bool ok) {
+    bool apply = false;
+    {
+      absl::MutexLock lock(&mu_);
+      read_pending_ = false;
+      if (!ok) {
+        reads_ended_ = true;  // the client closed its side, or the call is gone
+      } else if (!client_gone_) {
+        if (absl::Status taken = CheckMessage(request_, limits_); !taken.ok()) {
+          // Ends the stream once the messages before it are answered: answering each of its
+          // updates would let one message under the size limit (millions of empty updates)
+          // make the node build an answer of hundreds of megabytes.
+          refused_ = std::move(taken);
+          reads_ended_ = true;
+        } else {
+          // At least one, so that an empty message (answered by an empty one) takes room.
+          queued_updates_ += std::max<size_t>(1, UpdatesIn(request_));
+          queue_.push_back(std::move(request_));
+          request_.Clear();
+          StartReadLocked();
+        }
+      }
+      if (!applying_ && !queue_.empty() && !client_gone_) {
+        applying_ = true;
+        apply = true;
+      }
+      MaybeFinishLocked();
+      if (!apply && !DeletableLocked()) return;
+    }
+    if (apply) {
+      Apply(/*may_wait=*/false);
+    } else {
+      Destroy();
+    }
+  }
+
+  void OnWritten(bool ok) {
+    {
+      absl::MutexLock lock(&mu_);
+      write_pending_ = false;
+      if (!ok) {
+        LeaveLocked();
+        // A failed write means the call is over; cancelling makes sure gRPC says so (done tag).
+        context_.TryCancel();
+      } else {
+        answers_.pop_front();
+        StartWriteLocked();
+        MaybeFinishLocked();
+      }
+      if (!DeletableLocked()) return;
+    }
+    Destroy();
+  }
+
+  // Applies what queued up, batch after batch, until nothing is left; called with applying_
+  // set by this thread. On a completion-queue thread (!may_wait) it stops at the first message
+  // that would wait and hands the rest to the blocking pool, which carries on from there.
+  void Apply(bool may_wait) {
+    std::vector<Request> messages;
+    std::vector<UpdateRequest> updates;
+    while (true) {
+      messages.clear();
+      {
+        absl::MutexLock lock(&mu_);
+        if (queue_.empty() || client_gone_) {
+          applying_ = false;
+          MaybeFinishLocked();
+          if (!DeletableLocked()) return;
+          break;  // to delete this
+        }
+        // On a completion-queue thread, only what does not wait: the messages before the first
+        // one that does are applied and answered here, without waiting behind it.
+        size_t taken = 0;
+        while (!queue_.empty() && (may_wait || !(commits_wait_ || Waits(queue_.front())))) {
+          const size_t n = std::max<size_t>(1, UpdatesIn(queue_.front()));
+          if (!messages.empty() && taken + n > kMaxBatch) break;
+          taken += n;
+          queued_updates_ -= n;
+          messages.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+        if (messages.empty()) {  // the next message waits: the pool carries on from here
+          server_->blocking_pool()->Run([this] { Apply(/*may_wait=*/true); });
+          return;
+        }
+        // Reading stopped while the queue was full; there is room again.
+        StartReadLocked();
+      }
+      updates.clear();
+      for (Request& message : messages) MoveUpdates(message, &updates);
+      // Per batch, not per stream: a stream without a deadline lives on, and each of its writes
+      // gets the default wait from when it is applied.
+      std::vector<absl::StatusOr<UpdateResponse>> results;
+      if (!updates.empty()) {
+        results = server_->service()->ExecuteUpdates(updates, CallDeadline(&context_), &context_);
+      }
+      absl::MutexLock lock(&mu_);
+      if (client_gone_) continue;
+      // Results come back in order: message k's answers follow message k-1's.
+      size_t next = 0;
+      for (Request& message : messages) {
+        Answer& answer = answers_.emplace_back();
+        for (size_t i = 0; i < UpdatesIn(message); ++i, ++next) {
+          AddAnswer(StreamedAnswer(std::move(results[next]), updates[next].request_id()),
+                    &answer);
+        }
+      }
+      StartWriteLocked();
+    }
+    Destroy();
+  }
+
+  void Destroy() {
+    WriteStreams* server = server_;
+    delete this;
+    server->CallEnded();
+  }
+
+  void StartReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!started_ || read_pending_ || reads_ended_ || client_gone_) return;
+    if (queued_updates_ >= kMaxQueued) return;  // Apply resumes reading
+    read_pending_ = true;
+    stream_.Read(&request_, &read_tag_);
+  }
+
+  void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (write_pending_ || answers_.empty() || client_gone_) return;
+    write_pending_ = true;
+    stream_.Write(answers_.front(), &write_tag_);
+  }
+
+  // Ends the call once the client is done sending (or was refused) and everything it sent is
+  // answered.
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finish_started_ || client_gone_ || !reads_ended_ || read_pending_ || applying_ ||
+        !queue_.empty() || write_pending_ || !answers_.empty()) {
+      return;
+    }
+    finish_started_ = true;
+    finish_pending_ = true;
+    stream_.Finish(ToGrpcStatus(refused_), &finish_tag_);
+  }
+
+  // The client cannot hear answers any more: what it sent and nobody will hear about is left
+  // unapplied.
+  void LeaveLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    client_gone_ = true;
+    queue_.clear();
+    queued_updates_ = 0;
+    answers_.clear();
+  }
+
+  bool DeletableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return done_ && !read_pending_ && !write_pending_ && !finish_pending_ && !applying_;
+  }
+
+  WriteStreams* const server_;
+  const RequestMethod method_;
+  const Limits& limits_;
+  const bool commits_wait_;
+  grpc::ServerContext context_;
+  Stream stream_;
+  Tag started_tag_{this, kStarted};
+  Tag read_tag_{this, kRead};
+  Tag write_tag_{this, kWritten};
+  Tag finish_tag_{this, kFinished};
+  Tag done_tag_{this, kDone};
+
+  absl::Mutex mu_;
+  Request request_ ABSL_GUARDED_BY(mu_);  // the buffer of the Read in flight
+  std::deque<Request> queue_ ABSL_GUARDED_BY(mu_);
+  size_t queued_updates_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<Answer> answers_ ABSL_GUARDED_BY(mu_);  // the front one is being written
+  absl::Status refused_ ABSL_GUARDED_BY(mu_);
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool applying_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_started_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+using UpdateStreamCall = WriteStreamCall<UpdateRequest, UpdateResponse>;
+using UpdateBatchStreamCall = WriteStreamCall<UpdateBatch, UpdateBatchResponse>;
+
+// Blocking tasks: as many at once as streams wait at once, like the synchronous server's
+// threads; past this they queue.
+constexpr int kMaxBlockingThreads = 256;
+// How long Shutdown waits for the calls' last events after the server stopped.
+constexpr absl::Duration kShutdownWait = absl::Seconds(10);
+
+}  // namespace
+
+WriteStreams::WriteStreams(DocumentServiceImpl* service,
+                           std::unique_ptr<grpc::ServerCompletionQueue> cq, int threads)
+    : service_(service),
+      cq_(std::move(cq)),
+      thread_count_(std::max(1, threads)),
+      blocking_(kMaxBlockingThreads) {}
+
+WriteStreams::~WriteStreams() { Shutdown(); }
+
+void WriteStreams::Start() {
+  {
+    absl::MutexLock lock(&mu_);
+    accepting_ = true;
+  }
+  // A few calls of each method waiting to be matched, so that a burst of new streams is not
+  // matched one at a time.
+  for (int i = 0; i < thread_count_; ++i) {
+    UpdateStreamCall::Listen(this, &DocumentServiceImpl::RequestUpdateStream);
+    UpdateBatchStreamCall::Listen(this, &DocumentServiceImpl::RequestUpdateBatchStream);
+  }
+  for (int i = 0; i < thread_count_; ++i) threads_.emplace_back([this] { Poll(); });
+}
+
+bool WriteStreams::CallStarting() {
+  absl::MutexLock lock(&mu_);
+  if (!accepting_) return false;
+  ++live_calls_;
+  return true;
+}
+
+void WriteStreams::CallEnded() {
+  absl::MutexLock lock(&mu_);
+  --live_calls_;
+}
+
+void WriteStreams::Poll() {
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq_->Next(&tag, &ok)) {
+    Tag* event = static_cast<Tag*>(tag);
+    event->call->OnEvent(event->event, ok);
+  }
+}
+
+void WriteStreams::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    accepting_ = false;
+  }
+  // The server shut down first, so every call has ended or been cancelled; but their last
+  // events may still wait in the queue, and an apply may still run, and either may start an
+  // operation (which must not meet a queue that was shut down). Each call deletes itself once
+  // all is over.
+  {
+    absl::MutexLock lock(&mu_);
+    auto over = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_calls_ == 0; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&over), kShutdownWait)) {
+      MERGEDB_LOG(ERROR) << live_calls_ << " write streams did not end within "
+                         << absl::FormatDuration(kShutdownWait) << " of the server's shutdown";
+    }
+  }
+  cq_->Shutdown();
+  for (std::thread& thread : threads_) thread.join();
+  threads_.clear();
+}
+
+}  // namespace mergedb::node
