@@ -9,6 +9,7 @@
 #include "grpcpp/server_builder.h"
 #include "node/log.h"
 #include "node/services.h"
+#include "node/async_server.h"
 #include "node/write_streams.h"
 
 namespace mergedb::node {
@@ -77,19 +78,19 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   builder.RegisterService(node->replication_.get());
   builder.RegisterService(node->documents_.get());
   builder.RegisterService(node->cluster_.get());
-  std::unique_ptr<grpc::ServerCompletionQueue> write_queue = builder.AddCompletionQueue();
+  std::unique_ptr<grpc::ServerCompletionQueue> async_queue = builder.AddCompletionQueue();
   node->server_ = builder.BuildAndStart();
   if (node->server_ == nullptr || node->port_ == 0) {
     node->server_.reset();
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot listen on ", options.listen, ": the address is in use or invalid"));
   }
-  // One completion-queue thread per core: a stream's updates are applied on the thread that
-  // read them, so more threads than cores would only take turns.
-  node->write_streams_ = std::make_unique<WriteStreams>(
-      node->documents_.get(), std::move(write_queue),
-      std::max(2, static_cast<int>(std::thread::hardware_concurrency())));
-  node->write_streams_->Start();
+  // One completion-queue thread per core: a message's work is done on the thread that read it,
+  // so more threads than cores would only take turns.
+  node->async_server_ = std::make_unique<AsyncServer>(
+      std::move(async_queue), std::max(2, static_cast<int>(std::thread::hardware_concurrency())));
+  ServeWriteStreams(node->documents_.get(), node->async_server_.get());
+  node->async_server_->Start();
   node->server_->GetHealthCheckService()->SetServingStatus(true);
   node->replication_->Start();
   node->janitor_ = std::thread([n = node.get()] { n->RunJanitor(); });
@@ -145,7 +146,7 @@ void Node::Shutdown(absl::Duration grace) {
     server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
     server_->Wait();
   }
-  if (write_streams_ != nullptr) write_streams_->Shutdown();
+  if (async_server_ != nullptr) async_server_->Shutdown();
   stopping_ = true;
   {
     absl::MutexLock janitor_lock(&janitor_mu_);

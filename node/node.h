@@ -59,7 +59,7 @@ struct NodeOptions {
 
 class DocumentServiceImpl;
 class ClusterServiceImpl;
-class WriteStreams;
+class AsyncServer;
 
 class Node {
  public:
@@ -98,7 +98,7 @@ class Node {
   std::unique_ptr<DocumentServiceImpl> documents_;
   std::unique_ptr<ClusterServiceImpl> cluster_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<WriteStreams> write_streams_;
+  std::unique_ptr<AsyncServer> async_server_;
   int port_ = 0;
   absl::Time start_time_;
   std::atomic<bool> stopping_{false};

@@ -1,53 +1,31 @@
+// UpdateStream and UpdateBatchStream on the asynchronous server (node/async_server.h).
+//
+// A stream's messages are applied on the thread that read them. Batching still happens: while
+// one thread applies a stream's messages, the others keep reading that stream and queue what
+// arrives; the applying thread takes it all as its next batch, one storage commit. Messages that
+// would wait (QUORUM, ALL, a base version, or every commit under fsync per commit) go to the
+// blocking pool, which carries on with the stream from there.
+//
+// Invariants of one stream: updates are applied in the order they arrived, one batch at a time;
+// answers are written in that order, one Write in flight; at most kMaxQueued updates wait (then
+// the stream stops reading and gRPC's flow control holds the client back); a cancelled stream's
+// queued updates are not applied.
 #include "node/write_streams.h"
 
 #include <algorithm>
+#include <deque>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/async_stream.h"
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/grpc_status.h"
-#include "node/log.h"
 #include "node/node.h"
 #include "node/services.h"
 
 namespace mergedb::node {
-
-void BlockingPool::Run(std::function<void()> task) {
-  absl::MutexLock lock(&mu_);
-  tasks_.push_back(std::move(task));
-  if (static_cast<int>(tasks_.size()) > idle_ && static_cast<int>(threads_.size()) < max_threads_) {
-    threads_.emplace_back([this] { Work(); });
-  }
-}
-
-void BlockingPool::Work() {
-  absl::MutexLock lock(&mu_);
-  while (true) {
-    ++idle_;
-    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !tasks_.empty() || stop_; };
-    mu_.Await(absl::Condition(&ready));
-    --idle_;
-    if (tasks_.empty()) return;  // stopping, and nothing is left to run
-    std::function<void()> task = std::move(tasks_.front());
-    tasks_.pop_front();
-    mu_.Unlock();
-    task();
-    task = nullptr;
-    mu_.Lock();
-  }
-}
-
-BlockingPool::~BlockingPool() {
-  std::vector<std::thread> threads;
-  {
-    absl::MutexLock lock(&mu_);
-    stop_ = true;
-    threads.swap(threads_);
-  }
-  for (std::thread& thread : threads) thread.join();
-}
 
 namespace {
 
@@ -107,23 +85,10 @@ UpdateResponse StreamedAnswer(absl::StatusOr<UpdateResponse> result, const std::
   return response;
 }
 
-// What a completion-queue tag points to: the call and which of its operations completed.
-class Call;
-struct Tag {
-  Call* call;
-  int event;
-};
-
-class Call {
- public:
-  virtual ~Call() = default;
-  virtual void OnEvent(int event, bool ok) = 0;
-};
-
 // One UpdateStream or UpdateBatchStream call, from the request for it until it ended. It
 // deletes itself once gRPC returned every tag it handed out and no apply runs for it.
 template <typename Request, typename Answer>
-class WriteStreamCall final : public Call {
+class WriteStreamCall final : public AsyncCall {
  public:
   using Stream = grpc::ServerAsyncReaderWriter<Answer, Request>;
   using RequestMethod = void (DocumentServiceImpl::*)(grpc::ServerContext*, Stream*,
@@ -131,8 +96,8 @@ class WriteStreamCall final : public Call {
                                                      grpc::ServerCompletionQueue*, void*);
 
   // Asks gRPC for the next call of `method`.
-  static void Listen(WriteStreams* server, RequestMethod method) {
-    if (server->CallStarting()) new WriteStreamCall(server, method);
+  static void Listen(AsyncServer* server, DocumentServiceImpl* service, RequestMethod method) {
+    if (server->CallStarting()) new WriteStreamCall(server, service, method);
   }
 
   void OnEvent(int event, bool ok) override {
@@ -142,7 +107,7 @@ class WriteStreamCall final : public Call {
           Destroy();
           return;
         }
-        Listen(server_, method_);
+        Listen(server_, service_, method_);
         {
           absl::MutexLock lock(&mu_);
           started_ = true;
@@ -176,16 +141,17 @@ class WriteStreamCall final : public Call {
  private:
   enum Event { kStarted, kRead, kWritten, kFinished, kDone };
 
-  WriteStreamCall(WriteStreams* server, RequestMethod method)
+  WriteStreamCall(AsyncServer* server, DocumentServiceImpl* service, RequestMethod method)
       : server_(server),
+        service_(service),
         method_(method),
-        limits_(server->service()->node()->options().limits),
+        limits_(service->node()->options().limits),
         // With fsync per commit a commit waits for the disk: it must not hold a poller.
-        commits_wait_(server->service()->node()->options().durability !=
+        commits_wait_(service->node()->options().durability !=
                       storage::Durability::kNoSync),
         stream_(&context_) {
     context_.AsyncNotifyWhenDone(&done_tag_);
-    (server->service()->*method)(&context_, &stream_, server->cq(), server->cq(), &started_tag_);
+    (service->*method)(&context_, &stream_, server->cq(), server->cq(), &started_tag_);
   }
 
   void OnRead(bool ok) {
@@ -282,7 +248,7 @@ class WriteStreamCall final : public Call {
       // gets the default wait from when it is applied.
       std::vector<absl::StatusOr<UpdateResponse>> results;
       if (!updates.empty()) {
-        results = server_->service()->ExecuteUpdates(updates, CallDeadline(&context_), &context_);
+        results = service_->ExecuteUpdates(updates, CallDeadline(&context_), &context_);
       }
       absl::MutexLock lock(&mu_);
       if (client_gone_) continue;
@@ -301,7 +267,7 @@ class WriteStreamCall final : public Call {
   }
 
   void Destroy() {
-    WriteStreams* server = server_;
+    AsyncServer* server = server_;
     delete this;
     server->CallEnded();
   }
@@ -344,17 +310,18 @@ class WriteStreamCall final : public Call {
     return done_ && !read_pending_ && !write_pending_ && !finish_pending_ && !applying_;
   }
 
-  WriteStreams* const server_;
+  AsyncServer* const server_;
+  DocumentServiceImpl* const service_;
   const RequestMethod method_;
   const Limits& limits_;
   const bool commits_wait_;
   grpc::ServerContext context_;
   Stream stream_;
-  Tag started_tag_{this, kStarted};
-  Tag read_tag_{this, kRead};
-  Tag write_tag_{this, kWritten};
-  Tag finish_tag_{this, kFinished};
-  Tag done_tag_{this, kDone};
+  AsyncTag started_tag_{this, kStarted};
+  AsyncTag read_tag_{this, kRead};
+  AsyncTag write_tag_{this, kWritten};
+  AsyncTag finish_tag_{this, kFinished};
+  AsyncTag done_tag_{this, kDone};
 
   absl::Mutex mu_;
   Request request_ ABSL_GUARDED_BY(mu_);  // the buffer of the Read in flight
@@ -376,80 +343,15 @@ class WriteStreamCall final : public Call {
 using UpdateStreamCall = WriteStreamCall<UpdateRequest, UpdateResponse>;
 using UpdateBatchStreamCall = WriteStreamCall<UpdateBatch, UpdateBatchResponse>;
 
-// Blocking tasks: as many at once as streams wait at once, like the synchronous server's
-// threads; past this they queue.
-constexpr int kMaxBlockingThreads = 256;
-// How long Shutdown waits for the calls' last events after the server stopped.
-constexpr absl::Duration kShutdownWait = absl::Seconds(10);
-
 }  // namespace
 
-WriteStreams::WriteStreams(DocumentServiceImpl* service,
-                           std::unique_ptr<grpc::ServerCompletionQueue> cq, int threads)
-    : service_(service),
-      cq_(std::move(cq)),
-      thread_count_(std::max(1, threads)),
-      blocking_(kMaxBlockingThreads) {}
-
-WriteStreams::~WriteStreams() { Shutdown(); }
-
-void WriteStreams::Start() {
-  {
-    absl::MutexLock lock(&mu_);
-    accepting_ = true;
-  }
-  // A few calls of each method waiting to be matched, so that a burst of new streams is not
-  // matched one at a time.
-  for (int i = 0; i < thread_count_; ++i) {
-    UpdateStreamCall::Listen(this, &DocumentServiceImpl::RequestUpdateStream);
-    UpdateBatchStreamCall::Listen(this, &DocumentServiceImpl::RequestUpdateBatchStream);
-  }
-  for (int i = 0; i < thread_count_; ++i) threads_.emplace_back([this] { Poll(); });
-}
-
-bool WriteStreams::CallStarting() {
-  absl::MutexLock lock(&mu_);
-  if (!accepting_) return false;
-  ++live_calls_;
-  return true;
-}
-
-void WriteStreams::CallEnded() {
-  absl::MutexLock lock(&mu_);
-  --live_calls_;
-}
-
-void WriteStreams::Poll() {
-  void* tag = nullptr;
-  bool ok = false;
-  while (cq_->Next(&tag, &ok)) {
-    Tag* event = static_cast<Tag*>(tag);
-    event->call->OnEvent(event->event, ok);
-  }
-}
-
-void WriteStreams::Shutdown() {
-  {
-    absl::MutexLock lock(&mu_);
-    if (shut_down_) return;
-    shut_down_ = true;
-    accepting_ = false;
-  }
-  // The server shut down first, so every call has ended or been cancelled; but their last
-  // events may still wait in the queue, and an apply may still run, and either may start an
-  // operation (which must not meet a queue that was shut down). Each call deletes itself once
-  // all is over.
-  {
-    absl::MutexLock lock(&mu_);
-    auto over = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_calls_ == 0; };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&over), kShutdownWait)) {
-      MERGEDB_LOG(ERROR) << live_calls_ << " write streams did not end within "
-                         << absl::FormatDuration(kShutdownWait) << " of the server's shutdown";
-    }
-  }
-  cq_->Shutdown();
-  for (std::thread& thread : threads_) thread.join();
-  threads_.clear();
+void ServeWriteStreams(DocumentServiceImpl* service, AsyncServer* server) {
+  server->AddListener([server, service] {
+    UpdateStreamCall::Listen(server, service, &DocumentServiceImpl::RequestUpdateStream);
+  });
+  server->AddListener([server, service] {
+    UpdateBatchStreamCall::Listen(server, service, &DocumentServiceImpl::RequestUpdateBatchStream);
+  });
 }
 
 }  // namespace mergedb::node
