@@ -90,7 +90,6 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   node->async_server_ = std::make_unique<AsyncServer>(
       std::move(async_queue), std::max(2, static_cast<int>(std::thread::hardware_concurrency())));
   ServeWriteStreams(node->documents_.get(), node->async_server_.get());
-  node->replication_->ServeInbound(node->async_server_.get());
   node->async_server_->Start();
   node->server_->GetHealthCheckService()->SetServingStatus(true);
   node->replication_->Start();

@@ -9,7 +9,6 @@
 #include "crdt/status_macros.h"
 #include "crdt/utf8.h"
 #include "grpcpp/grpcpp.h"
-#include "node/async_server.h"
 #include "node/grpc_status.h"
 #include "node/log.h"
 #include "node/stream_codec.h"
@@ -1013,269 +1012,86 @@ absl::Status Replication::TruncateLog() {
   return store_->TruncateLog(*everywhere);
 }
 
-// One inbound replication stream on the asynchronous server (node/async_server.h): a hello,
-// then requests, each answered by at most one response, applied in order on the thread that
-// read them (or on the blocking pool when commits wait for fsync). One Read is in flight at a
-// time and the next starts once the request is applied, so applies never overlap; responses
-// queue for the one Write in flight, and with kMaxUnsentResponses queued the stream stops
-// reading until the peer takes them.
-class Replication::Inbound final : public AsyncCall {
- public:
-  static void Listen(Replication* replication, AsyncServer* server) {
-    if (server->CallStarting()) new Inbound(replication, server);
+grpc::Status Replication::Replicate(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<ReplicationResponse, ReplicationRequest>* stream) {
+  ReplicationRequest request;
+  if (!stream->Read(&request)) return grpc::Status::OK;
+  if (!request.has_hello()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first message must be a hello");
   }
-
-  void OnEvent(int event, bool ok) override {
-    bool destroy = false;
-    bool process = false;
-    switch (event) {
-      case kStarted:
-        if (!ok) {  // the server is stopping; a call that never started gets no done tag
-          Destroy();
-          return;
-        }
-        Listen(r_, server_);
-        {
-          absl::MutexLock lock(&mu_);
-          started_ = true;
-          StartReadLocked();
-        }
-        return;
-      case kRead: {
-        absl::MutexLock lock(&mu_);
-        read_pending_ = false;
-        if (ok && !gone_) {
-          processing_ = process = true;
-          break;  // to Process, outside the lock
-        }
-        reads_ended_ = true;  // the peer closed its side, or the call is gone
-        MaybeFinishLocked();
-        destroy = DeletableLocked();
-        break;
-      }
-      case kWritten: {
-        absl::MutexLock lock(&mu_);
-        write_pending_ = false;
-        if (!ok) {
-          LeaveLocked();
-          context_.TryCancel();  // a failed write means the call is over; make gRPC say so
-        } else {
-          // A client that left had its queue emptied, the one in flight included.
-        if (!gone_) responses_.pop_front();
-          StartWriteLocked();
-          StartReadLocked();  // if it stopped for a full response queue
-          MaybeFinishLocked();
-        }
-        destroy = DeletableLocked();
-        break;
-      }
-      case kFinished: {
-        absl::MutexLock lock(&mu_);
-        finish_pending_ = false;
-        destroy = DeletableLocked();
-        break;
-      }
-      case kDone: {
-        absl::MutexLock lock(&mu_);
-        done_ = true;
-        if (context_.IsCancelled()) LeaveLocked();
-        destroy = DeletableLocked();
-        break;
-      }
+  LinkReceiver receiver(options_, store_, &view_, clock_);
+  auto hello = receiver.OnHello(request.hello());
+  if (!hello.ok()) {
+    MERGEDB_LOG(WARNING) << "refused replication from " << context->peer() << ": "
+                         << hello.status().message();
+    return ToGrpcStatus(hello.status());
+  }
+  const std::string peer = receiver.peer();
+  {
+    absl::MutexLock lock(&mu_);
+    if (blocked_.count(peer) > 0 || stopping_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "link cut");
     }
-    if (process && commits_wait_) {
-      server_->blocking_pool()->Run([this] { Process(); });
-    } else if (process) {
-      Process();
-    } else if (destroy) {
-      Destroy();
-    }
+    inbound_.emplace(peer, context);
   }
-
- private:
-  enum Event { kStarted, kRead, kWritten, kFinished, kDone };
-  static constexpr size_t kMaxUnsentResponses = 16;
-
-  Inbound(Replication* replication, AsyncServer* server)
-      : r_(replication),
-        server_(server),
-        // With fsync per commit an apply waits for the disk: it must not hold a poller.
-        commits_wait_(replication->store_->durability() != storage::Durability::kNoSync),
-        receiver_(replication->options_, replication->store_, &replication->view_,
-                  replication->clock_),
-        stream_(&context_) {
-    context_.AsyncNotifyWhenDone(&done_tag_);
-    replication->RequestReplicate(&context_, &stream_, server->cq(), server->cq(), &started_tag_);
-  }
-
-  ~Inbound() override {
-    if (!registered_) return;
-    {
-      absl::MutexLock lock(&r_->mu_);
-      auto [begin, end] = r_->inbound_.equal_range(peer_);
+  struct Unregister {
+    Replication* r;
+    const std::string& peer;
+    grpc::ServerContext* context;
+    ~Unregister() {
+      absl::MutexLock lock(&r->mu_);
+      auto [begin, end] = r->inbound_.equal_range(peer);
       for (auto it = begin; it != end; ++it) {
-        if (it->second == &context_) {
-          r_->inbound_.erase(it);
+        if (it->second == context) {
+          r->inbound_.erase(it);
           break;
         }
       }
     }
-    r_->view_.SetInbound(peer_, receiver_.peer_replica(), ClusterView::Link::kDown);
-  }
+  } unregister{this, peer, context};
 
-  void Destroy() {
-    AsyncServer* server = server_;
-    delete this;
-    server->CallEnded();
+  std::unique_ptr<StreamCompressor> compressor;
+  std::unique_ptr<StreamDecompressor> decompressor;
+  if (options_.compress_streams &&
+      request.hello().compression() == mergedb::v1::STREAM_COMPRESSION_DEFLATE) {
+    hello->mutable_hello_ack()->set_compression(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+    compressor = std::make_unique<StreamCompressor>();
+    decompressor = std::make_unique<StreamDecompressor>();
   }
-
-  // Applies request_ (no Read is in flight, so it is this thread's alone) and queues its
-  // response; an error ends the stream with it once the responses before are written.
-  void Process() {
-    absl::StatusOr<std::optional<ReplicationResponse>> response =
-        registered_ ? OnRequest() : OnHello();
-    bool destroy = false;
-    {
-      absl::MutexLock lock(&mu_);
-      processing_ = false;
-      if (!response.ok()) {
-        end_status_ = ToGrpcStatus(response.status());
-        reads_ended_ = true;
-      } else if (response->has_value() && !gone_) {
-        responses_.push_back(**std::move(response));
-        StartWriteLocked();
-      }
-      StartReadLocked();
-      MaybeFinishLocked();
-      destroy = DeletableLocked();
-    }
-    if (destroy) Destroy();
-  }
-
-  absl::StatusOr<std::optional<ReplicationResponse>> OnHello() {
-    if (!request_.has_hello()) {
-      return absl::InvalidArgumentError("the first message must be a hello");
-    }
-    auto hello = receiver_.OnHello(request_.hello());
-    if (!hello.ok()) {
-      MERGEDB_LOG(WARNING) << "refused replication from " << context_.peer() << ": "
-                           << hello.status().message();
-      return hello.status();
-    }
-    peer_ = receiver_.peer();
-    {
-      absl::MutexLock lock(&r_->mu_);
-      if (r_->blocked_.count(peer_) > 0 || r_->stopping_) {
-        return absl::UnavailableError("link cut");
-      }
-      r_->inbound_.emplace(peer_, &context_);
-    }
-    registered_ = true;
-    if (r_->options_.compress_streams &&
-        request_.hello().compression() == mergedb::v1::STREAM_COMPRESSION_DEFLATE) {
-      hello->mutable_hello_ack()->set_compression(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
-      compressor_ = std::make_unique<StreamCompressor>();
-      decompressor_ = std::make_unique<StreamDecompressor>();
-    }
-    state_ = r_->StateOf(peer_);
-    state_->bytes_received += request_.ByteSizeLong();
-    state_->bytes_sent += hello->ByteSizeLong();
-    r_->view_.SetInbound(peer_, receiver_.peer_replica(), ClusterView::Link::kUp);
-    return std::optional<ReplicationResponse>(*std::move(hello));
-  }
-
-  absl::StatusOr<std::optional<ReplicationResponse>> OnRequest() {
-    state_->bytes_received += request_.ByteSizeLong();
-    if (decompressor_ != nullptr) {
-      if (absl::Status s = Unwrap(decompressor_.get(), &request_); !s.ok()) {
-        MERGEDB_LOG(WARNING) << "replication from " << peer_ << ": " << s.message();
-        return s;
+  PeerState* state = StateOf(peer);
+  state->bytes_received += request.ByteSizeLong();
+  state->bytes_sent += hello->ByteSizeLong();
+  view_.SetInbound(peer, receiver.peer_replica(), ClusterView::Link::kUp);
+  struct Disconnect {
+    ClusterView* view;
+    const std::string& peer;
+    crdt::ReplicaId replica;
+    ~Disconnect() { view->SetInbound(peer, replica, ClusterView::Link::kDown); }
+  } disconnect{&view_, peer, receiver.peer_replica()};
+  if (!stream->Write(*hello)) return grpc::Status::OK;
+  while (stream->Read(&request)) {
+    state->bytes_received += request.ByteSizeLong();
+    if (decompressor != nullptr) {
+      if (absl::Status s = Unwrap(decompressor.get(), &request); !s.ok()) {
+        MERGEDB_LOG(WARNING) << "replication from " << peer << ": " << s.message();
+        return ToGrpcStatus(s);
       }
     }
-    auto response = receiver_.OnRequest(request_);
+    auto response = receiver.OnRequest(request);
     if (!response.ok()) {
       if (!absl::IsAborted(response.status())) {
-        MERGEDB_LOG(WARNING) << "replication from " << peer_ << ": " << response.status().message();
+        MERGEDB_LOG(WARNING) << "replication from " << peer << ": " << response.status().message();
       }
-      return response.status();
+      return ToGrpcStatus(response.status());
     }
     if (response->has_value()) {
-      if (compressor_ != nullptr) Wrap(compressor_.get(), &**response);
-      state_->bytes_sent += (*response)->ByteSizeLong();
+      if (compressor != nullptr) Wrap(compressor.get(), &**response);
+      state->bytes_sent += (*response)->ByteSizeLong();
+      if (!stream->Write(**response)) break;
     }
-    return response;
   }
-
-  void StartReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (!started_ || read_pending_ || processing_ || reads_ended_ || gone_) return;
-    if (responses_.size() >= kMaxUnsentResponses) return;  // a completed Write resumes
-    read_pending_ = true;
-    stream_.Read(&request_, &read_tag_);
-  }
-
-  void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (write_pending_ || responses_.empty() || gone_) return;
-    write_pending_ = true;
-    stream_.Write(responses_.front(), &write_tag_);
-  }
-
-  // Ends the call once the peer is done sending (or an error ended the stream) and every
-  // response is written.
-  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finish_started_ || gone_ || !reads_ended_ || read_pending_ || processing_ ||
-        write_pending_ || !responses_.empty()) {
-      return;
-    }
-    finish_started_ = true;
-    finish_pending_ = true;
-    stream_.Finish(end_status_, &finish_tag_);
-  }
-
-  void LeaveLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    gone_ = true;
-    responses_.clear();
-  }
-
-  bool DeletableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return done_ && !read_pending_ && !write_pending_ && !finish_pending_ && !processing_;
-  }
-
-  Replication* const r_;
-  AsyncServer* const server_;
-  const bool commits_wait_;
-  // Touched only by the thread processing a request (one at a time) and the destructor.
-  LinkReceiver receiver_;
-  std::string peer_;
-  bool registered_ = false;  // in inbound_ and the view, after an accepted hello
-  PeerState* state_ = nullptr;
-  std::unique_ptr<StreamCompressor> compressor_;
-  std::unique_ptr<StreamDecompressor> decompressor_;
-  ReplicationRequest request_;  // the buffer of the Read in flight, then the request applied
-
-  grpc::ServerContext context_;
-  grpc::ServerAsyncReaderWriter<ReplicationResponse, ReplicationRequest> stream_;
-  AsyncTag started_tag_{this, kStarted};
-  AsyncTag read_tag_{this, kRead};
-  AsyncTag write_tag_{this, kWritten};
-  AsyncTag finish_tag_{this, kFinished};
-  AsyncTag done_tag_{this, kDone};
-
-  absl::Mutex mu_;
-  std::deque<ReplicationResponse> responses_ ABSL_GUARDED_BY(mu_);  // the front one is being written
-  grpc::Status end_status_ ABSL_GUARDED_BY(mu_);
-  bool started_ ABSL_GUARDED_BY(mu_) = false;
-  bool read_pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool processing_ ABSL_GUARDED_BY(mu_) = false;
-  bool reads_ended_ ABSL_GUARDED_BY(mu_) = false;
-  bool write_pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool finish_started_ ABSL_GUARDED_BY(mu_) = false;
-  bool finish_pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool gone_ ABSL_GUARDED_BY(mu_) = false;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-};
-
-void Replication::ServeInbound(AsyncServer* server) {
-  server->AddListener([this, server] { Inbound::Listen(this, server); });
+  return grpc::Status::OK;
 }
 
 std::vector<std::pair<const char*, int>> KeepaliveChannelArgs() {

@@ -230,16 +230,9 @@ class LinkReceiver {
 // every part but the last is partial.
 std::vector<crdt::Document> SplitForTransfer(const crdt::Document& doc, size_t max_bytes);
 
-class AsyncServer;
-
-// ReplicationService's one method, Replicate, is asynchronous: ServeInbound serves it.
-using ReplicationServiceBase = mergedb::v1::ReplicationService::WithAsyncMethod_Replicate<
-    mergedb::v1::ReplicationService::Service>;
-
-// The gRPC transport: one sender thread per peer, the ReplicationService for inbound streams
-// (on the asynchronous server), counters for Status, and a test hook that cuts links.
-// Thread-safe.
-class Replication final : public ReplicationServiceBase {
+// The gRPC transport: one sender thread per peer, the ReplicationService for inbound streams,
+// counters for Status, and a test hook that cuts links. Thread-safe.
+class Replication final : public mergedb::v1::ReplicationService::Service {
  public:
   // `store` and `clock` are borrowed and outlive this object.
   Replication(ReplicationOptions options, storage::Store* store, HybridClock* clock);
@@ -257,9 +250,9 @@ class Replication final : public ReplicationServiceBase {
   // Test hook: while blocked, no stream to or from `peer` is kept or accepted on this node.
   void SetLinkBlocked(const std::string& peer, bool blocked);
 
-  // Before server->Start(): serves the inbound replication streams on `server` (borrowed; this
-  // object outlives its calls).
-  void ServeInbound(AsyncServer* server);
+  grpc::Status Replicate(grpc::ServerContext* context,
+                         grpc::ServerReaderWriter<mergedb::v1::ReplicationResponse,
+                                                  mergedb::v1::ReplicationRequest>* stream) override;
 
  private:
   struct PeerState {
@@ -272,7 +265,6 @@ class Replication final : public ReplicationServiceBase {
     std::string last_error ABSL_GUARDED_BY(mu);
   };
   class Session;
-  class Inbound;
 
   PeerState* StateOf(const std::string& peer) const;
   bool Blocked(const std::string& peer) const;

@@ -199,8 +199,7 @@ class WriteStreamCall final : public AsyncCall {
         // A failed write means the call is over; cancelling makes sure gRPC says so (done tag).
         context_.TryCancel();
       } else {
-        // A client that left had its queue emptied, the one in flight included.
-        if (!client_gone_) answers_.pop_front();
+        answers_.pop_front();
         StartWriteLocked();
         MaybeFinishLocked();
       }

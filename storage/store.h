@@ -179,7 +179,6 @@ class Store {
   // clean-shutdown marker.
   void AbandonForTesting() { abandoned_ = true; }
   const std::string& path() const { return options_.path; }
-  Durability durability() const { return options_.durability; }
 
   // ---- Writes ----
   absl::StatusOr<WriteResult> ApplyLocal(const LocalWrite& write);
