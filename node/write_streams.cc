@@ -199,7 +199,8 @@ class WriteStreamCall final : public AsyncCall {
         // A failed write means the call is over; cancelling makes sure gRPC says so (done tag).
         context_.TryCancel();
       } else {
-        answers_.pop_front();
+        // A client that left had its queue emptied, the one in flight included.
+        if (!client_gone_) answers_.pop_front();
         StartWriteLocked();
         MaybeFinishLocked();
       }
