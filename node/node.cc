@@ -10,7 +10,7 @@
 #include "node/log.h"
 #include "node/services.h"
 #include "node/async_server.h"
-#include "node/write_streams.h"
+#include "node/async_writes.h"
 
 namespace mergedb::node {
 
@@ -89,7 +89,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   // so more threads than cores would only take turns.
   node->async_server_ = std::make_unique<AsyncServer>(
       std::move(async_queue), std::max(2, static_cast<int>(std::thread::hardware_concurrency())));
-  ServeWriteStreams(node->documents_.get(), node->async_server_.get());
+  ServeWrites(node->documents_.get(), node->async_server_.get());
   node->async_server_->Start();
   node->server_->GetHealthCheckService()->SetServingStatus(true);
   node->replication_->Start();

@@ -244,15 +244,6 @@ std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
   return responses;
 }
 
-grpc::Status DocumentServiceImpl::Update(grpc::ServerContext* context,
-                                         const UpdateRequest* request,
-                                         UpdateResponse* response) {
-  auto result = ExecuteUpdate(*request, CallDeadline(context), context);
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  *response = *std::move(result);
-  return grpc::Status::OK;
-}
-
 absl::StatusOr<GetResponse> DocumentServiceImpl::ExecuteGet(const GetRequest& request,
                                                             absl::Time deadline,
                                                             grpc::ServerContext* context) {
@@ -298,7 +289,10 @@ grpc::Status DocumentServiceImpl::Delete(grpc::ServerContext* context,
   update.set_base_version(request->base_version());
   update.set_write_concern(request->write_concern());
   update.add_ops()->mutable_delete_document();
-  return Update(context, &update, response);
+  auto result = ExecuteUpdate(update, CallDeadline(context), context);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return grpc::Status::OK;
 }
 
 grpc::Status DocumentServiceImpl::List(grpc::ServerContext*,

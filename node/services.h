@@ -1,7 +1,7 @@
 // The gRPC services of a node. Most calls use the synchronous gRPC API (each call runs on one
 // server thread, which may block on the store's group commit; the server grows its thread pool
-// as needed); the streaming write RPCs, where the per-message cost matters most, run on the
-// asynchronous API (node/write_streams.h) over ExecuteUpdates.
+// as needed); the write RPCs, where the per-message cost matters most, run on the asynchronous
+// API (node/async_writes.h) over ExecuteUpdate and ExecuteUpdates.
 #ifndef MERGEDB_NODE_SERVICES_H_
 #define MERGEDB_NODE_SERVICES_H_
 
@@ -38,10 +38,11 @@ absl::Time CallDeadline(const grpc::ServerContext* context);
 
 class Node;
 
-// UpdateStream and UpdateBatchStream are asynchronous methods: WriteStreams serves them.
-using DocumentServiceBase = mergedb::v1::DocumentService::WithAsyncMethod_UpdateStream<
-    mergedb::v1::DocumentService::WithAsyncMethod_UpdateBatchStream<
-        mergedb::v1::DocumentService::Service>>;
+// Update, UpdateStream and UpdateBatchStream are asynchronous methods: ServeWrites serves them.
+using DocumentServiceBase = mergedb::v1::DocumentService::WithAsyncMethod_Update<
+    mergedb::v1::DocumentService::WithAsyncMethod_UpdateStream<
+        mergedb::v1::DocumentService::WithAsyncMethod_UpdateBatchStream<
+            mergedb::v1::DocumentService::Service>>>;
 
 // Thread safety: thread-safe; `node` is borrowed and outlives the service.
 class DocumentServiceImpl final : public DocumentServiceBase {
@@ -50,8 +51,6 @@ class DocumentServiceImpl final : public DocumentServiceBase {
 
   Node* node() const { return node_; }
 
-  grpc::Status Update(grpc::ServerContext* context, const mergedb::v1::UpdateRequest* request,
-                      mergedb::v1::UpdateResponse* response) override;
   grpc::Status Get(grpc::ServerContext* context, const mergedb::v1::GetRequest* request,
                    mergedb::v1::GetResponse* response) override;
   grpc::Status Delete(grpc::ServerContext* context, const mergedb::v1::DeleteRequest* request,

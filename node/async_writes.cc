@@ -1,6 +1,10 @@
-// UpdateStream and UpdateBatchStream on the asynchronous server (node/async_server.h).
+// The write RPCs on the asynchronous server (node/async_server.h).
 //
-// A stream's messages are applied on the thread that read them. Batching still happens: while
+// Update: a call is applied on the thread that received it, or on the blocking pool when it
+// would wait (QUORUM, ALL, a base version, fsync per commit); concurrent calls share commits
+// through the store's group commit.
+//
+// UpdateStream and UpdateBatchStream: a stream's messages are applied on the thread that read them. Batching still happens: while
 // one thread applies a stream's messages, the others keep reading that stream and queue what
 // arrives; the applying thread takes it all as its next batch, one storage commit. Messages that
 // would wait (QUORUM, ALL, a base version, or every commit under fsync per commit) go to the
@@ -10,9 +14,10 @@
 // answers are written in that order, one Write in flight; at most kMaxQueued updates wait (then
 // the stream stops reading and gRPC's flow control holds the client back); a cancelled stream's
 // queued updates are not applied.
-#include "node/write_streams.h"
+#include "node/async_writes.h"
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
 #include <utility>
 #include <vector>
@@ -20,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/async_stream.h"
+#include "grpcpp/support/async_unary_call.h"
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/grpc_status.h"
 #include "node/node.h"
@@ -341,12 +347,80 @@ class WriteStreamCall final : public AsyncCall {
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// One Update call: request, apply, answer. Deletes itself once gRPC returned both its finish
+// and its done tag (a cancelled call still gets both).
+class UpdateCall final : public AsyncCall {
+ public:
+  static void Listen(AsyncServer* server, DocumentServiceImpl* service) {
+    if (server->CallStarting()) new UpdateCall(server, service);
+  }
+
+  void OnEvent(int event, bool ok) override {
+    if (event == kStarted) {
+      if (!ok) {  // the server is stopping; a call that never started gets no done tag
+        Destroy();
+        return;
+      }
+      Listen(server_, service_);
+      if (commits_wait_ || Waits(request_)) {
+        server_->blocking_pool()->Run([this] { Execute(); });
+      } else {
+        Execute();
+      }
+      return;
+    }
+    // kFinished or kDone: the last of the two ends the call.
+    if (tags_left_.fetch_sub(1, std::memory_order_acq_rel) == 1) Destroy();
+  }
+
+ private:
+  enum Event { kStarted, kFinished, kDone };
+
+  UpdateCall(AsyncServer* server, DocumentServiceImpl* service)
+      : server_(server),
+        service_(service),
+        commits_wait_(service->node()->options().durability != storage::Durability::kNoSync),
+        responder_(&context_) {
+    context_.AsyncNotifyWhenDone(&done_tag_);
+    service->RequestUpdate(&context_, &request_, &responder_, server->cq(), server->cq(),
+                           &started_tag_);
+  }
+
+  void Execute() {
+    absl::StatusOr<UpdateResponse> result =
+        service_->ExecuteUpdate(request_, CallDeadline(&context_), &context_);
+    if (result.ok()) {
+      responder_.Finish(*result, grpc::Status::OK, &finish_tag_);
+    } else {
+      responder_.FinishWithError(ToGrpcStatus(result.status()), &finish_tag_);
+    }
+  }
+
+  void Destroy() {
+    AsyncServer* server = server_;
+    delete this;
+    server->CallEnded();
+  }
+
+  AsyncServer* const server_;
+  DocumentServiceImpl* const service_;
+  const bool commits_wait_;
+  grpc::ServerContext context_;
+  UpdateRequest request_;
+  grpc::ServerAsyncResponseWriter<UpdateResponse> responder_;
+  AsyncTag started_tag_{this, kStarted};
+  AsyncTag finish_tag_{this, kFinished};
+  AsyncTag done_tag_{this, kDone};
+  std::atomic<int> tags_left_{2};
+};
+
 using UpdateStreamCall = WriteStreamCall<UpdateRequest, UpdateResponse>;
 using UpdateBatchStreamCall = WriteStreamCall<UpdateBatch, UpdateBatchResponse>;
 
 }  // namespace
 
-void ServeWriteStreams(DocumentServiceImpl* service, AsyncServer* server) {
+void ServeWrites(DocumentServiceImpl* service, AsyncServer* server) {
+  server->AddListener([server, service] { UpdateCall::Listen(server, service); });
   server->AddListener([server, service] {
     UpdateStreamCall::Listen(server, service, &DocumentServiceImpl::RequestUpdateStream);
   });
