@@ -41,8 +41,9 @@
 //   the tool's own CPU seconds (to show the client is not the bottleneck).
 // Baselines (--baselines; on by default when the tool starts the cluster), run after the
 // cluster has stopped, on the same machine: (a) a bare gRPC unary echo server in a separate
-// process, built like mergedb-node's server (synchronous API, same builder settings), driven at
-// the same concurrency with W1 Update messages; (b) bare LevelDB (opened like the store), one
+// process, built like mergedb-node's server (bench/echo_server.h: asynchronous API, one
+// completion-queue thread per core, same builder settings), driven at the same concurrency with
+// W1 Update messages; (b) bare LevelDB (opened like the store), one
 // Put of the same key and value sizes per write, --concurrency writer threads, fsync as the
 // nodes. Ratios mergedb/echo and mergedb/leveldb are printed.
 //
@@ -85,19 +86,20 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "bench/bench_util.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "leveldb/db.h"
+#include "bench/echo_server.h"
 #include "mergedb/bench/echo.grpc.pb.h"
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/replication.h"
@@ -465,45 +467,22 @@ std::optional<Clock::time_point> WaitConverged(std::vector<Endpoint>& nodes, abs
 // ---------------------------------------------------------------------------------------------
 // The echo baseline server (run as a child process: --internal_echo_server).
 
-class EchoService final : public Echo::Service {
-  grpc::Status Call(grpc::ServerContext*, const UpdateRequest* request,
-                    UpdateResponse* response) override {
-    response->set_request_id(request->request_id());
-    return grpc::Status::OK;
-  }
-};
-
-// Builds the server the way node/node.cc builds mergedb-node's (synchronous API, health and
-// reflection services, the same channel arguments and receive limit), prints
-// "echo listening on 127.0.0.1:PORT" and serves until SIGTERM/SIGINT.
+// Prints "echo listening on 127.0.0.1:PORT" and serves (bench/echo_server.h) until SIGTERM/SIGINT.
 int RunEchoServer() {
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);
   sigaddset(&stop, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  EchoService echo;
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(static_cast<int>((size_t{4} << 20) + (size_t{64} << 10)));
-  for (const auto& [name, value] : mergedb::node::KeepaliveChannelArgs()) {
-    builder.AddChannelArgument(name, value);
-  }
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&echo);
-  auto server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
+  std::unique_ptr<mergedb::bench::EchoServer> server = mergedb::bench::EchoServer::Start();
+  if (server == nullptr) {
     std::fprintf(stderr, "echo server: cannot listen\n");
     return 1;
   }
-  std::printf("echo listening on 127.0.0.1:%d\n", port);
+  std::printf("echo listening on 127.0.0.1:%d\n", server->port());
   std::fflush(stdout);
   int signal = 0;
   sigwait(&stop, &signal);
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   return 0;
 }
 
@@ -1288,7 +1267,15 @@ int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "W1 load generator for mergedb: starts a 3-node cluster (or loads --targets), reports "
       "writes/s, latency, replication lag, convergence, bytes between nodes, and baselines.\n"
-      "  mergedb-bench [--mode=unary|stream] [--write_concern=local|quorum|all] [--writes=N]");
+      "  mergedb-bench [--mode=unary|stream|batch] [--write_concern=local|quorum|all] [--writes=N]");
+  // Abseil's --help lists the flags of files named like the program, and this program's name
+  // has a dash where its source file has an underscore.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "mergedb_bench");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   // Whether --baselines was given (its default depends on --targets); Abseil 20220623 keeps
   // CommandLineFlag::IsSpecifiedOnCommandLine private.
   bool baselines_given = false;

@@ -1,6 +1,6 @@
 // node_bench: single-node acknowledged Update throughput and latency at 1, 16 and 64 concurrent
 // requests, beside a bare gRPC unary echo server built on the same server API and thread model
-// (synchronous gRPC server) with the same request messages, measured in the same run.
+// (bench/echo_server.h) with the same request messages, measured in the same run.
 //
 //   build/bench/node_bench [--requests=N] [--fsync]
 //
@@ -21,24 +21,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
+#include "bench/echo_server.h"
 #include "mergedb/bench/echo.grpc.pb.h"
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/log.h"
 #include "node/node.h"
 #include "bench/bench_util.h"
-
-namespace {
-
-
-class EchoService final : public mergedb::bench::Echo::Service {
-  grpc::Status Call(grpc::ServerContext*, const mergedb::v1::UpdateRequest* request,
-                    mergedb::v1::UpdateResponse* response) override {
-    response->set_request_id(request->request_id());
-    return grpc::Status::OK;
-  }
-};
-
-}  // namespace
 
 int main(int argc, char** argv) {
   int requests = 40000;
@@ -67,12 +55,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", std::string(node.status().message()).c_str());
     return 1;
   }
-  EchoService echo;
-  grpc::ServerBuilder builder;
-  int echo_port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &echo_port);
-  builder.RegisterService(&echo);
-  auto echo_server = builder.BuildAndStart();
+  std::unique_ptr<mergedb::bench::EchoServer> echo_server = mergedb::bench::EchoServer::Start();
+  if (echo_server == nullptr) {
+    std::fprintf(stderr, "the echo server cannot listen\n");
+    return 1;
+  }
+  const int echo_port = echo_server->port();
 
   auto node_stub = mergedb::v1::DocumentService::NewStub(
       grpc::CreateChannel((*node)->address(), grpc::InsecureChannelCredentials()));
@@ -100,7 +88,7 @@ int main(int argc, char** argv) {
                 u.per_second, u.Percentile(0.5), u.Percentile(0.99), e.per_second,
                 e.Percentile(0.5), e.Percentile(0.99), u.per_second / e.per_second);
   }
-  echo_server->Shutdown();
+  echo_server.reset();
   (*node)->Shutdown(absl::Seconds(1));
   std::filesystem::remove_all(dir);
   return 0;
