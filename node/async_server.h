@@ -1,7 +1,7 @@
-// The calls where a node's per-message cost matters most — the streaming write RPCs — run on
-// gRPC's asynchronous completion-queue API.
+// The calls where a node's per-message cost matters most — the write RPCs: Update, UpdateStream
+// and UpdateBatchStream — run on gRPC's asynchronous completion-queue API.
 //
-// Why not the synchronous API like the other calls: there, a stream is a thread that blocks in
+// Why not the synchronous API like the other calls: there, a call is a thread that blocks in
 // Read, and every message costs a hand-off from gRPC's poller to that thread, then often another
 // to a thread that applies, and a third for each answer's Write. On this kind of machine a
 // wake-up across cores costs about 20 µs, more than applying a write. Here a few threads (one
