@@ -4,16 +4,22 @@
 // would wait (QUORUM, ALL, a base version, fsync per commit); concurrent calls share commits
 // through the store's group commit.
 //
-// UpdateStream and UpdateBatchStream: a stream's messages are applied on the thread that read them. Batching still happens: while
-// one thread applies a stream's messages, the others keep reading that stream and queue what
-// arrives; the applying thread takes it all as its next batch, one storage commit. Messages that
-// would wait (QUORUM, ALL, a base version, or every commit under fsync per commit) go to the
-// blocking pool, which carries on with the stream from there.
+// UpdateStream and UpdateBatchStream: a stream's messages are applied on the thread that read
+// them. Batching still happens: while one thread applies a stream's messages, the others keep
+// reading that stream and queue what arrives; the applying thread takes it all as its next batch,
+// one storage commit. Messages whose apply would wait (a base version, or every commit under
+// fsync per commit) go to the blocking pool, which carries on with the stream from there.
+//
+// QUORUM and ALL updates are committed like the others and wait for the peers afterwards: their
+// answers queue, and one task on the blocking pool per stream (the confirmer) releases them in
+// order as the peers confirm. So the next batch is committed — and replicated in the same
+// frames — while an earlier one waits, instead of a stream carrying one batch per round trip.
 //
 // Invariants of one stream: updates are applied in the order they arrived, one batch at a time;
-// answers are written in that order, one Write in flight; at most kMaxQueued updates wait (then
-// the stream stops reading and gRPC's flow control holds the client back); a cancelled stream's
-// queued updates are not applied.
+// answers are written in that order, one Write in flight, and none before every answer ahead
+// of it; at most kMaxQueued updates wait to be applied or confirmed (then the stream stops
+// reading and gRPC's flow control holds the client back); a cancelled stream's queued updates
+// are not applied.
 #include "node/async_writes.h"
 
 #include <algorithm>
@@ -40,8 +46,8 @@ using mergedb::v1::UpdateBatchResponse;
 using mergedb::v1::UpdateRequest;
 using mergedb::v1::UpdateResponse;
 
-// Updates of one stream waiting to be applied; past this the stream stops reading (one message
-// may hold more: up to --max_batch_updates).
+// Updates of one stream waiting to be applied or confirmed; past this the stream stops reading
+// (one message may hold more: up to --max_batch_updates).
 constexpr size_t kMaxQueued = 1024;
 // Updates per commit, unless one message holds more.
 constexpr size_t kMaxBatch = 256;
@@ -70,15 +76,21 @@ void AddAnswer(UpdateResponse response, UpdateResponse* answer) { *answer = std:
 void AddAnswer(UpdateResponse response, UpdateBatchResponse* answer) {
   *answer->add_responses() = std::move(response);
 }
-// An update whose apply waits for something other than this node's CPU: peers' confirmations,
-// or its base version to arrive.
+UpdateResponse* ResponseAt(UpdateResponse* answer, size_t) { return answer; }
+UpdateResponse* ResponseAt(UpdateBatchResponse* answer, size_t i) {
+  return answer->mutable_responses(static_cast<int>(i));
+}
+// An update whose apply waits for something other than this node's CPU: its base version to
+// arrive.
+bool ApplyWaits(const UpdateRequest& request) { return !request.base_version().empty(); }
+bool ApplyWaits(const UpdateBatch& batch) {
+  return std::any_of(batch.updates().begin(), batch.updates().end(),
+                     [](const UpdateRequest& update) { return ApplyWaits(update); });
+}
+// An update whose call waits: for its base version, or for the peers' confirmations.
 bool Waits(const UpdateRequest& request) {
   return request.write_concern() == mergedb::v1::QUORUM ||
-         request.write_concern() == mergedb::v1::ALL || !request.base_version().empty();
-}
-bool Waits(const UpdateBatch& batch) {
-  return std::any_of(batch.updates().begin(), batch.updates().end(),
-                     [](const UpdateRequest& update) { return Waits(update); });
+         request.write_concern() == mergedb::v1::ALL || ApplyWaits(request);
 }
 
 // A streamed update's answer: its result, or why it failed (the stream goes on).
@@ -146,6 +158,19 @@ class WriteStreamCall final : public AsyncCall {
 
  private:
   enum Event { kStarted, kRead, kWritten, kFinished, kDone };
+
+  // An update of an answer that holds only once the peers confirm it.
+  struct Await {
+    size_t index;  // in the answer
+    mergedb::v1::WriteConcern concern;
+    uint64_t log_seq;
+  };
+  struct Unconfirmed {
+    Answer answer;
+    std::vector<Await> awaits;
+    absl::Time deadline;
+    size_t updates = 0;  // counted against kMaxQueued
+  };
 
   WriteStreamCall(AsyncServer* server, DocumentServiceImpl* service, RequestMethod method)
       : server_(server),
@@ -234,7 +259,7 @@ class WriteStreamCall final : public AsyncCall {
         // On a completion-queue thread, only what does not wait: the messages before the first
         // one that does are applied and answered here, without waiting behind it.
         size_t taken = 0;
-        while (!queue_.empty() && (may_wait || !(commits_wait_ || Waits(queue_.front())))) {
+        while (!queue_.empty() && (may_wait || !(commits_wait_ || ApplyWaits(queue_.front())))) {
           const size_t n = std::max<size_t>(1, UpdatesIn(queue_.front()));
           if (!messages.empty() && taken + n > kMaxBatch) break;
           taken += n;
@@ -253,22 +278,78 @@ class WriteStreamCall final : public AsyncCall {
       for (Request& message : messages) MoveUpdates(message, &updates);
       // Per batch, not per stream: a stream without a deadline lives on, and each of its writes
       // gets the default wait from when it is applied.
+      const absl::Time deadline = CallDeadline(&context_);
       std::vector<absl::StatusOr<UpdateResponse>> results;
+      std::vector<uint64_t> awaits;
       if (!updates.empty()) {
-        results = service_->ExecuteUpdates(updates, CallDeadline(&context_), &context_);
+        results = service_->ExecuteUpdates(updates, deadline, &context_, &awaits);
       }
       absl::MutexLock lock(&mu_);
       if (client_gone_) continue;
       // Results come back in order: message k's answers follow message k-1's.
       size_t next = 0;
       for (Request& message : messages) {
-        Answer& answer = answers_.emplace_back();
+        Unconfirmed pending;
+        pending.deadline = deadline;
         for (size_t i = 0; i < UpdatesIn(message); ++i, ++next) {
+          if (awaits[next] > 0) {
+            pending.awaits.push_back({i, updates[next].write_concern(), awaits[next]});
+          }
           AddAnswer(StreamedAnswer(std::move(results[next]), updates[next].request_id()),
-                    &answer);
+                    &pending.answer);
         }
+        if (pending.awaits.empty() && unconfirmed_.empty()) {
+          answers_.push_back(std::move(pending.answer));
+          continue;
+        }
+        pending.updates = std::max<size_t>(1, UpdatesIn(message));
+        unconfirmed_updates_ += pending.updates;
+        unconfirmed_.push_back(std::move(pending));
       }
       StartWriteLocked();
+      if (!unconfirmed_.empty() && !confirming_) {
+        confirming_ = true;
+        server_->blocking_pool()->Run([this] { Confirm(); });
+      }
+    }
+    Destroy();
+  }
+
+  // The confirmer: releases the unconfirmed answers in order, each once the peers confirmed
+  // its updates or their deadline passed (then those updates' answers say so); runs on the
+  // blocking pool while answers are unconfirmed, with confirming_ set.
+  void Confirm() {
+    while (true) {
+      std::vector<Await> awaits;
+      absl::Time deadline;
+      {
+        absl::MutexLock lock(&mu_);
+        if (unconfirmed_.empty() || client_gone_) {
+          confirming_ = false;
+          MaybeFinishLocked();
+          if (!DeletableLocked()) return;
+          break;  // to delete this
+        }
+        awaits = unconfirmed_.front().awaits;
+        deadline = unconfirmed_.front().deadline;
+      }
+      std::vector<std::pair<size_t, absl::Status>> failed;
+      for (const Await& await : awaits) {
+        absl::Status met = service_->AwaitConcern(await.concern, await.log_seq, deadline);
+        if (!met.ok()) failed.emplace_back(await.index, std::move(met));
+      }
+      absl::MutexLock lock(&mu_);
+      if (client_gone_) continue;  // LeaveLocked emptied unconfirmed_
+      Unconfirmed& front = unconfirmed_.front();
+      for (auto& [index, status] : failed) {
+        UpdateResponse* response = ResponseAt(&front.answer, index);
+        *response = StreamedAnswer(std::move(status), response->request_id());
+      }
+      answers_.push_back(std::move(front.answer));
+      unconfirmed_updates_ -= front.updates;
+      unconfirmed_.pop_front();
+      StartWriteLocked();
+      StartReadLocked();  // reading may have stopped while too many waited
     }
     Destroy();
   }
@@ -281,7 +362,8 @@ class WriteStreamCall final : public AsyncCall {
 
   void StartReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!started_ || read_pending_ || reads_ended_ || client_gone_) return;
-    if (queued_updates_ >= kMaxQueued) return;  // Apply resumes reading
+    // Apply or Confirm resumes reading.
+    if (queued_updates_ + unconfirmed_updates_ >= kMaxQueued) return;
     read_pending_ = true;
     stream_.Read(&request_, &read_tag_);
   }
@@ -296,7 +378,8 @@ class WriteStreamCall final : public AsyncCall {
   // answered.
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finish_started_ || client_gone_ || !reads_ended_ || read_pending_ || applying_ ||
-        !queue_.empty() || write_pending_ || !answers_.empty()) {
+        !queue_.empty() || confirming_ || !unconfirmed_.empty() || write_pending_ ||
+        !answers_.empty()) {
       return;
     }
     finish_started_ = true;
@@ -310,11 +393,14 @@ class WriteStreamCall final : public AsyncCall {
     client_gone_ = true;
     queue_.clear();
     queued_updates_ = 0;
+    unconfirmed_.clear();
+    unconfirmed_updates_ = 0;
     answers_.clear();
   }
 
   bool DeletableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return done_ && !read_pending_ && !write_pending_ && !finish_pending_ && !applying_;
+    return done_ && !read_pending_ && !write_pending_ && !finish_pending_ && !applying_ &&
+           !confirming_;
   }
 
   AsyncServer* const server_;
@@ -335,12 +421,17 @@ class WriteStreamCall final : public AsyncCall {
   std::deque<Request> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_updates_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<Answer> answers_ ABSL_GUARDED_BY(mu_);  // the front one is being written
+  // Answers committed but waiting for their write concern, in order; all go before any later
+  // answer.
+  std::deque<Unconfirmed> unconfirmed_ ABSL_GUARDED_BY(mu_);
+  size_t unconfirmed_updates_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status refused_ ABSL_GUARDED_BY(mu_);
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool read_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_ended_ ABSL_GUARDED_BY(mu_) = false;
   bool write_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool applying_ ABSL_GUARDED_BY(mu_) = false;
+  bool confirming_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_started_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool client_gone_ ABSL_GUARDED_BY(mu_) = false;

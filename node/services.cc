@@ -154,30 +154,45 @@ storage::LocalWrite DocumentServiceImpl::LocalWriteOf(const UpdateRequest& reque
                         absl::ToUnixMillis(absl::Now()));
 }
 
-absl::StatusOr<UpdateResponse> DocumentServiceImpl::FinishUpdate(
-    const UpdateRequest& request, const storage::WriteResult& result, absl::Time deadline) {
-  const mergedb::v1::WriteConcern concern = request.write_concern();
-  if ((concern == mergedb::v1::QUORUM || concern == mergedb::v1::ALL) && result.log_seq > 0) {
-    // Synchronous replication: wait until enough members (this one included) applied it.
-    ClusterView* view = node_->replication()->view();
-    const int members = view->member_count();
-    const int needed = concern == mergedb::v1::ALL ? members : members / 2 + 1;
-    const int confirmed =
-        view->WaitForConfirmations(node_->store()->replica_id(), result.log_seq, needed, deadline);
-    if (confirmed < needed) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "the write is durable on node ", node_->options().node_name,
-          " and will still replicate, but only ", confirmed, " of ", members,
-          " nodes confirmed it before the deadline (", mergedb::v1::WriteConcern_Name(concern),
-          " needs ", needed, ")"));
-    }
-  }
+namespace {
+
+bool ConcernWaits(mergedb::v1::WriteConcern concern) {
+  return concern == mergedb::v1::QUORUM || concern == mergedb::v1::ALL;
+}
+
+// The answer to a committed update, its write concern aside.
+UpdateResponse AnswerOf(const UpdateRequest& request, const storage::WriteResult& result) {
   UpdateResponse response;
   response.set_request_id(request.request_id());
   response.set_version(EncodeVersionToken(result.version));
   response.set_duplicate(result.duplicate_request);
   response.set_position(result.change_seq);
   return response;
+}
+
+}  // namespace
+
+absl::Status DocumentServiceImpl::AwaitConcern(mergedb::v1::WriteConcern concern,
+                                               uint64_t log_seq, absl::Time deadline) {
+  if (!ConcernWaits(concern) || log_seq == 0) return absl::OkStatus();
+  // Synchronous replication: wait until enough members (this one included) applied it.
+  ClusterView* view = node_->replication()->view();
+  const int members = view->member_count();
+  const int needed = concern == mergedb::v1::ALL ? members : members / 2 + 1;
+  const int confirmed =
+      view->WaitForConfirmations(node_->store()->replica_id(), log_seq, needed, deadline);
+  if (confirmed >= needed) return absl::OkStatus();
+  return absl::DeadlineExceededError(absl::StrCat(
+      "the write is durable on node ", node_->options().node_name,
+      " and will still replicate, but only ", confirmed, " of ", members,
+      " nodes confirmed it before the deadline (", mergedb::v1::WriteConcern_Name(concern),
+      " needs ", needed, ")"));
+}
+
+absl::StatusOr<UpdateResponse> DocumentServiceImpl::FinishUpdate(
+    const UpdateRequest& request, const storage::WriteResult& result, absl::Time deadline) {
+  MERGEDB_RETURN_IF_ERROR(AwaitConcern(request.write_concern(), result.log_seq, deadline));
+  return AnswerOf(request, result);
 }
 
 absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRequest& request,
@@ -203,8 +218,10 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ApplyUpdate(const UpdateRequ
 }
 
 std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
-    absl::Span<const UpdateRequest> requests, absl::Time deadline, grpc::ServerContext* context) {
+    absl::Span<const UpdateRequest> requests, absl::Time deadline, grpc::ServerContext* context,
+    std::vector<uint64_t>* awaits) {
   std::vector<absl::StatusOr<UpdateResponse>> responses(requests.size(), UpdateResponse{});
+  if (awaits != nullptr) awaits->assign(requests.size(), 0);
   // Valid requests go to the store as one batch. A request with a base version waits for it
   // first, which may take a while: it runs alone, after the writes before it.
   std::deque<PreparedUpdate> updates;  // stable addresses: the writes' mutations refer to them
@@ -214,8 +231,14 @@ std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
     auto results = node_->store()->ApplyLocalBatch(writes);
     for (size_t k = 0; k < results.size(); ++k) {
       const size_t i = batched[k];
-      responses[i] = results[k].ok() ? FinishUpdate(requests[i], *results[k], deadline)
-                                     : absl::StatusOr<UpdateResponse>(results[k].status());
+      if (!results[k].ok()) {
+        responses[i] = results[k].status();
+      } else if (awaits == nullptr) {
+        responses[i] = FinishUpdate(requests[i], *results[k], deadline);
+      } else {
+        if (ConcernWaits(requests[i].write_concern())) (*awaits)[i] = results[k]->log_seq;
+        responses[i] = AnswerOf(requests[i], *results[k]);
+      }
     }
     writes.clear();
     batched.clear();

@@ -72,9 +72,18 @@ class DocumentServiceImpl final : public DocumentServiceBase {
                                                           absl::Time deadline,
                                                           grpc::ServerContext* context);
   // Several updates, in order, committed together where possible; one result each.
+  // With `awaits` null, each result is final: its write concern was waited for. Otherwise a
+  // result is as if the concern were met, and (*awaits)[i] is the log sequence that request i
+  // must see confirmed (AwaitConcern) before its answer holds; 0 when there is nothing to wait
+  // for. A caller can so commit the next updates while earlier ones wait for the peers.
   std::vector<absl::StatusOr<mergedb::v1::UpdateResponse>> ExecuteUpdates(
       absl::Span<const mergedb::v1::UpdateRequest> requests, absl::Time deadline,
-      grpc::ServerContext* context);
+      grpc::ServerContext* context, std::vector<uint64_t>* awaits = nullptr);
+  // Waits until enough members (QUORUM: a majority, ALL: every one, this node included) have
+  // applied this node's log entry `log_seq`, or `deadline` passes: then DEADLINE_EXCEEDED,
+  // saying that the write is durable here and will still replicate. LOCAL: OK at once.
+  absl::Status AwaitConcern(mergedb::v1::WriteConcern concern, uint64_t log_seq,
+                            absl::Time deadline);
   // OK on a writable node; otherwise why not (a read-only replica names the primaries).
   absl::Status CheckWritable();
   // The storage write of a validated update on this node; `update` must outlive it.

@@ -251,7 +251,7 @@ TEST(Replication, AStreamWaitingForAQuorumAnswersInOrderWhileOtherStreamsGoOn) {
       EXPECT_EQ(rest[0].request_id(), absl::StrCat("s", s, "w1"));
       EXPECT_EQ(rest[0].code(), static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED));
       EXPECT_TRUE(absl::StrContains(rest[0].message(), "durable on node n1")) << rest[0].message();
-      EXPECT_EQ(rest[1].request_id(), absl::StrCat("s", s, "w2"));  // applied after w1's wait, answered after it
+      EXPECT_EQ(rest[1].request_id(), absl::StrCat("s", s, "w2"));  // answered after w1
       EXPECT_EQ(rest[1].code(), 0) << rest[1].message();
       EXPECT_TRUE(stream->Finish().ok());
     }
@@ -277,6 +277,68 @@ TEST(Replication, AStreamWaitingForAQuorumAnswersInOrderWhileOtherStreamsGoOn) {
   cluster.Start(2);
   ASSERT_TRUE(cluster.WaitConverged());
   EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), kWaiting * 3 + 4 * 5 * 10);
+}
+
+// A stream does not carry one batch per round trip to the peers: the writes behind a QUORUM
+// write are committed (and replicated) while it waits, and still answered after it.
+TEST(Replication, AStreamCommitsTheWritesBehindAWaitingQuorumWriteAndAnswersInOrder) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  cluster.Stop(1);
+  cluster.Stop(2);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto stream = cluster.Docs(0)->UpdateStream(&context);
+  UpdateRequest quorum = IncrementOf("waits", 1);
+  quorum.set_request_id("quorum");
+  quorum.set_write_concern(mergedb::v1::QUORUM);  // 1 of 3 up: cannot be met yet
+  ASSERT_TRUE(stream->Write(quorum));
+  // The QUORUM write is committed and waits; only then comes the next one (sent together, the
+  // two would share a commit anyway).
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (CounterIn(cluster.Get(0, "c", "waits"), "n") != 1 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(CounterIn(cluster.Get(0, "c", "waits"), "n"), 1);
+  UpdateRequest local = IncrementOf("behind", 1);
+  local.set_request_id("local");
+  ASSERT_TRUE(stream->Write(local));
+  stream->WritesDone();
+
+  absl::Mutex mu;
+  std::vector<UpdateResponse> answers;
+  std::thread reader([&] {
+    UpdateResponse answer;
+    while (stream->Read(&answer)) {
+      absl::MutexLock lock(&mu);
+      answers.push_back(answer);
+    }
+  });
+  // The write behind the waiting one is committed on n1 ...
+  until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (CounterIn(cluster.Get(0, "c", "behind"), "n") != 1 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(CounterIn(cluster.Get(0, "c", "behind"), "n"), 1)
+      << "the write behind a waiting QUORUM write was not committed";
+  // ... but not answered before it.
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(answers.empty()) << answers.front().request_id() << " answered too soon";
+  }
+  // A second node back makes the quorum: both are answered, in order.
+  cluster.Start(1);
+  reader.join();
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_EQ(answers[0].request_id(), "quorum");
+  EXPECT_EQ(answers[0].code(), 0) << answers[0].message();
+  EXPECT_EQ(answers[1].request_id(), "local");
+  EXPECT_EQ(answers[1].code(), 0) << answers[1].message();
+  EXPECT_TRUE(stream->Finish().ok());
+  // The QUORUM answer held: n2 has the write.
+  EXPECT_EQ(CounterIn(cluster.Get(1, "c", "waits"), "n"), 1);
 }
 
 // A node stops while clients hold write streams open, one of them waiting for a quorum that
