@@ -251,9 +251,7 @@ class WriteStreamCall final : public AsyncCall {
       {
         absl::MutexLock lock(&mu_);
         if (queue_.empty() || client_gone_) {
-          applying_ = false;
-          MaybeFinishLocked();
-          if (!DeletableLocked()) return;
+          if (!EndRunLocked(&applying_)) return;
           break;  // to delete this
         }
         // On a completion-queue thread, only what does not wait: the messages before the first
@@ -325,9 +323,7 @@ class WriteStreamCall final : public AsyncCall {
       {
         absl::MutexLock lock(&mu_);
         if (unconfirmed_.empty() || client_gone_) {
-          confirming_ = false;
-          MaybeFinishLocked();
-          if (!DeletableLocked()) return;
+          if (!EndRunLocked(&confirming_)) return;
           break;  // to delete this
         }
         awaits = unconfirmed_.front().awaits;
@@ -396,6 +392,13 @@ class WriteStreamCall final : public AsyncCall {
     unconfirmed_.clear();
     unconfirmed_updates_ = 0;
     answers_.clear();
+  }
+
+  // Ends a run of Apply or Confirm, whose flag is `running`: true when this is to be deleted.
+  bool EndRunLocked(bool* running) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    *running = false;
+    MaybeFinishLocked();
+    return DeletableLocked();
   }
 
   bool DeletableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
