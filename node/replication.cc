@@ -314,8 +314,11 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   // (tens of microseconds, more than applying an entry), so while a frame is in flight a
   // partial one waits for its ack and then leaves with whatever accumulated. Under live load
   // that turns one frame per commit into one per round trip, for at most max_hold of extra lag
-  // (the driver calls StopHolding when the ack is slower).
-  if (in_flight_ > 0 && !hold_released_ &&
+  // (the driver calls StopHolding when the ack is slower). With two frames in flight the peer
+  // is behind — one it applies, one waits — and a third would only queue behind them (under
+  // fsync per commit, each at the cost of a sync: eight queued frames made a 50 ms lag), so a
+  // partial frame then waits for an ack however slow; the watchdog bounds a dead peer.
+  if (in_flight_ > 0 && (!hold_released_ || in_flight_ >= 2) &&
       interest.Pending(mine) < options_.min_pipelined_entries) {
     holding_partial_ = true;
     return std::nullopt;

@@ -55,8 +55,9 @@ struct ReplicationOptions {
   // ack): live writes then share frames instead of costing a message and an ack each, and a
   // catch-up still pipelines full frames. See LinkSender::Next.
   size_t min_pipelined_entries = 256;
-  // ...but a partial frame waits for that ack at most this long: when acks are slow (a busy
-  // peer), waiting would add their delay to the replication lag.
+  // ...but with one frame in flight, a partial frame waits for that ack at most this long:
+  // when acks are slow (a busy peer), waiting would add their delay to the replication lag.
+  // With two in flight it waits for an ack (the peer has a frame queued already).
   absl::Duration max_hold = absl::Milliseconds(2);
   // A link with no message from the peer for `dead_after` is declared dead and reconnected;
   // each side sends a heartbeat after `heartbeat` of silence.

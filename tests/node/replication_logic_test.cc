@@ -184,8 +184,8 @@ TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
 
 // Live writes share frames: while one frame is unacknowledged, a partial one waits and leaves
 // at the ack with everything that accumulated (or when the driver stops holding it after
-// max_hold); a backlog of min_pipelined_entries or more is pipelined without waiting (catch-up
-// keeps its throughput).
+// max_hold; with two unacknowledged, only at an ack); a backlog of min_pipelined_entries or
+// more is pipelined without waiting (catch-up keeps its throughput).
 TEST_F(ReplicationLogicTest, PartialFramesWaitForTheAckAndBacklogsPipeline) {
   auto source = OpenStore("/a", "n1");
   auto sink = OpenStore("/b", "n2");
@@ -240,25 +240,40 @@ TEST_F(ReplicationLogicTest, PartialFramesWaitForTheAckAndBacklogsPipeline) {
   auto third = next();  // 10 >= 8 wait: pipelined behind the unacknowledged second frame
   ASSERT_TRUE(third.has_value());
   EXPECT_EQ(third->frame().records_size(), 10);
-  // An ack that is slow to come: the driver gives up holding and the partial frame leaves.
+  // Two frames in flight: the peer is behind, and a partial frame waits for an ack even when
+  // the driver gives up holding (it would only queue behind them).
   write(2);
   EXPECT_FALSE(next().has_value());
   ASSERT_TRUE(sender.holding_partial());
   sender.StopHolding();
+  EXPECT_FALSE(next().has_value());
+  EXPECT_TRUE(sender.holding_partial());
+  deliver(*second);
+  // One frame in flight, and the held frame leaves at that ack.
   EXPECT_FALSE(sender.waiting_for_ack());
   auto fourth = next();
   ASSERT_TRUE(fourth.has_value());
   EXPECT_EQ(fourth->frame().records_size(), 2);
-  write(1);
-  EXPECT_FALSE(next().has_value());  // and the next partial frame is held again
-  deliver(*second);
   deliver(*third);
-  deliver(*fourth);
+  // An ack that is slow to come with one frame in flight: the driver gives up holding and the
+  // partial frame leaves.
+  write(3);
+  EXPECT_FALSE(next().has_value());
+  ASSERT_TRUE(sender.holding_partial());
+  sender.StopHolding();
+  EXPECT_FALSE(sender.waiting_for_ack());
   auto fifth = next();
   ASSERT_TRUE(fifth.has_value());
-  EXPECT_EQ(fifth->frame().records_size(), 1);
+  EXPECT_EQ(fifth->frame().records_size(), 3);
+  write(1);
+  EXPECT_FALSE(next().has_value());  // and the next partial frame is held again
+  deliver(*fourth);
   deliver(*fifth);
-  EXPECT_EQ(sink->AppliedVector().at(origin), 17u);
+  auto sixth = next();
+  ASSERT_TRUE(sixth.has_value());
+  EXPECT_EQ(sixth->frame().records_size(), 1);
+  deliver(*sixth);
+  EXPECT_EQ(sink->AppliedVector().at(origin), 20u);
   EXPECT_EQ(sink->state_digest(), source->state_digest());
   EXPECT_FALSE(next().has_value());
   EXPECT_FALSE(sender.waiting_for_ack());
