@@ -12,7 +12,7 @@ namespace {
 // Blocking tasks: as many at once as calls wait at once, like the synchronous server's
 // threads; past this they queue.
 constexpr int kMaxBlockingThreads = 256;
-// How long Shutdown waits for the calls' last events after the server stopped.
+// How often Shutdown complains while it waits for the calls' last events.
 constexpr absl::Duration kShutdownWait = absl::Seconds(10);
 }  // namespace
 
@@ -42,13 +42,18 @@ void BlockingPool::Work() {
 }
 
 BlockingPool::~BlockingPool() {
-  std::vector<std::thread> threads;
-  {
-    absl::MutexLock lock(&mu_);
-    stop_ = true;
-    threads.swap(threads_);
+  // A task still running may queue another (an apply handing over to its confirmer), which may
+  // start a thread: join until no thread is left.
+  while (true) {
+    std::vector<std::thread> threads;
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+      threads.swap(threads_);
+    }
+    if (threads.empty()) return;
+    for (std::thread& thread : threads) thread.join();
   }
-  for (std::thread& thread : threads) thread.join();
 }
 
 AsyncServer::AsyncServer(std::unique_ptr<grpc::ServerCompletionQueue> cq, int threads)
@@ -107,10 +112,13 @@ void AsyncServer::Shutdown() {
   // all is over.
   {
     absl::MutexLock lock(&mu_);
+    // No timeout: shutting the queue down under a live call, or closing the store under an
+    // apply, would be a crash. Every wait a call can be in ends at shutdown (the replication's
+    // confirmation waits are released, base-version waits watch the node stopping).
     auto over = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_calls_ == 0; };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&over), kShutdownWait)) {
-      MERGEDB_LOG(ERROR) << live_calls_ << " asynchronous calls did not end within "
-                         << absl::FormatDuration(kShutdownWait) << " of the server's shutdown";
+    while (!mu_.AwaitWithTimeout(absl::Condition(&over), kShutdownWait)) {
+      MERGEDB_LOG(ERROR) << live_calls_ << " asynchronous calls have not ended "
+                         << absl::FormatDuration(kShutdownWait) << " after the server's shutdown";
     }
   }
   cq_->Shutdown();

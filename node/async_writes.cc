@@ -17,9 +17,9 @@
 //
 // Invariants of one stream: updates are applied in the order they arrived, one batch at a time;
 // answers are written in that order, one Write in flight, and none before every answer ahead
-// of it; at most kMaxQueued updates wait to be applied or confirmed (then the stream stops
-// reading and gRPC's flow control holds the client back); a cancelled stream's queued updates
-// are not applied.
+// of it; at most kMaxQueued updates wait to be applied, confirmed or written (then the stream
+// stops reading and gRPC's flow control holds the client back); a cancelled stream's queued
+// updates are not applied.
 #include "node/async_writes.h"
 
 #include <algorithm>
@@ -46,8 +46,8 @@ using mergedb::v1::UpdateBatchResponse;
 using mergedb::v1::UpdateRequest;
 using mergedb::v1::UpdateResponse;
 
-// Updates of one stream waiting to be applied or confirmed; past this the stream stops reading
-// (one message may hold more: up to --max_batch_updates).
+// Updates of one stream waiting to be applied, confirmed or written; past this the stream stops
+// reading (one message may hold more: up to --max_batch_updates).
 constexpr size_t kMaxQueued = 1024;
 // Updates per commit, unless one message holds more.
 constexpr size_t kMaxBatch = 256;
@@ -75,6 +75,10 @@ void MoveUpdates(UpdateBatch& batch, std::vector<UpdateRequest>* out) {
 void AddAnswer(UpdateResponse response, UpdateResponse* answer) { *answer = std::move(response); }
 void AddAnswer(UpdateResponse response, UpdateBatchResponse* answer) {
   *answer->add_responses() = std::move(response);
+}
+size_t UpdatesIn(const UpdateResponse&) { return 1; }
+size_t UpdatesIn(const UpdateBatchResponse& answer) {
+  return static_cast<size_t>(answer.responses_size());
 }
 UpdateResponse* ResponseAt(UpdateResponse* answer, size_t) { return answer; }
 UpdateResponse* ResponseAt(UpdateBatchResponse* answer, size_t i) {
@@ -130,7 +134,11 @@ class WriteStreamCall final : public AsyncCall {
           absl::MutexLock lock(&mu_);
           started_ = true;
           StartReadLocked();
+          // The done event may have come first (a client that cancelled at once; gRPC can hand
+          // it to another thread before this one ran): then nothing else is left to end it.
+          if (!DeletableLocked()) return;
         }
+        Destroy();
         return;
       case kRead:
         OnRead(ok);
@@ -231,8 +239,12 @@ class WriteStreamCall final : public AsyncCall {
         context_.TryCancel();
       } else {
         // A client that left had its queue emptied, the one in flight included.
-        if (!client_gone_) answers_.pop_front();
+        if (!client_gone_) {
+          unwritten_updates_ -= std::max<size_t>(1, UpdatesIn(answers_.front()));
+          answers_.pop_front();
+        }
         StartWriteLocked();
+        StartReadLocked();  // reading may have stopped while answers piled up
         MaybeFinishLocked();
       }
       if (!DeletableLocked()) return;
@@ -297,7 +309,7 @@ class WriteStreamCall final : public AsyncCall {
                     &pending.answer);
         }
         if (pending.awaits.empty() && unconfirmed_.empty()) {
-          answers_.push_back(std::move(pending.answer));
+          PushAnswerLocked(std::move(pending.answer));
           continue;
         }
         pending.updates = std::max<size_t>(1, UpdatesIn(message));
@@ -341,7 +353,7 @@ class WriteStreamCall final : public AsyncCall {
         UpdateResponse* response = ResponseAt(&front.answer, index);
         *response = StreamedAnswer(std::move(status), response->request_id());
       }
-      answers_.push_back(std::move(front.answer));
+      PushAnswerLocked(std::move(front.answer));
       unconfirmed_updates_ -= front.updates;
       unconfirmed_.pop_front();
       StartWriteLocked();
@@ -358,10 +370,16 @@ class WriteStreamCall final : public AsyncCall {
 
   void StartReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!started_ || read_pending_ || reads_ended_ || client_gone_) return;
-    // Apply or Confirm resumes reading.
-    if (queued_updates_ + unconfirmed_updates_ >= kMaxQueued) return;
+    // Apply, Confirm or OnWritten resumes reading. Answers not yet written count too: a client
+    // that sends without reading must not make the node hold its answers without bound.
+    if (queued_updates_ + unconfirmed_updates_ + unwritten_updates_ >= kMaxQueued) return;
     read_pending_ = true;
     stream_.Read(&request_, &read_tag_);
+  }
+
+  void PushAnswerLocked(Answer answer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    unwritten_updates_ += std::max<size_t>(1, UpdatesIn(answer));
+    answers_.push_back(std::move(answer));
   }
 
   void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -392,6 +410,7 @@ class WriteStreamCall final : public AsyncCall {
     unconfirmed_.clear();
     unconfirmed_updates_ = 0;
     answers_.clear();
+    unwritten_updates_ = 0;
   }
 
   // Ends a run of Apply or Confirm, whose flag is `running`: true when this is to be deleted.
@@ -402,8 +421,9 @@ class WriteStreamCall final : public AsyncCall {
   }
 
   bool DeletableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return done_ && !read_pending_ && !write_pending_ && !finish_pending_ && !applying_ &&
-           !confirming_;
+    // started_: the handler of the start event has run (the done event can come before it).
+    return started_ && done_ && !read_pending_ && !write_pending_ && !finish_pending_ &&
+           !applying_ && !confirming_;
   }
 
   AsyncServer* const server_;
@@ -424,6 +444,7 @@ class WriteStreamCall final : public AsyncCall {
   std::deque<Request> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_updates_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<Answer> answers_ ABSL_GUARDED_BY(mu_);  // the front one is being written
+  size_t unwritten_updates_ ABSL_GUARDED_BY(mu_) = 0;  // in answers_
   // Answers committed but waiting for their write concern, in order; all go before any later
   // answer.
   std::deque<Unconfirmed> unconfirmed_ ABSL_GUARDED_BY(mu_);

@@ -207,14 +207,17 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRe
 absl::StatusOr<UpdateResponse> DocumentServiceImpl::ApplyUpdate(const UpdateRequest& request,
                                                                 const PreparedUpdate& update,
                                                                 absl::Time deadline,
-                                                                grpc::ServerContext* context) {
+                                                                grpc::ServerContext* context,
+                                                                uint64_t* await_seq) {
   if (update.has_base_version()) {
     MERGEDB_RETURN_IF_ERROR(
         WaitForVersion(request.collection(), request.id(), update.base_version(), deadline, context));
   }
   MERGEDB_ASSIGN_OR_RETURN(storage::WriteResult result,
                            node_->store()->ApplyLocal(LocalWriteOf(request, update)));
-  return FinishUpdate(request, result, deadline);
+  if (await_seq == nullptr) return FinishUpdate(request, result, deadline);
+  if (ConcernWaits(request.write_concern())) *await_seq = result.log_seq;
+  return AnswerOf(request, result);
 }
 
 std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
@@ -256,7 +259,8 @@ std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
     }
     if (update->has_base_version()) {
       apply_batch();
-      responses[i] = ApplyUpdate(requests[i], *update, deadline, context);
+      responses[i] = ApplyUpdate(requests[i], *update, deadline, context,
+                                 awaits == nullptr ? nullptr : &(*awaits)[i]);
       continue;
     }
     updates.push_back(*std::move(update));

@@ -66,11 +66,13 @@ class DocumentServiceImpl final : public DocumentServiceBase {
       const mergedb::v1::UpdateRequest& request, absl::Time deadline,
       grpc::ServerContext* context);
   // One validated update on a writable node: waits for its base version, commits it alone,
-  // then waits for its write concern.
+  // then waits for its write concern — or, with `await_seq`, sets it as ExecuteUpdates sets
+  // `awaits` and leaves the wait to the caller.
   absl::StatusOr<mergedb::v1::UpdateResponse> ApplyUpdate(const mergedb::v1::UpdateRequest& request,
                                                           const PreparedUpdate& update,
                                                           absl::Time deadline,
-                                                          grpc::ServerContext* context);
+                                                          grpc::ServerContext* context,
+                                                          uint64_t* await_seq = nullptr);
   // Several updates, in order, committed together where possible; one result each.
   // With `awaits` null, each result is final: its write concern was waited for. Otherwise a
   // result is as if the concern were met, and (*awaits)[i] is the log sequence that request i
