@@ -4,10 +4,8 @@
 #include <cstddef>
 #include <thread>
 
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
-#include "node/replication.h"
+#include "node/node.h"
 
 namespace mergedb::bench {
 namespace {
@@ -62,14 +60,8 @@ class EchoCall final : public node::AsyncCall {
 
 std::unique_ptr<EchoServer> EchoServer::Start() {
   std::unique_ptr<EchoServer> echo(new EchoServer());
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(static_cast<int>((size_t{4} << 20) + (size_t{64} << 10)));
-  for (const auto& [name, value] : node::KeepaliveChannelArgs()) {
-    builder.AddChannelArgument(name, value);
-  }
+  node::ConfigureServerBuilder(node::Limits().max_update_bytes, &builder);
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &echo->port_);
   builder.RegisterService(&echo->service_);
   std::unique_ptr<grpc::ServerCompletionQueue> queue = builder.AddCompletionQueue();

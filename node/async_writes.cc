@@ -76,6 +76,7 @@ void AddAnswer(UpdateResponse response, UpdateResponse* answer) { *answer = std:
 void AddAnswer(UpdateResponse response, UpdateBatchResponse* answer) {
   *answer->add_responses() = std::move(response);
 }
+// An answer holds one response per update of the message it answers.
 size_t UpdatesIn(const UpdateResponse&) { return 1; }
 size_t UpdatesIn(const UpdateBatchResponse& answer) {
   return static_cast<size_t>(answer.responses_size());
@@ -93,8 +94,7 @@ bool ApplyWaits(const UpdateBatch& batch) {
 }
 // An update whose call waits: for its base version, or for the peers' confirmations.
 bool Waits(const UpdateRequest& request) {
-  return request.write_concern() == mergedb::v1::QUORUM ||
-         request.write_concern() == mergedb::v1::ALL || ApplyWaits(request);
+  return ConcernWaits(request.write_concern()) || ApplyWaits(request);
 }
 
 // A streamed update's answer: its result, or why it failed (the stream goes on).
@@ -177,7 +177,6 @@ class WriteStreamCall final : public AsyncCall {
     Answer answer;
     std::vector<Await> awaits;
     absl::Time deadline;
-    size_t updates = 0;  // counted against kMaxQueued
   };
 
   WriteStreamCall(AsyncServer* server, DocumentServiceImpl* service, RequestMethod method)
@@ -240,7 +239,7 @@ class WriteStreamCall final : public AsyncCall {
       } else {
         // A client that left had its queue emptied, the one in flight included.
         if (!client_gone_) {
-          unwritten_updates_ -= std::max<size_t>(1, UpdatesIn(answers_.front()));
+          held_updates_ -= std::max<size_t>(1, UpdatesIn(answers_.front()));
           answers_.pop_front();
         }
         StartWriteLocked();
@@ -299,6 +298,7 @@ class WriteStreamCall final : public AsyncCall {
       // Results come back in order: message k's answers follow message k-1's.
       size_t next = 0;
       for (Request& message : messages) {
+        held_updates_ += std::max<size_t>(1, UpdatesIn(message));
         Unconfirmed pending;
         pending.deadline = deadline;
         for (size_t i = 0; i < UpdatesIn(message); ++i, ++next) {
@@ -309,11 +309,9 @@ class WriteStreamCall final : public AsyncCall {
                     &pending.answer);
         }
         if (pending.awaits.empty() && unconfirmed_.empty()) {
-          PushAnswerLocked(std::move(pending.answer));
+          answers_.push_back(std::move(pending.answer));
           continue;
         }
-        pending.updates = std::max<size_t>(1, UpdatesIn(message));
-        unconfirmed_updates_ += pending.updates;
         unconfirmed_.push_back(std::move(pending));
       }
       StartWriteLocked();
@@ -353,8 +351,7 @@ class WriteStreamCall final : public AsyncCall {
         UpdateResponse* response = ResponseAt(&front.answer, index);
         *response = StreamedAnswer(std::move(status), response->request_id());
       }
-      PushAnswerLocked(std::move(front.answer));
-      unconfirmed_updates_ -= front.updates;
+      answers_.push_back(std::move(front.answer));
       unconfirmed_.pop_front();
       StartWriteLocked();
       StartReadLocked();  // reading may have stopped while too many waited
@@ -372,14 +369,9 @@ class WriteStreamCall final : public AsyncCall {
     if (!started_ || read_pending_ || reads_ended_ || client_gone_) return;
     // Apply, Confirm or OnWritten resumes reading. Answers not yet written count too: a client
     // that sends without reading must not make the node hold its answers without bound.
-    if (queued_updates_ + unconfirmed_updates_ + unwritten_updates_ >= kMaxQueued) return;
+    if (queued_updates_ + held_updates_ >= kMaxQueued) return;
     read_pending_ = true;
     stream_.Read(&request_, &read_tag_);
-  }
-
-  void PushAnswerLocked(Answer answer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    unwritten_updates_ += std::max<size_t>(1, UpdatesIn(answer));
-    answers_.push_back(std::move(answer));
   }
 
   void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -408,9 +400,8 @@ class WriteStreamCall final : public AsyncCall {
     queue_.clear();
     queued_updates_ = 0;
     unconfirmed_.clear();
-    unconfirmed_updates_ = 0;
     answers_.clear();
-    unwritten_updates_ = 0;
+    held_updates_ = 0;
   }
 
   // Ends a run of Apply or Confirm, whose flag is `running`: true when this is to be deleted.
@@ -443,12 +434,13 @@ class WriteStreamCall final : public AsyncCall {
   Request request_ ABSL_GUARDED_BY(mu_);  // the buffer of the Read in flight
   std::deque<Request> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_updates_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<Answer> answers_ ABSL_GUARDED_BY(mu_);  // the front one is being written
-  size_t unwritten_updates_ ABSL_GUARDED_BY(mu_) = 0;  // in answers_
+  // Answers to write, in order; the front one is being written.
+  std::deque<Answer> answers_ ABSL_GUARDED_BY(mu_);
   // Answers committed but waiting for their write concern, in order; all go before any later
   // answer.
   std::deque<Unconfirmed> unconfirmed_ ABSL_GUARDED_BY(mu_);
-  size_t unconfirmed_updates_ ABSL_GUARDED_BY(mu_) = 0;
+  // Updates applied whose answers are not written yet (unconfirmed or in answers_).
+  size_t held_updates_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status refused_ ABSL_GUARDED_BY(mu_);
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool read_pending_ ABSL_GUARDED_BY(mu_) = false;

@@ -19,6 +19,20 @@ namespace {
 constexpr absl::Duration kJanitorInterval = absl::Minutes(1);
 }  // namespace
 
+void ConfigureServerBuilder(size_t max_update_bytes, grpc::ServerBuilder* builder) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // gRPC enables SO_REUSEPORT by default, which would let a second node bind a port already in
+  // use and silently share it.
+  builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Messages a little over the update limit are refused by gRPC itself (RESOURCE_EXHAUSTED);
+  // the rest of the limits are checked with precise messages by validation.
+  builder->SetMaxReceiveMessageSize(static_cast<int>(max_update_bytes + (size_t{64} << 10)));
+  // Accept the replication streams' keepalive pings and ping idle clients too, so a dead peer
+  // is noticed within seconds on both sides.
+  for (const auto& [name, value] : KeepaliveChannelArgs()) builder->AddChannelArgument(name, value);
+}
+
 Node::Node(const NodeOptions& options)
     : options_(options), clock_(options.clock_offset_millis), hlc_(&clock_, options.max_clock_ahead_millis) {}
 
@@ -61,19 +75,8 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
 
   node->documents_ = std::make_unique<DocumentServiceImpl>(node.get());
   node->cluster_ = std::make_unique<ClusterServiceImpl>(node.get());
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  // gRPC enables SO_REUSEPORT by default, which would let a second node bind a port already in
-  // use and silently share it.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  // Messages a little over the update limit are refused by gRPC itself (RESOURCE_EXHAUSTED);
-  // the rest of the limits are checked with precise messages by validation.
-  builder.SetMaxReceiveMessageSize(
-      static_cast<int>(options.limits.max_update_bytes + (size_t{64} << 10)));
-  // Accept the replication streams' keepalive pings and ping idle clients too, so a dead peer
-  // is noticed within seconds on both sides.
-  for (const auto& [name, value] : KeepaliveChannelArgs()) builder.AddChannelArgument(name, value);
+  ConfigureServerBuilder(options.limits.max_update_bytes, &builder);
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &node->port_);
   builder.RegisterService(node->replication_.get());
   builder.RegisterService(node->documents_.get());

@@ -23,9 +23,15 @@
 
 namespace grpc {
 class Server;
+class ServerBuilder;
 }
 
 namespace mergedb::node {
+
+// The server settings of a node, for `builder` and anything that must be served like a node
+// (the benchmarks' echo baseline): the health and reflection services, no port sharing, a
+// receive limit a little over `max_update_bytes`, and keepalive.
+void ConfigureServerBuilder(size_t max_update_bytes, grpc::ServerBuilder* builder);
 
 struct NodeOptions {
   std::string node_name;

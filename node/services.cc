@@ -154,23 +154,9 @@ storage::LocalWrite DocumentServiceImpl::LocalWriteOf(const UpdateRequest& reque
                         absl::ToUnixMillis(absl::Now()));
 }
 
-namespace {
-
 bool ConcernWaits(mergedb::v1::WriteConcern concern) {
   return concern == mergedb::v1::QUORUM || concern == mergedb::v1::ALL;
 }
-
-// The answer to a committed update, its write concern aside.
-UpdateResponse AnswerOf(const UpdateRequest& request, const storage::WriteResult& result) {
-  UpdateResponse response;
-  response.set_request_id(request.request_id());
-  response.set_version(EncodeVersionToken(result.version));
-  response.set_duplicate(result.duplicate_request);
-  response.set_position(result.change_seq);
-  return response;
-}
-
-}  // namespace
 
 absl::Status DocumentServiceImpl::AwaitConcern(mergedb::v1::WriteConcern concern,
                                                uint64_t log_seq, absl::Time deadline) {
@@ -190,9 +176,19 @@ absl::Status DocumentServiceImpl::AwaitConcern(mergedb::v1::WriteConcern concern
 }
 
 absl::StatusOr<UpdateResponse> DocumentServiceImpl::FinishUpdate(
-    const UpdateRequest& request, const storage::WriteResult& result, absl::Time deadline) {
-  MERGEDB_RETURN_IF_ERROR(AwaitConcern(request.write_concern(), result.log_seq, deadline));
-  return AnswerOf(request, result);
+    const UpdateRequest& request, const storage::WriteResult& result, absl::Time deadline,
+    uint64_t* await_seq) {
+  if (await_seq == nullptr) {
+    MERGEDB_RETURN_IF_ERROR(AwaitConcern(request.write_concern(), result.log_seq, deadline));
+  } else if (ConcernWaits(request.write_concern())) {
+    *await_seq = result.log_seq;
+  }
+  UpdateResponse response;
+  response.set_request_id(request.request_id());
+  response.set_version(EncodeVersionToken(result.version));
+  response.set_duplicate(result.duplicate_request);
+  response.set_position(result.change_seq);
+  return response;
 }
 
 absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRequest& request,
@@ -215,9 +211,7 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ApplyUpdate(const UpdateRequ
   }
   MERGEDB_ASSIGN_OR_RETURN(storage::WriteResult result,
                            node_->store()->ApplyLocal(LocalWriteOf(request, update)));
-  if (await_seq == nullptr) return FinishUpdate(request, result, deadline);
-  if (ConcernWaits(request.write_concern())) *await_seq = result.log_seq;
-  return AnswerOf(request, result);
+  return FinishUpdate(request, result, deadline, await_seq);
 }
 
 std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
@@ -234,14 +228,10 @@ std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
     auto results = node_->store()->ApplyLocalBatch(writes);
     for (size_t k = 0; k < results.size(); ++k) {
       const size_t i = batched[k];
-      if (!results[k].ok()) {
-        responses[i] = results[k].status();
-      } else if (awaits == nullptr) {
-        responses[i] = FinishUpdate(requests[i], *results[k], deadline);
-      } else {
-        if (ConcernWaits(requests[i].write_concern())) (*awaits)[i] = results[k]->log_seq;
-        responses[i] = AnswerOf(requests[i], *results[k]);
-      }
+      responses[i] = results[k].ok()
+                         ? FinishUpdate(requests[i], *results[k], deadline,
+                                        awaits == nullptr ? nullptr : &(*awaits)[i])
+                         : absl::StatusOr<UpdateResponse>(results[k].status());
     }
     writes.clear();
     batched.clear();

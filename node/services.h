@@ -38,6 +38,9 @@ absl::Time CallDeadline(const grpc::ServerContext* context);
 
 class Node;
 
+// Whether a write with this concern waits for the peers (QUORUM, ALL).
+bool ConcernWaits(mergedb::v1::WriteConcern concern);
+
 // Update, UpdateStream and UpdateBatchStream are asynchronous methods: ServeWrites serves them.
 using DocumentServiceBase = mergedb::v1::DocumentService::WithAsyncMethod_Update<
     mergedb::v1::DocumentService::WithAsyncMethod_UpdateStream<
@@ -66,8 +69,7 @@ class DocumentServiceImpl final : public DocumentServiceBase {
       const mergedb::v1::UpdateRequest& request, absl::Time deadline,
       grpc::ServerContext* context);
   // One validated update on a writable node: waits for its base version, commits it alone,
-  // then waits for its write concern — or, with `await_seq`, sets it as ExecuteUpdates sets
-  // `awaits` and leaves the wait to the caller.
+  // then finishes it as FinishUpdate does (`await_seq` likewise).
   absl::StatusOr<mergedb::v1::UpdateResponse> ApplyUpdate(const mergedb::v1::UpdateRequest& request,
                                                           const PreparedUpdate& update,
                                                           absl::Time deadline,
@@ -91,10 +93,12 @@ class DocumentServiceImpl final : public DocumentServiceBase {
   // The storage write of a validated update on this node; `update` must outlive it.
   storage::LocalWrite LocalWriteOf(const mergedb::v1::UpdateRequest& request,
                                    const PreparedUpdate& update);
-  // After the local commit: waits for the write concern, then builds the answer.
+  // After the local commit: waits for the write concern, then builds the answer. With
+  // `await_seq`, does not wait: sets it to the log sequence the caller must see confirmed
+  // (AwaitConcern) before the answer holds, or leaves it 0 when there is nothing to wait for.
   absl::StatusOr<mergedb::v1::UpdateResponse> FinishUpdate(
       const mergedb::v1::UpdateRequest& request, const storage::WriteResult& result,
-      absl::Time deadline);
+      absl::Time deadline, uint64_t* await_seq = nullptr);
   absl::StatusOr<mergedb::v1::GetResponse> ExecuteGet(const mergedb::v1::GetRequest& request,
                                                       absl::Time deadline,
                                                       grpc::ServerContext* context);
