@@ -7,6 +7,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "node/health.h"
 #include "node/log.h"
 #include "node/services.h"
 #include "node/async_server.h"
@@ -20,7 +21,8 @@ constexpr absl::Duration kJanitorInterval = absl::Minutes(1);
 }  // namespace
 
 void ConfigureServerBuilder(size_t max_update_bytes, grpc::ServerBuilder* builder) {
-  grpc::EnableDefaultHealthCheckService(true);
+  // The node serves grpc.health.v1.Health itself (node/health.h says why not gRPC's own).
+  grpc::EnableDefaultHealthCheckService(false);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   // gRPC enables SO_REUSEPORT by default, which would let a second node bind a port already in
   // use and silently share it.
@@ -75,12 +77,17 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
 
   node->documents_ = std::make_unique<DocumentServiceImpl>(node.get());
   node->cluster_ = std::make_unique<ClusterServiceImpl>(node.get());
+  node->health_ = std::make_unique<HealthService>(std::vector<std::string>{
+      mergedb::v1::DocumentService::service_full_name(),
+      mergedb::v1::ClusterService::service_full_name(),
+      mergedb::v1::ReplicationService::service_full_name()});
   grpc::ServerBuilder builder;
   ConfigureServerBuilder(options.limits.max_update_bytes, &builder);
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &node->port_);
   builder.RegisterService(node->replication_.get());
   builder.RegisterService(node->documents_.get());
   builder.RegisterService(node->cluster_.get());
+  builder.RegisterService(node->health_.get());
   std::unique_ptr<grpc::ServerCompletionQueue> async_queue = builder.AddCompletionQueue();
   node->server_ = builder.BuildAndStart();
   if (node->server_ == nullptr || node->port_ == 0) {
@@ -94,7 +101,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
       std::move(async_queue), std::max(2, static_cast<int>(std::thread::hardware_concurrency())));
   ServeWrites(node->documents_.get(), node->async_server_.get());
   node->async_server_->Start();
-  node->server_->GetHealthCheckService()->SetServingStatus(true);
+  node->health_->SetServing(true);
   node->replication_->Start();
   node->janitor_ = std::thread([n = node.get()] { n->RunJanitor(); });
   MERGEDB_LOG(INFO) << "node " << options.node_name << " (replica "
@@ -141,7 +148,7 @@ void Node::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   MERGEDB_LOG(INFO) << "node " << options_.node_name << " shutting down";
   if (server_ != nullptr) {
-    server_->GetHealthCheckService()->SetServingStatus(false);
+    health_->Shutdown();
     // New calls are refused at once; in-flight unary calls finish (their writes are
     // acknowledged only once durable); long waits and Watch streams notice stopping_.
     stopping_ = true;

@@ -29,7 +29,7 @@ class ServerBuilder;
 namespace mergedb::node {
 
 // The server settings of a node, for `builder` and anything that must be served like a node
-// (the benchmarks' echo baseline): the health and reflection services, no port sharing, a
+// (the benchmarks' echo baseline): the reflection service, no port sharing, a
 // receive limit a little over `max_update_bytes`, and keepalive.
 void ConfigureServerBuilder(size_t max_update_bytes, grpc::ServerBuilder* builder);
 
@@ -65,6 +65,7 @@ struct NodeOptions {
 
 class DocumentServiceImpl;
 class ClusterServiceImpl;
+class HealthService;
 class AsyncServer;
 
 class Node {
@@ -103,6 +104,7 @@ class Node {
   std::unique_ptr<Replication> replication_;
   std::unique_ptr<DocumentServiceImpl> documents_;
   std::unique_ptr<ClusterServiceImpl> cluster_;
+  std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<AsyncServer> async_server_;
   int port_ = 0;

@@ -144,6 +144,36 @@ TEST_F(NodeBinaryTest, HealthAndReflectionWorkForGenericGrpcTools) {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   ASSERT_TRUE(health->Check(&context, check, &answer).ok());
   EXPECT_EQ(answer.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  for (const char* service : {"mergedb.v1.DocumentService", "mergedb.v1.ClusterService",
+                              "mergedb.v1.ReplicationService"}) {
+    grpc::ClientContext service_context;
+    check.set_service(service);
+    ASSERT_TRUE(health->Check(&service_context, check, &answer).ok()) << service;
+    EXPECT_EQ(answer.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
+  }
+  {
+    grpc::ClientContext unknown_context;
+    check.set_service("no.such.Service");
+    const grpc::Status unknown = health->Check(&unknown_context, check, &answer);
+    EXPECT_EQ(unknown.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_NE(unknown.error_message().find("no.such.Service"), std::string::npos);
+  }
+  // Watch: the current status at once, for a known service and (as SERVICE_UNKNOWN, the
+  // protocol's rule) for an unknown one; the shutdown below must reach the known watcher.
+  grpc::ClientContext watch_context, unknown_watch_context;
+  watch_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  unknown_watch_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  check.set_service("mergedb.v1.DocumentService");
+  auto watch = health->Watch(&watch_context, check);
+  check.set_service("no.such.Service");
+  auto unknown_watch = health->Watch(&unknown_watch_context, check);
+  grpc::health::v1::HealthCheckResponse watched;
+  ASSERT_TRUE(watch->Read(&watched));
+  EXPECT_EQ(watched.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  ASSERT_TRUE(unknown_watch->Read(&watched));
+  EXPECT_EQ(watched.status(), grpc::health::v1::HealthCheckResponse::SERVICE_UNKNOWN);
+  unknown_watch_context.TryCancel();
+  EXPECT_EQ(unknown_watch->Finish().error_code(), grpc::StatusCode::CANCELLED);
 
   auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
   grpc::ClientContext reflect_context;
@@ -170,6 +200,11 @@ TEST_F(NodeBinaryTest, HealthAndReflectionWorkForGenericGrpcTools) {
   (void)stream->Finish();
 
   node.Signal(SIGTERM);
+  // A node that begins to stop says so to its watchers before it goes.
+  ASSERT_TRUE(watch->Read(&watched));
+  EXPECT_EQ(watched.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(watch->Read(&watched));
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(node.Wait(std::chrono::seconds(20)), 0) << node.Stderr();
 }
 
