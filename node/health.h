@@ -7,7 +7,7 @@
 // completion queue takes turns as the process's epoll poller, so those two idle threads picked
 // up the completions of the write streams and of the replication streams and handed each to the
 // thread waiting for it: a futex wake and a context switch apiece. Without them, a W1 stream run
-// makes about a fifth fewer context switches per write and the nodes spend 8-20 % less CPU per
+// makes about a fifth fewer context switches per write and the nodes spend 4-8 % less CPU per
 // write (docs/PERFORMANCE.md, fix 14).
 //
 // Every service the node serves shares one status: SERVING from start until shutdown begins.
