@@ -33,7 +33,9 @@ class HealthService final : public grpc::health::v1::Health::Service {
 
   // Starts as NOT_SERVING. Watch streams see every change.
   void SetServing(bool serving);
-  // NOT_SERVING for good, and every Watch stream ends (UNAVAILABLE) once it has said so.
+  // NOT_SERVING for good, and every Watch stream ends (UNAVAILABLE) once it has said so. Call it
+  // just before the server stops taking calls: gRPC's client-side health checker re-opens an
+  // ended Watch at once, without backoff.
   void Shutdown();
 
   grpc::Status Check(grpc::ServerContext* context,

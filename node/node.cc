@@ -3,7 +3,6 @@
 #include "absl/strings/str_cat.h"
 #include "crdt/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
@@ -148,11 +147,15 @@ void Node::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   MERGEDB_LOG(INFO) << "node " << options_.node_name << " shutting down";
   if (server_ != nullptr) {
-    health_->Shutdown();
+    // Health watchers learn at once that the node is going, but their streams stay open until
+    // the server refuses new calls: a client's health checker re-opens an ended Watch at once,
+    // so ending them earlier would make it spin for as long as replication takes to stop.
+    health_->SetServing(false);
     // New calls are refused at once; in-flight unary calls finish (their writes are
     // acknowledged only once durable); long waits and Watch streams notice stopping_.
     stopping_ = true;
     replication_->Stop();
+    health_->Shutdown();
     server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
     server_->Wait();
   }

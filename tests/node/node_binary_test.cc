@@ -147,12 +147,14 @@ TEST_F(NodeBinaryTest, HealthAndReflectionWorkForGenericGrpcTools) {
   for (const char* service : {"mergedb.v1.DocumentService", "mergedb.v1.ClusterService",
                               "mergedb.v1.ReplicationService"}) {
     grpc::ClientContext service_context;
+    service_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     check.set_service(service);
     ASSERT_TRUE(health->Check(&service_context, check, &answer).ok()) << service;
     EXPECT_EQ(answer.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
   }
   {
     grpc::ClientContext unknown_context;
+    unknown_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     check.set_service("no.such.Service");
     const grpc::Status unknown = health->Check(&unknown_context, check, &answer);
     EXPECT_EQ(unknown.error_code(), grpc::StatusCode::NOT_FOUND);
@@ -200,11 +202,14 @@ TEST_F(NodeBinaryTest, HealthAndReflectionWorkForGenericGrpcTools) {
   (void)stream->Finish();
 
   node.Signal(SIGTERM);
-  // A node that begins to stop says so to its watchers before it goes.
+  // A node that begins to stop says so to its watchers, then ends their streams itself (not
+  // by the server's grace-period cancellation, which would also say UNAVAILABLE).
   ASSERT_TRUE(watch->Read(&watched));
   EXPECT_EQ(watched.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   EXPECT_FALSE(watch->Read(&watched));
-  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  const grpc::Status ended = watch->Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(ended.error_message(), "the node is shutting down");
   EXPECT_EQ(node.Wait(std::chrono::seconds(20)), 0) << node.Stderr();
 }
 
