@@ -13,7 +13,7 @@ namespace {
 // threads; past this they queue.
 constexpr int kMaxBlockingThreads = 256;
 // How often Shutdown complains while it waits for the calls' last events.
-constexpr absl::Duration kShutdownWait = absl::Seconds(10);
+constexpr absl::Duration kShutdownComplaintInterval = absl::Seconds(10);
 }  // namespace
 
 void BlockingPool::Run(std::function<void()> task) {
@@ -116,9 +116,10 @@ void AsyncServer::Shutdown() {
     // apply, would be a crash. Every wait a call can be in ends at shutdown (the replication's
     // confirmation waits are released, base-version waits watch the node stopping).
     auto over = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_calls_ == 0; };
-    while (!mu_.AwaitWithTimeout(absl::Condition(&over), kShutdownWait)) {
+    while (!mu_.AwaitWithTimeout(absl::Condition(&over), kShutdownComplaintInterval)) {
       MERGEDB_LOG(ERROR) << live_calls_ << " asynchronous calls have not ended "
-                         << absl::FormatDuration(kShutdownWait) << " after the server's shutdown";
+                         << absl::FormatDuration(kShutdownComplaintInterval)
+                         << " after the server's shutdown";
     }
   }
   cq_->Shutdown();

@@ -81,6 +81,12 @@ size_t UpdatesIn(const UpdateResponse&) { return 1; }
 size_t UpdatesIn(const UpdateBatchResponse& answer) {
   return static_cast<size_t>(answer.responses_size());
 }
+// What a message or its answer counts against kMaxQueued: its updates, and an empty batch one,
+// so that a client sending empty batches is bounded too. Counted up and down by this one rule.
+template <typename Message>
+size_t QueueWeight(const Message& message) {
+  return std::max<size_t>(1, UpdatesIn(message));
+}
 UpdateResponse* ResponseAt(UpdateResponse* answer, size_t) { return answer; }
 UpdateResponse* ResponseAt(UpdateBatchResponse* answer, size_t i) {
   return answer->mutable_responses(static_cast<int>(i));
@@ -208,7 +214,7 @@ class WriteStreamCall final : public AsyncCall {
           reads_ended_ = true;
         } else {
           // At least one, so that an empty message (answered by an empty one) takes room.
-          queued_updates_ += std::max<size_t>(1, UpdatesIn(request_));
+          queued_updates_ += QueueWeight(request_);
           queue_.push_back(std::move(request_));
           request_.Clear();
           StartReadLocked();
@@ -239,7 +245,7 @@ class WriteStreamCall final : public AsyncCall {
       } else {
         // A client that left had its queue emptied, the one in flight included.
         if (!client_gone_) {
-          held_updates_ -= std::max<size_t>(1, UpdatesIn(answers_.front()));
+          held_updates_ -= QueueWeight(answers_.front());
           answers_.pop_front();
         }
         StartWriteLocked();
@@ -269,7 +275,7 @@ class WriteStreamCall final : public AsyncCall {
         // one that does are applied and answered here, without waiting behind it.
         size_t taken = 0;
         while (!queue_.empty() && (may_wait || !(commits_wait_ || ApplyWaits(queue_.front())))) {
-          const size_t n = std::max<size_t>(1, UpdatesIn(queue_.front()));
+          const size_t n = QueueWeight(queue_.front());
           if (!messages.empty() && taken + n > kMaxBatch) break;
           taken += n;
           queued_updates_ -= n;
@@ -298,7 +304,7 @@ class WriteStreamCall final : public AsyncCall {
       // Results come back in order: message k's answers follow message k-1's.
       size_t next = 0;
       for (Request& message : messages) {
-        held_updates_ += std::max<size_t>(1, UpdatesIn(message));
+        held_updates_ += QueueWeight(message);
         Unconfirmed pending;
         pending.deadline = deadline;
         for (size_t i = 0; i < UpdatesIn(message); ++i, ++next) {
