@@ -51,6 +51,9 @@ ABSL_FLAG(int64_t, request_id_window_s, 24 * 3600,
           "How long client request ids are remembered for retry detection, seconds.");
 ABSL_FLAG(int64_t, change_feed_retention, 1000000,
           "Change-feed records kept for Watch to resume from (older positions: OUT_OF_RANGE).");
+ABSL_FLAG(int64_t, max_log_entries, 10000000,
+          "Replication log entries kept per origin for a member that lacks them (down, or never "
+          "started); past it the oldest go and that member gets a full-state transfer on return.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -124,6 +127,10 @@ int main(int argc, char** argv) {
     return UsageError("--change_feed_retention must be positive");
   }
   options.change_feed_retention = static_cast<uint64_t>(absl::GetFlag(FLAGS_change_feed_retention));
+  if (absl::GetFlag(FLAGS_max_log_entries) <= 0) {
+    return UsageError("--max_log_entries must be positive");
+  }
+  options.replication.max_log_entries = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_log_entries));
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

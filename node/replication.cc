@@ -5,6 +5,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "crdt/status_macros.h"
 #include "crdt/utf8.h"
@@ -177,6 +178,31 @@ std::optional<storage::VersionVector> ClusterView::FullyReplicated() const {
     }
   }
   return result;
+}
+
+ClusterView::Truncation ClusterView::TruncationPoint(uint64_t max_log_entries) const {
+  Truncation truncation;
+  // nullopt while some member has never reported: then only the bound drops entries.
+  truncation.through = FullyReplicated().value_or(storage::VersionVector{});
+  const storage::VersionVector mine = store_->AppliedVector();
+  absl::MutexLock lock(&mu_);
+  for (const auto& [origin, top] : mine) {
+    if (top <= max_log_entries) continue;
+    const uint64_t bound = top - max_log_entries;
+    uint64_t& upto = truncation.through[origin];
+    if (bound <= upto) continue;
+    upto = bound;
+    for (const std::string& peer : peers_) {
+      auto known = known_.find(peer);
+      if (known == known_.end()) {
+        truncation.lacking.insert(peer);
+        continue;
+      }
+      auto seq = known->second.find(origin);
+      if (seq == known->second.end() || seq->second < bound) truncation.lacking.insert(peer);
+    }
+  }
+  return truncation;
 }
 
 uint64_t ClusterView::EntriesBehind(const std::string& peer) const {
@@ -1010,9 +1036,16 @@ std::vector<mergedb::v1::PeerStatus> Replication::PeerStatuses() const {
 }
 
 absl::Status Replication::TruncateLog() {
-  std::optional<storage::VersionVector> everywhere = view_.FullyReplicated();
-  if (!everywhere.has_value()) return absl::OkStatus();
-  return store_->TruncateLog(*everywhere);
+  ClusterView::Truncation truncation = view_.TruncationPoint(options_.max_log_entries);
+  if (!truncation.lacking.empty() && absl::Now() - last_log_bound_warning_ >= absl::Minutes(1)) {
+    last_log_bound_warning_ = absl::Now();
+    MERGEDB_LOG(WARNING) << "the log keeps at most " << options_.max_log_entries
+                         << " entries per origin (--max_log_entries): dropping entries not yet "
+                         << "applied by " << absl::StrJoin(truncation.lacking, ", ")
+                         << " (a full-state transfer will bring such a member up to date)";
+  }
+  if (truncation.through.empty()) return absl::OkStatus();
+  return store_->TruncateLog(truncation.through);
 }
 
 grpc::Status Replication::Replicate(

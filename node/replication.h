@@ -67,6 +67,11 @@ struct ReplicationOptions {
   absl::Duration backoff_max = absl::Seconds(2);
   // Offer (outbound) and accept (inbound) DEFLATE stream compression; see node/stream_codec.h.
   bool compress_streams = true;
+  // The log keeps at most this many entries per origin for members that have not applied
+  // them (a member that is down, or configured but never started). Past it the oldest go and
+  // such a member, when it returns, gets a full-state transfer instead: a node that stays away
+  // costs the others bounded disk, not all they accept meanwhile.
+  uint64_t max_log_entries = 10'000'000;
 };
 
 // What this node knows of every member's applied vector, by node name (a peer is known by name;
@@ -91,6 +96,15 @@ class ClusterView {
   // Per origin, what every member has applied: what the log may drop. nullopt until every peer
   // has reported.
   std::optional<storage::VersionVector> FullyReplicated() const;
+  // What the log drops: per origin, what every member has applied, and past it whatever is
+  // older than the origin's newest `max_log_entries` (so a member that is away costs bounded
+  // disk; it gets a full-state transfer on return). `lacking` names the members the bound drops
+  // entries for (a member that never reported counts as lacking everything).
+  struct Truncation {
+    storage::VersionVector through;
+    std::set<std::string> lacking;
+  };
+  Truncation TruncationPoint(uint64_t max_log_entries) const;
   // Log entries this node holds that `peer` is not known to have.
   uint64_t EntriesBehind(const std::string& peer) const;
   // Shutdown: every current and later WaitForConfirmations returns at once.
@@ -245,7 +259,8 @@ class Replication final : public mergedb::v1::ReplicationService::Service {
   ClusterView* view() { return &view_; }
   const ReplicationOptions& options() const { return options_; }
   std::vector<mergedb::v1::PeerStatus> PeerStatuses() const;
-  // Drops what every member has applied from the log.
+  // Drops from the log what every member has applied, and the oldest entries of an origin
+  // past options().max_log_entries. Called from one thread at a time.
   absl::Status TruncateLog();
 
   // Test hook: while blocked, no stream to or from `peer` is kept or accepted on this node.
@@ -282,6 +297,8 @@ class Replication final : public mergedb::v1::ReplicationService::Service {
   mutable absl::Mutex mu_;
   std::set<std::string> blocked_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, grpc::ServerContext*> inbound_ ABSL_GUARDED_BY(mu_);
+  // TruncateLog's: when it last warned that max_log_entries dropped entries a member lacks.
+  absl::Time last_log_bound_warning_ = absl::InfinitePast();
 };
 
 // gRPC channel arguments for failure detection, set alike on the server (Node::Start) and on

@@ -235,6 +235,11 @@ TEST_F(NodeBinaryTest, BadFlagsAreRefusedWithAClearMessage) {
   EXPECT_EQ(role.Wait(std::chrono::seconds(20)), 2);
   EXPECT_TRUE(absl::StrContains(role.Stderr(), "--role must be primary or replica"));
   args = Args();
+  args.push_back("--max_log_entries=0");
+  Process log_bound(args);
+  EXPECT_EQ(log_bound.Wait(std::chrono::seconds(20)), 2);
+  EXPECT_TRUE(absl::StrContains(log_bound.Stderr(), "--max_log_entries must be positive"));
+  args = Args();
   args.push_back("--no_such_flag=1");
   Process unknown(args);
   EXPECT_NE(unknown.Wait(std::chrono::seconds(20)), 0);

@@ -279,6 +279,45 @@ TEST_F(ReplicationLogicTest, PartialFramesWaitForTheAckAndBacklogsPipeline) {
   EXPECT_FALSE(sender.waiting_for_ack());
 }
 
+TEST_F(ReplicationLogicTest, TheLogDropsWhatEveryMemberHasAndPastItsBoundWhatSomeLack) {
+  auto store = OpenStore("/a", "n1");
+  const crdt::ReplicaId me = store->replica_id();
+  for (int k = 0; k < 120; ++k) {
+    storage::LocalWrite write;
+    write.collection = "c";
+    write.id = "d";
+    write.mutate = [me](crdt::Document& doc) -> absl::StatusOr<crdt::Document> {
+      return doc.Increment({"n"}, 1, me);
+    };
+    ASSERT_TRUE(store->ApplyLocal(write).ok());
+  }
+  ClusterView view("n1", {"n2", "n3"}, store.get());
+  using Vector = storage::VersionVector;
+  // n3 never reported: nothing is known to be everywhere, only the bound drops entries.
+  view.Update("n2", Vector{{me, 100}}, ClusterView::Mode::kReplace);
+  EXPECT_TRUE(view.TruncationPoint(1000).through.empty());
+  EXPECT_TRUE(view.TruncationPoint(1000).lacking.empty());
+  ClusterView::Truncation bounded = view.TruncationPoint(10);
+  EXPECT_EQ(bounded.through, (Vector{{me, 110}}));
+  EXPECT_EQ(bounded.lacking, (std::set<std::string>{"n2", "n3"}));
+  // Everyone reported: what all have applied goes; the bound drops more only from n2.
+  view.Update("n3", Vector{{me, 120}}, ClusterView::Mode::kReplace);
+  EXPECT_EQ(view.TruncationPoint(1000).through, (Vector{{me, 100}}));
+  EXPECT_TRUE(view.TruncationPoint(1000).lacking.empty());
+  bounded = view.TruncationPoint(10);
+  EXPECT_EQ(bounded.through, (Vector{{me, 110}}));
+  EXPECT_EQ(bounded.lacking, (std::set<std::string>{"n2"}));
+  // n2 at 115 is past the bound: nobody lacks what goes.
+  view.Update("n2", Vector{{me, 115}}, ClusterView::Mode::kReplace);
+  EXPECT_EQ(view.TruncationPoint(10).through, (Vector{{me, 115}}));
+  EXPECT_TRUE(view.TruncationPoint(10).lacking.empty());
+  // The store applies it: the floor moves, and a reader behind it needs a full-state transfer.
+  ASSERT_TRUE(store->TruncateLog(view.TruncationPoint(10).through).ok());
+  EXPECT_EQ(store->LogFloor().at(me), 115u);
+  EXPECT_TRUE(absl::IsFailedPrecondition(store->ReadLog(Vector{{me, 100}}, 100).status()));
+  EXPECT_EQ(store->ReadLog(Vector{{me, 115}}, 100)->size(), 5u);
+}
+
 TEST(SplitForTransfer, PartsJoinedInOrderRebuildTheDocumentExactly) {
   crdt::Document doc;
   const crdt::ReplicaId a = 11, b = 22;

@@ -80,12 +80,89 @@ TEST(Replication, ARestartedNodeCatchesUpFromTheLog) {
   ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
   ASSERT_TRUE(cluster.WaitConverged());
   const auto replica_before = cluster.node(2)->store()->replica_id();
+  const storage::VersionVector had = cluster.node(2)->store()->AppliedVector();
   cluster.Stop(2);
   for (int k = 0; k < 100; ++k) ASSERT_TRUE(cluster.Update(k % 2, IncrementOf("d", 1)).ok());
+  // Past a few truncation intervals the others still hold every entry node 3 lacks.
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  for (int i = 0; i < 2; ++i) {
+    for (const auto& [origin, floor] : cluster.node(i)->store()->LogFloor()) {
+      EXPECT_LE(floor, had.count(origin) > 0 ? had.at(origin) : 0) << "node " << i;
+    }
+  }
   cluster.Start(2);
   ASSERT_TRUE(cluster.WaitConverged());
   EXPECT_EQ(cluster.node(2)->store()->replica_id(), replica_before);
   EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 101);
+}
+
+// Log entries a node holds (applied minus truncated, over all origins) and change-feed records.
+uint64_t LogEntriesHeld(storage::Store* store) {
+  const storage::VersionVector floors = store->LogFloor();
+  uint64_t held = 0;
+  for (const auto& [origin, seq] : store->AppliedVector()) {
+    auto floor = floors.find(origin);
+    held += seq - (floor == floors.end() ? 0 : floor->second);
+  }
+  return held;
+}
+uint64_t ChangesHeld(storage::Store* store) { return store->last_change_seq() - store->change_floor(); }
+
+// Polls `done` every 20 ms for at most `timeout`; returns its last answer.
+template <typename Done>
+bool Eventually(Done done, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+TEST(Replication, LogsAndChangeFeedsStayBoundedWhileAllNodesAreUp) {
+  constexpr uint64_t kRetention = 100;
+  Cluster cluster(3);
+  for (int i = 0; i < 3; ++i) cluster.options(i).change_feed_retention = kRetention;
+  cluster.StartAll();
+  for (int round = 1; round <= 3; ++round) {
+    for (int k = 0; k < 300; ++k) {
+      ASSERT_TRUE(cluster.Update(k % 3, IncrementOf("d" + std::to_string(k % 7), 1)).ok());
+    }
+    ASSERT_TRUE(cluster.WaitConverged());
+    // Within a heartbeat and a truncation interval every node learns that the others have
+    // everything (of every origin, its own and forwarded ones alike) and drops it.
+    for (int i = 0; i < 3; ++i) {
+      storage::Store* store = cluster.node(i)->store();
+      EXPECT_TRUE(Eventually([&] { return LogEntriesHeld(store) == 0 && ChangesHeld(store) <= kRetention; }))
+          << "round " << round << ", node " << i << " holds " << LogEntriesHeld(store)
+          << " log entries and " << ChangesHeld(store) << " changes";
+    }
+  }
+  EXPECT_EQ(cluster.node(0)->store()->last_change_seq(), 900u);
+}
+
+TEST(Replication, ADownNodeCostsTheOthersAtMostMaxLogEntriesAndComesBackByFullStateTransfer) {
+  constexpr uint64_t kMaxLog = 50;
+  Cluster cluster(3);
+  for (int i = 0; i < 3; ++i) cluster.options(i).replication.max_log_entries = kMaxLog;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  const storage::VersionVector had = cluster.node(2)->store()->AppliedVector();
+  cluster.Stop(2);
+  for (int k = 0; k < 400; ++k) ASSERT_TRUE(cluster.Update(k % 2, IncrementOf("d", 1)).ok());
+  // Node 3 lacks 200 entries of each writer's; the others keep only the newest 50 of each.
+  for (int i = 0; i < 2; ++i) {
+    storage::Store* store = cluster.node(i)->store();
+    EXPECT_TRUE(Eventually([&] { return LogEntriesHeld(store) <= 2 * kMaxLog; }))
+        << "node " << i << " holds " << LogEntriesHeld(store) << " log entries";
+    const crdt::ReplicaId writer = cluster.node(i)->store()->replica_id();
+    const uint64_t node3_had = had.count(writer) > 0 ? had.at(writer) : 0;
+    EXPECT_GT(store->LogFloor()[writer], node3_had) << "node 3 can no longer be served from the log";
+  }
+  cluster.Start(2);
+  ASSERT_TRUE(cluster.WaitConverged({0, 1, 2}, std::chrono::seconds(30)));
+  EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 401);
 }
 
 TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {

@@ -8,6 +8,7 @@
 // heals and every node must hold the same state (equal digests and applied vectors).
 //
 // A failure prints the seed; MERGEDB_SEED=<seed> replays exactly that schedule.
+#include <cstdio>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -79,6 +80,9 @@ class Simulation {
       node->options.max_frame_records = static_cast<size_t>(rng_.Range(1, 8));
       node->options.window = static_cast<int>(rng_.Range(1, 4));
       node->options.max_message_bytes = static_cast<size_t>(rng_.Range(512, 4096));
+      // Half the nodes keep a short log, so members that are away or cut off come back by
+      // full-state transfer rather than from the log.
+      if (rng_.Chance(0.5)) node->options.max_log_entries = static_cast<uint64_t>(rng_.Range(2, 30));
       nodes_.push_back(std::move(node));
       Boot(i);
     }
@@ -167,6 +171,7 @@ class Simulation {
         s.responses.push_back(*std::move(ack));
         return;
       }
+      if (request.has_snapshot()) ++snapshot_chunks_;
       auto response = s.receiver->OnRequest(request);
       if (!response.ok()) return Close(s);  // e.g. a gap: the sender reconnects and resyncs
       if (response->has_value()) s.responses.push_back(**std::move(response));
@@ -250,11 +255,12 @@ class Simulation {
         }
         break;
       case 7: {
-        // Log truncation on a node, as its janitor does.
+        // Log truncation on a node, as its janitor does (Replication::TruncateLog).
         SimNode& node = *nodes_[static_cast<size_t>(rng_.Range(0, n - 1))];
         if (node.up) {
-          if (auto everywhere = node.view->FullyReplicated()) {
-            ASSERT_TRUE(node.store->TruncateLog(*everywhere).ok());
+          const ClusterView::Truncation truncation = node.view->TruncationPoint(node.options.max_log_entries);
+          if (!truncation.through.empty()) {
+            ASSERT_TRUE(node.store->TruncateLog(truncation.through).ok());
           }
         }
         break;
@@ -318,22 +324,36 @@ class Simulation {
     return out;
   }
 
+  // Full-state transfer messages delivered so far.
+  int snapshot_chunks() const { return snapshot_chunks_; }
+
  private:
   Rng rng_;
+  int snapshot_chunks_ = 0;
   std::vector<std::unique_ptr<SimNode>> nodes_;
   std::vector<Stream> streams_;
 };
 
 TEST(ReplicationSimulation, SeededSchedulesOfBreaksPartitionsAndRestartsConverge) {
   SetMinLogLevel(LogLevel::kError);
-  for (uint64_t seed : crdt::testing::SeedsToRun(1, 5000)) {
+  const std::vector<uint64_t> seeds = crdt::testing::SeedsToRun(1, 5000);
+  int schedules_with_transfers = 0;
+  for (uint64_t seed : seeds) {
     SCOPED_TRACE(::testing::Message() << "seed " << seed << " (replay: MERGEDB_SEED=" << seed << ")");
     Rng pick(seed);
     Simulation sim(seed, static_cast<int>(pick.Range(2, 4)));
     for (int step = 0; step < 400 && !::testing::Test::HasFatalFailure(); ++step) sim.Step();
     ASSERT_FALSE(::testing::Test::HasFatalFailure());
     ASSERT_TRUE(sim.HealAndConverge()) << sim.Describe();
+    if (sim.snapshot_chunks() > 0) ++schedules_with_transfers;
   }
+  // The schedules must reach the full-state transfer path (short logs, restarts, partitions),
+  // or they do not test it.
+  if (seeds.size() > 1) {
+    EXPECT_GT(schedules_with_transfers, 0);
+  }
+  std::printf("%d of %zu schedules included a full-state transfer\n", schedules_with_transfers,
+              seeds.size());
 }
 
 }  // namespace
