@@ -185,6 +185,8 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s) {
   std::printf("%-16s %lld\n", "documents", static_cast<long long>(s.document_count()));
   std::printf("%-16s %.0f s\n", "uptime", s.uptime_seconds());
   std::printf("%-16s %llu\n", "last position", static_cast<unsigned long long>(s.last_position()));
+  std::printf("%-16s %llu\n", "log entries", static_cast<unsigned long long>(s.log_entries()));
+  std::printf("%-16s %llu\n", "change feed", static_cast<unsigned long long>(s.change_feed_entries()));
   std::printf("%-16s %s\n", "state digest", digest.c_str());
   std::printf("applied\n");
   for (const auto& e : s.applied()) {

@@ -54,6 +54,9 @@ ABSL_FLAG(int64_t, change_feed_retention, 1000000,
 ABSL_FLAG(int64_t, max_log_entries, 10000000,
           "Replication log entries kept per origin for a member that lacks them (down, or never "
           "started); past it the oldest go and that member gets a full-state transfer on return.");
+ABSL_FLAG(bool, new_incarnation, false,
+          "Continue under a new replica id even after a clean stop: for a data dir restored from "
+          "a copy (the peers send back what it lacks).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -131,6 +134,7 @@ int main(int argc, char** argv) {
     return UsageError("--max_log_entries must be positive");
   }
   options.replication.max_log_entries = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_log_entries));
+  options.new_incarnation = absl::GetFlag(FLAGS_new_incarnation);
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

@@ -51,8 +51,13 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   store_options.durability = options.durability;
   store_options.cache_bytes = options.cache_bytes;
   store_options.env = options.env;
+  store_options.new_incarnation = options.new_incarnation;
   MERGEDB_ASSIGN_OR_RETURN(node->store_, storage::Store::Open(store_options));
-  if (node->store_->rotated_incarnation()) {
+  if (options.new_incarnation) {
+    MERGEDB_LOG(INFO) << "continuing as a new incarnation (replica "
+                      << absl::StrCat(absl::Hex(node->store_->replica_id()))
+                      << ") as asked: the peers send back what this data dir lacks";
+  } else if (node->store_->rotated_incarnation()) {
     MERGEDB_LOG(WARNING) << "the previous stop was not clean and commits are not fsynced: "
                             "continuing as a new incarnation (replica "
                          << absl::StrCat(absl::Hex(node->store_->replica_id()))

@@ -61,6 +61,8 @@ struct NodeOptions {
   uint64_t change_feed_retention = 1000000;
   // How often fully replicated log entries are truncated.
   absl::Duration truncate_interval = absl::Seconds(1);
+  // Continue under a new replica id even after a clean stop (a data dir restored from a copy).
+  bool new_incarnation = false;
 };
 
 class DocumentServiceImpl;

@@ -114,6 +114,20 @@ void ClusterView::SetRole(const std::string& node, mergedb::v1::Role role) {
   roles_[node] = role;
 }
 
+void ClusterView::ReportRolledBack(const std::string& why) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!rolled_back_.empty()) return;
+    rolled_back_ = why;
+  }
+  MERGEDB_LOG(ERROR) << why;
+}
+
+std::string ClusterView::rolled_back() const {
+  absl::MutexLock lock(&mu_);
+  return rolled_back_;
+}
+
 std::vector<std::string> ClusterView::NodesWithRole(mergedb::v1::Role role) const {
   absl::MutexLock lock(&mu_);
   std::vector<std::string> out;
@@ -245,6 +259,22 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
                                                       ack.node_name(), "', not '", peer_, "'"));
   }
   sent_ = DecodeVector(ack.applied());
+  // This node's own entries are numbered here and never lost while the dir keeps its replica
+  // id (an unclean stop without fsync draws a new one), so a peer ahead of this dir on them
+  // means the dir went back in time.
+  const crdt::ReplicaId me = store_->replica_id();
+  const uint64_t held = store_->AppliedVector()[me];
+  if (auto theirs = sent_.find(me); theirs != sent_.end() && theirs->second > held) {
+    const std::string why = absl::StrCat(
+        "this data dir holds ", held, " of its own writes (replica ", absl::Hex(me), ") but ",
+        peer_, " has applied ", theirs->second,
+        ": the dir was restored from an older copy or rolled back. New writes here would reuse "
+        "sequence numbers the cluster has for other writes, so this node refuses writes. "
+        "Restart it with --new_incarnation (keeps this data; the peers send back what it lacks) "
+        "or with an empty data dir (rebuilt from the peers)");
+    view_->ReportRolledBack(why);
+    return absl::FailedPreconditionError(why);
+  }
   peer_applied_ = sent_;
   peer_replica_ = ack.replica_id();
   peer_direct_ = {ack.direct().replicas().begin(), ack.direct().replicas().end()};
@@ -796,7 +826,11 @@ class Replication::Session {
         link_status = response.has_hello_ack()
                           ? sender.OnHelloAck(response.hello_ack())
                           : absl::InternalError("peer did not answer the hello");
-        if (!link_status.ok()) break;
+        if (!link_status.ok()) {
+          // This side refuses the peer: end the stream, which the peer would keep open.
+          context.TryCancel();
+          break;
+        }
         if (response.hello_ack().compression() == mergedb::v1::STREAM_COMPRESSION_DEFLATE) {
           compressor = std::make_unique<StreamCompressor>();
           decompressor = std::make_unique<StreamDecompressor>();

@@ -120,6 +120,13 @@ class ClusterView {
   void SetRole(const std::string& node, mergedb::v1::Role role);
   std::vector<std::string> NodesWithRole(mergedb::v1::Role role) const;
 
+  // A peer has applied more of this node's own log than this data dir holds: the dir was
+  // restored from an older copy (or otherwise rolled back), and a new local write would reuse
+  // a sequence number the cluster already has for another write. The first report sticks
+  // (logged once); the node refuses writes from then on. Empty: none.
+  void ReportRolledBack(const std::string& why);
+  std::string rolled_back() const;
+
  private:
   int ConfirmationsLocked(crdt::ReplicaId origin, uint64_t seq,
                           const storage::VersionVector& mine) const
@@ -132,6 +139,7 @@ class ClusterView {
   std::map<std::string, storage::VersionVector> known_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, crdt::ReplicaId> inbound_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, mergedb::v1::Role> roles_ ABSL_GUARDED_BY(mu_);
+  std::string rolled_back_ ABSL_GUARDED_BY(mu_);
   bool released_ ABSL_GUARDED_BY(mu_) = false;
 };
 

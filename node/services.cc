@@ -131,6 +131,9 @@ absl::Status DocumentServiceImpl::CheckWritable() {
                           : absl::StrCat("a primary: ", absl::StrJoin(primaries, ", "))));
   }
   if (node_->stopping()) return absl::UnavailableError("the node is shutting down");
+  if (std::string why = node_->replication()->view()->rolled_back(); !why.empty()) {
+    return absl::FailedPreconditionError(why);
+  }
   return absl::OkStatus();
 }
 
@@ -415,6 +418,9 @@ grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1:
   response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - node_->start_time()));
   response->set_state_digest(store->state_digest());
   response->set_last_position(store->last_change_seq());
+  response->set_log_entries(store->log_entries());
+  const uint64_t change_floor = store->change_floor();  // first: it never passes the last seq
+  response->set_change_feed_entries(store->last_change_seq() - change_floor);
   return grpc::Status::OK;
 }
 

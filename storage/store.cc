@@ -329,7 +329,7 @@ absl::Status Store::Initialize() {
   leveldb::WriteBatch open_batch;
   open_batch.Delete(keys::Meta(keys::kMetaCleanShutdown));
   open_batch.Put(keys::DocSpaceEnd(), "");  // data dirs written before the fence existed
-  if (cs.IsNotFound() && options_.durability == Durability::kNoSync) {
+  if ((cs.IsNotFound() && options_.durability == Durability::kNoSync) || options_.new_incarnation) {
     const crdt::ReplicaId previous = replica_id_;
     do {
       replica_id_ = DrawReplicaId();
@@ -958,6 +958,16 @@ VersionVector Store::AppliedVector() const {
 VersionVector Store::LogFloor() const {
   absl::MutexLock lock(&commit_mu_);
   return log_floor_;
+}
+
+uint64_t Store::log_entries() const {
+  absl::MutexLock lock(&commit_mu_);
+  uint64_t held = 0;
+  for (const auto& [origin, seq] : applied_) {
+    auto floor = log_floor_.find(origin);
+    held += seq - (floor == log_floor_.end() ? 0 : floor->second);
+  }
+  return held;
 }
 
 absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have,

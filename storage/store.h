@@ -92,6 +92,9 @@ struct StoreOptions {
   // Draws replica ids (non-zero results). Empty: OS-seeded randomness. The simulator passes a
   // seeded source so that a schedule replays exactly.
   std::function<uint64_t()> random;
+  // Draw a new replica id at this open even after a clean stop: for a data dir restored from a
+  // copy, whose node may have issued sequence numbers since that the copy lacks.
+  bool new_incarnation = false;
 };
 
 // A local update: `mutate` applies the update's operations to the document and returns their
@@ -173,7 +176,8 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   crdt::ReplicaId replica_id() const { return replica_id_; }
-  // True when this open found an unclean stop in no-fsync mode and drew a new replica id.
+  // True when this open drew a new replica id: after an unclean stop in no-fsync mode, or on
+  // request (StoreOptions::new_incarnation).
   bool rotated_incarnation() const { return rotated_incarnation_; }
   // Testing: makes the destructor close LevelDB like a killed process would, without the
   // clean-shutdown marker.
@@ -224,6 +228,8 @@ class Store {
   absl::Status TruncateLog(const VersionVector& through);
   // Per origin, the highest truncated sequence.
   VersionVector LogFloor() const;
+  // Log entries held: applied but not yet truncated, over all origins.
+  uint64_t log_entries() const;
   absl::Status SetPeerAcked(absl::string_view peer, const VersionVector& acked);
   absl::StatusOr<VersionVector> PeerAcked(absl::string_view peer);
 

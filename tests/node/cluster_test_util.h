@@ -95,6 +95,27 @@ class Cluster {
     envs_[static_cast<size_t>(i)].reset(leveldb::NewMemEnv(leveldb::Env::Default()));
     options_[static_cast<size_t>(i)].env = envs_[static_cast<size_t>(i)].get();
   }
+  // A copy of node i's data directory as it is now; take it while the node is stopped.
+  std::unique_ptr<leveldb::Env> CopyData(int i) {
+    leveldb::Env* from = envs_[static_cast<size_t>(i)].get();
+    std::unique_ptr<leveldb::Env> to(leveldb::NewMemEnv(leveldb::Env::Default()));
+    const std::string dir = options_[static_cast<size_t>(i)].data_dir;
+    std::vector<std::string> files;
+    EXPECT_TRUE(from->GetChildren(dir, &files).ok());
+    EXPECT_TRUE(to->CreateDir(dir).ok());
+    for (const std::string& name : files) {
+      const std::string path = dir + "/" + name;
+      std::string contents;
+      EXPECT_TRUE(leveldb::ReadFileToString(from, path, &contents).ok()) << path;
+      EXPECT_TRUE(leveldb::WriteStringToFile(to.get(), contents, path).ok()) << path;
+    }
+    return to;
+  }
+  // Puts back a copy taken by CopyData as node i's data directory (the node must be stopped).
+  void RestoreData(int i, std::unique_ptr<leveldb::Env> copy) {
+    envs_[static_cast<size_t>(i)] = std::move(copy);
+    options_[static_cast<size_t>(i)].env = envs_[static_cast<size_t>(i)].get();
+  }
   // Cuts (or heals) the link between nodes a and b, both directions.
   void SetLink(int a, int b, bool up) {
     if (node(a) != nullptr) node(a)->SetLinkBlocked(Name(b), !up);

@@ -96,18 +96,6 @@ TEST(Replication, ARestartedNodeCatchesUpFromTheLog) {
   EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 101);
 }
 
-// Log entries a node holds (applied minus truncated, over all origins) and change-feed records.
-uint64_t LogEntriesHeld(storage::Store* store) {
-  const storage::VersionVector floors = store->LogFloor();
-  uint64_t held = 0;
-  for (const auto& [origin, seq] : store->AppliedVector()) {
-    auto floor = floors.find(origin);
-    held += seq - (floor == floors.end() ? 0 : floor->second);
-  }
-  return held;
-}
-uint64_t ChangesHeld(storage::Store* store) { return store->last_change_seq() - store->change_floor(); }
-
 // Polls `done` every 20 ms for at most `timeout`; returns its last answer.
 template <typename Done>
 bool Eventually(Done done, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
@@ -132,13 +120,16 @@ TEST(Replication, LogsAndChangeFeedsStayBoundedWhileAllNodesAreUp) {
     // Within a heartbeat and a truncation interval every node learns that the others have
     // everything (of every origin, its own and forwarded ones alike) and drops it.
     for (int i = 0; i < 3; ++i) {
-      storage::Store* store = cluster.node(i)->store();
-      EXPECT_TRUE(Eventually([&] { return LogEntriesHeld(store) == 0 && ChangesHeld(store) <= kRetention; }))
-          << "round " << round << ", node " << i << " holds " << LogEntriesHeld(store)
-          << " log entries and " << ChangesHeld(store) << " changes";
+      mergedb::v1::StatusResponse status;
+      EXPECT_TRUE(Eventually([&] {
+        status = cluster.Status(i);
+        return status.log_entries() == 0 && status.change_feed_entries() <= kRetention;
+      })) << "round " << round << ", node " << i << " holds " << status.log_entries()
+          << " log entries and " << status.change_feed_entries() << " changes";
     }
   }
-  EXPECT_EQ(cluster.node(0)->store()->last_change_seq(), 900u);
+  EXPECT_EQ(cluster.Status(0).last_position(), 900u);
+  EXPECT_EQ(cluster.Status(0).change_feed_entries(), kRetention);
 }
 
 TEST(Replication, ADownNodeCostsTheOthersAtMostMaxLogEntriesAndComesBackByFullStateTransfer) {
@@ -154,15 +145,57 @@ TEST(Replication, ADownNodeCostsTheOthersAtMostMaxLogEntriesAndComesBackByFullSt
   // Node 3 lacks 200 entries of each writer's; the others keep only the newest 50 of each.
   for (int i = 0; i < 2; ++i) {
     storage::Store* store = cluster.node(i)->store();
-    EXPECT_TRUE(Eventually([&] { return LogEntriesHeld(store) <= 2 * kMaxLog; }))
-        << "node " << i << " holds " << LogEntriesHeld(store) << " log entries";
-    const crdt::ReplicaId writer = cluster.node(i)->store()->replica_id();
+    EXPECT_TRUE(Eventually([&] { return cluster.Status(i).log_entries() <= 2 * kMaxLog; }))
+        << "node " << i << " holds " << cluster.Status(i).log_entries() << " log entries";
+    const crdt::ReplicaId writer = store->replica_id();
     const uint64_t node3_had = had.count(writer) > 0 ? had.at(writer) : 0;
     EXPECT_GT(store->LogFloor()[writer], node3_had) << "node 3 can no longer be served from the log";
   }
   cluster.Start(2);
   ASSERT_TRUE(cluster.WaitConverged({0, 1, 2}, std::chrono::seconds(30)));
   EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 401);
+}
+
+TEST(Replication, ANodeRestoredFromAnOlderCopyRefusesWritesUntilItTakesANewIncarnation) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  cluster.Stop(2);
+  std::unique_ptr<leveldb::Env> copy = cluster.CopyData(2);
+  cluster.Start(2);
+  // Writes node 3 makes after the copy; the others apply them.
+  for (int k = 0; k < 5; ++k) ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 10)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  cluster.Stop(2);
+  cluster.RestoreData(2, std::move(copy));
+  cluster.Start(2);
+  const crdt::ReplicaId restored = cluster.node(2)->store()->replica_id();
+  // At its first handshake node 3 learns that its peers have more of its own writes than it
+  // does: its next write would reuse sequence numbers 2..6, which the cluster has for others.
+  EXPECT_TRUE(Eventually([&] {
+    const mergedb::v1::StatusResponse status = cluster.Status(2);
+    for (const auto& peer : status.peers()) {
+      if (absl::StrContains(peer.last_error(), "restored from an older copy")) return true;
+    }
+    return false;
+  }));
+  const grpc::Status refused = cluster.Update(2, IncrementOf("d", 100));
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(absl::StrContains(refused.error_message(), "--new_incarnation")) << refused.error_message();
+  // Reads still work there, and the other nodes go on.
+  EXPECT_EQ(CounterIn(cluster.Get(2, "c", "d"), "n"), 1);
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1000)).ok());
+  ASSERT_TRUE(cluster.WaitConverged({0, 1}));
+  // Restarted as a new incarnation it keeps its data, gets back the writes the copy lacks and
+  // takes writes again.
+  cluster.Stop(2);
+  cluster.options(2).new_incarnation = true;
+  cluster.Start(2);
+  EXPECT_NE(cluster.node(2)->store()->replica_id(), restored);
+  ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 100)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(CounterIn(cluster.Get(i, "c", "d"), "n"), 1151) << "node " << i;
 }
 
 TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
