@@ -277,6 +277,15 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
   }
   peer_applied_ = sent_;
   peer_replica_ = ack.replica_id();
+  // The same check from the other side, so that this node's log names the node that went back.
+  if (const uint64_t here = store_->AppliedVector()[peer_replica_];
+      here > (sent_.count(peer_replica_) > 0 ? sent_.at(peer_replica_) : 0)) {
+    MERGEDB_LOG(ERROR) << "peer " << peer_ << " holds fewer of its own writes (replica "
+                       << absl::StrCat(absl::Hex(peer_replica_)) << ") than the " << here
+                       << " this node has from it: its data dir went back in time, and it "
+                          "refuses writes until restarted with --new_incarnation or an empty "
+                          "data dir";
+  }
   peer_direct_ = {ack.direct().replicas().begin(), ack.direct().replicas().end()};
   in_flight_ = 0;
   snapshot_.reset();
