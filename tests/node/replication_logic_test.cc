@@ -49,6 +49,18 @@ class ReplicationLogicTest : public ::testing::Test {
     return request;
   }
 
+  // `times` local writes on `store`, each incrementing c/d's counter n by one.
+  static void IncrementLocally(storage::Store* store, int times) {
+    const crdt::ReplicaId origin = store->replica_id();
+    for (int k = 0; k < times; ++k) {
+      storage::LocalWrite write;
+      write.collection = "c";
+      write.id = "d";
+      write.mutate = [origin](crdt::Document& doc) { return doc.Increment({"n"}, 1, origin); };
+      ASSERT_TRUE(store->ApplyLocal(write).ok());
+    }
+  }
+
   std::unique_ptr<leveldb::Env> env_;
   SystemClock clock_;
   HybridClock hlc_;
@@ -203,15 +215,7 @@ TEST_F(ReplicationLogicTest, PartialFramesWaitForTheAckAndBacklogsPipeline) {
   ASSERT_TRUE(sender.OnHelloAck(hello_ack->hello_ack()).ok());
 
   const crdt::ReplicaId origin = source->replica_id();
-  auto write = [&](int n) {
-    for (int k = 0; k < n; ++k) {
-      storage::LocalWrite w;
-      w.collection = "c";
-      w.id = "d";
-      w.mutate = [origin](crdt::Document& doc) { return doc.Increment({"n"}, 1, origin); };
-      ASSERT_TRUE(source->ApplyLocal(w).ok());
-    }
-  };
+  auto write = [&](int n) { IncrementLocally(source.get(), n); };
   auto next = [&]() -> std::optional<mergedb::v1::ReplicationRequest> {
     auto produced = sender.Next();
     EXPECT_TRUE(produced.ok()) << produced.status();
@@ -282,15 +286,7 @@ TEST_F(ReplicationLogicTest, PartialFramesWaitForTheAckAndBacklogsPipeline) {
 TEST_F(ReplicationLogicTest, TheLogDropsWhatEveryMemberHasAndPastItsBoundWhatSomeLack) {
   auto store = OpenStore("/a", "n1");
   const crdt::ReplicaId me = store->replica_id();
-  for (int k = 0; k < 120; ++k) {
-    storage::LocalWrite write;
-    write.collection = "c";
-    write.id = "d";
-    write.mutate = [me](crdt::Document& doc) -> absl::StatusOr<crdt::Document> {
-      return doc.Increment({"n"}, 1, me);
-    };
-    ASSERT_TRUE(store->ApplyLocal(write).ok());
-  }
+  IncrementLocally(store.get(), 120);
   ClusterView view("n1", {"n2", "n3"}, store.get());
   using Vector = storage::VersionVector;
   // n3 never reported: nothing is known to be everywhere, only the bound drops entries.
