@@ -55,8 +55,9 @@ ABSL_FLAG(int64_t, max_log_entries, 10000000,
           "Replication log entries kept per origin for a member that lacks them (down, or never "
           "started); past it the oldest go and that member gets a full-state transfer on return.");
 ABSL_FLAG(bool, new_incarnation, false,
-          "Continue under a new replica id even after a clean stop: for a data dir restored from "
-          "a copy (the peers send back what it lacks).");
+          "Continue under a new replica id even after a clean stop: for the first start of a "
+          "data dir restored from a copy (the peers send back what it lacks). Use it once: each "
+          "new id adds an entry to version vectors.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");

@@ -74,6 +74,36 @@ void ClusterView::Update(const std::string& node, const storage::VersionVector& 
                          Mode mode) {
   if (node == self_) return;
   if (std::find(peers_.begin(), peers_.end(), node) == peers_.end()) return;
+  // This node numbers its own entries and, while its dir keeps its replica id, never loses one
+  // (an unclean stop without fsync draws a new id). Its count only grows, so one read after the
+  // report is never below what any member can have applied: a member ahead means the dir went
+  // back in time.
+  const crdt::ReplicaId me = store_->replica_id();
+  if (auto reported = applied.find(me); reported != applied.end() && !rolled_back_.load()) {
+    const uint64_t held = store_->AppliedVector()[me];
+    if (reported->second > held) {
+      const std::string why = absl::StrCat(
+          "this data dir holds ", held, " of its own writes (replica ", absl::Hex(me), ") but ",
+          node, " has applied ", reported->second,
+          ": the dir went back in time (restored from an older copy, or commits lost without a "
+          "new incarnation). New writes here would reuse sequence numbers the cluster holds for "
+          "other writes, so this node refuses writes. Restart it with --new_incarnation (keeps "
+          "this data; the peers send back what it lacks) or with an empty data dir (rebuilt "
+          "from the peers)");
+      bool first = false;
+      {
+        absl::MutexLock lock(&mu_);
+        if (rolled_back_reason_.empty()) {
+          rolled_back_reason_ = why;
+          rolled_back_ = true;
+          first = true;
+        }
+      }
+      if (first) {
+        MERGEDB_LOG(ERROR) << why;
+      }
+    }
+  }
   absl::MutexLock lock(&mu_);
   storage::VersionVector& known = known_[node];
   if (mode == Mode::kReplace) {
@@ -114,18 +144,10 @@ void ClusterView::SetRole(const std::string& node, mergedb::v1::Role role) {
   roles_[node] = role;
 }
 
-void ClusterView::ReportRolledBack(const std::string& why) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (!rolled_back_.empty()) return;
-    rolled_back_ = why;
-  }
-  MERGEDB_LOG(ERROR) << why;
-}
-
-std::string ClusterView::rolled_back() const {
+std::string ClusterView::rolled_back_reason() const {
+  if (!rolled_back_.load()) return std::string();
   absl::MutexLock lock(&mu_);
-  return rolled_back_;
+  return rolled_back_reason_;
 }
 
 std::vector<std::string> ClusterView::NodesWithRole(mergedb::v1::Role role) const {
@@ -199,12 +221,15 @@ ClusterView::Truncation ClusterView::TruncationPoint(uint64_t max_log_entries) c
   // nullopt while some member has never reported: then only the bound drops entries.
   truncation.through = FullyReplicated().value_or(storage::VersionVector{});
   const storage::VersionVector mine = store_->AppliedVector();
+  const storage::VersionVector floors = store_->LogFloor();
   absl::MutexLock lock(&mu_);
   for (const auto& [origin, top] : mine) {
     if (top <= max_log_entries) continue;
     const uint64_t bound = top - max_log_entries;
     uint64_t& upto = truncation.through[origin];
-    if (bound <= upto) continue;
+    // Nothing to drop when the floor is there already (the bound is per origin, not per pass).
+    auto floor = floors.find(origin);
+    if (bound <= upto || (floor != floors.end() && bound <= floor->second)) continue;
     upto = bound;
     for (const std::string& peer : peers_) {
       auto known = known_.find(peer);
@@ -242,7 +267,8 @@ LinkSender::LinkSender(const ReplicationOptions& options, storage::Store* store,
                        std::string peer)
     : options_(options), store_(store), view_(view), peer_(std::move(peer)) {}
 
-ReplicationRequest LinkSender::Hello() const {
+ReplicationRequest LinkSender::Hello() {
+  applied_at_hello_ = store_->AppliedVector();
   ReplicationRequest request;
   auto* hello = request.mutable_hello();
   hello->set_cluster_id(options_.cluster_id);
@@ -259,26 +285,18 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
                                                       ack.node_name(), "', not '", peer_, "'"));
   }
   sent_ = DecodeVector(ack.applied());
-  // This node's own entries are numbered here and never lost while the dir keeps its replica
-  // id (an unclean stop without fsync draws a new one), so a peer ahead of this dir on them
-  // means the dir went back in time.
-  const crdt::ReplicaId me = store_->replica_id();
-  const uint64_t held = store_->AppliedVector()[me];
-  if (auto theirs = sent_.find(me); theirs != sent_.end() && theirs->second > held) {
-    const std::string why = absl::StrCat(
-        "this data dir holds ", held, " of its own writes (replica ", absl::Hex(me), ") but ",
-        peer_, " has applied ", theirs->second,
-        ": the dir was restored from an older copy or rolled back. New writes here would reuse "
-        "sequence numbers the cluster has for other writes, so this node refuses writes. "
-        "Restart it with --new_incarnation (keeps this data; the peers send back what it lacks) "
-        "or with an empty data dir (rebuilt from the peers)");
-    view_->ReportRolledBack(why);
+  // The peer's vector is authoritative for its current incarnation; Update also checks it for
+  // more of this node's own writes than this dir holds. Then this side refuses the link too,
+  // so that the reason shows in this node's Status.
+  view_->Update(peer_, sent_, ClusterView::Mode::kReplace);
+  if (std::string why = view_->rolled_back_reason(); !why.empty()) {
     return absl::FailedPreconditionError(why);
   }
   peer_applied_ = sent_;
   peer_replica_ = ack.replica_id();
-  // The same check from the other side, so that this node's log names the node that went back.
-  if (const uint64_t here = store_->AppliedVector()[peer_replica_];
+  // The same check from the other side, so that this node's log names the node that went back:
+  // the peer's answer covers at least what this node had of the peer's log when it said hello.
+  if (const uint64_t here = applied_at_hello_[peer_replica_];
       here > (sent_.count(peer_replica_) > 0 ? sent_.at(peer_replica_) : 0)) {
     MERGEDB_LOG(ERROR) << "peer " << peer_ << " holds fewer of its own writes (replica "
                        << absl::StrCat(absl::Hex(peer_replica_)) << ") than the " << here
@@ -290,8 +308,6 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
   in_flight_ = 0;
   snapshot_.reset();
   pending_parts_.clear();
-  // The peer's vector is authoritative for its current incarnation.
-  view_->Update(peer_, sent_, ClusterView::Mode::kReplace);
   // A peer with an empty data dir gets a full-state transfer rather than the whole history.
   need_snapshot_ = sent_.empty() && !store_->AppliedVector().empty();
   CheckDivergence(ack.applied(), ack.state_digest());

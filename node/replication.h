@@ -70,7 +70,9 @@ struct ReplicationOptions {
   // The log keeps at most this many entries per origin for members that have not applied
   // them (a member that is down, or configured but never started). Past it the oldest go and
   // such a member, when it returns, gets a full-state transfer instead: a node that stays away
-  // costs the others bounded disk, not all they accept meanwhile.
+  // costs the others bounded disk, not all they accept meanwhile. Keep it well above the
+  // writes per origin a full-state transfer takes to stream: entries past the snapshot that
+  // go before it ends send the member into another transfer.
   uint64_t max_log_entries = 10'000'000;
 };
 
@@ -120,12 +122,12 @@ class ClusterView {
   void SetRole(const std::string& node, mergedb::v1::Role role);
   std::vector<std::string> NodesWithRole(mergedb::v1::Role role) const;
 
-  // A peer has applied more of this node's own log than this data dir holds: the dir was
-  // restored from an older copy (or otherwise rolled back), and a new local write would reuse
-  // a sequence number the cluster already has for another write. The first report sticks
-  // (logged once); the node refuses writes from then on. Empty: none.
-  void ReportRolledBack(const std::string& why);
-  std::string rolled_back() const;
+  // Set when some member is known to have applied more of this node's own log than this data
+  // dir holds (Update checks every vector it is given): the dir went back in time (restored
+  // from an older copy, say), and a new local write would reuse a sequence number the cluster
+  // already holds for another write. It sticks, is logged once, and the node refuses writes.
+  // Empty: none. Cheap when empty (every write asks).
+  std::string rolled_back_reason() const;
 
  private:
   int ConfirmationsLocked(crdt::ReplicaId origin, uint64_t seq,
@@ -139,7 +141,8 @@ class ClusterView {
   std::map<std::string, storage::VersionVector> known_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, crdt::ReplicaId> inbound_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, mergedb::v1::Role> roles_ ABSL_GUARDED_BY(mu_);
-  std::string rolled_back_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> rolled_back_{false};  // set after rolled_back_reason_
+  std::string rolled_back_reason_ ABSL_GUARDED_BY(mu_);
   bool released_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -160,7 +163,8 @@ class LinkSender {
   LinkSender(const ReplicationOptions& options, storage::Store* store, ClusterView* view,
              std::string peer);
 
-  mergedb::v1::ReplicationRequest Hello() const;
+  // Also notes this node's applied vector at that moment (see OnHelloAck).
+  mergedb::v1::ReplicationRequest Hello();
   absl::Status OnHelloAck(const mergedb::v1::HelloAck& ack);
   // The next frame or snapshot chunk to send now; nullopt when caught up or the window is full.
   absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> Next();
@@ -196,6 +200,9 @@ class LinkSender {
   // What the peer itself has reported on this stream (hello ack, then acks): authoritative,
   // unlike what third parties relay, which can be stale after the peer lost data in a crash.
   storage::VersionVector peer_applied_;
+  // This node's applied vector when it sent the hello: the peer's answer, built later, covers
+  // at least as much of the peer's own log.
+  storage::VersionVector applied_at_hello_;
   // Origins the peer receives first-hand (not forwarded from here).
   std::set<crdt::ReplicaId> peer_direct_;
   crdt::ReplicaId peer_replica_ = 0;

@@ -131,7 +131,7 @@ absl::Status DocumentServiceImpl::CheckWritable() {
                           : absl::StrCat("a primary: ", absl::StrJoin(primaries, ", "))));
   }
   if (node_->stopping()) return absl::UnavailableError("the node is shutting down");
-  if (std::string why = node_->replication()->view()->rolled_back(); !why.empty()) {
+  if (std::string why = node_->replication()->view()->rolled_back_reason(); !why.empty()) {
     return absl::FailedPreconditionError(why);
   }
   return absl::OkStatus();

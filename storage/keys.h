@@ -51,6 +51,8 @@ inline constexpr absl::string_view kMetaDigest = "digest";        // 16-byte sta
 inline constexpr absl::string_view kMetaChangeFloor = "change_floor";  // be64 oldest dropped
 // Present while the store is closed cleanly; removed while it is open.
 inline constexpr absl::string_view kMetaCleanShutdown = "clean_shutdown";
+// "1" when the run that last opened the store synced every commit, "0" (or absent) when not.
+inline constexpr absl::string_view kMetaSyncedRun = "synced_run";
 
 inline constexpr int kSchemaVersion = 1;
 

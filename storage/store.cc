@@ -272,6 +272,8 @@ absl::Status Store::Initialize() {
     batch.Put(keys::Meta(keys::kMetaChangeSeq), keys::EncodeBe64(0));
     batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(0));
     batch.Put(keys::Meta(keys::kMetaDigest), EncodeDigest(0));
+    batch.Put(keys::Meta(keys::kMetaSyncedRun),
+              options_.durability == Durability::kSyncEachCommit ? "1" : "0");
     batch.Put(keys::DocSpaceEnd(), "");
     leveldb::WriteOptions sync;
     sync.sync = true;
@@ -326,10 +328,18 @@ absl::Status Store::Initialize() {
   std::string clean;
   leveldb::Status cs = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaCleanShutdown), &clean);
   if (!cs.ok() && !cs.IsNotFound()) return FromLevelDb(cs, absl::StrCat("reading ", path));
+  // What counts is how the run that stopped uncleanly committed, not how this one will: a
+  // no-fsync node that lost power and comes back with --fsync has lost the tail all the same.
+  std::string synced_run;
+  leveldb::Status sr = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSyncedRun), &synced_run);
+  if (!sr.ok() && !sr.IsNotFound()) return FromLevelDb(sr, absl::StrCat("reading ", path));
+  const bool unsynced_run = synced_run != "1" || options_.durability == Durability::kNoSync;
   leveldb::WriteBatch open_batch;
   open_batch.Delete(keys::Meta(keys::kMetaCleanShutdown));
   open_batch.Put(keys::DocSpaceEnd(), "");  // data dirs written before the fence existed
-  if ((cs.IsNotFound() && options_.durability == Durability::kNoSync) || options_.new_incarnation) {
+  open_batch.Put(keys::Meta(keys::kMetaSyncedRun),
+                 options_.durability == Durability::kSyncEachCommit ? "1" : "0");
+  if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation) {
     const crdt::ReplicaId previous = replica_id_;
     do {
       replica_id_ = DrawReplicaId();

@@ -314,6 +314,28 @@ TEST_F(ReplicationLogicTest, TheLogDropsWhatEveryMemberHasAndPastItsBoundWhatSom
   EXPECT_EQ(store->ReadLog(Vector{{me, 115}}, 100)->size(), 5u);
 }
 
+TEST_F(ReplicationLogicTest, AMemberAheadOfThisDirOnItsOwnWritesFencesWrites) {
+  auto store = OpenStore("/a", "n1");
+  const crdt::ReplicaId me = store->replica_id();
+  IncrementLocally(store.get(), 10);
+  ClusterView view("n1", {"n2", "n3"}, store.get());
+  using Vector = storage::VersionVector;
+  // Members behind or level with this node on its own writes: all is well.
+  view.Update("n2", Vector{{me, 10}}, ClusterView::Mode::kReplace);
+  view.Update("n3", Vector{{me, 4}, {me + 1, 99}}, ClusterView::Mode::kMerge);
+  EXPECT_TRUE(view.rolled_back_reason().empty());
+  // A vector relayed from n3 (say, in an ack from n2) with one write of this node's more than
+  // this dir holds: the dir went back in time.
+  view.Update("n3", Vector{{me, 11}}, ClusterView::Mode::kMerge);
+  const std::string why = view.rolled_back_reason();
+  EXPECT_TRUE(absl::StrContains(why, "holds 10 of its own writes")) << why;
+  EXPECT_TRUE(absl::StrContains(why, "n3 has applied 11")) << why;
+  EXPECT_TRUE(absl::StrContains(why, "--new_incarnation")) << why;
+  // It sticks.
+  view.Update("n3", Vector{{me, 5}}, ClusterView::Mode::kReplace);
+  EXPECT_EQ(view.rolled_back_reason(), why);
+}
+
 TEST(SplitForTransfer, PartsJoinedInOrderRebuildTheDocumentExactly) {
   crdt::Document doc;
   const crdt::ReplicaId a = 11, b = 22;

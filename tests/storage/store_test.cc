@@ -95,6 +95,38 @@ TEST_F(StoreTest, AnUncleanStopWithFsyncKeepsTheIncarnation) {
   EXPECT_EQ(store->replica_id(), first);
 }
 
+TEST_F(StoreTest, AnUncleanStopWithoutFsyncStartsANewIncarnationEvenIfTheNextRunFsyncs) {
+  crdt::ReplicaId first;
+  {
+    auto store = OpenOrDie();  // no fsync per commit: a power loss may drop the log's tail
+    first = store->replica_id();
+    ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, first)).ok());
+    (void)store.release();
+  }
+  StoreOptions synced = Options();
+  synced.durability = Durability::kSyncEachCommit;
+  auto store = OpenOrDie(synced);
+  EXPECT_TRUE(store->rotated_incarnation());
+  EXPECT_NE(store->replica_id(), first);
+}
+
+TEST_F(StoreTest, ANewIncarnationOnRequestKeepsTheDataUnderTheOldOrigin) {
+  crdt::ReplicaId first;
+  {
+    auto store = OpenOrDie();
+    first = store->replica_id();
+    ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 5, first)).ok());
+  }  // a clean close: on its own the next open would keep the replica id
+  StoreOptions restored = Options();
+  restored.new_incarnation = true;
+  auto store = OpenOrDie(restored);
+  EXPECT_TRUE(store->rotated_incarnation());
+  EXPECT_NE(store->replica_id(), first);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 5);
+  EXPECT_EQ(store->AppliedVector().at(first), 1u);
+  EXPECT_EQ(store->AppliedVector().count(store->replica_id()), 0u) << "nothing written under the new id yet";
+}
+
 TEST_F(StoreTest, ANewDataDirGetsANewReplicaId) {
   crdt::ReplicaId first;
   {
