@@ -79,7 +79,9 @@ void ClusterView::Update(const std::string& node, const storage::VersionVector& 
   // report is never below what any member can have applied: a member ahead means the dir went
   // back in time.
   const crdt::ReplicaId me = store_->replica_id();
-  if (auto reported = applied.find(me); reported != applied.end() && !rolled_back_.load()) {
+  if (auto reported = applied.find(me); reported != applied.end() && !rolled_back_.load() &&
+                                        reported->second > store_->own_applied()) {
+    // The lock-free count said so; the locked read (which orders after every commit) decides.
     const uint64_t held = store_->AppliedVector()[me];
     if (reported->second > held) {
       const std::string why = absl::StrCat(

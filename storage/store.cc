@@ -366,6 +366,8 @@ absl::Status Store::Initialize() {
   }
   absl::MutexLock lock(&commit_mu_);
   applied_ = std::move(applied);
+  own_applied_.store(applied_.count(replica_id_) > 0 ? applied_.at(replica_id_) : 0,
+                     std::memory_order_release);
   log_floor_ = std::move(floors);
   last_change_seq_ = keys::DecodeBe64(change_seq);
   doc_count_ = static_cast<int64_t>(keys::DecodeBe64(doc_count));
@@ -588,6 +590,8 @@ void Store::LeadGroup(Writer* w) {
   absl::Status status;
   if (s.ok()) {
     applied_ = std::move(applied);
+    own_applied_.store(applied_.count(replica_id_) > 0 ? applied_.at(replica_id_) : 0,
+                       std::memory_order_release);
     // Waiters on the change feed re-check their conditions when the lock is released.
     for (RecentChange& change : fresh) recent_changes_.push_back(std::move(change));
     while (recent_changes_.size() > kRecentChanges) recent_changes_.pop_front();

@@ -30,6 +30,7 @@
 #define MERGEDB_STORAGE_STORE_H_
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -220,6 +221,8 @@ class Store {
 
   // ---- Replication log ----
   VersionVector AppliedVector() const;
+  // AppliedVector()[replica_id()], without the commit lock (asked on every acknowledgement).
+  uint64_t own_applied() const { return own_applied_.load(std::memory_order_acquire); }
   // Log entries the holder of `have` lacks, per origin in sequence order, at most `max_entries`.
   // FAILED_PRECONDITION (naming the origin) when some are already truncated: the peer then
   // needs a full-state transfer.
@@ -368,6 +371,7 @@ class Store {
   mutable absl::Mutex commit_mu_;
   std::deque<Writer*> writers_ ABSL_GUARDED_BY(commit_mu_);  // the commit queue, front first
   VersionVector applied_ ABSL_GUARDED_BY(commit_mu_);
+  std::atomic<uint64_t> own_applied_{0};  // applied_[replica_id_], stored with every change
   VersionVector log_floor_ ABSL_GUARDED_BY(commit_mu_);
   uint64_t last_change_seq_ ABSL_GUARDED_BY(commit_mu_) = 0;
   uint64_t change_floor_ ABSL_GUARDED_BY(commit_mu_) = 0;  // changes <= this were dropped
