@@ -58,7 +58,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
                       << absl::StrCat(absl::Hex(node->store_->replica_id()))
                       << ") as asked: the peers send back what this data dir lacks";
   } else if (node->store_->rotated_incarnation()) {
-    MERGEDB_LOG(WARNING) << "the previous stop was not clean and commits are not fsynced: "
+    MERGEDB_LOG(WARNING) << "the previous stop was not clean and not every commit was fsynced: "
                             "continuing as a new incarnation (replica "
                          << absl::StrCat(absl::Hex(node->store_->replica_id()))
                          << ") so that no dot or log sequence is ever reused";

@@ -204,44 +204,33 @@ int ClusterView::WaitForConfirmations(crdt::ReplicaId origin, uint64_t seq, int 
   return ConfirmationsLocked(origin, seq, mine);
 }
 
-std::optional<storage::VersionVector> ClusterView::FullyReplicated() const {
-  storage::VersionVector result = store_->AppliedVector();
-  absl::MutexLock lock(&mu_);
-  for (const std::string& peer : peers_) {
-    auto it = known_.find(peer);
-    if (it == known_.end()) return std::nullopt;
-    for (auto& [origin, seq] : result) {
-      auto theirs = it->second.find(origin);
-      seq = std::min(seq, theirs == it->second.end() ? 0 : theirs->second);
-    }
-  }
-  return result;
-}
-
 ClusterView::Truncation ClusterView::TruncationPoint(uint64_t max_log_entries) const {
-  Truncation truncation;
-  // nullopt while some member has never reported: then only the bound drops entries.
-  truncation.through = FullyReplicated().value_or(storage::VersionVector{});
   const storage::VersionVector mine = store_->AppliedVector();
   const storage::VersionVector floors = store_->LogFloor();
+  Truncation truncation;
   absl::MutexLock lock(&mu_);
   for (const auto& [origin, top] : mine) {
-    if (top <= max_log_entries) continue;
-    const uint64_t bound = top - max_log_entries;
-    uint64_t& upto = truncation.through[origin];
-    // Nothing to drop when the floor is there already (the bound is per origin, not per pass).
-    auto floor = floors.find(origin);
-    if (bound <= upto || (floor != floors.end() && bound <= floor->second)) continue;
-    upto = bound;
-    for (const std::string& peer : peers_) {
+    // What `peer` has applied of this origin; a member that never reported, nothing.
+    auto applied_by = [&, origin = origin](const std::string& peer) -> uint64_t {
       auto known = known_.find(peer);
-      if (known == known_.end()) {
-        truncation.lacking.insert(peer);
-        continue;
-      }
+      if (known == known_.end()) return 0;
       auto seq = known->second.find(origin);
-      if (seq == known->second.end() || seq->second < bound) truncation.lacking.insert(peer);
+      return seq == known->second.end() ? 0 : seq->second;
+    };
+    uint64_t everywhere = top;
+    for (const std::string& peer : peers_) everywhere = std::min(everywhere, applied_by(peer));
+    uint64_t upto = everywhere;
+    // The bound drops more only when the floor is not there already (it is per origin, not per
+    // pass).
+    auto floor = floors.find(origin);
+    const uint64_t floor_seq = floor == floors.end() ? 0 : floor->second;
+    if (top > max_log_entries && top - max_log_entries > std::max(everywhere, floor_seq)) {
+      upto = top - max_log_entries;
+      for (const std::string& peer : peers_) {
+        if (applied_by(peer) < upto) truncation.lacking.insert(peer);
+      }
     }
+    if (upto > 0) truncation.through[origin] = upto;
   }
   return truncation;
 }

@@ -95,13 +95,11 @@ class ClusterView {
   // Waits until `needed` members have applied (origin, seq) or `deadline` passes; returns the
   // confirmations reached.
   int WaitForConfirmations(crdt::ReplicaId origin, uint64_t seq, int needed, absl::Time deadline);
-  // Per origin, what every member has applied: what the log may drop. nullopt until every peer
-  // has reported.
-  std::optional<storage::VersionVector> FullyReplicated() const;
-  // What the log drops: per origin, what every member has applied, and past it whatever is
-  // older than the origin's newest `max_log_entries` (so a member that is away costs bounded
-  // disk; it gets a full-state transfer on return). `lacking` names the members the bound drops
-  // entries for (a member that never reported counts as lacking everything).
+  // What the log drops: per origin, what every member has applied (nothing while some member
+  // has never reported), and past it whatever is older than the origin's newest
+  // `max_log_entries` (so a member that is away costs bounded disk; it gets a full-state
+  // transfer on return). `lacking` names the members the bound drops entries for (a member
+  // that never reported counts as lacking everything).
   struct Truncation {
     storage::VersionVector through;
     std::set<std::string> lacking;

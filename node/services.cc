@@ -419,8 +419,7 @@ grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1:
   response->set_state_digest(store->state_digest());
   response->set_last_position(store->last_change_seq());
   response->set_log_entries(store->log_entries());
-  const uint64_t change_floor = store->change_floor();  // first: it never passes the last seq
-  response->set_change_feed_entries(store->last_change_seq() - change_floor);
+  response->set_change_feed_entries(store->change_feed_entries());
   return grpc::Status::OK;
 }
 

@@ -272,8 +272,7 @@ absl::Status Store::Initialize() {
     batch.Put(keys::Meta(keys::kMetaChangeSeq), keys::EncodeBe64(0));
     batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(0));
     batch.Put(keys::Meta(keys::kMetaDigest), EncodeDigest(0));
-    batch.Put(keys::Meta(keys::kMetaSyncedRun),
-              options_.durability == Durability::kSyncEachCommit ? "1" : "0");
+    batch.Put(keys::Meta(keys::kMetaSyncedRun), SyncedRunRecord());
     batch.Put(keys::DocSpaceEnd(), "");
     leveldb::WriteOptions sync;
     sync.sync = true;
@@ -337,8 +336,7 @@ absl::Status Store::Initialize() {
   leveldb::WriteBatch open_batch;
   open_batch.Delete(keys::Meta(keys::kMetaCleanShutdown));
   open_batch.Put(keys::DocSpaceEnd(), "");  // data dirs written before the fence existed
-  open_batch.Put(keys::Meta(keys::kMetaSyncedRun),
-                 options_.durability == Durability::kSyncEachCommit ? "1" : "0");
+  open_batch.Put(keys::Meta(keys::kMetaSyncedRun), SyncedRunRecord());
   if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation) {
     const crdt::ReplicaId previous = replica_id_;
     do {
@@ -365,9 +363,7 @@ absl::Status Store::Initialize() {
     return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed change floor"));
   }
   absl::MutexLock lock(&commit_mu_);
-  applied_ = std::move(applied);
-  own_applied_.store(applied_.count(replica_id_) > 0 ? applied_.at(replica_id_) : 0,
-                     std::memory_order_release);
+  SetAppliedLocked(std::move(applied));
   log_floor_ = std::move(floors);
   last_change_seq_ = keys::DecodeBe64(change_seq);
   doc_count_ = static_cast<int64_t>(keys::DecodeBe64(doc_count));
@@ -589,9 +585,7 @@ void Store::LeadGroup(Writer* w) {
 
   absl::Status status;
   if (s.ok()) {
-    applied_ = std::move(applied);
-    own_applied_.store(applied_.count(replica_id_) > 0 ? applied_.at(replica_id_) : 0,
-                       std::memory_order_release);
+    SetAppliedLocked(std::move(applied));
     // Waiters on the change feed re-check their conditions when the lock is released.
     for (RecentChange& change : fresh) recent_changes_.push_back(std::move(change));
     while (recent_changes_.size() > kRecentChanges) recent_changes_.pop_front();
@@ -974,6 +968,16 @@ VersionVector Store::LogFloor() const {
   return log_floor_;
 }
 
+void Store::SetAppliedLocked(VersionVector applied) {
+  applied_ = std::move(applied);
+  auto own = applied_.find(replica_id_);
+  own_applied_.store(own == applied_.end() ? 0 : own->second, std::memory_order_release);
+}
+
+const char* Store::SyncedRunRecord() const {
+  return options_.durability == Durability::kSyncEachCommit ? "1" : "0";
+}
+
 uint64_t Store::log_entries() const {
   absl::MutexLock lock(&commit_mu_);
   uint64_t held = 0;
@@ -1159,6 +1163,11 @@ void Store::ReevaluateWaiters() { absl::MutexLock lock(&commit_mu_); }
 int64_t Store::document_count() const {
   absl::MutexLock lock(&commit_mu_);
   return doc_count_;
+}
+
+uint64_t Store::change_feed_entries() const {
+  absl::MutexLock lock(&commit_mu_);
+  return last_change_seq_ - change_floor_;
 }
 
 uint64_t Store::change_floor() const {

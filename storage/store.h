@@ -177,8 +177,8 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   crdt::ReplicaId replica_id() const { return replica_id_; }
-  // True when this open drew a new replica id: after an unclean stop in no-fsync mode, or on
-  // request (StoreOptions::new_incarnation).
+  // True when this open drew a new replica id: after an unclean stop when that run or this one
+  // does not fsync every commit, or on request (StoreOptions::new_incarnation).
   bool rotated_incarnation() const { return rotated_incarnation_; }
   // Testing: makes the destructor close LevelDB like a killed process would, without the
   // clean-shutdown marker.
@@ -246,6 +246,8 @@ class Store {
   // Drops the oldest change records, keeping the newest `keep` (the change feed's retention).
   absl::Status TruncateChanges(uint64_t keep);
   uint64_t change_floor() const;
+  // Change records held: last_change_seq() - change_floor(), read together.
+  uint64_t change_feed_entries() const;
 
   // ---- Client request ids ----
   absl::StatusOr<std::optional<mergedb::v1::RequestRecord>> LookupRequest(
@@ -342,6 +344,10 @@ class Store {
   // `status`.
   absl::Status Commit(absl::Span<Writer* const> writers);
   void LeadGroup(Writer* leader) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
+  // The only way applied_ changes: own_applied_ follows it.
+  void SetAppliedLocked(VersionVector applied) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
+  // The kMetaSyncedRun record this open writes: how this run commits.
+  const char* SyncedRunRecord() const;
   // Runs a local write's mutation on the document (the caller holds its lock) and encodes the
   // commit into `w`. Sets `*to_commit` to the document when there is anything to commit.
   absl::StatusOr<WriteResult> PrepareLocal(const LocalWrite& write, const std::string& prefix,
@@ -371,7 +377,7 @@ class Store {
   mutable absl::Mutex commit_mu_;
   std::deque<Writer*> writers_ ABSL_GUARDED_BY(commit_mu_);  // the commit queue, front first
   VersionVector applied_ ABSL_GUARDED_BY(commit_mu_);
-  std::atomic<uint64_t> own_applied_{0};  // applied_[replica_id_], stored with every change
+  std::atomic<uint64_t> own_applied_{0};  // applied_[replica_id_]; see SetAppliedLocked
   VersionVector log_floor_ ABSL_GUARDED_BY(commit_mu_);
   uint64_t last_change_seq_ ABSL_GUARDED_BY(commit_mu_) = 0;
   uint64_t change_floor_ ABSL_GUARDED_BY(commit_mu_) = 0;  // changes <= this were dropped

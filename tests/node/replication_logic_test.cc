@@ -9,6 +9,8 @@
 namespace mergedb::node {
 namespace {
 
+using Vector = storage::VersionVector;
+
 class ReplicationLogicTest : public ::testing::Test {
  protected:
   ReplicationLogicTest() : env_(leveldb::NewMemEnv(leveldb::Env::Default())), hlc_(&clock_) {
@@ -288,7 +290,6 @@ TEST_F(ReplicationLogicTest, TheLogDropsWhatEveryMemberHasAndPastItsBoundWhatSom
   const crdt::ReplicaId me = store->replica_id();
   IncrementLocally(store.get(), 120);
   ClusterView view("n1", {"n2", "n3"}, store.get());
-  using Vector = storage::VersionVector;
   // n3 never reported: nothing is known to be everywhere, only the bound drops entries.
   view.Update("n2", Vector{{me, 100}}, ClusterView::Mode::kReplace);
   EXPECT_TRUE(view.TruncationPoint(1000).through.empty());
@@ -319,7 +320,6 @@ TEST_F(ReplicationLogicTest, AMemberAheadOfThisDirOnItsOwnWritesFencesWrites) {
   const crdt::ReplicaId me = store->replica_id();
   IncrementLocally(store.get(), 10);
   ClusterView view("n1", {"n2", "n3"}, store.get());
-  using Vector = storage::VersionVector;
   // Members behind or level with this node on its own writes: all is well.
   view.Update("n2", Vector{{me, 10}}, ClusterView::Mode::kReplace);
   view.Update("n3", Vector{{me, 4}, {me + 1, 99}}, ClusterView::Mode::kMerge);
