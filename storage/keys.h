@@ -53,6 +53,9 @@ inline constexpr absl::string_view kMetaChangeFloor = "change_floor";  // be64 o
 inline constexpr absl::string_view kMetaCleanShutdown = "clean_shutdown";
 // "1" when the run that last opened the store synced every commit, "0" (or absent) when not.
 inline constexpr absl::string_view kMetaSyncedRun = "synced_run";
+// Present in a copy written by Store::Backup until the first open, which then draws a new
+// replica id: the node the copy came from may have issued sequence numbers since.
+inline constexpr absl::string_view kMetaFromBackup = "from_backup";
 
 inline constexpr int kSchemaVersion = 1;
 

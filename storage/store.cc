@@ -337,7 +337,11 @@ absl::Status Store::Initialize() {
   open_batch.Delete(keys::Meta(keys::kMetaCleanShutdown));
   open_batch.Put(keys::DocSpaceEnd(), "");  // data dirs written before the fence existed
   open_batch.Put(keys::Meta(keys::kMetaSyncedRun), SyncedRunRecord());
-  if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation) {
+  std::string from_backup;
+  leveldb::Status fb = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaFromBackup), &from_backup);
+  if (!fb.ok() && !fb.IsNotFound()) return FromLevelDb(fb, absl::StrCat("reading ", path));
+  open_batch.Delete(keys::Meta(keys::kMetaFromBackup));
+  if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation || fb.ok()) {
     const crdt::ReplicaId previous = replica_id_;
     do {
       replica_id_ = DrawReplicaId();
@@ -371,6 +375,76 @@ absl::Status Store::Initialize() {
             keys::DecodeBe64(absl::string_view(digest).substr(8));
   change_floor_ = fs.ok() ? keys::DecodeBe64(change_floor) : 0;
   return absl::OkStatus();
+}
+
+absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
+                                           const std::function<bool()>& cancelled) {
+  leveldb::Options options;
+  options.create_if_missing = true;
+  options.error_if_exists = true;
+  options.paranoid_checks = true;
+  options.write_buffer_size = size_t{16} << 20;
+  options.filter_policy = filter_policy_;
+  if (options_.env != nullptr) options.env = options_.env;
+  leveldb::DB* raw = nullptr;
+  leveldb::Status s = leveldb::DB::Open(options, dir, &raw);
+  if (!s.ok()) {
+    if (s.IsInvalidArgument() && absl::StrContains(s.ToString(), "exists")) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("backup directory ", dir, " already holds a data dir; choose a new one"));
+    }
+    return FromLevelDb(s, absl::StrCat("creating backup directory ", dir));
+  }
+  std::unique_ptr<leveldb::DB> copy(raw);
+  // LevelDB's snapshot sees every commit up to one point and none after it; every commit is
+  // one atomic batch holding a write's documents, log entries, change records and counters
+  // together, so the copy is a state the store was in.
+  const leveldb::Snapshot* snapshot = db_->GetSnapshot();
+  BackupResult result;
+  auto copy_all = [&]() -> absl::Status {
+    if (cancelled && cancelled()) return absl::CancelledError("backup cancelled");
+    MERGEDB_ASSIGN_OR_RETURN(result.applied,
+                             ReadVector(std::string(1, keys::kAppliedTag), snapshot));
+    leveldb::ReadOptions ro;
+    ro.snapshot = snapshot;
+    ro.verify_checksums = true;
+    ro.fill_cache = false;  // a backup reads everything once; keep the hot blocks cached
+    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
+    const std::string clean_marker = keys::Meta(keys::kMetaCleanShutdown);
+    leveldb::WriteBatch batch;
+    batch.Put(keys::Meta(keys::kMetaFromBackup), "1");
+    size_t batch_bytes = 0;
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      // A closed store holds the marker, an open one never does; a copy is not a clean stop.
+      if (it->key() == leveldb::Slice(clean_marker)) continue;
+      batch.Put(it->key(), it->value());
+      ++result.records;
+      batch_bytes += it->key().size() + it->value().size();
+      if (batch_bytes >= (size_t{1} << 20)) {
+        if (cancelled && cancelled()) return absl::CancelledError("backup cancelled");
+        MERGEDB_RETURN_IF_ERROR(FromLevelDb(copy->Write(leveldb::WriteOptions(), &batch),
+                                            absl::StrCat("writing backup ", dir)));
+        batch.Clear();
+        result.bytes += batch_bytes;
+        batch_bytes = 0;
+      }
+    }
+    MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading ", options_.path)));
+    result.bytes += batch_bytes;
+    // One synced write makes the whole copy durable: LevelDB syncs the tables it builds and
+    // this write syncs the log that holds everything not yet in a table.
+    leveldb::WriteOptions sync;
+    sync.sync = true;
+    return FromLevelDb(copy->Write(sync, &batch), absl::StrCat("writing backup ", dir));
+  };
+  const absl::Status copied = copy_all();
+  db_->ReleaseSnapshot(snapshot);
+  copy.reset();
+  if (!copied.ok()) {
+    (void)leveldb::DestroyDB(dir, options);
+    return copied;
+  }
+  return result;
 }
 
 uint64_t Store::DrawReplicaId() {

@@ -153,6 +153,13 @@ class SnapshotCursor {
   virtual absl::StatusOr<bool> Next(SnapshotDoc* doc) = 0;
 };
 
+// What Store::Backup wrote.
+struct BackupResult {
+  VersionVector applied;  // the applied vector of the point the copy reflects
+  uint64_t records = 0;   // LevelDB records copied
+  uint64_t bytes = 0;     // their keys and values
+};
+
 struct ScanPage {
   std::vector<std::pair<std::string, crdt::Document>> documents;  // (id, state), in id order
   std::string next_token;  // empty at the end of the collection
@@ -259,6 +266,17 @@ class Store {
   // A cursor over every document (tombstones included) as of one consistent point, with the
   // applied vector of that point. Writes go on meanwhile.
   absl::StatusOr<std::unique_ptr<SnapshotCursor>> OpenSnapshot();
+
+  // Writes a consistent copy of the whole store, as of one point, into a new LevelDB
+  // directory `dir` (through the store's Env), while writes go on. The copy is a data dir of
+  // this cluster and node: restored in place of the node's data dir it opens as a new
+  // incarnation (a new replica id, see keys::kMetaFromBackup), so the writes the node accepted
+  // after the copy cannot be shadowed by new writes reusing their sequence numbers, and its
+  // peers send back what it lacks. The copy's last write is synced. `cancelled` is polled
+  // before the copy and between batches of 1 MiB. ALREADY_EXISTS if `dir` holds a LevelDB directory, CANCELLED if
+  // `cancelled()` became true; on any error the partial copy is removed.
+  absl::StatusOr<BackupResult> Backup(const std::string& dir,
+                                      const std::function<bool()>& cancelled);
 
   // Live documents.
   int64_t document_count() const;

@@ -434,6 +434,75 @@ TEST_F(StoreTest, SnapshotIterationIsConsistentWhileWritesContinue) {
   EXPECT_EQ(CounterOf(*store->Get("c", "d0"), "n"), 21);
 }
 
+TEST_F(StoreTest, ABackupDuringWritesIsOnePointInTimeAndOpensAsANewIncarnation) {
+  crdt::ReplicaId me;
+  uint64_t acknowledged_before = 0;
+  BackupResult backup;
+  // A node that syncs every commit keeps its replica id after an unclean stop, so without its
+  // own marker a copy would open under the original's id.
+  StoreOptions options = Options();
+  options.durability = Durability::kSyncEachCommit;
+  {
+    auto store = OpenOrDie(options);
+    me = store->replica_id();
+    // Over 1 MiB, so the copy takes several batches.
+    for (int i = 0; i < 200; ++i) {
+      const std::string id = "d" + std::to_string(i);
+      ASSERT_TRUE(store->ApplyLocal(SetString("c", id, "payload", std::string(8 << 10, 'x'), me)).ok());
+      ASSERT_TRUE(store->ApplyLocal(Increment("c", id, "n", 1, me)).ok());
+    }
+    acknowledged_before = store->AppliedVector().at(me);
+    std::atomic<bool> stop{false};
+    std::thread writer([&] {
+      for (int k = 0; !stop && k < 100000; ++k) {
+        ASSERT_TRUE(store->ApplyLocal(Increment("c", "d" + std::to_string(k % 200), "n", 1, me)).ok());
+      }
+    });
+    auto result = store->Backup("/backup", nullptr);
+    stop = true;
+    writer.join();
+    ASSERT_TRUE(result.ok()) << result.status();
+    backup = *result;
+    EXPECT_GT(backup.bytes, size_t{1} << 20);
+    EXPECT_GE(backup.applied.at(me), acknowledged_before);
+    EXPECT_GT(store->AppliedVector().at(me), backup.applied.at(me)) << "writes went on during the copy";
+    // A second backup never overwrites the first.
+    EXPECT_EQ(store->Backup("/backup", nullptr).status().code(), absl::StatusCode::kAlreadyExists);
+  }
+  StoreOptions restored = options;
+  restored.path = "/backup";
+  crdt::ReplicaId incarnation;
+  {
+    auto store = OpenOrDie(restored);
+    EXPECT_TRUE(store->rotated_incarnation()) << "a backup must not reuse the original's replica id";
+    incarnation = store->replica_id();
+    EXPECT_NE(incarnation, me);
+    EXPECT_EQ(store->AppliedVector(), backup.applied);
+    // Every write is one log entry and, past the first 200, one increment: the copy holds
+    // exactly the writes its applied vector names, none half and none later.
+    int64_t increments = 0;
+    for (int i = 0; i < 200; ++i) increments += CounterOf(*store->Get("c", "d" + std::to_string(i)), "n");
+    EXPECT_EQ(static_cast<uint64_t>(increments) + 200, backup.applied.at(me));
+    EXPECT_EQ(store->document_count(), 200);
+  }
+  auto reopened = OpenOrDie(restored);
+  EXPECT_FALSE(reopened->rotated_incarnation()) << "only the first open of a backup rotates";
+  EXPECT_EQ(reopened->replica_id(), incarnation);
+}
+
+TEST_F(StoreTest, ACancelledBackupLeavesNoDataDir) {
+  auto store = OpenOrDie();
+  ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, store->replica_id())).ok());
+  auto result = store->Backup("/backup", [] { return true; });
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
+  StoreOptions restored = Options();
+  restored.path = "/backup";
+  restored.create_mode = CreateMode::kMustExist;
+  EXPECT_EQ(Store::Open(restored).status().code(), absl::StatusCode::kNotFound);
+  // The name is free again.
+  EXPECT_TRUE(store->Backup("/backup", nullptr).ok());
+}
+
 TEST_F(StoreTest, ChangeFeedListsEveryChangeInOrder) {
   auto store = OpenOrDie();
   const crdt::ReplicaId me = store->replica_id();
