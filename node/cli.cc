@@ -13,6 +13,8 @@
 //   mergedb list COLLECTION [--page_size=N] [--page_token=T]
 //   mergedb watch COLLECTION [ID] [--after=POSITION | --from_now]
 //   mergedb status [--json]
+//   mergedb backup NAME     a consistent copy of the node's data, written on the node's
+//                           machine to <its --backup_dir>/NAME (see README, Backups)
 // PATH is dotted: address.city. Global flags: --timeout_ms, --write_concern=local|quorum|all,
 // --request_id, --base_version (a version token, base64, from a previous get).
 #include <cstdio>
@@ -31,7 +33,9 @@
 #include "mergedb/v1/api.grpc.pb.h"
 
 ABSL_FLAG(std::string, node, "127.0.0.1:7701", "Address of the node to talk to.");
-ABSL_FLAG(int64_t, timeout_ms, 5000, "Deadline of each call, milliseconds.");
+ABSL_FLAG(int64_t, timeout_ms, 5000, "Deadline of each call, milliseconds (backup: see --backup_timeout_s).");
+ABSL_FLAG(int64_t, backup_timeout_s, 3600,
+          "Deadline of a backup, seconds: past it the node stops copying and removes the copy.");
 ABSL_FLAG(std::string, write_concern, "local", "local, quorum or all.");
 ABSL_FLAG(std::string, request_id, "", "Request id for retry-safe updates.");
 ABSL_FLAG(std::string, base_version, "", "Version token (base64) the update is based on.");
@@ -216,9 +220,9 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "mergedb [--node=HOST:PORT] get|update|delete|list|watch|status ... (see node/cli.cc)");
+      "mergedb [--node=HOST:PORT] get|update|delete|list|watch|status|backup ... (see node/cli.cc)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() < 2) return Fail("missing command: get, update, delete, list, watch, status");
+  if (args.size() < 2) return Fail("missing command: get, update, delete, list, watch, status, backup");
   const std::string command = args[1];
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_node), grpc::InsecureChannelCredentials());
   auto documents = DocumentService::NewStub(channel);
@@ -310,6 +314,20 @@ int main(int argc, char** argv) {
     }
     return PrintStatusTable(response);
   }
+  if (command == "backup") {
+    if (args.size() != 3) return Fail("usage: backup NAME");
+    auto cluster = ClusterService::NewStub(channel);
+    mergedb::v1::BackupRequest request;
+    request.set_name(args[2]);
+    mergedb::v1::BackupResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(absl::GetFlag(FLAGS_backup_timeout_s)));
+    grpc::Status status = cluster->Backup(&context, request, &response);
+    if (!status.ok()) return FailStatus(status);
+    PrintJson(response);
+    return 0;
+  }
   return Fail(absl::StrCat("unknown command '", command,
-                           "' (get, update, delete, list, watch, status)"));
+                           "' (get, update, delete, list, watch, status, backup)"));
 }

@@ -58,6 +58,9 @@ ABSL_FLAG(bool, new_incarnation, false,
           "Continue under a new replica id even after a clean stop: for the first start of a "
           "data dir restored from a copy (the peers send back what it lacks). Use it once: each "
           "new id adds an entry to version vectors.");
+ABSL_FLAG(std::string, backup_dir, "",
+          "Where `mergedb backup NAME` (ClusterService.Backup) writes consistent copies of this "
+          "node's data, as DIR/NAME on this machine. Empty: backups are refused.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -136,6 +139,7 @@ int main(int argc, char** argv) {
   }
   options.replication.max_log_entries = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_log_entries));
   options.new_incarnation = absl::GetFlag(FLAGS_new_incarnation);
+  options.backup_dir = absl::GetFlag(FLAGS_backup_dir);
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

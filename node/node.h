@@ -63,6 +63,9 @@ struct NodeOptions {
   absl::Duration truncate_interval = absl::Seconds(1);
   // Continue under a new replica id even after a clean stop (a data dir restored from a copy).
   bool new_incarnation = false;
+  // Where ClusterService.Backup writes copies (on this node's machine, through `env`); empty:
+  // backups are refused.
+  std::string backup_dir;
 };
 
 class DocumentServiceImpl;

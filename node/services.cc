@@ -423,4 +423,38 @@ grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1:
   return grpc::Status::OK;
 }
 
+grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
+                                        const mergedb::v1::BackupRequest* request,
+                                        mergedb::v1::BackupResponse* response) {
+  const std::string& root = node_->options().backup_dir;
+  if (root.empty()) {
+    return ToGrpcStatus(absl::FailedPreconditionError(
+        "backups are off on this node: start it with --backup_dir=DIR"));
+  }
+  if (absl::Status valid = ValidateBackupName(request->name()); !valid.ok()) {
+    return ToGrpcStatus(valid);
+  }
+  const std::string path = absl::StrCat(root, "/", request->name());
+  MERGEDB_LOG(INFO) << "backup to " << path << " started";
+  const absl::Time start = absl::Now();
+  absl::StatusOr<storage::BackupResult> result =
+      node_->store()->Backup(path, [context] { return context->IsCancelled(); });
+  if (!result.ok()) {
+    MERGEDB_LOG(WARNING) << "backup to " << path << " failed: " << result.status();
+    return ToGrpcStatus(result.status());
+  }
+  response->set_path(path);
+  for (const auto& [origin, seq] : result->applied) {
+    auto* entry = response->add_applied();
+    entry->set_replica(origin);
+    entry->set_counter(seq);
+  }
+  response->set_records(result->records);
+  response->set_bytes(result->bytes);
+  response->set_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+  MERGEDB_LOG(INFO) << "backup to " << path << " done: " << result->records << " records, "
+                    << result->bytes << " bytes in " << response->seconds() << " s";
+  return grpc::Status::OK;
+}
+
 }  // namespace mergedb::node

@@ -117,6 +117,8 @@ class ClusterServiceImpl final : public mergedb::v1::ClusterService::Service {
   explicit ClusterServiceImpl(Node* node) : node_(node) {}
   grpc::Status Status(grpc::ServerContext* context, const mergedb::v1::StatusRequest* request,
                       mergedb::v1::StatusResponse* response) override;
+  grpc::Status Backup(grpc::ServerContext* context, const mergedb::v1::BackupRequest* request,
+                      mergedb::v1::BackupResponse* response) override;
 
  private:
   Node* const node_;

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "crdt/status_macros.h"
 #include "crdt/utf8.h"
@@ -55,6 +57,24 @@ absl::StatusOr<std::vector<crdt::Scalar>> ValidateElements(
 }
 
 }  // namespace
+
+absl::Status ValidateBackupName(absl::string_view name) {
+  if (name.empty()) return absl::InvalidArgumentError("backup name: empty");
+  if (name.size() > 255) {
+    return absl::InvalidArgumentError(absl::StrCat("backup name: ", name.size(), " bytes, over 255"));
+  }
+  if (!absl::ascii_isalnum(static_cast<unsigned char>(name[0]))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("backup name '", absl::CHexEscape(name), "': must start with a letter or digit"));
+  }
+  for (const char c : name) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "backup name '", absl::CHexEscape(name), "': only letters, digits, '.', '_' and '-'"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ValidateName(absl::string_view what, absl::string_view name, const Limits& limits) {
   if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty"));

@@ -34,6 +34,10 @@ struct Limits {
 
 // UTF-8, 1..max_name_bytes, no control characters. `what` names the field in the message.
 absl::Status ValidateName(absl::string_view what, absl::string_view name, const Limits& limits);
+// A backup's name, which becomes a directory under the node's backup dir: 1..255 bytes of
+// letters, digits, '.', '_' and '-', the first a letter or digit (so never "..", never hidden,
+// never a path).
+absl::Status ValidateBackupName(absl::string_view name);
 absl::StatusOr<crdt::Path> ValidatePath(absl::string_view what,
                                         const google::protobuf::RepeatedPtrField<std::string>& path,
                                         const Limits& limits);

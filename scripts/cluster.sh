@@ -8,6 +8,11 @@
 #   scripts/cluster.sh status            one line per node: pid, address, role, health, lag
 #   scripts/cluster.sh kill NODE         SIGKILL (e.g. kill n2)
 #   scripts/cluster.sh start NODE | restart NODE | logs NODE
+#   scripts/cluster.sh backup NODE NAME  a consistent copy of a running node's data, taken while
+#        writes go on, into DIR/backups/NODE/NAME
+#   scripts/cluster.sh restore NODE NAME stops NODE, moves its data dir aside, puts that backup
+#        in its place and starts it: it comes back as a new incarnation and its peers send it
+#        everything written since the backup
 #   scripts/cluster.sh down              SIGTERM every node (they drain and close cleanly)
 #   scripts/cluster.sh wipe              down, then delete every data dir and log
 #
@@ -25,7 +30,7 @@ cli_bin=$build_dir/node/mergedb
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -37,6 +42,7 @@ count=""
 replicas=""
 base_port=""
 target=""
+name=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --replicas) replicas=${2:?--replicas needs a number}; shift 2 ;;
@@ -50,6 +56,7 @@ while [ $# -gt 0 ]; do
     *)
       if [ "$command" = up ] && [ -z "$count" ]; then count=$1
       elif [ -z "$target" ]; then target=$1
+      elif [ -z "$name" ]; then name=$1
       else die "unexpected argument $1"; fi
       shift ;;
   esac
@@ -101,7 +108,7 @@ start_node() {
   mkdir -p "$dir"
   nohup "$node_bin" --data_dir="$dir/n$i" --node_name="n$i" --cluster=local \
     --listen="127.0.0.1:$port" --peers="$peers" --role="$(role_of "$i")" \
-    >>"$dir/n$i.log" 2>&1 &
+    --backup_dir="$dir/backups/n$i" >>"$dir/n$i.log" 2>&1 &
   echo $! >"$dir/n$i.pid"
 }
 
@@ -224,6 +231,30 @@ EOF
     stop_node "$i"
     start_node "$i"
     wait_healthy "$i"
+    status_line "$i"
+    ;;
+  backup)
+    load_conf
+    [ -n "$target" ] && [ -n "$name" ] || die "usage: backup NODE NAME"
+    i=$(node_index "$target")
+    "$cli_bin" --node="127.0.0.1:$(port_of "$i")" backup "$name"
+    ;;
+  restore)
+    load_conf
+    [ -n "$target" ] && [ -n "$name" ] || die "usage: restore NODE NAME"
+    i=$(node_index "$target")
+    backup=$dir/backups/n$i/$name
+    [ -f "$backup/CURRENT" ] || die "no backup '$name' of $target in $dir/backups/n$i"
+    stop_node "$i"
+    aside=""
+    if [ -d "$dir/n$i" ]; then
+      aside=$dir/n$i.before-restore-$(date +%Y%m%d-%H%M%S)
+      mv "$dir/n$i" "$aside"
+    fi
+    cp -a "$backup" "$dir/n$i"
+    start_node "$i"
+    wait_healthy "$i"
+    echo "$target restored from backup '$name'${aside:+ (its previous data dir is in $aside)}"
     status_line "$i"
     ;;
   logs)

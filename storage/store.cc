@@ -36,6 +36,15 @@ absl::Status FromLevelDb(const leveldb::Status& s, absl::string_view what) {
   return absl::UnavailableError(message);  // I/O errors
 }
 
+// LevelDB creates only the last directory of a path; this creates the ones above it (mkdir -p).
+// Errors are left for LevelDB's own open to report.
+void CreateParentDirs(leveldb::Env* env, const std::string& path) {
+  for (size_t slash = path.find('/', 1); slash != std::string::npos;
+       slash = path.find('/', slash + 1)) {
+    (void)env->CreateDir(path.substr(0, slash));
+  }
+}
+
 bool HasPrefix(const leveldb::Slice& key, absl::string_view prefix) {
   return key.size() >= prefix.size() && memcmp(key.data(), prefix.data(), prefix.size()) == 0;
 }
@@ -222,13 +231,7 @@ absl::Status Store::Initialize() {
   options.filter_policy = filter_policy_;
   if (options_.env != nullptr) options.env = options_.env;
 
-  if (options.create_if_missing) {
-    // LevelDB creates only the last directory of the path; create the parents too (mkdir -p).
-    for (size_t slash = path.find('/', 1); slash != std::string::npos;
-         slash = path.find('/', slash + 1)) {
-      (void)options.env->CreateDir(path.substr(0, slash));
-    }
-  }
+  if (options.create_if_missing) CreateParentDirs(options.env, path);
   leveldb::Status s = leveldb::DB::Open(options, path, &db_);
   if (!s.ok()) {
     db_ = nullptr;
@@ -386,6 +389,7 @@ absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
   options.write_buffer_size = size_t{16} << 20;
   options.filter_policy = filter_policy_;
   if (options_.env != nullptr) options.env = options_.env;
+  CreateParentDirs(options.env, dir);
   leveldb::DB* raw = nullptr;
   leveldb::Status s = leveldb::DB::Open(options, dir, &raw);
   if (!s.ok()) {

@@ -268,7 +268,7 @@ class Store {
   absl::StatusOr<std::unique_ptr<SnapshotCursor>> OpenSnapshot();
 
   // Writes a consistent copy of the whole store, as of one point, into a new LevelDB
-  // directory `dir` (through the store's Env), while writes go on. The copy is a data dir of
+  // directory `dir` (through the store's Env; missing parents are created), while writes go on. The copy is a data dir of
   // this cluster and node: restored in place of the node's data dir it opens as a new
   // incarnation (a new replica id, see keys::kMetaFromBackup), so the writes the node accepted
   // after the copy cannot be shadowed by new writes reusing their sequence numbers, and its

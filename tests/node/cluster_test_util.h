@@ -95,19 +95,22 @@ class Cluster {
     envs_[static_cast<size_t>(i)].reset(leveldb::NewMemEnv(leveldb::Env::Default()));
     options_[static_cast<size_t>(i)].env = envs_[static_cast<size_t>(i)].get();
   }
-  // A copy of node i's data directory as it is now; take it while the node is stopped.
-  std::unique_ptr<leveldb::Env> CopyData(int i) {
+  // A copy of node i's data directory as it is now (take it while the node is stopped), or of
+  // another directory of its file system (`source`, e.g. a backup), as a file system that holds
+  // it as node i's data directory.
+  std::unique_ptr<leveldb::Env> CopyData(int i, std::string source = "") {
     leveldb::Env* from = envs_[static_cast<size_t>(i)].get();
     std::unique_ptr<leveldb::Env> to(leveldb::NewMemEnv(leveldb::Env::Default()));
     const std::string dir = options_[static_cast<size_t>(i)].data_dir;
+    if (source.empty()) source = dir;
     std::vector<std::string> files;
-    EXPECT_TRUE(from->GetChildren(dir, &files).ok());
+    EXPECT_TRUE(from->GetChildren(source, &files).ok()) << source;
+    EXPECT_FALSE(files.empty()) << source;
     EXPECT_TRUE(to->CreateDir(dir).ok());
     for (const std::string& name : files) {
-      const std::string path = dir + "/" + name;
       std::string contents;
-      EXPECT_TRUE(leveldb::ReadFileToString(from, path, &contents).ok()) << path;
-      EXPECT_TRUE(leveldb::WriteStringToFile(to.get(), contents, path).ok()) << path;
+      EXPECT_TRUE(leveldb::ReadFileToString(from, source + "/" + name, &contents).ok()) << name;
+      EXPECT_TRUE(leveldb::WriteStringToFile(to.get(), contents, dir + "/" + name).ok()) << name;
     }
     return to;
   }
@@ -161,6 +164,15 @@ class Cluster {
     grpc::Status status = stubs_[i].cluster->Status(&context, mergedb::v1::StatusRequest(), &response);
     EXPECT_TRUE(status.ok()) << status.error_message();
     return response;
+  }
+
+  grpc::Status Backup(int i, const std::string& name, mergedb::v1::BackupResponse* response) {
+    Docs(i);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    mergedb::v1::BackupRequest request;
+    request.set_name(name);
+    return stubs_[i].cluster->Backup(&context, request, response);
   }
 
   // True once every running node listed in `which` (all if empty) reports the same digest and

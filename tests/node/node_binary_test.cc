@@ -240,6 +240,12 @@ TEST_F(NodeBinaryTest, BadFlagsAreRefusedWithAClearMessage) {
   EXPECT_EQ(log_bound.Wait(std::chrono::seconds(20)), 2);
   EXPECT_TRUE(absl::StrContains(log_bound.Stderr(), "--max_log_entries must be positive"));
   args = Args();
+  args.push_back("--backup_dir=" + dir_.string());
+  Process backup_into_data(args);
+  EXPECT_EQ(backup_into_data.Wait(std::chrono::seconds(20)), 1);
+  EXPECT_TRUE(absl::StrContains(backup_into_data.Stderr(), "the backup dir must not be the data dir"))
+      << backup_into_data.Stderr();
+  args = Args();
   args.push_back("--no_such_flag=1");
   Process unknown(args);
   EXPECT_NE(unknown.Wait(std::chrono::seconds(20)), 0);

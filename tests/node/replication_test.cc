@@ -10,6 +10,7 @@
 namespace mergedb::node {
 namespace {
 
+using mergedb::v1::BackupResponse;
 using mergedb::v1::UpdateRequest;
 using mergedb::v1::UpdateResponse;
 using testing::Cluster;
@@ -196,6 +197,71 @@ TEST(Replication, ANodeRestoredFromAnOlderCopyRefusesWritesUntilItTakesANewIncar
   ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 100)).ok());
   ASSERT_TRUE(cluster.WaitConverged());
   for (int i = 0; i < 3; ++i) EXPECT_EQ(CounterIn(cluster.Get(i, "c", "d"), "n"), 1151) << "node " << i;
+}
+
+TEST(Replication, ABackupTakenDuringWritesRestoresAsANewIncarnationAndNothingIsLost) {
+  Cluster cluster(3);
+  cluster.options(2).backup_dir = "/backups";
+  // A node that fsyncs every commit keeps its replica id across an unclean stop, so only the
+  // backup's own marker makes the restored copy a new incarnation.
+  cluster.options(2).durability = storage::Durability::kSyncEachCommit;
+  cluster.StartAll();
+  std::atomic<int64_t> acknowledged{0};
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (int k = 0; !stop && k < 5000; ++k) {
+      const grpc::Status status = cluster.Update(k % 3, IncrementOf("d", 1));
+      EXPECT_TRUE(status.ok()) << status.error_message();
+      if (status.ok()) acknowledged += 1;
+    }
+  });
+  for (int wait = 0; wait < 1000 && acknowledged < 100; ++wait) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  BackupResponse backup;
+  const grpc::Status backed_up = cluster.Backup(2, "before-the-loss", &backup);
+  stop = true;
+  writer.join();
+  ASSERT_TRUE(backed_up.ok()) << backed_up.error_message();
+  EXPECT_EQ(backup.path(), "/backups/before-the-loss");
+  EXPECT_GT(backup.records(), 0u);
+  const crdt::ReplicaId original = cluster.node(2)->store()->replica_id();
+  // Node 3's own writes after the backup: the copy lacks them, the cluster has them.
+  for (int k = 0; k < 5; ++k) {
+    ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 1000)).ok());
+    acknowledged += 1000;
+  }
+  ASSERT_TRUE(cluster.WaitConverged());
+  // Node 3's data dir is lost; the backup takes its place, with no flag.
+  cluster.Stop(2);
+  cluster.RestoreData(2, cluster.CopyData(2, "/backups/before-the-loss"));
+  cluster.Start(2);
+  EXPECT_NE(cluster.node(2)->store()->replica_id(), original);
+  // It takes writes at once (a copy under the old id would be fenced, or worse, reuse sequence
+  // numbers) and gets back what the backup lacked.
+  ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 1)).ok());
+  acknowledged += 1;
+  ASSERT_TRUE(cluster.WaitConverged());
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(CounterIn(cluster.Get(i, "c", "d"), "n"), acknowledged.load()) << "node " << i;
+  }
+}
+
+TEST(Replication, BackupsNeedABackupDirAValidNameAndANewName) {
+  Cluster cluster(2);
+  cluster.options(0).backup_dir = "/backups";
+  cluster.StartAll();
+  BackupResponse response;
+  grpc::Status off = cluster.Backup(1, "b", &response);
+  EXPECT_EQ(off.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(absl::StrContains(off.error_message(), "--backup_dir")) << off.error_message();
+  for (const std::string& name : std::vector<std::string>{"", "..", ".hidden", "a/b", "../escape", "tab\tname", std::string(256, 'x')}) {
+    EXPECT_EQ(cluster.Backup(0, name, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << name;
+  }
+  ASSERT_TRUE(cluster.Backup(0, "nightly-2026.11.27_1", &response).ok());
+  const grpc::Status again = cluster.Backup(0, "nightly-2026.11.27_1", &response);
+  EXPECT_EQ(again.error_code(), grpc::StatusCode::ALREADY_EXISTS) << again.error_message();
 }
 
 TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
