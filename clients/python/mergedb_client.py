@@ -109,5 +109,11 @@ class Client:
     def status(self):
         return self.cluster.Status(api_pb2.StatusRequest(), timeout=self.timeout)
 
+    def backup(self, name, timeout=3600.0):
+        """Has the node write a consistent copy of its data to <its --backup_dir>/name on its
+        machine, while it serves; returns the BackupResponse (path, applied vector, size). A
+        backup can take much longer than other calls, hence its own timeout."""
+        return self.cluster.Backup(api_pb2.BackupRequest(name=name), timeout=timeout)
+
     def close(self):
         self.channel.close()

@@ -67,4 +67,13 @@ for i in 1 2 3; do
   [ "$seen" = "$expected" ] || { echo "n$i sees n = $seen, expected $expected"; cluster logs n3 | tail -20; exit 1; }
 done
 echo "every node holds all $expected acknowledged increments after the restore"
+# The same call from the Python client.
+PYTHONPATH="$build/clients/python:$src/clients/python" /usr/bin/python3 - "$(node 1)" <<'PY'
+import sys
+import mergedb_client
+answer = mergedb_client.Client(sys.argv[1]).backup("from-python")
+assert answer.path.endswith("/backups/n1/from-python"), answer
+assert answer.records > 0 and len(answer.applied) >= 3, answer
+print("python client backup:", answer.path, answer.records, "records")
+PY
 echo "1 passed, 0 failed"
