@@ -60,6 +60,10 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
     MERGEDB_LOG(INFO) << "continuing as a new incarnation (replica "
                       << absl::StrCat(absl::Hex(node->store_->replica_id()))
                       << ") as asked: the peers send back what this data dir lacks";
+  } else if (node->store_->opened_backup()) {
+    MERGEDB_LOG(INFO) << "first start of a backup: continuing as a new incarnation (replica "
+                      << absl::StrCat(absl::Hex(node->store_->replica_id()))
+                      << "); the peers send back everything written since the backup";
   } else if (node->store_->rotated_incarnation()) {
     MERGEDB_LOG(WARNING) << "the previous stop was not clean and not every commit was fsynced: "
                             "continuing as a new incarnation (replica "

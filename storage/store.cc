@@ -344,7 +344,8 @@ absl::Status Store::Initialize() {
   leveldb::Status fb = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaFromBackup), &from_backup);
   if (!fb.ok() && !fb.IsNotFound()) return FromLevelDb(fb, absl::StrCat("reading ", path));
   open_batch.Delete(keys::Meta(keys::kMetaFromBackup));
-  if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation || fb.ok()) {
+  opened_backup_ = fb.ok();
+  if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation || opened_backup_) {
     const crdt::ReplicaId previous = replica_id_;
     do {
       replica_id_ = DrawReplicaId();

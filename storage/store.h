@@ -187,6 +187,8 @@ class Store {
   // True when this open drew a new replica id: after an unclean stop when that run or this one
   // does not fsync every commit, or on request (StoreOptions::new_incarnation).
   bool rotated_incarnation() const { return rotated_incarnation_; }
+  // True when this open was the first of a copy written by Backup (it then rotated too).
+  bool opened_backup() const { return opened_backup_; }
   // Testing: makes the destructor close LevelDB like a killed process would, without the
   // clean-shutdown marker.
   void AbandonForTesting() { abandoned_ = true; }
@@ -383,6 +385,7 @@ class Store {
   const leveldb::FilterPolicy* filter_policy_ = nullptr;
   crdt::ReplicaId replica_id_ = 0;
   bool rotated_incarnation_ = false;
+  bool opened_backup_ = false;
   bool abandoned_ = false;
 
   static constexpr size_t kDocLockStripes = 1024;

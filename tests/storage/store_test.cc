@@ -475,6 +475,7 @@ TEST_F(StoreTest, ABackupDuringWritesIsOnePointInTimeAndOpensAsANewIncarnation) 
   {
     auto store = OpenOrDie(restored);
     EXPECT_TRUE(store->rotated_incarnation()) << "a backup must not reuse the original's replica id";
+    EXPECT_TRUE(store->opened_backup());
     incarnation = store->replica_id();
     EXPECT_NE(incarnation, me);
     EXPECT_EQ(store->AppliedVector(), backup.applied);
@@ -487,6 +488,7 @@ TEST_F(StoreTest, ABackupDuringWritesIsOnePointInTimeAndOpensAsANewIncarnation) 
   }
   auto reopened = OpenOrDie(restored);
   EXPECT_FALSE(reopened->rotated_incarnation()) << "only the first open of a backup rotates";
+  EXPECT_FALSE(reopened->opened_backup());
   EXPECT_EQ(reopened->replica_id(), incarnation);
 }
 
