@@ -7,7 +7,9 @@
 // and exits with status 1 (2 for usage errors).
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -66,6 +68,22 @@ ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
 
 namespace {
+
+// True if one of the two paths is the other or lies inside it (compared after resolving ".",
+// "..", symlinks and trailing slashes as far as the paths exist).
+bool Nested(const std::string& a, const std::string& b) {
+  std::error_code error;
+  const std::filesystem::path x = std::filesystem::weakly_canonical(std::filesystem::absolute(a), error);
+  const std::filesystem::path y = std::filesystem::weakly_canonical(std::filesystem::absolute(b), error);
+  auto inside = [](const std::filesystem::path& inner, const std::filesystem::path& outer) {
+    const auto [outer_end, inner_at] =
+        std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
+    // Every component of `outer` matched (a trailing empty component, from a trailing slash,
+    // counts as matched).
+    return outer_end == outer.end() || (std::next(outer_end) == outer.end() && outer_end->empty());
+  };
+  return inside(x, y) || inside(y, x);
+}
 
 int UsageError(const std::string& message) {
   std::fprintf(stderr, "mergedb-node: %s (see --help)\n", message.c_str());
@@ -140,6 +158,9 @@ int main(int argc, char** argv) {
   options.replication.max_log_entries = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_log_entries));
   options.new_incarnation = absl::GetFlag(FLAGS_new_incarnation);
   options.backup_dir = absl::GetFlag(FLAGS_backup_dir);
+  if (!options.backup_dir.empty() && Nested(options.backup_dir, options.data_dir)) {
+    return UsageError("--backup_dir must be outside --data_dir, and --data_dir outside it");
+  }
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

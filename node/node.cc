@@ -41,9 +41,6 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   if (options.node_name.empty()) return absl::InvalidArgumentError("node name is required");
   if (options.cluster_id.empty()) return absl::InvalidArgumentError("cluster id is required");
   if (options.data_dir.empty()) return absl::InvalidArgumentError("data dir is required");
-  if (!options.backup_dir.empty() && options.backup_dir == options.data_dir) {
-    return absl::InvalidArgumentError("the backup dir must not be the data dir");
-  }
   std::unique_ptr<Node> node(new Node(options));
   node->start_time_ = absl::Now();
 

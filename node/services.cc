@@ -372,6 +372,15 @@ grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
   uint64_t position = request->from_now() ? store->last_change_seq() : request->after_position();
   // 0 means "from the oldest change still held".
   if (!request->from_now() && position == 0) position = store->change_floor();
+  // Positions belong to one node's data dir. One past the newest change was never handed out
+  // here: it comes from another node, or from before this data dir was restored from a backup
+  // or rebuilt, and waiting for the feed to reach it would silently skip the changes before.
+  if (const uint64_t newest = store->last_change_seq(); position > newest) {
+    return ToGrpcStatus(absl::OutOfRangeError(absl::StrCat(
+        "after_position ", position, " is past this node's newest change (", newest,
+        "): positions belong to one node and data dir (this one may have been restored or "
+        "rebuilt); resume from_now, or from a position this node gave")));
+  }
   constexpr size_t kBatch = 256;
   const storage::Store::ChangeFilter filter{request->collection(), request->id()};
   while (!context->IsCancelled() && !node_->stopping()) {
@@ -434,6 +443,14 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
   if (absl::Status valid = ValidateBackupName(request->name()); !valid.ok()) {
     return ToGrpcStatus(valid);
   }
+  if (backup_running_.exchange(true)) {
+    return ToGrpcStatus(absl::AbortedError(
+        "another backup is running on this node; try again when it has finished"));
+  }
+  struct Done {
+    std::atomic<bool>& running;
+    ~Done() { running = false; }
+  } done{backup_running_};
   const std::string path = absl::StrCat(root, "/", request->name());
   MERGEDB_LOG(INFO) << "backup to " << path << " started";
   const absl::Time start = absl::Now();

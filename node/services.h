@@ -5,6 +5,7 @@
 #ifndef MERGEDB_NODE_SERVICES_H_
 #define MERGEDB_NODE_SERVICES_H_
 
+#include <atomic>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -122,6 +123,9 @@ class ClusterServiceImpl final : public mergedb::v1::ClusterService::Service {
 
  private:
   Node* const node_;
+  // One backup at a time: each holds a LevelDB snapshot (old versions cannot be compacted away
+  // meanwhile) and writes a whole copy of the store.
+  std::atomic<bool> backup_running_{false};
 };
 
 }  // namespace mergedb::node

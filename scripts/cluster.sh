@@ -14,7 +14,7 @@
 #        in its place and starts it: it comes back as a new incarnation and its peers send it
 #        everything written since the backup
 #   scripts/cluster.sh down              SIGTERM every node (they drain and close cleanly)
-#   scripts/cluster.sh wipe              down, then delete every data dir and log
+#   scripts/cluster.sh wipe              down, then delete every data dir, log and backup
 #
 # State lives in one folder (default .cluster/ in the repository, or --dir / MERGEDB_CLUSTER_DIR).
 set -euo pipefail
@@ -242,19 +242,21 @@ EOF
   restore)
     load_conf
     [ -n "$target" ] && [ -n "$name" ] || die "usage: restore NODE NAME"
+    [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "a backup name is letters, digits, '.', '_' and '-', not '$name'"
     i=$(node_index "$target")
     backup=$dir/backups/n$i/$name
     [ -f "$backup/CURRENT" ] || die "no backup '$name' of $target in $dir/backups/n$i"
     stop_node "$i"
-    aside=""
+    # The backup is copied, never used in place: its first start uses up its marker.
     if [ -d "$dir/n$i" ]; then
-      aside=$dir/n$i.before-restore-$(date +%Y%m%d-%H%M%S)
+      aside=$(mktemp -u -d "$dir/n$i.before-restore-$(date +%Y%m%d-%H%M%S)-XXXX")
       mv "$dir/n$i" "$aside"
+      echo "$target's previous data dir is now $aside"
     fi
     cp -a "$backup" "$dir/n$i"
     start_node "$i"
     wait_healthy "$i"
-    echo "$target restored from backup '$name'${aside:+ (its previous data dir is in $aside)}"
+    echo "$target restored from backup '$name'; its peers send it what was written since"
     status_line "$i"
     ;;
   logs)

@@ -53,9 +53,12 @@ inline constexpr absl::string_view kMetaChangeFloor = "change_floor";  // be64 o
 inline constexpr absl::string_view kMetaCleanShutdown = "clean_shutdown";
 // "1" when the run that last opened the store synced every commit, "0" (or absent) when not.
 inline constexpr absl::string_view kMetaSyncedRun = "synced_run";
-// Present in a copy written by Store::Backup until the first open, which then draws a new
+// Present in a copy written by Store::Backup until its first open, which then draws a new
 // replica id: the node the copy came from may have issued sequence numbers since.
 inline constexpr absl::string_view kMetaFromBackup = "from_backup";
+// Its values: written first, and replaced by the copy's last write.
+inline constexpr absl::string_view kBackupIncomplete = "incomplete";
+inline constexpr absl::string_view kBackupComplete = "complete";
 
 inline constexpr int kSchemaVersion = 1;
 

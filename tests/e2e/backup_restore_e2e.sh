@@ -48,9 +48,10 @@ done
 cluster backup n3 first | tee "$work/backup.json"
 grep -q '"path"' "$work/backup.json"
 [ -f "$work/cluster/backups/n3/first/CURRENT" ] || { echo "the backup is not a data dir"; exit 1; }
-# n3's own writes after the backup: the copy lacks them, the cluster has them.
+# n3's own writes after the backup: the copy lacks them, the cluster has them (ALL: n3 is
+# killed next, and its data dir set aside).
 for k in $(seq 1 5); do
-  "$cli" --node="$(node 3)" update c d incr n 100 >/dev/null
+  "$cli" --node="$(node 3)" --write_concern=all update c d incr n 100 >/dev/null
   expected=$((expected + 100))
 done
 cluster kill n3 >/dev/null

@@ -222,6 +222,18 @@ TEST_F(DocumentServiceTest, WatchDeliversEveryChangeInOrderAndResumes) {
   EXPECT_EQ(event.id(), "a");
   resume.TryCancel();
   (void)resumed->Finish();
+
+  // A position this node never gave (past its newest change: another node's, or from before
+  // a restore) is refused rather than waited for.
+  watch.set_after_position(6);
+  grpc::ClientContext ahead;
+  Deadline(&ahead, 10000);
+  auto refused = docs_->Watch(&ahead, watch);
+  EXPECT_FALSE(refused->Read(&event));
+  const grpc::Status status = refused->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::OUT_OF_RANGE) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "past this node's newest change"))
+      << status.error_message();
 }
 
 TEST_F(DocumentServiceTest, UpdateStreamAnswersPipelinedUpdatesInOrderAndOutlivesAClientThatLeaves) {

@@ -240,11 +240,17 @@ TEST_F(NodeBinaryTest, BadFlagsAreRefusedWithAClearMessage) {
   EXPECT_EQ(log_bound.Wait(std::chrono::seconds(20)), 2);
   EXPECT_TRUE(absl::StrContains(log_bound.Stderr(), "--max_log_entries must be positive"));
   args = Args();
-  args.push_back("--backup_dir=" + dir_.string());
+  args.push_back("--backup_dir=" + dir_.string() + "/./backups");
   Process backup_into_data(args);
-  EXPECT_EQ(backup_into_data.Wait(std::chrono::seconds(20)), 1);
-  EXPECT_TRUE(absl::StrContains(backup_into_data.Stderr(), "the backup dir must not be the data dir"))
+  EXPECT_EQ(backup_into_data.Wait(std::chrono::seconds(20)), 2);
+  EXPECT_TRUE(absl::StrContains(backup_into_data.Stderr(), "--backup_dir must be outside --data_dir"))
       << backup_into_data.Stderr();
+  args = Args();
+  args.push_back("--backup_dir=" + dir_.parent_path().string() + "/");
+  Process data_in_backup(args);
+  EXPECT_EQ(data_in_backup.Wait(std::chrono::seconds(20)), 2);
+  EXPECT_TRUE(absl::StrContains(data_in_backup.Stderr(), "--backup_dir must be outside --data_dir"))
+      << data_in_backup.Stderr();
   args = Args();
   args.push_back("--no_such_flag=1");
   Process unknown(args);
