@@ -72,9 +72,16 @@ namespace {
 // True if one of the two paths is the other or lies inside it (compared after resolving ".",
 // "..", symlinks and trailing slashes as far as the paths exist).
 bool Nested(const std::string& a, const std::string& b) {
-  std::error_code error;
-  const std::filesystem::path x = std::filesystem::weakly_canonical(std::filesystem::absolute(a), error);
-  const std::filesystem::path y = std::filesystem::weakly_canonical(std::filesystem::absolute(b), error);
+  auto resolve = [](const std::string& path) {
+    std::error_code error;
+    std::filesystem::path absolute = std::filesystem::absolute(path, error);
+    if (error) absolute = path;
+    std::filesystem::path resolved = std::filesystem::weakly_canonical(absolute, error);
+    // Unreadable on the way (a permission): compare the spelled paths, normalized.
+    return error ? absolute.lexically_normal() : resolved;
+  };
+  const std::filesystem::path x = resolve(a);
+  const std::filesystem::path y = resolve(b);
   auto inside = [](const std::filesystem::path& inner, const std::filesystem::path& outer) {
     const auto [outer_end, inner_at] =
         std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());

@@ -250,7 +250,7 @@ EOF
     # The backup is copied, never used in place: its first start uses up its marker.
     if [ -d "$dir/n$i" ]; then
       aside=$(mktemp -u -d "$dir/n$i.before-restore-$(date +%Y%m%d-%H%M%S)-XXXX")
-      mv "$dir/n$i" "$aside"
+      mv -T "$dir/n$i" "$aside"
       echo "$target's previous data dir is now $aside"
     fi
     cp -a "$backup" "$dir/n$i"
@@ -272,7 +272,7 @@ EOF
       for i in $(seq 1 "$N"); do stop_node "$i"; done
     fi
     rm -rf "$dir"
-    echo "cluster wiped ($dir removed)"
+    echo "cluster wiped ($dir removed, with its data dirs, logs and backups)"
     ;;
   *)
     usage

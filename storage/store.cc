@@ -208,7 +208,12 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
         absl::StrCat("data dir ", options.path, ": cluster id and node name are required"));
   }
   std::unique_ptr<Store> store(new Store(options));
-  MERGEDB_RETURN_IF_ERROR(store->Initialize());
+  if (absl::Status opened = store->Initialize(); !opened.ok()) {
+    // A failed open must leave the directory as it found it: marking it cleanly closed would
+    // let the next open keep the replica id after an unclean stop of a no-fsync run.
+    store->abandoned_ = true;
+    return opened;
+  }
   return store;
 }
 
@@ -411,6 +416,13 @@ absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
   leveldb::DB* raw = nullptr;
   leveldb::Status s = leveldb::DB::Open(options, dir, &raw);
   if (!s.ok()) {
+    // Another writer's database appeared since the check (the same name, twice at once):
+    // leave it alone. Anything else failed while creating this call's own directory.
+    const std::string detail = s.ToString();
+    if (absl::StrContains(detail, "exists") || absl::StrContains(detail, "lock")) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("backup directory ", dir, " is being written by another backup"));
+    }
     (void)leveldb::DestroyDB(dir, options);
     return FromLevelDb(s, absl::StrCat("creating backup directory ", dir));
   }
@@ -438,8 +450,13 @@ absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
     leveldb::WriteBatch batch;
     // Until the last batch lands the copy says it is incomplete, so a copy cut off by a crash
     // is refused at open instead of passing for a whole store (its counters and digest are
-    // among the first records copied).
+    // among the first records copied). Written on its own first, so that only a crash in the
+    // moment between creating the directory and this write leaves a copy without it (an
+    // empty store, which would rebuild from its peers).
     batch.Put(keys::Meta(keys::kMetaFromBackup), std::string(keys::kBackupIncomplete));
+    MERGEDB_RETURN_IF_ERROR(
+        FromLevelDb(copy->Write(sync, &batch), absl::StrCat("writing backup ", dir)));
+    batch.Clear();
     size_t batch_bytes = 0;
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       // A closed store holds the marker, an open one never does; a copy is not a clean stop.

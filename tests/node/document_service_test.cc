@@ -223,6 +223,15 @@ TEST_F(DocumentServiceTest, WatchDeliversEveryChangeInOrderAndResumes) {
   resume.TryCancel();
   (void)resumed->Finish();
 
+  // The newest position is a valid place to resume: the stream waits for what comes next.
+  watch.set_after_position(5);
+  {
+    grpc::ClientContext newest;
+    Deadline(&newest, 300);
+    auto waiting = docs_->Watch(&newest, watch);
+    EXPECT_FALSE(waiting->Read(&event));
+    EXPECT_EQ(waiting->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
   // A position this node never gave (past its newest change: another node's, or from before
   // a restore) is refused rather than waited for.
   watch.set_after_position(6);

@@ -71,6 +71,24 @@ TEST_F(StoreOpenTest, ADirectoryOfAnotherNodeIsRefused) {
   ExpectError(options, absl::StatusCode::kFailedPrecondition, "belongs to node 'n1', not 'n9'");
 }
 
+TEST_F(StoreOpenTest, ARefusedOpenDoesNotMarkAnUncleanStopAsClean) {
+  crdt::ReplicaId first;
+  {
+    auto store = Store::Open(Options());  // no fsync per commit
+    ASSERT_TRUE(store.ok()) << store.status();
+    first = (*store)->replica_id();
+    (*store)->AbandonForTesting();  // stops like a killed process
+  }
+  // An operator's typo: refused, and the directory must stay as it was.
+  StoreOptions typo = Options();
+  typo.node_name = "n9";
+  ExpectError(typo, absl::StatusCode::kFailedPrecondition, "belongs to node 'n1'");
+  auto store = Store::Open(Options());
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_TRUE((*store)->rotated_incarnation()) << "the stop before the typo was not clean";
+  EXPECT_NE((*store)->replica_id(), first);
+}
+
 TEST_F(StoreOpenTest, AFutureSchemaIsRefused) {
   Populate(1);
   {

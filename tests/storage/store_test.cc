@@ -436,6 +436,15 @@ TEST_F(StoreTest, SnapshotIterationIsConsistentWhileWritesContinue) {
   EXPECT_EQ(CounterOf(*store->Get("c", "d0"), "n"), 21);
 }
 
+// 300 documents of 8 KiB: a backup of them takes three 1 MiB batches.
+void WriteOverTwoMiB(Store& store) {
+  for (int i = 0; i < 300; ++i) {
+    ASSERT_TRUE(store.ApplyLocal(SetString("c", "d" + std::to_string(i), "payload",
+                                           std::string(8 << 10, 'x'), store.replica_id()))
+                    .ok());
+  }
+}
+
 TEST_F(StoreTest, ABackupDuringWritesIsOnePointInTimeAndOpensAsANewIncarnation) {
   crdt::ReplicaId me;
   uint64_t acknowledged_before = 0;
@@ -455,15 +464,20 @@ TEST_F(StoreTest, ABackupDuringWritesIsOnePointInTimeAndOpensAsANewIncarnation) 
     }
     acknowledged_before = store->AppliedVector().at(me);
     std::atomic<bool> stop{false};
+    std::atomic<bool> writer_done{false};
     std::atomic<int> written{0};
     std::thread writer([&] {
       for (int k = 0; !stop && k < 100000; ++k) {
-        ASSERT_TRUE(store->ApplyLocal(Increment("c", "d" + std::to_string(k % 200), "n", 1, me)).ok());
+        if (!store->ApplyLocal(Increment("c", "d" + std::to_string(k % 200), "n", 1, me)).ok()) {
+          ADD_FAILURE() << "write " << k << " failed";
+          break;
+        }
         ++written;
       }
+      writer_done = true;
     });
     // Writes are going on when the copy starts...
-    while (written < 50) std::this_thread::yield();
+    while (written < 50 && !writer_done) std::this_thread::yield();
     auto result = store->Backup("/backup", nullptr);
     // ...and the writer is stopped only once the store is past the copy, so that the copy is
     // checked against later writes too.
@@ -507,16 +521,12 @@ TEST_F(StoreTest, ABackupDuringWritesIsOnePointInTimeAndOpensAsANewIncarnation) 
 
 TEST_F(StoreTest, ACancelledBackupLeavesNothingBehind) {
   auto store = OpenOrDie();
-  // Over 2 MiB: the copy has written a batch when it is cancelled at its second check.
-  for (int i = 0; i < 300; ++i) {
-    ASSERT_TRUE(store->ApplyLocal(SetString("c", "d" + std::to_string(i), "payload",
-                                            std::string(8 << 10, 'x'), store->replica_id()))
-                    .ok());
-  }
+  // The check comes before each 1 MiB batch is written: at the third, one has been.
+  ASSERT_NO_FATAL_FAILURE(WriteOverTwoMiB(*store));
   int checks = 0;
   auto result = store->Backup("/backup", [&] { return ++checks >= 3; });
   EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
-  EXPECT_EQ(checks, 3) << "cancelled after two batches were written";
+  EXPECT_EQ(checks, 3) << "cancelled after a batch was written";
   std::vector<std::string> left;
   (void)env_.GetChildren("/backup", &left);
   EXPECT_TRUE(left.empty()) << left.size() << " files left, e.g. " << left[0];
@@ -527,14 +537,11 @@ TEST_F(StoreTest, ACancelledBackupLeavesNothingBehind) {
 TEST_F(StoreTest, ABackupCutOffBeforeItsEndIsRefusedAtOpen) {
   {
     auto store = OpenOrDie();
-    for (int i = 0; i < 300; ++i) {
-      ASSERT_TRUE(store->ApplyLocal(SetString("c", "d" + std::to_string(i), "payload",
-                                              std::string(8 << 10, 'x'), store->replica_id()))
-                      .ok());
-    }
+    ASSERT_NO_FATAL_FAILURE(WriteOverTwoMiB(*store));
     // A process that dies in the middle of a copy: its first batches are on disk, its last
     // never comes. Simulated by abandoning the copy's directory before it is cleaned up.
-    // Checks come before the copy and after each 1 MiB batch: at the third, two are written.
+    // Checks come before the copy and before each 1 MiB batch is written: at the third, the
+    // marker and one batch are on disk.
     int checks = 0;
     auto result = store->Backup("/backup", [&] {
       std::vector<std::string> files;
