@@ -21,15 +21,6 @@ namespace {
 using mergedb::v1::ReplicationRequest;
 using mergedb::v1::ReplicationResponse;
 
-void EncodeVector(const storage::VersionVector& v,
-                  google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>* out) {
-  for (const auto& [origin, seq] : v) {
-    auto* e = out->Add();
-    e->set_replica(origin);
-    e->set_counter(seq);
-  }
-}
-
 storage::VersionVector DecodeVector(
     const google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>& in) {
   storage::VersionVector v;
@@ -63,6 +54,15 @@ absl::Status NotUtf8Error(absl::string_view what, absl::string_view collection,
 }
 
 }  // namespace
+
+void EncodeVector(const storage::VersionVector& v,
+                  google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>* out) {
+  for (const auto& [origin, seq] : v) {
+    auto* e = out->Add();
+    e->set_replica(origin);
+    e->set_counter(seq);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // ClusterView

@@ -30,6 +30,10 @@
 
 namespace mergedb::node {
 
+// Appends `v` to a repeated VectorEntry field (the wire form of a version vector).
+void EncodeVector(const storage::VersionVector& v,
+                  google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>* out);
+
 inline constexpr uint32_t kReplicationProtocolVersion = 1;
 
 struct PeerConfig {

@@ -417,11 +417,7 @@ grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1:
   response->set_cluster_id(node_->options().cluster_id);
   response->set_replica_id(store->replica_id());
   response->set_role(node_->options().role);
-  for (const auto& [origin, seq] : store->AppliedVector()) {
-    auto* entry = response->add_applied();
-    entry->set_replica(origin);
-    entry->set_counter(seq);
-  }
+  EncodeVector(store->AppliedVector(), response->mutable_applied());
   for (auto& peer : node_->replication()->PeerStatuses()) *response->add_peers() = std::move(peer);
   response->set_document_count(store->document_count());
   response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - node_->start_time()));
@@ -461,11 +457,7 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
     return ToGrpcStatus(result.status());
   }
   response->set_path(path);
-  for (const auto& [origin, seq] : result->applied) {
-    auto* entry = response->add_applied();
-    entry->set_replica(origin);
-    entry->set_counter(seq);
-  }
+  EncodeVector(result->applied, response->mutable_applied());
   response->set_records(result->records);
   response->set_bytes(result->bytes);
   response->set_seconds(absl::ToDoubleSeconds(absl::Now() - start));

@@ -348,13 +348,15 @@ absl::Status Store::Initialize() {
   std::string from_backup;
   leveldb::Status fb = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaFromBackup), &from_backup);
   if (!fb.ok() && !fb.IsNotFound()) return FromLevelDb(fb, absl::StrCat("reading ", path));
-  open_batch.Delete(keys::Meta(keys::kMetaFromBackup));
-  if (fb.ok() && from_backup != keys::kBackupComplete) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "data dir ", path, " is a backup that was cut off before it was complete; delete it "
-        "and use another backup (or rebuild the node from its peers with an empty data dir)"));
-  }
   opened_backup_ = fb.ok();
+  if (opened_backup_) {
+    if (from_backup != keys::kBackupComplete) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data dir ", path, " is a backup that was cut off before it was complete; delete it "
+          "and use another backup (or rebuild the node from its peers with an empty data dir)"));
+    }
+    open_batch.Delete(keys::Meta(keys::kMetaFromBackup));
+  }
   if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation || opened_backup_) {
     const crdt::ReplicaId previous = replica_id_;
     do {

@@ -270,13 +270,15 @@ class Store {
   absl::StatusOr<std::unique_ptr<SnapshotCursor>> OpenSnapshot();
 
   // Writes a consistent copy of the whole store, as of one point, into a new LevelDB
-  // directory `dir` (through the store's Env; missing parents are created), while writes go on. The copy is a data dir of
-  // this cluster and node: restored in place of the node's data dir it opens as a new
-  // incarnation (a new replica id, see keys::kMetaFromBackup), so the writes the node accepted
-  // after the copy cannot be shadowed by new writes reusing their sequence numbers, and its
-  // peers send back what it lacks. The copy's last write is synced. `cancelled` is polled
-  // before the copy and between batches of 1 MiB. ALREADY_EXISTS if `dir` holds a LevelDB directory, CANCELLED if
-  // `cancelled()` became true; on any error the partial copy is removed.
+  // directory `dir` (through the store's Env; missing parents are created) while writes go
+  // on. The copy is a data dir of this cluster and node: put in place of the node's data dir,
+  // it opens as a new incarnation (a new replica id, see keys::kMetaFromBackup), so the writes
+  // the node accepted after the copy cannot be shadowed by new writes reusing their sequence
+  // numbers, and its peers send back what it lacks. Every write of the copy is synced; the
+  // copy is marked complete by its last one, and an incomplete copy is refused at open.
+  // `cancelled` is polled before the copy and before each 1 MiB batch. ALREADY_EXISTS if `dir`
+  // holds anything; CANCELLED if `cancelled()` became true; on any error after creating `dir`
+  // the partial copy is removed.
   absl::StatusOr<BackupResult> Backup(const std::string& dir,
                                       const std::function<bool()>& cancelled);
 

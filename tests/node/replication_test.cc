@@ -255,7 +255,9 @@ TEST(Replication, BackupsNeedABackupDirAValidNameAndANewName) {
   grpc::Status off = cluster.Backup(1, "b", &response);
   EXPECT_EQ(off.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_TRUE(absl::StrContains(off.error_message(), "--backup_dir")) << off.error_message();
-  for (const std::string& name : std::vector<std::string>{"", "..", ".hidden", "a/b", "../escape", "tab\tname", std::string(256, 'x')}) {
+  const std::vector<std::string> bad = {"",          "..",         ".hidden", "a/b",
+                                       "../escape", "tab\tname", std::string(256, 'x')};
+  for (const std::string& name : bad) {
     EXPECT_EQ(cluster.Backup(0, name, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << name;
   }
