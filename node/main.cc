@@ -63,6 +63,10 @@ ABSL_FLAG(bool, new_incarnation, false,
 ABSL_FLAG(std::string, backup_dir, "",
           "Where `mergedb backup NAME` (ClusterService.Backup) writes consistent copies of this "
           "node's data, as DIR/NAME on this machine. Empty: backups are refused.");
+ABSL_FLAG(int64_t, backup_min_free_mb, 256,
+          "MiB a backup leaves free on the file system it writes to, for this node's own writes "
+          "when they share it: a backup that would leave less is refused, and one that comes to "
+          "leave less while copying stops and is removed. 0: no check.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -168,6 +172,11 @@ int main(int argc, char** argv) {
   if (!options.backup_dir.empty() && Nested(options.backup_dir, options.data_dir)) {
     return UsageError("--backup_dir must be outside --data_dir, and --data_dir outside it");
   }
+  const int64_t backup_min_free_mb = absl::GetFlag(FLAGS_backup_min_free_mb);
+  if (backup_min_free_mb < 0 || backup_min_free_mb > (int64_t{1} << 40)) {
+    return UsageError("--backup_min_free_mb must be between 0 and 2^40");
+  }
+  options.backup_min_free_bytes = static_cast<uint64_t>(backup_min_free_mb) << 20;
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

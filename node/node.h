@@ -8,6 +8,7 @@
 #define MERGEDB_NODE_NODE_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -66,6 +67,11 @@ struct NodeOptions {
   // Where ClusterService.Backup writes copies (on this node's machine, through `env`); empty:
   // backups are refused.
   std::string backup_dir;
+  // Space a backup leaves free on its file system (storage::StoreOptions::backup_min_free_bytes).
+  uint64_t backup_min_free_bytes = uint64_t{256} << 20;
+  // Test-only: reports the free space of a path instead of the file system
+  // (storage::StoreOptions::free_space).
+  std::function<absl::StatusOr<uint64_t>(const std::string& path)> free_space;
 };
 
 class DocumentServiceImpl;

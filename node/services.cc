@@ -453,8 +453,13 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
   absl::StatusOr<storage::BackupResult> result =
       node_->store()->Backup(path, [context] { return context->IsCancelled(); });
   if (!result.ok()) {
-    MERGEDB_LOG(WARNING) << "backup to " << path << " failed: " << result.status();
-    return ToGrpcStatus(result.status());
+    absl::Status failed = result.status();
+    if (absl::IsResourceExhausted(failed)) {
+      failed = absl::ResourceExhaustedError(absl::StrCat(
+          failed.message(), " (--backup_min_free_mb); free space there, or back up elsewhere"));
+    }
+    MERGEDB_LOG(WARNING) << "backup to " << path << " failed: " << failed;
+    return ToGrpcStatus(failed);
   }
   response->set_path(path);
   EncodeVector(result->applied, response->mutable_applied());

@@ -1,6 +1,11 @@
 #include "storage/store.h"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <list>
 #include <unordered_map>
 
@@ -44,6 +49,25 @@ void CreateParentDirs(leveldb::Env* env, const std::string& path) {
     (void)env->CreateDir(path.substr(0, slash));
   }
 }
+
+// Free bytes for an unprivileged writer on the file system that holds `path`, which need not
+// exist yet (a backup's directory is created later): asked of its nearest existing ancestor.
+absl::StatusOr<uint64_t> FreeBytesOnFileSystem(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path at = std::filesystem::absolute(path, ec);
+  if (ec) at = path;
+  while (!std::filesystem::exists(at, ec) && at.has_parent_path() && at.parent_path() != at) {
+    at = at.parent_path();
+  }
+  struct statvfs fs {};
+  if (statvfs(at.c_str(), &fs) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot read the free space of the file system holding ", path, ": ", std::strerror(errno)));
+  }
+  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+}
+
+std::string MiB(uint64_t bytes) { return absl::StrCat((bytes + (1 << 19)) >> 20, " MiB"); }
 
 bool HasPrefix(const leveldb::Slice& key, absl::string_view prefix) {
   return key.size() >= prefix.size() && memcmp(key.data(), prefix.data(), prefix.size()) == 0;
@@ -414,6 +438,24 @@ absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
           absl::StrCat("backup directory ", dir, " already exists and is not empty; choose a new name"));
     }
   }
+  // Space: the copy is about the size of the store's tables plus its own log and memtable.
+  // Checked again before every batch, since the store and other files go on growing.
+  std::function<absl::StatusOr<uint64_t>(const std::string&)> free_space = options_.free_space;
+  if (!free_space && options_.env == nullptr) free_space = FreeBytesOnFileSystem;
+  const uint64_t keep_free = free_space ? options_.backup_min_free_bytes : 0;
+  if (keep_free > 0) {
+    const leveldb::Range everything(leveldb::Slice(), leveldb::Slice("\xff\xff\xff\xff"));
+    uint64_t stored = 0;
+    db_->GetApproximateSizes(&everything, 1, &stored);
+    const uint64_t needed = stored + options.write_buffer_size;
+    MERGEDB_ASSIGN_OR_RETURN(const uint64_t free, free_space(dir));
+    if (free < needed + keep_free) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "backup refused: the file system of ", dir, " has ", MiB(free),
+          " free; the copy needs about ", MiB(needed), " and ", MiB(keep_free),
+          " are kept free for the node's own writes"));
+    }
+  }
   CreateParentDirs(options.env, dir);
   leveldb::DB* raw = nullptr;
   leveldb::Status s = leveldb::DB::Open(options, dir, &raw);
@@ -468,6 +510,15 @@ absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
       batch_bytes += it->key().size() + it->value().size();
       if (batch_bytes >= (size_t{1} << 20)) {
         if (cancelled && cancelled()) return absl::CancelledError("backup cancelled");
+        if (keep_free > 0) {
+          MERGEDB_ASSIGN_OR_RETURN(const uint64_t free, free_space(dir));
+          if (free < keep_free + batch_bytes) {
+            return absl::ResourceExhaustedError(absl::StrCat(
+                "backup stopped after ", MiB(result.bytes), ": the file system of ", dir,
+                " has ", MiB(free), " free and ", MiB(keep_free),
+                " are kept free for the node's own writes"));
+          }
+        }
         MERGEDB_RETURN_IF_ERROR(
             FromLevelDb(copy->Write(sync, &batch), absl::StrCat("writing backup ", dir)));
         batch.Clear();

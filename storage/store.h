@@ -96,6 +96,16 @@ struct StoreOptions {
   // Draw a new replica id at this open even after a clean stop: for a data dir restored from a
   // copy, whose node may have issued sequence numbers since that the copy lacks.
   bool new_incarnation = false;
+  // Backup keeps at least this many bytes free on the file system it writes to, for the
+  // node's own writes when they share it (a node that fails a commit for want of space refuses
+  // writes until restarted): a copy that would leave less is refused before it starts, and one
+  // that gets there while copying (the store grew, or something else filled the disk) stops
+  // and is removed. 0: no check.
+  uint64_t backup_min_free_bytes = 0;
+  // Free bytes, for an unprivileged writer, on the file system that holds `path` (which need
+  // not exist yet). Empty: statvfs on the nearest existing ancestor of `path` when `env` is the
+  // real file system; with another `env`, no check unless this is set (tests set it).
+  std::function<absl::StatusOr<uint64_t>(const std::string& path)> free_space;
 };
 
 // A local update: `mutate` applies the update's operations to the document and returns their
@@ -277,8 +287,9 @@ class Store {
   // numbers, and its peers send back what it lacks. Every write of the copy is synced; the
   // copy is marked complete by its last one, and an incomplete copy is refused at open.
   // `cancelled` is polled before the copy and before each 1 MiB batch. ALREADY_EXISTS if `dir`
-  // holds anything; CANCELLED if `cancelled()` became true; on any error after creating `dir`
-  // the partial copy is removed.
+  // holds anything; CANCELLED if `cancelled()` became true; RESOURCE_EXHAUSTED if the copy
+  // would leave, or came to leave, less than StoreOptions::backup_min_free_bytes free; on any
+  // error after creating `dir` the partial copy is removed.
   absl::StatusOr<BackupResult> Backup(const std::string& dir,
                                       const std::function<bool()>& cancelled);
 

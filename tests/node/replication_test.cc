@@ -266,6 +266,57 @@ TEST(Replication, BackupsNeedABackupDirAValidNameAndANewName) {
   EXPECT_EQ(again.error_code(), grpc::StatusCode::ALREADY_EXISTS) << again.error_message();
 }
 
+TEST(Replication, ABackupIsRefusedWhileAnotherRunsOrWhenItWouldFillTheDisk) {
+  Cluster cluster(2);
+  cluster.options(0).backup_dir = "/backups";
+  // The free-space probe is the first thing a backup does once it holds the node's one backup
+  // slot: the copy named "slow" waits there until released.
+  absl::Mutex mu;
+  bool entered = false;
+  bool released = false;
+  std::atomic<uint64_t> free{uint64_t{1} << 40};
+  cluster.options(0).free_space = [&](const std::string& path) -> absl::StatusOr<uint64_t> {
+    if (absl::EndsWith(path, "/slow")) {
+      absl::MutexLock lock(&mu);
+      entered = true;
+      mu.Await(absl::Condition(&released));
+    }
+    return free.load();
+  };
+  cluster.StartAll();
+  grpc::Status slow_status;
+  std::thread slow([&] {
+    BackupResponse slow_response;
+    slow_status = cluster.Backup(0, "slow", &slow_response);
+  });
+  {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(&entered));
+  }
+  BackupResponse response;
+  const grpc::Status busy = cluster.Backup(0, "other", &response);
+  EXPECT_EQ(busy.error_code(), grpc::StatusCode::ABORTED) << busy.error_message();
+  EXPECT_TRUE(absl::StrContains(busy.error_message(), "another backup is running"))
+      << busy.error_message();
+  {
+    absl::MutexLock lock(&mu);
+    released = true;
+  }
+  slow.join();
+  EXPECT_TRUE(slow_status.ok()) << slow_status.error_message();
+  const grpc::Status after = cluster.Backup(0, "other", &response);
+  EXPECT_TRUE(after.ok()) << after.error_message();
+
+  // 100 MiB free is less than the default 256 MiB a backup leaves to the node.
+  free = uint64_t{100} << 20;
+  const grpc::Status full = cluster.Backup(0, "third", &response);
+  EXPECT_EQ(full.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << full.error_message();
+  EXPECT_TRUE(absl::StrContains(full.error_message(), "256 MiB are kept free"))
+      << full.error_message();
+  EXPECT_TRUE(absl::StrContains(full.error_message(), "--backup_min_free_mb"))
+      << full.error_message();
+}
+
 TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
   Cluster cluster(3);
   cluster.StartAll();

@@ -149,5 +149,26 @@ TEST_F(StoreOpenTest, ReopeningAfterACleanCloseNeedsNoRepair) {
   EXPECT_EQ((*store)->document_count(), 10);
 }
 
+// The free space a backup leaves is read from the real file system, at the nearest existing
+// ancestor of a backup directory that does not exist yet.
+TEST_F(StoreOpenTest, ABackupReadsTheFreeSpaceOfTheRealFileSystem) {
+  StoreOptions options = Options();
+  options.path = (dir_ / "data").string();
+  options.backup_min_free_bytes = uint64_t{1} << 62;  // more than any disk has
+  auto store = Store::Open(options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const std::string backup = (dir_ / "backups" / "nested" / "b1").string();
+  auto refused = (*store)->Backup(backup, nullptr);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "MiB free")) << refused.status();
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "backups"));
+  store->reset();
+  options.backup_min_free_bytes = 1;
+  store = Store::Open(options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto taken = (*store)->Backup(backup, nullptr);
+  EXPECT_TRUE(taken.ok()) << taken.status();
+}
+
 }  // namespace
 }  // namespace mergedb::storage

@@ -575,6 +575,69 @@ TEST_F(StoreTest, ABackupNeverWritesIntoADirectoryThatHoldsSomething) {
   EXPECT_EQ(contents, "mine");
 }
 
+// A backup must not fill the disk under the node: a commit that fails for want of space makes
+// the store refuse writes until it is restarted.
+TEST_F(StoreTest, ABackupThatWouldLeaveTooLittleSpaceIsRefusedBeforeItStarts) {
+  StoreOptions options = Options();
+  options.backup_min_free_bytes = uint64_t{64} << 20;
+  uint64_t free = uint64_t{70} << 20;
+  std::vector<std::string> asked;
+  options.free_space = [&](const std::string& path) -> absl::StatusOr<uint64_t> {
+    asked.push_back(path);
+    return free;
+  };
+  auto store = OpenOrDie(options);
+  ASSERT_NO_FATAL_FAILURE(WriteOverTwoMiB(*store));
+  // 70 MiB free: the copy's 2 MiB, its 16 MiB memtable and log, and the 64 MiB reserve do not fit.
+  auto refused = store->Backup("/backups/b1", nullptr);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "70 MiB free")) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "64 MiB are kept free"))
+      << refused.status();
+  EXPECT_EQ(asked, std::vector<std::string>{"/backups/b1"});
+  std::vector<std::string> left;
+  EXPECT_FALSE(env_.GetChildren("/backups/b1", &left).ok() && !left.empty());
+  // With room for it, the same copy goes ahead, asking again before every batch.
+  free = uint64_t{100} << 20;
+  auto taken = store->Backup("/backups/b1", nullptr);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_GE(asked.size(), 4u);
+}
+
+TEST_F(StoreTest, ABackupThatRunsOutOfSpaceStopsAndIsRemoved) {
+  StoreOptions options = Options();
+  options.backup_min_free_bytes = uint64_t{64} << 20;
+  int calls = 0;
+  // Something else fills the disk while the copy runs: after the first batch only 65 MiB are
+  // left, under the reserve plus the next batch.
+  options.free_space = [&](const std::string&) -> absl::StatusOr<uint64_t> {
+    return ++calls <= 2 ? uint64_t{200} << 20 : uint64_t{65} << 20;
+  };
+  auto store = OpenOrDie(options);
+  ASSERT_NO_FATAL_FAILURE(WriteOverTwoMiB(*store));
+  auto result = store->Backup("/backup", nullptr);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted) << result.status();
+  EXPECT_TRUE(absl::StrContains(result.status().message(), "backup stopped after 1 MiB"))
+      << result.status();
+  EXPECT_EQ(calls, 3);
+  std::vector<std::string> left;
+  (void)env_.GetChildren("/backup", &left);
+  EXPECT_TRUE(left.empty()) << left.size() << " files left, e.g. " << left[0];
+  // The store itself is untouched and takes writes.
+  EXPECT_TRUE(store->ApplyLocal(Increment("c", "d0", "n", 1, store->replica_id())).ok());
+
+  // A file system whose free space cannot be read gets no copy either.
+  StoreOptions blind = Options();
+  blind.path = "/blind";
+  blind.backup_min_free_bytes = 1;
+  blind.free_space = [](const std::string& path) -> absl::StatusOr<uint64_t> {
+    return absl::FailedPreconditionError("cannot read the free space of " + path);
+  };
+  auto other = OpenOrDie(blind);
+  EXPECT_EQ(other->Backup("/backup2", nullptr).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 TEST_F(StoreTest, ChangeFeedListsEveryChangeInOrder) {
   auto store = OpenOrDie();
   const crdt::ReplicaId me = store->replica_id();
