@@ -123,8 +123,12 @@ template <typename Stub>
 using PrepareUpdate = std::unique_ptr<grpc::ClientAsyncResponseReader<mergedb::v1::UpdateResponse>> (
     Stub::*)(grpc::ClientContext*, const mergedb::v1::UpdateRequest&, grpc::CompletionQueue*);
 
-// Sends `total` calls, `concurrency` in flight, round-robin over `stubs`, paced to `rate` per
-// second when rate > 0. make(rng, i) builds call i; on_ack(i, stub index) runs as it completes.
+// Sends `total` calls, at most `concurrency` in flight, round-robin over `stubs`, paced to
+// `rate` per second when rate > 0 (call i is due at i / rate; a call that finds `concurrency`
+// in flight goes as soon as one completes). make(rng, i) builds call i; on_ack(i, stub index)
+// runs as it completes. Completions are taken as they arrive, also while waiting for the next
+// call's turn: a driver that slept until then would see answers late, and a benchmark that
+// times acknowledgements (replication lag) would measure its own sleeping.
 // Exits the process on a failed call: a benchmark with errors measures nothing.
 template <typename Stub, typename Make, typename OnAck>
 DriveResult Drive(const std::vector<Stub*>& stubs, PrepareUpdate<Stub> prepare, int concurrency,
@@ -144,8 +148,9 @@ DriveResult Drive(const std::vector<Stub*>& stubs, PrepareUpdate<Stub> prepare, 
   result.latencies_us.reserve(static_cast<size_t>(total));
   int issued = 0, done = 0;
   const auto start = Clock::now();
+  auto due = [&] { return start + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(issued / rate)); };
   auto issue = [&] {
-    if (rate > 0) std::this_thread::sleep_until(start + std::chrono::duration<double>(issued / rate));
     auto* call = new Call;
     call->i = static_cast<uint64_t>(issued);
     call->stub = static_cast<size_t>(issued) % stubs.size();
@@ -155,10 +160,23 @@ DriveResult Drive(const std::vector<Stub*>& stubs, PrepareUpdate<Stub> prepare, 
     call->reader->Finish(&call->response, &call->status, call);
     ++issued;
   };
-  for (int k = 0; k < concurrency && issued < total; ++k) issue();
   void* tag;
   bool ok;
-  while (done < total && cq.Next(&tag, &ok)) {
+  while (done < total) {
+    // Issue every call whose turn has come, while there is room.
+    while (issued < total && issued - done < concurrency && (rate <= 0 || Clock::now() >= due())) {
+      issue();
+    }
+    const bool waiting_for_turn = rate > 0 && issued < total && issued - done < concurrency;
+    const auto deadline = waiting_for_turn
+                              ? std::chrono::system_clock::now() + (due() - Clock::now())
+                              : std::chrono::system_clock::now() + std::chrono::hours(1);
+    const grpc::CompletionQueue::NextStatus got = cq.AsyncNext(&tag, &ok, deadline);
+    if (got == grpc::CompletionQueue::TIMEOUT && waiting_for_turn) continue;
+    if (got != grpc::CompletionQueue::GOT_EVENT) {
+      std::fprintf(stderr, "no answer to %d calls within an hour\n", issued - done);
+      std::exit(1);
+    }
     auto* call = static_cast<Call*>(tag);
     if (!call->status.ok()) {
       std::fprintf(stderr, "call failed: %s\n", call->status.error_message().c_str());
@@ -169,7 +187,6 @@ DriveResult Drive(const std::vector<Stub*>& stubs, PrepareUpdate<Stub> prepare, 
     on_ack(call->i, call->stub);
     delete call;
     ++done;
-    if (issued < total) issue();
   }
   result.per_second = total / std::chrono::duration<double>(Clock::now() - start).count();
   cq.Shutdown();
