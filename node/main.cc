@@ -64,9 +64,10 @@ ABSL_FLAG(std::string, backup_dir, "",
           "Where `mergedb backup NAME` (ClusterService.Backup) writes consistent copies of this "
           "node's data, as DIR/NAME on this machine. Empty: backups are refused.");
 ABSL_FLAG(int64_t, backup_min_free_mb, 256,
-          "MiB a backup leaves free on the file system it writes to, for this node's own writes "
-          "when they share it: a backup that would leave less is refused, and one that comes to "
-          "leave less while copying stops and is removed. 0: no check.");
+          "MiB a backup leaves free on the file system it writes to, whether or not --data_dir "
+          "is there too (when it is, this is the room kept for the node's own writes): a backup "
+          "that would leave less is refused, and one that comes near it while copying stops and "
+          "is removed. 0: no check.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");

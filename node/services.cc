@@ -455,8 +455,10 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
   if (!result.ok()) {
     absl::Status failed = result.status();
     if (absl::IsResourceExhausted(failed)) {
-      failed = absl::ResourceExhaustedError(absl::StrCat(
-          failed.message(), " (--backup_min_free_mb); free space there, or back up elsewhere"));
+      failed = absl::ResourceExhaustedError(
+          absl::StrCat(failed.message(),
+                       " (--backup_min_free_mb): free some space there, or restart the node with "
+                       "a lower --backup_min_free_mb or another --backup_dir"));
     }
     MERGEDB_LOG(WARNING) << "backup to " << path << " failed: " << failed;
     return ToGrpcStatus(failed);

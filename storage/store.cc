@@ -55,19 +55,27 @@ void CreateParentDirs(leveldb::Env* env, const std::string& path) {
 absl::StatusOr<uint64_t> FreeBytesOnFileSystem(const std::string& path) {
   std::error_code ec;
   std::filesystem::path at = std::filesystem::absolute(path, ec);
-  if (ec) at = path;
-  while (!std::filesystem::exists(at, ec) && at.has_parent_path() && at.parent_path() != at) {
+  if (ec) at = ".";
+  // Climb only past names that do not exist: a directory that cannot be read (or a dangling
+  // link) stops the walk and fails below, rather than measuring some other file system.
+  for (;;) {
+    (void)std::filesystem::status(at, ec);
+    const bool missing = ec == std::errc::no_such_file_or_directory;
+    if (!missing || !at.has_parent_path() || at.parent_path() == at) break;
     at = at.parent_path();
   }
   struct statvfs fs {};
   if (statvfs(at.c_str(), &fs) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot read the free space of the file system holding ", path, ": ", std::strerror(errno)));
+    char buf[256];
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read the free space of the file system holding ", path, " (at ",
+                     at.string(), "): ", strerror_r(errno, buf, sizeof buf)));
   }
   return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
 }
 
-std::string MiB(uint64_t bytes) { return absl::StrCat((bytes + (1 << 19)) >> 20, " MiB"); }
+// Whole MiB, rounded down: a figure of free space never reads as more than there is.
+std::string MiB(uint64_t bytes) { return absl::StrCat(bytes >> 20, " MiB"); }
 
 bool HasPrefix(const leveldb::Slice& key, absl::string_view prefix) {
   return key.size() >= prefix.size() && memcmp(key.data(), prefix.data(), prefix.size()) == 0;
@@ -438,16 +446,26 @@ absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
           absl::StrCat("backup directory ", dir, " already exists and is not empty; choose a new name"));
     }
   }
-  // Space: the copy is about the size of the store's tables plus its own log and memtable.
-  // Checked again before every batch, since the store and other files go on growing.
+  // Space. The copy ends up about the size of the store's data: its tables plus what is still
+  // in its memtables (LevelDB's memory figure, which also counts its block cache, so it errs
+  // high); while being written it also holds a log of up to one memtable. Checked again before
+  // every batch, with room for that batch and that log, since the store and other files go on
+  // growing meanwhile.
   std::function<absl::StatusOr<uint64_t>(const std::string&)> free_space = options_.free_space;
-  if (!free_space && options_.env == nullptr) free_space = FreeBytesOnFileSystem;
+  if (!free_space && (options_.env == nullptr || options_.env == leveldb::Env::Default())) {
+    free_space = FreeBytesOnFileSystem;
+  }
   const uint64_t keep_free = free_space ? options_.backup_min_free_bytes : 0;
   if (keep_free > 0) {
     const leveldb::Range everything(leveldb::Slice(), leveldb::Slice("\xff\xff\xff\xff"));
-    uint64_t stored = 0;
-    db_->GetApproximateSizes(&everything, 1, &stored);
-    const uint64_t needed = stored + options.write_buffer_size;
+    uint64_t in_tables = 0;
+    db_->GetApproximateSizes(&everything, 1, &in_tables);
+    std::string memory;
+    uint64_t in_memory = 0;
+    if (db_->GetProperty("leveldb.approximate-memory-usage", &memory)) {
+      (void)absl::SimpleAtoi(memory, &in_memory);
+    }
+    const uint64_t needed = in_tables + in_memory + options.write_buffer_size;
     MERGEDB_ASSIGN_OR_RETURN(const uint64_t free, free_space(dir));
     if (free < needed + keep_free) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -512,11 +530,12 @@ absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
         if (cancelled && cancelled()) return absl::CancelledError("backup cancelled");
         if (keep_free > 0) {
           MERGEDB_ASSIGN_OR_RETURN(const uint64_t free, free_space(dir));
-          if (free < keep_free + batch_bytes) {
+          if (free < keep_free + batch_bytes + options.write_buffer_size) {
             return absl::ResourceExhaustedError(absl::StrCat(
                 "backup stopped after ", MiB(result.bytes), ": the file system of ", dir,
-                " has ", MiB(free), " free and ", MiB(keep_free),
-                " are kept free for the node's own writes"));
+                " has ", MiB(free), " free, under the ", MiB(keep_free),
+                " kept free for the node's own writes plus room for the copy's next batch "
+                "and its log (", MiB(batch_bytes + options.write_buffer_size), ")"));
           }
         }
         MERGEDB_RETURN_IF_ERROR(

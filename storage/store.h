@@ -96,15 +96,16 @@ struct StoreOptions {
   // Draw a new replica id at this open even after a clean stop: for a data dir restored from a
   // copy, whose node may have issued sequence numbers since that the copy lacks.
   bool new_incarnation = false;
-  // Backup keeps at least this many bytes free on the file system it writes to, for the
-  // node's own writes when they share it (a node that fails a commit for want of space refuses
-  // writes until restarted): a copy that would leave less is refused before it starts, and one
-  // that gets there while copying (the store grew, or something else filled the disk) stops
-  // and is removed. 0: no check.
+  // Backup keeps at least this many bytes free on the file system it writes to, whether or
+  // not the data dir is on it too (when it is, the reserve is the node's own writes' room: a
+  // node that fails a commit for want of space refuses writes until restarted): a copy that
+  // would leave less is refused before it starts, and one that gets near it while copying (the
+  // store grew, or something else filled the disk) stops and is removed. 0: no check.
   uint64_t backup_min_free_bytes = 0;
   // Free bytes, for an unprivileged writer, on the file system that holds `path` (which need
-  // not exist yet). Empty: statvfs on the nearest existing ancestor of `path` when `env` is the
-  // real file system; with another `env`, no check unless this is set (tests set it).
+  // not exist yet). Empty: statvfs on the nearest existing ancestor of `path` when `env` is
+  // null or leveldb::Env::Default() (the real file system); with another `env`, no check unless
+  // this is set (tests set it).
   std::function<absl::StatusOr<uint64_t>(const std::string& path)> free_space;
 };
 

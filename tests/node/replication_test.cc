@@ -289,9 +289,19 @@ TEST(Replication, ABackupIsRefusedWhileAnotherRunsOrWhenItWouldFillTheDisk) {
     BackupResponse slow_response;
     slow_status = cluster.Backup(0, "slow", &slow_response);
   });
+  bool slow_started = false;
   {
     absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(&entered));
+    slow_started = mu.AwaitWithTimeout(absl::Condition(&entered), absl::Seconds(30));
+  }
+  if (!slow_started) {
+    ADD_FAILURE() << "the first backup never reached its free-space check";
+    {
+      absl::MutexLock lock(&mu);
+      released = true;
+    }
+    slow.join();
+    return;
   }
   BackupResponse response;
   const grpc::Status busy = cluster.Backup(0, "other", &response);

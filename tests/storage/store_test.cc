@@ -580,7 +580,7 @@ TEST_F(StoreTest, ABackupNeverWritesIntoADirectoryThatHoldsSomething) {
 TEST_F(StoreTest, ABackupThatWouldLeaveTooLittleSpaceIsRefusedBeforeItStarts) {
   StoreOptions options = Options();
   options.backup_min_free_bytes = uint64_t{64} << 20;
-  uint64_t free = uint64_t{70} << 20;
+  uint64_t free = uint64_t{83} << 20;
   std::vector<std::string> asked;
   options.free_space = [&](const std::string& path) -> absl::StatusOr<uint64_t> {
     asked.push_back(path);
@@ -588,17 +588,18 @@ TEST_F(StoreTest, ABackupThatWouldLeaveTooLittleSpaceIsRefusedBeforeItStarts) {
   };
   auto store = OpenOrDie(options);
   ASSERT_NO_FATAL_FAILURE(WriteOverTwoMiB(*store));
-  // 70 MiB free: the copy's 2 MiB, its 16 MiB memtable and log, and the 64 MiB reserve do not fit.
+  // 83 MiB free: the 64 MiB reserve and the copy's own log (16 MiB) would fit, but not with the
+  // data, which is all still in the memtable (over 4 MiB with its log entries).
   auto refused = store->Backup("/backups/b1", nullptr);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
-  EXPECT_TRUE(absl::StrContains(refused.status().message(), "70 MiB free")) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "83 MiB free")) << refused.status();
   EXPECT_TRUE(absl::StrContains(refused.status().message(), "64 MiB are kept free"))
       << refused.status();
   EXPECT_EQ(asked, std::vector<std::string>{"/backups/b1"});
   std::vector<std::string> left;
   EXPECT_FALSE(env_.GetChildren("/backups/b1", &left).ok() && !left.empty());
   // With room for it, the same copy goes ahead, asking again before every batch.
-  free = uint64_t{100} << 20;
+  free = uint64_t{120} << 20;
   auto taken = store->Backup("/backups/b1", nullptr);
   ASSERT_TRUE(taken.ok()) << taken.status();
   EXPECT_GE(asked.size(), 4u);
@@ -608,16 +609,18 @@ TEST_F(StoreTest, ABackupThatRunsOutOfSpaceStopsAndIsRemoved) {
   StoreOptions options = Options();
   options.backup_min_free_bytes = uint64_t{64} << 20;
   int calls = 0;
-  // Something else fills the disk while the copy runs: after the first batch only 65 MiB are
-  // left, under the reserve plus the next batch.
+  // Something else fills the disk while the copy runs: after the first batch 70 MiB are left,
+  // under the reserve plus room for the next batch and the copy's log (64 + 1 + 16).
   options.free_space = [&](const std::string&) -> absl::StatusOr<uint64_t> {
-    return ++calls <= 2 ? uint64_t{200} << 20 : uint64_t{65} << 20;
+    return ++calls <= 2 ? uint64_t{300} << 20 : uint64_t{70} << 20;
   };
   auto store = OpenOrDie(options);
   ASSERT_NO_FATAL_FAILURE(WriteOverTwoMiB(*store));
   auto result = store->Backup("/backup", nullptr);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted) << result.status();
-  EXPECT_TRUE(absl::StrContains(result.status().message(), "backup stopped after 1 MiB"))
+  EXPECT_TRUE(absl::StrContains(result.status().message(),
+                                "backup stopped after 1 MiB: the file system of /backup has 70 MiB "
+                                "free, under the 64 MiB kept free"))
       << result.status();
   EXPECT_EQ(calls, 3);
   std::vector<std::string> left;
