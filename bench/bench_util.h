@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 // Declares the std::default_delete specialization Drive's unique_ptr of a reader needs.
 #include "grpcpp/support/async_unary_call.h"
@@ -126,9 +127,11 @@ using PrepareUpdate = std::unique_ptr<grpc::ClientAsyncResponseReader<mergedb::v
 // Sends `total` calls, at most `concurrency` in flight, round-robin over `stubs`, paced to
 // `rate` per second when rate > 0 (call i is due at i / rate; a call that finds `concurrency`
 // in flight goes as soon as one completes). make(rng, i) builds call i; on_ack(i, stub index)
-// runs as it completes. Completions are taken as they arrive, also while waiting for the next
-// call's turn: a driver that slept until then would see answers late, and a benchmark that
-// times acknowledgements (replication lag) would measure its own sleeping.
+// runs as it completes. When paced, a thread of its own issues the calls (sleeping until each
+// one's turn, to the microsecond) while this one takes answers as they arrive: a driver that
+// slept between answers would see them late, and a benchmark that times acknowledgements
+// (replication lag) would measure its own sleeping. (A completion-queue deadline cannot pace:
+// gRPC rounds it up to the next millisecond.)
 // Exits the process on a failed call: a benchmark with errors measures nothing.
 template <typename Stub, typename Make, typename OnAck>
 DriveResult Drive(const std::vector<Stub*>& stubs, PrepareUpdate<Stub> prepare, int concurrency,
@@ -146,10 +149,8 @@ DriveResult Drive(const std::vector<Stub*>& stubs, PrepareUpdate<Stub> prepare, 
   std::mt19937_64 rng(42);
   DriveResult result;
   result.latencies_us.reserve(static_cast<size_t>(total));
-  int issued = 0, done = 0;
+  int issued = 0;  // touched only by the issuing thread
   const auto start = Clock::now();
-  auto due = [&] { return start + std::chrono::duration_cast<Clock::duration>(
-                                      std::chrono::duration<double>(issued / rate)); };
   auto issue = [&] {
     auto* call = new Call;
     call->i = static_cast<uint64_t>(issued);
@@ -160,23 +161,31 @@ DriveResult Drive(const std::vector<Stub*>& stubs, PrepareUpdate<Stub> prepare, 
     call->reader->Finish(&call->response, &call->status, call);
     ++issued;
   };
+  absl::Mutex mu;
+  int in_flight = 0;  // paced runs only
+  std::thread issuer;
+  if (rate > 0) {
+    issuer = std::thread([&] {
+      while (issued < total) {
+        std::this_thread::sleep_until(
+            start + std::chrono::duration_cast<Clock::duration>(
+                        std::chrono::duration<double>(issued / rate)));
+        {
+          absl::MutexLock lock(&mu);
+          auto room = [&] { return in_flight < concurrency; };
+          mu.Await(absl::Condition(&room));
+          ++in_flight;
+        }
+        issue();
+      }
+    });
+  } else {
+    for (int k = 0; k < concurrency && issued < total; ++k) issue();
+  }
   void* tag;
   bool ok;
-  while (done < total) {
-    // Issue every call whose turn has come, while there is room.
-    while (issued < total && issued - done < concurrency && (rate <= 0 || Clock::now() >= due())) {
-      issue();
-    }
-    const bool waiting_for_turn = rate > 0 && issued < total && issued - done < concurrency;
-    const auto deadline = waiting_for_turn
-                              ? std::chrono::system_clock::now() + (due() - Clock::now())
-                              : std::chrono::system_clock::now() + std::chrono::hours(1);
-    const grpc::CompletionQueue::NextStatus got = cq.AsyncNext(&tag, &ok, deadline);
-    if (got == grpc::CompletionQueue::TIMEOUT && waiting_for_turn) continue;
-    if (got != grpc::CompletionQueue::GOT_EVENT) {
-      std::fprintf(stderr, "no answer to %d calls within an hour\n", issued - done);
-      std::exit(1);
-    }
+  for (int done = 0; done < total; ++done) {
+    if (!cq.Next(&tag, &ok)) break;
     auto* call = static_cast<Call*>(tag);
     if (!call->status.ok()) {
       std::fprintf(stderr, "call failed: %s\n", call->status.error_message().c_str());
@@ -186,8 +195,14 @@ DriveResult Drive(const std::vector<Stub*>& stubs, PrepareUpdate<Stub> prepare, 
         std::chrono::duration<double, std::micro>(Clock::now() - call->started).count());
     on_ack(call->i, call->stub);
     delete call;
-    ++done;
+    if (rate > 0) {
+      absl::MutexLock lock(&mu);
+      --in_flight;
+    } else if (issued < total) {
+      issue();
+    }
   }
+  if (issuer.joinable()) issuer.join();
   result.per_second = total / std::chrono::duration<double>(Clock::now() - start).count();
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
