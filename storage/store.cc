@@ -425,70 +425,178 @@ absl::Status Store::Initialize() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
-                                           const std::function<bool()>& cancelled) {
+// ---- Backups ----
+
+absl::StatusOr<std::unique_ptr<BackupWriter>> BackupWriter::Create(const std::string& dir,
+                                                                   Options options) {
+  std::unique_ptr<BackupWriter> writer(new BackupWriter(dir, std::move(options)));
+  MERGEDB_RETURN_IF_ERROR(writer->Start());
+  return writer;
+}
+
+BackupWriter::BackupWriter(const std::string& dir, Options options)
+    : dir_(dir), options_(std::move(options)) {
+  if (options_.env == nullptr) options_.env = leveldb::Env::Default();
+  if (!options_.free_space && options_.env == leveldb::Env::Default()) {
+    options_.free_space = FreeBytesOnFileSystem;
+  }
+  if (!options_.free_space) options_.min_free_bytes = 0;
+}
+
+BackupWriter::~BackupWriter() {
+  if (!finished_) (void)Abandon(absl::OkStatus());
+}
+
+leveldb::Options BackupWriter::LevelDbOptions() const {
   leveldb::Options options;
   options.create_if_missing = true;
   options.error_if_exists = true;
   options.paranoid_checks = true;
-  options.write_buffer_size = size_t{16} << 20;
-  options.filter_policy = filter_policy_;
-  if (options_.env != nullptr) options.env = options_.env;
-  // Only a directory this call creates is written to, and removed on failure: a directory that
-  // holds anything (an earlier backup, complete or not, or unrelated files) is left alone.
+  options.write_buffer_size = kWriteBufferBytes;
+  options.filter_policy = filter_policy_.get();
+  options.env = options_.env;
+  return options;
+}
+
+absl::Status BackupWriter::Start() {
+  leveldb::Env* env = options_.env;
+  // Only a directory this writer creates is written to, and removed on failure: a directory
+  // that holds anything (an earlier backup, complete or not, or unrelated files) is left alone.
   std::vector<std::string> present;
-  if (options.env->GetChildren(dir, &present).ok()) {
+  if (env->GetChildren(dir_, &present).ok()) {
     present.erase(std::remove_if(present.begin(), present.end(),
                                  [](const std::string& name) { return name == "." || name == ".."; }),
                   present.end());
     if (!present.empty()) {
       return absl::AlreadyExistsError(
-          absl::StrCat("backup directory ", dir, " already exists and is not empty; choose a new name"));
+          absl::StrCat("backup directory ", dir_, " already exists and is not empty; choose a new name"));
     }
   }
-  // Space. The copy ends up about the size of the store's data: its tables plus what is still
-  // in its memtables (LevelDB's memory figure, which also counts its block cache, so it errs
-  // high); while being written it also holds a log of up to one memtable. Checked again before
-  // every batch, with room for that batch and that log, since the store and other files go on
-  // growing meanwhile.
-  std::function<absl::StatusOr<uint64_t>(const std::string&)> free_space = options_.free_space;
-  if (!free_space && (options_.env == nullptr || options_.env == leveldb::Env::Default())) {
-    free_space = FreeBytesOnFileSystem;
-  }
-  const uint64_t keep_free = free_space ? options_.backup_min_free_bytes : 0;
-  if (keep_free > 0) {
-    const leveldb::Range everything(leveldb::Slice(), leveldb::Slice("\xff\xff\xff\xff"));
-    uint64_t in_tables = 0;
-    db_->GetApproximateSizes(&everything, 1, &in_tables);
-    std::string memory;
-    uint64_t in_memory = 0;
-    if (db_->GetProperty("leveldb.approximate-memory-usage", &memory)) {
-      (void)absl::SimpleAtoi(memory, &in_memory);
-    }
-    const uint64_t needed = in_tables + in_memory + options.write_buffer_size;
-    MERGEDB_ASSIGN_OR_RETURN(const uint64_t free, free_space(dir));
-    if (free < needed + keep_free) {
+  // Space: the copy ends up about `expected_bytes` and, while being written, also holds a log
+  // of up to one memtable. Checked again before every batch (Append), since the copy's source
+  // and other files go on growing meanwhile.
+  if (options_.min_free_bytes > 0) {
+    const uint64_t needed = options_.expected_bytes + kWriteBufferBytes;
+    MERGEDB_ASSIGN_OR_RETURN(const uint64_t free, options_.free_space(dir_));
+    if (free < needed + options_.min_free_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "backup refused: the file system of ", dir, " has ", MiB(free),
-          " free; the copy needs about ", MiB(needed), " and ", MiB(keep_free),
+          "backup refused: the file system of ", dir_, " has ", MiB(free),
+          " free; the copy needs about ", MiB(needed), " and ", MiB(options_.min_free_bytes),
           " are kept free for the node's own writes"));
     }
   }
-  CreateParentDirs(options.env, dir);
+  filter_policy_.reset(leveldb::NewBloomFilterPolicy(10));
+  const leveldb::Options options = LevelDbOptions();
+  CreateParentDirs(env, dir_);
   leveldb::DB* raw = nullptr;
-  leveldb::Status s = leveldb::DB::Open(options, dir, &raw);
+  leveldb::Status s = leveldb::DB::Open(options, dir_, &raw);
   if (!s.ok()) {
     // Another writer's database appeared since the check (the same name, twice at once):
-    // leave it alone. Anything else failed while creating this call's own directory.
+    // leave it alone. Anything else failed while creating this writer's own directory.
     const std::string detail = s.ToString();
     if (absl::StrContains(detail, "exists") || absl::StrContains(detail, "lock")) {
       return absl::AlreadyExistsError(
-          absl::StrCat("backup directory ", dir, " is being written by another backup"));
+          absl::StrCat("backup directory ", dir_, " is being written by another backup"));
     }
-    (void)leveldb::DestroyDB(dir, options);
-    return FromLevelDb(s, absl::StrCat("creating backup directory ", dir));
+    (void)leveldb::DestroyDB(dir_, options);
+    return FromLevelDb(s, absl::StrCat("creating backup directory ", dir_));
   }
-  std::unique_ptr<leveldb::DB> copy(raw);
+  db_.reset(raw);
+  // Until the last batch lands the copy says it is incomplete, so a copy cut off by a crash
+  // is refused at open instead of passing for a whole store (its counters and digest are
+  // among the first records copied). Written on its own first, so that only a crash in the
+  // moment between creating the directory and this write leaves a copy without it (an
+  // empty store, which would rebuild from its peers).
+  leveldb::WriteBatch batch;
+  batch.Put(keys::Meta(keys::kMetaFromBackup), std::string(keys::kBackupIncomplete));
+  return Write(&batch);
+}
+
+absl::Status BackupWriter::Write(leveldb::WriteBatch* batch) {
+  // Every write is synced: LevelDB closes a full memtable's log without syncing it, so one
+  // synced write at the end would leave earlier parts of a copy over 16 MiB unsynced. One
+  // fsync per MiB costs little beside the copying.
+  leveldb::WriteOptions sync;
+  sync.sync = true;
+  return FromLevelDb(db_->Write(sync, batch), absl::StrCat("writing backup ", dir_));
+}
+
+absl::Status BackupWriter::Append(const std::vector<std::pair<std::string, std::string>>& records) {
+  if (db_ == nullptr || finished_) {
+    return absl::FailedPreconditionError(absl::StrCat("backup ", dir_, " is closed"));
+  }
+  uint64_t bytes = 0;
+  leveldb::WriteBatch batch;
+  for (const auto& [key, value] : records) {
+    if (key == keys::Meta(keys::kMetaFromBackup)) {
+      return absl::InvalidArgumentError("a backup's records must not hold its own marker");
+    }
+    batch.Put(key, value);
+    bytes += key.size() + value.size();
+  }
+  if (options_.min_free_bytes > 0) {
+    MERGEDB_ASSIGN_OR_RETURN(const uint64_t free, options_.free_space(dir_));
+    if (free < options_.min_free_bytes + bytes + kWriteBufferBytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "backup stopped after ", MiB(bytes_), ": the file system of ", dir_, " has ",
+          MiB(free), " free, under the ", MiB(options_.min_free_bytes),
+          " kept free for the node's own writes plus room for the copy's next batch and its log (",
+          MiB(bytes + kWriteBufferBytes), ")"));
+    }
+  }
+  MERGEDB_RETURN_IF_ERROR(Write(&batch));
+  records_ += records.size();
+  bytes_ += bytes;
+  return absl::OkStatus();
+}
+
+absl::Status BackupWriter::Finish() {
+  if (db_ == nullptr || finished_) {
+    return absl::FailedPreconditionError(absl::StrCat("backup ", dir_, " is closed"));
+  }
+  leveldb::WriteBatch batch;
+  batch.Put(keys::Meta(keys::kMetaFromBackup), std::string(keys::kBackupComplete));
+  MERGEDB_RETURN_IF_ERROR(Write(&batch));
+  db_.reset();
+  finished_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status BackupWriter::Abandon(absl::Status why) {
+  // Only a directory this writer created is ever removed: before that, `dir_` is someone
+  // else's (an earlier backup under the same name, or files that are not a backup).
+  if (finished_ || db_ == nullptr) {
+    finished_ = true;
+    return why;
+  }
+  finished_ = true;
+  db_.reset();
+  const leveldb::Status removed = leveldb::DestroyDB(dir_, LevelDbOptions());
+  if (!removed.ok()) {
+    return absl::Status(why.ok() ? absl::StatusCode::kInternal : why.code(),
+                        absl::StrCat(why.message(), "; the partial copy in ", dir_,
+                                     " could not be removed (", removed.ToString(),
+                                     ") and will be refused if started"));
+  }
+  return why;
+}
+
+uint64_t Store::ApproximateBytes() const {
+  // Its tables plus what is still in its memtables (LevelDB's memory figure, which also counts
+  // its block cache, so it errs high).
+  const leveldb::Range everything(leveldb::Slice(), leveldb::Slice("\xff\xff\xff\xff"));
+  uint64_t in_tables = 0;
+  db_->GetApproximateSizes(&everything, 1, &in_tables);
+  std::string memory;
+  uint64_t in_memory = 0;
+  if (db_->GetProperty("leveldb.approximate-memory-usage", &memory)) {
+    (void)absl::SimpleAtoi(memory, &in_memory);
+  }
+  return in_tables + in_memory;
+}
+
+absl::StatusOr<BackupResult> Store::CopyOut(BackupSink& sink,
+                                            const std::function<bool()>& cancelled) {
   // LevelDB's snapshot sees every commit up to one point and none after it; every commit is
   // one atomic batch holding a write's documents, log entries, change records and counters
   // together, so the copy is a state the store was in.
@@ -498,71 +606,60 @@ absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
     if (cancelled && cancelled()) return absl::CancelledError("backup cancelled");
     MERGEDB_ASSIGN_OR_RETURN(result.applied,
                              ReadVector(std::string(1, keys::kAppliedTag), snapshot));
+    MERGEDB_RETURN_IF_ERROR(sink.Begin(result.applied));
     leveldb::ReadOptions ro;
     ro.snapshot = snapshot;
     ro.verify_checksums = true;
     ro.fill_cache = false;  // a backup reads everything once; keep the hot blocks cached
     std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
     const std::string clean_marker = keys::Meta(keys::kMetaCleanShutdown);
-    // Every write is synced: LevelDB closes a full memtable's log without syncing it, so one
-    // synced write at the end would leave earlier parts of a copy over 16 MiB unsynced. One
-    // fsync per MiB costs little beside the copying.
-    leveldb::WriteOptions sync;
-    sync.sync = true;
-    leveldb::WriteBatch batch;
-    // Until the last batch lands the copy says it is incomplete, so a copy cut off by a crash
-    // is refused at open instead of passing for a whole store (its counters and digest are
-    // among the first records copied). Written on its own first, so that only a crash in the
-    // moment between creating the directory and this write leaves a copy without it (an
-    // empty store, which would rebuild from its peers).
-    batch.Put(keys::Meta(keys::kMetaFromBackup), std::string(keys::kBackupIncomplete));
-    MERGEDB_RETURN_IF_ERROR(
-        FromLevelDb(copy->Write(sync, &batch), absl::StrCat("writing backup ", dir)));
-    batch.Clear();
+    std::vector<std::pair<std::string, std::string>> batch;
     size_t batch_bytes = 0;
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       // A closed store holds the marker, an open one never does; a copy is not a clean stop.
       if (it->key() == leveldb::Slice(clean_marker)) continue;
-      batch.Put(it->key(), it->value());
+      batch.emplace_back(it->key().ToString(), it->value().ToString());
       ++result.records;
       batch_bytes += it->key().size() + it->value().size();
-      if (batch_bytes >= (size_t{1} << 20)) {
+      if (batch_bytes >= kBackupBatchBytes) {
         if (cancelled && cancelled()) return absl::CancelledError("backup cancelled");
-        if (keep_free > 0) {
-          MERGEDB_ASSIGN_OR_RETURN(const uint64_t free, free_space(dir));
-          if (free < keep_free + batch_bytes + options.write_buffer_size) {
-            return absl::ResourceExhaustedError(absl::StrCat(
-                "backup stopped after ", MiB(result.bytes), ": the file system of ", dir,
-                " has ", MiB(free), " free, under the ", MiB(keep_free),
-                " kept free for the node's own writes plus room for the copy's next batch "
-                "and its log (", MiB(batch_bytes + options.write_buffer_size), ")"));
-          }
-        }
-        MERGEDB_RETURN_IF_ERROR(
-            FromLevelDb(copy->Write(sync, &batch), absl::StrCat("writing backup ", dir)));
-        batch.Clear();
+        MERGEDB_RETURN_IF_ERROR(sink.Append(batch));
+        batch.clear();
         result.bytes += batch_bytes;
         batch_bytes = 0;
       }
     }
     MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading ", options_.path)));
     result.bytes += batch_bytes;
-    batch.Put(keys::Meta(keys::kMetaFromBackup), std::string(keys::kBackupComplete));
-    return FromLevelDb(copy->Write(sync, &batch), absl::StrCat("writing backup ", dir));
+    if (!batch.empty()) MERGEDB_RETURN_IF_ERROR(sink.Append(batch));
+    return absl::OkStatus();
   };
   absl::Status copied = copy_all();
   db_->ReleaseSnapshot(snapshot);
-  copy.reset();
-  if (!copied.ok()) {
-    const leveldb::Status removed = leveldb::DestroyDB(dir, options);
-    if (!removed.ok()) {
-      copied = absl::Status(copied.code(),
-                            absl::StrCat(copied.message(), "; the partial copy in ", dir,
-                                         " could not be removed (", removed.ToString(),
-                                         ") and will be refused if started"));
+  if (!copied.ok()) return copied;
+  return result;
+}
+
+absl::StatusOr<BackupResult> Store::Backup(const std::string& dir,
+                                           const std::function<bool()>& cancelled) {
+  BackupWriter::Options options;
+  options.env = options_.env;
+  options.min_free_bytes = options_.backup_min_free_bytes;
+  options.free_space = options_.free_space;
+  options.expected_bytes = ApproximateBytes();
+  MERGEDB_ASSIGN_OR_RETURN(std::unique_ptr<BackupWriter> writer,
+                           BackupWriter::Create(dir, std::move(options)));
+  struct IntoWriter : BackupSink {
+    BackupWriter* writer;
+    explicit IntoWriter(BackupWriter* w) : writer(w) {}
+    absl::Status Begin(const VersionVector&) override { return absl::OkStatus(); }
+    absl::Status Append(const std::vector<std::pair<std::string, std::string>>& records) override {
+      return writer->Append(records);
     }
-    return copied;
-  }
+  } sink(writer.get());
+  absl::StatusOr<BackupResult> result = CopyOut(sink, cancelled);
+  if (!result.ok()) return writer->Abandon(result.status());
+  if (absl::Status finished = writer->Finish(); !finished.ok()) return writer->Abandon(finished);
   return result;
 }
 

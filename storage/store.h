@@ -53,6 +53,7 @@
 #include "mergedb/v1/storage.pb.h"
 
 namespace leveldb {
+struct Options;
 class DB;
 class Env;
 class FilterPolicy;
@@ -169,6 +170,67 @@ struct BackupResult {
   VersionVector applied;  // the applied vector of the point the copy reflects
   uint64_t records = 0;   // LevelDB records copied
   uint64_t bytes = 0;     // their keys and values
+};
+
+// Where Store::CopyOut puts a consistent copy of a store: Begin once, then Append for each
+// batch of records, in key order, of about kBackupBatchBytes of keys and values.
+inline constexpr size_t kBackupBatchBytes = size_t{1} << 20;
+class BackupSink {
+ public:
+  virtual ~BackupSink() = default;
+  virtual absl::Status Begin(const VersionVector& applied) = 0;
+  virtual absl::Status Append(const std::vector<std::pair<std::string, std::string>>& records) = 0;
+};
+
+// Writes a copy of a store as a new LevelDB data dir: Store::Backup's copies on the node's
+// machine, and `mergedb fetch-backup`'s, streamed from a node to another machine. The copy is
+// marked incomplete by its first write and complete by Finish, every write is synced, and a
+// copy that does not reach Finish is removed (or, cut off by a crash, refused at open).
+class BackupWriter {
+ public:
+  struct Options {
+    leveldb::Env* env = nullptr;  // nullptr: the real file system
+    // Bytes to keep free on the copy's file system (see StoreOptions::backup_min_free_bytes),
+    // and how to read its free space (see StoreOptions::free_space). 0: no check.
+    uint64_t min_free_bytes = 0;
+    std::function<absl::StatusOr<uint64_t>(const std::string& path)> free_space;
+    // About how large the copy will be, for the check before it starts.
+    uint64_t expected_bytes = 0;
+  };
+  // Creates `dir` (and missing parents). ALREADY_EXISTS if it holds anything, which is then
+  // left alone; RESOURCE_EXHAUSTED if the copy would leave less than `min_free_bytes` free.
+  static absl::StatusOr<std::unique_ptr<BackupWriter>> Create(const std::string& dir,
+                                                              Options options);
+  // Removes the copy unless Finish succeeded.
+  ~BackupWriter();
+  BackupWriter(const BackupWriter&) = delete;
+  BackupWriter& operator=(const BackupWriter&) = delete;
+
+  // Writes records (synced). RESOURCE_EXHAUSTED, before writing, if the file system's free
+  // space fell under `min_free_bytes` plus room for these records and the copy's log.
+  absl::Status Append(const std::vector<std::pair<std::string, std::string>>& records);
+  // Marks the copy complete and closes it.
+  absl::Status Finish();
+  // Removes the partial copy and returns `why`, with a note if the removal failed.
+  absl::Status Abandon(absl::Status why);
+
+  uint64_t records() const { return records_; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  static constexpr size_t kWriteBufferBytes = size_t{16} << 20;
+  BackupWriter(const std::string& dir, Options options);
+  absl::Status Start();
+  absl::Status Write(leveldb::WriteBatch* batch);
+  leveldb::Options LevelDbOptions() const;
+
+  const std::string dir_;
+  Options options_;
+  std::unique_ptr<const leveldb::FilterPolicy> filter_policy_;  // outlives db_
+  std::unique_ptr<leveldb::DB> db_;
+  bool finished_ = false;
+  uint64_t records_ = 0;
+  uint64_t bytes_ = 0;
 };
 
 struct ScanPage {
@@ -293,6 +355,12 @@ class Store {
   // error after creating `dir` the partial copy is removed.
   absl::StatusOr<BackupResult> Backup(const std::string& dir,
                                       const std::function<bool()>& cancelled);
+  // The same consistent copy, handed to `sink` in batches (the clean-shutdown marker left
+  // out) instead of written to a directory: for a copy streamed off the node's machine.
+  // `cancelled` is polled as by Backup; an error from the sink ends the copy with that error.
+  absl::StatusOr<BackupResult> CopyOut(BackupSink& sink, const std::function<bool()>& cancelled);
+  // About how many bytes a copy of the store takes: its tables plus its memtables (erring high).
+  uint64_t ApproximateBytes() const;
 
   // Live documents.
   int64_t document_count() const;
