@@ -15,6 +15,8 @@
 //   mergedb status [--json]
 //   mergedb backup NAME     a consistent copy of the node's data, written on the node's
 //                           machine to <its --backup_dir>/NAME (see README, Backups)
+//   mergedb fetch-backup DIR  the same copy, streamed from the node and written here, on the
+//                           machine running this command, as the data dir DIR
 // PATH is dotted: address.city. Global flags: --timeout_ms, --write_concern=local|quorum|all,
 // --request_id, --base_version (a version token, base64, from a previous get).
 #include <cstdio>
@@ -31,11 +33,15 @@
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "mergedb/v1/api.grpc.pb.h"
+#include "storage/store.h"
 
 ABSL_FLAG(std::string, node, "127.0.0.1:7701", "Address of the node to talk to.");
 ABSL_FLAG(int64_t, timeout_ms, 5000, "Deadline of each call, milliseconds (backup: see --backup_timeout_s).");
 ABSL_FLAG(int64_t, backup_timeout_s, 3600,
           "Deadline of a backup, seconds: past it the node stops copying and removes the copy.");
+ABSL_FLAG(int64_t, backup_min_free_mb, 256,
+          "fetch-backup: MiB to leave free on this machine's file system holding DIR (0: no "
+          "check); a copy that would leave less is refused or, while copying, stopped and removed.");
 ABSL_FLAG(std::string, write_concern, "local", "local, quorum or all.");
 ABSL_FLAG(std::string, request_id, "", "Request id for retry-safe updates.");
 ABSL_FLAG(std::string, base_version, "", "Version token (base64) the update is based on.");
@@ -218,6 +224,88 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s) {
 
 }  // namespace
 
+// Streams a consistent copy of the node's data (ClusterService.StreamBackup) into a new data
+// dir `dir` on this machine. Nothing is kept unless the node sent the whole copy: a stream that
+// fails or ends early, or whose totals do not match what arrived, removes what was written.
+int FetchBackup(const std::string& dir) {
+  const int64_t min_free_mb = absl::GetFlag(FLAGS_backup_min_free_mb);
+  if (min_free_mb < 0 || min_free_mb > (int64_t{1} << 40)) {
+    return Fail("--backup_min_free_mb must be between 0 and 2^40");
+  }
+  // A batch is about 1 MiB, but one record can be larger (a big register value).
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(-1);
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_node),
+                                           grpc::InsecureChannelCredentials(), channel_args);
+  auto cluster = mergedb::v1::ClusterService::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(absl::GetFlag(FLAGS_backup_timeout_s)));
+  const auto start = std::chrono::steady_clock::now();
+  auto reader = cluster->StreamBackup(&context, mergedb::v1::StreamBackupRequest());
+  mergedb::v1::BackupChunk chunk;
+  if (!reader->Read(&chunk)) {
+    const grpc::Status status = reader->Finish();
+    return status.ok() ? Fail("the node ended the backup stream before sending anything")
+                       : FailStatus(status);
+  }
+  mergedb::v1::BackupResponse summary;
+  *summary.mutable_applied() = chunk.applied();
+  mergedb::storage::BackupWriter::Options options;
+  options.min_free_bytes = static_cast<uint64_t>(min_free_mb) << 20;
+  options.expected_bytes = chunk.approximate_bytes();
+  absl::StatusOr<std::unique_ptr<mergedb::storage::BackupWriter>> created =
+      mergedb::storage::BackupWriter::Create(dir, std::move(options));
+  auto give_up = [&](const absl::Status& why) {
+    context.TryCancel();
+    (void)reader->Finish();
+    return Fail(std::string(why.message()));
+  };
+  if (!created.ok()) return give_up(created.status());
+  mergedb::storage::BackupWriter& writer = **created;
+  bool complete = false;
+  std::vector<std::pair<std::string, std::string>> records;
+  while (reader->Read(&chunk)) {
+    if (complete) return give_up(writer.Abandon(absl::DataLossError("the node sent records after the end of its backup")));
+    if (chunk.records_size() > 0) {
+      records.clear();
+      for (mergedb::v1::BackupRecord& record : *chunk.mutable_records()) {
+        records.emplace_back(std::move(*record.mutable_key()), std::move(*record.mutable_value()));
+      }
+      if (absl::Status appended = writer.Append(records); !appended.ok()) {
+        return give_up(writer.Abandon(appended));
+      }
+    }
+    if (chunk.complete()) {
+      complete = true;
+      summary.set_records(chunk.total_records());
+      summary.set_bytes(chunk.total_bytes());
+    }
+  }
+  const grpc::Status status = reader->Finish();
+  if (!status.ok()) {
+    (void)writer.Abandon(absl::OkStatus());
+    return FailStatus(status);
+  }
+  if (!complete) {
+    return Fail(std::string(writer.Abandon(absl::DataLossError(
+        "the node's backup stream ended before the copy was whole; nothing was kept")).message()));
+  }
+  if (summary.records() != writer.records() || summary.bytes() != writer.bytes()) {
+    return Fail(std::string(writer.Abandon(absl::DataLossError(absl::StrCat(
+        "the node announced ", summary.records(), " records (", summary.bytes(), " bytes) but ",
+        writer.records(), " (", writer.bytes(), " bytes) arrived; nothing was kept"))).message()));
+  }
+  if (absl::Status finished = writer.Finish(); !finished.ok()) {
+    return Fail(std::string(writer.Abandon(finished).message()));
+  }
+  summary.set_path(dir);
+  summary.set_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  PrintJson(summary);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "mergedb [--node=HOST:PORT] get|update|delete|list|watch|status|backup ... (see node/cli.cc)");
@@ -328,6 +416,10 @@ int main(int argc, char** argv) {
     PrintJson(response);
     return 0;
   }
+  if (command == "fetch-backup") {
+    if (args.size() != 3) return Fail("usage: fetch-backup DIR");
+    return FetchBackup(args[2]);
+  }
   return Fail(absl::StrCat("unknown command '", command,
-                           "' (get, update, delete, list, watch, status, backup)"));
+                           "' (get, update, delete, list, watch, status, backup, fetch-backup)"));
 }

@@ -473,4 +473,64 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+grpc::Status ClusterServiceImpl::StreamBackup(grpc::ServerContext* context,
+                                              const mergedb::v1::StreamBackupRequest* /*request*/,
+                                              grpc::ServerWriter<mergedb::v1::BackupChunk>* writer) {
+  if (backup_running_.exchange(true)) {
+    return ToGrpcStatus(absl::AbortedError(
+        "another backup is running on this node; try again when it has finished"));
+  }
+  struct Done {
+    std::atomic<bool>& running;
+    ~Done() { running = false; }
+  } done{backup_running_};
+  // Each batch leaves as one message; a slow reader slows the copy (the stream's flow control
+  // blocks Write) while the store's snapshot holds still.
+  struct ToStream : storage::BackupSink {
+    grpc::ServerWriter<mergedb::v1::BackupChunk>* writer;
+    uint64_t approximate_bytes;
+    ToStream(grpc::ServerWriter<mergedb::v1::BackupChunk>* w, uint64_t bytes)
+        : writer(w), approximate_bytes(bytes) {}
+    absl::Status Send(const mergedb::v1::BackupChunk& chunk) {
+      if (!writer->Write(chunk)) return absl::CancelledError("the backup's reader went away");
+      return absl::OkStatus();
+    }
+    absl::Status Begin(const storage::VersionVector& applied) override {
+      mergedb::v1::BackupChunk first;
+      EncodeVector(applied, first.mutable_applied());
+      first.set_approximate_bytes(approximate_bytes);
+      return Send(first);
+    }
+    absl::Status Append(const std::vector<std::pair<std::string, std::string>>& records) override {
+      mergedb::v1::BackupChunk chunk;
+      for (const auto& [key, value] : records) {
+        mergedb::v1::BackupRecord* record = chunk.add_records();
+        record->set_key(key);
+        record->set_value(value);
+      }
+      return Send(chunk);
+    }
+  } sink(writer, node_->store()->ApproximateBytes());
+  const std::string peer = context->peer();
+  MERGEDB_LOG(INFO) << "backup streamed to " << peer << " started";
+  const absl::Time start = absl::Now();
+  absl::StatusOr<storage::BackupResult> result =
+      node_->store()->CopyOut(sink, [context] { return context->IsCancelled(); });
+  if (result.ok()) {
+    mergedb::v1::BackupChunk last;
+    last.set_complete(true);
+    last.set_total_records(result->records);
+    last.set_total_bytes(result->bytes);
+    if (absl::Status sent = sink.Send(last); !sent.ok()) result = sent;
+  }
+  if (!result.ok()) {
+    MERGEDB_LOG(WARNING) << "backup streamed to " << peer << " failed: " << result.status();
+    return ToGrpcStatus(result.status());
+  }
+  MERGEDB_LOG(INFO) << "backup streamed to " << peer << " done: " << result->records
+                    << " records, " << result->bytes << " bytes in "
+                    << absl::ToDoubleSeconds(absl::Now() - start) << " s";
+  return grpc::Status::OK;
+}
+
 }  // namespace mergedb::node

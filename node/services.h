@@ -120,6 +120,9 @@ class ClusterServiceImpl final : public mergedb::v1::ClusterService::Service {
                       mergedb::v1::StatusResponse* response) override;
   grpc::Status Backup(grpc::ServerContext* context, const mergedb::v1::BackupRequest* request,
                       mergedb::v1::BackupResponse* response) override;
+  grpc::Status StreamBackup(grpc::ServerContext* context,
+                            const mergedb::v1::StreamBackupRequest* request,
+                            grpc::ServerWriter<mergedb::v1::BackupChunk>* writer) override;
 
  private:
   Node* const node_;

@@ -327,6 +327,108 @@ TEST(Replication, ABackupIsRefusedWhileAnotherRunsOrWhenItWouldFillTheDisk) {
       << full.error_message();
 }
 
+// A backup streamed to a client and written on another machine (here: another file system)
+// restores exactly like one written on the node's machine.
+TEST(Replication, AStreamedBackupWrittenElsewhereRestoresAndNothingIsLost) {
+  Cluster cluster(3);
+  cluster.options(2).durability = storage::Durability::kSyncEachCommit;
+  cluster.StartAll();
+  // Over 2 MiB, so that the copy takes several messages.
+  for (int k = 0; k < 300; ++k) {
+    UpdateRequest request = UpdateOf("big", "doc" + std::to_string(k));
+    SetStr(&request, {"payload"}, std::string(8 << 10, static_cast<char>('a' + k % 26)));
+    ASSERT_TRUE(cluster.Update(k % 3, request).ok());
+  }
+  int64_t acknowledged = 0;
+  for (int k = 0; k < 30; ++k, ++acknowledged) ASSERT_TRUE(cluster.Update(k % 3, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+
+  std::unique_ptr<leveldb::Env> elsewhere(leveldb::NewMemEnv(leveldb::Env::Default()));
+  const std::string dir = cluster.options(2).data_dir;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto stub = mergedb::v1::ClusterService::NewStub(
+      grpc::CreateCustomChannel(cluster.Address(2), grpc::InsecureChannelCredentials(), args));
+  int messages = 0;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    auto reader = stub->StreamBackup(&context, mergedb::v1::StreamBackupRequest());
+    mergedb::v1::BackupChunk chunk;
+    ASSERT_TRUE(reader->Read(&chunk));
+    EXPECT_GT(chunk.applied_size(), 0);
+    EXPECT_GT(chunk.approximate_bytes(), uint64_t{2} << 20);
+    storage::BackupWriter::Options options;
+    options.env = elsewhere.get();
+    auto writer = storage::BackupWriter::Create(dir, options);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    bool complete = false;
+    while (reader->Read(&chunk)) {
+      ++messages;
+      std::vector<std::pair<std::string, std::string>> records;
+      for (const auto& record : chunk.records()) records.emplace_back(record.key(), record.value());
+      if (!records.empty()) ASSERT_TRUE((*writer)->Append(records).ok());
+      if (chunk.complete()) {
+        complete = true;
+        EXPECT_EQ(chunk.total_records(), (*writer)->records());
+        EXPECT_EQ(chunk.total_bytes(), (*writer)->bytes());
+      }
+    }
+    const grpc::Status status = reader->Finish();
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_TRUE(complete);
+    ASSERT_TRUE((*writer)->Finish().ok());
+  }
+  EXPECT_GE(messages, 3) << "the copy came in one message";
+  // Node 3's own writes after the backup: the copy lacks them, the cluster has them.
+  for (int k = 0; k < 5; ++k, acknowledged += 1000) {
+    ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 1000)).ok());
+  }
+  ASSERT_TRUE(cluster.WaitConverged());
+  const crdt::ReplicaId original = cluster.node(2)->store()->replica_id();
+  cluster.Stop(2);
+  cluster.RestoreData(2, std::move(elsewhere));
+  cluster.Start(2);
+  EXPECT_NE(cluster.node(2)->store()->replica_id(), original);
+  EXPECT_TRUE(cluster.node(2)->store()->opened_backup());
+  ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 1)).ok());
+  acknowledged += 1;
+  ASSERT_TRUE(cluster.WaitConverged());
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(CounterIn(cluster.Get(i, "c", "d"), "n"), acknowledged) << "node " << i;
+  }
+
+  // A reader that goes away mid-copy ends it on the node, which then takes the next backup.
+  {
+    grpc::ClientContext context;
+    auto reader = stub->StreamBackup(&context, mergedb::v1::StreamBackupRequest());
+    mergedb::v1::BackupChunk chunk;
+    ASSERT_TRUE(reader->Read(&chunk));
+    context.TryCancel();
+    while (reader->Read(&chunk)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  bool finished = false;
+  for (int attempt = 0; attempt < 100 && !finished; ++attempt) {
+    grpc::ClientContext context;
+    auto reader = stub->StreamBackup(&context, mergedb::v1::StreamBackupRequest());
+    mergedb::v1::BackupChunk chunk;
+    bool complete = false;
+    while (reader->Read(&chunk)) complete = complete || chunk.complete();
+    const grpc::Status status = reader->Finish();
+    if (status.error_code() == grpc::StatusCode::ABORTED) {
+      // The cancelled copy is still winding down.
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      continue;
+    }
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_TRUE(complete);
+    finished = true;
+  }
+  EXPECT_TRUE(finished);
+}
+
 TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
   Cluster cluster(3);
   cluster.StartAll();
