@@ -10,9 +10,10 @@
 #   scripts/cluster.sh start NODE | restart NODE | logs NODE
 #   scripts/cluster.sh backup NODE NAME  a consistent copy of a running node's data, taken while
 #        writes go on, into DIR/backups/NODE/NAME
-#   scripts/cluster.sh restore NODE NAME stops NODE, moves its data dir aside, puts that backup
-#        in its place and starts it: it comes back as a new incarnation and its peers send it
-#        everything written since the backup
+#   scripts/cluster.sh restore NODE NAME|PATH  stops NODE, moves its data dir aside, puts that
+#        backup (NAME in DIR/backups/NODE, or a PATH with a '/' in it, e.g. a copy made by
+#        `mergedb fetch-backup ./n3-copy`) in its place and starts it: it comes back as a new
+#        incarnation and its peers send it everything written since the backup
 #   scripts/cluster.sh down              SIGTERM every node (they drain and close cleanly)
 #   scripts/cluster.sh wipe              down, then delete every data dir, log and backup
 #
@@ -241,11 +242,16 @@ EOF
     ;;
   restore)
     load_conf
-    [ -n "$target" ] && [ -n "$name" ] || die "usage: restore NODE NAME"
-    [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "a backup name is letters, digits, '.', '_' and '-', not '$name'"
+    [ -n "$target" ] && [ -n "$name" ] || die "usage: restore NODE NAME|PATH"
     i=$(node_index "$target")
-    backup=$dir/backups/n$i/$name
-    [ -f "$backup/CURRENT" ] || die "no backup '$name' of $target in $dir/backups/n$i"
+    if [[ "$name" == */* ]]; then
+      backup=${name%/}
+      [ -f "$backup/CURRENT" ] || die "$backup is not a backup (no LevelDB CURRENT file in it)"
+    else
+      [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "a backup name is letters, digits, '.', '_' and '-', not '$name'"
+      backup=$dir/backups/n$i/$name
+      [ -f "$backup/CURRENT" ] || die "no backup '$name' of $target in $dir/backups/n$i"
+    fi
     stop_node "$i"
     # The backup is copied, never used in place: its first start uses up its marker.
     if [ -d "$dir/n$i" ]; then

@@ -2,6 +2,7 @@
 # End-to-end: an operator's backup and restore with scripts/cluster.sh on three real nodes.
 # A backup of n3 taken while the cluster runs; n3 then writes more, is killed and restored from
 # the backup; it must take writes at once and every node must end with every acknowledged write.
+# Then the same with a copy of n2 fetched to the client's side (`mergedb fetch-backup`).
 # Usage: backup_restore_e2e.sh BUILD_DIR SOURCE_DIR. Cleans up after itself.
 set -euo pipefail
 build=$1
@@ -77,4 +78,32 @@ assert answer.path.endswith("/backups/n1/from-python"), answer
 assert answer.records > 0 and len(answer.applied) >= 3, answer
 print("python client backup:", answer.path, answer.records, "records")
 PY
+
+# A copy kept off the node's machine: streamed by `mergedb fetch-backup` into a directory of
+# the client's (here outside the cluster's folder), then restored from there.
+"$cli" --node="$(node 2)" fetch-backup "$work/offsite/n2" | tee "$work/fetch.json"
+grep -q '"records"' "$work/fetch.json"
+[ -f "$work/offsite/n2/CURRENT" ] || { echo "the fetched copy is not a data dir"; exit 1; }
+if "$cli" --node="$(node 2)" fetch-backup "$work/offsite/n2" 2>"$work/again.err"; then
+  echo "a second fetch into the same directory must be refused"; exit 1
+fi
+grep -q "already exists" "$work/again.err" || { cat "$work/again.err"; exit 1; }
+for k in $(seq 1 5); do
+  "$cli" --node="$(node 2)" --write_concern=all update c d incr n 10 >/dev/null
+  expected=$((expected + 10))
+done
+cluster kill n2 >/dev/null
+cluster restore n2 "$work/offsite/n2"
+"$cli" --node="$(node 2)" update c d incr n 1 >/dev/null
+expected=$((expected + 1))
+for i in 1 2 3; do
+  seen=""
+  for _ in $(seq 1 100); do
+    seen=$(counter_on "$i")
+    [ "$seen" = "$expected" ] && break
+    sleep 0.1
+  done
+  [ "$seen" = "$expected" ] || { echo "n$i sees n = $seen, expected $expected"; cluster logs n2 | tail -20; exit 1; }
+done
+echo "every node holds all $expected acknowledged increments after restoring the fetched copy"
 echo "1 passed, 0 failed"
