@@ -167,9 +167,8 @@ DriveResult Drive(const std::vector<Stub*>& stubs, PrepareUpdate<Stub> prepare, 
   if (rate > 0) {
     issuer = std::thread([&] {
       while (issued < total) {
-        std::this_thread::sleep_until(
-            start + std::chrono::duration_cast<Clock::duration>(
-                        std::chrono::duration<double>(issued / rate)));
+        std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
+                                                  std::chrono::duration<double>(issued / rate)));
         {
           absl::MutexLock lock(&mu);
           auto room = [&] { return in_flight < concurrency; };

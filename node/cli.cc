@@ -39,9 +39,10 @@ ABSL_FLAG(std::string, node, "127.0.0.1:7701", "Address of the node to talk to."
 ABSL_FLAG(int64_t, timeout_ms, 5000, "Deadline of each call, milliseconds (backup: see --backup_timeout_s).");
 ABSL_FLAG(int64_t, backup_timeout_s, 3600,
           "Deadline of a backup, seconds: past it the node stops copying and removes the copy.");
-ABSL_FLAG(int64_t, backup_min_free_mb, 256,
-          "fetch-backup: MiB to leave free on this machine's file system holding DIR (0: no "
-          "check); a copy that would leave less is refused or, while copying, stopped and removed.");
+ABSL_FLAG(
+    int64_t, backup_min_free_mb, 256,
+    "fetch-backup: MiB to leave free on this machine's file system holding DIR (0: no "
+    "check); a copy that would leave less is refused or, while copying, stopped and removed.");
 ABSL_FLAG(std::string, write_concern, "local", "local, quorum or all.");
 ABSL_FLAG(std::string, request_id, "", "Request id for retry-safe updates.");
 ABSL_FLAG(std::string, base_version, "", "Version token (base64) the update is based on.");
@@ -256,24 +257,33 @@ int FetchBackup(const std::string& dir) {
   options.expected_bytes = chunk.approximate_bytes();
   absl::StatusOr<std::unique_ptr<mergedb::storage::BackupWriter>> created =
       mergedb::storage::BackupWriter::Create(dir, std::move(options));
-  auto give_up = [&](const absl::Status& why) {
+  if (!created.ok()) {
     context.TryCancel();
     (void)reader->Finish();
-    return Fail(std::string(why.message()));
-  };
-  if (!created.ok()) return give_up(created.status());
+    return Fail(std::string(created.status().message()));
+  }
   mergedb::storage::BackupWriter& writer = **created;
+  // Removes what was written and reports why (with a note if the removal failed).
+  auto discard = [&](const absl::Status& why) {
+    return Fail(std::string(writer.Abandon(why).message()));
+  };
   bool complete = false;
   std::vector<std::pair<std::string, std::string>> records;
   while (reader->Read(&chunk)) {
-    if (complete) return give_up(writer.Abandon(absl::DataLossError("the node sent records after the end of its backup")));
+    if (complete) {
+      context.TryCancel();
+      (void)reader->Finish();
+      return discard(absl::DataLossError("the node sent records after the end of its backup"));
+    }
     if (chunk.records_size() > 0) {
       records.clear();
       for (mergedb::v1::BackupRecord& record : *chunk.mutable_records()) {
         records.emplace_back(std::move(*record.mutable_key()), std::move(*record.mutable_value()));
       }
       if (absl::Status appended = writer.Append(records); !appended.ok()) {
-        return give_up(writer.Abandon(appended));
+        context.TryCancel();
+        (void)reader->Finish();
+        return discard(appended);
       }
     }
     if (chunk.complete()) {
@@ -288,17 +298,15 @@ int FetchBackup(const std::string& dir) {
     return FailStatus(status);
   }
   if (!complete) {
-    return Fail(std::string(writer.Abandon(absl::DataLossError(
-        "the node's backup stream ended before the copy was whole; nothing was kept")).message()));
+    return discard(absl::DataLossError(
+        "the node's backup stream ended before the copy was whole; nothing was kept"));
   }
   if (summary.records() != writer.records() || summary.bytes() != writer.bytes()) {
-    return Fail(std::string(writer.Abandon(absl::DataLossError(absl::StrCat(
+    return discard(absl::DataLossError(absl::StrCat(
         "the node announced ", summary.records(), " records (", summary.bytes(), " bytes) but ",
-        writer.records(), " (", writer.bytes(), " bytes) arrived; nothing was kept"))).message()));
+        writer.records(), " (", writer.bytes(), " bytes) arrived; nothing was kept")));
   }
-  if (absl::Status finished = writer.Finish(); !finished.ok()) {
-    return Fail(std::string(writer.Abandon(finished).message()));
-  }
+  if (absl::Status finished = writer.Finish(); !finished.ok()) return discard(finished);
   summary.set_path(dir);
   summary.set_seconds(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

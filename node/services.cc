@@ -473,9 +473,9 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status ClusterServiceImpl::StreamBackup(grpc::ServerContext* context,
-                                              const mergedb::v1::StreamBackupRequest* /*request*/,
-                                              grpc::ServerWriter<mergedb::v1::BackupChunk>* writer) {
+grpc::Status ClusterServiceImpl::StreamBackup(
+    grpc::ServerContext* context, const mergedb::v1::StreamBackupRequest* /*request*/,
+    grpc::ServerWriter<mergedb::v1::BackupChunk>* writer) {
   if (backup_running_.exchange(true)) {
     return ToGrpcStatus(absl::AbortedError(
         "another backup is running on this node; try again when it has finished"));
@@ -527,9 +527,9 @@ grpc::Status ClusterServiceImpl::StreamBackup(grpc::ServerContext* context,
     MERGEDB_LOG(WARNING) << "backup streamed to " << peer << " failed: " << result.status();
     return ToGrpcStatus(result.status());
   }
-  MERGEDB_LOG(INFO) << "backup streamed to " << peer << " done: " << result->records
-                    << " records, " << result->bytes << " bytes in "
-                    << absl::ToDoubleSeconds(absl::Now() - start) << " s";
+  MERGEDB_LOG(INFO) << "backup streamed to " << peer << " done: " << result->records << " records, "
+                    << result->bytes << " bytes in " << absl::ToDoubleSeconds(absl::Now() - start)
+                    << " s";
   return grpc::Status::OK;
 }
 

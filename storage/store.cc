@@ -468,8 +468,8 @@ absl::Status BackupWriter::Start() {
                                  [](const std::string& name) { return name == "." || name == ".."; }),
                   present.end());
     if (!present.empty()) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("backup directory ", dir_, " already exists and is not empty; choose a new name"));
+      return absl::AlreadyExistsError(absl::StrCat(
+          "backup directory ", dir_, " already exists and is not empty; choose a new name"));
     }
   }
   // Space: the copy ends up about `expected_bytes` and, while being written, also holds a log
@@ -479,10 +479,10 @@ absl::Status BackupWriter::Start() {
     const uint64_t needed = options_.expected_bytes + kWriteBufferBytes;
     MERGEDB_ASSIGN_OR_RETURN(const uint64_t free, options_.free_space(dir_));
     if (free < needed + options_.min_free_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "backup refused: the file system of ", dir_, " has ", MiB(free),
-          " free; the copy needs about ", MiB(needed), " and ", MiB(options_.min_free_bytes),
-          " are kept free for the node's own writes"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("backup refused: the file system of ", dir_, " has ", MiB(free),
+                       " free; the copy needs about ", MiB(needed), " and ",
+                       MiB(options_.min_free_bytes), " are kept free"));
     }
   }
   filter_policy_.reset(leveldb::NewBloomFilterPolicy(10));
@@ -538,9 +538,9 @@ absl::Status BackupWriter::Append(const std::vector<std::pair<std::string, std::
     MERGEDB_ASSIGN_OR_RETURN(const uint64_t free, options_.free_space(dir_));
     if (free < options_.min_free_bytes + bytes + kWriteBufferBytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "backup stopped after ", MiB(bytes_), ": the file system of ", dir_, " has ",
-          MiB(free), " free, under the ", MiB(options_.min_free_bytes),
-          " kept free for the node's own writes plus room for the copy's next batch and its log (",
+          "backup stopped after ", MiB(bytes_), ": the file system of ", dir_, " has ", MiB(free),
+          " free, under the ", MiB(options_.min_free_bytes),
+          " kept free plus room for the copy's next batch and its log (",
           MiB(bytes + kWriteBufferBytes), ")"));
     }
   }
@@ -573,10 +573,10 @@ absl::Status BackupWriter::Abandon(absl::Status why) {
   db_.reset();
   const leveldb::Status removed = leveldb::DestroyDB(dir_, LevelDbOptions());
   if (!removed.ok()) {
-    return absl::Status(why.ok() ? absl::StatusCode::kInternal : why.code(),
-                        absl::StrCat(why.message(), "; the partial copy in ", dir_,
-                                     " could not be removed (", removed.ToString(),
-                                     ") and will be refused if started"));
+    return absl::Status(
+        why.ok() ? absl::StatusCode::kInternal : why.code(),
+        absl::StrCat(why.message(), "; the partial copy in ", dir_, " could not be removed (",
+                     removed.ToString(), ") and will be refused if started"));
   }
   return why;
 }

@@ -340,7 +340,8 @@ TEST(Replication, AStreamedBackupWrittenElsewhereRestoresAndNothingIsLost) {
     ASSERT_TRUE(cluster.Update(k % 3, request).ok());
   }
   int64_t acknowledged = 0;
-  for (int k = 0; k < 30; ++k, ++acknowledged) ASSERT_TRUE(cluster.Update(k % 3, IncrementOf("d", 1)).ok());
+  for (int k = 0; k < 30; ++k, ++acknowledged)
+    ASSERT_TRUE(cluster.Update(k % 3, IncrementOf("d", 1)).ok());
   ASSERT_TRUE(cluster.WaitConverged());
 
   std::unique_ptr<leveldb::Env> elsewhere(leveldb::NewMemEnv(leveldb::Env::Default()));
