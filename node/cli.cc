@@ -19,8 +19,13 @@
 //                           machine running this command, as the data dir DIR
 // PATH is dotted: address.city. Global flags: --timeout_ms, --write_concern=local|quorum|all,
 // --request_id, --base_version (a version token, base64, from a previous get).
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -225,30 +230,90 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s) {
 
 }  // namespace
 
+// The signals that stop `fetch-backup` cleanly.
+sigset_t StopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  return signals;
+}
+
+// A failure that is not a usage error: exit status 1, like a failed call.
+int FailRun(const std::string& message) {
+  std::fprintf(stderr, "mergedb: %s\n", message.c_str());
+  return 1;
+}
+
 // Streams a consistent copy of the node's data (ClusterService.StreamBackup) into a new data
 // dir `dir` on this machine. Nothing is kept unless the node sent the whole copy: a stream that
-// fails or ends early, or whose totals do not match what arrived, removes what was written.
+// fails or ends early, whose totals do not match what arrived, or that is interrupted (SIGINT,
+// SIGTERM, SIGHUP: the copy is cancelled and removed before exiting) removes what was written.
+// Only SIGKILL or a crash can leave a partial copy, which its marker makes a node refuse.
 int FetchBackup(const std::string& dir) {
   const int64_t min_free_mb = absl::GetFlag(FLAGS_backup_min_free_mb);
   if (min_free_mb < 0 || min_free_mb > (int64_t{1} << 40)) {
     return Fail("--backup_min_free_mb must be between 0 and 2^40");
   }
-  // A batch is about 1 MiB, but one record can be larger (a big register value).
+  // main() blocked the stop signals before any gRPC thread existed (threads inherit the mask),
+  // so they reach only this thread, which cancels the copy: it is then removed, not left behind.
+  const sigset_t stop_signals = StopSignals();
+  grpc::ClientContext context;
+  std::atomic<bool> done{false};
+  std::atomic<int> interrupted{0};
+  std::thread watcher([&] {
+    const timespec tick{0, 100 * 1000 * 1000};
+    while (!done) {
+      const int signal = sigtimedwait(&stop_signals, nullptr, &tick);
+      if (signal > 0) {
+        interrupted = signal;
+        context.TryCancel();
+        return;
+      }
+    }
+  });
+  struct StopWatcher {
+    std::atomic<bool>& done;
+    std::thread& watcher;
+    ~StopWatcher() {
+      done = true;
+      watcher.join();
+    }
+  } stop_watcher{done, watcher};
+
+  // A message is about 1 MiB of records, or one record when a record is larger.
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(-1);
   auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_node),
                                            grpc::InsecureChannelCredentials(), channel_args);
   auto cluster = mergedb::v1::ClusterService::NewStub(channel);
-  grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(absl::GetFlag(FLAGS_backup_timeout_s)));
   const auto start = std::chrono::steady_clock::now();
   auto reader = cluster->StreamBackup(&context, mergedb::v1::StreamBackupRequest());
+  // What a failed stream means, in words.
+  auto stream_failure = [&](const grpc::Status& status) {
+    std::string why = absl::StrCat("the backup stream failed: error ",
+                                   static_cast<int>(status.error_code()), ": ",
+                                   status.error_message());
+    if (interrupted != 0) why = absl::StrCat("interrupted by signal ", interrupted.load());
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && interrupted == 0) {
+      absl::StrAppend(&why, " (past --backup_timeout_s)");
+    }
+    return why;
+  };
   mergedb::v1::BackupChunk chunk;
   if (!reader->Read(&chunk)) {
     const grpc::Status status = reader->Finish();
-    return status.ok() ? Fail("the node ended the backup stream before sending anything")
-                       : FailStatus(status);
+    return FailRun(status.ok() ? "the node ended the backup stream before sending anything"
+                               : stream_failure(status));
+  }
+  if (chunk.records_size() > 0 || chunk.complete()) {
+    context.TryCancel();
+    (void)reader->Finish();
+    return FailRun("the node's backup stream did not start with its header (is it a mergedb node "
+                   "of this version?); nothing was written");
   }
   mergedb::v1::BackupResponse summary;
   *summary.mutable_applied() = chunk.applied();
@@ -260,12 +325,16 @@ int FetchBackup(const std::string& dir) {
   if (!created.ok()) {
     context.TryCancel();
     (void)reader->Finish();
-    return Fail(std::string(created.status().message()));
+    std::string why(created.status().message());
+    if (absl::IsResourceExhausted(created.status())) absl::StrAppend(&why, " (--backup_min_free_mb)");
+    return FailRun(why);
   }
   mergedb::storage::BackupWriter& writer = **created;
   // Removes what was written and reports why (with a note if the removal failed).
   auto discard = [&](const absl::Status& why) {
-    return Fail(std::string(writer.Abandon(why).message()));
+    std::string message(writer.Abandon(why).message());
+    if (absl::IsResourceExhausted(why)) absl::StrAppend(&message, " (--backup_min_free_mb)");
+    return FailRun(absl::StrCat(message, "; nothing was kept"));
   };
   bool complete = false;
   std::vector<std::pair<std::string, std::string>> records;
@@ -293,18 +362,14 @@ int FetchBackup(const std::string& dir) {
     }
   }
   const grpc::Status status = reader->Finish();
-  if (!status.ok()) {
-    (void)writer.Abandon(absl::OkStatus());
-    return FailStatus(status);
-  }
+  if (!status.ok()) return discard(absl::UnavailableError(stream_failure(status)));
   if (!complete) {
-    return discard(absl::DataLossError(
-        "the node's backup stream ended before the copy was whole; nothing was kept"));
+    return discard(absl::DataLossError("the node's backup stream ended before the copy was whole"));
   }
   if (summary.records() != writer.records() || summary.bytes() != writer.bytes()) {
-    return discard(absl::DataLossError(absl::StrCat(
-        "the node announced ", summary.records(), " records (", summary.bytes(), " bytes) but ",
-        writer.records(), " (", writer.bytes(), " bytes) arrived; nothing was kept")));
+    return discard(absl::DataLossError(
+        absl::StrCat("the node announced ", summary.records(), " records (", summary.bytes(),
+                     " bytes) but ", writer.records(), " (", writer.bytes(), " bytes) arrived")));
   }
   if (absl::Status finished = writer.Finish(); !finished.ok()) return discard(finished);
   summary.set_path(dir);
@@ -316,10 +381,16 @@ int FetchBackup(const std::string& dir) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "mergedb [--node=HOST:PORT] get|update|delete|list|watch|status|backup ... (see node/cli.cc)");
+      "mergedb [--node=HOST:PORT] get|update|delete|list|watch|status|backup|fetch-backup ... "
+      "(see node/cli.cc)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() < 2) return Fail("missing command: get, update, delete, list, watch, status, backup");
+  if (args.size() < 2) return Fail("missing command: get, update, delete, list, watch, status, backup, fetch-backup");
   const std::string command = args[1];
+  if (command == "fetch-backup") {
+    // Before the first gRPC call starts gRPC's threads: see FetchBackup.
+    const sigset_t stop_signals = StopSignals();
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  }
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_node), grpc::InsecureChannelCredentials());
   auto documents = DocumentService::NewStub(channel);
 

@@ -451,7 +451,7 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
   MERGEDB_LOG(INFO) << "backup to " << path << " started";
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::BackupResult> result =
-      node_->store()->Backup(path, [context] { return context->IsCancelled(); });
+      node_->store()->Backup(path, [this, context] { return context->IsCancelled() || node_->stopping(); });
   if (!result.ok()) {
     absl::Status failed = result.status();
     if (absl::IsResourceExhausted(failed)) {
@@ -515,7 +515,7 @@ grpc::Status ClusterServiceImpl::StreamBackup(
   MERGEDB_LOG(INFO) << "backup streamed to " << peer << " started";
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::BackupResult> result =
-      node_->store()->CopyOut(sink, [context] { return context->IsCancelled(); });
+      node_->store()->CopyOut(sink, [this, context] { return context->IsCancelled() || node_->stopping(); });
   if (result.ok()) {
     mergedb::v1::BackupChunk last;
     last.set_complete(true);

@@ -96,8 +96,9 @@ port_in_use() {
   fi
 }
 
-start_node() {
+start_node() {  # start_node I [EXTRA FLAG...]: the extra flags are for this start only
   local i=$1
+  shift
   if pid_of "$i" >/dev/null; then return 0; fi
   local port; port=$(port_of "$i")
   port_in_use "$port" && die "port $port (node n$i) is already in use by another program; choose --base-port"
@@ -109,7 +110,7 @@ start_node() {
   mkdir -p "$dir"
   nohup "$node_bin" --data_dir="$dir/n$i" --node_name="n$i" --cluster=local \
     --listen="127.0.0.1:$port" --peers="$peers" --role="$(role_of "$i")" \
-    --backup_dir="$dir/backups/n$i" >>"$dir/n$i.log" 2>&1 &
+    --backup_dir="$dir/backups/n$i" "$@" >>"$dir/n$i.log" 2>&1 &
   echo $! >"$dir/n$i.pid"
 }
 
@@ -252,16 +253,37 @@ EOF
       backup=$dir/backups/n$i/$name
       [ -f "$backup/CURRENT" ] || die "no backup '$name' of $target in $dir/backups/n$i"
     fi
+    real_backup=$(realpath "$backup")
+    real_data=$(realpath -m "$dir/n$i")
+    if [ "$real_backup" = "$real_data" ] || [[ "$real_backup" == "$real_data"/* ]]; then
+      die "$backup is $target's own data dir, not a backup"
+    fi
+    # The backup is copied, never used in place (its first start uses up its marker), and
+    # copied while the node still serves: it is stopped only for the swap.
+    staging=$(mktemp -u -d "$dir/n$i.restoring-XXXX")
+    cp -a "$backup" "$staging"
     stop_node "$i"
-    # The backup is copied, never used in place: its first start uses up its marker.
+    aside=""
     if [ -d "$dir/n$i" ]; then
       aside=$(mktemp -u -d "$dir/n$i.before-restore-$(date +%Y%m%d-%H%M%S)-XXXX")
       mv -T "$dir/n$i" "$aside"
       echo "$target's previous data dir is now $aside"
     fi
-    cp -a "$backup" "$dir/n$i"
-    start_node "$i"
-    wait_healthy "$i"
+    mv -T "$staging" "$dir/n$i"
+    # A new replica id for this start: a backup draws one by itself, and so must any other copy
+    # (a cold copy under the old id could reuse sequence numbers the node issued since).
+    start_node "$i" --new_incarnation
+    if ! wait_healthy "$i"; then
+      # The node refused the copy (another node's or cluster's, or cut off): put back what was
+      # there and restart it, so that a bad copy costs a restart, not the node.
+      stop_node "$i"
+      refused=$(mktemp -u -d "$dir/n$i.refused-XXXX")
+      mv -T "$dir/n$i" "$refused"
+      [ -z "$aside" ] || mv -T "$aside" "$dir/n$i"
+      start_node "$i"
+      wait_healthy "$i" || true
+      die "$target refused that copy (its log above says why; the copy is now $refused); its previous data dir is back in place and it was restarted"
+    fi
     echo "$target restored from backup '$name'; its peers send it what was written since"
     status_line "$i"
     ;;

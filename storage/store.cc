@@ -463,7 +463,8 @@ absl::Status BackupWriter::Start() {
   // Only a directory this writer creates is written to, and removed on failure: a directory
   // that holds anything (an earlier backup, complete or not, or unrelated files) is left alone.
   std::vector<std::string> present;
-  if (env->GetChildren(dir_, &present).ok()) {
+  dir_existed_ = env->GetChildren(dir_, &present).ok();
+  if (dir_existed_) {
     present.erase(std::remove_if(present.begin(), present.end(),
                                  [](const std::string& name) { return name == "." || name == ".."; }),
                   present.end());
@@ -499,6 +500,7 @@ absl::Status BackupWriter::Start() {
           absl::StrCat("backup directory ", dir_, " is being written by another backup"));
     }
     (void)leveldb::DestroyDB(dir_, options);
+    if (dir_existed_) (void)env->CreateDir(dir_);  // DestroyDB removes an emptied directory
     return FromLevelDb(s, absl::StrCat("creating backup directory ", dir_));
   }
   db_.reset(raw);
@@ -572,6 +574,8 @@ absl::Status BackupWriter::Abandon(absl::Status why) {
   finished_ = true;
   db_.reset();
   const leveldb::Status removed = leveldb::DestroyDB(dir_, LevelDbOptions());
+  // An empty directory that was there before (made ready for the copy) stays.
+  if (dir_existed_) (void)options_.env->CreateDir(dir_);
   if (!removed.ok()) {
     return absl::Status(
         why.ok() ? absl::StatusCode::kInternal : why.code(),

@@ -229,6 +229,7 @@ class BackupWriter {
   std::unique_ptr<const leveldb::FilterPolicy> filter_policy_;  // outlives db_
   std::unique_ptr<leveldb::DB> db_;
   bool finished_ = false;
+  bool dir_existed_ = false;  // empty, or it would have been refused: kept when abandoning
   uint64_t records_ = 0;
   uint64_t bytes_ = 0;
 };

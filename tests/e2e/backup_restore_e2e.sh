@@ -88,6 +88,13 @@ if "$cli" --node="$(node 2)" fetch-backup "$work/offsite/n2" 2>"$work/again.err"
   echo "a second fetch into the same directory must be refused"; exit 1
 fi
 grep -q "already exists" "$work/again.err" || { cat "$work/again.err"; exit 1; }
+# A copy of another node is refused by the node it is put in front of; restore then puts the
+# node's own data dir back and restarts it.
+if cluster restore n1 "$work/offsite/n2" >"$work/wrong.out" 2>&1; then
+  echo "n1 accepted n2's copy"; exit 1
+fi
+grep -q "refused that copy" "$work/wrong.out" || { cat "$work/wrong.out"; exit 1; }
+[ "$(counter_on 1)" = "$expected" ] || { echo "n1 lost data after a refused restore"; exit 1; }
 for k in $(seq 1 5); do
   "$cli" --node="$(node 2)" --write_concern=all update c d incr n 10 >/dev/null
   expected=$((expected + 10))

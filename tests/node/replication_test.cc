@@ -381,6 +381,30 @@ TEST(Replication, AStreamedBackupWrittenElsewhereRestoresAndNothingIsLost) {
     ASSERT_TRUE((*writer)->Finish().ok());
   }
   EXPECT_GE(messages, 3) << "the copy came in one message";
+  // The copy holds exactly what node 3 held (nothing was written meanwhile): checked on a copy
+  // of it, since a backup's first open uses up its marker.
+  {
+    std::unique_ptr<leveldb::Env> check(leveldb::NewMemEnv(leveldb::Env::Default()));
+    std::vector<std::string> files;
+    ASSERT_TRUE(elsewhere->GetChildren(dir, &files).ok());
+    for (const std::string& name : files) {
+      std::string contents;
+      if (!leveldb::ReadFileToString(elsewhere.get(), dir + "/" + name, &contents).ok()) continue;
+      ASSERT_TRUE(leveldb::WriteStringToFile(check.get(), contents, "/check/" + name).ok());
+    }
+    storage::StoreOptions options;
+    options.path = "/check";
+    options.cluster_id = cluster.options(2).cluster_id;
+    options.node_name = cluster.options(2).node_name;
+    options.create_mode = storage::CreateMode::kMustExist;
+    options.env = check.get();
+    auto copy = storage::Store::Open(options);
+    ASSERT_TRUE(copy.ok()) << copy.status();
+    EXPECT_TRUE((*copy)->opened_backup());
+    EXPECT_EQ((*copy)->document_count(), cluster.node(2)->store()->document_count());
+    EXPECT_EQ((*copy)->state_digest(), cluster.node(2)->store()->state_digest());
+    EXPECT_EQ((*copy)->AppliedVector(), cluster.node(2)->store()->AppliedVector());
+  }
   // Node 3's own writes after the backup: the copy lacks them, the cluster has them.
   for (int k = 0; k < 5; ++k, acknowledged += 1000) {
     ASSERT_TRUE(cluster.Update(2, IncrementOf("d", 1000)).ok());
@@ -399,7 +423,7 @@ TEST(Replication, AStreamedBackupWrittenElsewhereRestoresAndNothingIsLost) {
     EXPECT_EQ(CounterIn(cluster.Get(i, "c", "d"), "n"), acknowledged) << "node " << i;
   }
 
-  // A reader that goes away mid-copy ends it on the node, which then takes the next backup.
+  // A reader that goes away mid-copy frees the node's backup slot: the next backup goes ahead.
   {
     grpc::ClientContext context;
     auto reader = stub->StreamBackup(&context, mergedb::v1::StreamBackupRequest());

@@ -170,5 +170,25 @@ TEST_F(StoreOpenTest, ABackupReadsTheFreeSpaceOfTheRealFileSystem) {
   EXPECT_TRUE(taken.ok()) << taken.status();
 }
 
+// A backup may be pointed at an empty directory made for it; if the copy fails it removes what
+// it wrote, not that directory.
+TEST_F(StoreOpenTest, AnAbandonedBackupKeepsTheEmptyDirectoryItWasGiven) {
+  Populate(10);
+  StoreOptions options = Options();
+  options.create_mode = CreateMode::kMustExist;
+  auto store = Store::Open(options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const std::filesystem::path backup = dir_.parent_path() / (dir_.filename().string() + "-b1");
+  std::filesystem::create_directories(backup);
+  auto cancelled = (*store)->Backup(backup.string(), [] { return true; });
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled) << cancelled.status();
+  EXPECT_TRUE(std::filesystem::is_directory(backup));
+  EXPECT_TRUE(std::filesystem::is_empty(backup));
+  // ...and the same directory then takes a whole copy.
+  auto taken = (*store)->Backup(backup.string(), nullptr);
+  EXPECT_TRUE(taken.ok()) << taken.status();
+  std::filesystem::remove_all(backup);
+}
+
 }  // namespace
 }  // namespace mergedb::storage
