@@ -1,7 +1,10 @@
 #include "node/services.h"
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
+#include <optional>
+#include <utility>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -428,6 +431,28 @@ grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1:
   return grpc::Status::OK;
 }
 
+namespace {
+
+// The node's one backup slot (Backup and StreamBackup share it), held for a call's length.
+class BackupSlot {
+ public:
+  static std::optional<BackupSlot> Take(std::atomic<bool>& running) {
+    if (running.exchange(true)) return std::nullopt;
+    return std::optional<BackupSlot>(std::in_place, running);
+  }
+  explicit BackupSlot(std::atomic<bool>& running) : running_(&running) {}
+  BackupSlot(BackupSlot&& other) noexcept : running_(std::exchange(other.running_, nullptr)) {}
+  BackupSlot& operator=(BackupSlot&&) = delete;
+  ~BackupSlot() {
+    if (running_ != nullptr) *running_ = false;
+  }
+
+ private:
+  std::atomic<bool>* running_;
+};
+
+}  // namespace
+
 grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
                                         const mergedb::v1::BackupRequest* request,
                                         mergedb::v1::BackupResponse* response) {
@@ -439,14 +464,11 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
   if (absl::Status valid = ValidateBackupName(request->name()); !valid.ok()) {
     return ToGrpcStatus(valid);
   }
-  if (backup_running_.exchange(true)) {
+  std::optional<BackupSlot> slot = BackupSlot::Take(backup_running_);
+  if (!slot) {
     return ToGrpcStatus(absl::AbortedError(
         "another backup is running on this node; try again when it has finished"));
   }
-  struct Done {
-    std::atomic<bool>& running;
-    ~Done() { running = false; }
-  } done{backup_running_};
   const std::string path = absl::StrCat(root, "/", request->name());
   MERGEDB_LOG(INFO) << "backup to " << path << " started";
   const absl::Time start = absl::Now();
@@ -476,14 +498,11 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
 grpc::Status ClusterServiceImpl::StreamBackup(
     grpc::ServerContext* context, const mergedb::v1::StreamBackupRequest* /*request*/,
     grpc::ServerWriter<mergedb::v1::BackupChunk>* writer) {
-  if (backup_running_.exchange(true)) {
+  std::optional<BackupSlot> slot = BackupSlot::Take(backup_running_);
+  if (!slot) {
     return ToGrpcStatus(absl::AbortedError(
         "another backup is running on this node; try again when it has finished"));
   }
-  struct Done {
-    std::atomic<bool>& running;
-    ~Done() { running = false; }
-  } done{backup_running_};
   // Each batch leaves as one message; a slow reader slows the copy (the stream's flow control
   // blocks Write) while the store's snapshot holds still.
   struct ToStream : storage::BackupSink {
