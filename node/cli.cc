@@ -326,7 +326,9 @@ int FetchBackup(const std::string& dir) {
     context.TryCancel();
     (void)reader->Finish();
     std::string why(created.status().message());
-    if (absl::IsResourceExhausted(created.status())) absl::StrAppend(&why, " (--backup_min_free_mb)");
+    if (absl::IsResourceExhausted(created.status())) {
+      absl::StrAppend(&why, " (--backup_min_free_mb)");
+    }
     return FailRun(why);
   }
   mergedb::storage::BackupWriter& writer = **created;
@@ -384,7 +386,9 @@ int main(int argc, char** argv) {
       "mergedb [--node=HOST:PORT] get|update|delete|list|watch|status|backup|fetch-backup ... "
       "(see node/cli.cc)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() < 2) return Fail("missing command: get, update, delete, list, watch, status, backup, fetch-backup");
+  if (args.size() < 2) {
+    return Fail("missing command: get, update, delete, list, watch, status, backup, fetch-backup");
+  }
   const std::string command = args[1];
   if (command == "fetch-backup") {
     // Before the first gRPC call starts gRPC's threads: see FetchBackup.

@@ -453,6 +453,10 @@ class BackupSlot {
 
 }  // namespace
 
+bool ClusterServiceImpl::Abandoned(grpc::ServerContext* context) const {
+  return context->IsCancelled() || node_->stopping();
+}
+
 grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
                                         const mergedb::v1::BackupRequest* request,
                                         mergedb::v1::BackupResponse* response) {
@@ -473,7 +477,7 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
   MERGEDB_LOG(INFO) << "backup to " << path << " started";
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::BackupResult> result =
-      node_->store()->Backup(path, [this, context] { return context->IsCancelled() || node_->stopping(); });
+      node_->store()->Backup(path, [this, context] { return Abandoned(context); });
   if (!result.ok()) {
     absl::Status failed = result.status();
     if (absl::IsResourceExhausted(failed)) {
@@ -534,7 +538,7 @@ grpc::Status ClusterServiceImpl::StreamBackup(
   MERGEDB_LOG(INFO) << "backup streamed to " << peer << " started";
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::BackupResult> result =
-      node_->store()->CopyOut(sink, [this, context] { return context->IsCancelled() || node_->stopping(); });
+      node_->store()->CopyOut(sink, [this, context] { return Abandoned(context); });
   if (result.ok()) {
     mergedb::v1::BackupChunk last;
     last.set_complete(true);

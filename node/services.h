@@ -129,6 +129,8 @@ class ClusterServiceImpl final : public mergedb::v1::ClusterService::Service {
   // One backup at a time: each holds a LevelDB snapshot (old versions cannot be compacted away
   // meanwhile) and writes a whole copy of the store.
   std::atomic<bool> backup_running_{false};
+  // A backup stops when its caller cancels or the node begins to stop.
+  bool Abandoned(grpc::ServerContext* context) const;
 };
 
 }  // namespace mergedb::node
