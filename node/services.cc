@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
-#include <optional>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -436,9 +435,13 @@ namespace {
 // The node's one backup slot (Backup and StreamBackup share it), held for a call's length.
 class BackupSlot {
  public:
-  static std::optional<BackupSlot> Take(std::atomic<bool>& running) {
-    if (running.exchange(true)) return std::nullopt;
-    return std::optional<BackupSlot>(std::in_place, running);
+  // ABORTED while another backup holds it.
+  static absl::StatusOr<BackupSlot> Take(std::atomic<bool>& running) {
+    if (running.exchange(true)) {
+      return absl::AbortedError(
+          "another backup is running on this node; try again when it has finished");
+    }
+    return BackupSlot(running);
   }
   explicit BackupSlot(std::atomic<bool>& running) : running_(&running) {}
   BackupSlot(BackupSlot&& other) noexcept : running_(std::exchange(other.running_, nullptr)) {}
@@ -468,11 +471,8 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
   if (absl::Status valid = ValidateBackupName(request->name()); !valid.ok()) {
     return ToGrpcStatus(valid);
   }
-  std::optional<BackupSlot> slot = BackupSlot::Take(backup_running_);
-  if (!slot) {
-    return ToGrpcStatus(absl::AbortedError(
-        "another backup is running on this node; try again when it has finished"));
-  }
+  absl::StatusOr<BackupSlot> slot = BackupSlot::Take(backup_running_);
+  if (!slot.ok()) return ToGrpcStatus(slot.status());
   const std::string path = absl::StrCat(root, "/", request->name());
   MERGEDB_LOG(INFO) << "backup to " << path << " started";
   const absl::Time start = absl::Now();
@@ -502,11 +502,8 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
 grpc::Status ClusterServiceImpl::StreamBackup(
     grpc::ServerContext* context, const mergedb::v1::StreamBackupRequest* /*request*/,
     grpc::ServerWriter<mergedb::v1::BackupChunk>* writer) {
-  std::optional<BackupSlot> slot = BackupSlot::Take(backup_running_);
-  if (!slot) {
-    return ToGrpcStatus(absl::AbortedError(
-        "another backup is running on this node; try again when it has finished"));
-  }
+  absl::StatusOr<BackupSlot> slot = BackupSlot::Take(backup_running_);
+  if (!slot.ok()) return ToGrpcStatus(slot.status());
   // Each batch leaves as one message; a slow reader slows the copy (the stream's flow control
   // blocks Write) while the store's snapshot holds still.
   struct ToStream : storage::BackupSink {

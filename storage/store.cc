@@ -74,6 +74,10 @@ absl::StatusOr<uint64_t> FreeBytesOnFileSystem(const std::string& path) {
   return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
 }
 
+// LevelDB's memtable (and so its log) size, for a store and for its backups: large enough that
+// a flush is rare under load.
+constexpr size_t kWriteBufferBytes = size_t{16} << 20;
+
 // Whole MiB, rounded down: a figure of free space never reads as more than there is.
 std::string MiB(uint64_t bytes) { return absl::StrCat(bytes >> 20, " MiB"); }
 
@@ -263,7 +267,7 @@ absl::Status Store::Initialize() {
   // Without paranoid checks LevelDB can open a log with garbage in its middle, or recover
   // after a full disk, and report OK with acknowledged records gone.
   options.paranoid_checks = true;
-  options.write_buffer_size = size_t{16} << 20;
+  options.write_buffer_size = kWriteBufferBytes;
   filter_policy_ = leveldb::NewBloomFilterPolicy(10);
   options.filter_policy = filter_policy_;
   if (options_.env != nullptr) options.env = options_.env;
@@ -529,8 +533,9 @@ absl::Status BackupWriter::Append(const std::vector<std::pair<std::string, std::
   }
   uint64_t bytes = 0;
   leveldb::WriteBatch batch;
+  const std::string marker = keys::Meta(keys::kMetaFromBackup);
   for (const auto& [key, value] : records) {
-    if (key == keys::Meta(keys::kMetaFromBackup)) {
+    if (key == marker) {
       return absl::InvalidArgumentError("a backup's records must not hold its own marker");
     }
     batch.Put(key, value);

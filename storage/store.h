@@ -218,7 +218,6 @@ class BackupWriter {
   uint64_t bytes() const { return bytes_; }
 
  private:
-  static constexpr size_t kWriteBufferBytes = size_t{16} << 20;
   BackupWriter(const std::string& dir, Options options);
   absl::Status Start();
   absl::Status Write(leveldb::WriteBatch* batch);
