@@ -68,6 +68,10 @@ ABSL_FLAG(int64_t, backup_min_free_mb, 256,
           "is there too (when it is, this is the room kept for the node's own writes): a backup "
           "that would leave less is refused, and one that comes near it while copying stops and "
           "is removed. 0: no check.");
+ABSL_FLAG(int64_t, backup_stall_timeout_s, 60,
+          "Seconds a streamed backup (`mergedb fetch-backup`) may wait for its reader to take the "
+          "next message before the node cancels it: a stalled reader holds the node's one backup "
+          "slot and a snapshot of its data.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -178,6 +182,11 @@ int main(int argc, char** argv) {
     return UsageError("--backup_min_free_mb must be between 0 and 2^40");
   }
   options.backup_min_free_bytes = static_cast<uint64_t>(backup_min_free_mb) << 20;
+  const int64_t backup_stall_timeout_s = absl::GetFlag(FLAGS_backup_stall_timeout_s);
+  if (backup_stall_timeout_s <= 0 || backup_stall_timeout_s > 7 * 24 * 3600) {
+    return UsageError("--backup_stall_timeout_s must be between 1 and 604800 (a week)");
+  }
+  options.backup_stall_timeout = absl::Seconds(backup_stall_timeout_s);
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

@@ -69,6 +69,9 @@ struct NodeOptions {
   std::string backup_dir;
   // Space a backup leaves free on its file system (storage::StoreOptions::backup_min_free_bytes).
   uint64_t backup_min_free_bytes = uint64_t{256} << 20;
+  // A streamed backup (ClusterService.StreamBackup) whose reader takes nothing for this long is
+  // cancelled, so that a stalled reader cannot hold the node's backup slot and snapshot.
+  absl::Duration backup_stall_timeout = absl::Seconds(60);
   // Test-only: reports the free space of a path instead of the file system
   // (storage::StoreOptions::free_space).
   std::function<absl::StatusOr<uint64_t>(const std::string& path)> free_space;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -454,6 +455,65 @@ class BackupSlot {
   std::atomic<bool>* running_;
 };
 
+// A streamed backup's reader that stops reading (but keeps its connection) blocks the stream's
+// Write on flow control, and with it the node's one backup slot and a LevelDB snapshot (which
+// keeps compaction from freeing what the copy still sees). The watchdog cancels the call when
+// one Write has been blocked for `timeout`; time spent reading the store does not count.
+class StallWatchdog {
+ public:
+  StallWatchdog(grpc::ServerContext* context, absl::Duration timeout)
+      : context_(context), timeout_(timeout), thread_([this] { Run(); }) {}
+  StallWatchdog(const StallWatchdog&) = delete;
+  StallWatchdog& operator=(const StallWatchdog&) = delete;
+  ~StallWatchdog() {
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+    }
+    thread_.join();
+  }
+
+  void WriteStarted() {
+    absl::MutexLock lock(&mu_);
+    blocked_since_ = absl::Now();
+  }
+  void WriteEnded() {
+    absl::MutexLock lock(&mu_);
+    blocked_since_ = absl::InfiniteFuture();
+  }
+  bool fired() {
+    absl::MutexLock lock(&mu_);
+    return fired_;
+  }
+
+ private:
+  void Run() {
+    absl::MutexLock lock(&mu_);
+    while (!done_) {
+      const absl::Time since = blocked_since_;
+      if (absl::Now() >= since + timeout_) {
+        fired_ = true;
+        context_->TryCancel();
+        return;
+      }
+      // Wakes at the blocked Write's deadline, when a Write starts or ends, or when the copy
+      // is over.
+      const auto changed = [this, since]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return done_ || blocked_since_ != since;
+      };
+      mu_.AwaitWithDeadline(absl::Condition(&changed), since + timeout_);
+    }
+  }
+
+  grpc::ServerContext* const context_;
+  const absl::Duration timeout_;
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool fired_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time blocked_since_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  std::thread thread_;
+};
+
 }  // namespace
 
 bool ClusterServiceImpl::Abandoned(grpc::ServerContext* context) const {
@@ -509,10 +569,14 @@ grpc::Status ClusterServiceImpl::StreamBackup(
   struct ToStream : storage::BackupSink {
     grpc::ServerWriter<mergedb::v1::BackupChunk>* writer;
     uint64_t approximate_bytes;
-    ToStream(grpc::ServerWriter<mergedb::v1::BackupChunk>* w, uint64_t bytes)
-        : writer(w), approximate_bytes(bytes) {}
+    StallWatchdog* watchdog;
+    ToStream(grpc::ServerWriter<mergedb::v1::BackupChunk>* w, uint64_t bytes, StallWatchdog* dog)
+        : writer(w), approximate_bytes(bytes), watchdog(dog) {}
     absl::Status Send(const mergedb::v1::BackupChunk& chunk) {
-      if (!writer->Write(chunk)) return absl::CancelledError("the backup's reader went away");
+      watchdog->WriteStarted();
+      const bool sent = writer->Write(chunk);
+      watchdog->WriteEnded();
+      if (!sent) return absl::CancelledError("the backup's reader went away");
       return absl::OkStatus();
     }
     absl::Status Begin(const storage::VersionVector& applied) override {
@@ -530,7 +594,10 @@ grpc::Status ClusterServiceImpl::StreamBackup(
       }
       return Send(chunk);
     }
-  } sink(writer, node_->store()->ApproximateBytes());
+  };
+  const absl::Duration stall_timeout = node_->options().backup_stall_timeout;
+  StallWatchdog watchdog(context, stall_timeout);
+  ToStream sink(writer, node_->store()->ApproximateBytes(), &watchdog);
   const std::string peer = context->peer();
   MERGEDB_LOG(INFO) << "backup streamed to " << peer << " started";
   const absl::Time start = absl::Now();
@@ -542,6 +609,11 @@ grpc::Status ClusterServiceImpl::StreamBackup(
     last.set_total_records(result->records);
     last.set_total_bytes(result->bytes);
     if (absl::Status sent = sink.Send(last); !sent.ok()) result = sent;
+  }
+  if (!result.ok() && watchdog.fired()) {
+    result = absl::DeadlineExceededError(
+        absl::StrCat("the backup's reader took no data for ", absl::FormatDuration(stall_timeout),
+                     " (--backup_stall_timeout_s); the copy was cancelled"));
   }
   if (!result.ok()) {
     MERGEDB_LOG(WARNING) << "backup streamed to " << peer << " failed: " << result.status();

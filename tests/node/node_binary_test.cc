@@ -252,6 +252,13 @@ TEST_F(NodeBinaryTest, BadFlagsAreRefusedWithAClearMessage) {
   EXPECT_TRUE(absl::StrContains(data_in_backup.Stderr(), "--backup_dir must be outside --data_dir"))
       << data_in_backup.Stderr();
   args = Args();
+  args.push_back("--backup_stall_timeout_s=0");
+  Process no_stall_bound(args);
+  EXPECT_EQ(no_stall_bound.Wait(std::chrono::seconds(20)), 2);
+  EXPECT_TRUE(
+      absl::StrContains(no_stall_bound.Stderr(), "--backup_stall_timeout_s must be between"))
+      << no_stall_bound.Stderr();
+  args = Args();
   args.push_back("--no_such_flag=1");
   Process unknown(args);
   EXPECT_NE(unknown.Wait(std::chrono::seconds(20)), 0);

@@ -368,7 +368,9 @@ TEST(Replication, AStreamedBackupWrittenElsewhereRestoresAndNothingIsLost) {
       ++messages;
       std::vector<std::pair<std::string, std::string>> records;
       for (const auto& record : chunk.records()) records.emplace_back(record.key(), record.value());
-      if (!records.empty()) ASSERT_TRUE((*writer)->Append(records).ok());
+      if (!records.empty()) {
+        ASSERT_TRUE((*writer)->Append(records).ok());
+      }
       if (chunk.complete()) {
         complete = true;
         EXPECT_EQ(chunk.total_records(), (*writer)->records());
@@ -452,6 +454,58 @@ TEST(Replication, AStreamedBackupWrittenElsewhereRestoresAndNothingIsLost) {
     finished = true;
   }
   EXPECT_TRUE(finished);
+}
+
+// A reader that keeps its connection but stops reading blocks the node's copy on flow control,
+// holding the node's one backup slot and a snapshot; the node cancels such a copy once a message
+// has waited --backup_stall_timeout_s for it.
+TEST(Replication, AStalledStreamedBackupIsCancelledAndFreesTheBackupSlot) {
+  Cluster cluster(1);
+  cluster.options(0).backup_stall_timeout = absl::Seconds(1);
+  cluster.StartAll();
+  // 24 MiB: more than the stream's flow-control window and both sockets' buffers hold.
+  for (int k = 0; k < 48; ++k) {
+    UpdateRequest request = UpdateOf("big", "doc" + std::to_string(k));
+    SetStr(&request, {"payload"}, std::string(512 << 10, static_cast<char>('a' + k % 26)));
+    ASSERT_TRUE(cluster.Update(0, request).ok());
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto stub = mergedb::v1::ClusterService::NewStub(
+      grpc::CreateCustomChannel(cluster.Address(0), grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext stalled;
+  auto stalled_reader = stub->StreamBackup(&stalled, mergedb::v1::StreamBackupRequest());
+  mergedb::v1::BackupChunk chunk;
+  ASSERT_TRUE(stalled_reader->Read(&chunk));
+  const absl::Time stalled_at = absl::Now();
+
+  // Other backups are refused until the node gives up on the stalled reader.
+  grpc::Status next_status;
+  absl::Time next_started;
+  bool next_complete = false;
+  for (int attempt = 0; attempt < 300; ++attempt) {
+    next_started = absl::Now();
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    auto reader = stub->StreamBackup(&context, mergedb::v1::StreamBackupRequest());
+    while (reader->Read(&chunk)) next_complete = next_complete || chunk.complete();
+    next_status = reader->Finish();
+    if (next_status.error_code() != grpc::StatusCode::ABORTED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(next_status.ok()) << next_status.error_message();
+  EXPECT_TRUE(next_complete);
+  // The slot was held while the reader stalled: its copy had blocked, not fit in the buffers.
+  EXPECT_GE(next_started - stalled_at, absl::Milliseconds(900));
+
+  // What was buffered on the way still arrives; then the stalled stream ends, cancelled.
+  int buffered = 0;
+  while (stalled_reader->Read(&chunk)) {
+    EXPECT_FALSE(chunk.complete());
+    ++buffered;
+  }
+  EXPECT_EQ(stalled_reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_LT(buffered, 24) << "the whole copy was buffered";
 }
 
 TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
