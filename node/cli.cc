@@ -11,7 +11,7 @@
 //       enable PATH | disable PATH | rm PATH
 //   mergedb delete COLLECTION ID
 //   mergedb list COLLECTION [--page_size=N] [--page_token=T]
-//   mergedb watch COLLECTION [ID] [--after=POSITION | --from_now]
+//   mergedb watch COLLECTION [ID] [--from=POSITION [--from_feed=FEED] | --from_now]
 //   mergedb status [--json]
 //   mergedb backup NAME     a consistent copy of the node's data, written on the node's
 //                           machine to <its --backup_dir>/NAME (see README, Backups)
@@ -55,6 +55,10 @@ ABSL_FLAG(std::string, after, "", "get: version token (base64) to wait for (read
 ABSL_FLAG(int32_t, page_size, 0, "list: page size.");
 ABSL_FLAG(std::string, page_token, "", "list: token of the page to read.");
 ABSL_FLAG(uint64_t, from, 0, "watch: deliver changes after this position.");
+ABSL_FLAG(uint64_t, from_feed, 0,
+          "watch: the `feed` of the event whose position --from gives; the node then refuses a "
+          "position that its change feed no longer holds (after a restore or a new incarnation) "
+          "instead of skipping changes.");
 ABSL_FLAG(bool, from_now, false, "watch: only changes from now on.");
 ABSL_FLAG(bool, json, false, "status: JSON instead of a table.");
 
@@ -457,6 +461,7 @@ int main(int argc, char** argv) {
     request.set_collection(args[2]);
     if (args.size() == 4) request.set_id(args[3]);
     request.set_after_position(absl::GetFlag(FLAGS_from));
+    request.set_after_feed(absl::GetFlag(FLAGS_from_feed));
     request.set_from_now(absl::GetFlag(FLAGS_from_now));
     grpc::ClientContext context;  // no deadline: runs until interrupted
     auto reader = documents->Watch(&context, request);

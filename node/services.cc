@@ -384,6 +384,18 @@ grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
         "): positions belong to one node and data dir (this one may have been restored or "
         "rebuilt); resume from_now, or from a position this node gave")));
   }
+  // With the feed the position came from, a resume from before the node's last restore or
+  // new incarnation is refused even once the feed has passed that position again.
+  if (!request->from_now() && request->after_position() > 0 && request->after_feed() != 0 &&
+      !store->FeedPositionHolds(request->after_feed(), position)) {
+    return ToGrpcStatus(absl::OutOfRangeError(absl::StrCat(
+        "after_position ", position, " of change feed ", absl::Hex(request->after_feed()),
+        " does not name a change in this node's feed (", absl::Hex(store->replica_id()),
+        "): the node was restored from a backup, rebuilt or restarted as a new incarnation "
+        "since it gave out that position, and the changes after the point it kept are gone or "
+        "renumbered (or the position is another node's); read the documents again, then watch "
+        "from_now")));
+  }
   constexpr size_t kBatch = 256;
   const storage::Store::ChangeFilter filter{request->collection(), request->id()};
   while (!context->IsCancelled() && !node_->stopping()) {
@@ -398,6 +410,7 @@ grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
       event.set_collection(change.collection());
       event.set_id(change.id());
       event.set_origin(change.origin());
+      event.set_feed(store->replica_id());
       absl::Status read = store->Read(change.collection(), change.id(), [&](const crdt::Document& doc) {
         event.set_found(doc.exists());
         *event.mutable_value() = doc.ToJson();

@@ -56,6 +56,11 @@ inline constexpr absl::string_view kMetaSyncedRun = "synced_run";
 // Present in a copy written by Store::Backup until its first open, which then draws a new
 // replica id: the node the copy came from may have issued sequence numbers since.
 inline constexpr absl::string_view kMetaFromBackup = "from_backup";
+// The data dir's earlier incarnations, oldest first, as 16-byte entries (be64 replica id, be64
+// the last change-feed position that survived into the next incarnation): a change-feed position
+// given out by an earlier incarnation names the same change here only up to that point.
+// Absent: no earlier incarnation is known.
+inline constexpr absl::string_view kMetaFeedHistory = "feed_history";
 // Its values: written first, and replaced by the copy's last write.
 inline constexpr absl::string_view kBackupIncomplete = "incomplete";
 inline constexpr absl::string_view kBackupComplete = "complete";

@@ -393,6 +393,18 @@ absl::Status Store::Initialize() {
     }
     open_batch.Delete(keys::Meta(keys::kMetaFromBackup));
   }
+  std::string feed_history;
+  leveldb::Status fh =
+      db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaFeedHistory), &feed_history);
+  if (!fh.ok() && !fh.IsNotFound()) return FromLevelDb(fh, absl::StrCat("reading ", path));
+  if (feed_history.size() % 16 != 0) {
+    return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed feed history"));
+  }
+  for (size_t at = 0; at < feed_history.size(); at += 16) {
+    const absl::string_view entry = absl::string_view(feed_history).substr(at, 16);
+    feed_history_.push_back(
+        {keys::DecodeBe64(entry.substr(0, 8)), keys::DecodeBe64(entry.substr(8))});
+  }
   if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation || opened_backup_) {
     const crdt::ReplicaId previous = replica_id_;
     do {
@@ -400,6 +412,19 @@ absl::Status Store::Initialize() {
     } while (replica_id_ == 0 || replica_id_ == previous);
     open_batch.Put(keys::Meta(keys::kMetaReplica), keys::EncodeBe64(replica_id_));
     rotated_incarnation_ = true;
+    // The feed as it is now survived the old incarnation: what it handed out beyond this point
+    // was lost with an unsynced tail, or lies past the point a backup was taken, and new changes
+    // will take those positions.
+    feed_history_.push_back({previous, keys::DecodeBe64(change_seq)});
+    if (feed_history_.size() > kMaxFeedHistory) {
+      feed_history_.erase(feed_history_.begin(),
+                          feed_history_.end() - static_cast<ptrdiff_t>(kMaxFeedHistory));
+    }
+    std::string record;
+    for (const FeedEpoch& epoch : feed_history_) {
+      absl::StrAppend(&record, keys::EncodeBe64(epoch.feed), keys::EncodeBe64(epoch.last_kept));
+    }
+    open_batch.Put(keys::Meta(keys::kMetaFeedHistory), record);
   }
   {
     leveldb::WriteOptions sync;
@@ -1389,6 +1414,16 @@ absl::Status Store::SetPeerAcked(absl::string_view peer, const VersionVector& ac
 
 absl::StatusOr<VersionVector> Store::PeerAcked(absl::string_view peer) {
   return ReadVector(keys::PeerAckPrefix(peer), nullptr);
+}
+
+bool Store::FeedPositionHolds(crdt::ReplicaId feed, uint64_t position) const {
+  if (feed == replica_id_) return true;
+  // Positions only grow along the history (each incarnation starts where the last kept one
+  // ended), so the newest entry for `feed` bounds it, and no later rotation kept less.
+  for (auto it = feed_history_.rbegin(); it != feed_history_.rend(); ++it) {
+    if (it->feed == feed) return position <= it->last_kept;
+  }
+  return false;
 }
 
 uint64_t Store::last_change_seq() const {

@@ -260,6 +260,14 @@ class Store {
   // True when this open drew a new replica id: after an unclean stop when that run or this one
   // does not fsync every commit, or on request (StoreOptions::new_incarnation).
   bool rotated_incarnation() const { return rotated_incarnation_; }
+  // Whether change-feed position `position`, handed out by incarnation `feed` of this node (its
+  // replica id then), names the same change in this store's feed: always for the current
+  // incarnation; for an earlier one of this data dir up to the last change that survived into
+  // the next incarnation (a restart after an unclean stop without fsync, or a restore from a
+  // backup, can drop the changes after it, and new changes take their positions); never for an
+  // unknown one (another node's, or older than the last kMaxFeedHistory incarnations).
+  bool FeedPositionHolds(crdt::ReplicaId feed, uint64_t position) const;
+  static constexpr size_t kMaxFeedHistory = 1024;
   // True when this open was the first of a copy written by Backup (it then rotated too).
   bool opened_backup() const { return opened_backup_; }
   // Testing: makes the destructor close LevelDB like a killed process would, without the
@@ -467,6 +475,12 @@ class Store {
   const leveldb::FilterPolicy* filter_policy_ = nullptr;
   crdt::ReplicaId replica_id_ = 0;
   bool rotated_incarnation_ = false;
+  // Earlier incarnations (keys::kMetaFeedHistory), oldest first; fixed once open.
+  struct FeedEpoch {
+    crdt::ReplicaId feed;
+    uint64_t last_kept;
+  };
+  std::vector<FeedEpoch> feed_history_;
   bool opened_backup_ = false;
   bool abandoned_ = false;
 

@@ -247,6 +247,75 @@ TEST(Replication, ABackupTakenDuringWritesRestoresAsANewIncarnationAndNothingIsL
   }
 }
 
+// A Watch client resumes with the position and the feed of the last event it processed. After
+// the node is restored from a backup, its feed goes back to the copy's position and then refills
+// with other changes; a resume from a position given out after the copy is refused, even once
+// the feed has passed that position again, while one from inside the copy goes on.
+TEST(Replication, AWatchResumeFromBeforeARestoreIsRefusedUnlessTheCopyHoldsItsPosition) {
+  Cluster cluster(1);
+  cluster.options(0).backup_dir = "/backups";
+  cluster.options(0).durability = storage::Durability::kSyncEachCommit;
+  cluster.StartAll();
+  auto watch_from = [&](uint64_t after_position, uint64_t after_feed,
+                        std::vector<mergedb::v1::WatchEvent>* events, size_t want) {
+    mergedb::v1::WatchRequest request;
+    request.set_collection("c");
+    request.set_after_position(after_position);
+    request.set_after_feed(after_feed);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    auto reader = cluster.Docs(0)->Watch(&context, request);
+    mergedb::v1::WatchEvent event;
+    while (events->size() < want && reader->Read(&event)) events->push_back(event);
+    if (events->size() == want) context.TryCancel();
+    return reader->Finish();
+  };
+  for (int k = 0; k < 3; ++k) ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  BackupResponse backup;
+  ASSERT_TRUE(cluster.Backup(0, "copy", &backup).ok());
+  for (int k = 0; k < 3; ++k) ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  std::vector<mergedb::v1::WatchEvent> before;
+  (void)watch_from(0, 0, &before, 6);
+  ASSERT_EQ(before.size(), 6u);
+  const uint64_t feed = before[5].feed();
+  EXPECT_EQ(feed, cluster.node(0)->store()->replica_id());
+  EXPECT_EQ(before[2].position(), 3u);
+  EXPECT_EQ(before[5].position(), 6u);
+
+  cluster.Stop(0);
+  cluster.RestoreData(0, cluster.CopyData(0, "/backups/copy"));
+  cluster.Start(0);
+  const uint64_t restored_feed = cluster.node(0)->store()->replica_id();
+  ASSERT_NE(restored_feed, feed);
+  // Other changes take positions 4 to 8.
+  for (int k = 0; k < 5; ++k) ASSERT_TRUE(cluster.Update(0, IncrementOf("e", 1)).ok());
+
+  std::vector<mergedb::v1::WatchEvent> refused_events;
+  const grpc::Status refused = watch_from(6, feed, &refused_events, 1);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::OUT_OF_RANGE) << refused.error_message();
+  EXPECT_TRUE(
+      absl::StrContains(refused.error_message(), "does not name a change in this node's feed"))
+      << refused.error_message();
+  EXPECT_TRUE(refused_events.empty());
+  // Unknown feeds are refused too (another node's, say).
+  refused_events.clear();
+  EXPECT_EQ(watch_from(1, feed ^ 1, &refused_events, 1).error_code(),
+            grpc::StatusCode::OUT_OF_RANGE);
+
+  // Position 3 is in the copy: the resume goes on with the restored feed's changes.
+  std::vector<mergedb::v1::WatchEvent> after;
+  (void)watch_from(3, feed, &after, 5);
+  ASSERT_EQ(after.size(), 5u);
+  EXPECT_EQ(after[0].position(), 4u);
+  EXPECT_EQ(after[0].id(), "e");
+  EXPECT_EQ(after[0].feed(), restored_feed);
+  // And the restored feed's own positions resume as usual.
+  after.clear();
+  (void)watch_from(7, restored_feed, &after, 1);
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_EQ(after[0].position(), 8u);
+}
+
 TEST(Replication, BackupsNeedABackupDirAValidNameAndANewName) {
   Cluster cluster(2);
   cluster.options(0).backup_dir = "/backups";

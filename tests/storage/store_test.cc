@@ -519,6 +519,53 @@ TEST_F(StoreTest, ABackupDuringWritesIsOnePointInTimeAndOpensAsANewIncarnation) 
   EXPECT_EQ(reopened->replica_id(), incarnation);
 }
 
+// A change-feed position names a change only within the feed that gave it out: a restart as a
+// new incarnation keeps the positions that survived, and a restored backup keeps those up to
+// its copy; the ones after are reused by new changes and must not be resumed from.
+TEST_F(StoreTest, ChangeFeedPositionsOfEarlierIncarnationsHoldUpToWhatSurvived) {
+  crdt::ReplicaId first;
+  {
+    auto store = OpenOrDie();
+    first = store->replica_id();
+    for (int i = 0; i < 5; ++i)
+      ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, first)).ok());
+    ASSERT_TRUE(store->Backup("/backup", nullptr).ok());
+    for (int i = 0; i < 7; ++i)
+      ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, first)).ok());
+    EXPECT_EQ(store->last_change_seq(), 12u);
+    EXPECT_TRUE(store->FeedPositionHolds(first, 12));
+    EXPECT_FALSE(store->FeedPositionHolds(first + 1, 1)) << "an unknown feed";
+    (void)store.release();  // the process dies without fsync: a new incarnation next
+  }
+  crdt::ReplicaId second;
+  {
+    auto store = OpenOrDie();
+    second = store->replica_id();
+    ASSERT_NE(second, first);
+    EXPECT_TRUE(store->FeedPositionHolds(first, 12)) << "everything it gave out survived";
+    EXPECT_FALSE(store->FeedPositionHolds(first, 13));
+    ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, second)).ok());
+    EXPECT_TRUE(store->FeedPositionHolds(second, 13));
+  }
+  StoreOptions restored = Options();
+  restored.path = "/backup";
+  crdt::ReplicaId third;
+  for (int open = 0; open < 2; ++open) {  // the history is kept across a clean reopen
+    auto store = OpenOrDie(restored);
+    if (open == 0) third = store->replica_id();
+    EXPECT_EQ(store->replica_id(), third);
+    EXPECT_TRUE(store->FeedPositionHolds(first, 5)) << "in the copy";
+    EXPECT_FALSE(store->FeedPositionHolds(first, 6)) << "given out after the copy was taken";
+    EXPECT_FALSE(store->FeedPositionHolds(second, 6)) << "an incarnation the copy never saw";
+    // The restored feed passes those positions again, with other changes.
+    for (int i = 0; i < 10; ++i)
+      ASSERT_TRUE(store->ApplyLocal(Increment("c", "e", "n", 1, third)).ok());
+    EXPECT_GT(store->last_change_seq(), 12u);
+    EXPECT_FALSE(store->FeedPositionHolds(first, 6));
+    EXPECT_TRUE(store->FeedPositionHolds(third, 6));
+  }
+}
+
 TEST_F(StoreTest, ACancelledBackupLeavesNothingBehind) {
   auto store = OpenOrDie();
   // The check comes before each 1 MiB batch is written: at the third, one has been.
