@@ -41,6 +41,13 @@ absl::Status FromLevelDb(const leveldb::Status& s, absl::string_view what) {
   return absl::UnavailableError(message);  // I/O errors
 }
 
+absl::Status BackupCutOff(const std::string& path) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "data dir ", path,
+      " is a backup that was cut off before it was complete; delete it "
+      "and use another backup (or rebuild the node from its peers with an empty data dir)"));
+}
+
 // LevelDB creates only the last directory of a path; this creates the ones above it (mkdir -p).
 // Errors are left for LevelDB's own open to report.
 void CreateParentDirs(leveldb::Env* env, const std::string& path) {
@@ -293,6 +300,17 @@ absl::Status Store::Initialize() {
     return FromLevelDb(s, absl::StrCat("opening data dir ", path));
   }
 
+  // A backup's sentinel file: the copy was being written. Only the complete marker (the copy's
+  // last write) says the writer got past its end; then just the sentinel's removal was lost.
+  if (const std::string sentinel = BackupSentinelPath(path); options.env->FileExists(sentinel)) {
+    std::string from_backup;
+    leveldb::Status fb =
+        db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaFromBackup), &from_backup);
+    if (!fb.ok() && !fb.IsNotFound()) return FromLevelDb(fb, absl::StrCat("reading ", path));
+    if (!fb.ok() || from_backup != keys::kBackupComplete) return BackupCutOff(path);
+    MERGEDB_RETURN_IF_ERROR(
+        FromLevelDb(options.env->RemoveFile(sentinel), absl::StrCat("removing ", sentinel)));
+  }
   std::string schema;
   s = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSchema), &schema);
   if (s.IsNotFound()) {
@@ -386,11 +404,7 @@ absl::Status Store::Initialize() {
   if (!fb.ok() && !fb.IsNotFound()) return FromLevelDb(fb, absl::StrCat("reading ", path));
   opened_backup_ = fb.ok();
   if (opened_backup_) {
-    if (from_backup != keys::kBackupComplete) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "data dir ", path, " is a backup that was cut off before it was complete; delete it "
-          "and use another backup (or rebuild the node from its peers with an empty data dir)"));
-    }
+    if (from_backup != keys::kBackupComplete) return BackupCutOff(path);
     open_batch.Delete(keys::Meta(keys::kMetaFromBackup));
   }
   std::string feed_history;
@@ -456,6 +470,10 @@ absl::Status Store::Initialize() {
 
 // ---- Backups ----
 
+std::string BackupSentinelPath(const std::string& dir) {
+  return absl::StrCat(dir, "/", kBackupSentinelFile);
+}
+
 absl::StatusOr<std::unique_ptr<BackupWriter>> BackupWriter::Create(const std::string& dir,
                                                                    Options options) {
   std::unique_ptr<BackupWriter> writer(new BackupWriter(dir, std::move(options)));
@@ -518,6 +536,26 @@ absl::Status BackupWriter::Start() {
   filter_policy_.reset(leveldb::NewBloomFilterPolicy(10));
   const leveldb::Options options = LevelDbOptions();
   CreateParentDirs(env, dir_);
+  // The sentinel file goes in before LevelDB creates anything: a crash after LevelDB's first
+  // files and before the incomplete marker below would otherwise leave an empty store, which a
+  // node would take for a new data dir. LevelDB syncs the directory with its first manifest, so
+  // the sentinel's entry is durable before any of LevelDB's is.
+  (void)env->CreateDir(dir_);
+  {
+    leveldb::WritableFile* raw_file = nullptr;
+    leveldb::Status sentinel = env->NewWritableFile(BackupSentinelPath(dir_), &raw_file);
+    if (sentinel.ok()) {
+      std::unique_ptr<leveldb::WritableFile> file(raw_file);
+      sentinel = file->Append("a backup is being written here: not a data dir until it is gone\n");
+      if (sentinel.ok()) sentinel = file->Sync();
+      if (sentinel.ok()) sentinel = file->Close();
+    }
+    if (!sentinel.ok()) {
+      (void)env->RemoveFile(BackupSentinelPath(dir_));
+      if (!dir_existed_) (void)env->RemoveDir(dir_);
+      return FromLevelDb(sentinel, absl::StrCat("creating backup directory ", dir_));
+    }
+  }
   leveldb::DB* raw = nullptr;
   leveldb::Status s = leveldb::DB::Open(options, dir_, &raw);
   if (!s.ok()) {
@@ -528,16 +566,14 @@ absl::Status BackupWriter::Start() {
       return absl::AlreadyExistsError(
           absl::StrCat("backup directory ", dir_, " is being written by another backup"));
     }
-    (void)leveldb::DestroyDB(dir_, options);
-    if (dir_existed_) (void)env->CreateDir(dir_);  // DestroyDB removes an emptied directory
+    (void)RemoveCopy();
     return FromLevelDb(s, absl::StrCat("creating backup directory ", dir_));
   }
   db_.reset(raw);
   // Until the last batch lands the copy says it is incomplete, so a copy cut off by a crash
   // is refused at open instead of passing for a whole store (its counters and digest are
-  // among the first records copied). Written on its own first, so that only a crash in the
-  // moment between creating the directory and this write leaves a copy without it (an
-  // empty store, which would rebuild from its peers).
+  // among the first records copied). This marker is what a copy written by another client
+  // carries (api.proto); the sentinel file covers the moment before it.
   leveldb::WriteBatch batch;
   batch.Put(keys::Meta(keys::kMetaFromBackup), std::string(keys::kBackupIncomplete));
   return Write(&batch);
@@ -591,6 +627,20 @@ absl::Status BackupWriter::Finish() {
   MERGEDB_RETURN_IF_ERROR(Write(&batch));
   db_.reset();
   finished_ = true;
+  // A sentinel left behind (a crash right here) is removed by the copy's first open, which
+  // finds the complete marker.
+  (void)options_.env->RemoveFile(BackupSentinelPath(dir_));
+  return absl::OkStatus();
+}
+
+absl::Status BackupWriter::RemoveCopy() {
+  // LevelDB's files first and the sentinel last, so that a crash in between leaves a copy that
+  // is still refused. DestroyDB leaves the directory while the sentinel is in it.
+  const leveldb::Status removed = leveldb::DestroyDB(dir_, LevelDbOptions());
+  if (!removed.ok()) return FromLevelDb(removed, absl::StrCat("removing ", dir_));
+  (void)options_.env->RemoveFile(BackupSentinelPath(dir_));
+  // An empty directory that was there before (made ready for the copy) stays.
+  if (!dir_existed_) (void)options_.env->RemoveDir(dir_);
   return absl::OkStatus();
 }
 
@@ -603,14 +653,12 @@ absl::Status BackupWriter::Abandon(absl::Status why) {
   }
   finished_ = true;
   db_.reset();
-  const leveldb::Status removed = leveldb::DestroyDB(dir_, LevelDbOptions());
-  // An empty directory that was there before (made ready for the copy) stays.
-  if (dir_existed_) (void)options_.env->CreateDir(dir_);
+  const absl::Status removed = RemoveCopy();
   if (!removed.ok()) {
     return absl::Status(
         why.ok() ? absl::StatusCode::kInternal : why.code(),
         absl::StrCat(why.message(), "; the partial copy in ", dir_, " could not be removed (",
-                     removed.ToString(), ") and will be refused if started"));
+                     removed.message(), ") and will be refused if started"));
   }
   return why;
 }

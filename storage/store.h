@@ -182,10 +182,17 @@ class BackupSink {
   virtual absl::Status Append(const std::vector<std::pair<std::string, std::string>>& records) = 0;
 };
 
+// The file a backup's directory holds from before LevelDB creates anything in it until the copy
+// is complete: Store::Open refuses a directory holding it unless the copy's complete marker
+// is there too (then only the file's removal was lost).
+inline constexpr absl::string_view kBackupSentinelFile = "BACKUP-INCOMPLETE";
+std::string BackupSentinelPath(const std::string& dir);
+
 // Writes a copy of a store as a new LevelDB data dir: Store::Backup's copies on the node's
-// machine, and `mergedb fetch-backup`'s, streamed from a node to another machine. The copy is
-// marked incomplete by its first write and complete by Finish, every write is synced, and a
-// copy that does not reach Finish is removed (or, cut off by a crash, refused at open).
+// machine, and `mergedb fetch-backup`'s, streamed from a node to another machine. The copy holds
+// the sentinel file until it is complete, is marked incomplete by its first write and complete
+// by Finish, every write is synced, and a copy that does not reach Finish is removed (or, cut
+// off by a crash, refused at open).
 class BackupWriter {
  public:
   struct Options {
@@ -220,6 +227,10 @@ class BackupWriter {
  private:
   BackupWriter(const std::string& dir, Options options);
   absl::Status Start();
+  // Removes what this writer created: LevelDB's files, then the sentinel, then the directory
+  // unless it was there before.
+  // OK, or what kept LevelDB's files from being removed.
+  absl::Status RemoveCopy();
   absl::Status Write(leveldb::WriteBatch* batch);
   leveldb::Options LevelDbOptions() const;
 

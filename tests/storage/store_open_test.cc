@@ -190,5 +190,62 @@ TEST_F(StoreOpenTest, AnAbandonedBackupKeepsTheEmptyDirectoryItWasGiven) {
   std::filesystem::remove_all(backup);
 }
 
+// A backup's directory holds a sentinel file from before LevelDB creates anything there until
+// the copy is complete: a copy cut off by a crash between LevelDB's first files and its first
+// record would otherwise open as an empty new data dir, and a restore from it would quietly
+// bring back nothing.
+TEST_F(StoreOpenTest, ABackupCutOffBeforeItsFirstRecordIsRefusedNotTakenForANewDataDir) {
+  Populate(10);
+  StoreOptions options = Options();
+  options.create_mode = CreateMode::kMustExist;
+  auto store = Store::Open(options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const std::filesystem::path backup = dir_.parent_path() / (dir_.filename().string() + "-b1");
+  const std::filesystem::path sentinel = backup / std::string(kBackupSentinelFile);
+  std::filesystem::remove_all(backup);
+  bool sentinel_while_copying = false;
+  auto taken = (*store)->Backup(backup.string(), [&] {
+    sentinel_while_copying = sentinel_while_copying || std::filesystem::exists(sentinel);
+    return false;
+  });
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_TRUE(sentinel_while_copying);
+  EXPECT_FALSE(std::filesystem::exists(sentinel)) << "a complete copy keeps no sentinel";
+
+  // The crash: the sentinel and LevelDB's first files, no record yet.
+  const std::filesystem::path cut = dir_.parent_path() / (dir_.filename().string() + "-cut");
+  std::filesystem::remove_all(cut);
+  std::filesystem::create_directories(cut);
+  std::ofstream(cut / std::string(kBackupSentinelFile)) << "x";
+  {
+    leveldb::Options create;
+    create.create_if_missing = true;
+    leveldb::DB* raw = nullptr;
+    ASSERT_TRUE(leveldb::DB::Open(create, cut.string(), &raw).ok());
+    delete raw;
+  }
+  StoreOptions from_cut = Options();
+  from_cut.path = cut.string();
+  auto refused = Store::Open(from_cut);
+  ASSERT_FALSE(refused.ok()) << "an empty cut-off copy opened as a new data dir";
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "cut off")) << refused.status();
+
+  // A complete copy whose sentinel outlived it (a crash right after the last write) opens, and
+  // its first open removes the sentinel.
+  std::ofstream(sentinel) << "x";
+  StoreOptions from_backup = Options();
+  from_backup.path = backup.string();
+  {
+    auto restored = Store::Open(from_backup);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    EXPECT_TRUE((*restored)->opened_backup());
+    EXPECT_EQ((*restored)->document_count(), (*store)->document_count());
+  }
+  EXPECT_FALSE(std::filesystem::exists(sentinel));
+  std::filesystem::remove_all(backup);
+  std::filesystem::remove_all(cut);
+}
+
 }  // namespace
 }  // namespace mergedb::storage
