@@ -74,7 +74,9 @@ else
 fi
 
 mergedb_ensure_packages redis-server libhiredis-dev
-if [ ! -f "$build_dir/build.ninja" ]; then
+# A build dir configured before libhiredis-dev was installed has no redis-w1 target: configure
+# again (CMake searches again for what it did not find).
+if [ ! -f "$build_dir/build.ninja" ] || ! grep -q "redis-w1" "$build_dir/build.ninja"; then
   cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="${MERGEDB_BUILD_TYPE:-RelWithDebInfo}" >/dev/null
 fi
 # The machine is shared: at most two compile jobs, only the targets this needs.
