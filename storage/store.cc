@@ -1,6 +1,8 @@
 #include "storage/store.h"
 
+#include <fcntl.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -55,6 +57,21 @@ void CreateParentDirs(leveldb::Env* env, const std::string& path) {
        slash = path.find('/', slash + 1)) {
     (void)env->CreateDir(path.substr(0, slash));
   }
+}
+
+// Makes the entries of directory `dir` durable (what a new file's own fsync does not). Only for
+// the real file system; leveldb::Env has no such call.
+absl::Status SyncDirectory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int rc = fd < 0 ? -1 : ::fsync(fd);
+  const int error = errno;
+  if (fd >= 0) ::close(fd);
+  if (rc != 0) {
+    char buf[256];
+    return absl::UnavailableError(
+        absl::StrCat("syncing directory ", dir, ": ", strerror_r(error, buf, sizeof buf)));
+  }
+  return absl::OkStatus();
 }
 
 // Free bytes for an unprivileged writer on the file system that holds `path`, which need not
@@ -279,10 +296,19 @@ absl::Status Store::Initialize() {
   options.filter_policy = filter_policy_;
   if (options_.env != nullptr) options.env = options_.env;
 
+  // A backup's sentinel file (BackupWriter): the copy was being written. Without LevelDB's
+  // CURRENT file it was cut off before it held anything (and LevelDB must not create a store
+  // there); a copy cut off later may fail to open at all.
+  const std::string sentinel = BackupSentinelPath(path);
+  const bool backup_sentinel = options.env->FileExists(sentinel);
+  if (backup_sentinel && !options.env->FileExists(absl::StrCat(path, "/CURRENT"))) {
+    return BackupCutOff(path);
+  }
   if (options.create_if_missing) CreateParentDirs(options.env, path);
   leveldb::Status s = leveldb::DB::Open(options, path, &db_);
   if (!s.ok()) {
     db_ = nullptr;
+    if (backup_sentinel) return BackupCutOff(path);
     const std::string detail = s.ToString();
     if (s.IsIOError() && absl::StrContains(detail, "lock")) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -300,14 +326,21 @@ absl::Status Store::Initialize() {
     return FromLevelDb(s, absl::StrCat("opening data dir ", path));
   }
 
-  // A backup's sentinel file: the copy was being written. Only the complete marker (the copy's
-  // last write) says the writer got past its end; then just the sentinel's removal was lost.
-  if (const std::string sentinel = BackupSentinelPath(path); options.env->FileExists(sentinel)) {
-    std::string from_backup;
+  if (backup_sentinel) {
+    // The writer's first record is the incomplete marker, synced before any copied record; its
+    // last makes it complete, and the copy's first open deletes it. So a copy still marked
+    // incomplete, or holding no schema record (nothing copied yet), was cut off. Marked
+    // complete, or holding a schema record and no marker (opened before), it is whole and only
+    // the sentinel's removal did not last.
+    std::string from_backup, schema;
     leveldb::Status fb =
         db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaFromBackup), &from_backup);
     if (!fb.ok() && !fb.IsNotFound()) return FromLevelDb(fb, absl::StrCat("reading ", path));
-    if (!fb.ok() || from_backup != keys::kBackupComplete) return BackupCutOff(path);
+    leveldb::Status sc = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSchema), &schema);
+    if (!sc.ok() && !sc.IsNotFound()) return FromLevelDb(sc, absl::StrCat("reading ", path));
+    if ((fb.ok() && from_backup != keys::kBackupComplete) || sc.IsNotFound()) {
+      return BackupCutOff(path);
+    }
     MERGEDB_RETURN_IF_ERROR(
         FromLevelDb(options.env->RemoveFile(sentinel), absl::StrCat("removing ", sentinel)));
   }
@@ -536,11 +569,13 @@ absl::Status BackupWriter::Start() {
   filter_policy_.reset(leveldb::NewBloomFilterPolicy(10));
   const leveldb::Options options = LevelDbOptions();
   CreateParentDirs(env, dir_);
-  // The sentinel file goes in before LevelDB creates anything: a crash after LevelDB's first
-  // files and before the incomplete marker below would otherwise leave an empty store, which a
-  // node would take for a new data dir. LevelDB syncs the directory with its first manifest, so
-  // the sentinel's entry is durable before any of LevelDB's is.
+  // The sentinel file goes in, durably, before LevelDB creates anything: a crash after
+  // LevelDB's first files and before the incomplete marker below would otherwise leave an empty
+  // store, which a node would take for a new data dir.
   (void)env->CreateDir(dir_);
+  // Created here unless another writer of the same name got past the emptiness check too; then
+  // it is theirs, and stays.
+  const bool sentinel_was_there = env->FileExists(BackupSentinelPath(dir_));
   {
     leveldb::WritableFile* raw_file = nullptr;
     leveldb::Status sentinel = env->NewWritableFile(BackupSentinelPath(dir_), &raw_file);
@@ -550,10 +585,12 @@ absl::Status BackupWriter::Start() {
       if (sentinel.ok()) sentinel = file->Sync();
       if (sentinel.ok()) sentinel = file->Close();
     }
-    if (!sentinel.ok()) {
+    absl::Status created = FromLevelDb(sentinel, absl::StrCat("creating backup directory ", dir_));
+    if (created.ok() && env == leveldb::Env::Default()) created = SyncDirectory(dir_);
+    if (!created.ok()) {
       (void)env->RemoveFile(BackupSentinelPath(dir_));
       if (!dir_existed_) (void)env->RemoveDir(dir_);
-      return FromLevelDb(sentinel, absl::StrCat("creating backup directory ", dir_));
+      return created;
     }
   }
   leveldb::DB* raw = nullptr;
@@ -563,6 +600,7 @@ absl::Status BackupWriter::Start() {
     // leave it alone. Anything else failed while creating this writer's own directory.
     const std::string detail = s.ToString();
     if (absl::StrContains(detail, "exists") || absl::StrContains(detail, "lock")) {
+      if (!sentinel_was_there) (void)env->RemoveFile(BackupSentinelPath(dir_));
       return absl::AlreadyExistsError(
           absl::StrCat("backup directory ", dir_, " is being written by another backup"));
     }

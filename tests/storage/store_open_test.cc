@@ -243,8 +243,30 @@ TEST_F(StoreOpenTest, ABackupCutOffBeforeItsFirstRecordIsRefusedNotTakenForANewD
     EXPECT_EQ((*restored)->document_count(), (*store)->document_count());
   }
   EXPECT_FALSE(std::filesystem::exists(sentinel));
+  // The same after that first open (the marker is gone then): a sentinel that came back after a
+  // power loss does not make a used copy look cut off.
+  std::ofstream(sentinel) << "x";
+  {
+    auto reopened = Store::Open(from_backup);
+    ASSERT_TRUE(reopened.ok()) << reopened.status();
+    EXPECT_FALSE((*reopened)->opened_backup());
+  }
+  EXPECT_FALSE(std::filesystem::exists(sentinel));
+
+  // Cut off before LevelDB created anything: refused, and nothing is created there.
+  const std::filesystem::path bare = dir_.parent_path() / (dir_.filename().string() + "-bare");
+  std::filesystem::remove_all(bare);
+  std::filesystem::create_directories(bare);
+  std::ofstream(bare / std::string(kBackupSentinelFile)) << "x";
+  StoreOptions from_bare = Options();
+  from_bare.path = bare.string();
+  auto bare_refused = Store::Open(from_bare);
+  ASSERT_FALSE(bare_refused.ok());
+  EXPECT_TRUE(absl::StrContains(bare_refused.status().message(), "cut off")) << bare_refused.status();
+  EXPECT_FALSE(std::filesystem::exists(bare / "CURRENT"));
   std::filesystem::remove_all(backup);
   std::filesystem::remove_all(cut);
+  std::filesystem::remove_all(bare);
 }
 
 }  // namespace
