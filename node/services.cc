@@ -389,8 +389,8 @@ grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
   if (!request->from_now() && request->after_position() > 0 && request->after_feed() != 0 &&
       !store->FeedPositionHolds(request->after_feed(), position)) {
     return ToGrpcStatus(absl::OutOfRangeError(absl::StrCat(
-        "after_position ", position, " of change feed ", absl::Hex(request->after_feed()),
-        " does not name a change in this node's feed (", absl::Hex(store->replica_id()),
+        "after_position ", position, " of change feed ", request->after_feed(),
+        " does not name a change in this node's feed (", store->replica_id(),
         "): the node was restored from a backup, rebuilt or restarted as a new incarnation "
         "since it gave out that position, and the changes after the point it kept are gone or "
         "renumbered (or the position is another node's); read the documents again, then watch "
@@ -490,9 +490,12 @@ class StallWatchdog {
     absl::MutexLock lock(&mu_);
     blocked_since_ = absl::Now();
   }
-  void WriteEnded() {
+  // True when the watchdog cancelled the call (possibly just after the Write went through: the
+  // call must then fail all the same).
+  bool WriteEnded() {
     absl::MutexLock lock(&mu_);
     blocked_since_ = absl::InfiniteFuture();
+    return fired_;
   }
   bool fired() {
     absl::MutexLock lock(&mu_);
@@ -588,8 +591,9 @@ grpc::Status ClusterServiceImpl::StreamBackup(
     absl::Status Send(const mergedb::v1::BackupChunk& chunk) {
       watchdog->WriteStarted();
       const bool sent = writer->Write(chunk);
-      watchdog->WriteEnded();
-      if (!sent) return absl::CancelledError("the backup's reader went away");
+      if (watchdog->WriteEnded() || !sent) {
+        return absl::CancelledError("the backup's reader went away");
+      }
       return absl::OkStatus();
     }
     absl::Status Begin(const storage::VersionVector& applied) override {

@@ -139,7 +139,14 @@ wait "$fetch" || status=$?
 [ "$status" = 1 ] || { echo "an interrupted fetch exited with $status, not 1"; cat "$work/cut.err"; exit 1; }
 grep -q "interrupted by signal 2; nothing was kept" "$work/cut.err" || { cat "$work/cut.err"; exit 1; }
 [ ! -e "$work/offsite/cut" ] || { echo "an interrupted fetch left $(ls "$work/offsite/cut")"; exit 1; }
-# The node's backup slot is free again at once.
-"$cli" --node="$(node 1)" fetch-backup "$work/offsite/whole" >/dev/null
+# The node frees its backup slot as soon as it sees the stream cancelled (ABORTED until then).
+for attempt in $(seq 1 50); do
+  if "$cli" --node="$(node 1)" fetch-backup "$work/offsite/whole" >/dev/null 2>"$work/whole.err"; then
+    break
+  fi
+  grep -q "another backup is running" "$work/whole.err" && [ "$attempt" -lt 50 ] ||
+    { cat "$work/whole.err"; exit 1; }
+  sleep 0.1
+done
 echo "an interrupted fetch-backup removed its partial copy; the next one went through"
 echo "1 passed, 0 failed"
