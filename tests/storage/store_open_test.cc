@@ -262,7 +262,8 @@ TEST_F(StoreOpenTest, ABackupCutOffBeforeItsFirstRecordIsRefusedNotTakenForANewD
   from_bare.path = bare.string();
   auto bare_refused = Store::Open(from_bare);
   ASSERT_FALSE(bare_refused.ok());
-  EXPECT_TRUE(absl::StrContains(bare_refused.status().message(), "cut off")) << bare_refused.status();
+  EXPECT_TRUE(absl::StrContains(bare_refused.status().message(), "cut off"))
+      << bare_refused.status();
   EXPECT_FALSE(std::filesystem::exists(bare / "CURRENT"));
   std::filesystem::remove_all(backup);
   std::filesystem::remove_all(cut);
