@@ -20,7 +20,10 @@ class StoreOpenTest : public ::testing::Test {
             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::remove_all(dir_);
   }
-  ~StoreOpenTest() override { std::filesystem::remove_all(dir_); }
+  ~StoreOpenTest() override {
+    std::filesystem::remove_all(dir_);
+    for (const auto& path : beside_) std::filesystem::remove_all(path);
+  }
 
   StoreOptions Options() {
     StoreOptions options;
@@ -48,7 +51,29 @@ class StoreOpenTest : public ::testing::Test {
     }
   }
 
+  // Ten documents, in a store opened again (nullptr after a failure, reported).
+  std::unique_ptr<Store> PopulatedStore() {
+    Populate(10);
+    StoreOptions options = Options();
+    options.create_mode = CreateMode::kMustExist;
+    auto store = Store::Open(options);
+    if (!store.ok()) {
+      ADD_FAILURE() << store.status();
+      return nullptr;
+    }
+    return *std::move(store);
+  }
+
+  // A path beside the data dir (nothing there yet), removed with it.
+  std::filesystem::path Beside(const std::string& suffix) {
+    std::filesystem::path path = dir_.parent_path() / (dir_.filename().string() + suffix);
+    std::filesystem::remove_all(path);
+    beside_.push_back(path);
+    return path;
+  }
+
   std::filesystem::path dir_;
+  std::vector<std::filesystem::path> beside_;
 };
 
 TEST_F(StoreOpenTest, ADirectoryLockedByAnotherHandleIsRefused) {
@@ -173,21 +198,17 @@ TEST_F(StoreOpenTest, ABackupReadsTheFreeSpaceOfTheRealFileSystem) {
 // A backup may be pointed at an empty directory made for it; if the copy fails it removes what
 // it wrote, not that directory.
 TEST_F(StoreOpenTest, AnAbandonedBackupKeepsTheEmptyDirectoryItWasGiven) {
-  Populate(10);
-  StoreOptions options = Options();
-  options.create_mode = CreateMode::kMustExist;
-  auto store = Store::Open(options);
-  ASSERT_TRUE(store.ok()) << store.status();
-  const std::filesystem::path backup = dir_.parent_path() / (dir_.filename().string() + "-b1");
+  std::unique_ptr<Store> store = PopulatedStore();
+  ASSERT_NE(store, nullptr);
+  const std::filesystem::path backup = Beside("-b1");
   std::filesystem::create_directories(backup);
-  auto cancelled = (*store)->Backup(backup.string(), [] { return true; });
+  auto cancelled = store->Backup(backup.string(), [] { return true; });
   EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled) << cancelled.status();
   EXPECT_TRUE(std::filesystem::is_directory(backup));
   EXPECT_TRUE(std::filesystem::is_empty(backup));
   // ...and the same directory then takes a whole copy.
-  auto taken = (*store)->Backup(backup.string(), nullptr);
+  auto taken = store->Backup(backup.string(), nullptr);
   EXPECT_TRUE(taken.ok()) << taken.status();
-  std::filesystem::remove_all(backup);
 }
 
 // A backup's directory holds a sentinel file from before LevelDB creates anything there until
@@ -195,16 +216,12 @@ TEST_F(StoreOpenTest, AnAbandonedBackupKeepsTheEmptyDirectoryItWasGiven) {
 // record would otherwise open as an empty new data dir, and a restore from it would quietly
 // bring back nothing.
 TEST_F(StoreOpenTest, ABackupCutOffBeforeItsFirstRecordIsRefusedNotTakenForANewDataDir) {
-  Populate(10);
-  StoreOptions options = Options();
-  options.create_mode = CreateMode::kMustExist;
-  auto store = Store::Open(options);
-  ASSERT_TRUE(store.ok()) << store.status();
-  const std::filesystem::path backup = dir_.parent_path() / (dir_.filename().string() + "-b1");
+  std::unique_ptr<Store> store = PopulatedStore();
+  ASSERT_NE(store, nullptr);
+  const std::filesystem::path backup = Beside("-b1");
   const std::filesystem::path sentinel = backup / std::string(kBackupSentinelFile);
-  std::filesystem::remove_all(backup);
   bool sentinel_while_copying = false;
-  auto taken = (*store)->Backup(backup.string(), [&] {
+  auto taken = store->Backup(backup.string(), [&] {
     sentinel_while_copying = sentinel_while_copying || std::filesystem::exists(sentinel);
     return false;
   });
@@ -213,8 +230,7 @@ TEST_F(StoreOpenTest, ABackupCutOffBeforeItsFirstRecordIsRefusedNotTakenForANewD
   EXPECT_FALSE(std::filesystem::exists(sentinel)) << "a complete copy keeps no sentinel";
 
   // The crash: the sentinel and LevelDB's first files, no record yet.
-  const std::filesystem::path cut = dir_.parent_path() / (dir_.filename().string() + "-cut");
-  std::filesystem::remove_all(cut);
+  const std::filesystem::path cut = Beside("-cut");
   std::filesystem::create_directories(cut);
   std::ofstream(cut / std::string(kBackupSentinelFile)) << "x";
   {
@@ -240,7 +256,7 @@ TEST_F(StoreOpenTest, ABackupCutOffBeforeItsFirstRecordIsRefusedNotTakenForANewD
     auto restored = Store::Open(from_backup);
     ASSERT_TRUE(restored.ok()) << restored.status();
     EXPECT_TRUE((*restored)->opened_backup());
-    EXPECT_EQ((*restored)->document_count(), (*store)->document_count());
+    EXPECT_EQ((*restored)->document_count(), store->document_count());
   }
   EXPECT_FALSE(std::filesystem::exists(sentinel));
   // The same after that first open (the marker is gone then): a sentinel that came back after a
@@ -254,8 +270,7 @@ TEST_F(StoreOpenTest, ABackupCutOffBeforeItsFirstRecordIsRefusedNotTakenForANewD
   EXPECT_FALSE(std::filesystem::exists(sentinel));
 
   // Cut off before LevelDB created anything: refused, and nothing is created there.
-  const std::filesystem::path bare = dir_.parent_path() / (dir_.filename().string() + "-bare");
-  std::filesystem::remove_all(bare);
+  const std::filesystem::path bare = Beside("-bare");
   std::filesystem::create_directories(bare);
   std::ofstream(bare / std::string(kBackupSentinelFile)) << "x";
   StoreOptions from_bare = Options();
@@ -265,9 +280,6 @@ TEST_F(StoreOpenTest, ABackupCutOffBeforeItsFirstRecordIsRefusedNotTakenForANewD
   EXPECT_TRUE(absl::StrContains(bare_refused.status().message(), "cut off"))
       << bare_refused.status();
   EXPECT_FALSE(std::filesystem::exists(bare / "CURRENT"));
-  std::filesystem::remove_all(backup);
-  std::filesystem::remove_all(cut);
-  std::filesystem::remove_all(bare);
 }
 
 }  // namespace
