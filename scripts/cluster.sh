@@ -253,7 +253,6 @@ EOF
       backup=$dir/backups/n$i/$name
       [ -f "$backup/CURRENT" ] || die "no backup '$name' of $target in $dir/backups/n$i"
     fi
-    [ ! -e "$backup/BACKUP-INCOMPLETE" ] || die "$backup is a backup that was cut off before it was complete (it holds BACKUP-INCOMPLETE); use another one"
     real_backup=$(realpath "$backup")
     real_data=$(realpath -m "$dir/n$i")
     if [ "$real_backup" = "$real_data" ] || [[ "$real_backup" == "$real_data"/* ]]; then

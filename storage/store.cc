@@ -281,6 +281,9 @@ absl::Status Store::Repair(const std::string& path, leveldb::Env* env) {
   leveldb::Options options;
   options.paranoid_checks = true;
   if (env != nullptr) options.env = env;
+  // Repair could drop a cut-off copy's incomplete marker and keep the rest, which would then
+  // pass for a whole copy.
+  if (options.env->FileExists(BackupSentinelPath(path))) return BackupCutOff(path);
   return FromLevelDb(leveldb::RepairDB(path, options), absl::StrCat("repair of data dir ", path));
 }
 
@@ -308,7 +311,9 @@ absl::Status Store::Initialize() {
   leveldb::Status s = leveldb::DB::Open(options, path, &db_);
   if (!s.ok()) {
     db_ = nullptr;
-    if (backup_sentinel) return BackupCutOff(path);
+    // A copy whose writer died mid-write can hold a torn log; a lock or an I/O error says
+    // nothing about the copy (its writer may still be at work).
+    if (backup_sentinel && s.IsCorruption()) return BackupCutOff(path);
     const std::string detail = s.ToString();
     if (s.IsIOError() && absl::StrContains(detail, "lock")) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -573,23 +578,13 @@ absl::Status BackupWriter::Start() {
   // LevelDB's first files and before the incomplete marker below would otherwise leave an empty
   // store, which a node would take for a new data dir.
   (void)env->CreateDir(dir_);
-  // Created here unless another writer of the same name got past the emptiness check too; then
-  // it is theirs, and stays.
-  const bool sentinel_was_there = env->FileExists(BackupSentinelPath(dir_));
   {
-    leveldb::WritableFile* raw_file = nullptr;
-    leveldb::Status sentinel = env->NewWritableFile(BackupSentinelPath(dir_), &raw_file);
-    if (sentinel.ok()) {
-      std::unique_ptr<leveldb::WritableFile> file(raw_file);
-      sentinel = file->Append("a backup is being written here: not a data dir until it is gone\n");
-      if (sentinel.ok()) sentinel = file->Sync();
-      if (sentinel.ok()) sentinel = file->Close();
-    }
-    absl::Status created = FromLevelDb(sentinel, absl::StrCat("creating backup directory ", dir_));
-    if (created.ok() && env == leveldb::Env::Default()) created = SyncDirectory(dir_);
+    absl::Status created = CreateSentinel();
     if (!created.ok()) {
-      (void)env->RemoveFile(BackupSentinelPath(dir_));
-      if (!dir_existed_) (void)env->RemoveDir(dir_);
+      if (!absl::IsAlreadyExists(created)) {
+        (void)env->RemoveFile(BackupSentinelPath(dir_));
+        if (!dir_existed_) (void)env->RemoveDir(dir_);
+      }
       return created;
     }
   }
@@ -600,7 +595,7 @@ absl::Status BackupWriter::Start() {
     // leave it alone. Anything else failed while creating this writer's own directory.
     const std::string detail = s.ToString();
     if (absl::StrContains(detail, "exists") || absl::StrContains(detail, "lock")) {
-      if (!sentinel_was_there) (void)env->RemoveFile(BackupSentinelPath(dir_));
+      (void)env->RemoveFile(BackupSentinelPath(dir_));  // this writer's own (exclusive)
       return absl::AlreadyExistsError(
           absl::StrCat("backup directory ", dir_, " is being written by another backup"));
     }
@@ -615,6 +610,41 @@ absl::Status BackupWriter::Start() {
   leveldb::WriteBatch batch;
   batch.Put(keys::Meta(keys::kMetaFromBackup), std::string(keys::kBackupIncomplete));
   return Write(&batch);
+}
+
+absl::Status BackupWriter::CreateSentinel() {
+  leveldb::Env* env = options_.env;
+  const std::string path = BackupSentinelPath(dir_);
+  constexpr absl::string_view kText =
+      "a backup is being written here: not a data dir until it is gone\n";
+  // Exclusive: of two writers of the same name that both got past the emptiness check, the
+  // second stops here, before it touches the first one's copy.
+  if (env != leveldb::Env::Default()) {
+    if (env->FileExists(path)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("backup directory ", dir_, " is being written by another backup"));
+    }
+    return FromLevelDb(
+        leveldb::WriteStringToFile(env, leveldb::Slice(kText.data(), kText.size()), path),
+        absl::StrCat("creating backup directory ", dir_));
+  }
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0 && errno == EEXIST) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("backup directory ", dir_, " is being written by another backup"));
+  }
+  bool written = fd >= 0 &&
+                 ::write(fd, kText.data(), kText.size()) == static_cast<ssize_t>(kText.size()) &&
+                 ::fsync(fd) == 0;
+  const int error = errno;
+  if (fd >= 0) written = ::close(fd) == 0 && written;
+  if (!written) {
+    char buf[256];
+    return absl::UnavailableError(absl::StrCat("creating backup directory ", dir_, ": ", path, ": ",
+                                               strerror_r(error, buf, sizeof buf)));
+  }
+  // The directory entry must be durable before any of LevelDB's.
+  return SyncDirectory(dir_);
 }
 
 absl::Status BackupWriter::Write(leveldb::WriteBatch* batch) {
@@ -665,9 +695,19 @@ absl::Status BackupWriter::Finish() {
   MERGEDB_RETURN_IF_ERROR(Write(&batch));
   db_.reset();
   finished_ = true;
-  // A sentinel left behind (a crash right here) is removed by the copy's first open, which
-  // finds the complete marker.
+  // A sentinel left behind (a crash right here, or its removal lost to a power loss) is removed
+  // by the copy's first open, which finds the complete marker.
   (void)options_.env->RemoveFile(BackupSentinelPath(dir_));
+  if (options_.env == leveldb::Env::Default()) {
+    // The copy's own entry in its parent, made by LevelDB, which syncs only the copy's
+    // directory: without it a power loss could take the whole copy after Finish said done.
+    MERGEDB_RETURN_IF_ERROR(SyncDirectory(dir_));
+    if (!dir_existed_) {
+      std::filesystem::path copy = std::filesystem::absolute(dir_).lexically_normal();
+      if (!copy.has_filename()) copy = copy.parent_path();  // "dir/" names dir
+      MERGEDB_RETURN_IF_ERROR(SyncDirectory(copy.parent_path().string()));
+    }
+  }
   return absl::OkStatus();
 }
 

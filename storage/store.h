@@ -227,6 +227,9 @@ class BackupWriter {
  private:
   BackupWriter(const std::string& dir, Options options);
   absl::Status Start();
+  // The sentinel file, created exclusively (ALREADY_EXISTS if another writer has one there)
+  // and durably.
+  absl::Status CreateSentinel();
   // Removes what this writer created: LevelDB's files, then the sentinel, then the directory
   // unless it was there before.
   // OK, or what kept LevelDB's files from being removed.
