@@ -183,8 +183,9 @@ class BackupSink {
 };
 
 // The file a backup's directory holds from before LevelDB creates anything in it until the copy
-// is complete: Store::Open refuses a directory holding it unless the copy's complete marker
-// is there too (then only the file's removal was lost).
+// is complete: Store::Open refuses a directory holding it unless the copy is whole (its complete
+// marker is there, or, after its first open, its schema record without a marker); then only the
+// file's removal was lost (storage/FORMAT.md).
 inline constexpr absl::string_view kBackupSentinelFile = "BACKUP-INCOMPLETE";
 std::string BackupSentinelPath(const std::string& dir);
 
