@@ -254,7 +254,8 @@ int FailRun(const std::string& message) {
 // dir `dir` on this machine. Nothing is kept unless the node sent the whole copy: a stream that
 // fails or ends early, whose totals do not match what arrived, or that is interrupted (SIGINT,
 // SIGTERM, SIGHUP: the copy is cancelled and removed before exiting) removes what was written.
-// Only SIGKILL or a crash can leave a partial copy, which its marker makes a node refuse.
+// Only SIGKILL or a crash can leave a partial copy, which its sentinel file and marker make a
+// node refuse.
 int FetchBackup(const std::string& dir) {
   const int64_t min_free_mb = absl::GetFlag(FLAGS_backup_min_free_mb);
   if (min_free_mb < 0 || min_free_mb > (int64_t{1} << 40)) {

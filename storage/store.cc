@@ -331,27 +331,12 @@ absl::Status Store::Initialize() {
     return FromLevelDb(s, absl::StrCat("opening data dir ", path));
   }
 
-  if (backup_sentinel) {
-    // The writer's first record is the incomplete marker, synced before any copied record; its
-    // last makes it complete, and the copy's first open deletes it. So a copy still marked
-    // incomplete, or holding no schema record (nothing copied yet), was cut off. Marked
-    // complete, or holding a schema record and no marker (opened before), it is whole and only
-    // the sentinel's removal did not last.
-    std::string from_backup, schema;
-    leveldb::Status fb =
-        db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaFromBackup), &from_backup);
-    if (!fb.ok() && !fb.IsNotFound()) return FromLevelDb(fb, absl::StrCat("reading ", path));
-    leveldb::Status sc = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSchema), &schema);
-    if (!sc.ok() && !sc.IsNotFound()) return FromLevelDb(sc, absl::StrCat("reading ", path));
-    if ((fb.ok() && from_backup != keys::kBackupComplete) || sc.IsNotFound()) {
-      return BackupCutOff(path);
-    }
-    MERGEDB_RETURN_IF_ERROR(
-        FromLevelDb(options.env->RemoveFile(sentinel), absl::StrCat("removing ", sentinel)));
-  }
   std::string schema;
   s = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSchema), &schema);
   if (s.IsNotFound()) {
+    // A backup writer's first record is its incomplete marker, synced before any copied record:
+    // a copy with no schema record yet was cut off, and is no new data dir.
+    if (backup_sentinel) return BackupCutOff(path);
     std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
     it->SeekToFirst();
     if (it->Valid()) {
@@ -444,6 +429,12 @@ absl::Status Store::Initialize() {
   if (opened_backup_) {
     if (from_backup != keys::kBackupComplete) return BackupCutOff(path);
     open_batch.Delete(keys::Meta(keys::kMetaFromBackup));
+  }
+  // A whole copy (marked complete, or, opened before, with a schema record and no marker) whose
+  // sentinel's removal did not last: removed now.
+  if (backup_sentinel) {
+    MERGEDB_RETURN_IF_ERROR(
+        FromLevelDb(options.env->RemoveFile(sentinel), absl::StrCat("removing ", sentinel)));
   }
   std::string feed_history;
   leveldb::Status fh =
@@ -591,8 +582,8 @@ absl::Status BackupWriter::Start() {
   leveldb::DB* raw = nullptr;
   leveldb::Status s = leveldb::DB::Open(options, dir_, &raw);
   if (!s.ok()) {
-    // Another writer's database appeared since the check (the same name, twice at once):
-    // leave it alone. Anything else failed while creating this writer's own directory.
+    // A database appeared since the check without a writer's sentinel (a node started on this
+    // directory): leave it alone. Anything else failed while creating this writer's own copy.
     const std::string detail = s.ToString();
     if (absl::StrContains(detail, "exists") || absl::StrContains(detail, "lock")) {
       (void)env->RemoveFile(BackupSentinelPath(dir_));  // this writer's own (exclusive)
@@ -603,6 +594,7 @@ absl::Status BackupWriter::Start() {
     return FromLevelDb(s, absl::StrCat("creating backup directory ", dir_));
   }
   db_.reset(raw);
+  opened_ = true;
   // Until the last batch lands the copy says it is incomplete, so a copy cut off by a crash
   // is refused at open instead of passing for a whole store (its counters and digest are
   // among the first records copied). This marker is what a copy written by another client
@@ -694,7 +686,6 @@ absl::Status BackupWriter::Finish() {
   batch.Put(keys::Meta(keys::kMetaFromBackup), std::string(keys::kBackupComplete));
   MERGEDB_RETURN_IF_ERROR(Write(&batch));
   db_.reset();
-  finished_ = true;
   // A sentinel left behind (a crash right here, or its removal lost to a power loss) is removed
   // by the copy's first open, which finds the complete marker.
   (void)options_.env->RemoveFile(BackupSentinelPath(dir_));
@@ -708,6 +699,9 @@ absl::Status BackupWriter::Finish() {
       MERGEDB_RETURN_IF_ERROR(SyncDirectory(copy.parent_path().string()));
     }
   }
+  // Only now: a Finish that failed leaves the copy to Abandon, so that a caller told "failed"
+  // keeps nothing.
+  finished_ = true;
   return absl::OkStatus();
 }
 
@@ -725,7 +719,7 @@ absl::Status BackupWriter::RemoveCopy() {
 absl::Status BackupWriter::Abandon(absl::Status why) {
   // Only a directory this writer created is ever removed: before that, `dir_` is someone
   // else's (an earlier backup under the same name, or files that are not a backup).
-  if (finished_ || db_ == nullptr) {
+  if (finished_ || !opened_) {
     finished_ = true;
     return why;
   }

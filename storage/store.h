@@ -242,7 +242,8 @@ class BackupWriter {
   Options options_;
   std::unique_ptr<const leveldb::FilterPolicy> filter_policy_;  // outlives db_
   std::unique_ptr<leveldb::DB> db_;
-  bool finished_ = false;
+  bool opened_ = false;       // LevelDB created the copy: from then on, it is this writer's
+  bool finished_ = false;     // Finish succeeded, or Abandon ran
   bool dir_existed_ = false;  // empty, or it would have been refused: kept when abandoning
   uint64_t records_ = 0;
   uint64_t bytes_ = 0;
