@@ -194,6 +194,9 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::FinishUpdate(
   response.set_version(EncodeVersionToken(result.version));
   response.set_duplicate(result.duplicate_request);
   response.set_position(result.change_seq);
+  // The store's replica id is fixed while it is open, and the commit that took this position
+  // happened on it: the pair names the change until a restore or a new incarnation.
+  if (result.change_seq != 0) response.set_feed(node_->store()->replica_id());
   return response;
 }
 

@@ -35,6 +35,7 @@ TEST_F(DocumentServiceTest, UpdateThenGetShowsJsonAndTypedViews) {
   ASSERT_TRUE(Update(request, &response).ok());
   EXPECT_FALSE(response.version().empty());
   EXPECT_EQ(response.position(), 1u);
+  EXPECT_EQ(response.feed(), node_->store()->replica_id());
 
   GetResponse got = GetOrDie("users", "ada");
   EXPECT_TRUE(got.found());

@@ -273,12 +273,16 @@ TEST(Replication, AWatchResumeFromBeforeARestoreIsRefusedUnlessTheCopyHoldsItsPo
   for (int k = 0; k < 3; ++k) ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
   BackupResponse backup;
   ASSERT_TRUE(cluster.Backup(0, "copy", &backup).ok());
-  for (int k = 0; k < 3; ++k) ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  // A write's answer names its place in the feed the way a Watch event does.
+  UpdateResponse last_write;
+  for (int k = 0; k < 3; ++k) ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1), &last_write).ok());
+  EXPECT_EQ(last_write.position(), 6u);
   std::vector<mergedb::v1::WatchEvent> before;
   (void)watch_from(0, 0, &before, 6);
   ASSERT_EQ(before.size(), 6u);
   const uint64_t feed = before[5].feed();
   EXPECT_EQ(feed, cluster.node(0)->store()->replica_id());
+  EXPECT_EQ(last_write.feed(), feed);
   EXPECT_EQ(before[2].position(), 3u);
   EXPECT_EQ(before[5].position(), 6u);
 
