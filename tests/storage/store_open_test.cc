@@ -1,6 +1,9 @@
 // Opening a data directory: every refusal names the problem and the path; nothing crashes.
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "leveldb/db.h"
@@ -285,6 +288,56 @@ TEST_F(StoreOpenTest, ABackupCutOffBeforeItsFirstRecordIsRefusedNotTakenForANewD
   EXPECT_TRUE(absl::StrContains(bare_refused.status().message(), "cut off"))
       << bare_refused.status();
   EXPECT_FALSE(std::filesystem::exists(bare / "CURRENT"));
+}
+
+// Two backups given the same new name at the same moment can both find the directory empty.
+// Exactly one may write there; the others must stop without touching its copy (its sentinel
+// above all, which is all that protects the copy from a crash before its first record).
+TEST_F(StoreOpenTest, OfBackupWritersRacingForOneNameOneWritesAndTheOthersLeaveItsCopyAlone) {
+  constexpr int kRounds = 40;
+  constexpr int kWriters = 4;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::filesystem::path dir = Beside("-race" + std::to_string(round));
+    std::atomic<int> ready{0};
+    std::vector<absl::StatusOr<std::unique_ptr<BackupWriter>>> created;
+    for (int w = 0; w < kWriters; ++w) created.emplace_back(absl::UnknownError("not run"));
+    std::vector<std::thread> writers;
+    for (int w = 0; w < kWriters; ++w) {
+      writers.emplace_back([&, w] {
+        // Released together, so that several get past the emptiness check.
+        ready.fetch_add(1);
+        while (ready.load() < kWriters) {
+        }
+        created[w] = BackupWriter::Create(dir.string(), {});
+      });
+    }
+    for (auto& t : writers) t.join();
+    int winner = -1;
+    for (int w = 0; w < kWriters; ++w) {
+      if (created[w].ok()) {
+        ASSERT_EQ(winner, -1) << "round " << round << ": two writers got the same directory";
+        winner = w;
+      } else {
+        EXPECT_EQ(created[w].status().code(), absl::StatusCode::kAlreadyExists)
+            << "round " << round << ": " << created[w].status();
+      }
+    }
+    ASSERT_NE(winner, -1) << "round " << round << ": no writer got the empty directory";
+    ASSERT_TRUE(std::filesystem::exists(dir / std::string(kBackupSentinelFile)))
+        << "round " << round << ": a losing writer removed the winner's sentinel";
+    BackupWriter& copy = **created[winner];
+    ASSERT_TRUE(copy.Append({{"race-key", "from writer " + std::to_string(winner)}}).ok());
+    ASSERT_TRUE(copy.Finish().ok()) << "round " << round;
+    EXPECT_FALSE(std::filesystem::exists(dir / std::string(kBackupSentinelFile)));
+    created.clear();  // closes the winner's copy
+    leveldb::DB* raw = nullptr;
+    ASSERT_TRUE(leveldb::DB::Open(leveldb::Options(), dir.string(), &raw).ok())
+        << "round " << round;
+    std::unique_ptr<leveldb::DB> db(raw);
+    std::string value;
+    ASSERT_TRUE(db->Get(leveldb::ReadOptions(), "race-key", &value).ok()) << "round " << round;
+    EXPECT_EQ(value, "from writer " + std::to_string(winner));
+  }
 }
 
 }  // namespace
