@@ -120,6 +120,11 @@ ABSL_FLAG(std::string, write_concern, "local", "local, quorum or all.");
 ABSL_FLAG(int64_t, writes, 200000, "Writes to acknowledge (ignored with --duration).");
 ABSL_FLAG(double, duration, 0, "Seconds to run (stop by time instead of count); 0: by count.");
 ABSL_FLAG(int, concurrency, 16, "Operations outstanding at all times, across all connections.");
+ABSL_FLAG(double, rate, 0,
+          "Operations per second to issue, paced evenly (an open loop, e.g. half of a run's peak "
+          "to measure replication lag at half load), still with at most --concurrency "
+          "outstanding; latency then counts from each operation's turn, so falling behind shows. "
+          "0: as fast as --concurrency allows.");
 ABSL_FLAG(double, read_ratio, 0, "Fraction of operations that are Get calls, in [0, 1).");
 ABSL_FLAG(int, documents, mergedb::bench::kW1Documents, "Documents W1 writes to.");
 ABSL_FLAG(int, value_size, 64, "Bytes of each register value.");
@@ -724,6 +729,7 @@ struct PhaseOptions {
   int64_t writes = 0;        // stop after this many writes (when duration_s == 0)
   double duration_s = 0;     // or stop issuing after this long
   double read_ratio = 0;
+  double rate = 0;  // operations per second, paced; 0: closed loop
   mergedb::v1::WriteConcern concern = mergedb::v1::LOCAL;
   W1Shape shape;
   int sample_every = 0;      // 0: no lag samples
@@ -740,6 +746,9 @@ struct PhaseResult {
   int64_t writes = 0;
   int64_t messages_sent = 0;  // batch mode: UpdateBatch messages
   int64_t reads = 0;
+  // Paced (--rate): operations issued more than a millisecond after their turn, because
+  // --concurrency were outstanding.
+  int64_t late = 0;
   Clock::time_point start, last_ack;
   std::vector<double> write_latency_us;  // sorted
   std::vector<double> read_latency_us;   // sorted
@@ -1017,6 +1026,8 @@ class Phase {
   std::vector<std::unique_ptr<Stream>> streams_;
   std::vector<std::vector<Stream*>> streams_of_node_;
   Clock::time_point end_;
+  Clock::time_point next_turn_;  // paced: when the next operation goes
+  Clock::duration pace_{};
   int64_t writes_issued_ = 0, reads_issued_ = 0;
   int outstanding_ = 0;
   bool closed_ = false;
@@ -1030,10 +1041,19 @@ class Phase {
 void Phase::Fill() {
   const Clock::time_point now = Clock::now();
   while (outstanding_ < options_.concurrency && CanIssue(now)) {
+    // Paced, an operation goes at its turn, and its latency counts from that turn: one that
+    // waited for a free slot was slowed by the system as much as one that waited for an answer.
+    Clock::time_point turn = now;
+    if (options_.rate > 0) {
+      if (next_turn_ > now) break;
+      turn = next_turn_;
+      if (now - turn > std::chrono::milliseconds(1)) ++result_.late;
+      next_turn_ += pace_;
+    }
     if (options_.read_ratio > 0 && coin_(rng_) < options_.read_ratio) {
-      IssueRead(now);
+      IssueRead(turn);
     } else {
-      IssueWrite(now);
+      IssueWrite(turn);
     }
     ++outstanding_;
   }
@@ -1139,14 +1159,32 @@ PhaseResult Phase::Run() {
   next_progress_ = result_.start + std::chrono::seconds(1);
   end_ = result_.start + std::chrono::duration_cast<Clock::duration>(
                              std::chrono::duration<double>(options_.duration_s));
+  next_turn_ = result_.start;
+  if (options_.rate > 0) {
+    pace_ = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(1.0 / options_.rate));
+  }
   Fill();
   Clock::time_point last_event = Clock::now();
-  while (outstanding_ > 0 || streams_finished_ < static_cast<int>(streams_.size())) {
+  while (outstanding_ > 0 || streams_finished_ < static_cast<int>(streams_.size()) ||
+         (options_.rate > 0 && !closed_)) {
     void* tag = nullptr;
     bool ok = false;
-    const auto got = cq_.AsyncNext(&tag, &ok, std::chrono::system_clock::now() +
-                                                  std::chrono::milliseconds(200));
+    auto wait = std::chrono::system_clock::now() + std::chrono::milliseconds(200);
+    if (options_.rate > 0 && !closed_ && outstanding_ < options_.concurrency) {
+      // Wake for the next turn (gRPC rounds the deadline to its timer's millisecond, so at
+      // high rates the operations of one millisecond leave together).
+      wait = std::min(wait, std::chrono::system_clock::now() +
+                                std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                    std::max(Clock::duration::zero(), next_turn_ - Clock::now())));
+    }
+    const auto got = cq_.AsyncNext(&tag, &ok, wait);
     const Clock::time_point now = Clock::now();
+    if (got == grpc::CompletionQueue::TIMEOUT && options_.rate > 0 && !closed_) {
+      last_event = now;  // waiting for a turn is not waiting for an answer
+      Fill();
+      for (auto& stream : streams_) stream->Flush();
+    }
     if (got == grpc::CompletionQueue::GOT_EVENT) {
       last_event = now;
       static_cast<Handler*>(tag)->Proceed(ok);
@@ -1346,6 +1384,7 @@ int Main(int argc, char** argv) {
   phase.writes = absl::GetFlag(FLAGS_writes);
   phase.duration_s = absl::GetFlag(FLAGS_duration);
   phase.read_ratio = absl::GetFlag(FLAGS_read_ratio);
+  phase.rate = absl::GetFlag(FLAGS_rate);
   phase.shape.collection = absl::GetFlag(FLAGS_collection);
   phase.shape.documents = absl::GetFlag(FLAGS_documents);
   phase.shape.value_size = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_value_size)));
@@ -1357,6 +1396,7 @@ int Main(int argc, char** argv) {
   if (phase.duration_s < 0) return UsageError("--duration must not be negative");
   if (phase.duration_s == 0 && phase.writes < 1) return UsageError("--writes must be at least 1");
   if (phase.read_ratio < 0 || phase.read_ratio >= 1) return UsageError("--read_ratio is in [0, 1)");
+  if (!(phase.rate >= 0) || phase.rate > 1e7) return UsageError("--rate is in [0, 10000000]");
   if (phase.shape.documents < 1) return UsageError("--documents must be at least 1");
   if (absl::GetFlag(FLAGS_value_size) < 0) return UsageError("--value_size must not be negative");
   if (sample_every < 0) return UsageError("--sample_every must not be negative");
@@ -1457,7 +1497,9 @@ int Main(int argc, char** argv) {
       phase.mode != Mode::kUnary ? absl::StrCat(" (", phase.streams, " streams)") : "",
       ", write concern ", absl::AsciiStrToUpper(concern), ", fsync ",
       start_cluster ? (fsync ? "on" : "off") : "as the targets run", ", ", phase.concurrency,
-      " outstanding, ", std::thread::hardware_concurrency(), " cores");
+      " outstanding",
+      phase.rate > 0 ? absl::StrCat(" at most, paced at ", phase.rate, " operations/s") : "", ", ",
+      std::thread::hardware_concurrency(), " cores");
   if (!json_only) std::fprintf(stderr, "mergedb-bench: %s\n", describe.c_str());
 
   LagTracker tracker(static_cast<int>(nodes.size()));
@@ -1470,6 +1512,7 @@ int Main(int argc, char** argv) {
     warm.writes = absl::GetFlag(FLAGS_warmup);
     warm.duration_s = 0;
     warm.read_ratio = 0;
+    warm.rate = 0;  // not measured: as fast as it goes
     warm.sample_every = 0;
     warm.first_write = 0;
     warm.label = "warm-up";
@@ -1578,6 +1621,11 @@ int Main(int argc, char** argv) {
     std::printf("  %-40s %s\n", "measure", "value");
     std::printf("  %-40s %lld in %.2f s\n", "writes acknowledged", static_cast<long long>(run.writes), seconds);
     std::printf("  %-40s %.0f\n", "acknowledged writes/s", writes_per_s);
+    if (phase.rate > 0) {
+      std::printf("  %-40s %lld of %lld (%.0f operations/s asked)\n",
+                  "issued over 1 ms after their turn", static_cast<long long>(run.late),
+                  static_cast<long long>(run.writes + run.reads), phase.rate);
+    }
     std::printf("  %-40s %.0f / %.0f / %.0f\n", "write latency p50 / p99 / p99.9 (us)",
                 p(run.write_latency_us, 0.5), p(run.write_latency_us, 0.99),
                 p(run.write_latency_us, 0.999));
@@ -1648,6 +1696,10 @@ int Main(int argc, char** argv) {
     json.AddRaw("fsync", "null");  // as the targets run: unknown here
   }
   json.Add("concurrency", phase.concurrency);
+  if (phase.rate > 0) {
+    json.Add("rate", phase.rate);
+    json.Add("late", run.late);
+  }
   if (phase.mode != Mode::kUnary) json.Add("streams", phase.streams);
   json.Add("documents", phase.shape.documents);
   json.Add("value_size", static_cast<int64_t>(phase.shape.value_size));
