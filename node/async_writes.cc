@@ -177,7 +177,7 @@ class WriteStreamCall final : public AsyncCall {
   struct Await {
     size_t index;  // in the answer
     mergedb::v1::WriteConcern concern;
-    uint64_t log_seq;
+    LogPoint entry;
   };
   struct Unconfirmed {
     Answer answer;
@@ -295,7 +295,7 @@ class WriteStreamCall final : public AsyncCall {
       // gets the default wait from when it is applied.
       const absl::Time deadline = CallDeadline(&context_);
       std::vector<absl::StatusOr<UpdateResponse>> results;
-      std::vector<uint64_t> awaits;
+      std::vector<LogPoint> awaits;
       if (!updates.empty()) {
         results = service_->ExecuteUpdates(updates, deadline, &context_, &awaits);
       }
@@ -308,7 +308,7 @@ class WriteStreamCall final : public AsyncCall {
         Unconfirmed pending;
         pending.deadline = deadline;
         for (size_t i = 0; i < UpdatesIn(message); ++i, ++next) {
-          if (awaits[next] > 0) {
+          if (awaits[next].seq > 0) {
             pending.awaits.push_back({i, updates[next].write_concern(), awaits[next]});
           }
           AddAnswer(StreamedAnswer(std::move(results[next]), updates[next].request_id()),
@@ -347,7 +347,7 @@ class WriteStreamCall final : public AsyncCall {
       }
       std::vector<std::pair<size_t, absl::Status>> failed;
       for (const Await& await : awaits) {
-        absl::Status met = service_->AwaitConcern(await.concern, await.log_seq, deadline);
+        absl::Status met = service_->AwaitConcern(await.concern, await.entry, deadline);
         if (!met.ok()) failed.emplace_back(await.index, std::move(met));
       }
       absl::MutexLock lock(&mu_);

@@ -28,8 +28,9 @@ ABSL_FLAG(std::string, cluster, "", "Cluster id; a data dir belongs to one clust
 ABSL_FLAG(std::string, peers, "",
           "The other cluster members: name=host:port,name=host:port (empty: a single node).");
 ABSL_FLAG(std::string, members, "",
-          "Every other member's name, comma-separated, when the links (--peers) are not a full "
-          "mesh; members count for QUORUM, ALL and log truncation. Default: the peers.");
+          "The cluster's members by name, comma-separated (this node's own name may be listed "
+          "or not), when the links (--peers) are not a full mesh; members count for QUORUM, "
+          "ALL and log truncation, and must include every peer. Default: the peers.");
 ABSL_FLAG(std::string, role, "primary",
           "primary (accepts writes) or replica (read-only: refuses client writes).");
 ABSL_FLAG(bool, fsync, false,

@@ -1,16 +1,17 @@
 #include "node/node.h"
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
 #include "crdt/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "node/async_server.h"
+#include "node/async_writes.h"
 #include "node/health.h"
 #include "node/log.h"
 #include "node/services.h"
-#include "node/async_server.h"
-#include "node/async_writes.h"
 
 namespace mergedb::node {
 
@@ -37,10 +38,42 @@ void ConfigureServerBuilder(size_t max_update_bytes, grpc::ServerBuilder* builde
 Node::Node(const NodeOptions& options)
     : options_(options), clock_(options.clock_offset_millis), hlc_(&clock_, options.max_clock_ahead_millis) {}
 
+namespace {
+// The other members' names from --members and --peers. Listing the whole cluster in --members,
+// this node included, is natural and means the same (this node always counts itself). A name
+// counted twice, or this node counted as a member it never hears from, would make QUORUM
+// stricter than a majority, ALL impossible and the log untruncatable: such lists are cleaned
+// or refused, before the data dir is touched.
+absl::StatusOr<std::vector<std::string>> OtherMembers(const NodeOptions& options) {
+  std::vector<std::string> members;
+  for (const std::string& member : options.members) {
+    if (member.empty()) return absl::InvalidArgumentError("--members has an empty name");
+    if (member == options.node_name) continue;
+    if (absl::c_linear_search(members, member)) {
+      return absl::InvalidArgumentError(absl::StrCat("--members lists '", member, "' twice"));
+    }
+    members.push_back(member);
+  }
+  for (const PeerConfig& peer : options.peers) {
+    if (peer.name == options.node_name) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--peers lists this node's own name '", peer.name, "'"));
+    }
+    if (!options.members.empty() && !absl::c_linear_search(members, peer.name)) {
+      return absl::InvalidArgumentError(absl::StrCat("--peers names '", peer.name,
+                                                     "', which --members does not list (every "
+                                                     "node this one streams to is a member)"));
+    }
+  }
+  return members;
+}
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   if (options.node_name.empty()) return absl::InvalidArgumentError("node name is required");
   if (options.cluster_id.empty()) return absl::InvalidArgumentError("cluster id is required");
   if (options.data_dir.empty()) return absl::InvalidArgumentError("data dir is required");
+  MERGEDB_ASSIGN_OR_RETURN(std::vector<std::string> members, OtherMembers(options));
   std::unique_ptr<Node> node(new Node(options));
   node->start_time_ = absl::Now();
 
@@ -75,13 +108,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   replication.node_name = options.node_name;
   replication.role = options.role;
   replication.peers = options.peers;
-  replication.members = options.members;
-  for (const PeerConfig& peer : options.peers) {
-    if (peer.name == options.node_name) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--peers lists this node's own name '", peer.name, "'"));
-    }
-  }
+  replication.members = std::move(members);
   node->replication_ =
       std::make_unique<Replication>(std::move(replication), node->store_.get(), &node->hlc_);
 

@@ -164,39 +164,47 @@ bool ConcernWaits(mergedb::v1::WriteConcern concern) {
   return concern == mergedb::v1::QUORUM || concern == mergedb::v1::ALL;
 }
 
-absl::Status DocumentServiceImpl::AwaitConcern(mergedb::v1::WriteConcern concern,
-                                               uint64_t log_seq, absl::Time deadline) {
-  if (!ConcernWaits(concern) || log_seq == 0) return absl::OkStatus();
+absl::Status DocumentServiceImpl::AwaitConcern(mergedb::v1::WriteConcern concern, LogPoint entry,
+                                               absl::Time deadline) {
+  if (!ConcernWaits(concern) || entry.seq == 0) return absl::OkStatus();
   // Synchronous replication: wait until enough members (this one included) applied it.
   ClusterView* view = node_->replication()->view();
   const int members = view->member_count();
   const int needed = concern == mergedb::v1::ALL ? members : members / 2 + 1;
-  const int confirmed =
-      view->WaitForConfirmations(node_->store()->replica_id(), log_seq, needed, deadline);
+  const int confirmed = view->WaitForConfirmations(entry.origin, entry.seq, needed, deadline);
   if (confirmed >= needed) return absl::OkStatus();
-  return absl::DeadlineExceededError(absl::StrCat(
+  const std::string so_far = absl::StrCat(
       "the write is durable on node ", node_->options().node_name,
-      " and will still replicate, but only ", confirmed, " of ", members,
-      " nodes confirmed it before the deadline (", mergedb::v1::WriteConcern_Name(concern),
-      " needs ", needed, ")"));
+      " and will still replicate, but only ", confirmed, " of ", members, " nodes confirmed it");
+  const std::string rule =
+      absl::StrCat(" (", mergedb::v1::WriteConcern_Name(concern), " needs ", needed, ")");
+  // The wait ends early only when the node stops (ClusterView::ReleaseWaiters): that is no
+  // missed deadline, and another node can take the retry.
+  if (node_->stopping() || absl::Now() < deadline) {
+    return absl::UnavailableError(
+        absl::StrCat("node ", node_->options().node_name, " is shutting down: ", so_far, rule));
+  }
+  return absl::DeadlineExceededError(absl::StrCat(so_far, " before the deadline", rule));
 }
 
-absl::StatusOr<UpdateResponse> DocumentServiceImpl::FinishUpdate(
-    const UpdateRequest& request, const storage::WriteResult& result, absl::Time deadline,
-    uint64_t* await_seq) {
-  if (await_seq == nullptr) {
-    MERGEDB_RETURN_IF_ERROR(AwaitConcern(request.write_concern(), result.log_seq, deadline));
+absl::StatusOr<UpdateResponse> DocumentServiceImpl::FinishUpdate(const UpdateRequest& request,
+                                                                 const storage::WriteResult& result,
+                                                                 absl::Time deadline,
+                                                                 LogPoint* await) {
+  const LogPoint entry{result.origin, result.log_seq};
+  if (await == nullptr) {
+    MERGEDB_RETURN_IF_ERROR(AwaitConcern(request.write_concern(), entry, deadline));
   } else if (ConcernWaits(request.write_concern())) {
-    *await_seq = result.log_seq;
+    *await = entry;
   }
   UpdateResponse response;
   response.set_request_id(request.request_id());
   response.set_version(EncodeVersionToken(result.version));
   response.set_duplicate(result.duplicate_request);
   response.set_position(result.change_seq);
-  // The store's replica id is fixed while it is open, and the commit that took this position
-  // happened on it: the pair names the change until a restore or a new incarnation.
-  if (result.change_seq != 0) response.set_feed(node_->store()->replica_id());
+  // The incarnation that committed it (an earlier one for some retries): the pair names the
+  // change for as long as that feed holds it.
+  if (result.change_seq != 0) response.set_feed(result.origin);
   return response;
 }
 
@@ -213,21 +221,21 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ApplyUpdate(const UpdateRequ
                                                                 const PreparedUpdate& update,
                                                                 absl::Time deadline,
                                                                 grpc::ServerContext* context,
-                                                                uint64_t* await_seq) {
+                                                                LogPoint* await) {
   if (update.has_base_version()) {
     MERGEDB_RETURN_IF_ERROR(
         WaitForVersion(request.collection(), request.id(), update.base_version(), deadline, context));
   }
   MERGEDB_ASSIGN_OR_RETURN(storage::WriteResult result,
                            node_->store()->ApplyLocal(LocalWriteOf(request, update)));
-  return FinishUpdate(request, result, deadline, await_seq);
+  return FinishUpdate(request, result, deadline, await);
 }
 
 std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
     absl::Span<const UpdateRequest> requests, absl::Time deadline, grpc::ServerContext* context,
-    std::vector<uint64_t>* awaits) {
+    std::vector<LogPoint>* awaits) {
   std::vector<absl::StatusOr<UpdateResponse>> responses(requests.size(), UpdateResponse{});
-  if (awaits != nullptr) awaits->assign(requests.size(), 0);
+  if (awaits != nullptr) awaits->assign(requests.size(), LogPoint{});
   // Valid requests go to the store as one batch. A request with a base version waits for it
   // first, which may take a while: it runs alone, after the writes before it.
   std::deque<PreparedUpdate> updates;  // stable addresses: the writes' mutations refer to them

@@ -42,6 +42,14 @@ class Node;
 // Whether a write with this concern waits for the peers (QUORUM, ALL).
 bool ConcernWaits(mergedb::v1::WriteConcern concern);
 
+// A local write's entry in its origin's log: what a QUORUM or ALL answer waits for the members
+// to have applied. The origin is the incarnation that committed it, which for a retried
+// request may be an earlier one than the node's current. seq 0: nothing to wait for.
+struct LogPoint {
+  crdt::ReplicaId origin = 0;
+  uint64_t seq = 0;
+};
+
 // Update, UpdateStream and UpdateBatchStream are asynchronous methods: ServeWrites serves them.
 using DocumentServiceBase = mergedb::v1::DocumentService::WithAsyncMethod_Update<
     mergedb::v1::DocumentService::WithAsyncMethod_UpdateStream<
@@ -70,36 +78,37 @@ class DocumentServiceImpl final : public DocumentServiceBase {
       const mergedb::v1::UpdateRequest& request, absl::Time deadline,
       grpc::ServerContext* context);
   // One validated update on a writable node: waits for its base version, commits it alone,
-  // then finishes it as FinishUpdate does (`await_seq` likewise).
+  // then finishes it as FinishUpdate does (`await` likewise).
   absl::StatusOr<mergedb::v1::UpdateResponse> ApplyUpdate(const mergedb::v1::UpdateRequest& request,
                                                           const PreparedUpdate& update,
                                                           absl::Time deadline,
                                                           grpc::ServerContext* context,
-                                                          uint64_t* await_seq = nullptr);
+                                                          LogPoint* await = nullptr);
   // Several updates, in order, committed together where possible; one result each.
   // With `awaits` null, each result is final: its write concern was waited for. Otherwise a
-  // result is as if the concern were met, and (*awaits)[i] is the log sequence that request i
-  // must see confirmed (AwaitConcern) before its answer holds; 0 when there is nothing to wait
-  // for. A caller can so commit the next updates while earlier ones wait for the peers.
+  // result is as if the concern were met, and (*awaits)[i] is the log entry that request i
+  // must see confirmed (AwaitConcern) before its answer holds; seq 0 when there is nothing to
+  // wait for. A caller can so commit the next updates while earlier ones wait for the peers.
   std::vector<absl::StatusOr<mergedb::v1::UpdateResponse>> ExecuteUpdates(
       absl::Span<const mergedb::v1::UpdateRequest> requests, absl::Time deadline,
-      grpc::ServerContext* context, std::vector<uint64_t>* awaits = nullptr);
+      grpc::ServerContext* context, std::vector<LogPoint>* awaits = nullptr);
   // Waits until enough members (QUORUM: a majority, ALL: every one, this node included) have
-  // applied this node's log entry `log_seq`, or `deadline` passes: then DEADLINE_EXCEEDED,
-  // saying that the write is durable here and will still replicate. LOCAL: OK at once.
-  absl::Status AwaitConcern(mergedb::v1::WriteConcern concern, uint64_t log_seq,
-                            absl::Time deadline);
+  // applied the log entry `entry`, or `deadline` passes: then DEADLINE_EXCEEDED, saying that
+  // the write is durable here and will still replicate (UNAVAILABLE, saying the same, when the
+  // node stops first). LOCAL: OK at once.
+  absl::Status AwaitConcern(mergedb::v1::WriteConcern concern, LogPoint entry, absl::Time deadline);
   // OK on a writable node; otherwise why not (a read-only replica names the primaries).
   absl::Status CheckWritable();
   // The storage write of a validated update on this node; `update` must outlive it.
   storage::LocalWrite LocalWriteOf(const mergedb::v1::UpdateRequest& request,
                                    const PreparedUpdate& update);
   // After the local commit: waits for the write concern, then builds the answer. With
-  // `await_seq`, does not wait: sets it to the log sequence the caller must see confirmed
-  // (AwaitConcern) before the answer holds, or leaves it 0 when there is nothing to wait for.
+  // `await`, does not wait: sets it to the log entry the caller must see confirmed
+  // (AwaitConcern) before the answer holds, or leaves its seq 0 when there is nothing to wait
+  // for.
   absl::StatusOr<mergedb::v1::UpdateResponse> FinishUpdate(
       const mergedb::v1::UpdateRequest& request, const storage::WriteResult& result,
-      absl::Time deadline, uint64_t* await_seq = nullptr);
+      absl::Time deadline, LogPoint* await = nullptr);
   absl::StatusOr<mergedb::v1::GetResponse> ExecuteGet(const mergedb::v1::GetRequest& request,
                                                       absl::Time deadline,
                                                       grpc::ServerContext* context);

@@ -993,6 +993,7 @@ void Store::LeadGroup(Writer* w) {
     if (x->has_request) {
       x->request.set_change_seq(x->change_seq);
       x->request.set_log_seq(x->log_seq);
+      x->request.set_log_origin(replica_id_);
       group.Put(keys::Request(x->request_id), crdt::SerializeDeterministic(x->request));
     }
     for (const auto& change : x->remote_changes) {
@@ -1072,6 +1073,7 @@ absl::StatusOr<WriteResult> Store::ApplyLocal(const LocalWrite& write) {
   cache_->Insert(prefix, doc);
   result.log_seq = w.log_seq;
   result.change_seq = w.change_seq;
+  result.origin = replica_id_;
   return result;
 }
 
@@ -1116,6 +1118,7 @@ std::vector<absl::StatusOr<WriteResult>> Store::ApplyLocalBatch(
       cache_->Insert(prefix, p.doc);
       results[p.index]->log_seq = p.writer->log_seq;
       results[p.index]->change_seq = p.writer->change_seq;
+      results[p.index]->origin = replica_id_;
     }
     pending.clear();
     pending_requests.clear();
@@ -1159,6 +1162,7 @@ absl::StatusOr<WriteResult> Store::PrepareLocal(const LocalWrite& write, const s
       MERGEDB_ASSIGN_OR_RETURN(result.version, crdt::CausalContext::Decode(previous->version()));
       result.change_seq = previous->change_seq();
       result.log_seq = previous->log_seq();
+      result.origin = previous->log_origin() != 0 ? previous->log_origin() : replica_id_;
       result.duplicate_request = true;
       return result;
     }

@@ -127,6 +127,9 @@ struct WriteResult {
   crdt::CausalContext version;  // the document's causal context after the write
   uint64_t log_seq = 0;         // this node's log sequence of the delta; 0 if nothing changed
   uint64_t change_seq = 0;      // local change sequence; 0 if nothing changed
+  // The incarnation whose log holds log_seq and whose change feed holds change_seq: this one,
+  // or for a retry (duplicate_request), the one that committed the original.
+  crdt::ReplicaId origin = 0;
   bool duplicate_request = false;
 };
 

@@ -258,6 +258,19 @@ TEST_F(NodeBinaryTest, BadFlagsAreRefusedWithAClearMessage) {
   EXPECT_TRUE(
       absl::StrContains(no_stall_bound.Stderr(), "--backup_stall_timeout_s must be between"))
       << no_stall_bound.Stderr();
+  // Membership lists that would miscount QUORUM and ALL are refused before the data dir is made.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> bad_members = {
+      {{"--peers=n2=127.0.0.1:1", "--members=n1,n3"}, "which --members does not list"},
+      {{"--peers=n2=127.0.0.1:1", "--members=n2,n3,n2"}, "--members lists 'n2' twice"},
+  };
+  for (const auto& [flags, why] : bad_members) {
+    args = Args();
+    args.insert(args.end(), flags.begin(), flags.end());
+    Process members(args);
+    EXPECT_EQ(members.Wait(std::chrono::seconds(20)), 1);
+    EXPECT_TRUE(absl::StrContains(members.Stderr(), why)) << members.Stderr();
+    EXPECT_FALSE(std::filesystem::exists(dir_)) << why;
+  }
   args = Args();
   args.push_back("--no_such_flag=1");
   Process unknown(args);

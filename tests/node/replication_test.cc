@@ -866,14 +866,65 @@ TEST(Replication, ANodeStopsWithWriteStreamsOpenAndAQuorumWaitInFlight) {
   const double stop_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - stop_started).count();
   std::cout << "stopped in " << stop_seconds << " s\n";
-  // Both streams end; whatever answer the waiting write got, it was not a success.
-  while (waiting->Read(&response)) EXPECT_NE(response.code(), 0);
+  // Both streams end. An answer that still reaches the client says why the write was not
+  // confirmed: the node stopped (another node can take the retry), not a missed deadline.
+  while (waiting->Read(&response)) {
+    EXPECT_EQ(response.code(), grpc::StatusCode::UNAVAILABLE) << response.message();
+    EXPECT_TRUE(absl::StrContains(response.message(), "shutting down")) << response.message();
+  }
   EXPECT_FALSE(waiting->Finish().ok());
   EXPECT_FALSE(idle->Read(&response));
   EXPECT_FALSE(idle->Finish().ok());
   // Both increments were durable on n1 before it stopped.
   cluster.Start(0);
   EXPECT_EQ(CounterIn(cluster.Get(0, "c", "d"), "n"), 2);
+}
+
+// --members may list the whole cluster, this node included (as the README's chain example
+// does): a majority is still two of three, and ALL is three.
+TEST(Replication, MembersListingTheWholeClusterStillCountThreeNodes) {
+  Cluster cluster(3);
+  for (int i = 0; i < 3; ++i) cluster.options(i).members = {"n1", "n2", "n3"};
+  cluster.StartAll();
+  EXPECT_EQ(cluster.node(0)->replication()->view()->member_count(), 3);
+  UpdateRequest request = IncrementOf("d", 1);
+  request.set_write_concern(mergedb::v1::ALL);
+  const grpc::Status all = cluster.Update(0, request);
+  EXPECT_TRUE(all.ok()) << all.error_message();
+  cluster.Stop(2);
+  request.set_write_concern(mergedb::v1::QUORUM);
+  const grpc::Status quorum = cluster.Update(0, request);
+  EXPECT_TRUE(quorum.ok()) << quorum.error_message();
+}
+
+// A retried QUORUM write waits for the log entry its first attempt committed, also after the
+// node restarted as a new incarnation, whose own log numbers its entries from 1 again.
+TEST(Replication, ARetriedQuorumWriteWaitsForItsOwnEntryAfterANewIncarnation) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  for (int k = 0; k < 3; ++k) ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  UpdateRequest request = IncrementOf("d", 1);
+  request.set_request_id("retried");
+  request.set_write_concern(mergedb::v1::QUORUM);
+  UpdateResponse first;
+  ASSERT_TRUE(cluster.Update(0, request, &first).ok());
+  const uint64_t first_feed = cluster.node(0)->store()->replica_id();
+  EXPECT_EQ(first.feed(), first_feed);
+  cluster.Stop(0);
+  cluster.options(0).new_incarnation = true;
+  cluster.Start(0);
+  ASSERT_NE(cluster.node(0)->store()->replica_id(), first_feed);
+  // The others hold entry 4 of the first incarnation; the new one has no entry 4 to wait for.
+  UpdateResponse retried;
+  const grpc::Status status = cluster.Update(0, request, &retried, 3000);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(retried.duplicate());
+  EXPECT_EQ(retried.version(), first.version());
+  // Its place in the change feed is still the first incarnation's.
+  EXPECT_EQ(retried.position(), first.position());
+  EXPECT_EQ(retried.feed(), first_feed);
+  ASSERT_TRUE(cluster.WaitConverged());
+  EXPECT_EQ(CounterIn(cluster.Get(1, "c", "d"), "n"), 4);
 }
 
 TEST(Replication, ANodeOfAnotherClusterIsRefused) {
