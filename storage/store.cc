@@ -1333,6 +1333,7 @@ absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
 absl::Status Store::FinishSnapshot(const VersionVector& applied) {
   MERGEDB_RETURN_IF_ERROR(health());
   absl::MutexLock remote_lock(&remote_mu_);
+  absl::MutexLock floors(&floor_mu_);  // no truncation chunk writes a floor meanwhile
   const VersionVector mine = AppliedVector();
   Writer w;
   for (const auto& [origin, seq] : applied) {
@@ -1486,42 +1487,49 @@ absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have,
 
 absl::Status Store::TruncateLog(const VersionVector& through) {
   MERGEDB_RETURN_IF_ERROR(health());
-  VersionVector applied = AppliedVector();
-  VersionVector floors = LogFloor();
+  const VersionVector applied = AppliedVector();
   for (const auto& [origin, requested] : through) {
-    const uint64_t upto = std::min(requested, applied[origin]);
-    const uint64_t floor = floors[origin];
-    if (upto <= floor) continue;
+    auto it = applied.find(origin);
+    const uint64_t upto = std::min(requested, it == applied.end() ? 0 : it->second);
+    if (upto == 0) continue;
+    uint64_t* floor = nullptr;
+    {
+      absl::MutexLock lock(&commit_mu_);
+      floor = &log_floor_[origin];  // a std::map element: its address stays valid
+    }
     MERGEDB_RETURN_IF_ERROR(DeleteThrough(
         floor, upto, [origin = origin](uint64_t seq) { return keys::Log(origin, seq); },
-        keys::LogFloor(origin), "log truncation",
-        [this, origin = origin](uint64_t end) { log_floor_[origin] = end; }));
+        keys::LogFloor(origin), "log truncation"));
   }
   return absl::OkStatus();
 }
 
-absl::Status Store::DeleteThrough(uint64_t floor, uint64_t upto,
+absl::Status Store::DeleteThrough(uint64_t* floor, uint64_t upto,
                                   absl::FunctionRef<std::string(uint64_t)> key,
-                                  const std::string& floor_key, absl::string_view what,
-                                  absl::FunctionRef<void(uint64_t)> advanced) {
+                                  const std::string& floor_key, absl::string_view what) {
   // LevelDB applies batches one at a time from a single queue, so a commit waits behind a
   // long deletion batch: chunks of 512 keys keep that wait well under a millisecond (8192-key
   // batches showed in the replication lag tail). The floor record moves with each chunk and
   // LevelDB replays a prefix of its log after a crash, so a crash anywhere leaves a floor
   // consistent with the keys present; no sync is needed (the next synced commit covers it).
   constexpr uint64_t kChunk = 512;
-  while (floor < upto) {
-    const uint64_t end = std::min(upto, floor + kChunk);
+  while (true) {
+    absl::MutexLock floors(&floor_mu_);
+    uint64_t from = 0;
+    {
+      absl::MutexLock lock(&commit_mu_);
+      from = *floor;
+    }
+    if (from >= upto) return absl::OkStatus();
+    const uint64_t end = std::min(upto, from + kChunk);
     leveldb::WriteBatch batch;
-    for (uint64_t seq = floor + 1; seq <= end; ++seq) batch.Delete(key(seq));
+    for (uint64_t seq = from + 1; seq <= end; ++seq) batch.Delete(key(seq));
     batch.Put(floor_key, keys::EncodeBe64(end));
     leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch);
     absl::MutexLock lock(&commit_mu_);
     if (!s.ok()) return FailStore(FromLevelDb(s, what));
-    advanced(end);
-    floor = end;
+    *floor = end;
   }
-  return absl::OkStatus();
 }
 
 absl::Status Store::SetPeerAcked(absl::string_view peer, const VersionVector& acked) {
@@ -1643,9 +1651,8 @@ absl::Status Store::TruncateChanges(uint64_t keep) {
   }
   if (last <= keep || last - keep <= floor) return absl::OkStatus();
   return DeleteThrough(
-      floor, last - keep, [](uint64_t seq) { return keys::Change(seq); },
-      keys::Meta(keys::kMetaChangeFloor), "change feed truncation",
-      [this](uint64_t end) { change_floor_ = end; });
+      &change_floor_, last - keep, [](uint64_t seq) { return keys::Change(seq); },
+      keys::Meta(keys::kMetaChangeFloor), "change feed truncation");
 }
 
 absl::StatusOr<std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>>> Store::ReadChanges(

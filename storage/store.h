@@ -482,12 +482,12 @@ class Store {
   absl::StatusOr<WriteResult> PrepareLocal(const LocalWrite& write, const std::string& prefix,
                                            Writer* w, std::shared_ptr<crdt::Document>* to_commit);
   absl::Status FailStore(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
-  // Deletes key(floor + 1) .. key(upto) in chunks, recording each chunk's end under
-  // `floor_key`; `advanced(end)` runs after each chunk with commit_mu_ held.
-  absl::Status DeleteThrough(uint64_t floor, uint64_t upto,
+  // Deletes key(*floor + 1) .. key(upto) in chunks, recording each chunk's end under
+  // `floor_key` and in *floor (guarded by commit_mu_). Each chunk starts from *floor as it is
+  // then, under floor_mu_: a floor raised meanwhile is never written back lower.
+  absl::Status DeleteThrough(uint64_t* floor, uint64_t upto,
                              absl::FunctionRef<std::string(uint64_t)> key,
-                             const std::string& floor_key, absl::string_view what,
-                             absl::FunctionRef<void(uint64_t)> advanced);
+                             const std::string& floor_key, absl::string_view what);
 
   const StoreOptions options_;
   leveldb::DB* db_ = nullptr;
@@ -509,6 +509,11 @@ class Store {
 
   // Serializes ApplyRemote: two peers may forward the same origin's entries at once.
   absl::Mutex remote_mu_;
+  // Orders the two writers of log floors: FinishSnapshot raises them in a commit, truncation
+  // in its own batches. Without it a truncation chunk could write back a floor lower than the
+  // one a transfer just set (and the entries between never existed here). Taken before
+  // commit_mu_.
+  absl::Mutex floor_mu_ ABSL_ACQUIRED_BEFORE(commit_mu_);
 
   mutable absl::Mutex commit_mu_;
   std::deque<Writer*> writers_ ABSL_GUARDED_BY(commit_mu_);  // the commit queue, front first

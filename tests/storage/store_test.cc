@@ -372,6 +372,41 @@ TEST_F(StoreTest, TruncatedLogAsksForAFullStateTransfer) {
   EXPECT_EQ(store->LogFloor().at(me), 6u);
 }
 
+// A full-state transfer that ends while the log is being truncated raises the origin's log
+// floor; the truncation's remaining chunks must not write it back lower: the entries in
+// between never existed here, and a peer that asked for them would get silence instead of a
+// full-state transfer.
+TEST_F(StoreTest, ATruncationRacingAFullStateTransferNeverLowersTheLogFloor) {
+  auto store = OpenOrDie();
+  auto peer = OpenOrDie(SecondNode("/peer"));
+  const crdt::ReplicaId origin = peer->replica_id();
+  constexpr uint64_t kEntries = 12288;  // 24 truncation chunks
+  for (uint64_t i = 0; i < kEntries; ++i) {
+    ASSERT_TRUE(
+        peer->ApplyLocal(Increment("c", "d" + std::to_string(i % 64), "n", 1, origin)).ok());
+  }
+  VersionVector have;
+  while (have[origin] < kEntries) {
+    auto frame = peer->ReadLog(have, 1024);
+    ASSERT_TRUE(frame.ok()) << frame.status();
+    ASSERT_FALSE(frame->empty());
+    ASSERT_TRUE(store->ApplyRemote(*frame).ok());
+    have[origin] = frame->back().seq;
+  }
+  const uint64_t transferred = kEntries + 1000;
+  std::thread truncation([&] { EXPECT_TRUE(store->TruncateLog({{origin, kEntries}}).ok()); });
+  while (store->LogFloor()[origin] == 0) std::this_thread::yield();  // truncation has begun
+  ASSERT_TRUE(store->FinishSnapshot({{origin, transferred}}).ok());
+  truncation.join();
+  EXPECT_EQ(store->LogFloor()[origin], transferred);
+  EXPECT_EQ(store->AppliedVector()[origin], transferred);
+  EXPECT_EQ(store->ReadLog({{origin, 100}}, 10).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  store.reset();
+  store = OpenOrDie();
+  EXPECT_EQ(store->LogFloor()[origin], transferred);
+}
+
 // The document space ends with a fence key (keys::DocSpaceEnd) so that looking past the last
 // document never walks the truncated log's deletion markers. The fence is not a document: reads
 // past the last document, scans of the last collection and snapshots see only documents, also
