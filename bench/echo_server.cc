@@ -61,7 +61,8 @@ class EchoCall final : public node::AsyncCall {
 std::unique_ptr<EchoServer> EchoServer::Start() {
   std::unique_ptr<EchoServer> echo(new EchoServer());
   grpc::ServerBuilder builder;
-  node::ConfigureServerBuilder(node::Limits().max_update_bytes, &builder);
+  node::ConfigureServerBuilder(node::Limits().max_update_bytes,
+                               node::ReplicationOptions().max_message_bytes, &builder);
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &echo->port_);
   builder.RegisterService(&echo->service_);
   std::unique_ptr<grpc::ServerCompletionQueue> queue = builder.AddCompletionQueue();

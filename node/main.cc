@@ -42,7 +42,9 @@ ABSL_FLAG(int64_t, cache_mb, 64, "Memory for decoded hot documents, MiB.");
 ABSL_FLAG(int64_t, max_name_bytes, 512, "Longest collection, id or field name, bytes.");
 ABSL_FLAG(int32_t, max_path_depth, 32, "Deepest field path, names.");
 ABSL_FLAG(int64_t, max_value_bytes, 1 << 20, "Largest register value or set element, bytes.");
-ABSL_FLAG(int64_t, max_update_bytes, 4 << 20, "Largest update request, bytes.");
+ABSL_FLAG(int64_t, max_update_bytes, 4 << 20,
+          "Largest update request, bytes. Keep it the same on every node: a node takes "
+          "replication messages up to max(this, 1 MiB) + 1 MiB.");
 ABSL_FLAG(int32_t, max_ops_per_update, 1000, "Most operations in one update.");
 ABSL_FLAG(int32_t, max_batch_updates, 1000, "Most updates in one UpdateBatchStream message.");
 ABSL_FLAG(int64_t, max_clock_ahead_ms, 60000,

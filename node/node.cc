@@ -1,5 +1,8 @@
 #include "node/node.h"
 
+#include <algorithm>
+#include <limits>
+
 #include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
 #include "crdt/status_macros.h"
@@ -20,16 +23,24 @@ namespace {
 constexpr absl::Duration kJanitorInterval = absl::Minutes(1);
 }  // namespace
 
-void ConfigureServerBuilder(size_t max_update_bytes, grpc::ServerBuilder* builder) {
+void ConfigureServerBuilder(size_t max_update_bytes, size_t max_replication_bytes,
+                            grpc::ServerBuilder* builder) {
   // The node serves grpc.health.v1.Health itself (node/health.h says why not gRPC's own).
   grpc::EnableDefaultHealthCheckService(false);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   // gRPC enables SO_REUSEPORT by default, which would let a second node bind a port already in
   // use and silently share it.
   builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  // Messages a little over the update limit are refused by gRPC itself (RESOURCE_EXHAUSTED);
-  // the rest of the limits are checked with precise messages by validation.
-  builder->SetMaxReceiveMessageSize(static_cast<int>(max_update_bytes + (size_t{64} << 10)));
+  // gRPC's receive limit is per server, and this one takes both client updates and the peers'
+  // replication messages: it admits the larger of the two, plus room for a message's envelope
+  // (a frame carries a record over the frame bound alone, and a record is at most an update's
+  // delta; compressing incompressible bytes adds a little). Below this limit validation refuses
+  // an oversized update with a precise message; above it gRPC does (RESOURCE_EXHAUSTED). A limit
+  // of the update size alone refused peers' catch-up frames and transfer chunks whenever
+  // --max_update_bytes was under 1 MiB, and the link retried the same frame forever.
+  const size_t limit = std::max(max_update_bytes, max_replication_bytes) + (size_t{1} << 20);
+  builder->SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<size_t>(limit, std::numeric_limits<int>::max())));
   // Accept the replication streams' keepalive pings and ping idle clients too, so a dead peer
   // is noticed within seconds on both sides.
   for (const auto& [name, value] : KeepaliveChannelArgs()) builder->AddChannelArgument(name, value);
@@ -119,7 +130,8 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
       mergedb::v1::ClusterService::service_full_name(),
       mergedb::v1::ReplicationService::service_full_name()});
   grpc::ServerBuilder builder;
-  ConfigureServerBuilder(options.limits.max_update_bytes, &builder);
+  ConfigureServerBuilder(options.limits.max_update_bytes, options.replication.max_message_bytes,
+                         &builder);
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &node->port_);
   builder.RegisterService(node->replication_.get());
   builder.RegisterService(node->documents_.get());

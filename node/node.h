@@ -30,9 +30,11 @@ class ServerBuilder;
 namespace mergedb::node {
 
 // The server settings of a node, for `builder` and anything that must be served like a node
-// (the benchmarks' echo baseline): the reflection service, no port sharing, a
-// receive limit a little over `max_update_bytes`, and keepalive.
-void ConfigureServerBuilder(size_t max_update_bytes, grpc::ServerBuilder* builder);
+// (the benchmarks' echo baseline): the reflection service, no port sharing, a receive limit
+// that admits an update of `max_update_bytes` and a replication message of
+// `max_replication_bytes` (ReplicationOptions::max_message_bytes), and keepalive.
+void ConfigureServerBuilder(size_t max_update_bytes, size_t max_replication_bytes,
+                            grpc::ServerBuilder* builder);
 
 struct NodeOptions {
   std::string node_name;

@@ -1,5 +1,6 @@
 // Replication between in-process nodes over real gRPC links on 127.0.0.1.
 #include <atomic>
+#include <random>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -925,6 +926,27 @@ TEST(Replication, ARetriedQuorumWriteWaitsForItsOwnEntryAfterANewIncarnation) {
   EXPECT_EQ(retried.feed(), first_feed);
   ASSERT_TRUE(cluster.WaitConverged());
   EXPECT_EQ(CounterIn(cluster.Get(1, "c", "d"), "n"), 4);
+}
+
+// One server takes both client updates and the peers' replication messages: a node whose
+// update limit is under a replication frame's size still takes full catch-up frames.
+TEST(Replication, ANodeWithASmallUpdateLimitStillTakesFullSizeFrames) {
+  Cluster cluster(2);
+  cluster.options(1).limits.max_update_bytes = 100000;
+  cluster.StartAll();
+  cluster.Stop(1);
+  // 2 MiB of values that compress little, so that frames of about 1 MiB go on the wire.
+  std::mt19937 rng(7);
+  const std::string alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  for (int k = 0; k < 24; ++k) {
+    std::string value(90000, ' ');
+    for (char& c : value) c = alphabet[rng() % alphabet.size()];
+    UpdateRequest request = UpdateOf("c", "big" + std::to_string(k));
+    SetStr(&request, {"v"}, value);
+    ASSERT_TRUE(cluster.Update(0, request).ok());
+  }
+  cluster.Start(1);
+  ASSERT_TRUE(cluster.WaitConverged());
 }
 
 TEST(Replication, ANodeOfAnotherClusterIsRefused) {

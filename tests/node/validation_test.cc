@@ -108,9 +108,10 @@ TEST_F(ValidationTest, SizeLimitsOnUpdatesMessagesAndAnswers) {
   UpdateRequest big = UpdateOf("c", "d");
   SetStr(&big, {"v"}, std::string(100 << 10, 'x'));
   ExpectRefused(big, grpc::StatusCode::RESOURCE_EXHAUSTED, "over the 65536-byte limit");
-  // Over gRPC's message limit (update limit + 64 KiB): refused by gRPC itself.
+  // Over gRPC's message limit (the larger of the update limit and a replication message, plus
+  // 1 MiB): refused by gRPC itself.
   UpdateRequest huge = UpdateOf("c", "d");
-  SetStr(&huge, {"v"}, std::string(200 << 10, 'x'));
+  SetStr(&huge, {"v"}, std::string(3 << 20, 'x'));
   ExpectRefused(huge, grpc::StatusCode::RESOURCE_EXHAUSTED, "");
   // A document whose answer exceeds the response limit: the error names the path option.
   for (int i = 0; i < 3; ++i) {
