@@ -59,6 +59,7 @@ BlockingPool::~BlockingPool() {
 AsyncServer::AsyncServer(std::unique_ptr<grpc::ServerCompletionQueue> cq, int threads)
     : cq_(std::move(cq)),
       thread_count_(std::max(1, threads)),
+      confirming_(kMaxBlockingThreads),
       blocking_(kMaxBlockingThreads) {}
 
 AsyncServer::~AsyncServer() { Shutdown(); }

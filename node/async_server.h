@@ -14,7 +14,9 @@
 //
 // Work that waits — a QUORUM or ALL write waiting for peers, an update waiting for its base
 // version, a commit that waits for fsync — must not hold a completion-queue thread: it runs on a
-// BlockingPool, whose threads grow with the number of calls waiting at once.
+// BlockingPool, whose threads grow with the number of calls waiting at once. Waits for the
+// peers have a pool of their own: during a partition they last up to their deadlines, and must
+// not take the threads that commits under fsync and base-version updates need.
 #ifndef MERGEDB_NODE_ASYNC_SERVER_H_
 #define MERGEDB_NODE_ASYNC_SERVER_H_
 
@@ -91,7 +93,10 @@ class AsyncServer {
   void Shutdown();
 
   grpc::ServerCompletionQueue* cq() const { return cq_.get(); }
+  // Applies that wait (fsync per commit, a base version).
   BlockingPool* blocking_pool() { return &blocking_; }
+  // Waits for the peers' confirmations (QUORUM, ALL) of writes already committed.
+  BlockingPool* confirm_pool() { return &confirming_; }
   // A call object is about to ask gRPC for a call: false once shutting down (an operation on a
   // completion queue that was shut down is an error). Each true is matched by one CallEnded,
   // after the call object is gone.
@@ -109,7 +114,9 @@ class AsyncServer {
   bool accepting_ ABSL_GUARDED_BY(mu_) = false;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   int live_calls_ ABSL_GUARDED_BY(mu_) = 0;
-  // Declared last: destroyed (joined) first, while the rest is still alive.
+  // Declared last: destroyed (joined) first, while the rest is still alive; the applies first,
+  // since an apply may hand its answers to a confirmer.
+  BlockingPool confirming_;
   BlockingPool blocking_;
 };
 

@@ -1,8 +1,8 @@
 // The write RPCs on the asynchronous server (node/async_server.h).
 //
-// Update: a call is applied on the thread that received it, or on the blocking pool when it
-// would wait (QUORUM, ALL, a base version, fsync per commit); concurrent calls share commits
-// through the store's group commit.
+// Update: a call is applied on the thread that received it, or on the blocking pool when its
+// apply would wait (a base version, fsync per commit); concurrent calls share commits through the
+// store's group commit. A QUORUM or ALL call then waits for the peers on the confirmation pool.
 //
 // UpdateStream and UpdateBatchStream: a stream's messages are applied on the thread that read
 // them. Batching still happens: while one thread applies a stream's messages, the others keep
@@ -97,10 +97,6 @@ bool ApplyWaits(const UpdateRequest& request) { return !request.base_version().e
 bool ApplyWaits(const UpdateBatch& batch) {
   return std::any_of(batch.updates().begin(), batch.updates().end(),
                      [](const UpdateRequest& update) { return ApplyWaits(update); });
-}
-// An update whose call waits: for its base version, or for the peers' confirmations.
-bool Waits(const UpdateRequest& request) {
-  return ConcernWaits(request.write_concern()) || ApplyWaits(request);
 }
 
 // A streamed update's answer: its result, or why it failed (the stream goes on).
@@ -323,7 +319,7 @@ class WriteStreamCall final : public AsyncCall {
       StartWriteLocked();
       if (!unconfirmed_.empty() && !confirming_) {
         confirming_ = true;
-        server_->blocking_pool()->Run([this] { Confirm(); });
+        server_->confirm_pool()->Run([this] { Confirm(); });
       }
     }
     Destroy();
@@ -475,7 +471,7 @@ class UpdateCall final : public AsyncCall {
         return;
       }
       Listen(server_, service_);
-      if (commits_wait_ || Waits(request_)) {
+      if (commits_wait_ || ApplyWaits(request_)) {
         server_->blocking_pool()->Run([this] { Execute(); });
       } else {
         Execute();
@@ -499,9 +495,28 @@ class UpdateCall final : public AsyncCall {
                            &started_tag_);
   }
 
+  // Commits the update; a QUORUM or ALL one then waits for the peers on the confirmation pool.
   void Execute() {
+    deadline_ = CallDeadline(&context_);
+    LogPoint await;
     absl::StatusOr<UpdateResponse> result =
-        service_->ExecuteUpdate(request_, CallDeadline(&context_), &context_);
+        service_->ExecuteUpdate(request_, deadline_, &context_, &await);
+    if (result.ok() && await.seq > 0) {
+      response_ = *std::move(result);
+      // The call lives on: its finish tag is not handed out before Confirm ends.
+      server_->confirm_pool()->Run([this, await] { Confirm(await); });
+      return;
+    }
+    Finish(std::move(result));
+  }
+
+  void Confirm(LogPoint await) {
+    absl::Status met = service_->AwaitConcern(request_.write_concern(), await, deadline_);
+    Finish(met.ok() ? absl::StatusOr<UpdateResponse>(std::move(response_))
+                    : absl::StatusOr<UpdateResponse>(std::move(met)));
+  }
+
+  void Finish(absl::StatusOr<UpdateResponse> result) {
     if (result.ok()) {
       responder_.Finish(*result, grpc::Status::OK, &finish_tag_);
     } else {
@@ -520,6 +535,8 @@ class UpdateCall final : public AsyncCall {
   const bool commits_wait_;
   grpc::ServerContext context_;
   UpdateRequest request_;
+  absl::Time deadline_;
+  UpdateResponse response_;  // committed, waiting for the peers' confirmations
   grpc::ServerAsyncResponseWriter<UpdateResponse> responder_;
   AsyncTag started_tag_{this, kStarted};
   AsyncTag finish_tag_{this, kFinished};

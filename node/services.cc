@@ -210,11 +210,12 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::FinishUpdate(const UpdateReq
 
 absl::StatusOr<UpdateResponse> DocumentServiceImpl::ExecuteUpdate(const UpdateRequest& request,
                                                                   absl::Time deadline,
-                                                                  grpc::ServerContext* context) {
+                                                                  grpc::ServerContext* context,
+                                                                  LogPoint* await) {
   MERGEDB_RETURN_IF_ERROR(CheckWritable());
   MERGEDB_ASSIGN_OR_RETURN(PreparedUpdate update,
                            PreparedUpdate::Prepare(request, node_->options().limits));
-  return ApplyUpdate(request, update, deadline, context);
+  return ApplyUpdate(request, update, deadline, context, await);
 }
 
 absl::StatusOr<UpdateResponse> DocumentServiceImpl::ApplyUpdate(const UpdateRequest& request,

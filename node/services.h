@@ -74,9 +74,10 @@ class DocumentServiceImpl final : public DocumentServiceBase {
 
   // The transport-independent core of Update: validates, waits for a base version if one is
   // given, applies and commits. `deadline` bounds the waits.
+  // With `await`, does not wait for the write concern (see FinishUpdate).
   absl::StatusOr<mergedb::v1::UpdateResponse> ExecuteUpdate(
-      const mergedb::v1::UpdateRequest& request, absl::Time deadline,
-      grpc::ServerContext* context);
+      const mergedb::v1::UpdateRequest& request, absl::Time deadline, grpc::ServerContext* context,
+      LogPoint* await = nullptr);
   // One validated update on a writable node: waits for its base version, commits it alone,
   // then finishes it as FinishUpdate does (`await` likewise).
   absl::StatusOr<mergedb::v1::UpdateResponse> ApplyUpdate(const mergedb::v1::UpdateRequest& request,

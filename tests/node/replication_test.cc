@@ -949,6 +949,57 @@ TEST(Replication, ANodeWithASmallUpdateLimitStillTakesFullSizeFrames) {
   ASSERT_TRUE(cluster.WaitConverged());
 }
 
+// Waits for the peers have threads of their own: with the peers gone and more QUORUM writes
+// waiting than the node keeps threads for, a LOCAL write under fsync per commit (whose commit
+// needs a thread that may block) still goes through, and so does each QUORUM write's commit.
+TEST(Replication, QuorumWritesWaitingOnAPartitionDoNotHoldUpLocalWrites) {
+  Cluster cluster(3);
+  cluster.options(0).durability = storage::Durability::kSyncEachCommit;
+  cluster.StartAll();
+  cluster.Stop(1);
+  cluster.Stop(2);
+  constexpr int kWaiting = 300;  // more than the 256 threads a node keeps for either kind
+  struct Call {
+    grpc::ClientContext context;
+    UpdateResponse response;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<UpdateResponse>> reader;
+  };
+  grpc::CompletionQueue cq;
+  std::vector<std::unique_ptr<Call>> calls;
+  for (int k = 0; k < kWaiting; ++k) {
+    auto call = std::make_unique<Call>();
+    call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    UpdateRequest quorum = IncrementOf("waiting", 1);
+    quorum.set_write_concern(mergedb::v1::QUORUM);
+    call->reader = cluster.Docs(0)->AsyncUpdate(&call->context, quorum, &cq);
+    call->reader->Finish(&call->response, &call->status, call.get());
+    calls.push_back(std::move(call));
+  }
+  // Every one of them is committed, and waits.
+  EXPECT_TRUE(
+      Eventually([&] { return CounterIn(cluster.Get(0, "c", "waiting"), "n") == kWaiting; }));
+  const auto started = std::chrono::steady_clock::now();
+  const grpc::Status local = cluster.Update(0, IncrementOf("d", 1), nullptr, 5000);
+  EXPECT_TRUE(local.ok()) << local.error_message();
+  std::cout << "a LOCAL write with " << kWaiting << " QUORUM writes waiting took "
+            << std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
+                   .count()
+            << " ms\n";
+  for (auto& call : calls) call->context.TryCancel();
+  for (int k = 0; k < kWaiting; ++k) {
+    void* tag = nullptr;
+    bool ok = false;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_FALSE(static_cast<Call*>(tag)->status.ok());
+  }
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
 TEST(Replication, ANodeOfAnotherClusterIsRefused) {
   Cluster ours(2);
   Cluster theirs(1, {{}}, "other-cluster");
