@@ -123,7 +123,8 @@ ABSL_FLAG(int, concurrency, 16, "Operations outstanding at all times, across all
 ABSL_FLAG(double, rate, 0,
           "Operations per second to issue, paced evenly (an open loop, e.g. half of a run's peak "
           "to measure replication lag at half load), still with at most --concurrency "
-          "outstanding; latency then counts from each operation's turn, so falling behind shows. "
+          "outstanding; latency then counts from each operation's turn, so falling behind shows "
+          "(the table counts the operations issued over 1 ms late). "
           "0: as fast as --concurrency allows.");
 ABSL_FLAG(double, read_ratio, 0, "Fraction of operations that are Get calls, in [0, 1).");
 ABSL_FLAG(int, documents, mergedb::bench::kW1Documents, "Documents W1 writes to.");
@@ -746,8 +747,8 @@ struct PhaseResult {
   int64_t writes = 0;
   int64_t messages_sent = 0;  // batch mode: UpdateBatch messages
   int64_t reads = 0;
-  // Paced (--rate): operations issued more than a millisecond after their turn, because
-  // --concurrency were outstanding.
+  // Paced (--rate): operations issued more than a millisecond after their turn (every
+  // --concurrency slot was busy, or this tool's thread was behind).
   int64_t late = 0;
   Clock::time_point start, last_ack;
   std::vector<double> write_latency_us;  // sorted
@@ -1171,7 +1172,8 @@ PhaseResult Phase::Run() {
     void* tag = nullptr;
     bool ok = false;
     auto wait = std::chrono::system_clock::now() + std::chrono::milliseconds(200);
-    if (options_.rate > 0 && !closed_ && outstanding_ < options_.concurrency) {
+    if (options_.rate > 0 && !closed_ && outstanding_ < options_.concurrency &&
+        CanIssue(Clock::now())) {
       // Wake for the next turn (gRPC rounds the deadline to its timer's millisecond, so at
       // high rates the operations of one millisecond leave together).
       wait = std::min(wait, std::chrono::system_clock::now() +
@@ -1181,9 +1183,11 @@ PhaseResult Phase::Run() {
     const auto got = cq_.AsyncNext(&tag, &ok, wait);
     const Clock::time_point now = Clock::now();
     if (got == grpc::CompletionQueue::TIMEOUT && options_.rate > 0 && !closed_) {
-      last_event = now;  // waiting for a turn is not waiting for an answer
+      const int64_t issued = writes_issued_ + reads_issued_;
       Fill();
       for (auto& stream : streams_) stream->Flush();
+      // Waiting for a turn is not waiting for an answer.
+      if (writes_issued_ + reads_issued_ != issued || outstanding_ == 0) last_event = now;
     }
     if (got == grpc::CompletionQueue::GOT_EVENT) {
       last_event = now;

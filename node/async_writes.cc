@@ -12,8 +12,9 @@
 //
 // QUORUM and ALL updates are committed like the others and wait for the peers afterwards: their
 // answers queue, and one task on the blocking pool per stream (the confirmer) releases them in
-// order as the peers confirm. So the next batch is committed — and replicated in the same
-// frames — while an earlier one waits, instead of a stream carrying one batch per round trip.
+// order as the peers confirm (on the confirmation pool). So the next batch is committed — and
+// replicated in the same frames — while an earlier one waits, instead of a stream carrying one
+// batch per round trip.
 //
 // Invariants of one stream: updates are applied in the order they arrived, one batch at a time;
 // answers are written in that order, one Write in flight, and none before every answer ahead
@@ -59,12 +60,22 @@ size_t UpdatesIn(const UpdateBatch& batch) { return static_cast<size_t>(batch.up
 // Why a message cannot be taken (OK: it can). One update always can.
 absl::Status CheckMessage(const UpdateRequest&, const Limits&) { return absl::OkStatus(); }
 absl::Status CheckMessage(const UpdateBatch& batch, const Limits& limits) {
-  if (batch.updates_size() <= limits.max_batch_updates) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "an UpdateBatch holds at most ", limits.max_batch_updates,
-      " updates (the node's --max_batch_updates); this one holds ", batch.updates_size(),
+  constexpr absl::string_view kEnds =
       ": none of it was applied, and the stream ends here (the messages before it were "
-      "answered)"));
+      "answered)";
+  if (batch.updates_size() > limits.max_batch_updates) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "an UpdateBatch holds at most ", limits.max_batch_updates,
+        " updates (the node's --max_batch_updates); this one holds ", batch.updates_size(), kEnds));
+  }
+  // gRPC's receive limit also admits the peers' replication messages (ConfigureServerBuilder),
+  // so the size of one update, the documented bound of a message, is checked here.
+  if (const size_t size = batch.ByteSizeLong(); size > limits.max_update_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("an UpdateBatch of ", size, " bytes, over the node's ",
+                     limits.max_update_bytes, "-byte --max_update_bytes", kEnds));
+  }
+  return absl::OkStatus();
 }
 void MoveUpdates(UpdateRequest& request, std::vector<UpdateRequest>* out) {
   out->push_back(std::move(request));
@@ -327,7 +338,7 @@ class WriteStreamCall final : public AsyncCall {
 
   // The confirmer: releases the unconfirmed answers in order, each once the peers confirmed
   // its updates or their deadline passed (then those updates' answers say so); runs on the
-  // blocking pool while answers are unconfirmed, with confirming_ set.
+  // confirmation pool while answers are unconfirmed, with confirming_ set.
   void Confirm() {
     while (true) {
       std::vector<Await> awaits;

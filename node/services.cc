@@ -178,11 +178,14 @@ absl::Status DocumentServiceImpl::AwaitConcern(mergedb::v1::WriteConcern concern
       " and will still replicate, but only ", confirmed, " of ", members, " nodes confirmed it");
   const std::string rule =
       absl::StrCat(" (", mergedb::v1::WriteConcern_Name(concern), " needs ", needed, ")");
-  // The wait ends early only when the node stops (ClusterView::ReleaseWaiters): that is no
-  // missed deadline, and another node can take the retry.
-  if (node_->stopping() || absl::Now() < deadline) {
+  // The wait ends before the deadline only when the node stops (stopping_ is set before
+  // ClusterView::ReleaseWaiters): that is no missed deadline. The write stays applied here, and
+  // request ids are per node: a retry belongs on this node, with the same request_id, once it
+  // is back; on another node it would be applied a second time.
+  if (node_->stopping()) {
     return absl::UnavailableError(
-        absl::StrCat("node ", node_->options().node_name, " is shutting down: ", so_far, rule));
+        absl::StrCat("node ", node_->options().node_name, " is shutting down: ", so_far, rule,
+                     "; retry on this node with the same request_id once it is back"));
   }
   return absl::DeadlineExceededError(absl::StrCat(so_far, " before the deadline", rule));
 }

@@ -1514,7 +1514,7 @@ absl::Status Store::DeleteThrough(uint64_t* floor, uint64_t upto,
   // consistent with the keys present; no sync is needed (the next synced commit covers it).
   constexpr uint64_t kChunk = 512;
   while (true) {
-    absl::MutexLock floors(&floor_mu_);
+    absl::ReleasableMutexLock floors(&floor_mu_);
     uint64_t from = 0;
     {
       absl::MutexLock lock(&commit_mu_);
@@ -1526,9 +1526,15 @@ absl::Status Store::DeleteThrough(uint64_t* floor, uint64_t upto,
     for (uint64_t seq = from + 1; seq <= end; ++seq) batch.Delete(key(seq));
     batch.Put(floor_key, keys::EncodeBe64(end));
     leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch);
-    absl::MutexLock lock(&commit_mu_);
-    if (!s.ok()) return FailStore(FromLevelDb(s, what));
-    *floor = end;
+    {
+      absl::MutexLock lock(&commit_mu_);
+      if (!s.ok()) return FailStore(FromLevelDb(s, what));
+      *floor = end;
+    }
+    if (end < upto && options_.testonly_between_truncation_chunks) {
+      floors.Release();
+      options_.testonly_between_truncation_chunks();
+    }
   }
 }
 

@@ -108,6 +108,9 @@ struct StoreOptions {
   // null or leveldb::Env::Default() (the real file system); with another `env`, no check unless
   // this is set (tests set it).
   std::function<absl::StatusOr<uint64_t>(const std::string& path)> free_space;
+  // Tests only: runs between two chunks of a truncation (of the log or the change feed), with
+  // no lock held, so that a test can put another writer of the floors exactly there.
+  std::function<void()> testonly_between_truncation_chunks;
 };
 
 // A local update: `mutate` applies the update's operations to the document and returns their

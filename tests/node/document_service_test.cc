@@ -497,6 +497,38 @@ TEST_F(DocumentServiceTest, UpdateBatchStreamEndsAtAMessageOverTheLimitAfterAnsw
   EXPECT_FALSE(GetOrDie("o", "101").found());
 }
 
+// A message is at most the size of one update: past it (below gRPC's receive limit, which also
+// admits replication messages) the stream ends the same way.
+TEST_F(DocumentServiceTest, UpdateBatchStreamEndsAtAMessageOverTheUpdateSizeLimit) {
+  NodeOptions options = Options();
+  options.limits.max_update_bytes = 64 << 10;
+  StartNode(options);
+  grpc::ClientContext context;
+  Deadline(&context, 10000);
+  auto stream = docs_->UpdateBatchStream(&context);
+  // Messages of about 40 KiB, 80 KiB (refused whole) and 40 KiB.
+  for (int n : {10, 20, 10}) {
+    mergedb::v1::UpdateBatch batch;
+    for (int i = 0; i < n; ++i) {
+      UpdateRequest* update = batch.add_updates();
+      *update = UpdateOf("s", std::to_string(n));
+      SetStr(update, {"f" + std::to_string(i)}, std::string(4 << 10, 'v'));
+    }
+    if (!stream->Write(batch)) break;
+  }
+  stream->WritesDone();
+  mergedb::v1::UpdateBatchResponse answer;
+  int messages = 0;
+  while (stream->Read(&answer)) ++messages;
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "over the node's 65536-byte"))
+      << status.error_message();
+  EXPECT_EQ(messages, 1);
+  EXPECT_TRUE(GetOrDie("s", "10").found());
+  EXPECT_FALSE(GetOrDie("s", "20").found());
+}
+
 TEST_F(DocumentServiceTest, UpdateBatchStreamOutlivesAClientThatLeaves) {
   StartNode();
   {

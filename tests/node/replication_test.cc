@@ -861,7 +861,15 @@ TEST(Replication, ANodeStopsWithWriteStreamsOpenAndAQuorumWaitInFlight) {
   UpdateRequest quorum = IncrementOf("d", 1);
   quorum.set_write_concern(mergedb::v1::QUORUM);
   ASSERT_TRUE(waiting->Write(quorum));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the wait has begun
+  // And a unary one.
+  grpc::CompletionQueue cq;
+  grpc::ClientContext unary_context;
+  unary_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  UpdateResponse unary_response;
+  grpc::Status unary_status;
+  auto unary = cluster.Docs(0)->AsyncUpdate(&unary_context, quorum, &cq);
+  unary->Finish(&unary_response, &unary_status, &unary_status);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the waits have begun
   const auto stop_started = std::chrono::steady_clock::now();
   cluster.Stop(0);
   const double stop_seconds =
@@ -876,9 +884,19 @@ TEST(Replication, ANodeStopsWithWriteStreamsOpenAndAQuorumWaitInFlight) {
   EXPECT_FALSE(waiting->Finish().ok());
   EXPECT_FALSE(idle->Read(&response));
   EXPECT_FALSE(idle->Finish().ok());
-  // Both increments were durable on n1 before it stopped.
+  void* tag = nullptr;
+  bool ok = false;
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_EQ(unary_status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << unary_status.error_message();
+  EXPECT_TRUE(absl::StrContains(unary_status.error_message(), "shutting down"))
+      << unary_status.error_message();
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  // The three increments were durable on n1 before it stopped.
   cluster.Start(0);
-  EXPECT_EQ(CounterIn(cluster.Get(0, "c", "d"), "n"), 2);
+  EXPECT_EQ(CounterIn(cluster.Get(0, "c", "d"), "n"), 3);
 }
 
 // --members may list the whole cluster, this node included (as the README's chain example

@@ -306,8 +306,7 @@ TEST_F(StoreOpenTest, OfBackupWritersRacingForOneNameOneWritesAndTheOthersLeaveI
       writers.emplace_back([&, w] {
         // Released together, so that several get past the emptiness check.
         ready.fetch_add(1);
-        while (ready.load() < kWriters) {
-        }
+        while (ready.load() < kWriters) std::this_thread::yield();
         created[w] = BackupWriter::Create(dir.string(), {});
       });
     }
