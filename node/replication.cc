@@ -124,14 +124,19 @@ void ClusterView::ReleaseWaiters() {
 
 void ClusterView::SetInbound(const std::string& peer, crdt::ReplicaId replica, Link link) {
   absl::MutexLock lock(&mu_);
+  // Counted: a peer's new stream can come up before its old one has gone down (a reconnect
+  // after the watchdog gave up on a stalled stream), and the old one's end must not hide the new.
+  if (link == Link::kUp) {
+    inbound_.emplace(peer, replica);
+    return;
+  }
   auto [begin, end] = inbound_.equal_range(peer);
   for (auto it = begin; it != end; ++it) {
     if (it->second == replica) {
-      if (link == Link::kDown) inbound_.erase(it);
+      inbound_.erase(it);
       return;
     }
   }
-  if (link == Link::kUp) inbound_.emplace(peer, replica);
 }
 
 std::vector<crdt::ReplicaId> ClusterView::DirectOrigins() const {
@@ -414,6 +419,10 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   auto* frame = request.mutable_frame();
   size_t bytes = 0;
   for (storage::LogRecord& record : *records) {
+    // ReadLog reads the applied vector again: an excluded origin's entries committed since
+    // `mine` was read come back too. The peer gets those first-hand, possibly later than from
+    // here, and applying them before their predecessors would be a gap that resets the link.
+    if (interest.excluded.count(record.origin) > 0) continue;
     const size_t size = record.entry.ByteSizeLong() + 24;
     if (frame->records_size() > 0 && bytes + size > options_.max_message_bytes) break;
     bytes += size;
@@ -423,6 +432,7 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
     *out->mutable_entry() = std::move(record.entry);
     sent_[record.origin] = record.seq;
   }
+  if (frame->records_size() == 0) return std::nullopt;  // only excluded entries: look again
   ++in_flight_;
   hold_released_ = false;
   return request;
@@ -574,7 +584,10 @@ ReplicationResponse LinkReceiver::MakeAck() {
   }
   std::vector<crdt::ReplicaId> direct = view_->DirectOrigins();
   if (full || direct != acked_direct_) {
-    for (crdt::ReplicaId id : direct) ack->mutable_direct()->add_replicas(id);
+    // Present even when empty: "no first-hand streams any more" is news the sender must act
+    // on (it forwards those origins again).
+    auto* out = ack->mutable_direct();
+    for (crdt::ReplicaId id : direct) out->add_replicas(id);
     acked_direct_ = std::move(direct);
   }
   return response;
@@ -940,7 +953,10 @@ class Replication::Session {
             bool operator()() const { return *broken || !sender->waiting_for_ack(); }
           } ready{&sender, &broken};
           absl::MutexLock lock(&link_mu);
-          const bool holding = sender.holding_partial();
+          // Only a partial frame held behind one frame in flight has a time bound; behind two
+          // it waits for an ack however long (LinkSender::Next), so waking every max_hold to
+          // release it would only be turned down again.
+          const bool holding = sender.holding_partial() && sender.in_flight() == 1;
           if (!link_mu.AwaitWithTimeout(absl::Condition(&ready),
                                         holding ? options.max_hold : options.heartbeat) &&
               holding && sender.holding_partial()) {

@@ -177,6 +177,7 @@ class LinkSender {
   // True while Next() waits for an ack: the window is full, or it holds back a partial frame.
   bool waiting_for_ack() const { return in_flight_ >= options_.window || holding_partial_; }
   bool holding_partial() const { return holding_partial_; }
+  int in_flight() const { return in_flight_; }
   // The driver waited `max_hold` for an ack in vain: the next Next() sends the partial frame.
   void StopHolding() {
     holding_partial_ = false;

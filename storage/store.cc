@@ -1332,18 +1332,30 @@ absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
 
 absl::Status Store::FinishSnapshot(const VersionVector& applied) {
   MERGEDB_RETURN_IF_ERROR(health());
-  absl::MutexLock remote_lock(&remote_mu_);
-  absl::MutexLock floors(&floor_mu_);  // no truncation chunk writes a floor meanwhile
+  absl::MutexLock remote_lock(&remote_mu_);  // no frame adds entries meanwhile
   const VersionVector mine = AppliedVector();
   Writer w;
   for (const auto& [origin, seq] : applied) {
     if (origin == replica_id_) continue;  // our own log is never behind a peer's view of it
     auto it = mine.find(origin);
-    if (it != mine.end() && it->second >= seq) continue;
+    const uint64_t held = it == mine.end() ? 0 : it->second;
+    if (held >= seq) continue;
     w.applied_updates[origin] = seq;
     w.floor_updates[origin] = seq;
+    // The raised floor orphans the entries this node holds of that origin: no reader gets
+    // entries below a floor, and truncation starts at it. Drop them first (in chunks, moving
+    // the floor up to `held`), or they would stay on disk for good.
+    uint64_t* floor = nullptr;
+    {
+      absl::MutexLock lock(&commit_mu_);
+      floor = &log_floor_[origin];  // a std::map element: its address stays valid
+    }
+    MERGEDB_RETURN_IF_ERROR(DeleteThrough(
+        floor, held, [origin = origin](uint64_t s) { return keys::Log(origin, s); },
+        keys::LogFloor(origin), "dropping the log entries a full-state transfer superseded"));
   }
   if (w.applied_updates.empty()) return absl::OkStatus();
+  absl::MutexLock floors(&floor_mu_);  // no truncation chunk writes a floor meanwhile
   return Commit(&w);
 }
 
@@ -1481,6 +1493,15 @@ absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have,
     }
     MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading log of ", options_.path)));
     if (out.size() >= max_entries) break;
+    if (next <= top) {
+      // The origin's last entries are not there: truncated meanwhile, or lost from a damaged
+      // data dir (mergedb-repair drops unreadable blocks). Either way only a full-state transfer
+      // can give the reader what this node has applied of that origin; skipping them would leave
+      // the reader behind for good, and its sender looking again and again.
+      return absl::FailedPreconditionError(
+          absl::StrCat("log of origin ", absl::Hex(origin), " lacks entries ", next, " to ", top,
+                       ": the reader needs a full-state transfer"));
+    }
   }
   return out;
 }

@@ -163,6 +163,41 @@ TEST_F(ReplicationLogicTest, ForeignClustersUnknownNodesAndOtherProtocolsAreRefu
   EXPECT_TRUE(receiver.OnHello(HelloFrom("n1", 12345)).ok());
 }
 
+// Which origins a receiver gets first-hand decides what its senders forward to it: a stream
+// that ends while a newer one from the same peer is up must not hide the newer one, and losing
+// the last first-hand stream is announced, empty as the set then is.
+TEST_F(ReplicationLogicTest, FirstHandStreamsAreCountedAndTheirEndIsAnnouncedEvenWhenNoneIsLeft) {
+  ReplicationOptions options = options_;
+  options.members = {"n1", "n3"};
+  auto store = OpenStore("/b", "n2");
+  ClusterView view("n2", {"n1", "n3"}, store.get());
+  constexpr crdt::ReplicaId kN3 = 33;
+  // n3 reconnects before its stalled stream has ended; then the stalled one ends.
+  view.SetInbound("n3", kN3, ClusterView::Link::kUp);
+  view.SetInbound("n3", kN3, ClusterView::Link::kUp);
+  view.SetInbound("n3", kN3, ClusterView::Link::kDown);
+  EXPECT_EQ(view.DirectOrigins(), std::vector<crdt::ReplicaId>{kN3});
+
+  LinkReceiver receiver(options, store.get(), &view, &hlc_);
+  auto hello = receiver.OnHello(HelloFrom("n1", 11));
+  ASSERT_TRUE(hello.ok());
+  ASSERT_EQ(hello->hello_ack().direct().replicas_size(), 1);
+  mergedb::v1::ReplicationRequest heartbeat;
+  heartbeat.mutable_heartbeat();
+  // The newer stream from n3 ends too: n1 must learn that n2 no longer hears n3 first-hand.
+  view.SetInbound("n3", kN3, ClusterView::Link::kDown);
+  EXPECT_TRUE(view.DirectOrigins().empty());
+  auto ack = receiver.OnRequest(heartbeat);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  ASSERT_TRUE(ack->has_value());
+  EXPECT_TRUE((*ack)->ack().has_direct()) << "an empty set of first-hand origins was not sent";
+  EXPECT_EQ((*ack)->ack().direct().replicas_size(), 0);
+  // Unchanged since: not sent again.
+  ack = receiver.OnRequest(heartbeat);
+  ASSERT_TRUE(ack.ok() && ack->has_value());
+  EXPECT_FALSE((*ack)->ack().has_direct());
+}
+
 // Collections and ids go out again in protobuf strings (List, Watch), so a frame or snapshot
 // chunk naming a document in bytes that are not UTF-8 is refused whole (found by
 // tests/fuzz/replication_fuzzer).
