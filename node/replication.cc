@@ -316,8 +316,23 @@ void LinkSender::CheckDivergence(
   if (digest.empty() || in_snapshot()) return;
   const auto [mine, my_digest] = store_->AppliedAndDigest();
   if (DecodeVector(applied) == mine && digest != my_digest) {
+    auto divergence = std::make_tuple(mine, my_digest, digest);
+    if (reconciled_ == divergence) {
+      // A transfer of this very state already went, and the peer still differs: it holds
+      // something this node lacks, which only its own stream to this node brings. Sending
+      // the whole state again would change nothing (and, at every idle heartbeat, forever).
+      if (!reconcile_noted_) {
+        reconcile_noted_ = true;
+        MERGEDB_LOG(WARNING) << "peer " << peer_ << " still holds another state after a "
+                             << "full-state transfer: it has writes this node lacks, which "
+                             << "arrive when it streams to this node";
+      }
+      return;
+    }
     MERGEDB_LOG(WARNING) << "peer " << peer_ << " has applied what this node has but holds another "
                          << "state: sending a full-state transfer to reconcile";
+    reconciled_ = std::move(divergence);
+    reconcile_noted_ = false;
     need_snapshot_ = true;
   }
 }

@@ -17,6 +17,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -213,6 +214,10 @@ class LinkSender {
   bool holding_partial_ = false;
   bool hold_released_ = false;
   bool need_snapshot_ = false;
+  // The divergence (this node's vector and digest, the peer's digest) a reconciling transfer
+  // was last sent for: not sent again for the same one (see CheckDivergence).
+  std::optional<std::tuple<storage::VersionVector, std::string, std::string>> reconciled_;
+  bool reconcile_noted_ = false;
   std::unique_ptr<storage::SnapshotCursor> snapshot_;
   struct Part {
     storage::SnapshotDoc doc;

@@ -320,6 +320,69 @@ TEST_F(ReplicationLogicTest, PartialFramesWaitForTheAckAndBacklogsPipeline) {
   EXPECT_FALSE(sender.waiting_for_ack());
 }
 
+// A peer that has applied what this node has but holds another state gets one full-state
+// transfer to reconcile. If it still differs after it, it holds something this node lacks
+// (which only its own stream to this node brings): the same transfer is not sent again.
+TEST_F(ReplicationLogicTest, AReconcilingTransferIsNotRepeatedWhenThePeerStillHoldsMore) {
+  auto source = OpenStore("/a", "n1");
+  auto sink = OpenStore("/b", "n2");
+  auto third = OpenStore("/c", "n3");
+  ReplicationOptions sender_options = options_;
+  sender_options.node_name = "n1";
+  sender_options.peers = {{"n2", "unused:2"}};
+  sender_options.members = {"n2"};
+  ClusterView source_view("n1", {"n2"}, source.get());
+  ClusterView sink_view("n2", {"n1"}, sink.get());
+  LinkSender sender(sender_options, source.get(), &source_view, "n2");
+  LinkReceiver receiver(options_, sink.get(), &sink_view, &hlc_);
+  auto hello_ack = receiver.OnHello(sender.Hello().hello());
+  ASSERT_TRUE(hello_ack.ok()) << hello_ack.status();
+  ASSERT_TRUE(sender.OnHelloAck(hello_ack->hello_ack()).ok());
+  auto drain = [&] {
+    for (int k = 0; k < 100; ++k) {
+      auto produced = sender.Next();
+      ASSERT_TRUE(produced.ok()) << produced.status();
+      if (!produced->has_value()) return;
+      auto ack = receiver.OnRequest(**produced);
+      ASSERT_TRUE(ack.ok()) << ack.status();
+      if (ack->has_value()) sender.OnResponse(**ack);
+    }
+    FAIL() << "the sender did not run out of messages";
+  };
+  mergedb::v1::ReplicationRequest heartbeat;
+  heartbeat.mutable_heartbeat();
+  auto heartbeat_ack = [&] {
+    auto ack = receiver.OnRequest(heartbeat);
+    ASSERT_TRUE(ack.ok() && ack->has_value());
+    sender.OnResponse(**ack);
+  };
+  IncrementLocally(source.get(), 3);
+  drain();
+  ASSERT_EQ(sink->AppliedVector(), source->AppliedVector());
+  heartbeat_ack();
+  EXPECT_FALSE(sender.in_snapshot()) << "same vector, same state: nothing to reconcile";
+
+  // The sink gets a document of n3's outside any log (as a transfer from n3 would bring it),
+  // so its applied vector stays that of the source.
+  IncrementLocally(third.get(), 1);
+  auto cursor = third->OpenSnapshot();
+  ASSERT_TRUE(cursor.ok());
+  storage::SnapshotDoc doc;
+  ASSERT_TRUE(*(*cursor)->Next(&doc));
+  ASSERT_TRUE(sink->ApplySnapshot({doc}).ok());
+  ASSERT_EQ(sink->AppliedVector(), source->AppliedVector());
+  ASSERT_NE(sink->state_digest(), source->state_digest());
+  heartbeat_ack();
+  ASSERT_TRUE(sender.in_snapshot()) << "diverged: a transfer reconciles";
+  drain();
+  EXPECT_FALSE(sender.in_snapshot());
+  EXPECT_NE(sink->state_digest(), source->state_digest()) << "the sink still holds n3's document";
+  for (int k = 0; k < 3; ++k) {
+    heartbeat_ack();
+    EXPECT_FALSE(sender.in_snapshot()) << "the same transfer again, heartbeat " << k;
+  }
+}
+
 TEST_F(ReplicationLogicTest, TheLogDropsWhatEveryMemberHasAndPastItsBoundWhatSomeLack) {
   auto store = OpenStore("/a", "n1");
   const crdt::ReplicaId me = store->replica_id();
