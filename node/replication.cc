@@ -471,7 +471,7 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::NextSnapshotChunk(
           SplitForTransfer(doc.state, options_.max_message_bytes / 2);
       for (size_t i = 0; i < parts.size(); ++i) {
         pending_parts_.push_back(
-            {{doc.collection, doc.id, std::move(parts[i]), {}}, i + 1 < parts.size()});
+            {{doc.collection, doc.id, std::move(parts[i])}, i + 1 < parts.size()});
       }
     }
     Part& part = pending_parts_.front();
@@ -665,17 +665,27 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
                                                          state.status().message()));
         }
         ObserveTimestamp(NewestTimestamp(in.state()));
-        storage::SnapshotDoc doc{in.collection(), in.id(), *std::move(state), {}};
         const auto key = std::make_pair(in.collection(), in.id());
         if (in.partial()) {
-          for (const auto& [leaf, store] : doc.state.kernel().leaves()) {
-            for (const auto& entry : store) split_dots_[key].insert(entry.first);
+          SplitDocument& split = split_documents_[key];
+          for (const auto& [leaf, store] : state->kernel().leaves()) {
+            for (const auto& entry : store) split.delivered.insert(entry.first);
           }
-        } else if (auto it = split_dots_.find(key); it != split_dots_.end()) {
-          doc.keep = std::move(it->second);
-          split_dots_.erase(it);
+          split.state.Join(*state);
+          continue;  // applied whole with its last part
+        }
+        storage::SnapshotDoc doc{in.collection(), in.id(), *std::move(state)};
+        if (auto it = split_documents_.find(key); it != split_documents_.end()) {
+          it->second.state.Join(doc.state, nullptr, &it->second.delivered);
+          doc.state = std::move(it->second.state);
+          split_documents_.erase(it);
         }
         docs.push_back(std::move(doc));
+      }
+      if (request.snapshot().last() && !split_documents_.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "a full-state transfer ended inside split document ",
+            split_documents_.begin()->first.first, "/", split_documents_.begin()->first.second));
       }
       MERGEDB_RETURN_IF_ERROR(store_->ApplySnapshot(docs));
       if (request.snapshot().last()) {

@@ -259,9 +259,16 @@ class LinkReceiver {
   storage::VersionVector acked_applied_;
   std::vector<crdt::ReplicaId> acked_direct_;
   int acks_since_full_ = 0;
-  // Live dots delivered by the partial parts of split documents, until their last part.
-  // (Receiver side.)
-  std::map<std::pair<std::string, std::string>, std::set<crdt::Dot>> split_dots_;
+  // The parts of split documents received so far (a full-state transfer sends a document over
+  // the message bound in parts, SplitForTransfer), joined here and applied whole with the last
+  // part: applied one by one, each part's partial context would leave the document's older
+  // dots beside the new ones (a counter counted twice, a register with two values) until the
+  // last part, and for good if the stream broke before it. Held: one document's state.
+  struct SplitDocument {
+    crdt::Document state;
+    std::set<crdt::Dot> delivered;  // the parts' live dots, which the last part must not remove
+  };
+  std::map<std::pair<std::string, std::string>, SplitDocument> split_documents_;
 };
 
 // Splits a document into parts whose encodings stay under `max_bytes` (see SnapshotDocument):

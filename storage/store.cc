@@ -1248,8 +1248,8 @@ absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord>
   for (const auto& [record, delta] : to_apply) {
     w.batch.Put(keys::Log(record->origin, record->seq), crdt::SerializeDeterministic(record->entry));
     w.applied_updates[record->origin] = record->seq;
-    targets.push_back({record->entry.collection(), record->entry.id(), &delta, nullptr,
-                       record->origin, record->seq});
+    targets.push_back(
+        {record->entry.collection(), record->entry.id(), &delta, record->origin, record->seq});
   }
   MERGEDB_RETURN_IF_ERROR(JoinAndCommit(targets, &w));
   result.applied = to_apply.size();
@@ -1283,7 +1283,7 @@ absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* 
     Touched& touched = docs[keys::DocPrefix(target.collection, target.id)];
     const crdt::CausalContext before = touched.doc->context();
     crdt::LeafChanges changes;
-    touched.doc->Join(*target.state, &changes, target.keep);
+    touched.doc->Join(*target.state, &changes);
     if (!changes.empty() || !(touched.doc->context() == before)) {
       mergedb::v1::ChangeRecord change;
       change.set_collection(target.collection);
@@ -1324,7 +1324,7 @@ absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
   std::vector<JoinTarget> targets;
   targets.reserve(docs.size());
   for (const SnapshotDoc& doc : docs) {
-    targets.push_back({doc.collection, doc.id, &doc.state, &doc.keep, 0, 0});
+    targets.push_back({doc.collection, doc.id, &doc.state, 0, 0});
   }
   Writer w;
   return JoinAndCommit(targets, &w);

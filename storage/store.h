@@ -156,8 +156,6 @@ struct SnapshotDoc {
   std::string collection;
   std::string id;
   crdt::Document state;
-  // Live dots the join must not remove (see crdt::DotKernel::Join).
-  std::set<crdt::Dot> keep;
 };
 
 // A consistent point-in-time view of every document, read one document at a time (full-state
@@ -448,7 +446,6 @@ class Store {
     std::string collection;
     std::string id;
     const crdt::Document* state;
-    const std::set<crdt::Dot>* keep;
     crdt::ReplicaId origin;
     uint64_t seq;
   };

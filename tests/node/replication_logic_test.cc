@@ -1,5 +1,7 @@
 // The transport-free replication logic: receivers fed duplicated, reordered and gapped frames,
 // membership refusals, and document splitting for full-state transfer.
+#include <functional>
+
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "leveldb/env.h"
@@ -381,6 +383,82 @@ TEST_F(ReplicationLogicTest, AReconcilingTransferIsNotRepeatedWhenThePeerStillHo
     heartbeat_ack();
     EXPECT_FALSE(sender.in_snapshot()) << "the same transfer again, heartbeat " << k;
   }
+}
+
+// A document larger than a message goes in parts in a full-state transfer. The receiver shows
+// it as it was until the last part arrives, then as the sender has it; a stream that breaks
+// between the parts leaves it as it was.
+TEST_F(ReplicationLogicTest, ASplitDocumentIsAppliedWholeAtItsLastPart) {
+  auto source = OpenStore("/a", "n1");
+  auto sink = OpenStore("/b", "n2");
+  ReplicationOptions sender_options = options_;
+  sender_options.node_name = "n1";
+  sender_options.peers = {{"n2", "unused:2"}};
+  sender_options.members = {"n2"};
+  sender_options.max_message_bytes = 8 << 10;
+  ClusterView source_view("n1", {"n2"}, source.get());
+  ClusterView sink_view("n2", {"n1"}, sink.get());
+  const crdt::ReplicaId origin = source->replica_id();
+  auto add_elements = [&](int64_t from, int64_t to) {
+    std::vector<crdt::Scalar> elements;
+    for (int64_t i = from; i < to; ++i) elements.push_back(crdt::Scalar::OfInt(i));
+    storage::LocalWrite write;
+    write.collection = "c";
+    write.id = "d";
+    write.mutate = [&elements, origin](crdt::Document& doc) {
+      return doc.AddElements({"set"}, elements, origin);
+    };
+    ASSERT_TRUE(source->ApplyLocal(write).ok());
+  };
+  // One stream: hello, then every message it has, delivered one by one; `after_each` runs
+  // after each snapshot chunk that is not the transfer's last. Stops after `max_chunks` chunks.
+  auto stream = [&](int max_chunks, const std::function<void()>& after_each) {
+    LinkSender sender(sender_options, source.get(), &source_view, "n2");
+    LinkReceiver receiver(options_, sink.get(), &sink_view, &hlc_);
+    auto hello_ack = receiver.OnHello(sender.Hello().hello());
+    ASSERT_TRUE(hello_ack.ok()) << hello_ack.status();
+    ASSERT_TRUE(sender.OnHelloAck(hello_ack->hello_ack()).ok());
+    int chunks = 0;
+    for (int k = 0; k < 1000; ++k) {
+      auto produced = sender.Next();
+      ASSERT_TRUE(produced.ok()) << produced.status();
+      if (!produced->has_value()) return;
+      const bool chunk = (*produced)->has_snapshot();
+      const bool last = chunk && (*produced)->snapshot().last();
+      auto ack = receiver.OnRequest(**produced);
+      ASSERT_TRUE(ack.ok()) << ack.status();
+      if (ack->has_value()) sender.OnResponse(**ack);
+      if (chunk && !last) {
+        after_each();
+        if (++chunks == max_chunks) return;  // the stream breaks here
+      }
+    }
+    FAIL() << "the sender did not run out of messages";
+  };
+
+  add_elements(0, 100);
+  IncrementLocally(source.get(), 5);
+  stream(1000, [] {});
+  const crdt::Document before = *sink->Get("c", "d");
+  // The document grows past the message bound, and the log that would carry the change goes.
+  add_elements(100, 4000);
+  IncrementLocally(source.get(), 7);
+  ASSERT_TRUE(source->TruncateLog(source->AppliedVector()).ok());
+  const crdt::Document after = *source->Get("c", "d");
+
+  int checked = 0;
+  auto unchanged = [&] {
+    ++checked;
+    EXPECT_EQ(*sink->Get("c", "d"), before)
+        << "a part showed before the last one, chunk " << checked;
+  };
+  stream(3, unchanged);  // breaks after three chunks
+  ASSERT_EQ(checked, 3);
+  EXPECT_EQ(*sink->Get("c", "d"), before);
+  stream(1000, unchanged);  // the next stream's transfer completes
+  EXPECT_GT(checked, 6);
+  EXPECT_EQ(*sink->Get("c", "d"), after);
+  EXPECT_EQ(sink->state_digest(), source->state_digest());
 }
 
 TEST_F(ReplicationLogicTest, TheLogDropsWhatEveryMemberHasAndPastItsBoundWhatSomeLack) {

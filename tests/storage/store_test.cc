@@ -386,7 +386,9 @@ TEST_F(StoreTest, ATruncationRacingAFullStateTransferNeverLowersTheLogFloor) {
   StoreOptions options = Options();
   // The transfer ends right after the truncation's first chunk.
   options.testonly_between_truncation_chunks = [&] {
-    if (++chunks == 1) EXPECT_TRUE(raw->FinishSnapshot({{origin, transferred}}).ok());
+    if (++chunks == 1) {
+      EXPECT_TRUE(raw->FinishSnapshot({{origin, transferred}}).ok());
+    }
   };
   auto store = OpenOrDie(options);
   raw = store.get();
@@ -954,7 +956,7 @@ TEST_F(StoreTest, EqualStatesHaveEqualDigestsWhateverTheOrderOfArrival) {
 TEST_F(StoreTest, AnEmptyRemoteStateStoresNothingAndLeavesTheDigestExact) {
   auto a = OpenOrDie();
   const std::string empty_digest = a->state_digest();
-  std::vector<SnapshotDoc> empty_part = {{"c", "d", Document(), {}}};
+  std::vector<SnapshotDoc> empty_part = {{"c", "d", Document()}};
   ASSERT_TRUE(a->ApplySnapshot(empty_part).ok());
   LogRecord empty_delta;
   empty_delta.origin = 42;
