@@ -163,7 +163,7 @@ void CheckStore(storage::Store* store, const std::set<DocName>& touched) {
   MemNode fresh("digest", kThirdReplica);
   std::vector<storage::SnapshotDoc> docs;
   for (auto& [name, state] : stored)
-    docs.push_back({name.first, name.second, std::move(state), {}});
+    docs.push_back({name.first, name.second, std::move(state)});
   const absl::Status joined = fresh.store()->ApplySnapshot(docs);
   MERGEDB_FUZZ_CHECK(joined.ok(), "joining the stored documents: ", joined.ToString());
   MERGEDB_FUZZ_CHECK(
