@@ -107,6 +107,9 @@ void ClusterView::Update(const std::string& node, const storage::VersionVector& 
     }
   }
   absl::MutexLock lock(&mu_);
+  if (mode == Mode::kRelayed) {
+    if (auto it = first_hand_.find(node); it != first_hand_.end() && it->second > 0) return;
+  }
   storage::VersionVector& known = known_[node];
   if (mode == Mode::kReplace) {
     known = applied;
@@ -115,6 +118,11 @@ void ClusterView::Update(const std::string& node, const storage::VersionVector& 
   }
   // Waiters (WaitForConfirmations) use mutex conditions: releasing mu_ wakes only those whose
   // write has now reached its write concern, not every waiter on every acknowledgement.
+}
+
+void ClusterView::SetFirstHand(const std::string& peer, bool up) {
+  absl::MutexLock lock(&mu_);
+  first_hand_[peer] += up ? 1 : -1;
 }
 
 void ClusterView::ReleaseWaiters() {
@@ -263,6 +271,10 @@ LinkSender::LinkSender(const ReplicationOptions& options, storage::Store* store,
                        std::string peer)
     : options_(options), store_(store), view_(view), peer_(std::move(peer)) {}
 
+LinkSender::~LinkSender() {
+  if (first_hand_) view_->SetFirstHand(peer_, false);
+}
+
 ReplicationRequest LinkSender::Hello() {
   applied_at_hello_ = store_->AppliedVector();
   ReplicationRequest request;
@@ -285,6 +297,10 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
   // more of this node's own writes than this dir holds. Then this side refuses the link too,
   // so that the reason shows in this node's Status.
   view_->Update(peer_, sent_, ClusterView::Mode::kReplace);
+  if (!first_hand_) {
+    first_hand_ = true;
+    view_->SetFirstHand(peer_, true);
+  }
   if (std::string why = view_->rolled_back_reason(); !why.empty()) {
     return absl::FailedPreconditionError(why);
   }
@@ -366,7 +382,7 @@ bool LinkSender::OnResponse(const ReplicationResponse& response) {
   }
   view_->Update(peer_, applied, ClusterView::Mode::kMerge);
   for (const auto& known : response.ack().known()) {
-    view_->Update(known.node_name(), DecodeVector(known.applied()), ClusterView::Mode::kMerge);
+    view_->Update(known.node_name(), DecodeVector(known.applied()), ClusterView::Mode::kRelayed);
   }
   return widened;
 }

@@ -89,9 +89,16 @@ class ClusterView {
   // `peers` are the other members' names. `store` is borrowed and outlives the view.
   ClusterView(std::string self, std::vector<std::string> peers, storage::Store* store);
 
-  // Merges (per origin, the max) or, with kReplace, replaces what is known of `node`.
-  enum class Mode { kMerge, kReplace };
+  // Merges (per origin, the max) or, with kReplace, replaces what is known of `node`. kRelayed
+  // merges what a third node reports of `node`, unless this node hears from `node` first-hand
+  // (SetFirstHand): a relay can be older than the node's own word, and after the node lost data
+  // (a new incarnation, a restore) it would raise the node's vector again past what it holds,
+  // and the log would drop entries the node needs. Every mode checks for a rolled-back dir.
+  enum class Mode { kMerge, kReplace, kRelayed };
   void Update(const std::string& node, const storage::VersionVector& applied, Mode mode);
+  // Links on which `peer` itself reports its applied vector (an outbound stream past its hello
+  // exchange). Counted, like SetInbound.
+  void SetFirstHand(const std::string& peer, bool up);
   std::map<std::string, storage::VersionVector> Known() const;
 
   int member_count() const { return static_cast<int>(peers_.size()) + 1; }
@@ -143,6 +150,7 @@ class ClusterView {
   mutable absl::Mutex mu_;
   std::map<std::string, storage::VersionVector> known_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, crdt::ReplicaId> inbound_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> first_hand_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, mergedb::v1::Role> roles_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> rolled_back_{false};  // set after rolled_back_reason_
   std::string rolled_back_reason_ ABSL_GUARDED_BY(mu_);
@@ -165,6 +173,9 @@ class LinkSender {
   // `store` and `view` are borrowed and outlive the sender.
   LinkSender(const ReplicationOptions& options, storage::Store* store, ClusterView* view,
              std::string peer);
+  ~LinkSender();
+  LinkSender(const LinkSender&) = delete;
+  LinkSender& operator=(const LinkSender&) = delete;
 
   // Also notes this node's applied vector at that moment (see OnHelloAck).
   mergedb::v1::ReplicationRequest Hello();
@@ -210,6 +221,7 @@ class LinkSender {
   // Origins the peer receives first-hand (not forwarded from here).
   std::set<crdt::ReplicaId> peer_direct_;
   crdt::ReplicaId peer_replica_ = 0;
+  bool first_hand_ = false;  // registered with the view (SetFirstHand) since the hello ack
   int in_flight_ = 0;
   bool holding_partial_ = false;
   bool hold_released_ = false;

@@ -461,6 +461,34 @@ TEST_F(ReplicationLogicTest, ASplitDocumentIsAppliedWholeAtItsLastPart) {
   EXPECT_EQ(sink->state_digest(), source->state_digest());
 }
 
+// What a third node relays of a peer never overrides the peer's own word while this node hears
+// the peer first-hand: after the peer lost data (a new incarnation, a restore), a relay of its
+// old vector would let the log drop entries it needs.
+TEST_F(ReplicationLogicTest, RelayedVectorsYieldToAPeersOwnWhileItIsHeardFirstHand) {
+  auto store = OpenStore("/b", "n2");
+  ClusterView view("n2", {"n1", "n3"}, store.get());
+  constexpr crdt::ReplicaId kX = 77;
+  view.SetFirstHand("n3", true);
+  view.Update("n3", Vector{{kX, 10}}, ClusterView::Mode::kReplace);  // n3's hello answer
+  view.Update("n3", Vector{{kX, 50}}, ClusterView::Mode::kRelayed);  // n1's stale view of n3
+  EXPECT_EQ(view.Known()["n3"][kX], 10u);
+  view.Update("n3", Vector{{kX, 12}}, ClusterView::Mode::kMerge);  // n3's own ack
+  EXPECT_EQ(view.Known()["n3"][kX], 12u);
+  // A second link up and one down: still first-hand.
+  view.SetFirstHand("n3", true);
+  view.SetFirstHand("n3", false);
+  view.Update("n3", Vector{{kX, 50}}, ClusterView::Mode::kRelayed);
+  EXPECT_EQ(view.Known()["n3"][kX], 12u);
+  // Without a first-hand link, relays are all this node has of n3.
+  view.SetFirstHand("n3", false);
+  view.Update("n3", Vector{{kX, 50}}, ClusterView::Mode::kRelayed);
+  EXPECT_EQ(view.Known()["n3"][kX], 50u);
+  // A relay still reveals that this dir went back in time.
+  view.SetFirstHand("n1", true);
+  view.Update("n1", Vector{{store->replica_id(), 5}}, ClusterView::Mode::kRelayed);
+  EXPECT_FALSE(view.rolled_back_reason().empty());
+}
+
 TEST_F(ReplicationLogicTest, TheLogDropsWhatEveryMemberHasAndPastItsBoundWhatSomeLack) {
   auto store = OpenStore("/a", "n1");
   const crdt::ReplicaId me = store->replica_id();
