@@ -1345,14 +1345,8 @@ absl::Status Store::FinishSnapshot(const VersionVector& applied) {
     // The raised floor orphans the entries this node holds of that origin: no reader gets
     // entries below a floor, and truncation starts at it. Drop them first (in chunks, moving
     // the floor up to `held`), or they would stay on disk for good.
-    uint64_t* floor = nullptr;
-    {
-      absl::MutexLock lock(&commit_mu_);
-      floor = &log_floor_[origin];  // a std::map element: its address stays valid
-    }
-    MERGEDB_RETURN_IF_ERROR(DeleteThrough(
-        floor, held, [origin = origin](uint64_t s) { return keys::Log(origin, s); },
-        keys::LogFloor(origin), "dropping the log entries a full-state transfer superseded"));
+    MERGEDB_RETURN_IF_ERROR(
+        DropLogThrough(origin, held, "dropping the log entries a full-state transfer superseded"));
   }
   if (w.applied_updates.empty()) return absl::OkStatus();
   absl::MutexLock floors(&floor_mu_);  // no truncation chunk writes a floor meanwhile
@@ -1513,16 +1507,20 @@ absl::Status Store::TruncateLog(const VersionVector& through) {
     auto it = applied.find(origin);
     const uint64_t upto = std::min(requested, it == applied.end() ? 0 : it->second);
     if (upto == 0) continue;
-    uint64_t* floor = nullptr;
-    {
-      absl::MutexLock lock(&commit_mu_);
-      floor = &log_floor_[origin];  // a std::map element: its address stays valid
-    }
-    MERGEDB_RETURN_IF_ERROR(DeleteThrough(
-        floor, upto, [origin = origin](uint64_t seq) { return keys::Log(origin, seq); },
-        keys::LogFloor(origin), "log truncation"));
+    MERGEDB_RETURN_IF_ERROR(DropLogThrough(origin, upto, "log truncation"));
   }
   return absl::OkStatus();
+}
+
+absl::Status Store::DropLogThrough(crdt::ReplicaId origin, uint64_t upto, absl::string_view what) {
+  uint64_t* floor = nullptr;
+  {
+    absl::MutexLock lock(&commit_mu_);
+    floor = &log_floor_[origin];  // a std::map element: its address stays valid
+  }
+  return DeleteThrough(
+      floor, upto, [origin](uint64_t seq) { return keys::Log(origin, seq); },
+      keys::LogFloor(origin), what);
 }
 
 absl::Status Store::DeleteThrough(uint64_t* floor, uint64_t upto,

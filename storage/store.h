@@ -482,6 +482,8 @@ class Store {
   absl::StatusOr<WriteResult> PrepareLocal(const LocalWrite& write, const std::string& prefix,
                                            Writer* w, std::shared_ptr<crdt::Document>* to_commit);
   absl::Status FailStore(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
+  // Deletes the log entries of `origin` through `upto` (DeleteThrough on its log floor).
+  absl::Status DropLogThrough(crdt::ReplicaId origin, uint64_t upto, absl::string_view what);
   // Deletes key(*floor + 1) .. key(upto) in chunks, recording each chunk's end under
   // `floor_key` and in *floor (guarded by commit_mu_). Each chunk starts from *floor as it is
   // then, under floor_mu_: a floor raised meanwhile is never written back lower.

@@ -65,6 +65,22 @@ class ReplicationLogicTest : public ::testing::Test {
     }
   }
 
+  // n1's options for its link to n2 (the fixture's options are n2's).
+  ReplicationOptions SenderOptions() const {
+    ReplicationOptions options = options_;
+    options.node_name = "n1";
+    options.peers = {{"n2", "unused:2"}};
+    options.members = {"n2"};
+    return options;
+  }
+
+  // The hello exchange a stream starts with.
+  static void Connect(LinkSender& sender, LinkReceiver& receiver) {
+    auto hello_ack = receiver.OnHello(sender.Hello().hello());
+    ASSERT_TRUE(hello_ack.ok()) << hello_ack.status();
+    ASSERT_TRUE(sender.OnHelloAck(hello_ack->hello_ack()).ok());
+  }
+
   std::unique_ptr<leveldb::Env> env_;
   SystemClock clock_;
   HybridClock hlc_;
@@ -240,18 +256,14 @@ TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
 TEST_F(ReplicationLogicTest, PartialFramesWaitForTheAckAndBacklogsPipeline) {
   auto source = OpenStore("/a", "n1");
   auto sink = OpenStore("/b", "n2");
-  ReplicationOptions sender_options = options_;
-  sender_options.node_name = "n1";
-  sender_options.peers = {{"n2", "unused:2"}};
-  sender_options.members = {"n2"};
+  ReplicationOptions sender_options = SenderOptions();
   sender_options.min_pipelined_entries = 8;
   ClusterView source_view("n1", {"n2"}, source.get());
   ClusterView sink_view("n2", {"n1"}, sink.get());
   LinkSender sender(sender_options, source.get(), &source_view, "n2");
   LinkReceiver receiver(options_, sink.get(), &sink_view, &hlc_);
-  auto hello_ack = receiver.OnHello(sender.Hello().hello());
-  ASSERT_TRUE(hello_ack.ok()) << hello_ack.status();
-  ASSERT_TRUE(sender.OnHelloAck(hello_ack->hello_ack()).ok());
+  Connect(sender, receiver);
+  if (HasFatalFailure()) return;
 
   const crdt::ReplicaId origin = source->replica_id();
   auto write = [&](int n) { IncrementLocally(source.get(), n); };
@@ -329,17 +341,13 @@ TEST_F(ReplicationLogicTest, AReconcilingTransferIsNotRepeatedWhenThePeerStillHo
   auto source = OpenStore("/a", "n1");
   auto sink = OpenStore("/b", "n2");
   auto third = OpenStore("/c", "n3");
-  ReplicationOptions sender_options = options_;
-  sender_options.node_name = "n1";
-  sender_options.peers = {{"n2", "unused:2"}};
-  sender_options.members = {"n2"};
+  ReplicationOptions sender_options = SenderOptions();
   ClusterView source_view("n1", {"n2"}, source.get());
   ClusterView sink_view("n2", {"n1"}, sink.get());
   LinkSender sender(sender_options, source.get(), &source_view, "n2");
   LinkReceiver receiver(options_, sink.get(), &sink_view, &hlc_);
-  auto hello_ack = receiver.OnHello(sender.Hello().hello());
-  ASSERT_TRUE(hello_ack.ok()) << hello_ack.status();
-  ASSERT_TRUE(sender.OnHelloAck(hello_ack->hello_ack()).ok());
+  Connect(sender, receiver);
+  if (HasFatalFailure()) return;
   auto drain = [&] {
     for (int k = 0; k < 100; ++k) {
       auto produced = sender.Next();
@@ -391,10 +399,7 @@ TEST_F(ReplicationLogicTest, AReconcilingTransferIsNotRepeatedWhenThePeerStillHo
 TEST_F(ReplicationLogicTest, ASplitDocumentIsAppliedWholeAtItsLastPart) {
   auto source = OpenStore("/a", "n1");
   auto sink = OpenStore("/b", "n2");
-  ReplicationOptions sender_options = options_;
-  sender_options.node_name = "n1";
-  sender_options.peers = {{"n2", "unused:2"}};
-  sender_options.members = {"n2"};
+  ReplicationOptions sender_options = SenderOptions();
   sender_options.max_message_bytes = 8 << 10;
   ClusterView source_view("n1", {"n2"}, source.get());
   ClusterView sink_view("n2", {"n1"}, sink.get());
@@ -415,9 +420,8 @@ TEST_F(ReplicationLogicTest, ASplitDocumentIsAppliedWholeAtItsLastPart) {
   auto stream = [&](int max_chunks, const std::function<void()>& after_each) {
     LinkSender sender(sender_options, source.get(), &source_view, "n2");
     LinkReceiver receiver(options_, sink.get(), &sink_view, &hlc_);
-    auto hello_ack = receiver.OnHello(sender.Hello().hello());
-    ASSERT_TRUE(hello_ack.ok()) << hello_ack.status();
-    ASSERT_TRUE(sender.OnHelloAck(hello_ack->hello_ack()).ok());
+    Connect(sender, receiver);
+    if (HasFatalFailure()) return;
     int chunks = 0;
     for (int k = 0; k < 1000; ++k) {
       auto produced = sender.Next();
