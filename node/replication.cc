@@ -125,6 +125,23 @@ void ClusterView::SetFirstHand(const std::string& peer, bool up) {
   first_hand_[peer] += up ? 1 : -1;
 }
 
+bool ClusterView::MayReconcile(const std::string& peer) {
+  absl::MutexLock lock(&mu_);
+  ReconcileBackoff& backoff = reconcile_[peer];
+  if (backoff.skip > 0) {
+    --backoff.skip;
+    return false;
+  }
+  backoff.skip = backoff.next_skip;
+  backoff.next_skip = std::min<uint64_t>(backoff.next_skip * 2, 4096);
+  return true;
+}
+
+void ClusterView::ReconcileSettled(const std::string& peer) {
+  absl::MutexLock lock(&mu_);
+  reconcile_.erase(peer);
+}
+
 void ClusterView::ReleaseWaiters() {
   absl::MutexLock lock(&mu_);
   released_ = true;
@@ -296,11 +313,12 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
   // The peer's vector is authoritative for its current incarnation; Update also checks it for
   // more of this node's own writes than this dir holds. Then this side refuses the link too,
   // so that the reason shows in this node's Status.
-  view_->Update(peer_, sent_, ClusterView::Mode::kReplace);
+  // First-hand before the replace: a relay merged in between would stay for the stream.
   if (!first_hand_) {
     first_hand_ = true;
     view_->SetFirstHand(peer_, true);
   }
+  view_->Update(peer_, sent_, ClusterView::Mode::kReplace);
   if (std::string why = view_->rolled_back_reason(); !why.empty()) {
     return absl::FailedPreconditionError(why);
   }
@@ -331,26 +349,19 @@ void LinkSender::CheckDivergence(
     const std::string& digest) {
   if (digest.empty() || in_snapshot()) return;
   const auto [mine, my_digest] = store_->AppliedAndDigest();
-  if (DecodeVector(applied) == mine && digest != my_digest) {
-    auto divergence = std::make_tuple(mine, my_digest, digest);
-    if (reconciled_ == divergence) {
-      // A transfer of this very state already went, and the peer still differs: it holds
-      // something this node lacks, which only its own stream to this node brings. Sending
-      // the whole state again would change nothing (and, at every idle heartbeat, forever).
-      if (!reconcile_noted_) {
-        reconcile_noted_ = true;
-        MERGEDB_LOG(WARNING) << "peer " << peer_ << " still holds another state after a "
-                             << "full-state transfer: it has writes this node lacks, which "
-                             << "arrive when it streams to this node";
-      }
-      return;
-    }
-    MERGEDB_LOG(WARNING) << "peer " << peer_ << " has applied what this node has but holds another "
-                         << "state: sending a full-state transfer to reconcile";
-    reconciled_ = std::move(divergence);
-    reconcile_noted_ = false;
-    need_snapshot_ = true;
+  if (DecodeVector(applied) != mine) return;
+  if (digest == my_digest) {
+    view_->ReconcileSettled(peer_);
+    return;
   }
+  // Transfers back off per peer (ClusterView::MayReconcile): one that leaves the peer
+  // different means it holds writes this node lacks, and repeating it would not help.
+  if (!view_->MayReconcile(peer_)) return;
+  MERGEDB_LOG(WARNING) << "peer " << peer_ << " has applied what this node has but holds another "
+                       << "state: sending a full-state transfer to reconcile (if it still differs "
+                       << "after it, it holds writes this node lacks, which reach this node "
+                       << "when it streams here)";
+  need_snapshot_ = true;
 }
 
 bool LinkSender::OnResponse(const ReplicationResponse& response) {
@@ -431,13 +442,9 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
     holding_partial_ = true;
     return std::nullopt;
   }
-  // ReadLog takes a floor per origin: an excluded origin starts past everything held.
-  storage::VersionVector from = interest.from;
-  for (crdt::ReplicaId origin : interest.excluded) {
-    auto it = mine.find(origin);
-    if (it != mine.end()) from[origin] = std::max(from[origin], it->second);
-  }
-  auto records = store_->ReadLog(from, options_.max_frame_records);
+  // The origins the peer gets first-hand are not read at all: their floors and their newest
+  // entries are no concern of this link.
+  auto records = store_->ReadLog(interest.from, options_.max_frame_records, interest.excluded);
   if (absl::IsFailedPrecondition(records.status())) {
     MERGEDB_LOG(INFO) << "peer " << peer_ << " needs a full-state transfer: "
                       << records.status().message();
@@ -450,10 +457,6 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   auto* frame = request.mutable_frame();
   size_t bytes = 0;
   for (storage::LogRecord& record : *records) {
-    // ReadLog reads the applied vector again: an excluded origin's entries committed since
-    // `mine` was read come back too. The peer gets those first-hand, possibly later than from
-    // here, and applying them before their predecessors would be a gap that resets the link.
-    if (interest.excluded.count(record.origin) > 0) continue;
     const size_t size = record.entry.ByteSizeLong() + 24;
     if (frame->records_size() > 0 && bytes + size > options_.max_message_bytes) break;
     bytes += size;
@@ -463,7 +466,6 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
     *out->mutable_entry() = std::move(record.entry);
     sent_[record.origin] = record.seq;
   }
-  if (frame->records_size() == 0) return std::nullopt;  // only excluded entries: look again
   ++in_flight_;
   hold_released_ = false;
   return request;

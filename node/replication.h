@@ -17,7 +17,6 @@
 #include <set>
 #include <string>
 #include <thread>
-#include <tuple>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -99,6 +98,16 @@ class ClusterView {
   // Links on which `peer` itself reports its applied vector (an outbound stream past its hello
   // exchange). Counted, like SetInbound.
   void SetFirstHand(const std::string& peer, bool up);
+
+  // Full-state transfers that reconcile `peer` when its state differs at an equal applied
+  // vector (LinkSender::CheckDivergence): true when one may start at this divergent heartbeat.
+  // After each, the next waits for twice as many divergent heartbeats (1, 2, 4, ... at most
+  // 4,096: about 20 minutes at one per 300 ms): a peer still different after a transfer holds
+  // writes this node lacks, which only its own stream to this node brings, and sending the
+  // whole state again would not change that. Kept per peer across reconnects; states seen
+  // equal (ReconcileSettled) reset it.
+  bool MayReconcile(const std::string& peer);
+  void ReconcileSettled(const std::string& peer);
   std::map<std::string, storage::VersionVector> Known() const;
 
   int member_count() const { return static_cast<int>(peers_.size()) + 1; }
@@ -151,6 +160,11 @@ class ClusterView {
   std::map<std::string, storage::VersionVector> known_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, crdt::ReplicaId> inbound_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> first_hand_ ABSL_GUARDED_BY(mu_);
+  struct ReconcileBackoff {
+    uint64_t skip = 0;  // divergent heartbeats to let pass before the next transfer
+    uint64_t next_skip = 1;
+  };
+  std::map<std::string, ReconcileBackoff> reconcile_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, mergedb::v1::Role> roles_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> rolled_back_{false};  // set after rolled_back_reason_
   std::string rolled_back_reason_ ABSL_GUARDED_BY(mu_);
@@ -226,10 +240,6 @@ class LinkSender {
   bool holding_partial_ = false;
   bool hold_released_ = false;
   bool need_snapshot_ = false;
-  // The divergence (this node's vector and digest, the peer's digest) a reconciling transfer
-  // was last sent for: not sent again for the same one (see CheckDivergence).
-  std::optional<std::tuple<storage::VersionVector, std::string, std::string>> reconciled_;
-  bool reconcile_noted_ = false;
   std::unique_ptr<storage::SnapshotCursor> snapshot_;
   struct Part {
     storage::SnapshotDoc doc;

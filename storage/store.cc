@@ -1332,25 +1332,46 @@ absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
 
 absl::Status Store::FinishSnapshot(const VersionVector& applied) {
   MERGEDB_RETURN_IF_ERROR(health());
-  absl::MutexLock remote_lock(&remote_mu_);  // no frame adds entries meanwhile
-  const VersionVector mine = AppliedVector();
-  Writer w;
-  for (const auto& [origin, seq] : applied) {
-    if (origin == replica_id_) continue;  // our own log is never behind a peer's view of it
-    auto it = mine.find(origin);
-    const uint64_t held = it == mine.end() ? 0 : it->second;
-    if (held >= seq) continue;
-    w.applied_updates[origin] = seq;
-    w.floor_updates[origin] = seq;
-    // The raised floor orphans the entries this node holds of that origin: no reader gets
-    // entries below a floor, and truncation starts at it. Drop them first (in chunks, moving
-    // the floor up to `held`), or they would stay on disk for good.
-    MERGEDB_RETURN_IF_ERROR(
-        DropLogThrough(origin, held, "dropping the log entries a full-state transfer superseded"));
+  // The raised floors orphan the entries this node holds of those origins between their old
+  // floor and what it had applied: no reader gets entries below a floor, and truncation starts
+  // at it. They are deleted after the commit, without holding up the peers' frames.
+  std::vector<std::tuple<crdt::ReplicaId, uint64_t, uint64_t>> orphaned;  // origin, first, last
+  {
+    absl::MutexLock remote_lock(&remote_mu_);  // no frame adds entries meanwhile
+    absl::MutexLock floors(&floor_mu_);        // no truncation chunk writes a floor meanwhile
+    const VersionVector mine = AppliedVector();
+    const VersionVector floor = LogFloor();
+    Writer w;
+    for (const auto& [origin, seq] : applied) {
+      if (origin == replica_id_) continue;  // our own log is never behind a peer's view of it
+      auto it = mine.find(origin);
+      const uint64_t held = it == mine.end() ? 0 : it->second;
+      if (held >= seq) continue;
+      w.applied_updates[origin] = seq;
+      w.floor_updates[origin] = seq;
+      auto f = floor.find(origin);
+      const uint64_t first = (f == floor.end() ? 0 : f->second) + 1;
+      if (first <= held) orphaned.emplace_back(origin, first, held);
+    }
+    if (w.applied_updates.empty()) return absl::OkStatus();
+    MERGEDB_RETURN_IF_ERROR(Commit(&w));
   }
-  if (w.applied_updates.empty()) return absl::OkStatus();
-  absl::MutexLock floors(&floor_mu_);  // no truncation chunk writes a floor meanwhile
-  return Commit(&w);
+  // A crash before these deletes leaves the keys behind (disk only: nothing reads them).
+  constexpr uint64_t kChunk = 512;  // as DeleteThrough, so a commit never waits long behind one
+  for (const auto& [origin, first, last] : orphaned) {
+    for (uint64_t from = first; from <= last; from += kChunk) {
+      leveldb::WriteBatch batch;
+      for (uint64_t seq = from; seq <= std::min(last, from + kChunk - 1); ++seq) {
+        batch.Delete(keys::Log(origin, seq));
+      }
+      if (leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch); !s.ok()) {
+        absl::MutexLock lock(&commit_mu_);
+        return FailStore(
+            FromLevelDb(s, "dropping the log entries a full-state transfer superseded"));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Document> Store::Get(absl::string_view collection, absl::string_view id) {
@@ -1443,8 +1464,8 @@ uint64_t Store::log_entries() const {
   return held;
 }
 
-absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have,
-                                                      size_t max_entries) {
+absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have, size_t max_entries,
+                                                      const std::set<crdt::ReplicaId>& skip) {
   VersionVector applied, floors;
   {
     absl::MutexLock lock(&commit_mu_);
@@ -1454,6 +1475,7 @@ absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have,
   std::vector<LogRecord> out;
   std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
   for (const auto& [origin, top] : applied) {
+    if (skip.count(origin) > 0) continue;
     auto h = have.find(origin);
     uint64_t next = (h == have.end() ? 0 : h->second) + 1;
     if (next > top) continue;
@@ -1507,20 +1529,16 @@ absl::Status Store::TruncateLog(const VersionVector& through) {
     auto it = applied.find(origin);
     const uint64_t upto = std::min(requested, it == applied.end() ? 0 : it->second);
     if (upto == 0) continue;
-    MERGEDB_RETURN_IF_ERROR(DropLogThrough(origin, upto, "log truncation"));
+    uint64_t* floor = nullptr;
+    {
+      absl::MutexLock lock(&commit_mu_);
+      floor = &log_floor_[origin];  // a std::map element: its address stays valid
+    }
+    MERGEDB_RETURN_IF_ERROR(DeleteThrough(
+        floor, upto, [origin = origin](uint64_t seq) { return keys::Log(origin, seq); },
+        keys::LogFloor(origin), "log truncation"));
   }
   return absl::OkStatus();
-}
-
-absl::Status Store::DropLogThrough(crdt::ReplicaId origin, uint64_t upto, absl::string_view what) {
-  uint64_t* floor = nullptr;
-  {
-    absl::MutexLock lock(&commit_mu_);
-    floor = &log_floor_[origin];  // a std::map element: its address stays valid
-  }
-  return DeleteThrough(
-      floor, upto, [origin](uint64_t seq) { return keys::Log(origin, seq); },
-      keys::LogFloor(origin), what);
 }
 
 absl::Status Store::DeleteThrough(uint64_t* floor, uint64_t upto,

@@ -333,10 +333,11 @@ class Store {
   VersionVector AppliedVector() const;
   // AppliedVector()[replica_id()], without the commit lock (asked on every acknowledgement).
   uint64_t own_applied() const { return own_applied_.load(std::memory_order_acquire); }
-  // Log entries the holder of `have` lacks, per origin in sequence order, at most `max_entries`.
-  // FAILED_PRECONDITION (naming the origin) when some are already truncated: the peer then
-  // needs a full-state transfer.
-  absl::StatusOr<std::vector<LogRecord>> ReadLog(const VersionVector& have, size_t max_entries);
+  // Log entries the holder of `have` lacks, per origin in sequence order, at most `max_entries`,
+  // none of the origins in `skip`. FAILED_PRECONDITION (naming the origin) when some are
+  // already truncated or missing: the peer then needs a full-state transfer.
+  absl::StatusOr<std::vector<LogRecord>> ReadLog(const VersionVector& have, size_t max_entries,
+                                                 const std::set<crdt::ReplicaId>& skip = {});
   // Deletes log entries at or below `through` (per origin).
   absl::Status TruncateLog(const VersionVector& through);
   // Per origin, the highest truncated sequence.
@@ -482,8 +483,6 @@ class Store {
   absl::StatusOr<WriteResult> PrepareLocal(const LocalWrite& write, const std::string& prefix,
                                            Writer* w, std::shared_ptr<crdt::Document>* to_commit);
   absl::Status FailStore(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
-  // Deletes the log entries of `origin` through `upto` (DeleteThrough on its log floor).
-  absl::Status DropLogThrough(crdt::ReplicaId origin, uint64_t upto, absl::string_view what);
   // Deletes key(*floor + 1) .. key(upto) in chunks, recording each chunk's end under
   // `floor_key` and in *floor (guarded by commit_mu_). Each chunk starts from *floor as it is
   // then, under floor_mu_: a floor raised meanwhile is never written back lower.
