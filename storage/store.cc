@@ -846,6 +846,10 @@ absl::Mutex& Store::DocLock(absl::string_view doc_prefix) {
   return doc_locks_[absl::Hash<absl::string_view>()(doc_prefix) % kDocLockStripes];
 }
 
+absl::Mutex& Store::RequestLock(absl::string_view request_id) {
+  return request_locks_[absl::Hash<absl::string_view>()(request_id) % kRequestLockStripes];
+}
+
 absl::StatusOr<Document> Store::LoadFromDb(const std::string& doc_prefix,
                                            const leveldb::Snapshot* snapshot) {
   leveldb::ReadOptions ro;
@@ -1060,7 +1064,10 @@ void Store::LeadGroup(Writer* w) {
 absl::StatusOr<WriteResult> Store::ApplyLocal(const LocalWrite& write) {
   MERGEDB_RETURN_IF_ERROR(health());
   const std::string prefix = keys::DocPrefix(write.collection, write.id);
-  absl::MutexLock doc_lock(&DocLock(prefix));
+  std::vector<absl::Mutex*> stripes = {&DocLock(prefix)};
+  if (!write.request_id.empty()) stripes.push_back(&RequestLock(write.request_id));
+  std::sort(stripes.begin(), stripes.end());
+  StripeLocks locks(std::move(stripes));
   Writer w;
   std::shared_ptr<Document> doc;
   MERGEDB_ASSIGN_OR_RETURN(WriteResult result, PrepareLocal(write, prefix, &w, &doc));
@@ -1089,8 +1096,9 @@ std::vector<absl::StatusOr<WriteResult>> Store::ApplyLocalBatch(
   for (const LocalWrite& write : writes) {
     prefixes.push_back(keys::DocPrefix(write.collection, write.id));
     stripes.push_back(&DocLock(prefixes.back()));
+    if (!write.request_id.empty()) stripes.push_back(&RequestLock(write.request_id));
   }
-  // Several documents: their stripes in address order, as JoinAndCommit takes them.
+  // Several documents and request ids: their stripes in address order, as everyone takes them.
   std::sort(stripes.begin(), stripes.end());
   stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
   StripeLocks locks(std::move(stripes));

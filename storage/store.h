@@ -456,6 +456,11 @@ class Store {
 
   // The striped lock serializing one document.
   absl::Mutex& DocLock(absl::string_view doc_prefix);
+  // The striped lock held from a request id's lookup to its record's commit. The document's
+  // lock covers a retry on the same document; this one covers the same id used at the same
+  // moment for two documents, which must not both be applied. Taken with the document locks,
+  // all in address order.
+  absl::Mutex& RequestLock(absl::string_view request_id);
   // Loads the document from the cache or LevelDB. REQUIRES: its DocLock held.
   absl::StatusOr<std::shared_ptr<crdt::Document>> LoadLocked(const std::string& doc_prefix);
   absl::StatusOr<crdt::Document> LoadFromDb(const std::string& doc_prefix,
@@ -506,6 +511,8 @@ class Store {
 
   static constexpr size_t kDocLockStripes = 1024;
   std::array<absl::Mutex, kDocLockStripes> doc_locks_;
+  static constexpr size_t kRequestLockStripes = 256;
+  std::array<absl::Mutex, kRequestLockStripes> request_locks_;
   std::unique_ptr<DocCache> cache_;
 
   // Serializes ApplyRemote: two peers may forward the same origin's entries at once.

@@ -272,6 +272,45 @@ TEST_F(StoreTest, ARetriedRequestIsAcknowledgedWithoutApplyingTwiceEvenAfterReop
   EXPECT_FALSE(store->LookupRequest("req-1")->has_value());
 }
 
+// One request id used at the same moment for different documents, by single writes and by
+// batches: exactly one is applied, the others are refused as a reuse.
+TEST_F(StoreTest, ARequestIdUsedConcurrentlyForTwoDocumentsIsAppliedOnce) {
+  auto store = OpenOrDie();
+  const crdt::ReplicaId me = store->replica_id();
+  constexpr int kRounds = 50;
+  constexpr int kWriters = 4;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string id = "shared-" + std::to_string(round);
+    std::atomic<int> ready{0};
+    std::atomic<int> applied{0}, refused{0};
+    std::vector<std::thread> writers;
+    for (int w = 0; w < kWriters; ++w) {
+      writers.emplace_back([&, w] {
+        const std::string doc = "d" + std::to_string(w);
+        ready.fetch_add(1);
+        while (ready.load() < kWriters) std::this_thread::yield();
+        absl::StatusOr<WriteResult> result;
+        if (w % 2 == 0) {
+          result = store->ApplyLocal(Increment("race", doc, "n", 1, me, id));
+        } else {
+          std::vector<LocalWrite> batch;
+          batch.push_back(Increment("race", doc + "-other", "n", 1, me));
+          batch.push_back(Increment("race", doc, "n", 1, me, id));
+          result = std::move(store->ApplyLocalBatch(batch)[1]);
+        }
+        if (result.ok()) {
+          applied.fetch_add(1);
+        } else if (result.status().code() == absl::StatusCode::kInvalidArgument) {
+          refused.fetch_add(1);
+        }
+      });
+    }
+    for (auto& t : writers) t.join();
+    ASSERT_EQ(applied.load(), 1) << "round " << round;
+    ASSERT_EQ(refused.load(), kWriters - 1) << "round " << round;
+  }
+}
+
 TEST_F(StoreTest, RemoteFramesApplyInOrderSkipDuplicatesAndStopAtGaps) {
   auto source = OpenOrDie();
   auto sink = OpenOrDie(SecondNode("/other"));
