@@ -310,14 +310,14 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
                                                       ack.node_name(), "', not '", peer_, "'"));
   }
   sent_ = DecodeVector(ack.applied());
-  // The peer's vector is authoritative for its current incarnation; Update also checks it for
-  // more of this node's own writes than this dir holds. Then this side refuses the link too,
-  // so that the reason shows in this node's Status.
   // First-hand before the replace: a relay merged in between would stay for the stream.
   if (!first_hand_) {
     first_hand_ = true;
     view_->SetFirstHand(peer_, true);
   }
+  // The peer's vector is authoritative for its current incarnation; Update also checks it for
+  // more of this node's own writes than this dir holds. Then this side refuses the link too,
+  // so that the reason shows in this node's Status.
   view_->Update(peer_, sent_, ClusterView::Mode::kReplace);
   if (std::string why = view_->rolled_back_reason(); !why.empty()) {
     return absl::FailedPreconditionError(why);

@@ -32,6 +32,12 @@ namespace {
 using crdt::Document;
 using crdt::ReplicaId;
 
+// Keys per deletion batch (log truncation, the change feed's trim, the log entries a full-state
+// transfer supersedes). LevelDB applies batches one at a time from a single queue, so a commit
+// waits behind a long deletion batch: chunks of 512 keys keep that wait well under a
+// millisecond (8192-key batches showed in the replication lag tail).
+constexpr uint64_t kDeletionChunk = 512;
+
 // The one place LevelDB statuses become absl statuses.
 absl::Status FromLevelDb(const leveldb::Status& s, absl::string_view what) {
   if (s.ok()) return absl::OkStatus();
@@ -1365,11 +1371,10 @@ absl::Status Store::FinishSnapshot(const VersionVector& applied) {
     MERGEDB_RETURN_IF_ERROR(Commit(&w));
   }
   // A crash before these deletes leaves the keys behind (disk only: nothing reads them).
-  constexpr uint64_t kChunk = 512;  // as DeleteThrough, so a commit never waits long behind one
   for (const auto& [origin, first, last] : orphaned) {
-    for (uint64_t from = first; from <= last; from += kChunk) {
+    for (uint64_t from = first; from <= last; from += kDeletionChunk) {
       leveldb::WriteBatch batch;
-      for (uint64_t seq = from; seq <= std::min(last, from + kChunk - 1); ++seq) {
+      for (uint64_t seq = from; seq <= std::min(last, from + kDeletionChunk - 1); ++seq) {
         batch.Delete(keys::Log(origin, seq));
       }
       if (leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch); !s.ok()) {
@@ -1552,12 +1557,9 @@ absl::Status Store::TruncateLog(const VersionVector& through) {
 absl::Status Store::DeleteThrough(uint64_t* floor, uint64_t upto,
                                   absl::FunctionRef<std::string(uint64_t)> key,
                                   const std::string& floor_key, absl::string_view what) {
-  // LevelDB applies batches one at a time from a single queue, so a commit waits behind a
-  // long deletion batch: chunks of 512 keys keep that wait well under a millisecond (8192-key
-  // batches showed in the replication lag tail). The floor record moves with each chunk and
-  // LevelDB replays a prefix of its log after a crash, so a crash anywhere leaves a floor
-  // consistent with the keys present; no sync is needed (the next synced commit covers it).
-  constexpr uint64_t kChunk = 512;
+  // In chunks of kDeletionChunk. The floor record moves with each chunk and LevelDB replays a
+  // prefix of its log after a crash, so a crash anywhere leaves a floor consistent with the
+  // keys present; no sync is needed (the next synced commit covers it).
   while (true) {
     absl::ReleasableMutexLock floors(&floor_mu_);
     uint64_t from = 0;
@@ -1566,7 +1568,7 @@ absl::Status Store::DeleteThrough(uint64_t* floor, uint64_t upto,
       from = *floor;
     }
     if (from >= upto) return absl::OkStatus();
-    const uint64_t end = std::min(upto, from + kChunk);
+    const uint64_t end = std::min(upto, from + kDeletionChunk);
     leveldb::WriteBatch batch;
     for (uint64_t seq = from + 1; seq <= end; ++seq) batch.Delete(key(seq));
     batch.Put(floor_key, keys::EncodeBe64(end));
