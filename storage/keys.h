@@ -61,6 +61,10 @@ inline constexpr absl::string_view kMetaFromBackup = "from_backup";
 // given out by an earlier incarnation names the same change here only up to that point.
 // Absent: no earlier incarnation is known.
 inline constexpr absl::string_view kMetaFeedHistory = "feed_history";
+// Log entries a full-state transfer superseded and that are still to be deleted, as 24-byte
+// entries (be64 origin, be64 first, be64 last sequence): written in the transfer's final commit,
+// removed with the last deletion, and finished by the next open if a crash came in between.
+inline constexpr absl::string_view kMetaSupersededLog = "superseded_log";
 // Its values: written first, and replaced by the copy's last write.
 inline constexpr absl::string_view kBackupIncomplete = "incomplete";
 inline constexpr absl::string_view kBackupComplete = "complete";

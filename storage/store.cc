@@ -492,6 +492,30 @@ absl::Status Store::Initialize() {
   if (fs.ok() && change_floor.size() != 8) {
     return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed change floor"));
   }
+  // A crash between a full-state transfer's final commit and its deletions left entries that
+  // nothing will read again: delete them now.
+  std::string superseded_record;
+  leveldb::Status ss =
+      db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSupersededLog), &superseded_record);
+  if (!ss.ok() && !ss.IsNotFound()) return FromLevelDb(ss, absl::StrCat("reading ", path));
+  if (ss.ok()) {
+    if (superseded_record.empty() || superseded_record.size() % 24 != 0) {
+      return absl::DataLossError(
+          absl::StrCat("data dir ", path, ": malformed record of superseded log entries"));
+    }
+    std::vector<SupersededRange> superseded;
+    for (size_t at = 0; at < superseded_record.size(); at += 24) {
+      const absl::string_view entry = absl::string_view(superseded_record).substr(at, 24);
+      superseded.push_back({keys::DecodeBe64(entry.substr(0, 8)),
+                            keys::DecodeBe64(entry.substr(8, 8)),
+                            keys::DecodeBe64(entry.substr(16))});
+      if (superseded.back().first > superseded.back().last) {
+        return absl::DataLossError(
+            absl::StrCat("data dir ", path, ": malformed record of superseded log entries"));
+      }
+    }
+    MERGEDB_RETURN_IF_ERROR(DropSupersededLog(superseded));
+  }
   absl::MutexLock lock(&commit_mu_);
   SetAppliedLocked(std::move(applied));
   log_floor_ = std::move(floors);
@@ -1346,10 +1370,12 @@ absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
 
 absl::Status Store::FinishSnapshot(const VersionVector& applied) {
   MERGEDB_RETURN_IF_ERROR(health());
-  // The raised floors orphan the entries this node holds of those origins between their old
+  absl::MutexLock superseded_lock(&superseded_mu_);
+  // The raised floors supersede the entries this node holds of those origins between their old
   // floor and what it had applied: no reader gets entries below a floor, and truncation starts
-  // at it. They are deleted after the commit, without holding up the peers' frames.
-  std::vector<std::tuple<crdt::ReplicaId, uint64_t, uint64_t>> orphaned;  // origin, first, last
+  // at it. They are deleted after the commit, without holding up the peers' frames; the commit
+  // records them, so that an open after a crash in between finishes the deletions.
+  std::vector<SupersededRange> superseded;
   {
     absl::MutexLock remote_lock(&remote_mu_);  // no frame adds entries meanwhile
     absl::MutexLock floors(&floor_mu_);        // no truncation chunk writes a floor meanwhile
@@ -1365,22 +1391,39 @@ absl::Status Store::FinishSnapshot(const VersionVector& applied) {
       w.floor_updates[origin] = seq;
       auto f = floor.find(origin);
       const uint64_t first = (f == floor.end() ? 0 : f->second) + 1;
-      if (first <= held) orphaned.emplace_back(origin, first, held);
+      if (first <= held) superseded.push_back({origin, first, held});
     }
     if (w.applied_updates.empty()) return absl::OkStatus();
+    if (!superseded.empty()) {
+      std::string record;
+      for (const SupersededRange& range : superseded) {
+        absl::StrAppend(&record, keys::EncodeBe64(range.origin), keys::EncodeBe64(range.first),
+                        keys::EncodeBe64(range.last));
+      }
+      w.batch.Put(keys::Meta(keys::kMetaSupersededLog), record);
+    }
     MERGEDB_RETURN_IF_ERROR(Commit(&w));
   }
-  // A crash before these deletes leaves the keys behind (disk only: nothing reads them).
-  for (const auto& [origin, first, last] : orphaned) {
-    for (uint64_t from = first; from <= last; from += kDeletionChunk) {
+  if (options_.testonly_after_transfer_commit) options_.testonly_after_transfer_commit();
+  if (absl::Status dropped = DropSupersededLog(superseded); !dropped.ok()) {
+    absl::MutexLock lock(&commit_mu_);
+    return FailStore(dropped);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Store::DropSupersededLog(absl::Span<const SupersededRange> ranges) {
+  for (size_t r = 0; r < ranges.size(); ++r) {
+    const SupersededRange& range = ranges[r];
+    for (uint64_t from = range.first; from <= range.last; from += kDeletionChunk) {
+      const uint64_t to = std::min(range.last, from + kDeletionChunk - 1);
       leveldb::WriteBatch batch;
-      for (uint64_t seq = from; seq <= std::min(last, from + kDeletionChunk - 1); ++seq) {
-        batch.Delete(keys::Log(origin, seq));
+      for (uint64_t seq = from; seq <= to; ++seq) batch.Delete(keys::Log(range.origin, seq));
+      if (r + 1 == ranges.size() && to == range.last) {
+        batch.Delete(keys::Meta(keys::kMetaSupersededLog));
       }
       if (leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch); !s.ok()) {
-        absl::MutexLock lock(&commit_mu_);
-        return FailStore(
-            FromLevelDb(s, "dropping the log entries a full-state transfer superseded"));
+        return FromLevelDb(s, "dropping the log entries a full-state transfer superseded");
       }
     }
   }

@@ -111,6 +111,9 @@ struct StoreOptions {
   // Tests only: runs between two chunks of a truncation (of the log or the change feed), with
   // no lock held, so that a test can put another writer of the floors exactly there.
   std::function<void()> testonly_between_truncation_chunks;
+  // Tests only: runs after a full-state transfer's final commit, before the log entries it
+  // superseded are deleted (where a crash leaves them for the next open to delete).
+  std::function<void()> testonly_after_transfer_commit;
 };
 
 // A local update: `mutate` applies the update's operations to the document and returns their
@@ -494,6 +497,15 @@ class Store {
   absl::Status DeleteThrough(uint64_t* floor, uint64_t upto,
                              absl::FunctionRef<std::string(uint64_t)> key,
                              const std::string& floor_key, absl::string_view what);
+  // Log entries of `origin` from `first` to `last`, superseded by a full-state transfer.
+  struct SupersededRange {
+    crdt::ReplicaId origin;
+    uint64_t first;
+    uint64_t last;
+  };
+  // Deletes the superseded entries in chunks, and with the last chunk the record
+  // (kMetaSupersededLog) that lists them.
+  absl::Status DropSupersededLog(absl::Span<const SupersededRange> ranges);
 
   const StoreOptions options_;
   leveldb::DB* db_ = nullptr;
@@ -515,6 +527,9 @@ class Store {
   std::array<absl::Mutex, kRequestLockStripes> request_locks_;
   std::unique_ptr<DocCache> cache_;
 
+  // Serializes FinishSnapshot from its commit to its last deletion, so that two transfers
+  // ending at once never overwrite each other's record of what is still to delete.
+  absl::Mutex superseded_mu_ ABSL_ACQUIRED_BEFORE(remote_mu_);
   // Serializes ApplyRemote: two peers may forward the same origin's entries at once.
   absl::Mutex remote_mu_;
   // Orders the two writers of log floors: FinishSnapshot raises them in a commit, truncation

@@ -487,6 +487,34 @@ TEST_F(StoreTest, AFullStateTransferDropsTheLogEntriesItSupersedes) {
   EXPECT_EQ(LogKeysOf(&env_, "/db", origin), 0);
 }
 
+// The deletions run after the transfer's commit; a crash in between (here: the disk refusing
+// the first deletion) leaves the superseded entries on disk, and the next open deletes them.
+TEST_F(StoreTest, SupersededLogEntriesLeftByACrashAreDroppedAtTheNextOpen) {
+  auto peer = OpenOrDie(SecondNode("/peer"));
+  const crdt::ReplicaId origin = peer->replica_id();
+  for (int i = 0; i < 1500; ++i) {
+    ASSERT_TRUE(peer->ApplyLocal(Increment("c", "d", "n", 1, origin)).ok());
+  }
+  StoreOptions options = Options();
+  options.testonly_after_transfer_commit = [&] { env_.set_fail_writes(true); };
+  auto store = OpenOrDie(options);
+  ASSERT_TRUE(store->ApplyRemote(*peer->ReadLog({}, 1500)).ok());
+  EXPECT_FALSE(store->FinishSnapshot({{origin, 2000}}).ok());
+  store.reset();
+  env_.set_fail_writes(false);
+  EXPECT_EQ(LogKeysOf(&env_, "/db", origin), 1500) << "the crash came before any deletion";
+
+  store = OpenOrDie();
+  EXPECT_EQ(store->LogFloor()[origin], 2000u) << "the transfer's commit survived";
+  EXPECT_EQ(store->AppliedVector()[origin], 2000u);
+  EXPECT_EQ(store->log_entries(), 0u);
+  store.reset();
+  EXPECT_EQ(LogKeysOf(&env_, "/db", origin), 0);
+  // The record went with the last deletion: the next open has nothing left to do.
+  store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+}
+
 // An origin whose last log entries are missing (a damaged data dir, after mergedb-repair)
 // cannot be forwarded from here: a reader gets a full-state transfer, not silence.
 TEST_F(StoreTest, ALogWithItsLastEntriesMissingAsksForAFullStateTransfer) {
