@@ -38,9 +38,15 @@
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "mergedb/v1/api.grpc.pb.h"
+#include "node/tls.h"
 #include "storage/store.h"
 
 ABSL_FLAG(std::string, node, "127.0.0.1:7701", "Address of the node to talk to.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM certificates to trust for a node serving TLS (its cluster's CA). Any of the "
+          "--tls_ flags turns TLS on; with none, the connection is plaintext.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate chain, if the node should see one.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(int64_t, timeout_ms, 5000, "Deadline of each call, milliseconds (backup: see --backup_timeout_s).");
 ABSL_FLAG(int64_t, backup_timeout_s, 3600,
           "Deadline of a backup, seconds: past it the node stops copying and removes the copy.");
@@ -256,6 +262,11 @@ int FailRun(const std::string& message) {
 // SIGTERM, SIGHUP: the copy is cancelled and removed before exiting) removes what was written.
 // Only SIGKILL or a crash can leave a partial copy, which its sentinel file and marker make a
 // node refuse.
+namespace {
+// Set by main from the --tls_ flags before any call.
+std::shared_ptr<grpc::ChannelCredentials> g_credentials;
+}  // namespace
+
 int FetchBackup(const std::string& dir) {
   const int64_t min_free_mb = absl::GetFlag(FLAGS_backup_min_free_mb);
   if (min_free_mb < 0 || min_free_mb > (int64_t{1} << 40)) {
@@ -290,8 +301,7 @@ int FetchBackup(const std::string& dir) {
   // A message is about 1 MiB of records, or one record when a record is larger.
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(-1);
-  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_node),
-                                           grpc::InsecureChannelCredentials(), channel_args);
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_node), g_credentials, channel_args);
   auto cluster = mergedb::v1::ClusterService::NewStub(channel);
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(absl::GetFlag(FLAGS_backup_timeout_s)));
@@ -400,7 +410,12 @@ int main(int argc, char** argv) {
     const sigset_t stop_signals = StopSignals();
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   }
-  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_node), grpc::InsecureChannelCredentials());
+  auto tls = mergedb::node::LoadClientTls(
+      {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_ca)},
+      "--tls_");
+  if (!tls.ok()) return Fail(std::string(tls.status().message()));
+  g_credentials = mergedb::node::MakeChannelCredentials(*tls);
+  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_node), g_credentials);
   auto documents = DocumentService::NewStub(channel);
 
   if (command == "get") {

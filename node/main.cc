@@ -75,6 +75,15 @@ ABSL_FLAG(int64_t, backup_stall_timeout_s, 60,
           "Seconds a streamed backup (`mergedb fetch-backup`) may wait for its reader to take the "
           "next message before the node cancels it: a stalled reader holds the node's one backup "
           "slot and a snapshot of its data.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain (leaf first) of this node: with --tls_key and --tls_ca, every "
+          "call and every replication link uses TLS. The certificate must name the address "
+          "peers reach this node at (subjectAltName), and serves as its client certificate "
+          "towards its peers.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key (unencrypted) of --tls_cert.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM certificates of the CA that signed every member's certificate: peers must "
+          "present one it signed; application clients need to trust it.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -190,6 +199,11 @@ int main(int argc, char** argv) {
     return UsageError("--backup_stall_timeout_s must be between 1 and 604800 (a week)");
   }
   options.backup_stall_timeout = absl::Seconds(backup_stall_timeout_s);
+  auto tls = mergedb::node::LoadNodeTls(
+      {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_ca)},
+      "--tls_");
+  if (!tls.ok()) return UsageError(std::string(tls.status().message()));
+  options.tls = *std::move(tls);
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

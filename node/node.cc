@@ -119,6 +119,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   replication.node_name = options.node_name;
   replication.role = options.role;
   replication.peers = options.peers;
+  replication.tls = options.tls;
   replication.members = std::move(members);
   node->replication_ =
       std::make_unique<Replication>(std::move(replication), node->store_.get(), &node->hlc_);
@@ -132,7 +133,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   grpc::ServerBuilder builder;
   ConfigureServerBuilder(options.limits.max_update_bytes, options.replication.max_message_bytes,
                          &builder);
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &node->port_);
+  builder.AddListeningPort(options.listen, MakeServerCredentials(options.tls), &node->port_);
   builder.RegisterService(node->replication_.get());
   builder.RegisterService(node->documents_.get());
   builder.RegisterService(node->cluster_.get());
@@ -155,8 +156,9 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   node->janitor_ = std::thread([n = node.get()] { n->RunJanitor(); });
   MERGEDB_LOG(INFO) << "node " << options.node_name << " (replica "
                     << absl::StrCat(absl::Hex(node->store_->replica_id())) << ", cluster "
-                    << options.cluster_id << ") serving on " << node->address() << ", data in "
-                    << options.data_dir;
+                    << options.cluster_id << ") serving "
+                    << (options.tls.enabled ? "TLS" : "plaintext") << " on " << node->address()
+                    << ", data in " << options.data_dir;
   return node;
 }
 

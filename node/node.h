@@ -58,8 +58,11 @@ struct NodeOptions {
   std::vector<PeerConfig> peers;
   // Every other member's name; empty means the peers' names (a full mesh).
   std::vector<std::string> members;
-  // Replication tuning; cluster id, node name and peers are filled in from the fields above.
+  // Replication tuning; cluster id, node name, peers and TLS are filled in from the fields
+  // here.
   ReplicationOptions replication;
+  // TLS for every call and every link (node/tls.h); disabled: plaintext.
+  TlsConfig tls;
   // How many change-feed records the node keeps for Watch resumption.
   uint64_t change_feed_retention = 1000000;
   // How often fully replicated log entries are truncated.

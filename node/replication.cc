@@ -781,7 +781,8 @@ class Replication::Session {
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
     args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, kMaxMessageBytes);
     args.SetInt(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, kMaxMessageBytes);
-    channel_ = grpc::CreateCustomChannel(peer_.address, grpc::InsecureChannelCredentials(), args);
+    channel_ =
+        grpc::CreateCustomChannel(peer_.address, MakeChannelCredentials(owner->options_.tls), args);
     stub_ = mergedb::v1::ReplicationService::NewStub(channel_);
     thread_ = std::thread([this] { Run(); });
   }
@@ -855,7 +856,14 @@ class Replication::Session {
         std::min(connect_deadline, absl::Now() + absl::Milliseconds(100))))) {
       if (stopping()) return absl::OkStatus();
       if (absl::Now() >= connect_deadline) {
-        return absl::UnavailableError(absl::StrCat("cannot connect to ", peer_.address));
+        // gRPC does not say why a connection failed; with TLS a refused handshake is as
+        // likely as a peer that is down, so name what to check.
+        return absl::UnavailableError(absl::StrCat(
+            "cannot connect to ", peer_.address,
+            owner_->options_.tls.enabled
+                ? " (down, or the TLS handshake failed: the certificates of both nodes must be "
+                  "signed by the CA of --tls_ca, and the peer's must name this address)"
+                : ""));
       }
     }
     auto stream = stub_->Replicate(&context);
@@ -1160,6 +1168,12 @@ absl::Status Replication::TruncateLog() {
 grpc::Status Replication::Replicate(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<ReplicationResponse, ReplicationRequest>* stream) {
+  if (options_.tls.enabled && !context->auth_context()->IsPeerAuthenticated()) {
+    MERGEDB_LOG(WARNING) << "refused replication from " << context->peer()
+                         << ": it presented no client certificate";
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "replication needs a client certificate signed by the cluster's CA");
+  }
   ReplicationRequest request;
   if (!stream->Read(&request)) return grpc::Status::OK;
   if (!request.has_hello()) {

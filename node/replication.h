@@ -26,6 +26,7 @@
 #include "mergedb/v1/api.pb.h"
 #include "mergedb/v1/replication.grpc.pb.h"
 #include "node/clock.h"
+#include "node/tls.h"
 #include "storage/store.h"
 
 namespace mergedb::node {
@@ -69,6 +70,8 @@ struct ReplicationOptions {
   absl::Duration dead_after = absl::Seconds(3);
   absl::Duration backoff_min = absl::Milliseconds(50);
   absl::Duration backoff_max = absl::Seconds(2);
+  // Outbound links use it; inbound links then need a certificate the CA signed.
+  TlsConfig tls;
   // Offer (outbound) and accept (inbound) DEFLATE stream compression; see node/stream_codec.h.
   bool compress_streams = true;
   // The log keeps at most this many entries per origin for members that have not applied

@@ -1,0 +1,225 @@
+// TLS: a cluster whose nodes serve and replicate over TLS, clients that trust its CA, and what
+// is refused: plaintext clients, replication streams without a member's certificate, a node
+// whose certificate another CA signed, and bad certificate files at start-up.
+#include "node/tls.h"
+
+#include <stdlib.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/match.h"
+#include "mergedb/v1/replication.grpc.pb.h"
+#include "tests/node/cluster_test_util.h"
+#include "tests/node/node_test_util.h"
+
+namespace mergedb::node {
+namespace {
+
+using mergedb::v1::UpdateRequest;
+using testing::Cluster;
+using testing::CounterIn;
+using testing::Incr;
+using testing::UpdateOf;
+
+// Certificates made with the openssl tool in a temporary directory: a CA, a node certificate
+// it signed for 127.0.0.1, and an impostor's certificate another CA signed for the same name.
+class TlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const char* tmp = getenv("TMPDIR");
+    std::string pattern = std::string(tmp != nullptr ? tmp : "/tmp") + "/mergedb-tls-XXXXXX";
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    dir_ = new std::string(pattern);
+    const std::string d = *dir_;
+    {
+      std::ofstream ext(d + "/san.ext");
+      ext << "subjectAltName=IP:127.0.0.1,DNS:localhost\n";
+    }
+    for (const std::string ca : {"ca", "other-ca"}) {
+      Run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
+          "-subj /CN=" +
+          ca + " -keyout " + d + "/" + ca + ".key -out " + d + "/" + ca + ".pem");
+    }
+    for (const auto& [name, ca] :
+         {std::pair<std::string, std::string>{"node", "ca"}, {"impostor", "other-ca"}}) {
+      Run("openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=" + name +
+          " -keyout " + d + "/" + name + ".key -out " + d + "/" + name + ".csr");
+      Run("openssl x509 -req -days 2 -in " + d + "/" + name + ".csr -CA " + d + "/" + ca +
+          ".pem -CAkey " + d + "/" + ca + ".key -CAcreateserial -extfile " + d + "/san.ext -out " +
+          d + "/" + name + ".pem");
+    }
+    // The node's key, certified for one day that ended yesterday.
+    Run("openssl x509 -req -days -1 -in " + d + "/node.csr -CA " + d + "/ca.pem -CAkey " + d +
+        "/ca.key -CAcreateserial -extfile " + d + "/san.ext -out " + d + "/expired.pem");
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+  static void Run(const std::string& command) {
+    ASSERT_EQ(std::system((command + " >/dev/null 2>&1").c_str()), 0) << command;
+  }
+  static std::string Path(const std::string& name) { return *dir_ + "/" + name; }
+
+  static TlsConfig NodeTls(const std::string& identity = "node") {
+    auto tls =
+        LoadNodeTls({Path(identity + ".pem"), Path(identity + ".key"), Path("ca.pem")}, "--tls_");
+    EXPECT_TRUE(tls.ok()) << tls.status();
+    return tls.ok() ? *tls : TlsConfig();
+  }
+  static std::shared_ptr<grpc::Channel> ClientChannel(const std::string& address) {
+    auto tls = LoadClientTls({"", "", Path("ca.pem")}, "--tls_");
+    EXPECT_TRUE(tls.ok()) << tls.status();
+    return grpc::CreateChannel(address, MakeChannelCredentials(*tls));
+  }
+  static grpc::Status Update(grpc::Channel* channel, const UpdateRequest& request) {
+    auto docs = mergedb::v1::DocumentService::NewStub(
+        std::shared_ptr<grpc::Channel>(channel, [](grpc::Channel*) {}));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    mergedb::v1::UpdateResponse response;
+    return docs->Update(&context, request, &response);
+  }
+  // The counter "n" of c/doc on the node behind `channel`, once it reaches `want` (at most
+  // `attempts` reads, 50 ms apart); -1 when the node could not be read.
+  static int64_t AwaitCounter(grpc::Channel* channel, int64_t want, int attempts = 100) {
+    auto docs = mergedb::v1::DocumentService::NewStub(
+        std::shared_ptr<grpc::Channel>(channel, [](grpc::Channel*) {}));
+    int64_t seen = -1;
+    for (int attempt = 0; attempt < attempts && seen != want; ++attempt) {
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      mergedb::v1::GetRequest request;
+      request.set_collection("c");
+      request.set_id("doc");
+      mergedb::v1::GetResponse response;
+      if (docs->Get(&context, request, &response).ok()) seen = CounterIn(response, "n");
+      if (seen != want) absl::SleepFor(absl::Milliseconds(50));
+    }
+    return seen;
+  }
+
+  static std::string* dir_;
+};
+std::string* TlsTest::dir_ = nullptr;
+
+UpdateRequest IncrementDoc(int64_t by) {
+  UpdateRequest request = UpdateOf("c", "doc");
+  Incr(&request, {"n"}, by);
+  return request;
+}
+
+TEST_F(TlsTest, ANodeChecksItsFilesAtStartUp) {
+  auto partial = LoadNodeTls({Path("node.pem"), Path("node.key"), ""}, "--tls_");
+  EXPECT_EQ(partial.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(partial.status().message(), "all three")) << partial.status();
+
+  auto missing = LoadNodeTls({Path("nope.pem"), Path("node.key"), Path("ca.pem")}, "--tls_");
+  EXPECT_TRUE(absl::StrContains(missing.status().message(), "--tls_cert=")) << missing.status();
+  EXPECT_TRUE(absl::StrContains(missing.status().message(), "cannot read")) << missing.status();
+
+  auto not_pem = LoadNodeTls({Path("san.ext"), Path("node.key"), Path("ca.pem")}, "--tls_");
+  EXPECT_TRUE(absl::StrContains(not_pem.status().message(), "no PEM certificate"))
+      << not_pem.status();
+
+  auto wrong_key = LoadNodeTls({Path("node.pem"), Path("impostor.key"), Path("ca.pem")}, "--tls_");
+  EXPECT_TRUE(absl::StrContains(wrong_key.status().message(), "not the key of the certificate"))
+      << wrong_key.status();
+
+  auto expired = LoadNodeTls({Path("expired.pem"), Path("node.key"), Path("ca.pem")}, "--tls_");
+  EXPECT_TRUE(absl::StrContains(expired.status().message(), "expired")) << expired.status();
+
+  auto key_as_ca = LoadNodeTls({Path("node.pem"), Path("node.key"), Path("node.key")}, "--tls_");
+  EXPECT_TRUE(absl::StrContains(key_as_ca.status().message(), "--tls_ca=")) << key_as_ca.status();
+
+  auto lone_cert = LoadClientTls({Path("node.pem"), "", ""}, "--tls_");
+  EXPECT_TRUE(absl::StrContains(lone_cert.status().message(), "give both or neither"))
+      << lone_cert.status();
+
+  auto none = LoadNodeTls({"", "", ""}, "--tls_");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->enabled);
+}
+
+TEST_F(TlsTest, AClusterReplicatesOverTlsAndRefusesPlaintextClients) {
+  Cluster cluster(3);
+  for (int i = 0; i < 3; ++i) cluster.options(i).tls = NodeTls();
+  cluster.StartAll();
+
+  auto n1 = ClientChannel(cluster.Address(0));
+  auto n3 = ClientChannel(cluster.Address(2));
+  for (int i = 0; i < 5; ++i) {
+    grpc::Status status = Update(n1.get(), IncrementDoc(1));
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  EXPECT_EQ(AwaitCounter(n3.get(), 5), 5) << "the write reached n3 over the TLS links";
+
+  auto plaintext = grpc::CreateChannel(cluster.Address(0), grpc::InsecureChannelCredentials());
+  grpc::Status refused = Update(plaintext.get(), IncrementDoc(1));
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  EXPECT_EQ(AwaitCounter(n1.get(), 5), 5);
+}
+
+// Trusting the CA is enough to be a client, not to be a member: a replication stream needs a
+// certificate the CA signed.
+TEST_F(TlsTest, ReplicationWithoutAMembersCertificateIsRefused) {
+  Cluster cluster(2);  // n2 is a member of n1's cluster, but does not run
+  cluster.options(0).tls = NodeTls();
+  cluster.Start(0);
+  auto stub = mergedb::v1::ReplicationService::NewStub(ClientChannel(cluster.Address(0)));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto stream = stub->Replicate(&context);
+  mergedb::v1::ReplicationRequest hello;
+  hello.mutable_hello()->set_cluster_id("test-cluster");
+  hello.mutable_hello()->set_node_name("n2");
+  hello.mutable_hello()->set_replica_id(42);
+  hello.mutable_hello()->set_protocol_version(kReplicationProtocolVersion);
+  stream->Write(hello);
+  stream->WritesDone();
+  mergedb::v1::ReplicationResponse response;
+  EXPECT_FALSE(stream->Read(&response));
+  grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "client certificate"))
+      << status.error_message();
+}
+
+// n2's certificate names the right address but another CA signed it: n1 refuses it as a server
+// certificate on n1's link to n2 and as a client certificate on n2's link to n1, so n1's
+// writes stay on n1, and n1's status says why.
+TEST_F(TlsTest, ANodeWhoseCertificateAnotherCaSignedCannotJoin) {
+  Cluster cluster(2);
+  cluster.options(0).tls = NodeTls();
+  cluster.options(1).tls = NodeTls("impostor");
+  cluster.StartAll();
+  auto n1 = ClientChannel(cluster.Address(0));
+  ASSERT_TRUE(Update(n1.get(), IncrementDoc(7)).ok());
+
+  auto cluster_stub = mergedb::v1::ClusterService::NewStub(n1);
+  std::string last_error;
+  bool connected = true;
+  for (int attempt = 0; attempt < 60 && (connected || last_error.empty()); ++attempt) {
+    absl::SleepFor(absl::Milliseconds(50));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    mergedb::v1::StatusResponse status;
+    ASSERT_TRUE(cluster_stub->Status(&context, mergedb::v1::StatusRequest(), &status).ok());
+    ASSERT_EQ(status.peers_size(), 1);
+    connected = status.peers(0).connected();
+    last_error = status.peers(0).last_error();
+  }
+  EXPECT_FALSE(connected);
+  EXPECT_TRUE(absl::StrContains(last_error, "TLS handshake")) << last_error;
+  // The impostor's own documents never got n1's write (it serves with the other CA's
+  // certificate, so a client trusting that CA reads it).
+  auto tls = LoadClientTls({"", "", Path("other-ca.pem")}, "--tls_");
+  ASSERT_TRUE(tls.ok());
+  auto n2 = grpc::CreateChannel(cluster.Address(1), MakeChannelCredentials(*tls));
+  EXPECT_EQ(AwaitCounter(n2.get(), 7, 1), 0);
+}
+
+}  // namespace
+}  // namespace mergedb::node
