@@ -506,14 +506,17 @@ absl::Status Store::Initialize() {
     std::vector<SupersededRange> superseded;
     for (size_t at = 0; at < superseded_record.size(); at += 24) {
       const absl::string_view entry = absl::string_view(superseded_record).substr(at, 24);
-      superseded.push_back({keys::DecodeBe64(entry.substr(0, 8)),
+      SupersededRange range{keys::DecodeBe64(entry.substr(0, 8)),
                             keys::DecodeBe64(entry.substr(8, 8)),
-                            keys::DecodeBe64(entry.substr(16))});
-      if (superseded.back().first > superseded.back().last) {
-        return absl::DataLossError(
-            absl::StrCat("data dir ", path, ": malformed record of superseded log entries"));
-      }
+                            keys::DecodeBe64(entry.substr(16))};
+      // Only entries below the origin's floor were superseded: whatever the record says, an
+      // entry a reader could still get is never deleted.
+      auto floor = floors.find(range.origin);
+      if (floor == floors.end() || range.first == 0) continue;
+      range.last = std::min(range.last, floor->second);
+      if (range.first <= range.last) superseded.push_back(range);
     }
+    // With nothing left to delete, the record still goes (an empty list deletes only it).
     MERGEDB_RETURN_IF_ERROR(DropSupersededLog(superseded));
   }
   absl::MutexLock lock(&commit_mu_);
@@ -1405,6 +1408,7 @@ absl::Status Store::FinishSnapshot(const VersionVector& applied) {
     MERGEDB_RETURN_IF_ERROR(Commit(&w));
   }
   if (options_.testonly_after_transfer_commit) options_.testonly_after_transfer_commit();
+  if (superseded.empty()) return absl::OkStatus();
   if (absl::Status dropped = DropSupersededLog(superseded); !dropped.ok()) {
     absl::MutexLock lock(&commit_mu_);
     return FailStore(dropped);
@@ -1413,21 +1417,28 @@ absl::Status Store::FinishSnapshot(const VersionVector& applied) {
 }
 
 absl::Status Store::DropSupersededLog(absl::Span<const SupersededRange> ranges) {
-  for (size_t r = 0; r < ranges.size(); ++r) {
-    const SupersededRange& range = ranges[r];
-    for (uint64_t from = range.first; from <= range.last; from += kDeletionChunk) {
-      const uint64_t to = std::min(range.last, from + kDeletionChunk - 1);
+  auto write = [this](leveldb::WriteBatch* batch) {
+    return FromLevelDb(db_->Write(leveldb::WriteOptions(), batch),
+                       "dropping the log entries a full-state transfer superseded");
+  };
+  for (const SupersededRange& range : ranges) {
+    // Stepped by `to`, not by adding to `from`: a range ending near 2^64 must not wrap.
+    for (uint64_t from = range.first;; from = from + kDeletionChunk) {
+      const uint64_t to =
+          range.last - from < kDeletionChunk ? range.last : from + kDeletionChunk - 1;
       leveldb::WriteBatch batch;
-      for (uint64_t seq = from; seq <= to; ++seq) batch.Delete(keys::Log(range.origin, seq));
-      if (r + 1 == ranges.size() && to == range.last) {
-        batch.Delete(keys::Meta(keys::kMetaSupersededLog));
+      for (uint64_t seq = from;; ++seq) {
+        batch.Delete(keys::Log(range.origin, seq));
+        if (seq == to) break;
       }
-      if (leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch); !s.ok()) {
-        return FromLevelDb(s, "dropping the log entries a full-state transfer superseded");
-      }
+      MERGEDB_RETURN_IF_ERROR(write(&batch));
+      if (to == range.last) break;
     }
   }
-  return absl::OkStatus();
+  // Last, once every range is gone: a crash before it repeats some deletions, harmlessly.
+  leveldb::WriteBatch done;
+  done.Delete(keys::Meta(keys::kMetaSupersededLog));
+  return write(&done);
 }
 
 absl::StatusOr<Document> Store::Get(absl::string_view collection, absl::string_view id) {

@@ -503,8 +503,8 @@ class Store {
     uint64_t first;
     uint64_t last;
   };
-  // Deletes the superseded entries in chunks, and with the last chunk the record
-  // (kMetaSupersededLog) that lists them.
+  // Deletes the superseded entries in chunks, then the record (kMetaSupersededLog) that lists
+  // them.
   absl::Status DropSupersededLog(absl::Span<const SupersededRange> ranges);
 
   const StoreOptions options_;

@@ -490,29 +490,43 @@ TEST_F(StoreTest, AFullStateTransferDropsTheLogEntriesItSupersedes) {
 // The deletions run after the transfer's commit; a crash in between (here: the disk refusing
 // the first deletion) leaves the superseded entries on disk, and the next open deletes them.
 TEST_F(StoreTest, SupersededLogEntriesLeftByACrashAreDroppedAtTheNextOpen) {
-  auto peer = OpenOrDie(SecondNode("/peer"));
-  const crdt::ReplicaId origin = peer->replica_id();
+  auto peer_a = OpenOrDie(SecondNode("/a"));
+  StoreOptions b_options = SecondNode("/b");
+  b_options.node_name = "n3";
+  auto peer_b = OpenOrDie(b_options);
+  const crdt::ReplicaId a = peer_a->replica_id();
+  const crdt::ReplicaId b = peer_b->replica_id();
   for (int i = 0; i < 1500; ++i) {
-    ASSERT_TRUE(peer->ApplyLocal(Increment("c", "d", "n", 1, origin)).ok());
+    ASSERT_TRUE(peer_a->ApplyLocal(Increment("c", "d", "n", 1, a)).ok());
+    if (i < 700) ASSERT_TRUE(peer_b->ApplyLocal(Increment("c", "e", "n", 1, b)).ok());
   }
   StoreOptions options = Options();
   options.testonly_after_transfer_commit = [&] { env_.set_fail_writes(true); };
   auto store = OpenOrDie(options);
-  ASSERT_TRUE(store->ApplyRemote(*peer->ReadLog({}, 1500)).ok());
-  EXPECT_FALSE(store->FinishSnapshot({{origin, 2000}}).ok());
+  ASSERT_TRUE(store->ApplyRemote(*peer_a->ReadLog({}, 1500)).ok());
+  ASSERT_TRUE(store->ApplyRemote(*peer_b->ReadLog({}, 700)).ok());
+  EXPECT_FALSE(store->FinishSnapshot({{a, 2000}, {b, 900}}).ok());
   store.reset();
   env_.set_fail_writes(false);
-  EXPECT_EQ(LogKeysOf(&env_, "/db", origin), 1500) << "the crash came before any deletion";
+  EXPECT_EQ(LogKeysOf(&env_, "/db", a), 1500) << "the crash came before any deletion";
+  EXPECT_EQ(LogKeysOf(&env_, "/db", b), 700);
 
   store = OpenOrDie();
-  EXPECT_EQ(store->LogFloor()[origin], 2000u) << "the transfer's commit survived";
-  EXPECT_EQ(store->AppliedVector()[origin], 2000u);
+  EXPECT_EQ(store->LogFloor()[a], 2000u) << "the transfer's commit survived";
+  EXPECT_EQ(store->LogFloor()[b], 900u);
   EXPECT_EQ(store->log_entries(), 0u);
   store.reset();
-  EXPECT_EQ(LogKeysOf(&env_, "/db", origin), 0);
-  // The record went with the last deletion: the next open has nothing left to do.
-  store = OpenOrDie();
-  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(LogKeysOf(&env_, "/db", a), 0);
+  EXPECT_EQ(LogKeysOf(&env_, "/db", b), 0);
+  // ...and the record of what was left to delete went with the deletions.
+  leveldb::Options raw_options;
+  raw_options.env = &env_;
+  leveldb::DB* raw = nullptr;
+  ASSERT_TRUE(leveldb::DB::Open(raw_options, "/db", &raw).ok());
+  std::unique_ptr<leveldb::DB> db(raw);
+  std::string record;
+  EXPECT_TRUE(
+      db->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSupersededLog), &record).IsNotFound());
 }
 
 // An origin whose last log entries are missing (a damaged data dir, after mergedb-repair)
