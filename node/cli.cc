@@ -43,10 +43,8 @@
 
 ABSL_FLAG(std::string, node, "127.0.0.1:7701", "Address of the node to talk to.");
 ABSL_FLAG(std::string, tls_ca, "",
-          "PEM certificates to trust for a node serving TLS (its cluster's CA). Any of the "
-          "--tls_ flags turns TLS on; with none, the connection is plaintext.");
-ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate chain, if the node should see one.");
-ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+          "PEM certificates of the CA of a cluster serving TLS: the connection is then TLS, "
+          "and the node's certificate must verify against them. Empty: plaintext.");
 ABSL_FLAG(int64_t, timeout_ms, 5000, "Deadline of each call, milliseconds (backup: see --backup_timeout_s).");
 ABSL_FLAG(int64_t, backup_timeout_s, 3600,
           "Deadline of a backup, seconds: past it the node stops copying and removes the copy.");
@@ -256,17 +254,17 @@ int FailRun(const std::string& message) {
   return 1;
 }
 
+namespace {
+// Set by main from --tls_ca before any call.
+std::shared_ptr<grpc::ChannelCredentials> g_credentials;
+}  // namespace
+
 // Streams a consistent copy of the node's data (ClusterService.StreamBackup) into a new data
 // dir `dir` on this machine. Nothing is kept unless the node sent the whole copy: a stream that
 // fails or ends early, whose totals do not match what arrived, or that is interrupted (SIGINT,
 // SIGTERM, SIGHUP: the copy is cancelled and removed before exiting) removes what was written.
 // Only SIGKILL or a crash can leave a partial copy, which its sentinel file and marker make a
 // node refuse.
-namespace {
-// Set by main from the --tls_ flags before any call.
-std::shared_ptr<grpc::ChannelCredentials> g_credentials;
-}  // namespace
-
 int FetchBackup(const std::string& dir) {
   const int64_t min_free_mb = absl::GetFlag(FLAGS_backup_min_free_mb);
   if (min_free_mb < 0 || min_free_mb > (int64_t{1} << 40)) {
@@ -410,9 +408,7 @@ int main(int argc, char** argv) {
     const sigset_t stop_signals = StopSignals();
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   }
-  auto tls = mergedb::node::LoadClientTls(
-      {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_ca)},
-      "--tls_");
+  auto tls = mergedb::node::LoadClientTls(absl::GetFlag(FLAGS_tls_ca), "--tls_ca");
   if (!tls.ok()) return Fail(std::string(tls.status().message()));
   g_credentials = mergedb::node::MakeChannelCredentials(*tls);
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_node), g_credentials);

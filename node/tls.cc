@@ -5,9 +5,9 @@
 #include <openssl/x509.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <sstream>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -31,30 +31,50 @@ Bio MemoryBio(const std::string& pem) {
   return Bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
 }
 
+constexpr char kCertificateBegin[] = "-----BEGIN CERTIFICATE-----";
+
 // Refuses a passphrase instead of prompting for one on the terminal: a node starts unattended.
 int NoPassphrase(char*, int, int, void*) { return -1; }
 
 absl::StatusOr<std::string> ReadFile(const std::string& flag, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat(flag, "=", path, ": cannot read it: ", std::strerror(errno)));
   }
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
+  std::string contents;
+  char buffer[4096];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, file)) > 0) contents.append(buffer, n);
+  const bool failed = std::ferror(file) != 0;
+  std::fclose(file);
+  if (failed) return absl::InvalidArgumentError(absl::StrCat(flag, "=", path, ": read error"));
+  return contents;
 }
 
-// The certificates in `pem`, at least one, the first returned.
-absl::StatusOr<Cert> FirstCertificate(const std::string& flag, const std::string& path,
-                                      const std::string& pem) {
+// Every certificate in `pem`, in order: at least one, and as many as it has PEM certificate
+// blocks (a block that does not parse would otherwise pass here and fail inside gRPC).
+absl::StatusOr<std::vector<Cert>> Certificates(const std::string& flag, const std::string& path,
+                                               const std::string& pem) {
+  std::vector<Cert> certs;
   Bio bio = MemoryBio(pem);
-  Cert first(PEM_read_bio_X509(bio.get(), nullptr, NoPassphrase, nullptr));
+  while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, NoPassphrase, nullptr)) {
+    certs.emplace_back(cert);
+  }
   ERR_clear_error();
-  if (first == nullptr) {
+  size_t blocks = 0;
+  for (size_t at = pem.find(kCertificateBegin); at != std::string::npos;
+       at = pem.find(kCertificateBegin, at + 1)) {
+    ++blocks;
+  }
+  if (certs.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(flag, "=", path, ": no PEM certificate in it"));
   }
-  return first;
+  if (certs.size() != blocks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, "=", path, ": certificate ", certs.size() + 1, " in it does not parse"));
+  }
+  return certs;
 }
 
 absl::Status CheckNotExpired(const std::string& flag, const std::string& path, X509* cert) {
@@ -68,50 +88,38 @@ absl::Status CheckNotExpired(const std::string& flag, const std::string& path, X
   return absl::OkStatus();
 }
 
-// Reads the certificate and key files given (both or neither) into `tls`.
-absl::Status LoadIdentity(const TlsFiles& files, const std::string& prefix, TlsConfig* tls) {
-  const std::string cert_flag = prefix + "cert";
-  const std::string key_flag = prefix + "key";
-  if (files.cert.empty() != files.key.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(cert_flag, " and ", key_flag, " go together: give both or neither"));
-  }
-  if (files.cert.empty()) return absl::OkStatus();
-  absl::StatusOr<std::string> cert_pem = ReadFile(cert_flag, files.cert);
-  if (!cert_pem.ok()) return cert_pem.status();
-  absl::StatusOr<std::string> key_pem = ReadFile(key_flag, files.key);
-  if (!key_pem.ok()) return key_pem.status();
-  absl::StatusOr<Cert> leaf = FirstCertificate(cert_flag, files.cert, *cert_pem);
-  if (!leaf.ok()) return leaf.status();
-  if (absl::Status fresh = CheckNotExpired(cert_flag, files.cert, leaf->get()); !fresh.ok()) {
-    return fresh;
-  }
-  Bio bio = MemoryBio(*key_pem);
-  Key key(PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr));
-  ERR_clear_error();
-  if (key == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(key_flag, "=", files.key, ": no unencrypted PEM private key in it"));
-  }
-  if (X509_check_private_key(leaf->get(), key.get()) != 1) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat(key_flag, "=", files.key,
-                                                   ": not the key of the certificate in ",
-                                                   cert_flag, "=", files.cert));
-  }
-  tls->cert_pem = *std::move(cert_pem);
-  tls->key_pem = *std::move(key_pem);
-  return absl::OkStatus();
-}
+struct StoreFree {
+  void operator()(X509_STORE* store) const { X509_STORE_free(store); }
+};
+struct StoreCtxFree {
+  void operator()(X509_STORE_CTX* ctx) const { X509_STORE_CTX_free(ctx); }
+};
+struct StackFree {
+  void operator()(STACK_OF(X509) * stack) const { sk_X509_free(stack); }
+};
 
-absl::Status LoadCa(const TlsFiles& files, const std::string& prefix, TlsConfig* tls) {
-  const std::string flag = prefix + "ca";
-  absl::StatusOr<std::string> pem = ReadFile(flag, files.ca);
-  if (!pem.ok()) return pem.status();
-  if (absl::StatusOr<Cert> first = FirstCertificate(flag, files.ca, *pem); !first.ok()) {
-    return first.status();
+// Checks that `chain` (leaf first, then any intermediates) leads to one of `cas` and that
+// every certificate on the way is valid now: the mistake a peer would otherwise only report
+// as a failed handshake.
+absl::Status VerifyChain(const std::vector<Cert>& chain, const std::vector<Cert>& cas,
+                         const std::string& cert_what, const std::string& ca_what) {
+  std::unique_ptr<X509_STORE, StoreFree> store(X509_STORE_new());
+  for (const Cert& ca : cas) X509_STORE_add_cert(store.get(), ca.get());
+  std::unique_ptr<STACK_OF(X509), StackFree> intermediates(sk_X509_new_null());
+  for (size_t i = 1; i < chain.size(); ++i) sk_X509_push(intermediates.get(), chain[i].get());
+  std::unique_ptr<X509_STORE_CTX, StoreCtxFree> ctx(X509_STORE_CTX_new());
+  if (store == nullptr || intermediates == nullptr || ctx == nullptr ||
+      X509_STORE_CTX_init(ctx.get(), store.get(), chain.front().get(), intermediates.get()) != 1) {
+    ERR_clear_error();
+    return absl::ResourceExhaustedError("no memory to check the TLS certificates");
   }
-  tls->ca_pem = *std::move(pem);
+  const bool verified = X509_verify_cert(ctx.get()) == 1;
+  const int error = X509_STORE_CTX_get_error(ctx.get());
+  ERR_clear_error();
+  if (!verified) {
+    return absl::InvalidArgumentError(absl::StrCat(cert_what, " does not verify against ", ca_what,
+                                                   ": ", X509_verify_cert_error_string(error)));
+  }
   return absl::OkStatus();
 }
 
@@ -125,24 +133,60 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
         "TLS needs all three of ", flag_prefix, "cert, ", flag_prefix, "key and ", flag_prefix,
         "ca (the CA that signed every member's certificate), or none of them"));
   }
-  if (absl::Status identity = LoadIdentity(files, flag_prefix, &tls); !identity.ok()) {
-    return identity;
+  const std::string cert_flag = flag_prefix + "cert";
+  const std::string key_flag = flag_prefix + "key";
+  const std::string ca_flag = flag_prefix + "ca";
+  absl::StatusOr<std::string> cert_pem = ReadFile(cert_flag, files.cert);
+  if (!cert_pem.ok()) return cert_pem.status();
+  absl::StatusOr<std::string> key_pem = ReadFile(key_flag, files.key);
+  if (!key_pem.ok()) return key_pem.status();
+  absl::StatusOr<std::string> ca_pem = ReadFile(ca_flag, files.ca);
+  if (!ca_pem.ok()) return ca_pem.status();
+
+  absl::StatusOr<std::vector<Cert>> chain = Certificates(cert_flag, files.cert, *cert_pem);
+  if (!chain.ok()) return chain.status();
+  X509* leaf = chain->front().get();
+  if (absl::Status fresh = CheckNotExpired(cert_flag, files.cert, leaf); !fresh.ok()) {
+    return fresh;
   }
-  if (absl::Status ca = LoadCa(files, flag_prefix, &tls); !ca.ok()) return ca;
+  Bio bio = MemoryBio(*key_pem);
+  Key key(PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr));
+  ERR_clear_error();
+  if (key == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(key_flag, "=", files.key, ": no unencrypted PEM private key in it"));
+  }
+  if (X509_check_private_key(leaf, key.get()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat(key_flag, "=", files.key,
+                                                   ": not the key of the certificate in ",
+                                                   cert_flag, "=", files.cert));
+  }
+  absl::StatusOr<std::vector<Cert>> cas = Certificates(ca_flag, files.ca, *ca_pem);
+  if (!cas.ok()) return cas.status();
+  // Peers verify this node's certificate against their --tls_ca, the same CA.
+  if (absl::Status verified = VerifyChain(*chain, *cas, absl::StrCat(cert_flag, "=", files.cert),
+                                          absl::StrCat(ca_flag, "=", files.ca));
+      !verified.ok()) {
+    return verified;
+  }
   tls.enabled = true;
+  tls.cert_pem = *std::move(cert_pem);
+  tls.key_pem = *std::move(key_pem);
+  tls.ca_pem = *std::move(ca_pem);
   return tls;
 }
 
-absl::StatusOr<TlsConfig> LoadClientTls(const TlsFiles& files, const std::string& flag_prefix) {
+absl::StatusOr<TlsConfig> LoadClientTls(const std::string& ca_file, const std::string& flag) {
   TlsConfig tls;
-  if (files.cert.empty() && files.key.empty() && files.ca.empty()) return tls;
-  if (absl::Status identity = LoadIdentity(files, flag_prefix, &tls); !identity.ok()) {
-    return identity;
-  }
-  if (!files.ca.empty()) {
-    if (absl::Status ca = LoadCa(files, flag_prefix, &tls); !ca.ok()) return ca;
+  if (ca_file.empty()) return tls;
+  absl::StatusOr<std::string> ca_pem = ReadFile(flag, ca_file);
+  if (!ca_pem.ok()) return ca_pem.status();
+  if (absl::StatusOr<std::vector<Cert>> cas = Certificates(flag, ca_file, *ca_pem); !cas.ok()) {
+    return cas.status();
   }
   tls.enabled = true;
+  tls.ca_pem = *std::move(ca_pem);
   return tls;
 }
 

@@ -5,7 +5,8 @@
 // CA (the peer's address must match the certificate's subjectAltName), and its inbound
 // replication streams are refused unless the connecting node presented a certificate the CA
 // signed: the CA is what makes a node a member, beside the cluster id and node name of the
-// hello. Application clients need only trust the CA; a client certificate is optional for them.
+// hello. So the CA must sign members' certificates only. Application clients trust the CA and
+// present no certificate (one from another CA fails the handshake).
 //
 // Files are read and checked once, at start-up, with OpenSSL (which gRPC uses too), so that a
 // wrong path, a file that is not PEM or a key that does not belong to the certificate is a
@@ -26,22 +27,23 @@ namespace mergedb::node {
 struct TlsFiles {
   std::string cert;  // PEM certificate chain, leaf first
   std::string key;   // PEM private key of the leaf certificate
-  std::string ca;    // PEM certificates to trust
+  std::string ca;    // PEM certificates of the cluster's CA
 };
 
 // The PEM contents. Disabled: plaintext.
 struct TlsConfig {
   bool enabled = false;
-  std::string cert_pem;  // may be empty for a client
+  std::string cert_pem;  // empty for a client
   std::string key_pem;
-  std::string ca_pem;  // empty for a client: the system's roots
+  std::string ca_pem;
 };
 
-// A node's TLS: none of the files, or all three (`flag_prefix` names the flags in errors,
-// e.g. "--tls_").
+// A node's TLS: none of the files, or all three, and the certificate must verify against the
+// CA (`flag_prefix` names the flags in errors, e.g. "--tls_").
 absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& flag_prefix);
-// A client's TLS: enabled by any of the files; a certificate needs its key and vice versa.
-absl::StatusOr<TlsConfig> LoadClientTls(const TlsFiles& files, const std::string& flag_prefix);
+// A client's TLS: on when `ca_file` (named `flag` in errors) is given. Clients present no
+// certificate: one signed by the cluster's CA is a member's credential (see above).
+absl::StatusOr<TlsConfig> LoadClientTls(const std::string& ca_file, const std::string& flag);
 
 // Insecure credentials when `tls` is disabled.
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls);
