@@ -32,6 +32,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -77,8 +78,13 @@ int Fail(const std::string& message) {
 }
 
 int FailStatus(const grpc::Status& status) {
-  std::fprintf(stderr, "mergedb: error %d: %s\n", static_cast<int>(status.error_code()),
-               status.error_message().c_str());
+  // A plaintext client of a TLS node sees only a closed socket: say what may be missing.
+  const bool maybe_tls = status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+                         absl::GetFlag(FLAGS_tls_ca).empty() &&
+                         absl::StrContains(status.error_message(), "Socket closed");
+  std::fprintf(stderr, "mergedb: error %d: %s%s\n", static_cast<int>(status.error_code()),
+               status.error_message().c_str(),
+               maybe_tls ? " (if the node serves TLS, give --tls_ca)" : "");
   return 1;
 }
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A local mergedb cluster on 127.0.0.1, one command away.
 #
-#   scripts/cluster.sh up [N] [--replicas M] [--base-port P] [--dir DIR]
+#   scripts/cluster.sh up [N] [--replicas M] [--base-port P] [--dir DIR] [--tls]
 #        installs what is missing, builds if needed, starts N nodes (default 3; the last M are
 #        read-only replicas), waits until all are healthy, prints addresses and examples.
-#        Safe on a running cluster: starts only the nodes that are down.
+#        Safe on a running cluster: starts only the nodes that are down. --tls (when the
+#        cluster is first made): a CA and node certificates in DIR/tls, every call and link TLS.
 #   scripts/cluster.sh status            one line per node: pid, address, role, health, lag
 #   scripts/cluster.sh kill NODE         SIGKILL (e.g. kill n2)
 #   scripts/cluster.sh start NODE | restart NODE | logs NODE
@@ -31,7 +32,7 @@ cli_bin=$build_dir/node/mergedb
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -44,6 +45,7 @@ replicas=""
 base_port=""
 target=""
 name=""
+tls=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --replicas) replicas=${2:?--replicas needs a number}; shift 2 ;;
@@ -52,6 +54,7 @@ while [ $# -gt 0 ]; do
     --base-port=*) base_port=${1#*=}; shift ;;
     --dir) dir=${2:?--dir needs a folder}; shift 2 ;;
     --dir=*) dir=${1#*=}; shift ;;
+    --tls) tls=1; shift ;;
     -h|--help) usage ;;
     -*) die "unknown option $1" ;;
     *)
@@ -64,10 +67,38 @@ while [ $# -gt 0 ]; do
 done
 
 conf=$dir/cluster.conf
-load_conf() {
-  [ -f "$conf" ] || die "no cluster in $dir (run: scripts/cluster.sh up)"
+# What the nodes and the CLI add for TLS (set by use_conf).
+node_tls=()
+cli_tls=()
+use_conf() {
   # shellcheck source=/dev/null
   source "$conf"
+  TLS=${TLS:-0}
+  if [ "$TLS" = 1 ]; then
+    node_tls=(--tls_cert="$dir/tls/node.pem" --tls_key="$dir/tls/node.key" --tls_ca="$dir/tls/ca.pem")
+    cli_tls=(--tls_ca="$dir/tls/ca.pem")
+  fi
+}
+load_conf() {
+  [ -f "$conf" ] || die "no cluster in $dir (run: scripts/cluster.sh up)"
+  use_conf
+}
+
+# A CA and one certificate for every node (they all listen on 127.0.0.1), in DIR/tls. The CA's
+# key stays there too: a local cluster for trying things out, not a way to keep keys.
+make_certs() {
+  command -v openssl >/dev/null || die "--tls needs the openssl tool"
+  local t=$dir/tls
+  mkdir -p "$t"
+  chmod 700 "$t"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$t/san.ext"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -subj "/CN=mergedb local cluster CA" -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null &&
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=mergedb node" \
+    -keyout "$t/node.key" -out "$t/node.csr" 2>/dev/null &&
+  openssl x509 -req -days 3650 -in "$t/node.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" \
+    -CAcreateserial -extfile "$t/san.ext" -out "$t/node.pem" 2>/dev/null ||
+    die "could not make the TLS certificates in $t"
 }
 
 node_index() {  # n2 -> 2
@@ -110,11 +141,12 @@ start_node() {  # start_node I [EXTRA FLAG...]: the extra flags are for this sta
   mkdir -p "$dir"
   nohup "$node_bin" --data_dir="$dir/n$i" --node_name="n$i" --cluster=local \
     --listen="127.0.0.1:$port" --peers="$peers" --role="$(role_of "$i")" \
-    --backup_dir="$dir/backups/n$i" "$@" >>"$dir/n$i.log" 2>&1 &
+    --backup_dir="$dir/backups/n$i" ${node_tls[@]+"${node_tls[@]}"} "$@" >>"$dir/n$i.log" 2>&1 &
   echo $! >"$dir/n$i.pid"
 }
 
-healthy() { "$cli_bin" --node="127.0.0.1:$(port_of "$1")" --timeout_ms=500 status >/dev/null 2>&1; }
+cli() { "$cli_bin" ${cli_tls[@]+"${cli_tls[@]}"} "$@"; }
+healthy() { cli --node="127.0.0.1:$(port_of "$1")" --timeout_ms=500 status >/dev/null 2>&1; }
 
 wait_healthy() {
   local i=$1 tries=0
@@ -147,7 +179,7 @@ status_line() {
   if pid=$(pid_of "$i"); then
     if healthy "$i"; then
       health=serving
-      lag=$("$cli_bin" --node="127.0.0.1:$port" --timeout_ms=1000 status --json 2>/dev/null |
+      lag=$(cli --node="127.0.0.1:$port" --timeout_ms=1000 status --json 2>/dev/null |
         /usr/bin/python3 -c 'import json,sys
 s=json.load(sys.stdin)
 print(" ".join("%s:%s%s" % (p["name"], p.get("entries_behind","0"), "" if p.get("connected") else "(down)") for p in s.get("peers",[])) or "-")' 2>/dev/null || echo "?")
@@ -165,10 +197,12 @@ case "$command" in
     mergedb_ensure_packages
     mergedb_build "$build_dir" >/dev/null || die "build failed (run: cmake --build $build_dir)"
     if [ -f "$conf" ]; then
-      # shellcheck source=/dev/null
-      source "$conf"
+      use_conf
       if [ -n "$count" ] && [ "$count" != "$N" ]; then
         die "a $N-node cluster already lives in $dir (run 'wipe' first to change its size)"
+      fi
+      if [ -n "$tls" ] && [ "$TLS" != 1 ]; then
+        die "a plaintext cluster already lives in $dir (run 'wipe' first to make it TLS)"
       fi
     else
       N=${count:-3}
@@ -177,7 +211,10 @@ case "$command" in
       [[ "$N" =~ ^[1-9][0-9]*$ ]] || die "N must be a positive number"
       [[ "$REPLICAS" =~ ^[0-9]+$ ]] && [ "$REPLICAS" -lt "$N" ] || die "--replicas must be below N"
       mkdir -p "$dir"
-      printf 'N=%s\nREPLICAS=%s\nBASE_PORT=%s\n' "$N" "$REPLICAS" "$BASE_PORT" >"$conf"
+      TLS=${tls:-0}
+      [ "$TLS" = 1 ] && make_certs
+      printf 'N=%s\nREPLICAS=%s\nBASE_PORT=%s\nTLS=%s\n' "$N" "$REPLICAS" "$BASE_PORT" "$TLS" >"$conf"
+      use_conf
     fi
     # Check every port first, so that a port in use starts nothing.
     for i in $(seq 1 "$N"); do
@@ -187,15 +224,16 @@ case "$command" in
     done
     for i in $(seq 1 "$N"); do start_node "$i"; done
     for i in $(seq 1 "$N"); do wait_healthy "$i" || die "cluster did not come up"; done
-    echo "mergedb cluster up: $N nodes ($REPLICAS read-only), data and logs in $dir"
+    echo "mergedb cluster up: $N nodes ($REPLICAS read-only$([ "$TLS" = 1 ] && echo ", TLS with the CA in $dir/tls/ca.pem")), data and logs in $dir"
     for i in $(seq 1 "$N"); do status_line "$i"; done
     p1=$(port_of 1); p2=$(port_of $(( N > 1 ? 2 : 1 )))
+    c="$cli_bin${cli_tls[*]+ ${cli_tls[*]}}"
     cat <<EOF
 
 Try:
-  $cli_bin --node=127.0.0.1:$p1 update users ada set name '"Ada"' incr visits 1
-  $cli_bin --node=127.0.0.1:$p2 get users ada
-  $cli_bin --node=127.0.0.1:$p1 status
+  $c --node=127.0.0.1:$p1 update users ada set name '"Ada"' incr visits 1
+  $c --node=127.0.0.1:$p2 get users ada
+  $c --node=127.0.0.1:$p1 status
   scripts/cluster.sh kill n2; scripts/cluster.sh start n2; scripts/cluster.sh status
 EOF
     ;;
@@ -239,7 +277,7 @@ EOF
     load_conf
     [ -n "$target" ] && [ -n "$name" ] || die "usage: backup NODE NAME"
     i=$(node_index "$target")
-    "$cli_bin" --node="127.0.0.1:$(port_of "$i")" backup "$name"
+    cli --node="127.0.0.1:$(port_of "$i")" backup "$name"
     ;;
   restore)
     load_conf
@@ -295,8 +333,7 @@ EOF
     ;;
   wipe)
     if [ -f "$conf" ]; then
-      # shellcheck source=/dev/null
-      source "$conf"
+      use_conf
       for i in $(seq 1 "$N"); do stop_node "$i"; done
     fi
     rm -rf "$dir"

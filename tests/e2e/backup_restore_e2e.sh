@@ -17,22 +17,9 @@ cleanup() {
 trap cleanup EXIT
 cli=$build/node/mergedb
 
-# Three consecutive free ports, found by binding them.
-base=$(/usr/bin/python3 - <<'PY'
-import random, socket
-for _ in range(200):
-    base = random.randint(20000, 60000)
-    socks = []
-    try:
-        for p in range(base, base + 3):
-            s = socket.socket(); socks.append(s); s.bind(("127.0.0.1", p))
-        print(base); break
-    except OSError:
-        pass
-    finally:
-        for s in socks: s.close()
-PY
-)
+# shellcheck source=tests/e2e/lib.sh
+source "$src/tests/e2e/lib.sh"
+base=$(free_base_port)
 [ -n "$base" ] || { echo "no three free consecutive ports"; exit 1; }
 node() { echo "127.0.0.1:$((base + $1 - 1))"; }
 counter_on() {  # the counter c/d.n as node $1 sees it (0 while the document is absent)
