@@ -18,11 +18,16 @@ function load() {
   return grpc.loadPackageDefinition(definition).mergedb.v1;
 }
 
-function connect(address) {
+// caFile: PEM certificates of the CA of a cluster serving TLS (mergedb-node --tls_ca);
+// omitted: plaintext.
+function connect(address, caFile) {
   const api = load();
+  const credentials = caFile ?
+      grpc.credentials.createSsl(require('fs').readFileSync(caFile)) :
+      grpc.credentials.createInsecure();
   return {
-    documents: new api.DocumentService(address, grpc.credentials.createInsecure()),
-    cluster: new api.ClusterService(address, grpc.credentials.createInsecure()),
+    documents: new api.DocumentService(address, credentials),
+    cluster: new api.ClusterService(address, credentials),
   };
 }
 

@@ -64,8 +64,15 @@ class Update:
 
 
 class Client:
-    def __init__(self, address, timeout=5.0):
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address, timeout=5.0, ca_file=None):
+        """`ca_file`: PEM certificates of the CA of a cluster serving TLS (mergedb-node
+        --tls_ca); None: plaintext."""
+        if ca_file is None:
+            self.channel = grpc.insecure_channel(address)
+        else:
+            with open(ca_file, "rb") as f:
+                credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            self.channel = grpc.secure_channel(address, credentials)
         self.documents = api_pb2_grpc.DocumentServiceStub(self.channel)
         self.cluster = api_pb2_grpc.ClusterServiceStub(self.channel)
         self.timeout = timeout

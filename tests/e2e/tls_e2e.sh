@@ -59,15 +59,26 @@ cluster status | tee "$work/status.out"
 
 PYTHONPATH="$build/clients/python:$src/clients/python" /usr/bin/python3 - "$(node 3)" "$ca" <<'PY'
 import sys
-import grpc
-from mergedb.v1 import api_pb2, api_pb2_grpc
-address, ca = sys.argv[1], sys.argv[2]
-with open(ca, "rb") as f:
-    channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(f.read()))
-doc = api_pb2_grpc.DocumentServiceStub(channel).Get(
-    api_pb2.GetRequest(collection="c", id="d"), timeout=5)
+import mergedb_client
+client = mergedb_client.Client(sys.argv[1], ca_file=sys.argv[2])
+doc = client.get("c", "d")
 counters = [f.value.counter for f in doc.fields if f.name == "n"]
 assert counters == [19], doc
-print("python over TLS reads n =", counters[0])
+print("python client over TLS reads n =", counters[0])
 PY
+nodejs=$(type -P node || true)  # not the node() above
+if [ -n "$nodejs" ] && [ -d "$src/clients/node/node_modules/@grpc/grpc-js" ]; then
+  "$nodejs" - "$src/clients/node/client.js" "$(node 2)" "$ca" <<'JS'
+const [clientPath, address, ca] = process.argv.slice(2);
+const {connect, call} = require(clientPath);
+call(connect(address, ca).documents, 'Get', {collection: 'c', id: 'd'}).then((doc) => {
+  const n = doc.fields.find((f) => f.name === 'n');
+  if (!n || n.value.counter !== '19') throw new Error('n is ' + JSON.stringify(n));
+  console.log('node.js client over TLS reads n =', n.value.counter);
+  process.exit(0);
+}).catch((err) => { console.error(err.message || err); process.exit(1); });
+JS
+else
+  echo "node.js client part skipped: node or clients/node dependencies absent"
+fi
 echo "TLS cluster: every node has every write, plaintext refused"
