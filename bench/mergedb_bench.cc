@@ -70,8 +70,8 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -89,20 +89,21 @@
 #include "absl/flags/usage_config.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "bench/bench_util.h"
+#include "bench/echo_server.h"
 #include "grpcpp/grpcpp.h"
 #include "leveldb/db.h"
-#include "bench/echo_server.h"
 #include "mergedb/bench/echo.grpc.pb.h"
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/replication.h"
+#include "node/tls.h"
 #include "node/validation.h"
 
 ABSL_FLAG(std::string, targets, "",
@@ -147,6 +148,10 @@ ABSL_FLAG(std::string, node_binary, "",
           "mergedb-node to start (default: ../node/mergedb-node next to this binary).");
 ABSL_FLAG(std::string, node_flags, "",
           "Extra flags for the started nodes, space-separated (e.g. \"--cache_mb=128\").");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM certificates of the CA of a cluster serving TLS: the tool then talks to the "
+          "nodes over TLS (nodes it starts need their --tls_ flags in --node_flags). Empty: "
+          "plaintext.");
 ABSL_FLAG(std::string, dir, "",
           "Parent of the temporary directory for node data and the LevelDB baseline "
           "(default: $TMPDIR or /tmp).");
@@ -335,8 +340,11 @@ absl::StatusOr<StatusResponse> GetStatus(Endpoint& e, absl::Duration timeout) {
   return response;
 }
 
+// Plaintext, or TLS with --tls_ca (set by Main before any connection).
+std::shared_ptr<grpc::ChannelCredentials> g_node_credentials;
+
 void Connect(Endpoint& e) {
-  e.channel = grpc::CreateChannel(e.address, grpc::InsecureChannelCredentials());
+  e.channel = grpc::CreateChannel(e.address, g_node_credentials);
   e.documents = DocumentService::NewStub(e.channel);
   e.cluster = ClusterService::NewStub(e.channel);
 }
@@ -393,6 +401,10 @@ absl::StatusOr<std::vector<Endpoint>> StartNodes(const ClusterConfig& config, in
                                                    ") exited at start; its log:\n",
                                                    TailOf(e.log_path, 5)));
       }
+      // The first attempt often comes before the node listens. After that failure gRPC's
+      // pick-first policy kept failing the fail-fast Status calls without a new attempt for
+      // up to 15 s; WaitForConnected asks the channel to connect.
+      e.channel->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
       if (GetStatus(e, absl::Milliseconds(200)).ok()) break;
       if (absl::Now() > deadline) {
         return absl::DeadlineExceededError(absl::StrCat(
@@ -1374,6 +1386,9 @@ int Main(int argc, char** argv) {
   } else {
     return UsageError("--mode must be unary, stream or batch");
   }
+  auto tls = node::LoadClientTls(absl::GetFlag(FLAGS_tls_ca), "--tls_ca");
+  if (!tls.ok()) return UsageError(std::string(tls.status().message()));
+  g_node_credentials = node::MakeChannelCredentials(*tls);
   const std::string concern = absl::GetFlag(FLAGS_write_concern);
   if (concern == "local") {
     phase.concern = mergedb::v1::LOCAL;

@@ -76,7 +76,27 @@ check_run("unary ALL with reads", ["--mode=unary", "--write_concern=all", "--wri
                                    "--warmup=100", "--read_ratio=0.3", "--nobaselines",
                                    "--lag=off"], 1000, False)
 
+# Over TLS: nodes started with certificates made here, the tool trusting their CA (lag on, so
+# the Watch streams connect over TLS too).
+with tempfile.TemporaryDirectory(prefix="mergedb-bench-tls-") as certs:
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=certs)
+    with open(f"{certs}/san.ext", "w") as ext:
+        ext.write("subjectAltName=IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-days", "2", "-subj", "/CN=ca", "-keyout", "ca.key",
+            "-out", "ca.pem")
+    openssl("req", *ec, "-subj", "/CN=node", "-keyout", "node.key", "-out", "node.csr")
+    openssl("x509", "-req", "-days", "2", "-in", "node.csr", "-CA", "ca.pem", "-CAkey",
+            "ca.key", "-CAcreateserial", "-extfile", "san.ext", "-out", "node.pem")
+    check_run("stream LOCAL over TLS",
+              ["--mode=stream", "--writes=1000", "--warmup=100", "--nobaselines",
+               "--lag=inline", "--sample_every=20", "--json_only", f"--tls_ca={certs}/ca.pem",
+               f"--node_flags=--tls_cert={certs}/node.pem --tls_key={certs}/node.key "
+               f"--tls_ca={certs}/ca.pem"], 1000, False)
+
 for bad, says in [(["--write_concern=bogus"], "write_concern"),
+                  (["--tls_ca=/nonexistent/ca.pem"], "--tls_ca=/nonexistent/ca.pem: cannot read"),
                   (["--mode=carrier-pigeon"], "mode"),
                   (["--concurrency=0"], "concurrency"),
                   (["--read_ratio=1.5"], "read_ratio")]:
