@@ -142,6 +142,10 @@ void ClusterView::ReconcileSettled(const std::string& peer) {
   reconcile_.erase(peer);
 }
 
+void ClusterView::SetReceivingTransfer(bool receiving) {
+  receiving_transfers_.fetch_add(receiving ? 1 : -1);
+}
+
 void ClusterView::ReleaseWaiters() {
   absl::MutexLock lock(&mu_);
   released_ = true;
@@ -581,7 +585,7 @@ absl::StatusOr<ReplicationResponse> LinkReceiver::OnHello(const mergedb::v1::Hel
   auto [applied, digest] = store_->AppliedAndDigest();
   acked_applied_ = applied;
   EncodeVector(acked_applied_, ack->mutable_applied());
-  ack->set_state_digest(digest);
+  ack->set_state_digest(DigestForAck(digest));
   acked_direct_ = view_->DirectOrigins();
   for (crdt::ReplicaId id : acked_direct_) ack->mutable_direct()->add_replicas(id);
   return response;
@@ -671,6 +675,10 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
       return std::optional<ReplicationResponse>(MakeAck());
     }
     case ReplicationRequest::kSnapshot: {
+      if (!receiving_transfer_) {
+        receiving_transfer_ = true;
+        view_->SetReceivingTransfer(true);
+      }
       std::vector<storage::SnapshotDoc> docs;
       for (const auto& in : request.snapshot().documents()) {
         if (!IsUtf8Name(in.collection(), in.id())) {
@@ -708,6 +716,8 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
       MERGEDB_RETURN_IF_ERROR(store_->ApplySnapshot(docs));
       if (request.snapshot().last()) {
         MERGEDB_RETURN_IF_ERROR(store_->FinishSnapshot(DecodeVector(request.snapshot().applied())));
+        receiving_transfer_ = false;
+        view_->SetReceivingTransfer(false);
         MERGEDB_LOG(INFO) << "full-state transfer from " << peer_ << " complete";
       }
       return std::optional<ReplicationResponse>(MakeAck());
@@ -719,7 +729,7 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
       response.mutable_ack()->clear_applied();
       EncodeVector(applied, response.mutable_ack()->mutable_applied());
       acked_applied_ = std::move(applied);
-      response.mutable_ack()->set_state_digest(digest);
+      response.mutable_ack()->set_state_digest(DigestForAck(digest));
       response.mutable_ack()->set_for_heartbeat(true);
       return std::optional<ReplicationResponse>(std::move(response));
     }

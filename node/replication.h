@@ -111,6 +111,13 @@ class ClusterView {
   // equal (ReconcileSettled) reset it.
   bool MayReconcile(const std::string& peer);
   void ReconcileSettled(const std::string& peer);
+  // Full-state transfers this node is receiving (counted: a receiver adds one at its first
+  // chunk and takes it back at the last, or when its stream ends). While one runs, the
+  // documents already hold transferred state that the applied vector will only name at the
+  // end, so the state digest says nothing a peer could compare: acks leave it out, and a
+  // peer at an equal vector does not take the difference for a divergence to reconcile.
+  void SetReceivingTransfer(bool receiving);
+  bool receiving_transfer() const { return receiving_transfers_.load() > 0; }
   std::map<std::string, storage::VersionVector> Known() const;
 
   int member_count() const { return static_cast<int>(peers_.size()) + 1; }
@@ -169,6 +176,7 @@ class ClusterView {
   };
   std::map<std::string, ReconcileBackoff> reconcile_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, mergedb::v1::Role> roles_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int> receiving_transfers_{0};
   std::atomic<bool> rolled_back_{false};  // set after rolled_back_reason_
   std::string rolled_back_reason_ ABSL_GUARDED_BY(mu_);
   bool released_ ABSL_GUARDED_BY(mu_) = false;
@@ -257,6 +265,11 @@ class LinkReceiver {
   LinkReceiver(const ReplicationOptions& options, storage::Store* store, ClusterView* view,
                HybridClock* clock)
       : options_(options), store_(store), view_(view), clock_(clock) {}
+  ~LinkReceiver() {
+    if (receiving_transfer_) view_->SetReceivingTransfer(false);
+  }
+  LinkReceiver(const LinkReceiver&) = delete;
+  LinkReceiver& operator=(const LinkReceiver&) = delete;
 
   // Checks the sender belongs to this cluster and membership, and speaks this protocol.
   absl::StatusOr<mergedb::v1::ReplicationResponse> OnHello(const mergedb::v1::Hello& hello);
@@ -294,6 +307,13 @@ class LinkReceiver {
     std::set<crdt::Dot> delivered;  // the parts' live dots, which the last part must not remove
   };
   std::map<std::pair<std::string, std::string>, SplitDocument> split_documents_;
+  // Between this stream's first chunk of a full-state transfer and its last (counted in the
+  // view, ClusterView::SetReceivingTransfer).
+  bool receiving_transfer_ = false;
+  // The state digest for an ack: empty while any transfer into this node runs.
+  std::string DigestForAck(const std::string& digest) const {
+    return view_->receiving_transfer() ? std::string() : digest;
+  }
 };
 
 // Splits a document into parts whose encodings stay under `max_bytes` (see SnapshotDocument):

@@ -404,6 +404,80 @@ TEST_F(ReplicationLogicTest, ReconcilingTransfersBackOffWhileThePeerStillHoldsMo
   EXPECT_EQ(transfers, 5);
 }
 
+// While a node receives a full-state transfer, its documents already hold state its applied
+// vector names only at the end. A third node at the same vector must not take the difference
+// for a divergence and send a whole-database transfer of its own: acks leave the digest out
+// until the transfer ends (or its stream breaks).
+TEST_F(ReplicationLogicTest, AStateMidTransferIsNotComparedAndStartsNoReconcile) {
+  auto source = OpenStore("/a", "n1");
+  auto sink = OpenStore("/b", "n2");
+  auto third = OpenStore("/c", "n3");  // applied nothing, as the sink before the transfer
+  for (int k = 0; k < 200; ++k) {
+    storage::LocalWrite write;
+    write.collection = "c";
+    write.id = "d" + std::to_string(k);
+    const crdt::ReplicaId origin = source->replica_id();
+    write.mutate = [origin](crdt::Document& doc) { return doc.Increment({"n"}, 1, origin); };
+    ASSERT_TRUE(source->ApplyLocal(write).ok());
+  }
+  ReplicationOptions sender_options = SenderOptions();
+  sender_options.max_message_bytes = 2 << 10;  // several chunks
+  ReplicationOptions sink_options = options_;
+  sink_options.members = {"n1", "n3"};
+  ReplicationOptions third_options = SenderOptions();
+  third_options.node_name = "n3";
+  third_options.members = {"n1", "n2"};
+  ClusterView source_view("n1", {"n2", "n3"}, source.get());
+  ClusterView sink_view("n2", {"n1", "n3"}, sink.get());
+  ClusterView third_view("n3", {"n1", "n2"}, third.get());
+  LinkSender sender(sender_options, source.get(), &source_view, "n2");
+  LinkReceiver receiver(sink_options, sink.get(), &sink_view, &hlc_);
+  Connect(sender, receiver);
+  if (HasFatalFailure()) return;
+  mergedb::v1::ReplicationRequest heartbeat;
+  heartbeat.mutable_heartbeat();
+
+  // Two chunks of the transfer in: the sink has documents, and still an empty vector.
+  for (int chunks = 0; chunks < 2;) {
+    auto produced = sender.Next();
+    ASSERT_TRUE(produced.ok() && produced->has_value()) << produced.status();
+    ASSERT_TRUE((*produced)->has_snapshot());
+    ASSERT_FALSE((*produced)->snapshot().last());
+    auto ack = receiver.OnRequest(**produced);
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    if (ack->has_value()) sender.OnResponse(**ack);
+    ++chunks;
+  }
+  ASSERT_TRUE(sink->AppliedVector().empty());
+  ASSERT_NE(sink->state_digest(), third->state_digest());
+  {
+    LinkSender third_sender(third_options, third.get(), &third_view, "n2");
+    LinkReceiver third_receiver(sink_options, sink.get(), &sink_view, &hlc_);
+    Connect(third_sender, third_receiver);
+    if (HasFatalFailure()) return;
+    EXPECT_FALSE(third_sender.in_snapshot()) << "the hello ack started a reconcile";
+    auto ack = third_receiver.OnRequest(heartbeat);
+    ASSERT_TRUE(ack.ok() && ack->has_value());
+    EXPECT_TRUE((*ack)->ack().state_digest().empty());
+    third_sender.OnResponse(**ack);
+    EXPECT_FALSE(third_sender.in_snapshot()) << "a heartbeat started a reconcile";
+  }
+
+  // The rest of the transfer: acks carry the digest again.
+  for (int k = 0; k < 1000; ++k) {
+    auto produced = sender.Next();
+    ASSERT_TRUE(produced.ok()) << produced.status();
+    if (!produced->has_value()) break;
+    auto ack = receiver.OnRequest(**produced);
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    if (ack->has_value()) sender.OnResponse(**ack);
+  }
+  ASSERT_EQ(sink->AppliedVector(), source->AppliedVector());
+  auto ack = receiver.OnRequest(heartbeat);
+  ASSERT_TRUE(ack.ok() && ack->has_value());
+  EXPECT_EQ((*ack)->ack().state_digest(), source->state_digest());
+}
+
 // A document larger than a message goes in parts in a full-state transfer. The receiver shows
 // it as it was until the last part arrives, then as the sender has it; a stream that breaks
 // between the parts leaves it as it was.
