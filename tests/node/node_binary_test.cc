@@ -271,6 +271,23 @@ TEST_F(NodeBinaryTest, BadFlagsAreRefusedWithAClearMessage) {
     EXPECT_TRUE(absl::StrContains(members.Stderr(), why)) << members.Stderr();
     EXPECT_FALSE(std::filesystem::exists(dir_)) << why;
   }
+  // TLS files are checked before anything starts (their contents: tests/node/tls_test.cc).
+  args = Args();
+  args.push_back("--tls_cert=/nonexistent/node.pem");
+  Process lone_cert(args);
+  EXPECT_EQ(lone_cert.Wait(std::chrono::seconds(20)), 2);
+  EXPECT_TRUE(absl::StrContains(lone_cert.Stderr(), "TLS needs all three of --tls_cert"))
+      << lone_cert.Stderr();
+  args = Args();
+  for (const char* flag : {"--tls_cert", "--tls_key", "--tls_ca"}) {
+    args.push_back(std::string(flag) + "=/nonexistent/file.pem");
+  }
+  Process unreadable(args);
+  EXPECT_EQ(unreadable.Wait(std::chrono::seconds(20)), 2);
+  EXPECT_TRUE(
+      absl::StrContains(unreadable.Stderr(), "--tls_cert=/nonexistent/file.pem: cannot read"))
+      << unreadable.Stderr();
+  EXPECT_FALSE(std::filesystem::exists(dir_));
   args = Args();
   args.push_back("--no_such_flag=1");
   Process unknown(args);
