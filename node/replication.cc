@@ -144,6 +144,15 @@ void ClusterView::ReconcileSettled(const std::string& peer) {
 
 void ClusterView::SetReceivingTransfer(bool receiving) {
   receiving_transfers_.fetch_add(receiving ? 1 : -1);
+  transfer_events_.fetch_add(1);
+}
+
+std::pair<storage::VersionVector, std::string> ClusterView::AppliedAndComparableDigest() const {
+  const uint64_t events = transfer_events_.load();
+  const bool receiving = receiving_transfer();
+  auto [applied, digest] = store_->AppliedAndDigest();
+  if (receiving || receiving_transfer() || transfer_events_.load() != events) digest.clear();
+  return {std::move(applied), std::move(digest)};
 }
 
 void ClusterView::ReleaseWaiters() {
@@ -352,7 +361,9 @@ void LinkSender::CheckDivergence(
     const google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>& applied,
     const std::string& digest) {
   if (digest.empty() || in_snapshot()) return;
-  const auto [mine, my_digest] = store_->AppliedAndDigest();
+  // Mid-transfer into this node, its own digest is as incomparable as a peer's would be.
+  const auto [mine, my_digest] = view_->AppliedAndComparableDigest();
+  if (my_digest.empty()) return;
   if (DecodeVector(applied) != mine) return;
   if (digest == my_digest) {
     view_->ReconcileSettled(peer_);
@@ -582,10 +593,10 @@ absl::StatusOr<ReplicationResponse> LinkReceiver::OnHello(const mergedb::v1::Hel
   auto* ack = response.mutable_hello_ack();
   ack->set_node_name(options_.node_name);
   ack->set_replica_id(store_->replica_id());
-  auto [applied, digest] = store_->AppliedAndDigest();
+  auto [applied, digest] = view_->AppliedAndComparableDigest();
   acked_applied_ = applied;
   EncodeVector(acked_applied_, ack->mutable_applied());
-  ack->set_state_digest(DigestForAck(digest));
+  ack->set_state_digest(digest);
   acked_direct_ = view_->DirectOrigins();
   for (crdt::ReplicaId id : acked_direct_) ack->mutable_direct()->add_replicas(id);
   return response;
@@ -725,11 +736,11 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
     case ReplicationRequest::kHeartbeat: {
       ReplicationResponse response = MakeAck();
       // A heartbeat answer carries the whole vector and the digest, read at one point.
-      auto [applied, digest] = store_->AppliedAndDigest();
+      auto [applied, digest] = view_->AppliedAndComparableDigest();
       response.mutable_ack()->clear_applied();
       EncodeVector(applied, response.mutable_ack()->mutable_applied());
       acked_applied_ = std::move(applied);
-      response.mutable_ack()->set_state_digest(DigestForAck(digest));
+      response.mutable_ack()->set_state_digest(digest);
       response.mutable_ack()->set_for_heartbeat(true);
       return std::optional<ReplicationResponse>(std::move(response));
     }

@@ -118,6 +118,10 @@ class ClusterView {
   // peer at an equal vector does not take the difference for a divergence to reconcile.
   void SetReceivingTransfer(bool receiving);
   bool receiving_transfer() const { return receiving_transfers_.load() > 0; }
+  // The store's applied vector and state digest read at one point, the digest left empty when
+  // a transfer into this node ran at any moment of the read (one may end between a check and
+  // the read, and its last chunk change the digest without the vector read with it).
+  std::pair<storage::VersionVector, std::string> AppliedAndComparableDigest() const;
   std::map<std::string, storage::VersionVector> Known() const;
 
   int member_count() const { return static_cast<int>(peers_.size()) + 1; }
@@ -177,6 +181,7 @@ class ClusterView {
   std::map<std::string, ReconcileBackoff> reconcile_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, mergedb::v1::Role> roles_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> receiving_transfers_{0};
+  std::atomic<uint64_t> transfer_events_{0};  // starts and ends of receiving_transfers_
   std::atomic<bool> rolled_back_{false};  // set after rolled_back_reason_
   std::string rolled_back_reason_ ABSL_GUARDED_BY(mu_);
   bool released_ ABSL_GUARDED_BY(mu_) = false;
@@ -310,10 +315,6 @@ class LinkReceiver {
   // Between this stream's first chunk of a full-state transfer and its last (counted in the
   // view, ClusterView::SetReceivingTransfer).
   bool receiving_transfer_ = false;
-  // The state digest for an ack: empty while any transfer into this node runs.
-  std::string DigestForAck(const std::string& digest) const {
-    return view_->receiving_transfer() ? std::string() : digest;
-  }
 };
 
 // Splits a document into parts whose encodings stay under `max_bytes` (see SnapshotDocument):

@@ -462,6 +462,23 @@ TEST_F(ReplicationLogicTest, AStateMidTransferIsNotComparedAndStartsNoReconcile)
     third_sender.OnResponse(**ack);
     EXPECT_FALSE(third_sender.in_snapshot()) << "a heartbeat started a reconcile";
   }
+  {
+    // Nor does the sink, mid-transfer, compare its own state with n3's.
+    ReplicationOptions sink_sender_options = sink_options;
+    sink_sender_options.peers = {{"n3", "unused:3"}};
+    ReplicationOptions third_receiver_options = third_options;
+    third_receiver_options.peers = {};
+    LinkSender sink_sender(sink_sender_options, sink.get(), &sink_view, "n3");
+    LinkReceiver third_receiver(third_receiver_options, third.get(), &third_view, &hlc_);
+    Connect(sink_sender, third_receiver);
+    if (HasFatalFailure()) return;
+    EXPECT_FALSE(sink_sender.in_snapshot()) << "the receiving node started a reconcile";
+    auto ack = third_receiver.OnRequest(heartbeat);
+    ASSERT_TRUE(ack.ok() && ack->has_value());
+    EXPECT_FALSE((*ack)->ack().state_digest().empty()) << "n3 receives no transfer";
+    sink_sender.OnResponse(**ack);
+    EXPECT_FALSE(sink_sender.in_snapshot()) << "the receiving node started a reconcile";
+  }
 
   // The rest of the transfer: acks carry the digest again.
   for (int k = 0; k < 1000; ++k) {
@@ -476,6 +493,26 @@ TEST_F(ReplicationLogicTest, AStateMidTransferIsNotComparedAndStartsNoReconcile)
   auto ack = receiver.OnRequest(heartbeat);
   ASSERT_TRUE(ack.ok() && ack->has_value());
   EXPECT_EQ((*ack)->ack().state_digest(), source->state_digest());
+
+  // A transfer whose stream breaks after a chunk stops counting with the stream.
+  auto other_sink = OpenStore("/d", "n2");
+  ClusterView other_view("n2", {"n1", "n3"}, other_sink.get());
+  {
+    LinkSender broken_sender(sender_options, source.get(), &source_view, "n2");
+    LinkReceiver broken_receiver(sink_options, other_sink.get(), &other_view, &hlc_);
+    Connect(broken_sender, broken_receiver);
+    if (HasFatalFailure()) return;
+    auto produced = broken_sender.Next();
+    ASSERT_TRUE(produced.ok() && produced->has_value());
+    ASSERT_TRUE((*produced)->has_snapshot());
+    ASSERT_TRUE(broken_receiver.OnRequest(**produced).ok());
+    EXPECT_TRUE(other_view.receiving_transfer());
+  }
+  EXPECT_FALSE(other_view.receiving_transfer());
+  LinkReceiver next_receiver(sink_options, other_sink.get(), &other_view, &hlc_);
+  auto hello_ack = next_receiver.OnHello(HelloFrom("n3", third->replica_id()));
+  ASSERT_TRUE(hello_ack.ok()) << hello_ack.status();
+  EXPECT_EQ(hello_ack->hello_ack().state_digest(), other_sink->state_digest());
 }
 
 // A document larger than a message goes in parts in a full-state transfer. The receiver shows
