@@ -5,20 +5,10 @@
 # Then the same with a copy of n2 fetched to the client's side (`mergedb fetch-backup`).
 # Usage: backup_restore_e2e.sh BUILD_DIR SOURCE_DIR. Cleans up after itself.
 set -euo pipefail
-build=$1
-src=$2
-work=$(mktemp -d)
-export MERGEDB_BUILD_DIR=$build MERGEDB_CLUSTER_DIR=$work/cluster
-cluster() { "$src/scripts/cluster.sh" "$@"; }
-cleanup() {
-  cluster wipe >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-cli=$build/node/mergedb
-
 # shellcheck source=tests/e2e/lib.sh
-source "$src/tests/e2e/lib.sh"
+source "$(dirname "$0")/lib.sh"
+e2e_cluster_setup "$@"
+cli=$build/node/mergedb
 base=$(free_base_port)
 [ -n "$base" ] || { echo "no three free consecutive ports"; exit 1; }
 node() { echo "127.0.0.1:$((base + $1 - 1))"; }

@@ -1,21 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end: `scripts/cluster.sh up --tls` on three real nodes. Writes reach every node over
 # the TLS links, also after a node is killed and started again; a plaintext client is refused
-# and told what it lacks; the Python client connects with the CA.
+# and told what it lacks; the Python and Node.js example clients connect with the CA.
 # Usage: tls_e2e.sh BUILD_DIR SOURCE_DIR. Cleans up after itself.
 set -euo pipefail
-build=$1
-src=$2
-work=$(mktemp -d)
-export MERGEDB_BUILD_DIR=$build MERGEDB_CLUSTER_DIR=$work/cluster
-cluster() { "$src/scripts/cluster.sh" "$@"; }
-cleanup() {
-  cluster wipe >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=tests/e2e/lib.sh
-source "$src/tests/e2e/lib.sh"
+source "$(dirname "$0")/lib.sh"
+e2e_cluster_setup "$@"
 base=$(free_base_port)
 [ -n "$base" ] || { echo "no three free consecutive ports"; exit 1; }
 ca=$work/cluster/tls/ca.pem

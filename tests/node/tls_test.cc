@@ -109,6 +109,26 @@ class TlsTest : public ::testing::Test {
     return seen;
   }
 
+  // Opens a replication stream over `channel`, says hello as member n2, and returns how the
+  // stream ended; `answered` says whether the node answered the hello.
+  static grpc::Status HelloAsN2(const std::shared_ptr<grpc::Channel>& channel, bool* answered) {
+    auto stub = mergedb::v1::ReplicationService::NewStub(channel);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+    auto stream = stub->Replicate(&context);
+    mergedb::v1::ReplicationRequest hello;
+    hello.mutable_hello()->set_cluster_id("test-cluster");
+    hello.mutable_hello()->set_node_name("n2");
+    hello.mutable_hello()->set_replica_id(42);
+    hello.mutable_hello()->set_protocol_version(kReplicationProtocolVersion);
+    stream->Write(hello);
+    stream->WritesDone();
+    mergedb::v1::ReplicationResponse response;
+    *answered = stream->Read(&response);
+    if (*answered) context.TryCancel();
+    return stream->Finish();
+  }
+
   static std::string* dir_;
 };
 std::string* TlsTest::dir_ = nullptr;
@@ -181,20 +201,9 @@ TEST_F(TlsTest, ReplicationWithoutAMembersCertificateIsRefused) {
   Cluster cluster(2);  // n2 is a member of n1's cluster, but does not run
   cluster.options(0).tls = NodeTls();
   cluster.Start(0);
-  auto stub = mergedb::v1::ReplicationService::NewStub(ClientChannel(cluster.Address(0)));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  auto stream = stub->Replicate(&context);
-  mergedb::v1::ReplicationRequest hello;
-  hello.mutable_hello()->set_cluster_id("test-cluster");
-  hello.mutable_hello()->set_node_name("n2");
-  hello.mutable_hello()->set_replica_id(42);
-  hello.mutable_hello()->set_protocol_version(kReplicationProtocolVersion);
-  stream->Write(hello);
-  stream->WritesDone();
-  mergedb::v1::ReplicationResponse response;
-  EXPECT_FALSE(stream->Read(&response));
-  grpc::Status status = stream->Finish();
+  bool answered = false;
+  grpc::Status status = HelloAsN2(ClientChannel(cluster.Address(0)), &answered);
+  EXPECT_FALSE(answered);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status.error_message();
   EXPECT_TRUE(absl::StrContains(status.error_message(), "client certificate"))
       << status.error_message();
@@ -210,20 +219,10 @@ TEST_F(TlsTest, AReplicationStreamWithACertificateAnotherCaSignedIsRefused) {
   impostor.pem_root_certs = Contents("ca.pem");  // it trusts n1: the refusal is n1's
   impostor.pem_cert_chain = Contents("impostor.pem");
   impostor.pem_private_key = Contents("impostor.key");
-  auto stub = mergedb::v1::ReplicationService::NewStub(
-      grpc::CreateChannel(cluster.Address(0), grpc::SslCredentials(impostor)));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
-  auto stream = stub->Replicate(&context);
-  mergedb::v1::ReplicationRequest hello;
-  hello.mutable_hello()->set_cluster_id("test-cluster");
-  hello.mutable_hello()->set_node_name("n2");
-  hello.mutable_hello()->set_replica_id(42);
-  hello.mutable_hello()->set_protocol_version(kReplicationProtocolVersion);
-  stream->Write(hello);
-  mergedb::v1::ReplicationResponse response;
-  EXPECT_FALSE(stream->Read(&response));
-  grpc::Status status = stream->Finish();
+  bool answered = false;
+  grpc::Status status =
+      HelloAsN2(grpc::CreateChannel(cluster.Address(0), grpc::SslCredentials(impostor)), &answered);
+  EXPECT_FALSE(answered);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
 }
 
