@@ -11,25 +11,6 @@ e2e_cluster_setup "$@"
 cli=$build/node/mergedb
 base=$(free_base_port)
 [ -n "$base" ] || { echo "no three free consecutive ports"; exit 1; }
-node() { echo "127.0.0.1:$((base + $1 - 1))"; }
-counter_on() {  # the counter c/d.n as node $1 sees it (0 while the document is absent)
-  "$cli" --node="$(node "$1")" get c d |
-    /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin).get("value", {}).get("n", 0))'
-}
-
-# Waits (bounded) until every node's counter equals $expected; on failure shows node $1's log.
-every_node_sees_expected() {
-  local i seen
-  for i in 1 2 3; do
-    seen=""
-    for _ in $(seq 1 100); do
-      seen=$(counter_on "$i")
-      [ "$seen" = "$expected" ] && break
-      sleep 0.1
-    done
-    [ "$seen" = "$expected" ] || { echo "n$i sees n = $seen, expected $expected"; cluster logs "$1" | tail -20; exit 1; }
-  done
-}
 
 cluster up 3 --base-port "$base" >/dev/null
 expected=0
@@ -50,7 +31,7 @@ cluster kill n3 >/dev/null
 cluster restore n3 first
 "$cli" --node="$(node 3)" update c d incr n 1 >/dev/null
 expected=$((expected + 1))
-every_node_sees_expected n3
+every_node_sees "$expected" n3
 echo "every node holds all $expected acknowledged increments after the restore"
 # The same call from the Python client.
 PYTHONPATH="$build/clients/python:$src/clients/python" /usr/bin/python3 - "$(node 1)" <<'PY'
@@ -86,7 +67,7 @@ cluster kill n2 >/dev/null
 cluster restore n2 "$work/offsite/n2"
 "$cli" --node="$(node 2)" update c d incr n 1 >/dev/null
 expected=$((expected + 1))
-every_node_sees_expected n2
+every_node_sees "$expected" n2
 echo "every node holds all $expected acknowledged increments after restoring the fetched copy"
 
 # An interrupted fetch keeps nothing. 10 MB more in the store keep the copy running for a while;

@@ -33,3 +33,26 @@ for _ in range(200):
         for s in socks: s.close()
 PY
 }
+
+# With $base set (free_base_port): node I's address, and the CLI with $cli_flags (an array,
+# e.g. --tls_ca=...; may be unset).
+node() { echo "127.0.0.1:$((base + $1 - 1))"; }
+mergedb_cli() { "$build/node/mergedb" ${cli_flags[@]+"${cli_flags[@]}"} "$@"; }
+counter_on() {  # the counter c/d.n as node $1 sees it (0 while the document is absent)
+  mergedb_cli --node="$(node "$1")" get c d |
+    /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin).get("value", {}).get("n", 0))'
+}
+# every_node_sees N [NODE]: waits (bounded) until every node's counter is N; on failure shows
+# the log of NODE (default: the node that lags).
+every_node_sees() {
+  local i seen
+  for i in 1 2 3; do
+    seen=""
+    for _ in $(seq 1 100); do
+      seen=$(counter_on "$i")
+      [ "$seen" = "$1" ] && break
+      sleep 0.1
+    done
+    [ "$seen" = "$1" ] || { echo "n$i sees n = $seen, expected $1"; cluster logs "${2:-n$i}" | tail -20; exit 1; }
+  done
+}

@@ -10,29 +10,12 @@ e2e_cluster_setup "$@"
 base=$(free_base_port)
 [ -n "$base" ] || { echo "no three free consecutive ports"; exit 1; }
 ca=$work/cluster/tls/ca.pem
-cli() { "$build/node/mergedb" --tls_ca="$ca" "$@"; }
-node() { echo "127.0.0.1:$((base + $1 - 1))"; }
-counter_on() {  # the counter c/d.n as node $1 sees it (0 while the document is absent)
-  cli --node="$(node "$1")" get c d |
-    /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin).get("value", {}).get("n", 0))'
-}
-every_node_sees() {  # waits (bounded) until every node's counter is $1
-  local i seen
-  for i in 1 2 3; do
-    seen=""
-    for _ in $(seq 1 100); do
-      seen=$(counter_on "$i")
-      [ "$seen" = "$1" ] && break
-      sleep 0.1
-    done
-    [ "$seen" = "$1" ] || { echo "n$i sees n = $seen, expected $1"; cluster logs "n$i" | tail -20; exit 1; }
-  done
-}
+cli_flags=(--tls_ca="$ca")
 
 cluster up 3 --base-port "$base" --tls | tee "$work/up.out"
 grep -q "TLS with the CA in $ca" "$work/up.out" || { echo "up did not say TLS"; exit 1; }
 grep -q "serving TLS" "$work/cluster/n1.log" || { echo "n1 does not serve TLS"; exit 1; }
-for k in $(seq 1 9); do cli --node="$(node $((k % 3 + 1)))" update c d incr n 1 >/dev/null; done
+for k in $(seq 1 9); do mergedb_cli --node="$(node $((k % 3 + 1)))" update c d incr n 1 >/dev/null; done
 every_node_sees 9
 
 if "$build/node/mergedb" --node="$(node 1)" get c d >/dev/null 2>"$work/plain.err"; then
@@ -42,7 +25,7 @@ grep -q "give --tls_ca" "$work/plain.err" || { cat "$work/plain.err"; exit 1; }
 
 # The links come back over TLS after a restart.
 cluster kill n2 >/dev/null
-cli --node="$(node 1)" update c d incr n 10 >/dev/null
+mergedb_cli --node="$(node 1)" update c d incr n 10 >/dev/null
 cluster start n2 >/dev/null
 every_node_sees 19
 cluster status | tee "$work/status.out"
