@@ -157,7 +157,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   MERGEDB_LOG(INFO) << "node " << options.node_name << " (replica "
                     << absl::StrCat(absl::Hex(node->store_->replica_id())) << ", cluster "
                     << options.cluster_id << ") serving "
-                    << (options.tls.enabled ? "TLS" : "plaintext") << " on " << node->address()
+                    << (options.tls.enabled() ? "TLS" : "plaintext") << " on " << node->address()
                     << ", data in " << options.data_dir;
   return node;
 }

@@ -686,10 +686,7 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
       return std::optional<ReplicationResponse>(MakeAck());
     }
     case ReplicationRequest::kSnapshot: {
-      if (!receiving_transfer_) {
-        receiving_transfer_ = true;
-        view_->SetReceivingTransfer(true);
-      }
+      MarkReceivingTransfer(true);
       std::vector<storage::SnapshotDoc> docs;
       for (const auto& in : request.snapshot().documents()) {
         if (!IsUtf8Name(in.collection(), in.id())) {
@@ -727,8 +724,7 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
       MERGEDB_RETURN_IF_ERROR(store_->ApplySnapshot(docs));
       if (request.snapshot().last()) {
         MERGEDB_RETURN_IF_ERROR(store_->FinishSnapshot(DecodeVector(request.snapshot().applied())));
-        receiving_transfer_ = false;
-        view_->SetReceivingTransfer(false);
+        MarkReceivingTransfer(false);
         MERGEDB_LOG(INFO) << "full-state transfer from " << peer_ << " complete";
       }
       return std::optional<ReplicationResponse>(MakeAck());
@@ -881,7 +877,7 @@ class Replication::Session {
         // likely as a peer that is down, so name what to check.
         return absl::UnavailableError(absl::StrCat(
             "cannot connect to ", peer_.address,
-            owner_->options_.tls.enabled
+            owner_->options_.tls.enabled()
                 ? " (down, or the TLS handshake failed: the certificates of both nodes must be "
                   "signed by the CA of --tls_ca, and the peer's must name this address)"
                 : ""));
@@ -1189,7 +1185,7 @@ absl::Status Replication::TruncateLog() {
 grpc::Status Replication::Replicate(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<ReplicationResponse, ReplicationRequest>* stream) {
-  if (options_.tls.enabled && !context->auth_context()->IsPeerAuthenticated()) {
+  if (options_.tls.enabled() && !context->auth_context()->IsPeerAuthenticated()) {
     MERGEDB_LOG(WARNING) << "refused replication from " << context->peer()
                          << ": it presented no client certificate";
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,

@@ -270,9 +270,7 @@ class LinkReceiver {
   LinkReceiver(const ReplicationOptions& options, storage::Store* store, ClusterView* view,
                HybridClock* clock)
       : options_(options), store_(store), view_(view), clock_(clock) {}
-  ~LinkReceiver() {
-    if (receiving_transfer_) view_->SetReceivingTransfer(false);
-  }
+  ~LinkReceiver() { MarkReceivingTransfer(false); }
   LinkReceiver(const LinkReceiver&) = delete;
   LinkReceiver& operator=(const LinkReceiver&) = delete;
 
@@ -313,8 +311,13 @@ class LinkReceiver {
   };
   std::map<std::pair<std::string, std::string>, SplitDocument> split_documents_;
   // Between this stream's first chunk of a full-state transfer and its last (counted in the
-  // view, ClusterView::SetReceivingTransfer).
+  // view, ClusterView::SetReceivingTransfer, by MarkReceivingTransfer on each change).
   bool receiving_transfer_ = false;
+  void MarkReceivingTransfer(bool receiving) {
+    if (receiving_transfer_ == receiving) return;
+    receiving_transfer_ = receiving;
+    view_->SetReceivingTransfer(receiving);
+  }
 };
 
 // Splits a document into parts whose encodings stay under `max_bytes` (see SnapshotDocument):

@@ -170,7 +170,6 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
       !verified.ok()) {
     return verified;
   }
-  tls.enabled = true;
   tls.cert_pem = *std::move(cert_pem);
   tls.key_pem = *std::move(key_pem);
   tls.ca_pem = *std::move(ca_pem);
@@ -185,13 +184,12 @@ absl::StatusOr<TlsConfig> LoadClientTls(const std::string& ca_file, const std::s
   if (absl::StatusOr<std::vector<Cert>> cas = Certificates(flag, ca_file, *ca_pem); !cas.ok()) {
     return cas.status();
   }
-  tls.enabled = true;
   tls.ca_pem = *std::move(ca_pem);
   return tls;
 }
 
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls) {
-  if (!tls.enabled) return grpc::InsecureServerCredentials();
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
   // Requested, not required: application clients may come without a certificate. The
   // replication service requires one (Replication::Replicate).
   grpc::SslServerCredentialsOptions options(GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
@@ -201,7 +199,7 @@ std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& 
 }
 
 std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsConfig& tls) {
-  if (!tls.enabled) return grpc::InsecureChannelCredentials();
+  if (!tls.enabled()) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions options;
   options.pem_root_certs = tls.ca_pem;
   options.pem_private_key = tls.key_pem;

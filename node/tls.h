@@ -30,12 +30,12 @@ struct TlsFiles {
   std::string ca;    // PEM certificates of the cluster's CA
 };
 
-// The PEM contents. Disabled: plaintext.
+// The PEM contents. No CA (the default): plaintext. Every loaded config has one.
 struct TlsConfig {
-  bool enabled = false;
   std::string cert_pem;  // empty for a client
   std::string key_pem;
   std::string ca_pem;
+  bool enabled() const { return !ca_pem.empty(); }
 };
 
 // A node's TLS: none of the files, or all three, and the certificate must verify against the

@@ -8,14 +8,13 @@ set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 e2e_cluster_setup "$@"
-cli=$build/node/mergedb
 base=$(free_base_port)
 [ -n "$base" ] || { echo "no three free consecutive ports"; exit 1; }
 
 cluster up 3 --base-port "$base" >/dev/null
 expected=0
 for k in $(seq 1 30); do
-  "$cli" --node="$(node $((k % 3 + 1)))" update c d incr n 1 >/dev/null
+  mergedb_cli --node="$(node $((k % 3 + 1)))" update c d incr n 1 >/dev/null
   expected=$((expected + 1))
 done
 cluster backup n3 first | tee "$work/backup.json"
@@ -24,12 +23,12 @@ grep -q '"path"' "$work/backup.json"
 # n3's own writes after the backup: the copy lacks them, the cluster has them (ALL: n3 is
 # killed next, and its data dir set aside).
 for k in $(seq 1 5); do
-  "$cli" --node="$(node 3)" --write_concern=all update c d incr n 100 >/dev/null
+  mergedb_cli --node="$(node 3)" --write_concern=all update c d incr n 100 >/dev/null
   expected=$((expected + 100))
 done
 cluster kill n3 >/dev/null
 cluster restore n3 first
-"$cli" --node="$(node 3)" update c d incr n 1 >/dev/null
+mergedb_cli --node="$(node 3)" update c d incr n 1 >/dev/null
 expected=$((expected + 1))
 every_node_sees "$expected" n3
 echo "every node holds all $expected acknowledged increments after the restore"
@@ -45,10 +44,10 @@ PY
 
 # A copy kept off the node's machine: streamed by `mergedb fetch-backup` into a directory of
 # the client's (here outside the cluster's folder), then restored from there.
-"$cli" --node="$(node 2)" fetch-backup "$work/offsite/n2" | tee "$work/fetch.json"
+mergedb_cli --node="$(node 2)" fetch-backup "$work/offsite/n2" | tee "$work/fetch.json"
 grep -q '"records"' "$work/fetch.json"
 [ -f "$work/offsite/n2/CURRENT" ] || { echo "the fetched copy is not a data dir"; exit 1; }
-if "$cli" --node="$(node 2)" fetch-backup "$work/offsite/n2" 2>"$work/again.err"; then
+if mergedb_cli --node="$(node 2)" fetch-backup "$work/offsite/n2" 2>"$work/again.err"; then
   echo "a second fetch into the same directory must be refused"; exit 1
 fi
 grep -q "already exists" "$work/again.err" || { cat "$work/again.err"; exit 1; }
@@ -60,12 +59,12 @@ fi
 grep -q "refused that copy" "$work/wrong.out" || { cat "$work/wrong.out"; exit 1; }
 [ "$(counter_on 1)" = "$expected" ] || { echo "n1 lost data after a refused restore"; exit 1; }
 for k in $(seq 1 5); do
-  "$cli" --node="$(node 2)" --write_concern=all update c d incr n 10 >/dev/null
+  mergedb_cli --node="$(node 2)" --write_concern=all update c d incr n 10 >/dev/null
   expected=$((expected + 10))
 done
 cluster kill n2 >/dev/null
 cluster restore n2 "$work/offsite/n2"
-"$cli" --node="$(node 2)" update c d incr n 1 >/dev/null
+mergedb_cli --node="$(node 2)" update c d incr n 1 >/dev/null
 expected=$((expected + 1))
 every_node_sees "$expected" n2
 echo "every node holds all $expected acknowledged increments after restoring the fetched copy"
@@ -75,9 +74,10 @@ echo "every node holds all $expected acknowledged increments after restoring the
 # to be mid-copy, then sent SIGINT and continued.
 big=$(head -c 100000 /dev/zero | tr '\0' x)
 for k in $(seq 1 100); do
-  "$cli" --node="$(node 1)" update big "b$k" set payload "$big" >/dev/null
+  mergedb_cli --node="$(node 1)" update big "b$k" set payload "$big" >/dev/null
 done
-"$cli" --node="$(node 1)" fetch-backup "$work/offsite/cut" >/dev/null 2>"$work/cut.err" &
+# The binary itself, not the mergedb_cli function: $! must be the process the signals reach.
+"$build/node/mergedb" --node="$(node 1)" fetch-backup "$work/offsite/cut" >/dev/null 2>"$work/cut.err" &
 fetch=$!
 for _ in $(seq 1 2000); do
   [ -f "$work/offsite/cut/BACKUP-INCOMPLETE" ] && break
@@ -99,7 +99,7 @@ grep -q "interrupted by signal 2; nothing was kept" "$work/cut.err" || { cat "$w
 [ ! -e "$work/offsite/cut" ] || { echo "an interrupted fetch left $(ls "$work/offsite/cut")"; exit 1; }
 # The node frees its backup slot as soon as it sees the stream cancelled (ABORTED until then).
 for attempt in $(seq 1 50); do
-  if "$cli" --node="$(node 1)" fetch-backup "$work/offsite/whole" >/dev/null 2>"$work/whole.err"; then
+  if mergedb_cli --node="$(node 1)" fetch-backup "$work/offsite/whole" >/dev/null 2>"$work/whole.err"; then
     break
   fi
   grep -q "another backup is running" "$work/whole.err" && [ "$attempt" -lt 50 ] ||

@@ -173,7 +173,7 @@ TEST_F(TlsTest, ANodeChecksItsFilesAtStartUp) {
 
   auto none = LoadNodeTls({"", "", ""}, "--tls_");
   ASSERT_TRUE(none.ok());
-  EXPECT_FALSE(none->enabled);
+  EXPECT_FALSE(none->enabled());
 }
 
 TEST_F(TlsTest, AClusterReplicatesOverTlsAndRefusesPlaintextClients) {
