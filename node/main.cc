@@ -37,7 +37,8 @@ ABSL_FLAG(bool, fsync, false,
           "fsync every commit before acknowledging it (survives power loss). Default: "
           "acknowledged writes survive a process kill, not a power loss.");
 ABSL_FLAG(bool, compress_replication, true,
-          "Compress replication streams (DEFLATE over each stream, negotiated per link).");
+          "Compress replication streams (zstd over each stream, or DEFLATE with nodes of "
+          "earlier versions; negotiated per link).");
 ABSL_FLAG(int64_t, cache_mb, 64, "Memory for decoded hot documents, MiB.");
 ABSL_FLAG(int64_t, max_name_bytes, 512, "Longest collection, id or field name, bytes.");
 ABSL_FLAG(int32_t, max_path_depth, 32, "Deepest field path, names.");

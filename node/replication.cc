@@ -762,6 +762,35 @@ constexpr int kMaxMessageBytes = 64 << 20;
 
 // Stream compression (negotiated in the hello exchange): a message travels as the compressed
 // bytes of its serialization, in the `compressed` case of the same message type.
+
+// The codec of a negotiated compression; nullopt for none (or a value this node does not know).
+std::optional<StreamCodec> CodecOf(int compression) {
+  switch (compression) {
+    case mergedb::v1::STREAM_COMPRESSION_DEFLATE:
+      return StreamCodec::kDeflate;
+    case mergedb::v1::STREAM_COMPRESSION_ZSTD:
+      return StreamCodec::kZstd;
+    default:
+      return std::nullopt;
+  }
+}
+
+// A sender's offer: DEFLATE in `compression` for nodes of earlier versions, which know only
+// that field, and every codec best first in `compression_offers`.
+void OfferCompression(mergedb::v1::Hello* hello) {
+  hello->set_compression(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+  hello->add_compression_offers(mergedb::v1::STREAM_COMPRESSION_ZSTD);
+  hello->add_compression_offers(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+}
+
+// A receiver's choice: the first offer it supports, else the older field's, else none.
+mergedb::v1::StreamCompression ChooseCompression(const mergedb::v1::Hello& hello) {
+  for (int offer : hello.compression_offers()) {
+    if (CodecOf(offer).has_value()) return static_cast<mergedb::v1::StreamCompression>(offer);
+  }
+  return CodecOf(hello.compression()).has_value() ? hello.compression()
+                                                  : mergedb::v1::STREAM_COMPRESSION_NONE;
+}
 template <typename Message>
 void Wrap(StreamCompressor* compressor, Message* message) {
   std::string compressed = compressor->Compress(message->SerializeAsString());
@@ -928,9 +957,18 @@ class Replication::Session {
           context.TryCancel();
           break;
         }
-        if (response.hello_ack().compression() == mergedb::v1::STREAM_COMPRESSION_DEFLATE) {
-          compressor = std::make_unique<StreamCompressor>();
-          decompressor = std::make_unique<StreamDecompressor>();
+        if (const int chosen = response.hello_ack().compression();
+            chosen != mergedb::v1::STREAM_COMPRESSION_NONE) {
+          const std::optional<StreamCodec> codec = CodecOf(chosen);
+          if (!options.compress_streams || !codec.has_value()) {
+            link_status = absl::FailedPreconditionError(
+                absl::StrCat(peer_.name, " chose stream compression ", chosen,
+                             ", which this node did not offer"));
+            context.TryCancel();
+            break;
+          }
+          compressor = StreamCompressor::Create(*codec);
+          decompressor = StreamDecompressor::Create(*codec);
         }
         hello_done = true;
       }
@@ -957,9 +995,7 @@ class Replication::Session {
     });
 
     ReplicationRequest hello = sender.Hello();
-    if (options.compress_streams) {
-      hello.mutable_hello()->set_compression(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
-    }
+    if (options.compress_streams) OfferCompression(hello.mutable_hello());
     state->bytes_sent += hello.ByteSizeLong();
     bool logged_connected = false;
     if (stream->Write(hello)) {
@@ -1229,11 +1265,13 @@ grpc::Status Replication::Replicate(
 
   std::unique_ptr<StreamCompressor> compressor;
   std::unique_ptr<StreamDecompressor> decompressor;
-  if (options_.compress_streams &&
-      request.hello().compression() == mergedb::v1::STREAM_COMPRESSION_DEFLATE) {
-    hello->mutable_hello_ack()->set_compression(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
-    compressor = std::make_unique<StreamCompressor>();
-    decompressor = std::make_unique<StreamDecompressor>();
+  if (options_.compress_streams) {
+    const mergedb::v1::StreamCompression chosen = ChooseCompression(request.hello());
+    hello->mutable_hello_ack()->set_compression(chosen);
+    if (const std::optional<StreamCodec> codec = CodecOf(chosen); codec.has_value()) {
+      compressor = StreamCompressor::Create(*codec);
+      decompressor = StreamDecompressor::Create(*codec);
+    }
   }
   PeerState* state = StateOf(peer);
   state->bytes_received += request.ByteSizeLong();

@@ -279,14 +279,20 @@ void ClientSeeds() {
 // stream (and again as plain messages) as a stream_codec_fuzzer seed.
 void WriteReplication(const std::string& name, const mergedb::fuzz::ReplicationStream& stream) {
   Write("replication_fuzzer", name, stream);
-  mergedb::fuzz::CompressedStream compressed;
-  node::StreamCompressor compressor;
-  for (const auto& request : stream.requests()) {
-    const std::string plain = crdt::SerializeDeterministic(request);
-    compressed.add_compressed(compressor.Compress(plain));
-    compressed.add_plain(plain);
+  for (const auto codec :
+       {mergedb::v1::STREAM_COMPRESSION_DEFLATE, mergedb::v1::STREAM_COMPRESSION_ZSTD}) {
+    const bool zstd = codec == mergedb::v1::STREAM_COMPRESSION_ZSTD;
+    mergedb::fuzz::CompressedStream compressed;
+    compressed.set_codec(codec);
+    auto compressor = node::StreamCompressor::Create(zstd ? node::StreamCodec::kZstd
+                                                          : node::StreamCodec::kDeflate);
+    for (const auto& request : stream.requests()) {
+      const std::string plain = crdt::SerializeDeterministic(request);
+      compressed.add_compressed(compressor->Compress(plain));
+      compressed.add_plain(plain);
+    }
+    Write("stream_codec_fuzzer", zstd ? name + "_zstd" : name, compressed);
   }
-  Write("stream_codec_fuzzer", name, compressed);
 }
 
 void AddFrame(mergedb::fuzz::ReplicationStream* stream, const std::vector<storage::LogRecord>& log,

@@ -1,7 +1,8 @@
 // Fuzzes the decompression of replication streams: bytes -> mergedb.fuzz.CompressedStream -> one
-// node::StreamDecompressor over its compressed messages, each result parsed as the
-// ReplicationRequest it claims to be, as the replication transport does before a message reaches
-// LinkReceiver. On a compressed stream, these are the first of a peer's bytes a node decodes.
+// node::StreamDecompressor (of the input's codec) over its compressed messages, each result parsed
+// as the ReplicationRequest it claims to be, as the replication transport does before a message
+// reaches LinkReceiver. On a compressed stream, these are the first of a peer's bytes a node
+// decodes.
 //
 // Invariants besides "no crash, no sanitizer report, no hang":
 //   - no message expands beyond the limit given;
@@ -26,7 +27,11 @@ constexpr int kMaxMessages = 64;
 constexpr size_t kMaxPlainBytes = size_t{1} << 20;
 
 void Run(const CompressedStream& input) {
-  node::StreamDecompressor decompressor;
+  const node::StreamCodec codec = input.codec() == mergedb::v1::STREAM_COMPRESSION_ZSTD
+                                      ? node::StreamCodec::kZstd
+                                      : node::StreamCodec::kDeflate;
+  auto decompressor_owner = node::StreamDecompressor::Create(codec);
+  node::StreamDecompressor& decompressor = *decompressor_owner;
   bool broken = false;
   for (int i = 0; i < input.compressed_size() && i < kMaxMessages; ++i) {
     auto plain = decompressor.Decompress(input.compressed(i), kMaxPlainBytes);
@@ -43,11 +48,11 @@ void Run(const CompressedStream& input) {
     (void)request.ParseFromString(*plain);
   }
 
-  node::StreamCompressor compressor;
-  node::StreamDecompressor receiver;
+  auto compressor = node::StreamCompressor::Create(codec);
+  auto receiver = node::StreamDecompressor::Create(codec);
   for (int i = 0; i < input.plain_size() && i < kMaxMessages; ++i) {
     const std::string& message = input.plain(i);
-    auto back = receiver.Decompress(compressor.Compress(message), kMaxPlainBytes);
+    auto back = receiver->Decompress(compressor->Compress(message), kMaxPlainBytes);
     MERGEDB_FUZZ_CHECK(back.ok(), "message ", i, " of ", message.size(),
                        " bytes does not decompress: ", back.status().ToString());
     MERGEDB_FUZZ_CHECK(*back == message, "message ", i, " changes through compression");

@@ -1,9 +1,11 @@
 // Replication between in-process nodes over real gRPC links on 127.0.0.1.
 #include <atomic>
+#include <functional>
 #include <random>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "node/stream_codec.h"
 #include "tests/node/cluster_test_util.h"
 #include "tests/node/node_test_util.h"
 #include "tests/node/tcp_proxy.h"
@@ -649,6 +651,89 @@ TEST(Replication, NodesWithAndWithoutStreamCompressionInteroperate) {
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(cluster.Update(i, IncrementOf("mixed", 1)).ok());
   ASSERT_TRUE(cluster.WaitConverged());
   for (int i = 0; i < 3; ++i) EXPECT_EQ(CounterIn(cluster.Get(i, "c", "mixed"), "n"), 3);
+}
+
+// Opens a replication stream to `address` as n2, offering what `offer` sets in the hello, and
+// returns the compression the hello ack chose. When it chose a codec, the stream must carry a
+// heartbeat compressed with it and answer with an ack compressed with it: the choice is what
+// the node then speaks, not only what it says.
+mergedb::v1::StreamCompression NegotiateAsN2(
+    const std::string& address, const std::function<void(mergedb::v1::Hello*)>& offer) {
+  auto stub = mergedb::v1::ReplicationService::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto stream = stub->Replicate(&context);
+  mergedb::v1::ReplicationRequest hello;
+  hello.mutable_hello()->set_cluster_id("test-cluster");
+  hello.mutable_hello()->set_node_name("n2");
+  hello.mutable_hello()->set_replica_id(42);
+  hello.mutable_hello()->set_protocol_version(kReplicationProtocolVersion);
+  offer(hello.mutable_hello());
+  mergedb::v1::ReplicationResponse response;
+  EXPECT_TRUE(stream->Write(hello) && stream->Read(&response));
+  EXPECT_TRUE(response.has_hello_ack());
+  const mergedb::v1::StreamCompression chosen = response.hello_ack().compression();
+  if (chosen != mergedb::v1::STREAM_COMPRESSION_NONE) {
+    const StreamCodec codec =
+        chosen == mergedb::v1::STREAM_COMPRESSION_ZSTD ? StreamCodec::kZstd : StreamCodec::kDeflate;
+    auto compressor = StreamCompressor::Create(codec);
+    auto decompressor = StreamDecompressor::Create(codec);
+    mergedb::v1::ReplicationRequest heartbeat;
+    heartbeat.mutable_heartbeat();
+    mergedb::v1::ReplicationRequest wrapped;
+    wrapped.set_compressed(compressor->Compress(heartbeat.SerializeAsString()));
+    EXPECT_TRUE(stream->Write(wrapped));
+    EXPECT_TRUE(stream->Read(&response));
+    auto plain = decompressor->Decompress(response.compressed(), size_t{1} << 20);
+    EXPECT_TRUE(plain.ok()) << plain.status();
+    mergedb::v1::ReplicationResponse ack;
+    EXPECT_TRUE(plain.ok() && ack.ParseFromString(*plain) && ack.has_ack()) << ack.DebugString();
+  }
+  context.TryCancel();
+  (void)stream->Finish();
+  return chosen;
+}
+
+// Nodes prefer zstd and still speak DEFLATE with nodes of earlier versions, which offer only
+// DEFLATE, in the older field.
+TEST(Replication, StreamCompressionIsTheFirstOfTheOffersTheNodeSupports) {
+  Cluster cluster(2);  // n2 is a member of n1's cluster; the test speaks for it
+  cluster.Start(0);
+  using mergedb::v1::Hello;
+  EXPECT_EQ(NegotiateAsN2(cluster.Address(0),
+                          [](Hello* hello) {
+                            hello->set_compression(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+                            hello->add_compression_offers(mergedb::v1::STREAM_COMPRESSION_ZSTD);
+                            hello->add_compression_offers(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+                          }),
+            mergedb::v1::STREAM_COMPRESSION_ZSTD);
+  EXPECT_EQ(NegotiateAsN2(cluster.Address(0),
+                          [](Hello* hello) {
+                            hello->set_compression(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+                          }),
+            mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+  // An offer it does not know (a later version's) is passed over.
+  EXPECT_EQ(NegotiateAsN2(cluster.Address(0),
+                          [](Hello* hello) {
+                            hello->add_compression_offers(
+                                static_cast<mergedb::v1::StreamCompression>(99));
+                            hello->add_compression_offers(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+                          }),
+            mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+  EXPECT_EQ(NegotiateAsN2(cluster.Address(0), [](Hello*) {}), mergedb::v1::STREAM_COMPRESSION_NONE);
+}
+
+TEST(Replication, ANodeWithoutStreamCompressionAcceptsNoOffer) {
+  Cluster cluster(2);
+  cluster.options(0).replication.compress_streams = false;
+  cluster.Start(0);
+  EXPECT_EQ(NegotiateAsN2(cluster.Address(0),
+                          [](mergedb::v1::Hello* hello) {
+                            hello->set_compression(mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+                            hello->add_compression_offers(mergedb::v1::STREAM_COMPRESSION_ZSTD);
+                          }),
+            mergedb::v1::STREAM_COMPRESSION_NONE);
 }
 
 TEST(Replication, WritesAreForwardedAlongAChain) {

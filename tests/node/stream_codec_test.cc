@@ -1,5 +1,6 @@
 #include "node/stream_codec.h"
 
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -17,9 +18,20 @@ std::string RandomBytes(std::mt19937_64& rng, size_t n) {
   return s;
 }
 
-TEST(StreamCodec, MessagesRoundTripInOrderAndRepetitionGetsCheap) {
-  StreamCompressor compressor;
-  StreamDecompressor decompressor;
+// Every test runs with both codecs: the contract (empty messages, errors that break the stream,
+// the expansion bound) is the same.
+class StreamCodecTest : public ::testing::TestWithParam<StreamCodec> {
+ protected:
+  std::unique_ptr<StreamCompressor> NewCompressor() const {
+    return StreamCompressor::Create(GetParam());
+  }
+  std::unique_ptr<StreamCompressor> compressor_ = NewCompressor();
+  std::unique_ptr<StreamDecompressor> decompressor_ = StreamDecompressor::Create(GetParam());
+};
+
+TEST_P(StreamCodecTest, MessagesRoundTripInOrderAndRepetitionGetsCheap) {
+  StreamCompressor& compressor = *compressor_;
+  StreamDecompressor& decompressor = *decompressor_;
   std::mt19937_64 rng(7);
   const std::string common = RandomBytes(rng, 60);  // e.g. replica ids and keys of every frame
   std::vector<size_t> sizes;
@@ -36,9 +48,9 @@ TEST(StreamCodec, MessagesRoundTripInOrderAndRepetitionGetsCheap) {
   EXPECT_LT(sizes.back(), 30u);
 }
 
-TEST(StreamCodec, EmptyLargeAndIncompressibleMessagesRoundTrip) {
-  StreamCompressor compressor;
-  StreamDecompressor decompressor;
+TEST_P(StreamCodecTest, EmptyLargeAndIncompressibleMessagesRoundTrip) {
+  StreamCompressor& compressor = *compressor_;
+  StreamDecompressor& decompressor = *decompressor_;
   std::mt19937_64 rng(8);
   for (size_t n : {size_t{0}, size_t{1}, size_t{100000}, size_t{3} << 20, size_t{0}}) {
     const std::string message = RandomBytes(rng, n);
@@ -51,9 +63,9 @@ TEST(StreamCodec, EmptyLargeAndIncompressibleMessagesRoundTrip) {
 // zlib emits nothing for a sync flush right after another, so an empty message used to leave
 // the receiver appending a flush tail the sender never produced, and the next message did not
 // decode (found by tests/fuzz/stream_codec_fuzzer).
-TEST(StreamCodec, EmptyMessagesBetweenOthersKeepBothEndsInStep) {
-  StreamCompressor compressor;
-  StreamDecompressor decompressor;
+TEST_P(StreamCodecTest, EmptyMessagesBetweenOthersKeepBothEndsInStep) {
+  StreamCompressor& compressor = *compressor_;
+  StreamDecompressor& decompressor = *decompressor_;
   for (const std::string message : {"first", "", "", "after two empty ones", ""}) {
     auto plain = decompressor.Decompress(compressor.Compress(message), kMax);
     ASSERT_TRUE(plain.ok()) << plain.status();
@@ -61,37 +73,50 @@ TEST(StreamCodec, EmptyMessagesBetweenOthersKeepBothEndsInStep) {
   }
 }
 
-TEST(StreamCodec, CorruptDataIsAnErrorAndTheStreamStaysBroken) {
-  StreamCompressor compressor;
-  StreamDecompressor decompressor;
+TEST_P(StreamCodecTest, CorruptDataIsAnErrorAndTheStreamStaysBroken) {
+  StreamCompressor& compressor = *compressor_;
+  StreamDecompressor& decompressor = *decompressor_;
   std::string wire = compressor.Compress(std::string(1000, 'a'));
-  wire[0] = static_cast<char>(0xff);  // an invalid block type
+  wire[0] = static_cast<char>(0xff);  // DEFLATE: an invalid block type; zstd: a bad magic number
   auto plain = decompressor.Decompress(wire, kMax);
   ASSERT_FALSE(plain.ok());
   EXPECT_EQ(plain.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(decompressor.Decompress(compressor.Compress("x"), kMax).ok());
 }
 
-TEST(StreamCodec, AMessageOfAnotherStreamDoesNotDecode) {
-  StreamCompressor first, second;
-  StreamDecompressor decompressor;
+TEST_P(StreamCodecTest, AMessageOfAnotherStreamDoesNotDecode) {
+  std::unique_ptr<StreamCompressor> first = NewCompressor();
+  std::unique_ptr<StreamCompressor> second = NewCompressor();
+  StreamDecompressor& decompressor = *decompressor_;
   const std::string message = "frame frame frame frame frame";
-  ASSERT_TRUE(decompressor.Decompress(first.Compress(message), kMax).ok());
-  (void)second.Compress(std::string(5000, 'z'));
+  ASSERT_TRUE(decompressor.Decompress(first->Compress(message), kMax).ok());
+  // Random bytes, so the repeat can only be a reference into the previous message (a run of
+  // one byte would compress to something that decodes in any context: a zstd RLE block).
+  std::mt19937_64 rng(9);
+  const std::string repeated = RandomBytes(rng, 5000);
+  (void)second->Compress(repeated);
+  const std::string wire = second->Compress(repeated);
+  ASSERT_LT(wire.size(), 100u);  // the reference, not the bytes
   // Refers back into a history this decompressor never saw.
-  auto plain = decompressor.Decompress(second.Compress(std::string(5000, 'z')), kMax);
-  EXPECT_FALSE(plain.ok() && *plain == std::string(5000, 'z'));
+  auto plain = decompressor.Decompress(wire, kMax);
+  EXPECT_FALSE(plain.ok() && *plain == repeated);
 }
 
-TEST(StreamCodec, ExpansionBeyondTheLimitIsRefused) {
-  StreamCompressor compressor;
-  StreamDecompressor decompressor;
+TEST_P(StreamCodecTest, ExpansionBeyondTheLimitIsRefused) {
+  StreamCompressor& compressor = *compressor_;
+  StreamDecompressor& decompressor = *decompressor_;
   const std::string wire = compressor.Compress(std::string(size_t{8} << 20, '\0'));
   EXPECT_LT(wire.size(), size_t{64} << 10);
   auto plain = decompressor.Decompress(wire, size_t{1} << 20);
   ASSERT_FALSE(plain.ok());
   EXPECT_NE(plain.status().message().find("expands beyond"), std::string::npos);
 }
+
+INSTANTIATE_TEST_SUITE_P(Codecs, StreamCodecTest,
+                         ::testing::Values(StreamCodec::kDeflate, StreamCodec::kZstd),
+                         [](const ::testing::TestParamInfo<StreamCodec>& info) {
+                           return info.param == StreamCodec::kZstd ? "Zstd" : "Deflate";
+                         });
 
 }  // namespace
 }  // namespace mergedb::node
