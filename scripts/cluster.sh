@@ -87,18 +87,9 @@ load_conf() {
 # A CA and one certificate for every node (they all listen on 127.0.0.1), in DIR/tls. The CA's
 # key stays there too: a local cluster for trying things out, not a way to keep keys.
 make_certs() {
-  command -v openssl >/dev/null || die "--tls needs the openssl tool"
-  local t=$dir/tls
-  mkdir -p "$t"
-  chmod 700 "$t"
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$t/san.ext"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-    -subj "/CN=mergedb local cluster CA" -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null &&
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=mergedb node" \
-    -keyout "$t/node.key" -out "$t/node.csr" 2>/dev/null &&
-  openssl x509 -req -days 3650 -in "$t/node.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" \
-    -CAcreateserial -extfile "$t/san.ext" -out "$t/node.pem" 2>/dev/null ||
-    die "could not make the TLS certificates in $t"
+  "$root/scripts/make_certs.sh" ca "$dir/tls" ca &&
+    "$root/scripts/make_certs.sh" cert "$dir/tls" node ca ||
+    die "could not make the TLS certificates in $dir/tls"
 }
 
 node_index() {  # n2 -> 2

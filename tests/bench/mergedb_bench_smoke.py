@@ -5,6 +5,7 @@ hang together; bad options get a usage error. Small runs: this checks the tool, 
 usage: mergedb_bench_smoke.py PATH/TO/mergedb-bench
 """
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -79,16 +80,10 @@ check_run("unary ALL with reads", ["--mode=unary", "--write_concern=all", "--wri
 # Over TLS: nodes started with certificates made here, the tool trusting their CA (lag on, so
 # the Watch streams connect over TLS too).
 with tempfile.TemporaryDirectory(prefix="mergedb-bench-tls-") as certs:
-    def openssl(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=certs)
-    with open(f"{certs}/san.ext", "w") as ext:
-        ext.write("subjectAltName=IP:127.0.0.1\n")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-days", "2", "-subj", "/CN=ca", "-keyout", "ca.key",
-            "-out", "ca.pem")
-    openssl("req", *ec, "-subj", "/CN=node", "-keyout", "node.key", "-out", "node.csr")
-    openssl("x509", "-req", "-days", "2", "-in", "node.csr", "-CA", "ca.pem", "-CAkey",
-            "ca.key", "-CAcreateserial", "-extfile", "san.ext", "-out", "node.pem")
+    make_certs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                              "scripts", "make_certs.sh")
+    subprocess.run([make_certs, "ca", certs, "ca", "2"], check=True)
+    subprocess.run([make_certs, "cert", certs, "node", "ca", "2"], check=True)
     check_run("stream LOCAL over TLS",
               ["--mode=stream", "--writes=1000", "--warmup=100", "--nobaselines",
                "--lag=inline", "--sample_every=20", "--json_only", f"--tls_ca={certs}/ca.pem",

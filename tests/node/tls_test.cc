@@ -24,8 +24,9 @@ using testing::CounterIn;
 using testing::Incr;
 using testing::UpdateOf;
 
-// Certificates made with the openssl tool in a temporary directory: a CA, a node certificate
-// it signed for 127.0.0.1, and an impostor's certificate another CA signed for the same name.
+// Certificates made by scripts/make_certs.sh in a temporary directory: a CA, a node certificate
+// it signed for 127.0.0.1, an impostor's certificate another CA signed for the same name, and
+// one the CA signed that has expired.
 class TlsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -33,27 +34,12 @@ class TlsTest : public ::testing::Test {
     std::string pattern = std::string(tmp != nullptr ? tmp : "/tmp") + "/mergedb-tls-XXXXXX";
     ASSERT_NE(mkdtemp(pattern.data()), nullptr);
     dir_ = new std::string(pattern);
-    const std::string d = *dir_;
-    {
-      std::ofstream ext(d + "/san.ext");
-      ext << "subjectAltName=IP:127.0.0.1,DNS:localhost\n";
-    }
-    for (const std::string ca : {"ca", "other-ca"}) {
-      Run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
-          "-subj /CN=" +
-          ca + " -keyout " + d + "/" + ca + ".key -out " + d + "/" + ca + ".pem");
-    }
-    for (const auto& [name, ca] :
-         {std::pair<std::string, std::string>{"node", "ca"}, {"impostor", "other-ca"}}) {
-      Run("openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=" + name +
-          " -keyout " + d + "/" + name + ".key -out " + d + "/" + name + ".csr");
-      Run("openssl x509 -req -days 2 -in " + d + "/" + name + ".csr -CA " + d + "/" + ca +
-          ".pem -CAkey " + d + "/" + ca + ".key -CAcreateserial -extfile " + d + "/san.ext -out " +
-          d + "/" + name + ".pem");
-    }
-    // The node's key, certified for one day that ended yesterday.
-    Run("openssl x509 -req -days -1 -in " + d + "/node.csr -CA " + d + "/ca.pem -CAkey " + d +
-        "/ca.key -CAcreateserial -extfile " + d + "/san.ext -out " + d + "/expired.pem");
+    const std::string make = std::string(MERGEDB_SOURCE_DIR) + "/scripts/make_certs.sh ";
+    for (const std::string ca : {"ca", "other-ca"}) Run(make + "ca " + *dir_ + " " + ca + " 2");
+    Run(make + "cert " + *dir_ + " node ca 2");
+    Run(make + "cert " + *dir_ + " impostor other-ca 2");
+    Run(make + "cert " + *dir_ + " expired ca -1");  // one day of validity, ended yesterday
+    std::ofstream(*dir_ + "/not.pem") << "not a certificate\n";
   }
   static void TearDownTestSuite() {
     std::filesystem::remove_all(*dir_);
@@ -148,7 +134,7 @@ TEST_F(TlsTest, ANodeChecksItsFilesAtStartUp) {
   EXPECT_TRUE(absl::StrContains(missing.status().message(), "--tls_cert=")) << missing.status();
   EXPECT_TRUE(absl::StrContains(missing.status().message(), "cannot read")) << missing.status();
 
-  auto not_pem = LoadNodeTls({Path("san.ext"), Path("node.key"), Path("ca.pem")}, "--tls_");
+  auto not_pem = LoadNodeTls({Path("not.pem"), Path("node.key"), Path("ca.pem")}, "--tls_");
   EXPECT_TRUE(absl::StrContains(not_pem.status().message(), "no PEM certificate"))
       << not_pem.status();
 
@@ -156,7 +142,7 @@ TEST_F(TlsTest, ANodeChecksItsFilesAtStartUp) {
   EXPECT_TRUE(absl::StrContains(wrong_key.status().message(), "not the key of the certificate"))
       << wrong_key.status();
 
-  auto expired = LoadNodeTls({Path("expired.pem"), Path("node.key"), Path("ca.pem")}, "--tls_");
+  auto expired = LoadNodeTls({Path("expired.pem"), Path("expired.key"), Path("ca.pem")}, "--tls_");
   EXPECT_TRUE(absl::StrContains(expired.status().message(), "expired")) << expired.status();
 
   auto key_as_ca = LoadNodeTls({Path("node.pem"), Path("node.key"), Path("node.key")}, "--tls_");

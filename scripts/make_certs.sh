@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# TLS certificates for local clusters and tests, made with the openssl tool (ECDSA P-256):
+#
+#   scripts/make_certs.sh ca DIR NAME [DAYS]       a self-signed CA: DIR/NAME.pem and DIR/NAME.key
+#   scripts/make_certs.sh cert DIR NAME CA [DAYS]  a node certificate for 127.0.0.1 and localhost,
+#                                                  signed by the CA DIR/CA.pem (DIR/CA.key):
+#                                                  DIR/NAME.pem and DIR/NAME.key
+#
+# DAYS defaults to 3650; -1 makes a certificate whose one day of validity ended yesterday.
+# Not a way to keep keys: the CA's key stays beside its certificate. A cluster across machines
+# needs certificates naming each node's address, from the operator's own CA.
+set -euo pipefail
+
+die() { echo "make_certs.sh: $*" >&2; exit 1; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+command -v openssl >/dev/null || die "needs the openssl tool (Debian package openssl)"
+[ $# -ge 3 ] || usage
+kind=$1 dir=$2 name=$3
+mkdir -p "$dir"
+chmod 700 "$dir"
+# Errors go to the caller; openssl's progress chatter does not.
+quiet() { "$@" 2>"$dir/.openssl.err" || { cat "$dir/.openssl.err" >&2; die "$1 $2 failed"; }; }
+ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+
+case $kind in
+  ca)
+    [ $# -le 4 ] || usage
+    quiet openssl req -x509 "${ec[@]}" -days "${4:-3650}" -subj "/CN=$name" \
+      -keyout "$dir/$name.key" -out "$dir/$name.pem"
+    ;;
+  cert)
+    [ $# -ge 4 ] && [ $# -le 5 ] || usage
+    ca=$4
+    [ -f "$dir/$ca.pem" ] && [ -f "$dir/$ca.key" ] || die "no CA $dir/$ca.pem and $dir/$ca.key"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/$name.ext"
+    quiet openssl req "${ec[@]}" -subj "/CN=$name" -keyout "$dir/$name.key" -out "$dir/$name.csr"
+    quiet openssl x509 -req -days "${5:-3650}" -in "$dir/$name.csr" -CA "$dir/$ca.pem" \
+      -CAkey "$dir/$ca.key" -CAcreateserial -extfile "$dir/$name.ext" -out "$dir/$name.pem"
+    rm -f "$dir/$name.csr" "$dir/$name.ext"
+    ;;
+  *) usage ;;
+esac
+rm -f "$dir/.openssl.err"
