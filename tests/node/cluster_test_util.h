@@ -29,6 +29,9 @@
 namespace mergedb::node::testing {
 
 // A port the kernel just handed out and released (the node binds it right after).
+// A Cluster's id unless its constructor is given another.
+inline constexpr char kTestClusterId[] = "test-cluster";
+
 inline int PickPort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -45,7 +48,7 @@ class Cluster {
  public:
   // `links[i]` lists the nodes node i peers with; empty means a full mesh.
   explicit Cluster(int n, std::vector<std::vector<int>> links = {},
-                   std::string cluster_id = "test-cluster")
+                   std::string cluster_id = kTestClusterId)
       : n_(n), links_(std::move(links)), cluster_id_(std::move(cluster_id)) {
     SetMinLogLevel(LogLevel::kWarning);
     for (int i = 0; i < n; ++i) {
@@ -241,6 +244,17 @@ class Cluster {
   std::vector<NodeOptions> options_;
   std::map<int, Stubs> stubs_;
 };
+
+// The hello a test sends to a Cluster's node when it speaks for another member (a node it
+// does not start) on a raw replication stream.
+inline mergedb::v1::ReplicationRequest HelloAs(const std::string& node_name) {
+  mergedb::v1::ReplicationRequest hello;
+  hello.mutable_hello()->set_cluster_id(kTestClusterId);
+  hello.mutable_hello()->set_node_name(node_name);
+  hello.mutable_hello()->set_replica_id(42);
+  hello.mutable_hello()->set_protocol_version(kReplicationProtocolVersion);
+  return hello;
+}
 
 }  // namespace mergedb::node::testing
 

@@ -664,11 +664,7 @@ mergedb::v1::StreamCompression NegotiateAsN2(
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   auto stream = stub->Replicate(&context);
-  mergedb::v1::ReplicationRequest hello;
-  hello.mutable_hello()->set_cluster_id("test-cluster");
-  hello.mutable_hello()->set_node_name("n2");
-  hello.mutable_hello()->set_replica_id(42);
-  hello.mutable_hello()->set_protocol_version(kReplicationProtocolVersion);
+  mergedb::v1::ReplicationRequest hello = testing::HelloAs("n2");
   offer(hello.mutable_hello());
   mergedb::v1::ReplicationResponse response;
   EXPECT_TRUE(stream->Write(hello) && stream->Read(&response));

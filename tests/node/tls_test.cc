@@ -102,12 +102,7 @@ class TlsTest : public ::testing::Test {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
     auto stream = stub->Replicate(&context);
-    mergedb::v1::ReplicationRequest hello;
-    hello.mutable_hello()->set_cluster_id("test-cluster");
-    hello.mutable_hello()->set_node_name("n2");
-    hello.mutable_hello()->set_replica_id(42);
-    hello.mutable_hello()->set_protocol_version(kReplicationProtocolVersion);
-    stream->Write(hello);
+    stream->Write(testing::HelloAs("n2"));
     stream->WritesDone();
     mergedb::v1::ReplicationResponse response;
     *answered = stream->Read(&response);
