@@ -13,14 +13,16 @@
 namespace mergedb::node {
 namespace {
 
-// Both decompressors write into a buffer that doubles until `max_bytes`, where a message that
-// needs more is refused (a peer's few bytes must not make this node allocate without bound).
+// Both decompressors write into a buffer that doubles up to one byte past `max_bytes`, and
+// call this when it is full: a message that fills the byte past the bound is refused (a peer's
+// few bytes must not make this node allocate without bound), one of exactly `max_bytes` is not.
+absl::Status ExpandsBeyond(size_t max_bytes) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("compressed message expands beyond ", max_bytes, " bytes"));
+}
 absl::Status GrowWithin(std::string* out, size_t max_bytes) {
-  if (out->size() >= max_bytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("compressed message expands beyond ", max_bytes, " bytes"));
-  }
-  out->resize(std::min(max_bytes, std::max<size_t>(4096, out->size() * 2)));
+  if (out->size() > max_bytes) return ExpandsBeyond(max_bytes);
+  out->resize(std::min(max_bytes + 1, std::max<size_t>(4096, out->size() * 2)));
   return absl::OkStatus();
 }
 
@@ -240,6 +242,8 @@ absl::StatusOr<std::string> StreamDecompressor::Decompress(absl::string_view dat
   if (failed_) return absl::InvalidArgumentError("compressed stream: already broken");
   if (data.empty()) return std::string();  // an empty message (see Compress)
   absl::StatusOr<std::string> plain = DecompressNonEmpty(data, max_bytes);
+  // GrowWithin's bound, checked once more whatever path a codec's loop took.
+  if (plain.ok() && plain->size() > max_bytes) plain = ExpandsBeyond(max_bytes);
   if (!plain.ok()) failed_ = true;
   return plain;
 }

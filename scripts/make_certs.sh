@@ -17,28 +17,34 @@ usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 command -v openssl >/dev/null || die "needs the openssl tool (Debian package openssl)"
 [ $# -ge 3 ] || usage
 kind=$1 dir=$2 name=$3
-mkdir -p "$dir"
-chmod 700 "$dir"
-# Errors go to the caller; openssl's progress chatter does not.
-quiet() { "$@" 2>"$dir/.openssl.err" || { cat "$dir/.openssl.err" >&2; die "$1 $2 failed"; }; }
-ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-
 case $kind in
-  ca)
-    [ $# -le 4 ] || usage
-    quiet openssl req -x509 "${ec[@]}" -days "${4:-3650}" -subj "/CN=$name" \
-      -keyout "$dir/$name.key" -out "$dir/$name.pem"
-    ;;
+  ca) [ $# -le 4 ] || usage; days=${4:-3650} ;;
   cert)
     [ $# -ge 4 ] && [ $# -le 5 ] || usage
-    ca=$4
+    ca=$4 days=${5:-3650}
+    [ "$name" != "$ca" ] || die "a certificate named like its CA would overwrite the CA's key"
     [ -f "$dir/$ca.pem" ] && [ -f "$dir/$ca.key" ] || die "no CA $dir/$ca.pem and $dir/$ca.key"
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/$name.ext"
-    quiet openssl req "${ec[@]}" -subj "/CN=$name" -keyout "$dir/$name.key" -out "$dir/$name.csr"
-    quiet openssl x509 -req -days "${5:-3650}" -in "$dir/$name.csr" -CA "$dir/$ca.pem" \
-      -CAkey "$dir/$ca.key" -CAcreateserial -extfile "$dir/$name.ext" -out "$dir/$name.pem"
-    rm -f "$dir/$name.csr" "$dir/$name.ext"
     ;;
   *) usage ;;
 esac
-rm -f "$dir/.openssl.err"
+[[ "$days" =~ ^-?[0-9]+$ ]] || die "DAYS must be a whole number, not '$days'"
+# A directory made here holds keys: only its owner may read it. One that exists is left as it is.
+if [ ! -d "$dir" ]; then
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# openssl's errors go to the caller; its progress chatter does not.
+quiet() { "$@" 2>"$work/err" || { cat "$work/err" >&2; die "$1 $2 failed"; }; }
+ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+
+if [ "$kind" = ca ]; then
+  quiet openssl req -x509 "${ec[@]}" -days "$days" -subj "/CN=$name" \
+    -keyout "$dir/$name.key" -out "$dir/$name.pem"
+else
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$work/san.ext"
+  quiet openssl req "${ec[@]}" -subj "/CN=$name" -keyout "$dir/$name.key" -out "$work/req.csr"
+  quiet openssl x509 -req -days "$days" -in "$work/req.csr" -CA "$dir/$ca.pem" \
+    -CAkey "$dir/$ca.key" -CAcreateserial -extfile "$work/san.ext" -out "$dir/$name.pem"
+fi

@@ -28,10 +28,10 @@
 
 namespace mergedb::node::testing {
 
-// A port the kernel just handed out and released (the node binds it right after).
 // A Cluster's id unless its constructor is given another.
 inline constexpr char kTestClusterId[] = "test-cluster";
 
+// A port the kernel just handed out and released (the node binds it right after).
 inline int PickPort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};

@@ -732,6 +732,113 @@ TEST(Replication, ANodeWithoutStreamCompressionAcceptsNoOffer) {
             mergedb::v1::STREAM_COMPRESSION_NONE);
 }
 
+// Stands in for member n2 on its address, as a node that reads only the hello's older
+// compression field would: it answers the hello with what `choose` picks, then decodes the
+// next message with that codec.
+class CompressionPeer final : public mergedb::v1::ReplicationService::Service {
+ public:
+  explicit CompressionPeer(
+      std::function<mergedb::v1::StreamCompression(const mergedb::v1::Hello&)> choose)
+      : choose_(std::move(choose)) {}
+
+  grpc::Status Replicate(
+      grpc::ServerContext* /*context*/,
+      grpc::ServerReaderWriter<mergedb::v1::ReplicationResponse, mergedb::v1::ReplicationRequest>*
+          stream) override {
+    mergedb::v1::ReplicationRequest hello;
+    if (!stream->Read(&hello)) return grpc::Status::OK;
+    const mergedb::v1::StreamCompression chosen = choose_(hello.hello());
+    mergedb::v1::ReplicationResponse ack;
+    ack.mutable_hello_ack()->set_node_name("n2");
+    ack.mutable_hello_ack()->set_replica_id(42);
+    ack.mutable_hello_ack()->set_compression(chosen);
+    stream->Write(ack);
+    mergedb::v1::ReplicationRequest next;
+    std::string decoded;
+    if (stream->Read(&next) && chosen == mergedb::v1::STREAM_COMPRESSION_DEFLATE) {
+      auto plain =
+          StreamDecompressor::Create(StreamCodec::kDeflate)->Decompress(next.compressed(), 1 << 20);
+      mergedb::v1::ReplicationRequest request;
+      if (plain.ok() && request.ParseFromString(*plain)) decoded = request.DebugString();
+    }
+    absl::MutexLock lock(&mu_);
+    hellos_.push_back(hello.hello());
+    if (!decoded.empty()) decoded_.push_back(decoded);
+    return grpc::Status::OK;
+  }
+
+  std::vector<mergedb::v1::Hello> hellos() {
+    absl::MutexLock lock(&mu_);
+    return hellos_;
+  }
+  std::vector<std::string> decoded() {
+    absl::MutexLock lock(&mu_);
+    return decoded_;
+  }
+
+ private:
+  const std::function<mergedb::v1::StreamCompression(const mergedb::v1::Hello&)> choose_;
+  absl::Mutex mu_;
+  std::vector<mergedb::v1::Hello> hellos_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> decoded_ ABSL_GUARDED_BY(mu_);
+};
+
+std::unique_ptr<grpc::Server> Serve(const std::string& address, grpc::Service* service) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials());
+  builder.RegisterService(service);
+  return builder.BuildAndStart();
+}
+
+// The sending side with a node of an earlier version: it still finds DEFLATE in the hello's
+// older field, and the node then speaks DEFLATE on the stream.
+TEST(Replication, ANodeSpeaksDeflateToAPeerThatOffersOnlyThat) {
+  Cluster cluster(2);
+  CompressionPeer old_peer([](const mergedb::v1::Hello& hello) { return hello.compression(); });
+  auto server = Serve(cluster.Address(1), &old_peer);
+  ASSERT_NE(server, nullptr);
+  cluster.Start(0);
+  ASSERT_TRUE(Eventually([&] { return !old_peer.decoded().empty(); }));
+  const mergedb::v1::Hello hello = old_peer.hellos().front();
+  EXPECT_EQ(hello.compression(), mergedb::v1::STREAM_COMPRESSION_DEFLATE);
+  ASSERT_EQ(hello.compression_offers_size(), 2);
+  EXPECT_EQ(hello.compression_offers(0), mergedb::v1::STREAM_COMPRESSION_ZSTD);
+  cluster.Stop(0);
+  server->Shutdown();
+}
+
+// A peer that answers with a codec the node did not offer gets no stream: the node could not
+// read what follows, and says why.
+TEST(Replication, AnAnswerNamingACodecTheNodeDidNotOfferEndsTheLink) {
+  for (const bool compress : {true, false}) {
+    SCOPED_TRACE(compress ? "offering zstd and DEFLATE" : "offering nothing");
+    Cluster cluster(2);
+    cluster.options(0).replication.compress_streams = compress;
+    CompressionPeer odd_peer([compress](const mergedb::v1::Hello&) {
+      return compress ? static_cast<mergedb::v1::StreamCompression>(99)
+                      : mergedb::v1::STREAM_COMPRESSION_DEFLATE;
+    });
+    auto server = Serve(cluster.Address(1), &odd_peer);
+    ASSERT_NE(server, nullptr);
+    cluster.Start(0);
+    EXPECT_TRUE(Eventually([&] {
+      for (const auto& peer : cluster.node(0)->replication()->PeerStatuses()) {
+        if (peer.name() == "n2" && absl::StrContains(peer.last_error(), "did not offer")) {
+          return true;
+        }
+      }
+      return false;
+    }));
+    EXPECT_TRUE(odd_peer.decoded().empty());
+    if (!compress) {
+      EXPECT_EQ(odd_peer.hellos().front().compression(), mergedb::v1::STREAM_COMPRESSION_NONE);
+      EXPECT_EQ(odd_peer.hellos().front().compression_offers_size(), 0);
+    }
+    cluster.Stop(0);
+    server->Shutdown();
+  }
+}
+
 TEST(Replication, WritesAreForwardedAlongAChain) {
   // Links n1-n2 and n2-n3 only.
   Cluster cluster(3, {{1}, {0, 2}, {1}});

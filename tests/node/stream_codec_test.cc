@@ -112,6 +112,19 @@ TEST_P(StreamCodecTest, ExpansionBeyondTheLimitIsRefused) {
   EXPECT_NE(plain.status().message().find("expands beyond"), std::string::npos);
 }
 
+TEST_P(StreamCodecTest, AMessageOfExactlyTheLimitPassesAndOneByteMoreDoesNot) {
+  constexpr size_t kLimit = 10000;
+  std::mt19937_64 rng(10);
+  const std::string at_limit = RandomBytes(rng, kLimit);
+  auto plain = decompressor_->Decompress(compressor_->Compress(at_limit), kLimit);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(*plain, at_limit);
+  auto over = decompressor_->Decompress(compressor_->Compress(at_limit + "x"), kLimit);
+  ASSERT_FALSE(over.ok());
+  EXPECT_NE(over.status().message().find("expands beyond 10000 bytes"), std::string::npos)
+      << over.status();
+}
+
 INSTANTIATE_TEST_SUITE_P(Codecs, StreamCodecTest,
                          ::testing::Values(StreamCodec::kDeflate, StreamCodec::kZstd),
                          [](const ::testing::TestParamInfo<StreamCodec>& info) {
