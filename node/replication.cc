@@ -775,6 +775,17 @@ std::optional<StreamCodec> CodecOf(int compression) {
   }
 }
 
+const char* CompressionName(mergedb::v1::StreamCompression compression) {
+  switch (compression) {
+    case mergedb::v1::STREAM_COMPRESSION_DEFLATE:
+      return "deflate";
+    case mergedb::v1::STREAM_COMPRESSION_ZSTD:
+      return "zstd";
+    default:
+      return "none";
+  }
+}
+
 // A sender's offer: DEFLATE in `compression` for nodes of earlier versions, which know only
 // that field, and every codec best first in `compression_offers`.
 void OfferCompression(mergedb::v1::Hello* hello) {
@@ -926,6 +937,7 @@ class Replication::Session {
     // Set once with hello_done, before the writer sends anything else.
     std::unique_ptr<StreamCompressor> compressor;
     std::unique_ptr<StreamDecompressor> decompressor;
+    mergedb::v1::StreamCompression negotiated = mergedb::v1::STREAM_COMPRESSION_NONE;
     // Set by the reader when the writer, waiting for log entries, must look again anyway.
     std::atomic<bool> kicked{false};
     auto kick = [&] {
@@ -969,6 +981,7 @@ class Replication::Session {
           }
           compressor = StreamCompressor::Create(*codec);
           decompressor = StreamDecompressor::Create(*codec);
+          negotiated = static_cast<mergedb::v1::StreamCompression>(chosen);
         }
         hello_done = true;
       }
@@ -1014,9 +1027,11 @@ class Replication::Session {
           }
           if (!logged_connected) {
             logged_connected = true;
+            state->compression = negotiated;
             state->connected = true;
             owner_->SetError(peer_.name, "");
-            MERGEDB_LOG(INFO) << "replicating to " << peer_.name << " at " << peer_.address;
+            MERGEDB_LOG(INFO) << "replicating to " << peer_.name << " at " << peer_.address
+                              << " (stream compression: " << CompressionName(negotiated) << ")";
           }
           auto produced = sender.Next();
           if (!produced.ok()) {
@@ -1193,6 +1208,7 @@ std::vector<mergedb::v1::PeerStatus> Replication::PeerStatuses() const {
     status.set_name(peer.name);
     status.set_address(peer.address);
     status.set_connected(state->connected);
+    if (status.connected()) status.set_compression(CompressionName(state->compression));
     status.set_entries_behind(view_.EntriesBehind(peer.name));
     status.set_bytes_sent(state->bytes_sent);
     status.set_bytes_received(state->bytes_received);

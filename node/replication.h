@@ -356,6 +356,8 @@ class Replication final : public mergedb::v1::ReplicationService::Service {
     std::atomic<uint64_t> bytes_received{0};
     std::atomic<uint64_t> frames_sent{0};
     std::atomic<uint64_t> entries_sent{0};
+    // What the current (or last) outbound stream negotiated.
+    std::atomic<mergedb::v1::StreamCompression> compression{mergedb::v1::STREAM_COMPRESSION_NONE};
     absl::Mutex mu;
     std::string last_error ABSL_GUARDED_BY(mu);
   };

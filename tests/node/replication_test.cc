@@ -651,6 +651,15 @@ TEST(Replication, NodesWithAndWithoutStreamCompressionInteroperate) {
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(cluster.Update(i, IncrementOf("mixed", 1)).ok());
   ASSERT_TRUE(cluster.WaitConverged());
   for (int i = 0; i < 3; ++i) EXPECT_EQ(CounterIn(cluster.Get(i, "c", "mixed"), "n"), 3);
+  // Status names what each link speaks: zstd between n1 and n3, none with n2 (once both
+  // links are up: the writes may have converged through n3 first).
+  EXPECT_TRUE(Eventually([&] {
+    for (const auto& peer : cluster.node(0)->replication()->PeerStatuses()) {
+      if (!peer.connected()) return false;
+      EXPECT_EQ(peer.compression(), peer.name() == "n2" ? "none" : "zstd") << peer.name();
+    }
+    return true;
+  }));
 }
 
 // Opens a replication stream to `address` as n2, offering what `offer` sets in the hello, and
@@ -761,9 +770,13 @@ class CompressionPeer final : public mergedb::v1::ReplicationService::Service {
       mergedb::v1::ReplicationRequest request;
       if (plain.ok() && request.ParseFromString(*plain)) decoded = request.DebugString();
     }
-    absl::MutexLock lock(&mu_);
-    hellos_.push_back(hello.hello());
-    if (!decoded.empty()) decoded_.push_back(decoded);
+    {
+      absl::MutexLock lock(&mu_);
+      hellos_.push_back(hello.hello());
+      if (!decoded.empty()) decoded_.push_back(decoded);
+    }
+    while (stream->Read(&next)) {  // keeps the link up until the node ends it
+    }
     return grpc::Status::OK;
   }
 
@@ -803,6 +816,8 @@ TEST(Replication, ANodeSpeaksDeflateToAPeerThatOffersOnlyThat) {
   EXPECT_EQ(hello.compression(), mergedb::v1::STREAM_COMPRESSION_DEFLATE);
   ASSERT_EQ(hello.compression_offers_size(), 2);
   EXPECT_EQ(hello.compression_offers(0), mergedb::v1::STREAM_COMPRESSION_ZSTD);
+  // Operators see what each link speaks.
+  EXPECT_EQ(cluster.node(0)->replication()->PeerStatuses().front().compression(), "deflate");
   cluster.Stop(0);
   server->Shutdown();
 }
