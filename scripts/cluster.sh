@@ -87,6 +87,7 @@ load_conf() {
 # A CA and one certificate for every node (they all listen on 127.0.0.1), in DIR/tls. The CA's
 # key stays there too: a local cluster for trying things out, not a way to keep keys.
 make_certs() {
+  rm -rf "$dir/tls"  # a new cluster: certificates left by an earlier one go
   "$root/scripts/make_certs.sh" ca "$dir/tls" ca &&
     "$root/scripts/make_certs.sh" cert "$dir/tls" node ca ||
     die "could not make the TLS certificates in $dir/tls"

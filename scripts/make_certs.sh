@@ -17,8 +17,14 @@ usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 command -v openssl >/dev/null || die "needs the openssl tool (Debian package openssl)"
 [ $# -ge 3 ] || usage
 kind=$1 dir=$2 name=$3
+[[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "NAME must be a file name, not '$name'"
 case $kind in
-  ca) [ $# -le 4 ] || usage; days=${4:-3650} ;;
+  ca)
+    [ $# -le 4 ] || usage
+    days=${4:-3650}
+    # A new key would strand every certificate the old one signed.
+    [ ! -e "$dir/$name.key" ] || die "$dir/$name.key exists: remove it to make a new CA"
+    ;;
   cert)
     [ $# -ge 4 ] && [ $# -le 5 ] || usage
     ca=$4 days=${5:-3650}
@@ -27,12 +33,9 @@ case $kind in
     ;;
   *) usage ;;
 esac
-[[ "$days" =~ ^-?[0-9]+$ ]] || die "DAYS must be a whole number, not '$days'"
+[[ "$days" =~ ^(-1|[0-9]+)$ ]] || die "DAYS must be -1 or a whole number of days, not '$days'"
 # A directory made here holds keys: only its owner may read it. One that exists is left as it is.
-if [ ! -d "$dir" ]; then
-  mkdir -p "$dir"
-  chmod 700 "$dir"
-fi
+[ -d "$dir" ] || (umask 077 && mkdir -p "$dir")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # openssl's errors go to the caller; its progress chatter does not.

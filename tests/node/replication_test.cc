@@ -653,13 +653,16 @@ TEST(Replication, NodesWithAndWithoutStreamCompressionInteroperate) {
   for (int i = 0; i < 3; ++i) EXPECT_EQ(CounterIn(cluster.Get(i, "c", "mixed"), "n"), 3);
   // Status names what each link speaks: zstd between n1 and n3, none with n2 (once both
   // links are up: the writes may have converged through n3 first).
+  std::map<std::string, std::string> codecs;
   EXPECT_TRUE(Eventually([&] {
+    codecs.clear();
     for (const auto& peer : cluster.node(0)->replication()->PeerStatuses()) {
       if (!peer.connected()) return false;
-      EXPECT_EQ(peer.compression(), peer.name() == "n2" ? "none" : "zstd") << peer.name();
+      codecs[peer.name()] = peer.compression();
     }
     return true;
   }));
+  EXPECT_EQ(codecs, (std::map<std::string, std::string>{{"n2", "none"}, {"n3", "zstd"}}));
 }
 
 // Opens a replication stream to `address` as n2, offering what `offer` sets in the hello, and
@@ -756,6 +759,10 @@ class CompressionPeer final : public mergedb::v1::ReplicationService::Service {
           stream) override {
     mergedb::v1::ReplicationRequest hello;
     if (!stream->Read(&hello)) return grpc::Status::OK;
+    {
+      absl::MutexLock lock(&mu_);
+      hellos_.push_back(hello.hello());
+    }
     const mergedb::v1::StreamCompression chosen = choose_(hello.hello());
     mergedb::v1::ReplicationResponse ack;
     ack.mutable_hello_ack()->set_node_name("n2");
@@ -770,10 +777,9 @@ class CompressionPeer final : public mergedb::v1::ReplicationService::Service {
       mergedb::v1::ReplicationRequest request;
       if (plain.ok() && request.ParseFromString(*plain)) decoded = request.DebugString();
     }
-    {
+    if (!decoded.empty()) {
       absl::MutexLock lock(&mu_);
-      hellos_.push_back(hello.hello());
-      if (!decoded.empty()) decoded_.push_back(decoded);
+      decoded_.push_back(decoded);
     }
     while (stream->Read(&next)) {  // keeps the link up until the node ends it
     }
@@ -796,19 +802,27 @@ class CompressionPeer final : public mergedb::v1::ReplicationService::Service {
   std::vector<std::string> decoded_ ABSL_GUARDED_BY(mu_);
 };
 
+// Serves `service` on a Cluster's address for a node it does not start. As Cluster::Start
+// does, it waits (bounded) for a socket that took the port as its ephemeral one to let go.
 std::unique_ptr<grpc::Server> Serve(const std::string& address, grpc::Service* service) {
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials());
-  builder.RegisterService(service);
-  return builder.BuildAndStart();
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    grpc::ServerBuilder builder;
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // fail rather than share the port
+    builder.AddListeningPort(address, grpc::InsecureServerCredentials());
+    builder.RegisterService(service);
+    if (auto server = builder.BuildAndStart()) return server;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return nullptr;
 }
 
 // The sending side with a node of an earlier version: it still finds DEFLATE in the hello's
 // older field, and the node then speaks DEFLATE on the stream.
 TEST(Replication, ANodeSpeaksDeflateToAPeerThatOffersOnlyThat) {
-  Cluster cluster(2);
   CompressionPeer old_peer([](const mergedb::v1::Hello& hello) { return hello.compression(); });
-  auto server = Serve(cluster.Address(1), &old_peer);
+  std::unique_ptr<grpc::Server> server;  // outlives the node, whose stop ends its streams
+  Cluster cluster(2);
+  server = Serve(cluster.Address(1), &old_peer);
   ASSERT_NE(server, nullptr);
   cluster.Start(0);
   ASSERT_TRUE(Eventually([&] { return !old_peer.decoded().empty(); }));
@@ -817,9 +831,9 @@ TEST(Replication, ANodeSpeaksDeflateToAPeerThatOffersOnlyThat) {
   ASSERT_EQ(hello.compression_offers_size(), 2);
   EXPECT_EQ(hello.compression_offers(0), mergedb::v1::STREAM_COMPRESSION_ZSTD);
   // Operators see what each link speaks.
-  EXPECT_EQ(cluster.node(0)->replication()->PeerStatuses().front().compression(), "deflate");
-  cluster.Stop(0);
-  server->Shutdown();
+  EXPECT_TRUE(Eventually([&] {
+    return cluster.node(0)->replication()->PeerStatuses().front().compression() == "deflate";
+  }));
 }
 
 // A peer that answers with a codec the node did not offer gets no stream: the node could not
@@ -827,13 +841,14 @@ TEST(Replication, ANodeSpeaksDeflateToAPeerThatOffersOnlyThat) {
 TEST(Replication, AnAnswerNamingACodecTheNodeDidNotOfferEndsTheLink) {
   for (const bool compress : {true, false}) {
     SCOPED_TRACE(compress ? "offering zstd and DEFLATE" : "offering nothing");
-    Cluster cluster(2);
-    cluster.options(0).replication.compress_streams = compress;
     CompressionPeer odd_peer([compress](const mergedb::v1::Hello&) {
       return compress ? static_cast<mergedb::v1::StreamCompression>(99)
                       : mergedb::v1::STREAM_COMPRESSION_DEFLATE;
     });
-    auto server = Serve(cluster.Address(1), &odd_peer);
+    std::unique_ptr<grpc::Server> server;  // outlives the node, whose stop ends its streams
+    Cluster cluster(2);
+    cluster.options(0).replication.compress_streams = compress;
+    server = Serve(cluster.Address(1), &odd_peer);
     ASSERT_NE(server, nullptr);
     cluster.Start(0);
     EXPECT_TRUE(Eventually([&] {
@@ -845,12 +860,11 @@ TEST(Replication, AnAnswerNamingACodecTheNodeDidNotOfferEndsTheLink) {
       return false;
     }));
     EXPECT_TRUE(odd_peer.decoded().empty());
+    ASSERT_FALSE(odd_peer.hellos().empty());  // recorded before the answer
     if (!compress) {
       EXPECT_EQ(odd_peer.hellos().front().compression(), mergedb::v1::STREAM_COMPRESSION_NONE);
       EXPECT_EQ(odd_peer.hellos().front().compression_offers_size(), 0);
     }
-    cluster.Stop(0);
-    server->Shutdown();
   }
 }
 
