@@ -760,9 +760,6 @@ namespace {
 // The largest replication message, set on the channels and bounding decompression.
 constexpr int kMaxMessageBytes = 64 << 20;
 
-// Stream compression (negotiated in the hello exchange): a message travels as the compressed
-// bytes of its serialization, in the `compressed` case of the same message type.
-
 // The codec of a negotiated compression; nullopt for none (or a value this node does not know).
 std::optional<StreamCodec> CodecOf(int compression) {
   switch (compression) {
@@ -802,6 +799,9 @@ mergedb::v1::StreamCompression ChooseCompression(const mergedb::v1::Hello& hello
   return CodecOf(hello.compression()).has_value() ? hello.compression()
                                                   : mergedb::v1::STREAM_COMPRESSION_NONE;
 }
+
+// Stream compression (negotiated in the hello exchange): a message travels as the compressed
+// bytes of its serialization, in the `compressed` case of the same message type.
 template <typename Message>
 void Wrap(StreamCompressor* compressor, Message* message) {
   std::string compressed = compressor->Compress(message->SerializeAsString());
