@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # TLS certificates for local clusters and tests, made with the openssl tool (ECDSA P-256):
 #
-#   scripts/make_certs.sh ca DIR NAME [DAYS]       a self-signed CA: DIR/NAME.pem and DIR/NAME.key
-#   scripts/make_certs.sh cert DIR NAME CA [DAYS]  a node certificate for 127.0.0.1 and localhost,
-#                                                  signed by the CA DIR/CA.pem (DIR/CA.key):
-#                                                  DIR/NAME.pem and DIR/NAME.key
+#   scripts/make_certs.sh ca DIR NAME [DAYS]
+#       a self-signed CA: DIR/NAME.pem and DIR/NAME.key
+#   scripts/make_certs.sh cert DIR NAME CA [DAYS [ADDRESSES]]
+#       a node certificate signed by the CA DIR/CA.pem (DIR/CA.key): DIR/NAME.pem, DIR/NAME.key
 #
 # DAYS defaults to 3650; -1 makes a certificate whose one day of validity ended yesterday.
-# Not a way to keep keys: the CA's key stays beside its certificate. A cluster across machines
-# needs certificates naming each node's address, from the operator's own CA.
+# ADDRESSES are the names peers and clients reach the node by (they check them), as
+# IP:a.b.c.d and DNS:name joined by commas; default IP:127.0.0.1,DNS:localhost. A cluster across
+# machines needs one certificate per node, naming its address.
+# Not a way to keep keys: the CA's key stays beside its certificate.
 set -euo pipefail
 
 die() { echo "make_certs.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 command -v openssl >/dev/null || die "needs the openssl tool (Debian package openssl)"
 [ $# -ge 3 ] || usage
@@ -26,8 +28,10 @@ case $kind in
     [ ! -e "$dir/$name.key" ] || die "$dir/$name.key exists: remove it to make a new CA"
     ;;
   cert)
-    [ $# -ge 4 ] && [ $# -le 5 ] || usage
-    ca=$4 days=${5:-3650}
+    [ $# -ge 4 ] && [ $# -le 6 ] || usage
+    ca=$4 days=${5:-3650} addresses=${6:-IP:127.0.0.1,DNS:localhost}
+    [[ "$addresses" =~ ^(IP|DNS):[^,[:space:]]+(,(IP|DNS):[^,[:space:]]+)*$ ]] ||
+      die "ADDRESSES must be IP:... or DNS:... joined by commas, not '$addresses'"
     [ "$name" != "$ca" ] || die "a certificate named like its CA would overwrite the CA's key"
     [ -f "$dir/$ca.pem" ] && [ -f "$dir/$ca.key" ] || die "no CA $dir/$ca.pem and $dir/$ca.key"
     ;;
@@ -46,7 +50,7 @@ if [ "$kind" = ca ]; then
   quiet openssl req -x509 "${ec[@]}" -days "$days" -subj "/CN=$name" \
     -keyout "$dir/$name.key" -out "$dir/$name.pem"
 else
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$work/san.ext"
+  printf 'subjectAltName=%s\n' "$addresses" >"$work/san.ext"
   quiet openssl req "${ec[@]}" -subj "/CN=$name" -keyout "$dir/$name.key" -out "$work/req.csr"
   quiet openssl x509 -req -days "$days" -in "$work/req.csr" -CA "$dir/$ca.pem" \
     -CAkey "$dir/$ca.key" -CAcreateserial -extfile "$work/san.ext" -out "$dir/$name.pem"

@@ -39,6 +39,7 @@ class TlsTest : public ::testing::Test {
     Run(make + "cert " + *dir_ + " node ca 2");
     Run(make + "cert " + *dir_ + " impostor other-ca 2");
     Run(make + "cert " + *dir_ + " expired ca -1");  // one day of validity, ended yesterday
+    Run(make + "cert " + *dir_ + " elsewhere ca 2 IP:127.0.0.2");  // not the address nodes use
     std::ofstream(*dir_ + "/not.pem") << "not a certificate\n";
   }
   static void TearDownTestSuite() {
@@ -108,6 +109,28 @@ class TlsTest : public ::testing::Test {
     *answered = stream->Read(&response);
     if (*answered) context.TryCancel();
     return stream->Finish();
+  }
+
+  // Waits until `node`'s only link is down with an error, and returns the error (empty when
+  // it stayed up). A link gives up a connection attempt after dead_after (3 s): this waits well
+  // past it.
+  static std::string AwaitLinkDown(const std::shared_ptr<grpc::Channel>& node) {
+    auto cluster_stub = mergedb::v1::ClusterService::NewStub(node);
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      absl::SleepFor(absl::Milliseconds(50));
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      mergedb::v1::StatusResponse status;
+      EXPECT_TRUE(cluster_stub->Status(&context, mergedb::v1::StatusRequest(), &status).ok());
+      if (status.peers_size() != 1) {
+        ADD_FAILURE() << "expected one link, got " << status.DebugString();
+        return "";
+      }
+      if (!status.peers(0).connected() && !status.peers(0).last_error().empty()) {
+        return status.peers(0).last_error();
+      }
+    }
+    return "";
   }
 
   static std::string* dir_;
@@ -220,24 +243,21 @@ TEST_F(TlsTest, ANodeWhoseCertificateAnotherCaSignedCannotJoin) {
   auto n1 = ClientChannel(cluster.Address(0));
   ASSERT_TRUE(Update(n1.get(), IncrementDoc(7)).ok());
 
-  auto cluster_stub = mergedb::v1::ClusterService::NewStub(n1);
-  std::string last_error;
-  bool connected = true;
-  // The link gives up a connection attempt after dead_after (3 s): wait well past it.
-  for (int attempt = 0; attempt < 200 && (connected || last_error.empty()); ++attempt) {
-    absl::SleepFor(absl::Milliseconds(50));
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    mergedb::v1::StatusResponse status;
-    ASSERT_TRUE(cluster_stub->Status(&context, mergedb::v1::StatusRequest(), &status).ok());
-    ASSERT_EQ(status.peers_size(), 1);
-    connected = status.peers(0).connected();
-    last_error = status.peers(0).last_error();
-  }
-  EXPECT_FALSE(connected);
-  EXPECT_TRUE(absl::StrContains(last_error, "TLS handshake")) << last_error;
+  EXPECT_TRUE(absl::StrContains(AwaitLinkDown(n1), "TLS handshake"));
   auto n2 = ClientChannel(cluster.Address(1), "other-ca.pem");
   EXPECT_EQ(AwaitCounter(n2.get(), 7, 1), 0);
+}
+
+// Peers check that a node's certificate names the address they reach it by: a certificate the
+// cluster's CA signed for another address does not pass for this node.
+TEST_F(TlsTest, ANodeWhoseCertificateNamesAnotherAddressIsNotTrusted) {
+  Cluster cluster(2);
+  cluster.options(0).tls = NodeTls();
+  cluster.options(1).tls = NodeTls("elsewhere");
+  cluster.StartAll();
+  auto n1 = ClientChannel(cluster.Address(0));
+  ASSERT_TRUE(Update(n1.get(), IncrementDoc(3)).ok());
+  EXPECT_TRUE(absl::StrContains(AwaitLinkDown(n1), "TLS handshake"));
 }
 
 }  // namespace
