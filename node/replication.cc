@@ -148,10 +148,13 @@ void ClusterView::SetReceivingTransfer(bool receiving) {
 }
 
 std::pair<storage::VersionVector, std::string> ClusterView::AppliedAndComparableDigest() const {
+  // A transfer running when `events` is read shows in `receiving`; one that starts or ends
+  // later, before the store is read, changes the count of events (SetReceivingTransfer counts
+  // before the chunk it is called for is applied).
   const uint64_t events = transfer_events_.load();
   const bool receiving = receiving_transfer();
   auto [applied, digest] = store_->AppliedAndDigest();
-  if (receiving || receiving_transfer() || transfer_events_.load() != events) digest.clear();
+  if (receiving || transfer_events_.load() != events) digest.clear();
   return {std::move(applied), std::move(digest)};
 }
 
@@ -755,13 +758,7 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
 // ---------------------------------------------------------------------------------------------
 // Replication: the gRPC transport
 
-namespace {
-
-// The largest replication message, set on the channels and bounding decompression.
-constexpr int kMaxMessageBytes = 64 << 20;
-
-// The codec of a negotiated compression; nullopt for none (or a value this node does not know).
-std::optional<StreamCodec> CodecOf(int compression) {
+std::optional<StreamCodec> StreamCodecOf(int compression) {
   switch (compression) {
     case mergedb::v1::STREAM_COMPRESSION_DEFLATE:
       return StreamCodec::kDeflate;
@@ -771,6 +768,11 @@ std::optional<StreamCodec> CodecOf(int compression) {
       return std::nullopt;
   }
 }
+
+namespace {
+
+// The largest replication message, set on the channels and bounding decompression.
+constexpr int kMaxMessageBytes = 64 << 20;
 
 const char* CompressionName(mergedb::v1::StreamCompression compression) {
   switch (compression) {
@@ -794,10 +796,10 @@ void OfferCompression(mergedb::v1::Hello* hello) {
 // A receiver's choice: the first offer it supports, else the older field's, else none.
 mergedb::v1::StreamCompression ChooseCompression(const mergedb::v1::Hello& hello) {
   for (int offer : hello.compression_offers()) {
-    if (CodecOf(offer).has_value()) return static_cast<mergedb::v1::StreamCompression>(offer);
+    if (StreamCodecOf(offer).has_value()) return static_cast<mergedb::v1::StreamCompression>(offer);
   }
-  return CodecOf(hello.compression()).has_value() ? hello.compression()
-                                                  : mergedb::v1::STREAM_COMPRESSION_NONE;
+  return StreamCodecOf(hello.compression()).has_value() ? hello.compression()
+                                                        : mergedb::v1::STREAM_COMPRESSION_NONE;
 }
 
 // Stream compression (negotiated in the hello exchange): a message travels as the compressed
@@ -971,7 +973,7 @@ class Replication::Session {
         }
         if (const int chosen = response.hello_ack().compression();
             chosen != mergedb::v1::STREAM_COMPRESSION_NONE) {
-          const std::optional<StreamCodec> codec = CodecOf(chosen);
+          const std::optional<StreamCodec> codec = StreamCodecOf(chosen);
           if (!options.compress_streams || !codec.has_value()) {
             link_status = absl::FailedPreconditionError(
                 absl::StrCat(peer_.name, " chose stream compression ", chosen,
@@ -1284,7 +1286,7 @@ grpc::Status Replication::Replicate(
   if (options_.compress_streams) {
     const mergedb::v1::StreamCompression chosen = ChooseCompression(request.hello());
     hello->mutable_hello_ack()->set_compression(chosen);
-    if (const std::optional<StreamCodec> codec = CodecOf(chosen); codec.has_value()) {
+    if (const std::optional<StreamCodec> codec = StreamCodecOf(chosen); codec.has_value()) {
       compressor = StreamCompressor::Create(*codec);
       decompressor = StreamDecompressor::Create(*codec);
     }

@@ -26,6 +26,7 @@
 #include "mergedb/v1/api.pb.h"
 #include "mergedb/v1/replication.grpc.pb.h"
 #include "node/clock.h"
+#include "node/stream_codec.h"
 #include "node/tls.h"
 #include "storage/store.h"
 
@@ -36,6 +37,10 @@ void EncodeVector(const storage::VersionVector& v,
                   google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>* out);
 
 inline constexpr uint32_t kReplicationProtocolVersion = 1;
+
+// The codec of a wire StreamCompression value; nullopt for none, or for a value this node does
+// not know (a later version's offer).
+std::optional<StreamCodec> StreamCodecOf(int compression);
 
 struct PeerConfig {
   std::string name;

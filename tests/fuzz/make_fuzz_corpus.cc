@@ -281,17 +281,17 @@ void WriteReplication(const std::string& name, const mergedb::fuzz::ReplicationS
   Write("replication_fuzzer", name, stream);
   for (const auto codec :
        {mergedb::v1::STREAM_COMPRESSION_DEFLATE, mergedb::v1::STREAM_COMPRESSION_ZSTD}) {
-    const bool zstd = codec == mergedb::v1::STREAM_COMPRESSION_ZSTD;
     mergedb::fuzz::CompressedStream compressed;
     compressed.set_codec(codec);
-    auto compressor = node::StreamCompressor::Create(zstd ? node::StreamCodec::kZstd
-                                                          : node::StreamCodec::kDeflate);
+    auto compressor = node::StreamCompressor::Create(*node::StreamCodecOf(codec));
     for (const auto& request : stream.requests()) {
       const std::string plain = crdt::SerializeDeterministic(request);
       compressed.add_compressed(compressor->Compress(plain));
       compressed.add_plain(plain);
     }
-    Write("stream_codec_fuzzer", zstd ? name + "_zstd" : name, compressed);
+    // DEFLATE's seeds keep the names they had before zstd.
+    Write("stream_codec_fuzzer",
+          codec == mergedb::v1::STREAM_COMPRESSION_ZSTD ? name + "_zstd" : name, compressed);
   }
 }
 

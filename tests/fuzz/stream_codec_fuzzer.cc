@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "fuzz_input.pb.h"
 #include "mergedb/v1/replication.pb.h"
+#include "node/replication.h"
 #include "node/stream_codec.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -27,9 +28,9 @@ constexpr int kMaxMessages = 64;
 constexpr size_t kMaxPlainBytes = size_t{1} << 20;
 
 void Run(const CompressedStream& input) {
-  const node::StreamCodec codec = input.codec() == mergedb::v1::STREAM_COMPRESSION_ZSTD
-                                      ? node::StreamCodec::kZstd
-                                      : node::StreamCodec::kDeflate;
+  // NONE (older seeds, which have no codec field) means DEFLATE.
+  const node::StreamCodec codec =
+      node::StreamCodecOf(input.codec()).value_or(node::StreamCodec::kDeflate);
   auto decompressor_owner = node::StreamDecompressor::Create(codec);
   node::StreamDecompressor& decompressor = *decompressor_owner;
   bool broken = false;

@@ -81,6 +81,38 @@ class ReplicationLogicTest : public ::testing::Test {
     ASSERT_TRUE(sender.OnHelloAck(hello_ack->hello_ack()).ok());
   }
 
+  // The sender's next message, delivered, and the receiver's answer (if any) handed back.
+  // Returns the message; nullopt when the sender had none (or on a failure, reported).
+  static std::optional<mergedb::v1::ReplicationRequest> Step(LinkSender& sender,
+                                                             LinkReceiver& receiver) {
+    auto produced = sender.Next();
+    EXPECT_TRUE(produced.ok()) << produced.status();
+    if (!produced.ok() || !produced->has_value()) return std::nullopt;
+    auto ack = receiver.OnRequest(**produced);
+    EXPECT_TRUE(ack.ok()) << ack.status();
+    if (ack.ok() && ack->has_value()) sender.OnResponse(**ack);
+    return *std::move(produced);
+  }
+
+  // Steps until the sender has nothing left to send.
+  static void Drain(LinkSender& sender, LinkReceiver& receiver) {
+    for (int k = 0; k < 1000; ++k) {
+      if (!Step(sender, receiver).has_value()) return;
+    }
+    FAIL() << "the sender did not run out of messages";
+  }
+
+  // A heartbeat through the receiver, its ack handed to the sender. Returns the ack.
+  static mergedb::v1::Ack HeartbeatAck(LinkSender& sender, LinkReceiver& receiver) {
+    mergedb::v1::ReplicationRequest heartbeat;
+    heartbeat.mutable_heartbeat();
+    auto ack = receiver.OnRequest(heartbeat);
+    EXPECT_TRUE(ack.ok() && ack->has_value());
+    if (!ack.ok() || !ack->has_value()) return {};
+    sender.OnResponse(**ack);
+    return (*ack)->ack();
+  }
+
   std::unique_ptr<leveldb::Env> env_;
   SystemClock clock_;
   HybridClock hlc_;
@@ -348,24 +380,8 @@ TEST_F(ReplicationLogicTest, ReconcilingTransfersBackOffWhileThePeerStillHoldsMo
   LinkReceiver receiver(options_, sink.get(), &sink_view, &hlc_);
   Connect(sender, receiver);
   if (HasFatalFailure()) return;
-  auto drain = [&] {
-    for (int k = 0; k < 100; ++k) {
-      auto produced = sender.Next();
-      ASSERT_TRUE(produced.ok()) << produced.status();
-      if (!produced->has_value()) return;
-      auto ack = receiver.OnRequest(**produced);
-      ASSERT_TRUE(ack.ok()) << ack.status();
-      if (ack->has_value()) sender.OnResponse(**ack);
-    }
-    FAIL() << "the sender did not run out of messages";
-  };
-  mergedb::v1::ReplicationRequest heartbeat;
-  heartbeat.mutable_heartbeat();
-  auto heartbeat_ack = [&] {
-    auto ack = receiver.OnRequest(heartbeat);
-    ASSERT_TRUE(ack.ok() && ack->has_value());
-    sender.OnResponse(**ack);
-  };
+  auto drain = [&] { Drain(sender, receiver); };
+  auto heartbeat_ack = [&] { HeartbeatAck(sender, receiver); };
   IncrementLocally(source.get(), 3);
   drain();
   ASSERT_EQ(sink->AppliedVector(), source->AppliedVector());
@@ -434,19 +450,13 @@ TEST_F(ReplicationLogicTest, AStateMidTransferIsNotComparedAndStartsNoReconcile)
   LinkReceiver receiver(sink_options, sink.get(), &sink_view, &hlc_);
   Connect(sender, receiver);
   if (HasFatalFailure()) return;
-  mergedb::v1::ReplicationRequest heartbeat;
-  heartbeat.mutable_heartbeat();
 
   // Two chunks of the transfer in: the sink has documents, and still an empty vector.
-  for (int chunks = 0; chunks < 2;) {
-    auto produced = sender.Next();
-    ASSERT_TRUE(produced.ok() && produced->has_value()) << produced.status();
-    ASSERT_TRUE((*produced)->has_snapshot());
-    ASSERT_FALSE((*produced)->snapshot().last());
-    auto ack = receiver.OnRequest(**produced);
-    ASSERT_TRUE(ack.ok()) << ack.status();
-    if (ack->has_value()) sender.OnResponse(**ack);
-    ++chunks;
+  for (int chunks = 0; chunks < 2; ++chunks) {
+    auto sent = Step(sender, receiver);
+    ASSERT_TRUE(sent.has_value());
+    ASSERT_TRUE(sent->has_snapshot());
+    ASSERT_FALSE(sent->snapshot().last());
   }
   ASSERT_TRUE(sink->AppliedVector().empty());
   ASSERT_NE(sink->state_digest(), third->state_digest());
@@ -456,10 +466,7 @@ TEST_F(ReplicationLogicTest, AStateMidTransferIsNotComparedAndStartsNoReconcile)
     Connect(third_sender, third_receiver);
     if (HasFatalFailure()) return;
     EXPECT_FALSE(third_sender.in_snapshot()) << "the hello ack started a reconcile";
-    auto ack = third_receiver.OnRequest(heartbeat);
-    ASSERT_TRUE(ack.ok() && ack->has_value());
-    EXPECT_TRUE((*ack)->ack().state_digest().empty());
-    third_sender.OnResponse(**ack);
+    EXPECT_TRUE(HeartbeatAck(third_sender, third_receiver).state_digest().empty());
     EXPECT_FALSE(third_sender.in_snapshot()) << "a heartbeat started a reconcile";
   }
   {
@@ -473,26 +480,16 @@ TEST_F(ReplicationLogicTest, AStateMidTransferIsNotComparedAndStartsNoReconcile)
     Connect(sink_sender, third_receiver);
     if (HasFatalFailure()) return;
     EXPECT_FALSE(sink_sender.in_snapshot()) << "the receiving node started a reconcile";
-    auto ack = third_receiver.OnRequest(heartbeat);
-    ASSERT_TRUE(ack.ok() && ack->has_value());
-    EXPECT_FALSE((*ack)->ack().state_digest().empty()) << "n3 receives no transfer";
-    sink_sender.OnResponse(**ack);
+    EXPECT_FALSE(HeartbeatAck(sink_sender, third_receiver).state_digest().empty())
+        << "n3 receives no transfer";
     EXPECT_FALSE(sink_sender.in_snapshot()) << "the receiving node started a reconcile";
   }
 
   // The rest of the transfer: acks carry the digest again.
-  for (int k = 0; k < 1000; ++k) {
-    auto produced = sender.Next();
-    ASSERT_TRUE(produced.ok()) << produced.status();
-    if (!produced->has_value()) break;
-    auto ack = receiver.OnRequest(**produced);
-    ASSERT_TRUE(ack.ok()) << ack.status();
-    if (ack->has_value()) sender.OnResponse(**ack);
-  }
+  Drain(sender, receiver);
+  if (HasFatalFailure()) return;
   ASSERT_EQ(sink->AppliedVector(), source->AppliedVector());
-  auto ack = receiver.OnRequest(heartbeat);
-  ASSERT_TRUE(ack.ok() && ack->has_value());
-  EXPECT_EQ((*ack)->ack().state_digest(), source->state_digest());
+  EXPECT_EQ(HeartbeatAck(sender, receiver).state_digest(), source->state_digest());
 
   // A transfer whose stream breaks after a chunk stops counting with the stream.
   auto other_sink = OpenStore("/d", "n2");
@@ -502,10 +499,9 @@ TEST_F(ReplicationLogicTest, AStateMidTransferIsNotComparedAndStartsNoReconcile)
     LinkReceiver broken_receiver(sink_options, other_sink.get(), &other_view, &hlc_);
     Connect(broken_sender, broken_receiver);
     if (HasFatalFailure()) return;
-    auto produced = broken_sender.Next();
-    ASSERT_TRUE(produced.ok() && produced->has_value());
-    ASSERT_TRUE((*produced)->has_snapshot());
-    ASSERT_TRUE(broken_receiver.OnRequest(**produced).ok());
+    auto sent = Step(broken_sender, broken_receiver);
+    ASSERT_TRUE(sent.has_value());
+    ASSERT_TRUE(sent->has_snapshot());
     EXPECT_TRUE(other_view.receiving_transfer());
   }
   EXPECT_FALSE(other_view.receiving_transfer());
@@ -546,15 +542,9 @@ TEST_F(ReplicationLogicTest, ASplitDocumentIsAppliedWholeAtItsLastPart) {
     if (HasFatalFailure()) return;
     int chunks = 0;
     for (int k = 0; k < 1000; ++k) {
-      auto produced = sender.Next();
-      ASSERT_TRUE(produced.ok()) << produced.status();
-      if (!produced->has_value()) return;
-      const bool chunk = (*produced)->has_snapshot();
-      const bool last = chunk && (*produced)->snapshot().last();
-      auto ack = receiver.OnRequest(**produced);
-      ASSERT_TRUE(ack.ok()) << ack.status();
-      if (ack->has_value()) sender.OnResponse(**ack);
-      if (chunk && !last) {
+      auto sent = Step(sender, receiver);
+      if (!sent.has_value()) return;
+      if (sent->has_snapshot() && !sent->snapshot().last()) {
         after_each();
         if (++chunks == max_chunks) return;  // the stream breaks here
       }

@@ -682,11 +682,10 @@ mergedb::v1::StreamCompression NegotiateAsN2(
   EXPECT_TRUE(stream->Write(hello) && stream->Read(&response));
   EXPECT_TRUE(response.has_hello_ack());
   const mergedb::v1::StreamCompression chosen = response.hello_ack().compression();
-  if (chosen != mergedb::v1::STREAM_COMPRESSION_NONE) {
-    const StreamCodec codec =
-        chosen == mergedb::v1::STREAM_COMPRESSION_ZSTD ? StreamCodec::kZstd : StreamCodec::kDeflate;
-    auto compressor = StreamCompressor::Create(codec);
-    auto decompressor = StreamDecompressor::Create(codec);
+  // (A value no codec has comes back to the caller's comparison.)
+  if (const std::optional<StreamCodec> codec = StreamCodecOf(chosen); codec.has_value()) {
+    auto compressor = StreamCompressor::Create(*codec);
+    auto decompressor = StreamDecompressor::Create(*codec);
     mergedb::v1::ReplicationRequest heartbeat;
     heartbeat.mutable_heartbeat();
     mergedb::v1::ReplicationRequest wrapped;
