@@ -33,11 +33,13 @@ void ConfigureServerBuilder(size_t max_update_bytes, size_t max_replication_byte
   builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // gRPC's receive limit is per server, and this one takes both client updates and the peers'
   // replication messages: it admits the larger of the two, plus room for a message's envelope
-  // (a frame carries a record over the frame bound alone, and a record is at most an update's
-  // delta; compressing incompressible bytes adds a little). Below this limit validation refuses
-  // an oversized update with a precise message; above it gRPC does (RESOURCE_EXHAUSTED). A limit
-  // of the update size alone refused peers' catch-up frames and transfer chunks whenever
-  // --max_update_bytes was under 1 MiB, and the link retried the same frame forever.
+  // (compressing incompressible bytes adds a little). Below this limit validation refuses an
+  // oversized update with a precise message; above it gRPC does (RESOURCE_EXHAUSTED). Peers
+  // send any replication request larger than max_replication_bytes in fragments of that size
+  // (the hello ack's fragment_bytes), so a peer's larger update reaches this node too; only
+  // nodes of earlier versions send it whole. A limit of the update size alone refused peers'
+  // catch-up frames and transfer chunks whenever --max_update_bytes was under 1 MiB, and the
+  // link retried the same frame forever.
   const size_t limit = std::max(max_update_bytes, max_replication_bytes) + (size_t{1} << 20);
   builder->SetMaxReceiveMessageSize(
       static_cast<int>(std::min<size_t>(limit, std::numeric_limits<int>::max())));

@@ -1,6 +1,7 @@
 #include "node/replication.h"
 
 #include <algorithm>
+#include <limits>
 #include <random>
 
 #include "absl/strings/escaping.h"
@@ -749,6 +750,9 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
       // The transport unwraps compressed messages on streams that negotiated compression.
       return absl::InvalidArgumentError(
           "a compressed message on a replication stream that did not negotiate compression");
+    case ReplicationRequest::kFragment:
+      // The transport reassembles fragments (FragmentAssembler) before they get here.
+      return absl::InvalidArgumentError("a fragment where a whole replication request belongs");
     case ReplicationRequest::KIND_NOT_SET:
       break;
   }
@@ -767,6 +771,47 @@ std::optional<StreamCodec> StreamCodecOf(int compression) {
     default:
       return std::nullopt;
   }
+}
+
+bool WriteFragments(absl::string_view serialized, size_t piece_bytes,
+                    const std::function<bool(ReplicationRequest&)>& write) {
+  size_t offset = 0;
+  do {
+    ReplicationRequest piece;
+    piece.mutable_fragment()->set_data(std::string(serialized.substr(offset, piece_bytes)));
+    offset += piece_bytes;
+    piece.mutable_fragment()->set_last(offset >= serialized.size());
+    if (!write(piece)) return false;
+  } while (offset < serialized.size());
+  return true;
+}
+
+absl::StatusOr<std::optional<ReplicationRequest>> FragmentAssembler::Add(
+    ReplicationRequest request) {
+  if (!request.has_fragment()) {
+    if (inside_) {
+      return absl::InvalidArgumentError(
+          "a replication request arrived between the fragments of another one");
+    }
+    return std::optional<ReplicationRequest>(std::move(request));
+  }
+  const std::string& data = request.fragment().data();
+  if (data.size() > kMaxRequestBytes - pending_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a fragmented replication request over ", kMaxRequestBytes, " bytes"));
+  }
+  pending_.append(data);
+  inside_ = true;
+  if (!request.fragment().last()) return std::optional<ReplicationRequest>();
+  ReplicationRequest whole;
+  const bool parsed = whole.ParseFromString(pending_);
+  // Release the buffer now: it may be as large as the request.
+  std::string().swap(pending_);
+  inside_ = false;
+  if (!parsed || whole.has_fragment() || whole.has_compressed()) {
+    return absl::InvalidArgumentError("fragments of a replication request do not parse as one");
+  }
+  return std::optional<ReplicationRequest>(std::move(whole));
 }
 
 namespace {
@@ -940,6 +985,8 @@ class Replication::Session {
     std::unique_ptr<StreamCompressor> compressor;
     std::unique_ptr<StreamDecompressor> decompressor;
     mergedb::v1::StreamCompression negotiated = mergedb::v1::STREAM_COMPRESSION_NONE;
+    // Requests over this many bytes go in fragments (0: the peer takes none).
+    size_t fragment_bytes = 0;
     // Set by the reader when the writer, waiting for log entries, must look again anyway.
     std::atomic<bool> kicked{false};
     auto kick = [&] {
@@ -985,6 +1032,7 @@ class Replication::Session {
           decompressor = StreamDecompressor::Create(*codec);
           negotiated = static_cast<mergedb::v1::StreamCompression>(chosen);
         }
+        fragment_bytes = response.hello_ack().fragment_bytes();
         hello_done = true;
       }
       {
@@ -1045,10 +1093,20 @@ class Replication::Session {
           if (!next.has_value() && !waiting_for_ack) interest = sender.Interest();
         }
         // Only this thread uses the compressor, once hello_done made it final.
-        auto send = [&](ReplicationRequest& request) {
+        auto write = [&](ReplicationRequest& request) {
           if (compressor != nullptr) Wrap(compressor.get(), &request);
           state->bytes_sent += request.ByteSizeLong();
           return stream->Write(request);
+        };
+        // A request over what the peer takes in one message (a frame with one large record, a
+        // chunk with one large leaf) goes in fragments.
+        auto send = [&](ReplicationRequest& request) {
+          if (fragment_bytes == 0 || request.ByteSizeLong() <= fragment_bytes) {
+            return write(request);
+          }
+          const std::string serialized = request.SerializeAsString();
+          request.Clear();
+          return WriteFragments(serialized, fragment_bytes, write);
         };
         if (next.has_value()) {
           if (next->has_frame()) {
@@ -1291,6 +1349,10 @@ grpc::Status Replication::Replicate(
       decompressor = StreamDecompressor::Create(*codec);
     }
   }
+  // A piece of this size, with its envelope, fits the server's receive limit, which leaves
+  // 1 MiB over max_message_bytes (ConfigureServerBuilder).
+  hello->mutable_hello_ack()->set_fragment_bytes(static_cast<uint32_t>(
+      std::min<size_t>(options_.max_message_bytes, std::numeric_limits<uint32_t>::max())));
   PeerState* state = StateOf(peer);
   state->bytes_received += request.ByteSizeLong();
   state->bytes_sent += hello->ByteSizeLong();
@@ -1302,26 +1364,37 @@ grpc::Status Replication::Replicate(
     ~Disconnect() { view->SetInbound(peer, replica, ClusterView::Link::kDown); }
   } disconnect{&view_, peer, receiver.peer_replica()};
   if (!stream->Write(*hello)) return grpc::Status::OK;
+  auto answer = [&](ReplicationResponse& response) {
+    if (compressor != nullptr) Wrap(compressor.get(), &response);
+    state->bytes_sent += response.ByteSizeLong();
+    return stream->Write(response);
+  };
+  auto refuse = [&](const absl::Status& status) {
+    MERGEDB_LOG(WARNING) << "replication from " << peer << ": " << status.message();
+    return ToGrpcStatus(status);
+  };
+  FragmentAssembler assembler;
   while (stream->Read(&request)) {
     state->bytes_received += request.ByteSizeLong();
     if (decompressor != nullptr) {
-      if (absl::Status s = Unwrap(decompressor.get(), &request); !s.ok()) {
-        MERGEDB_LOG(WARNING) << "replication from " << peer << ": " << s.message();
-        return ToGrpcStatus(s);
-      }
+      if (absl::Status s = Unwrap(decompressor.get(), &request); !s.ok()) return refuse(s);
     }
-    auto response = receiver.OnRequest(request);
+    auto whole = assembler.Add(std::move(request));
+    if (!whole.ok()) return refuse(whole.status());
+    if (!whole->has_value()) {
+      // A piece held: answered so that the sender's watchdog hears this node while the rest
+      // comes.
+      ReplicationResponse held;
+      held.mutable_heartbeat();
+      if (!answer(held)) break;
+      continue;
+    }
+    auto response = receiver.OnRequest(**whole);
     if (!response.ok()) {
-      if (!absl::IsAborted(response.status())) {
-        MERGEDB_LOG(WARNING) << "replication from " << peer << ": " << response.status().message();
-      }
-      return ToGrpcStatus(response.status());
+      if (absl::IsAborted(response.status())) return ToGrpcStatus(response.status());
+      return refuse(response.status());
     }
-    if (response->has_value()) {
-      if (compressor != nullptr) Wrap(compressor.get(), &**response);
-      state->bytes_sent += (*response)->ByteSizeLong();
-      if (!stream->Write(**response)) break;
-    }
+    if (response->has_value() && !answer(**response)) break;
   }
   return grpc::Status::OK;
 }

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -21,6 +22,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "mergedb/v1/api.pb.h"
@@ -41,6 +43,38 @@ inline constexpr uint32_t kReplicationProtocolVersion = 1;
 // The codec of a wire StreamCompression value; nullopt for none, or for a value this node does
 // not know (a later version's offer).
 std::optional<StreamCodec> StreamCodecOf(int compression);
+
+// Requests too large for one message travel as Fragments (replication.proto). The transport
+// splits and reassembles them; the protocol logic above sees whole requests only.
+//
+// Hands `write` the pieces of `serialized` (a ReplicationRequest's bytes) in order, one at a
+// time, with at most `piece_bytes` data bytes each (`piece_bytes` > 0), the last one marked.
+// Stops when `write` returns false, and returns whether every piece was written.
+bool WriteFragments(absl::string_view serialized, size_t piece_bytes,
+                    const std::function<bool(mergedb::v1::ReplicationRequest&)>& write);
+
+// Reassembles one inbound stream's fragments.
+class FragmentAssembler {
+ public:
+  // The largest request it reassembles: protobuf parses at most 2 GiB, and no legal request
+  // comes near it (an update is at most 1 GiB).
+  static constexpr size_t kMaxRequestBytes = (size_t{1} << 31) - 1;
+
+  // Takes the next request read from the stream (decompressed). Returns the whole request
+  // once there is one: a request that is not a fragment, outside a fragmented one, is whole by
+  // itself; a fragment returns nullopt until its message's last piece. Errors (the stream must
+  // end): a whole request between pieces, pieces over kMaxRequestBytes, or pieces that do not
+  // parse as a request or make another fragment.
+  absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> Add(
+      mergedb::v1::ReplicationRequest request);
+
+  // Bytes held for an incomplete request.
+  size_t pending_bytes() const { return pending_.size(); }
+
+ private:
+  std::string pending_;
+  bool inside_ = false;  // a first piece arrived, its last not yet
+};
 
 struct PeerConfig {
   std::string name;

@@ -360,6 +360,22 @@ void ReplicationSeeds() {
     WriteReplication("frames_in_order", stream);
   }
   {
+    // The same frames, each in fragments of 40 bytes, as a sender splits a request larger than
+    // the receiver takes in one message.
+    mergedb::fuzz::ReplicationStream whole;
+    AddFrame(&whole, *own, {0, 1, 2});
+    AddFrame(&whole, *own, {3, 4, 5, 6});
+    mergedb::fuzz::ReplicationStream stream;
+    for (const auto& request : whole.requests()) {
+      node::WriteFragments(request.SerializeAsString(), 40,
+                           [&](mergedb::v1::ReplicationRequest& piece) {
+                             *stream.add_requests() = piece;
+                             return true;
+                           });
+    }
+    WriteReplication("frames_in_fragments", stream);
+  }
+  {
     // Duplicated, gapped and reordered frames.
     mergedb::fuzz::ReplicationStream stream;
     AddFrame(&stream, *own, {0, 1});

@@ -1,6 +1,7 @@
 // Fuzzes what a node does with the messages of an inbound replication stream: bytes ->
-// mergedb.fuzz.ReplicationStream -> LinkReceiver::OnHello and OnRequest (the code
-// Replication::Replicate runs for every message, without the gRPC stream) -> Store::ApplyRemote,
+// mergedb.fuzz.ReplicationStream -> FragmentAssembler (fragments reassembled) ->
+// LinkReceiver::OnHello and OnRequest (the code Replication::Replicate runs for every message,
+// without the gRPC stream) -> Store::ApplyRemote,
 // ApplySnapshot and FinishSnapshot on LevelDB's in-memory Env.
 //
 // Frames and snapshot chunks may be malformed, duplicated, gapped or contradictory. Each must get
@@ -89,9 +90,11 @@ void Run(const ReplicationStream& input) {
   node::ClusterView view("local", options.members, store);
 
   auto receiver = std::make_unique<node::LinkReceiver>(options, store, &view, local.hlc());
+  node::FragmentAssembler assembler;
   // A new stream from the peer, opened with a valid hello.
   auto reconnect = [&] {
     receiver = std::make_unique<node::LinkReceiver>(options, store, &view, local.hlc());
+    assembler = node::FragmentAssembler();
     auto ack = receiver->OnHello(PeerHello());
     MERGEDB_FUZZ_CHECK(ack.ok(), "a valid hello is refused: ", ack.status().ToString());
   };
@@ -116,7 +119,15 @@ void Run(const ReplicationStream& input) {
   bool snapshot_applied = false;
   const int end = std::min(input.requests_size(), kMaxRequests);
   for (int i = first; i < end; ++i) {
-    const mergedb::v1::ReplicationRequest& request = input.requests(i);
+    auto whole = assembler.Add(input.requests(i));
+    if (!whole.ok()) {
+      MERGEDB_FUZZ_CHECK(absl::IsInvalidArgument(whole.status()), "fragments refused with ",
+                         whole.status().ToString());
+      reconnect();
+      continue;
+    }
+    if (!whole->has_value()) continue;  // a piece held
+    const mergedb::v1::ReplicationRequest& request = **whole;
     for (const auto& record : request.frame().records()) {
       touched.emplace(record.entry().collection(), record.entry().id());
     }

@@ -704,5 +704,80 @@ TEST(SplitForTransfer, PartsJoinedInOrderRebuildTheDocumentExactly) {
   EXPECT_EQ(stale, doc);
 }
 
+// The pieces of a request, fed back in order, rebuild it exactly, whatever the piece size
+// (one piece, a size that divides the request, and one that does not).
+TEST(Fragments, PiecesReassembleIntoTheRequest) {
+  mergedb::v1::ReplicationRequest frame;
+  for (int i = 0; i < 200; ++i) {
+    auto* record = frame.mutable_frame()->add_records();
+    record->set_origin(7);
+    record->set_seq(static_cast<uint64_t>(i + 1));
+    record->mutable_entry()->set_collection("c");
+    record->mutable_entry()->set_id("doc" + std::to_string(i));
+  }
+  const std::string serialized = frame.SerializeAsString();
+  for (size_t piece_bytes :
+       {serialized.size() + 1, serialized.size(), serialized.size() / 4, size_t{1000}, size_t{1}}) {
+    FragmentAssembler assembler;
+    size_t pieces = 0;
+    std::optional<mergedb::v1::ReplicationRequest> whole;
+    ASSERT_TRUE(
+        WriteFragments(serialized, piece_bytes, [&](mergedb::v1::ReplicationRequest& piece) {
+          EXPECT_LE(piece.fragment().data().size(), piece_bytes);
+          EXPECT_FALSE(whole.has_value()) << "a piece after the last one";
+          ++pieces;
+          auto added = assembler.Add(piece);
+          EXPECT_TRUE(added.ok()) << added.status();
+          if (added.ok() && added->has_value()) whole = *std::move(*added);
+          return true;
+        }));
+    EXPECT_EQ(pieces, (serialized.size() + piece_bytes - 1) / piece_bytes) << piece_bytes;
+    ASSERT_TRUE(whole.has_value()) << piece_bytes;
+    EXPECT_EQ(whole->SerializeAsString(), serialized);
+    EXPECT_EQ(assembler.pending_bytes(), 0u);
+  }
+  // A request that is not a fragment passes through; a writer that fails stops the pieces.
+  FragmentAssembler assembler;
+  auto passed = assembler.Add(frame);
+  ASSERT_TRUE(passed.ok() && passed->has_value());
+  EXPECT_EQ((*passed)->SerializeAsString(), serialized);
+  int written = 0;
+  EXPECT_FALSE(WriteFragments(serialized, 100,
+                              [&](mergedb::v1::ReplicationRequest&) { return ++written < 3; }));
+  EXPECT_EQ(written, 3);
+}
+
+TEST(Fragments, MalformedSequencesAreRefused) {
+  mergedb::v1::ReplicationRequest first;
+  first.mutable_fragment()->set_data("\x12");
+  mergedb::v1::ReplicationRequest heartbeat;
+  heartbeat.mutable_heartbeat();
+  {
+    // A whole request between the pieces of another.
+    FragmentAssembler assembler;
+    ASSERT_TRUE(assembler.Add(first).ok());
+    auto between = assembler.Add(heartbeat);
+    ASSERT_FALSE(between.ok());
+    EXPECT_TRUE(absl::StrContains(between.status().message(), "between the fragments"));
+  }
+  {
+    // Pieces that do not parse, or that make a fragment or a compressed request.
+    mergedb::v1::ReplicationRequest nested;
+    nested.mutable_fragment()->set_data("x");
+    mergedb::v1::ReplicationRequest compressed;
+    compressed.set_compressed("x");
+    for (const std::string& bytes : {std::string("\xff\xff\xff"), nested.SerializeAsString(),
+                                     compressed.SerializeAsString()}) {
+      FragmentAssembler assembler;
+      mergedb::v1::ReplicationRequest piece;
+      piece.mutable_fragment()->set_data(bytes);
+      piece.mutable_fragment()->set_last(true);
+      auto added = assembler.Add(piece);
+      ASSERT_FALSE(added.ok());
+      EXPECT_TRUE(absl::StrContains(added.status().message(), "do not parse"));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mergedb::node

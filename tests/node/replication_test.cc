@@ -644,6 +644,58 @@ TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
   EXPECT_EQ(members.value().list_value().values_size(), 60000);
 }
 
+// An update over what a peer takes in one message (its own --max_update_bytes, or the 64 MiB
+// bound of every replication message) still reaches it, and so does every later write of its
+// node: such a message travels in fragments. Whole, its frame was refused by the receiver's
+// message limit and the link retried it forever, so nothing its node wrote after it reached that
+// peer again.
+TEST(Replication, AnUpdateOverAPeersMessageLimitReachesItAndSoDoesEverythingAfterIt) {
+  Cluster cluster(3);
+  cluster.options(0).limits.max_update_bytes = 8 << 20;
+  cluster.options(0).limits.max_value_bytes = 8 << 20;
+  // These two take messages of at most 2 MiB (the larger of this and 1 MiB, plus 1 MiB).
+  for (int i : {1, 2}) cluster.options(i).limits.max_update_bytes = 256 << 10;
+  // A Get answers the value twice (as a value and as a typed field).
+  for (int i : {0, 1, 2}) cluster.options(i).limits.max_response_bytes = 16 << 20;
+  cluster.StartAll();
+  // 5 MiB that compress to about 4 (random letters and digits): over 2 MiB on the wire too.
+  std::mt19937 rng(7);
+  const std::string alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  std::string payload(5 << 20, ' ');
+  for (char& c : payload) c = alphabet[rng() % alphabet.size()];
+  UpdateRequest large = UpdateOf("big", "large");
+  SetStr(&large, {"payload"}, payload);
+  const grpc::Status written = cluster.Update(0, large);
+  ASSERT_TRUE(written.ok()) << written.error_message();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("after", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged({0, 1, 2}, std::chrono::seconds(30)));
+  auto payload_on = [&](int i) {
+    mergedb::v1::GetRequest get;
+    get.set_collection("big");
+    get.set_id("large");
+    get.add_path("payload");
+    mergedb::v1::GetResponse response;
+    grpc::ClientContext context;
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);
+    auto stub = mergedb::v1::DocumentService::NewStub(
+        grpc::CreateCustomChannel(cluster.Address(i), grpc::InsecureChannelCredentials(), args));
+    const grpc::Status status = stub->Get(&context, get, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.value().string_value();
+  };
+  for (int i : {1, 2}) {
+    EXPECT_TRUE(payload_on(i) == payload) << "n" << i + 1;
+    EXPECT_EQ(CounterIn(cluster.Get(i, "c", "after"), "n"), 1);
+  }
+  // A full-state transfer carries it too (a snapshot chunk with the one large leaf).
+  cluster.Stop(2);
+  cluster.Wipe(2);
+  cluster.Start(2);
+  ASSERT_TRUE(cluster.WaitConverged({0, 1, 2}, std::chrono::seconds(30)));
+  EXPECT_TRUE(payload_on(2) == payload);
+}
+
 TEST(Replication, NodesWithAndWithoutStreamCompressionInteroperate) {
   Cluster cluster(3);
   cluster.options(1).replication.compress_streams = false;
@@ -729,6 +781,61 @@ TEST(Replication, StreamCompressionIsTheFirstOfTheOffersTheNodeSupports) {
                           }),
             mergedb::v1::STREAM_COMPRESSION_DEFLATE);
   EXPECT_EQ(NegotiateAsN2(cluster.Address(0), [](Hello*) {}), mergedb::v1::STREAM_COMPRESSION_NONE);
+}
+
+// The receiving side of fragments, over a raw stream (uncompressed): the hello ack says how
+// large a piece may be, every piece but the last is answered with a heartbeat (the sender's
+// watchdog hears the node while a large message arrives), and the whole request is answered
+// at its last piece as if it had come in one message.
+TEST(Replication, AFragmentedRequestIsAnsweredPieceByPieceThenWhole) {
+  Cluster cluster(2);  // n2 is a member of n1's cluster; the test speaks for it
+  cluster.Start(0);
+  auto stub = mergedb::v1::ReplicationService::NewStub(
+      grpc::CreateChannel(cluster.Address(0), grpc::InsecureChannelCredentials()));
+  auto open = [&](grpc::ClientContext* context) {
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    auto stream = stub->Replicate(context);
+    mergedb::v1::ReplicationResponse response;
+    EXPECT_TRUE(stream->Write(testing::HelloAs("n2")) && stream->Read(&response));
+    EXPECT_EQ(response.hello_ack().fragment_bytes(), uint32_t{1} << 20);  // max_message_bytes
+    return stream;
+  };
+  mergedb::v1::ReplicationRequest heartbeat;
+  heartbeat.mutable_heartbeat();
+  // A heartbeat serializes to two bytes: one piece each, then an empty piece that ends it.
+  const std::string serialized = heartbeat.SerializeAsString();
+  ASSERT_EQ(serialized.size(), 2u);
+  std::vector<mergedb::v1::ReplicationRequest> pieces;
+  WriteFragments(serialized, 1, [&](mergedb::v1::ReplicationRequest& piece) {
+    pieces.push_back(piece);
+    return true;
+  });
+  ASSERT_EQ(pieces.size(), 2u);
+  {
+    grpc::ClientContext context;
+    auto stream = open(&context);
+    mergedb::v1::ReplicationResponse response;
+    ASSERT_TRUE(stream->Write(pieces[0]) && stream->Read(&response));
+    EXPECT_TRUE(response.has_heartbeat()) << response.DebugString();
+    ASSERT_TRUE(stream->Write(pieces[1]) && stream->Read(&response));
+    EXPECT_TRUE(response.has_ack() && response.ack().for_heartbeat()) << response.DebugString();
+    context.TryCancel();
+    (void)stream->Finish();
+  }
+  {
+    // Another request between the pieces ends the stream.
+    grpc::ClientContext context;
+    auto stream = open(&context);
+    mergedb::v1::ReplicationResponse response;
+    ASSERT_TRUE(stream->Write(pieces[0]) && stream->Read(&response));
+    (void)stream->Write(heartbeat);
+    while (stream->Read(&response)) {
+    }
+    const grpc::Status status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_TRUE(absl::StrContains(status.error_message(), "between the fragments"))
+        << status.error_message();
+  }
 }
 
 TEST(Replication, ANodeWithoutStreamCompressionAcceptsNoOffer) {
