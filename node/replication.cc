@@ -775,6 +775,7 @@ std::optional<StreamCodec> StreamCodecOf(int compression) {
 
 bool WriteFragments(absl::string_view serialized, size_t piece_bytes,
                     const std::function<bool(ReplicationRequest&)>& write) {
+  piece_bytes = std::max<size_t>(piece_bytes, 1);
   size_t offset = 0;
   do {
     ReplicationRequest piece;
@@ -818,6 +819,14 @@ namespace {
 
 // The largest replication message, set on the channels and bounding decompression.
 constexpr int kMaxMessageBytes = 64 << 20;
+// The largest fragment a sender makes or a receiver asks for: with its envelope and any
+// compression overhead, well inside kMaxMessageBytes.
+constexpr size_t kMaxFragmentBytes = 32 << 20;
+// While a peer takes in and applies a request that came in fragments it sends nothing, for as
+// long as the request's size demands: the sender's watchdog allows it a second per this many
+// bytes beyond dead_after. (A peer that died meanwhile is still noticed by the transport's
+// keepalive pings, which its gRPC threads answer.)
+constexpr size_t kFragmentedBytesPerSecond = 4 << 20;
 
 const char* CompressionName(mergedb::v1::StreamCompression compression) {
   switch (compression) {
@@ -1032,7 +1041,7 @@ class Replication::Session {
           decompressor = StreamDecompressor::Create(*codec);
           negotiated = static_cast<mergedb::v1::StreamCompression>(chosen);
         }
-        fragment_bytes = response.hello_ack().fragment_bytes();
+        fragment_bytes = std::min<size_t>(response.hello_ack().fragment_bytes(), kMaxFragmentBytes);
         hello_done = true;
       }
       {
@@ -1106,7 +1115,12 @@ class Replication::Session {
           }
           const std::string serialized = request.SerializeAsString();
           request.Clear();
-          return WriteFragments(serialized, fragment_bytes, write);
+          if (!WriteFragments(serialized, fragment_bytes, write)) return false;
+          absl::MutexLock lock(&link_mu);
+          last_heard = std::max(last_heard,
+                                absl::Now() + absl::Seconds(static_cast<double>(serialized.size()) /
+                                                            kFragmentedBytesPerSecond));
+          return true;
         };
         if (next.has_value()) {
           if (next->has_frame()) {
@@ -1351,8 +1365,8 @@ grpc::Status Replication::Replicate(
   }
   // A piece of this size, with its envelope, fits the server's receive limit, which leaves
   // 1 MiB over max_message_bytes (ConfigureServerBuilder).
-  hello->mutable_hello_ack()->set_fragment_bytes(static_cast<uint32_t>(
-      std::min<size_t>(options_.max_message_bytes, std::numeric_limits<uint32_t>::max())));
+  hello->mutable_hello_ack()->set_fragment_bytes(
+      static_cast<uint32_t>(std::min<size_t>(options_.max_message_bytes, kMaxFragmentBytes)));
   PeerState* state = StateOf(peer);
   state->bytes_received += request.ByteSizeLong();
   state->bytes_sent += hello->ByteSizeLong();

@@ -56,15 +56,16 @@ bool WriteFragments(absl::string_view serialized, size_t piece_bytes,
 // Reassembles one inbound stream's fragments.
 class FragmentAssembler {
  public:
-  // The largest request it reassembles: protobuf parses at most 2 GiB, and no legal request
-  // comes near it (an update is at most 1 GiB).
+  // The largest request it reassembles: protobuf parses at most 2 GiB. An update is at most
+  // 1 GiB, but its delta can be larger (a dot per added set element), so no lower bound is
+  // safe.
   static constexpr size_t kMaxRequestBytes = (size_t{1} << 31) - 1;
 
   // Takes the next request read from the stream (decompressed). Returns the whole request
   // once there is one: a request that is not a fragment, outside a fragmented one, is whole by
   // itself; a fragment returns nullopt until its message's last piece. Errors (the stream must
   // end): a whole request between pieces, pieces over kMaxRequestBytes, or pieces that do not
-  // parse as a request or make another fragment.
+  // parse as a request or make a fragment or a compressed request.
   absl::StatusOr<std::optional<mergedb::v1::ReplicationRequest>> Add(
       mergedb::v1::ReplicationRequest request);
 

@@ -644,11 +644,11 @@ TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
   EXPECT_EQ(members.value().list_value().values_size(), 60000);
 }
 
-// An update over what a peer takes in one message (its own --max_update_bytes, or the 64 MiB
-// bound of every replication message) still reaches it, and so does every later write of its
-// node: such a message travels in fragments. Whole, its frame was refused by the receiver's
-// message limit and the link retried it forever, so nothing its node wrote after it reached that
-// peer again.
+// An update over what a peer takes in one message (here its own --max_update_bytes; the 64 MiB
+// bound of every replication message is the same case, too large for a test) still reaches it,
+// and so does every later write of its node: such a message travels in fragments. Whole, its
+// frame was refused by the receiver's message limit and the link retried it forever, so nothing
+// its node wrote after it reached that peer again.
 TEST(Replication, AnUpdateOverAPeersMessageLimitReachesItAndSoDoesEverythingAfterIt) {
   Cluster cluster(3);
   cluster.options(0).limits.max_update_bytes = 8 << 20;
@@ -688,7 +688,14 @@ TEST(Replication, AnUpdateOverAPeersMessageLimitReachesItAndSoDoesEverythingAfte
     EXPECT_TRUE(payload_on(i) == payload) << "n" << i + 1;
     EXPECT_EQ(CounterIn(cluster.Get(i, "c", "after"), "n"), 1);
   }
-  // A full-state transfer carries it too (a snapshot chunk with the one large leaf).
+  // A full-state transfer carries it too (a snapshot chunk with the one large leaf): once the
+  // logs are truncated, a wiped node cannot be served from them.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (cluster.node(0)->store()->LogFloor().empty() &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_FALSE(cluster.node(0)->store()->LogFloor().empty()) << "logs were never truncated";
   cluster.Stop(2);
   cluster.Wipe(2);
   cluster.Start(2);
@@ -802,7 +809,7 @@ TEST(Replication, AFragmentedRequestIsAnsweredPieceByPieceThenWhole) {
   };
   mergedb::v1::ReplicationRequest heartbeat;
   heartbeat.mutable_heartbeat();
-  // A heartbeat serializes to two bytes: one piece each, then an empty piece that ends it.
+  // A heartbeat serializes to two bytes: two pieces of one byte, the second marked last.
   const std::string serialized = heartbeat.SerializeAsString();
   ASSERT_EQ(serialized.size(), 2u);
   std::vector<mergedb::v1::ReplicationRequest> pieces;
