@@ -152,6 +152,10 @@ ABSL_FLAG(std::string, tls_ca, "",
           "PEM certificates of the CA of a cluster serving TLS: the tool then talks to the "
           "nodes over TLS (nodes it starts need their --tls_ flags in --node_flags). Empty: "
           "plaintext.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain (leaf first) to present to nodes started with --tls_client_ca "
+          "(with --tls_key and --tls_ca).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key (unencrypted) of --tls_cert.");
 ABSL_FLAG(std::string, dir, "",
           "Parent of the temporary directory for node data and the LevelDB baseline "
           "(default: $TMPDIR or /tmp).");
@@ -1386,7 +1390,9 @@ int Main(int argc, char** argv) {
   } else {
     return UsageError("--mode must be unary, stream or batch");
   }
-  auto tls = node::LoadClientTls(absl::GetFlag(FLAGS_tls_ca), "--tls_ca");
+  auto tls = node::LoadClientTls(
+      {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_ca)},
+      "--tls_");
   if (!tls.ok()) return UsageError(std::string(tls.status().message()));
   g_node_credentials = node::MakeChannelCredentials(*tls);
   const std::string concern = absl::GetFlag(FLAGS_write_concern);

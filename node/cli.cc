@@ -46,6 +46,10 @@ ABSL_FLAG(std::string, node, "127.0.0.1:7701", "Address of the node to talk to."
 ABSL_FLAG(std::string, tls_ca, "",
           "PEM certificates of the CA of a cluster serving TLS: the connection is then TLS, "
           "and the node's certificate must verify against them. Empty: plaintext.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain (leaf first) to present to nodes started with --tls_client_ca "
+          "(with --tls_key and --tls_ca).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key (unencrypted) of --tls_cert.");
 ABSL_FLAG(int64_t, timeout_ms, 5000, "Deadline of each call, milliseconds (backup: see --backup_timeout_s).");
 ABSL_FLAG(int64_t, backup_timeout_s, 3600,
           "Deadline of a backup, seconds: past it the node stops copying and removes the copy.");
@@ -78,13 +82,20 @@ int Fail(const std::string& message) {
 }
 
 int FailStatus(const grpc::Status& status) {
-  // A plaintext client of a TLS node sees only a closed socket: say what may be missing.
-  const bool maybe_tls = status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-                         absl::GetFlag(FLAGS_tls_ca).empty() &&
-                         absl::StrContains(status.error_message(), "Socket closed");
+  // A plaintext client of a TLS node, or a client without a certificate of a node that requires
+  // one, sees only a failed connection: say what may be missing.
+  const char* hint = "";
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    if (absl::GetFlag(FLAGS_tls_ca).empty()) {
+      if (absl::StrContains(status.error_message(), "Socket closed")) {
+        hint = " (if the node serves TLS, give --tls_ca)";
+      }
+    } else if (absl::GetFlag(FLAGS_tls_cert).empty()) {
+      hint = " (if the node requires client certificates, give --tls_cert and --tls_key)";
+    }
+  }
   std::fprintf(stderr, "mergedb: error %d: %s%s\n", static_cast<int>(status.error_code()),
-               status.error_message().c_str(),
-               maybe_tls ? " (if the node serves TLS, give --tls_ca)" : "");
+               status.error_message().c_str(), hint);
   return 1;
 }
 
@@ -414,7 +425,9 @@ int main(int argc, char** argv) {
     const sigset_t stop_signals = StopSignals();
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   }
-  auto tls = mergedb::node::LoadClientTls(absl::GetFlag(FLAGS_tls_ca), "--tls_ca");
+  auto tls = mergedb::node::LoadClientTls(
+      {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_ca)},
+      "--tls_");
   if (!tls.ok()) return Fail(std::string(tls.status().message()));
   g_credentials = mergedb::node::MakeChannelCredentials(*tls);
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_node), g_credentials);

@@ -85,6 +85,11 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key (unencrypted) of --tls_cert
 ABSL_FLAG(std::string, tls_ca, "",
           "PEM certificates of the CA that signed every member's certificate: peers must "
           "present one it signed; application clients need to trust it.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM certificates of the CA that signs application clients' certificates (with the "
+          "other --tls_ flags): every connection must then present a certificate this CA or "
+          "--tls_ca signed. This CA's certificates open the client API only, never replication. "
+          "Without it, clients present no certificate and are not authenticated.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -202,7 +207,7 @@ int main(int argc, char** argv) {
   options.backup_stall_timeout = absl::Seconds(backup_stall_timeout_s);
   auto tls = mergedb::node::LoadNodeTls(
       {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_ca)},
-      "--tls_");
+      "--tls_", absl::GetFlag(FLAGS_tls_client_ca));
   if (!tls.ok()) return UsageError(std::string(tls.status().message()));
   options.tls = *std::move(tls);
   const std::string level = absl::GetFlag(FLAGS_log_level);

@@ -1311,11 +1311,13 @@ absl::Status Replication::TruncateLog() {
 grpc::Status Replication::Replicate(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<ReplicationResponse, ReplicationRequest>* stream) {
-  if (options_.tls.enabled() && !context->auth_context()->IsPeerAuthenticated()) {
-    MERGEDB_LOG(WARNING) << "refused replication from " << context->peer()
-                         << ": it presented no client certificate";
-    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        "replication needs a client certificate signed by the cluster's CA");
+  if (options_.tls.enabled()) {
+    if (absl::Status member = CheckMemberCertificate(*context->auth_context(), options_.tls);
+        !member.ok()) {
+      MERGEDB_LOG(WARNING) << "refused replication from " << context->peer() << ": "
+                           << member.message();
+      return ToGrpcStatus(member);
+    }
   }
   ReplicationRequest request;
   if (!stream->Read(&request)) return grpc::Status::OK;

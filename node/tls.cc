@@ -7,9 +7,11 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/grpc_security_constants.h"
 
 namespace mergedb::node {
 namespace {
@@ -125,28 +127,27 @@ absl::Status VerifyChain(const std::vector<Cert>& chain, const std::vector<Cert>
 
 }  // namespace
 
-absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& flag_prefix) {
-  TlsConfig tls;
-  if (files.cert.empty() && files.key.empty() && files.ca.empty()) return tls;
-  if (files.cert.empty() || files.key.empty() || files.ca.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "TLS needs all three of ", flag_prefix, "cert, ", flag_prefix, "key and ", flag_prefix,
-        "ca (the CA that signed every member's certificate), or none of them"));
-  }
-  const std::string cert_flag = flag_prefix + "cert";
-  const std::string key_flag = flag_prefix + "key";
-  const std::string ca_flag = flag_prefix + "ca";
-  absl::StatusOr<std::string> cert_pem = ReadFile(cert_flag, files.cert);
-  if (!cert_pem.ok()) return cert_pem.status();
-  absl::StatusOr<std::string> key_pem = ReadFile(key_flag, files.key);
-  if (!key_pem.ok()) return key_pem.status();
-  absl::StatusOr<std::string> ca_pem = ReadFile(ca_flag, files.ca);
-  if (!ca_pem.ok()) return ca_pem.status();
+namespace {
 
-  absl::StatusOr<std::vector<Cert>> chain = Certificates(cert_flag, files.cert, *cert_pem);
+// A certificate chain and its key, read and checked: the key is the leaf's, and the leaf is
+// valid now.
+struct Identity {
+  std::string cert_pem;
+  std::string key_pem;
+  std::vector<Cert> chain;
+};
+
+absl::StatusOr<Identity> LoadIdentity(const std::string& cert_flag, const std::string& cert_path,
+                                      const std::string& key_flag, const std::string& key_path) {
+  Identity identity;
+  absl::StatusOr<std::string> cert_pem = ReadFile(cert_flag, cert_path);
+  if (!cert_pem.ok()) return cert_pem.status();
+  absl::StatusOr<std::string> key_pem = ReadFile(key_flag, key_path);
+  if (!key_pem.ok()) return key_pem.status();
+  absl::StatusOr<std::vector<Cert>> chain = Certificates(cert_flag, cert_path, *cert_pem);
   if (!chain.ok()) return chain.status();
   X509* leaf = chain->front().get();
-  if (absl::Status fresh = CheckNotExpired(cert_flag, files.cert, leaf); !fresh.ok()) {
+  if (absl::Status fresh = CheckNotExpired(cert_flag, cert_path, leaf); !fresh.ok()) {
     return fresh;
   }
   Bio bio = MemoryBio(*key_pem);
@@ -154,46 +155,106 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
   ERR_clear_error();
   if (key == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat(key_flag, "=", files.key, ": no unencrypted PEM private key in it"));
+        absl::StrCat(key_flag, "=", key_path, ": no unencrypted PEM private key in it"));
   }
   if (X509_check_private_key(leaf, key.get()) != 1) {
     ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat(key_flag, "=", files.key,
+    return absl::InvalidArgumentError(absl::StrCat(key_flag, "=", key_path,
                                                    ": not the key of the certificate in ",
-                                                   cert_flag, "=", files.cert));
+                                                   cert_flag, "=", cert_path));
   }
-  absl::StatusOr<std::vector<Cert>> cas = Certificates(ca_flag, files.ca, *ca_pem);
+  identity.cert_pem = *std::move(cert_pem);
+  identity.key_pem = *std::move(key_pem);
+  identity.chain = *std::move(chain);
+  return identity;
+}
+
+// The PEM of a file of CA certificates, and the certificates.
+absl::StatusOr<std::pair<std::string, std::vector<Cert>>> LoadCas(const std::string& flag,
+                                                                  const std::string& path) {
+  absl::StatusOr<std::string> pem = ReadFile(flag, path);
+  if (!pem.ok()) return pem.status();
+  absl::StatusOr<std::vector<Cert>> cas = Certificates(flag, path, *pem);
+  if (!cas.ok()) return cas.status();
+  return std::make_pair(*std::move(pem), *std::move(cas));
+}
+
+}  // namespace
+
+absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& flag_prefix,
+                                      const std::string& client_ca) {
+  TlsConfig tls;
+  if (files.cert.empty() && files.key.empty() && files.ca.empty() && client_ca.empty()) {
+    return tls;
+  }
+  if (files.cert.empty() || files.key.empty() || files.ca.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TLS needs all three of ", flag_prefix, "cert, ", flag_prefix, "key and ", flag_prefix,
+        "ca (the CA that signed every member's certificate), or none of them",
+        client_ca.empty() ? "" : absl::StrCat("; ", flag_prefix, "client_ca needs all three")));
+  }
+  const std::string cert_flag = flag_prefix + "cert";
+  const std::string ca_flag = flag_prefix + "ca";
+  absl::StatusOr<Identity> identity =
+      LoadIdentity(cert_flag, files.cert, flag_prefix + "key", files.key);
+  if (!identity.ok()) return identity.status();
+  auto cas = LoadCas(ca_flag, files.ca);
   if (!cas.ok()) return cas.status();
   // Peers verify this node's certificate against their --tls_ca, the same CA.
-  if (absl::Status verified = VerifyChain(*chain, *cas, absl::StrCat(cert_flag, "=", files.cert),
-                                          absl::StrCat(ca_flag, "=", files.ca));
+  if (absl::Status verified =
+          VerifyChain(identity->chain, cas->second, absl::StrCat(cert_flag, "=", files.cert),
+                      absl::StrCat(ca_flag, "=", files.ca));
       !verified.ok()) {
     return verified;
   }
-  tls.cert_pem = *std::move(cert_pem);
-  tls.key_pem = *std::move(key_pem);
-  tls.ca_pem = *std::move(ca_pem);
+  if (!client_ca.empty()) {
+    auto client_cas = LoadCas(flag_prefix + "client_ca", client_ca);
+    if (!client_cas.ok()) return client_cas.status();
+    tls.client_ca_pem = std::move(client_cas->first);
+  }
+  tls.cert_pem = std::move(identity->cert_pem);
+  tls.key_pem = std::move(identity->key_pem);
+  tls.ca_pem = std::move(cas->first);
   return tls;
 }
 
-absl::StatusOr<TlsConfig> LoadClientTls(const std::string& ca_file, const std::string& flag) {
+absl::StatusOr<TlsConfig> LoadClientTls(const TlsFiles& files, const std::string& flag_prefix) {
   TlsConfig tls;
-  if (ca_file.empty()) return tls;
-  absl::StatusOr<std::string> ca_pem = ReadFile(flag, ca_file);
-  if (!ca_pem.ok()) return ca_pem.status();
-  if (absl::StatusOr<std::vector<Cert>> cas = Certificates(flag, ca_file, *ca_pem); !cas.ok()) {
-    return cas.status();
+  if (files.cert.empty() != files.key.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag_prefix, "cert and ", flag_prefix, "key go together"));
   }
-  tls.ca_pem = *std::move(ca_pem);
+  if (files.ca.empty()) {
+    if (!files.cert.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(flag_prefix, "cert needs ", flag_prefix,
+                                                     "ca (the CA of the cluster's nodes)"));
+    }
+    return tls;
+  }
+  auto cas = LoadCas(flag_prefix + "ca", files.ca);
+  if (!cas.ok()) return cas.status();
+  tls.ca_pem = std::move(cas->first);
+  if (!files.cert.empty()) {
+    absl::StatusOr<Identity> identity =
+        LoadIdentity(flag_prefix + "cert", files.cert, flag_prefix + "key", files.key);
+    if (!identity.ok()) return identity.status();
+    tls.cert_pem = std::move(identity->cert_pem);
+    tls.key_pem = std::move(identity->key_pem);
+  }
   return tls;
 }
 
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls) {
   if (!tls.enabled()) return grpc::InsecureServerCredentials();
-  // Requested, not required: application clients may come without a certificate. The
-  // replication service requires one (Replication::Replicate).
-  grpc::SslServerCredentialsOptions options(GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
+  // Without a client CA, requested, not required: application clients may come without a
+  // certificate. The replication service requires one (CheckMemberCertificate). With one,
+  // required from everyone, and either CA's will do here: which CA signed it decides what the
+  // peer may call.
+  grpc::SslServerCredentialsOptions options(
+      tls.client_ca_pem.empty() ? GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
+                                : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   options.pem_root_certs = tls.ca_pem;
+  if (!tls.client_ca_pem.empty()) absl::StrAppend(&options.pem_root_certs, "\n", tls.client_ca_pem);
   options.pem_key_cert_pairs.push_back({tls.key_pem, tls.cert_pem});
   return grpc::SslServerCredentials(options);
 }
@@ -205,6 +266,32 @@ std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsConfig
   options.pem_private_key = tls.key_pem;
   options.pem_cert_chain = tls.cert_pem;
   return grpc::SslCredentials(options);
+}
+
+absl::Status CheckMemberCertificate(const grpc::AuthContext& auth, const TlsConfig& tls) {
+  const absl::Status refused = absl::PermissionDeniedError(
+      "replication needs a client certificate signed by the cluster's CA (--tls_ca)");
+  if (!auth.IsPeerAuthenticated()) return refused;
+  // Without a client CA the handshake verified the certificate against the cluster's CA alone.
+  if (tls.client_ca_pem.empty()) return absl::OkStatus();
+  // With one, it accepted either CA's: check that it is the cluster's. The server side reports
+  // the leaf apart from the rest of the chain.
+  std::string pem;
+  for (grpc::string_ref value : auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME)) {
+    pem.append(value.data(), value.size());
+  }
+  for (grpc::string_ref value : auth.FindPropertyValues(GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME)) {
+    pem.append(value.data(), value.size());
+  }
+  absl::StatusOr<std::vector<Cert>> chain = Certificates("the peer's", "certificate", pem);
+  absl::StatusOr<std::vector<Cert>> cas = Certificates("--tls_ca", "", tls.ca_pem);
+  if (!chain.ok() || !cas.ok() ||
+      !VerifyChain(*chain, *cas, "the peer's certificate", "the cluster's CA").ok()) {
+    return absl::PermissionDeniedError(
+        "replication needs a client certificate signed by the cluster's CA (--tls_ca); this one "
+        "is not (an application client's certificate opens the client API only)");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mergedb::node

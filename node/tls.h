@@ -5,8 +5,13 @@
 // CA (the peer's address must match the certificate's subjectAltName), and its inbound
 // replication streams are refused unless the connecting node presented a certificate the CA
 // signed: the CA is what makes a node a member, beside the cluster id and node name of the
-// hello. So the CA must sign members' certificates only. Application clients trust the CA and
-// present no certificate (one from another CA fails the handshake).
+// hello. So the CA must sign members' certificates only.
+//
+// Application clients trust the CA. Without a client CA they present no certificate (one from
+// another CA fails the handshake) and are not authenticated. With a client CA
+// (--tls_client_ca), every connection must present a certificate that CA or the cluster's CA
+// signed, or its handshake fails; a client CA's certificate opens the client API only, never
+// replication, so a leaked application certificate cannot make its holder a member.
 //
 // Files are read and checked once, at start-up, with OpenSSL (which gRPC uses too), so that a
 // wrong path, a file that is not PEM or a key that does not belong to the certificate is a
@@ -17,7 +22,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "grpcpp/security/auth_context.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 
@@ -32,22 +39,30 @@ struct TlsFiles {
 
 // The PEM contents. No CA (the default): plaintext. Every loaded config has one.
 struct TlsConfig {
-  std::string cert_pem;  // empty for a client
+  std::string cert_pem;  // empty for a client without a certificate
   std::string key_pem;
   std::string ca_pem;
+  std::string client_ca_pem;  // a node's only; empty: clients present no certificate
   bool enabled() const { return !ca_pem.empty(); }
 };
 
-// A node's TLS: none of the files, or all three, and the certificate must verify against the
-// CA (`flag_prefix` names the flags in errors, e.g. "--tls_").
-absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& flag_prefix);
-// A client's TLS: on when `ca_file` (named `flag` in errors) is given. Clients present no
-// certificate: one signed by the cluster's CA is a member's credential (see above).
-absl::StatusOr<TlsConfig> LoadClientTls(const std::string& ca_file, const std::string& flag);
+// A node's TLS: none of the files, or all three (and optionally `client_ca`, the PEM
+// certificates of the application clients' CA), and the certificate must verify against the CA
+// (`flag_prefix` names the flags in errors, e.g. "--tls_").
+absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& flag_prefix,
+                                      const std::string& client_ca = "");
+// A client's TLS: on when `files.ca` is given; a certificate and its key (both or neither) for
+// nodes that require client certificates.
+absl::StatusOr<TlsConfig> LoadClientTls(const TlsFiles& files, const std::string& flag_prefix);
 
 // Insecure credentials when `tls` is disabled.
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls);
 std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsConfig& tls);
+
+// Whether the peer of an inbound call is a member: it presented a certificate that the
+// cluster's CA (`tls.ca_pem`) signed. PERMISSION_DENIED otherwise, saying why. Call only when
+// `tls` is enabled.
+absl::Status CheckMemberCertificate(const grpc::AuthContext& auth, const TlsConfig& tls);
 
 }  // namespace mergedb::node
 

@@ -77,6 +77,11 @@ use_conf() {
   if [ "$TLS" = 1 ]; then
     node_tls=(--tls_cert="$dir/tls/node.pem" --tls_key="$dir/tls/node.key" --tls_ca="$dir/tls/ca.pem")
     cli_tls=(--tls_ca="$dir/tls/ca.pem")
+    # Clusters made before client certificates have no client CA: their clients present none.
+    if [ -f "$dir/tls/clients.pem" ]; then
+      node_tls+=(--tls_client_ca="$dir/tls/clients.pem")
+      cli_tls+=(--tls_cert="$dir/tls/app.pem" --tls_key="$dir/tls/app.key")
+    fi
   fi
 }
 load_conf() {
@@ -84,12 +89,16 @@ load_conf() {
   use_conf
 }
 
-# A CA and one certificate for every node (they all listen on 127.0.0.1), in DIR/tls. The CA's
-# key stays there too: a local cluster for trying things out, not a way to keep keys.
+# In DIR/tls: the cluster's CA and one certificate for every node (they all listen on
+# 127.0.0.1); a CA for application clients and one client certificate ("app"), which nodes
+# require (--tls_client_ca). The CAs' keys stay there too: a local cluster for trying things
+# out, not a way to keep keys.
 make_certs() {
   rm -rf "$dir/tls"  # a new cluster: certificates left by an earlier one go
   "$root/scripts/make_certs.sh" ca "$dir/tls" ca &&
-    "$root/scripts/make_certs.sh" cert "$dir/tls" node ca ||
+    "$root/scripts/make_certs.sh" cert "$dir/tls" node ca &&
+    "$root/scripts/make_certs.sh" ca "$dir/tls" clients &&
+    "$root/scripts/make_certs.sh" cert "$dir/tls" app clients ||
     die "could not make the TLS certificates in $dir/tls"
 }
 

@@ -19,11 +19,17 @@ function load() {
 }
 
 // caFile: PEM certificates of the CA of a cluster serving TLS (mergedb-node --tls_ca);
-// omitted: plaintext.
-function connect(address, caFile) {
+// omitted: plaintext. certFile and keyFile: the client certificate (PEM, leaf first) and its
+// key, for nodes that require one (mergedb-node --tls_client_ca).
+function connect(address, caFile, certFile, keyFile) {
   const api = load();
+  if (!certFile !== !keyFile) throw new Error('certFile and keyFile go together');
+  if (certFile && !caFile) throw new Error('certFile needs caFile');
+  const fs = require('fs');
   const credentials = caFile ?
-      grpc.credentials.createSsl(require('fs').readFileSync(caFile)) :
+      grpc.credentials.createSsl(
+          fs.readFileSync(caFile), keyFile ? fs.readFileSync(keyFile) : null,
+          certFile ? fs.readFileSync(certFile) : null) :
       grpc.credentials.createInsecure();
   return {
     documents: new api.DocumentService(address, credentials),

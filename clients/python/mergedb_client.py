@@ -64,14 +64,25 @@ class Update:
 
 
 class Client:
-    def __init__(self, address, timeout=5.0, ca_file=None):
+    def __init__(self, address, timeout=5.0, ca_file=None, cert_file=None, key_file=None):
         """`ca_file`: PEM certificates of the CA of a cluster serving TLS (mergedb-node
-        --tls_ca); None: plaintext."""
+        --tls_ca); None: plaintext. `cert_file` and `key_file`: the client certificate (PEM,
+        leaf first) and its key, for nodes that require one (mergedb-node --tls_client_ca)."""
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("cert_file and key_file go together")
         if ca_file is None:
+            if cert_file is not None:
+                raise ValueError("cert_file needs ca_file")
             self.channel = grpc.insecure_channel(address)
         else:
-            with open(ca_file, "rb") as f:
-                credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            def read(path):
+                if path is None:
+                    return None
+                with open(path, "rb") as f:
+                    return f.read()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(ca_file), private_key=read(key_file),
+                certificate_chain=read(cert_file))
             self.channel = grpc.secure_channel(address, credentials)
         self.documents = api_pb2_grpc.DocumentServiceStub(self.channel)
         self.cluster = api_pb2_grpc.ClusterServiceStub(self.channel)

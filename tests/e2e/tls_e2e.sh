@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# End-to-end: `scripts/cluster.sh up --tls` on three real nodes. Writes reach every node over
-# the TLS links, also after a node is killed and started again; a plaintext client is refused
-# and told what it lacks; the Python and Node.js example clients connect with the CA.
+# End-to-end: `scripts/cluster.sh up --tls` on three real nodes, which require client
+# certificates. Writes reach every node over the TLS links, also after a node is killed and
+# started again; a plaintext client, and a client without a certificate, are refused and told
+# what they lack; the Python and Node.js example clients connect with the CA and the client
+# certificate.
 # Usage: tls_e2e.sh BUILD_DIR SOURCE_DIR. Cleans up after itself.
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
@@ -10,7 +12,9 @@ e2e_cluster_setup "$@"
 base=$(free_base_port)
 [ -n "$base" ] || { echo "no three free consecutive ports"; exit 1; }
 ca=$work/cluster/tls/ca.pem
-cli_flags=(--tls_ca="$ca")
+app_cert=$work/cluster/tls/app.pem
+app_key=$work/cluster/tls/app.key
+cli_flags=(--tls_ca="$ca" --tls_cert="$app_cert" --tls_key="$app_key")
 
 cluster up 3 --base-port "$base" --tls | tee "$work/up.out"
 grep -q "TLS with the CA in $ca" "$work/up.out" || { echo "up did not say TLS"; exit 1; }
@@ -22,6 +26,10 @@ if "$build/node/mergedb" --node="$(node 1)" get c d >/dev/null 2>"$work/plain.er
   echo "a plaintext client was served by a TLS node"; exit 1
 fi
 grep -q "give --tls_ca" "$work/plain.err" || { cat "$work/plain.err"; exit 1; }
+if "$build/node/mergedb" --node="$(node 1)" --tls_ca="$ca" get c d >/dev/null 2>"$work/nocert.err"; then
+  echo "a client without a certificate was served by a node that requires one"; exit 1
+fi
+grep -q "give --tls_cert and --tls_key" "$work/nocert.err" || { cat "$work/nocert.err"; exit 1; }
 
 # The links come back over TLS after a restart.
 cluster kill n2 >/dev/null
@@ -31,10 +39,12 @@ every_node_sees 19
 cluster status | tee "$work/status.out"
 [ "$(grep -c serving "$work/status.out")" = 3 ] || { echo "not every node is serving"; exit 1; }
 
-PYTHONPATH="$build/clients/python:$src/clients/python" /usr/bin/python3 - "$(node 3)" "$ca" <<'PY'
+PYTHONPATH="$build/clients/python:$src/clients/python" /usr/bin/python3 - "$(node 3)" "$ca" \
+    "$app_cert" "$app_key" <<'PY'
 import sys
 import mergedb_client
-client = mergedb_client.Client(sys.argv[1], ca_file=sys.argv[2])
+client = mergedb_client.Client(sys.argv[1], ca_file=sys.argv[2], cert_file=sys.argv[3],
+                               key_file=sys.argv[4])
 doc = client.get("c", "d")
 counters = [f.value.counter for f in doc.fields if f.name == "n"]
 assert counters == [19], doc
@@ -42,10 +52,10 @@ print("python client over TLS reads n =", counters[0])
 PY
 nodejs=$(type -P node || true)  # not the node() above
 if [ -n "$nodejs" ] && [ -d "$src/clients/node/node_modules/@grpc/grpc-js" ]; then
-  "$nodejs" - "$src/clients/node/client.js" "$(node 2)" "$ca" <<'JS'
-const [clientPath, address, ca] = process.argv.slice(2);
+  "$nodejs" - "$src/clients/node/client.js" "$(node 2)" "$ca" "$app_cert" "$app_key" <<'JS'
+const [clientPath, address, ca, cert, key] = process.argv.slice(2);
 const {connect, call} = require(clientPath);
-call(connect(address, ca).documents, 'Get', {collection: 'c', id: 'd'}).then((doc) => {
+call(connect(address, ca, cert, key).documents, 'Get', {collection: 'c', id: 'd'}).then((doc) => {
   const n = doc.fields.find((f) => f.name === 'n');
   if (!n || n.value.counter !== '19') throw new Error('n is ' + JSON.stringify(n));
   console.log('node.js client over TLS reads n =', n.value.counter);
@@ -55,4 +65,4 @@ JS
 else
   echo "node.js client part skipped: node or clients/node dependencies absent"
 fi
-echo "TLS cluster: every node has every write, plaintext refused"
+echo "TLS cluster: every node has every write, plaintext and clients without a certificate refused"

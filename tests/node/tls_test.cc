@@ -1,6 +1,8 @@
-// TLS: a cluster whose nodes serve and replicate over TLS, clients that trust its CA, and what
-// is refused: plaintext clients, replication streams without a member's certificate or with
-// one another CA signed, a node set up with another CA, and bad files at start-up.
+// TLS: a cluster whose nodes serve and replicate over TLS, clients that trust its CA (and, with
+// a client CA, present its certificates), and what is refused: plaintext clients, clients
+// without a certificate where one is required, replication streams without a member's
+// certificate or with one another CA (or the client CA) signed, a node set up with another CA,
+// and bad files at start-up.
 #include "node/tls.h"
 
 #include <stdlib.h>
@@ -25,8 +27,8 @@ using testing::Incr;
 using testing::UpdateOf;
 
 // Certificates made by scripts/make_certs.sh in a temporary directory: a CA, a node certificate
-// it signed for 127.0.0.1, an impostor's certificate another CA signed for the same name, and
-// one the CA signed that has expired.
+// it signed for 127.0.0.1, an impostor's certificate another CA signed for the same name, one
+// the CA signed that has expired, and an application's certificate a client CA signed.
 class TlsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -35,7 +37,10 @@ class TlsTest : public ::testing::Test {
     ASSERT_NE(mkdtemp(pattern.data()), nullptr);
     dir_ = new std::string(pattern);
     const std::string make = std::string(MERGEDB_SOURCE_DIR) + "/scripts/make_certs.sh ";
-    for (const std::string ca : {"ca", "other-ca"}) Run(make + "ca " + *dir_ + " " + ca + " 2");
+    for (const std::string ca : {"ca", "other-ca", "clients"}) {
+      Run(make + "ca " + *dir_ + " " + ca + " 2");
+    }
+    Run(make + "cert " + *dir_ + " app clients 2");
     Run(make + "cert " + *dir_ + " node ca 2");
     Run(make + "cert " + *dir_ + " impostor other-ca 2");
     Run(make + "cert " + *dir_ + " expired ca -1");  // one day of validity, ended yesterday
@@ -63,9 +68,13 @@ class TlsTest : public ::testing::Test {
     contents << in.rdbuf();
     return contents.str();
   }
+  // A client that trusts `ca` and, given an `identity`, presents that certificate.
   static std::shared_ptr<grpc::Channel> ClientChannel(const std::string& address,
-                                                      const std::string& ca = "ca.pem") {
-    auto tls = LoadClientTls(Path(ca), "--tls_ca");
+                                                      const std::string& ca = "ca.pem",
+                                                      const std::string& identity = "") {
+    auto tls = LoadClientTls({identity.empty() ? "" : Path(identity + ".pem"),
+                              identity.empty() ? "" : Path(identity + ".key"), Path(ca)},
+                             "--tls_");
     EXPECT_TRUE(tls.ok()) << tls.status();
     return grpc::CreateChannel(address, MakeChannelCredentials(*tls));
   }
@@ -171,9 +180,36 @@ TEST_F(TlsTest, ANodeChecksItsFilesAtStartUp) {
   EXPECT_TRUE(absl::StrContains(other_ca.status().message(), "does not verify against --tls_ca="))
       << other_ca.status();
 
-  auto client_key_as_ca = LoadClientTls(Path("node.key"), "--tls_ca");
+  auto client_key_as_ca = LoadClientTls({"", "", Path("node.key")}, "--tls_");
   EXPECT_TRUE(absl::StrContains(client_key_as_ca.status().message(), "no PEM certificate"))
       << client_key_as_ca.status();
+
+  // The client CA: only beside the other three, and a file of certificates.
+  auto client_ca_alone = LoadNodeTls({"", "", ""}, "--tls_", Path("clients.pem"));
+  EXPECT_TRUE(
+      absl::StrContains(client_ca_alone.status().message(), "--tls_client_ca needs all three"))
+      << client_ca_alone.status();
+  auto client_ca_not_pem =
+      LoadNodeTls({Path("node.pem"), Path("node.key"), Path("ca.pem")}, "--tls_", Path("not.pem"));
+  EXPECT_TRUE(absl::StrContains(client_ca_not_pem.status().message(), "--tls_client_ca="))
+      << client_ca_not_pem.status();
+  auto with_client_ca = LoadNodeTls({Path("node.pem"), Path("node.key"), Path("ca.pem")}, "--tls_",
+                                    Path("clients.pem"));
+  ASSERT_TRUE(with_client_ca.ok()) << with_client_ca.status();
+  EXPECT_EQ(with_client_ca->client_ca_pem, Contents("clients.pem"));
+
+  // A client's certificate: with its key and a CA to trust, and the key must be its own.
+  auto cert_alone = LoadClientTls({Path("app.pem"), "", Path("ca.pem")}, "--tls_");
+  EXPECT_TRUE(absl::StrContains(cert_alone.status().message(), "go together"))
+      << cert_alone.status();
+  auto cert_without_ca = LoadClientTls({Path("app.pem"), Path("app.key"), ""}, "--tls_");
+  EXPECT_TRUE(absl::StrContains(cert_without_ca.status().message(), "needs --tls_ca"))
+      << cert_without_ca.status();
+  auto client_wrong_key =
+      LoadClientTls({Path("app.pem"), Path("node.key"), Path("ca.pem")}, "--tls_");
+  EXPECT_TRUE(
+      absl::StrContains(client_wrong_key.status().message(), "not the key of the certificate"))
+      << client_wrong_key.status();
 
   auto none = LoadNodeTls({"", "", ""}, "--tls_");
   ASSERT_TRUE(none.ok());
@@ -258,6 +294,43 @@ TEST_F(TlsTest, ANodeWhoseCertificateNamesAnotherAddressIsNotTrusted) {
   auto n1 = ClientChannel(cluster.Address(0));
   ASSERT_TRUE(Update(n1.get(), IncrementDoc(3)).ok());
   EXPECT_TRUE(absl::StrContains(AwaitLinkDown(n1), "TLS handshake"));
+}
+
+// With a client CA, every connection presents a certificate: the client CA's opens the client
+// API, and only the cluster CA's opens replication.
+TEST_F(TlsTest, WithAClientCaEveryClientPresentsACertificateAndOnlyMembersReplicate) {
+  Cluster cluster(2);
+  for (int i = 0; i < 2; ++i) {
+    auto tls = LoadNodeTls({Path("node.pem"), Path("node.key"), Path("ca.pem")}, "--tls_",
+                           Path("clients.pem"));
+    ASSERT_TRUE(tls.ok()) << tls.status();
+    cluster.options(i).tls = *tls;
+  }
+  cluster.StartAll();
+  auto n1 = ClientChannel(cluster.Address(0), "ca.pem", "app");
+  auto n2 = ClientChannel(cluster.Address(1), "ca.pem", "app");
+  for (int i = 0; i < 5; ++i) {
+    grpc::Status status = Update(n1.get(), IncrementDoc(1));
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  EXPECT_EQ(AwaitCounter(n2.get(), 5), 5) << "the members' link works with a client CA";
+
+  // No certificate, or one another CA signed: the handshake fails.
+  for (const std::string identity : {"", "impostor"}) {
+    auto channel = ClientChannel(cluster.Address(0), "ca.pem", identity);
+    grpc::Status refused = Update(channel.get(), IncrementDoc(1));
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << "'" << identity << "': " << refused.error_message();
+  }
+  // An application's certificate is not a member's.
+  bool answered = false;
+  grpc::Status replication = HelloAsN2(n1, &answered);
+  EXPECT_FALSE(answered);
+  EXPECT_EQ(replication.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << replication.error_message();
+  EXPECT_TRUE(absl::StrContains(replication.error_message(), "client API only"))
+      << replication.error_message();
+  EXPECT_EQ(AwaitCounter(n1.get(), 5), 5);
 }
 
 }  // namespace
