@@ -591,6 +591,35 @@ TEST(Replication, AStalledStreamedBackupIsCancelledAndFreesTheBackupSlot) {
   EXPECT_LT(buffered, 24) << "the whole copy was buffered";
 }
 
+// Whether node i's log was truncated (within 10 s): once it is, a wiped node cannot be served
+// from it and needs a full-state transfer.
+bool AwaitLogTruncated(Cluster& cluster, int i) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (cluster.node(i)->store()->LogFloor().empty() &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return !cluster.node(i)->store()->LogFloor().empty();
+}
+
+// One field of a document on node i, read without the client's default 4 MiB answer limit.
+google::protobuf::Value FieldOn(Cluster& cluster, int i, const std::string& collection,
+                                const std::string& id, const std::string& field) {
+  mergedb::v1::GetRequest get;
+  get.set_collection(collection);
+  get.set_id(id);
+  get.add_path(field);
+  mergedb::v1::GetResponse response;
+  grpc::ClientContext context;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto stub = mergedb::v1::DocumentService::NewStub(
+      grpc::CreateCustomChannel(cluster.Address(i), grpc::InsecureChannelCredentials(), args));
+  const grpc::Status status = stub->Get(&context, get, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response.value();
+}
+
 TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
   Cluster cluster(3);
   cluster.StartAll();
@@ -611,11 +640,7 @@ TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
   ASSERT_TRUE(cluster.WaitConverged());
   // Everyone acknowledged everything, so the logs get truncated: the wiped node cannot be
   // served from them.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (cluster.node(0)->store()->LogFloor().empty() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ASSERT_FALSE(cluster.node(0)->store()->LogFloor().empty()) << "logs were never truncated";
+  ASSERT_TRUE(AwaitLogTruncated(cluster, 0)) << "logs were never truncated";
   const auto old_replica = cluster.node(2)->store()->replica_id();
   cluster.Stop(2);
   cluster.Wipe(2);
@@ -634,14 +659,8 @@ TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
   EXPECT_EQ(cluster.node(2)->store()->document_count(), cluster.node(0)->store()->document_count());
   EXPECT_EQ(cluster.Get(2, "big", "doc599").value().struct_value().fields().at("payload").string_value().size(),
             size_t{8 << 10});
-  mergedb::v1::GetRequest get;
-  get.set_collection("big");
-  get.set_id("one-large-set");
-  get.add_path("members");
-  mergedb::v1::GetResponse members;
-  grpc::ClientContext context;
-  ASSERT_TRUE(cluster.Docs(2)->Get(&context, get, &members).ok());
-  EXPECT_EQ(members.value().list_value().values_size(), 60000);
+  EXPECT_EQ(FieldOn(cluster, 2, "big", "one-large-set", "members").list_value().values_size(),
+            60000);
 }
 
 // An update over what a peer takes in one message (here its own --max_update_bytes; the 64 MiB
@@ -670,32 +689,14 @@ TEST(Replication, AnUpdateOverAPeersMessageLimitReachesItAndSoDoesEverythingAfte
   ASSERT_TRUE(cluster.Update(0, IncrementOf("after", 1)).ok());
   ASSERT_TRUE(cluster.WaitConverged({0, 1, 2}, std::chrono::seconds(30)));
   auto payload_on = [&](int i) {
-    mergedb::v1::GetRequest get;
-    get.set_collection("big");
-    get.set_id("large");
-    get.add_path("payload");
-    mergedb::v1::GetResponse response;
-    grpc::ClientContext context;
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(-1);
-    auto stub = mergedb::v1::DocumentService::NewStub(
-        grpc::CreateCustomChannel(cluster.Address(i), grpc::InsecureChannelCredentials(), args));
-    const grpc::Status status = stub->Get(&context, get, &response);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return response.value().string_value();
+    return FieldOn(cluster, i, "big", "large", "payload").string_value();
   };
   for (int i : {1, 2}) {
     EXPECT_TRUE(payload_on(i) == payload) << "n" << i + 1;
     EXPECT_EQ(CounterIn(cluster.Get(i, "c", "after"), "n"), 1);
   }
-  // A full-state transfer carries it too (a snapshot chunk with the one large leaf): once the
-  // logs are truncated, a wiped node cannot be served from them.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (cluster.node(0)->store()->LogFloor().empty() &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ASSERT_FALSE(cluster.node(0)->store()->LogFloor().empty()) << "logs were never truncated";
+  // A full-state transfer carries it too (a snapshot chunk with the one large leaf).
+  ASSERT_TRUE(AwaitLogTruncated(cluster, 0)) << "logs were never truncated";
   cluster.Stop(2);
   cluster.Wipe(2);
   cluster.Start(2);
