@@ -90,7 +90,8 @@ int FailStatus(const grpc::Status& status) {
       if (absl::StrContains(status.error_message(), "Socket closed")) {
         hint = " (if the node serves TLS, give --tls_ca)";
       }
-    } else if (absl::GetFlag(FLAGS_tls_cert).empty()) {
+    } else if (absl::GetFlag(FLAGS_tls_cert).empty() &&
+               absl::StrContains(status.error_message(), "Socket closed")) {
       hint = " (if the node requires client certificates, give --tls_cert and --tls_key)";
     }
   }

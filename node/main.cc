@@ -88,7 +88,8 @@ ABSL_FLAG(std::string, tls_ca, "",
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM certificates of the CA that signs application clients' certificates (with the "
           "other --tls_ flags): every connection must then present a certificate this CA or "
-          "--tls_ca signed. This CA's certificates open the client API only, never replication. "
+          "--tls_ca signed. This CA's certificates open the client API only, never replication; "
+          "it must be a CA of its own (neither --tls_ca's nor signed by it). "
           "Without it, clients present no certificate and are not authenticated.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "grpc/grpc_security_constants.h"
 
 namespace mergedb::node {
@@ -56,14 +57,20 @@ absl::StatusOr<std::string> ReadFile(const std::string& flag, const std::string&
 
 // Every certificate in `pem`, in order: at least one, and as many as it has PEM certificate
 // blocks (a block that does not parse would otherwise pass here and fail inside gRPC).
-absl::StatusOr<std::vector<Cert>> Certificates(const std::string& flag, const std::string& path,
-                                               const std::string& pem) {
+// The certificates that parse in `pem`, in order.
+std::vector<Cert> ParsePem(absl::string_view pem) {
   std::vector<Cert> certs;
-  Bio bio = MemoryBio(pem);
+  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, NoPassphrase, nullptr)) {
     certs.emplace_back(cert);
   }
   ERR_clear_error();
+  return certs;
+}
+
+absl::StatusOr<std::vector<Cert>> Certificates(const std::string& flag, const std::string& path,
+                                               const std::string& pem) {
+  std::vector<Cert> certs = ParsePem(pem);
   size_t blocks = 0;
   for (size_t at = pem.find(kCertificateBegin); at != std::string::npos;
        at = pem.find(kCertificateBegin, at + 1)) {
@@ -104,7 +111,8 @@ struct StackFree {
 // every certificate on the way is valid now: the mistake a peer would otherwise only report
 // as a failed handshake.
 absl::Status VerifyChain(const std::vector<Cert>& chain, const std::vector<Cert>& cas,
-                         const std::string& cert_what, const std::string& ca_what) {
+                         const std::string& cert_what, const std::string& ca_what,
+                         std::vector<Cert>* verified_chain = nullptr) {
   std::unique_ptr<X509_STORE, StoreFree> store(X509_STORE_new());
   for (const Cert& ca : cas) X509_STORE_add_cert(store.get(), ca.get());
   std::unique_ptr<STACK_OF(X509), StackFree> intermediates(sk_X509_new_null());
@@ -122,7 +130,27 @@ absl::Status VerifyChain(const std::vector<Cert>& chain, const std::vector<Cert>
     return absl::InvalidArgumentError(absl::StrCat(cert_what, " does not verify against ", ca_what,
                                                    ": ", X509_verify_cert_error_string(error)));
   }
+  if (verified_chain != nullptr) {
+    STACK_OF(X509)* path = X509_STORE_CTX_get0_chain(ctx.get());
+    for (int i = 0; i < sk_X509_num(path); ++i) {
+      X509* cert = sk_X509_value(path, i);
+      X509_up_ref(cert);
+      verified_chain->emplace_back(cert);
+    }
+  }
   return absl::OkStatus();
+}
+
+// Whether two certificates are of one CA: the same subject and the same key. A CA cross-signed
+// by another is a second certificate of the same CA.
+bool SameCa(X509* a, X509* b) {
+  return X509_NAME_cmp(X509_get_subject_name(a), X509_get_subject_name(b)) == 0 &&
+         EVP_PKEY_eq(X509_get0_pubkey(a), X509_get0_pubkey(b)) == 1;
+}
+
+Cert Ref(X509* cert) {
+  X509_up_ref(cert);
+  return Cert(cert);
 }
 
 }  // namespace
@@ -208,8 +236,33 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
     return verified;
   }
   if (!client_ca.empty()) {
-    auto client_cas = LoadCas(flag_prefix + "client_ca", client_ca);
+    const std::string client_ca_flag = flag_prefix + "client_ca";
+    auto client_cas = LoadCas(client_ca_flag, client_ca);
     if (!client_cas.ok()) return client_cas.status();
+    // The two CAs must be separate hierarchies: a client CA under the cluster's CA (or the same
+    // CA) would make every application certificate chain to a member's CA.
+    const std::string both =
+        absl::StrCat(client_ca_flag, "=", client_ca, " and ", ca_flag, "=", files.ca);
+    for (const Cert& client : client_cas->second) {
+      if (absl::Status fresh = CheckNotExpired(client_ca_flag, client_ca, client.get());
+          !fresh.ok()) {
+        return fresh;
+      }
+      for (const Cert& member : cas->second) {
+        if (SameCa(client.get(), member.get())) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              both, " share a CA: application certificates would be members' certificates"));
+        }
+      }
+      std::vector<Cert> alone;
+      alone.push_back(Ref(client.get()));
+      if (VerifyChain(alone, cas->second, "", "").ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            both,
+            ": the client CA is signed by the cluster's CA, so application certificates "
+            "would chain to it; use a client CA of its own"));
+      }
+    }
     tls.client_ca_pem = std::move(client_cas->first);
   }
   tls.cert_pem = std::move(identity->cert_pem);
@@ -269,27 +322,46 @@ std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsConfig
 }
 
 absl::Status CheckMemberCertificate(const grpc::AuthContext& auth, const TlsConfig& tls) {
-  const absl::Status refused = absl::PermissionDeniedError(
-      "replication needs a client certificate signed by the cluster's CA (--tls_ca)");
-  if (!auth.IsPeerAuthenticated()) return refused;
+  auto refuse = [](absl::string_view why) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "replication needs a client certificate signed by the cluster's CA (--tls_ca)", why));
+  };
+  if (!auth.IsPeerAuthenticated()) return refuse("");
   // Without a client CA the handshake verified the certificate against the cluster's CA alone.
   if (tls.client_ca_pem.empty()) return absl::OkStatus();
-  // With one, it accepted either CA's: check that it is the cluster's. The server side reports
-  // the leaf apart from the rest of the chain.
-  std::string pem;
-  for (grpc::string_ref value : auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME)) {
-    pem.append(value.data(), value.size());
-  }
+  // With one, it accepted either CA's: verify the chain against the cluster's CA alone. The
+  // server side reports the leaf apart from the rest of the chain (which a resumed TLS session
+  // may leave empty: nodes keep no session cache, and a member whose certificate needs
+  // intermediates would then be refused, not admitted).
+  const std::vector<grpc::string_ref> leaf_pem =
+      auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+  std::vector<Cert> chain =
+      leaf_pem.size() == 1 ? ParsePem(absl::string_view(leaf_pem[0].data(), leaf_pem[0].size()))
+                           : std::vector<Cert>();
+  if (chain.size() != 1) return refuse(": its certificate is missing from the handshake");
   for (grpc::string_ref value : auth.FindPropertyValues(GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME)) {
-    pem.append(value.data(), value.size());
+    for (Cert& cert : ParsePem(absl::string_view(value.data(), value.size()))) {
+      chain.push_back(std::move(cert));
+    }
   }
-  absl::StatusOr<std::vector<Cert>> chain = Certificates("the peer's", "certificate", pem);
-  absl::StatusOr<std::vector<Cert>> cas = Certificates("--tls_ca", "", tls.ca_pem);
-  if (!chain.ok() || !cas.ok() ||
-      !VerifyChain(*chain, *cas, "the peer's certificate", "the cluster's CA").ok()) {
-    return absl::PermissionDeniedError(
-        "replication needs a client certificate signed by the cluster's CA (--tls_ca); this one "
-        "is not (an application client's certificate opens the client API only)");
+  std::vector<Cert> verified;
+  if (absl::Status s =
+          VerifyChain(chain, ParsePem(tls.ca_pem), "the certificate", "that CA", &verified);
+      !s.ok()) {
+    return refuse(absl::StrCat(" (", s.message(),
+                               "; an application client's certificate opens "
+                               "the client API only)"));
+  }
+  // A chain through the client CA (cross-signed by the cluster's CA, say) is an application's.
+  const std::vector<Cert> client_cas = ParsePem(tls.client_ca_pem);
+  for (const Cert& cert : verified) {
+    for (const Cert& client : client_cas) {
+      if (SameCa(cert.get(), client.get())) {
+        return refuse(
+            ": this one chains through the client CA (--tls_client_ca), and an "
+            "application client's certificate opens the client API only");
+      }
+    }
   }
   return absl::OkStatus();
 }

@@ -11,7 +11,10 @@
 // another CA fails the handshake) and are not authenticated. With a client CA
 // (--tls_client_ca), every connection must present a certificate that CA or the cluster's CA
 // signed, or its handshake fails; a client CA's certificate opens the client API only, never
-// replication, so a leaked application certificate cannot make its holder a member.
+// replication, so a leaked application certificate cannot make its holder a member. For that the
+// two CAs must be separate hierarchies (checked at start-up), and a member's chain must not pass
+// through the client CA (checked per stream: a cross-signed copy of it would otherwise lead an
+// application certificate to the cluster's CA).
 //
 // Files are read and checked once, at start-up, with OpenSSL (which gRPC uses too), so that a
 // wrong path, a file that is not PEM or a key that does not belong to the certificate is a

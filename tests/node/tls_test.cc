@@ -41,6 +41,21 @@ class TlsTest : public ::testing::Test {
       Run(make + "ca " + *dir_ + " " + ca + " 2");
     }
     Run(make + "cert " + *dir_ + " app clients 2");
+    // Two ways a client CA can lie under the cluster's CA: "sub", a CA the cluster's CA
+    // signed, and "clients-cross", the client CA (same name, same key) cross-signed by the
+    // cluster's CA. "app-chain" is the app certificate presented with the cross-signed CA as
+    // its intermediate, so that its chain leads to the cluster's CA.
+    Run("cd " + *dir_ +
+        " && printf 'basicConstraints=critical,CA:TRUE\\nkeyUsage=critical,keyCertSign,cRLSign\\n'"
+        " >ca.ext"
+        " && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout sub.key"
+        "    -subj /CN=sub -out sub.csr"
+        " && openssl x509 -req -in sub.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
+        "    -extfile ca.ext -out sub.pem"
+        " && openssl x509 -x509toreq -in clients.pem -signkey clients.key -out cross.csr"
+        " && openssl x509 -req -in cross.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
+        "    -extfile ca.ext -out clients-cross.pem"
+        " && cat app.pem clients-cross.pem >app-chain.pem && cp app.key app-chain.key");
     Run(make + "cert " + *dir_ + " node ca 2");
     Run(make + "cert " + *dir_ + " impostor other-ca 2");
     Run(make + "cert " + *dir_ + " expired ca -1");  // one day of validity, ended yesterday
@@ -197,6 +212,14 @@ TEST_F(TlsTest, ANodeChecksItsFilesAtStartUp) {
                                     Path("clients.pem"));
   ASSERT_TRUE(with_client_ca.ok()) << with_client_ca.status();
   EXPECT_EQ(with_client_ca->client_ca_pem, Contents("clients.pem"));
+  // The two CAs must be separate hierarchies.
+  auto same_ca =
+      LoadNodeTls({Path("node.pem"), Path("node.key"), Path("ca.pem")}, "--tls_", Path("ca.pem"));
+  EXPECT_TRUE(absl::StrContains(same_ca.status().message(), "share a CA")) << same_ca.status();
+  auto under_ca =
+      LoadNodeTls({Path("node.pem"), Path("node.key"), Path("ca.pem")}, "--tls_", Path("sub.pem"));
+  EXPECT_TRUE(absl::StrContains(under_ca.status().message(), "signed by the cluster's CA"))
+      << under_ca.status();
 
   // A client's certificate: with its key and a CA to trust, and the key must be its own.
   auto cert_alone = LoadClientTls({Path("app.pem"), "", Path("ca.pem")}, "--tls_");
@@ -329,6 +352,14 @@ TEST_F(TlsTest, WithAClientCaEveryClientPresentsACertificateAndOnlyMembersReplic
   EXPECT_EQ(replication.error_code(), grpc::StatusCode::PERMISSION_DENIED)
       << replication.error_message();
   EXPECT_TRUE(absl::StrContains(replication.error_message(), "client API only"))
+      << replication.error_message();
+  // Nor is it when it comes with the client CA cross-signed by the cluster's CA, so that its
+  // chain leads to the cluster's CA.
+  replication = HelloAsN2(ClientChannel(cluster.Address(0), "ca.pem", "app-chain"), &answered);
+  EXPECT_FALSE(answered);
+  EXPECT_EQ(replication.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << replication.error_message();
+  EXPECT_TRUE(absl::StrContains(replication.error_message(), "chains through the client CA"))
       << replication.error_message();
   EXPECT_EQ(AwaitCounter(n1.get(), 5), 5);
 }
