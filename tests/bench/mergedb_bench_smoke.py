@@ -77,21 +77,26 @@ check_run("unary ALL with reads", ["--mode=unary", "--write_concern=all", "--wri
                                    "--warmup=100", "--read_ratio=0.3", "--nobaselines",
                                    "--lag=off"], 1000, False)
 
-# Over TLS: nodes started with certificates made here, the tool trusting their CA (lag on, so
-# the Watch streams connect over TLS too).
+# Over TLS: nodes started with certificates made here and requiring client certificates, the
+# tool trusting their CA and presenting a client certificate (lag on, so the Watch streams
+# connect over TLS too).
 with tempfile.TemporaryDirectory(prefix="mergedb-bench-tls-") as certs:
     make_certs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                               "scripts", "make_certs.sh")
     subprocess.run([make_certs, "ca", certs, "ca", "2"], check=True)
     subprocess.run([make_certs, "cert", certs, "node", "ca", "2"], check=True)
+    subprocess.run([make_certs, "ca", certs, "clients", "2"], check=True)
+    subprocess.run([make_certs, "cert", certs, "app", "clients", "2"], check=True)
     check_run("stream LOCAL over TLS",
               ["--mode=stream", "--writes=1000", "--warmup=100", "--nobaselines",
                "--lag=inline", "--sample_every=20", "--json_only", f"--tls_ca={certs}/ca.pem",
+               f"--tls_cert={certs}/app.pem", f"--tls_key={certs}/app.key",
                f"--node_flags=--tls_cert={certs}/node.pem --tls_key={certs}/node.key "
-               f"--tls_ca={certs}/ca.pem"], 1000, False)
+               f"--tls_ca={certs}/ca.pem --tls_client_ca={certs}/clients.pem"], 1000, False)
 
 for bad, says in [(["--write_concern=bogus"], "write_concern"),
                   (["--tls_ca=/nonexistent/ca.pem"], "--tls_ca=/nonexistent/ca.pem: cannot read"),
+                  (["--tls_cert=/nonexistent/app.pem"], "--tls_cert and --tls_key go together"),
                   (["--mode=carrier-pigeon"], "mode"),
                   (["--concurrency=0"], "concurrency"),
                   (["--read_ratio=1.5"], "read_ratio")]:
