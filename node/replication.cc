@@ -1,7 +1,6 @@
 #include "node/replication.h"
 
 #include <algorithm>
-#include <limits>
 #include <random>
 
 #include "absl/strings/escaping.h"
