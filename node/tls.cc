@@ -55,8 +55,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& flag, const std::string&
   return contents;
 }
 
-// Every certificate in `pem`, in order: at least one, and as many as it has PEM certificate
-// blocks (a block that does not parse would otherwise pass here and fail inside gRPC).
 // The certificates that parse in `pem`, in order.
 std::vector<Cert> ParsePem(absl::string_view pem) {
   std::vector<Cert> certs;
@@ -68,6 +66,8 @@ std::vector<Cert> ParsePem(absl::string_view pem) {
   return certs;
 }
 
+// Every certificate in `pem`, in order: at least one, and as many as it has PEM certificate
+// blocks (a block that does not parse would otherwise pass here and fail inside gRPC).
 absl::StatusOr<std::vector<Cert>> Certificates(const std::string& flag, const std::string& path,
                                                const std::string& pem) {
   std::vector<Cert> certs = ParsePem(pem);
@@ -152,10 +152,6 @@ Cert Ref(X509* cert) {
   X509_up_ref(cert);
   return Cert(cert);
 }
-
-}  // namespace
-
-namespace {
 
 // A certificate chain and its key, read and checked: the key is the leaf's, and the leaf is
 // valid now.
