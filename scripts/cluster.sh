@@ -5,7 +5,8 @@
 #        installs what is missing, builds if needed, starts N nodes (default 3; the last M are
 #        read-only replicas), waits until all are healthy, prints addresses and examples.
 #        Safe on a running cluster: starts only the nodes that are down. --tls (when the
-#        cluster is first made): a CA and node certificates in DIR/tls, every call and link TLS.
+#        cluster is first made): a CA and node certificates in DIR/tls, every call and link TLS,
+#        and a client CA and client certificate (app) that every client must present.
 #   scripts/cluster.sh status            one line per node: pid, address, role, health, lag
 #   scripts/cluster.sh kill NODE         SIGKILL (e.g. kill n2)
 #   scripts/cluster.sh start NODE | restart NODE | logs NODE
