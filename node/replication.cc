@@ -1006,7 +1006,8 @@ class Replication::Session {
       while (stream->Read(&response)) {
         state->bytes_received += response.ByteSizeLong();
         absl::MutexLock lock(&link_mu);
-        last_heard = absl::Now();
+        // max: a grace the writer set for a large request (see `send`) outlasts this answer.
+        last_heard = std::max(last_heard, absl::Now());
         if (hello_done) {
           if (decompressor != nullptr) {
             if (absl::Status s = Unwrap(decompressor.get(), &response); !s.ok()) {

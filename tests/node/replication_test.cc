@@ -663,6 +663,15 @@ TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
             60000);
 }
 
+// `n` random letters and digits: about 6 bits a byte, so compression cannot shrink them much.
+std::string RandomText(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const std::string alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  std::string text(n, ' ');
+  for (char& c : text) c = alphabet[rng() % alphabet.size()];
+  return text;
+}
+
 // An update over what a peer takes in one message (here its own --max_update_bytes; the 64 MiB
 // bound of every replication message is the same case, too large for a test) still reaches it,
 // and so does every later write of its node: such a message travels in fragments. Whole, its
@@ -677,11 +686,8 @@ TEST(Replication, AnUpdateOverAPeersMessageLimitReachesItAndSoDoesEverythingAfte
   // A Get answers the value twice (as a value and as a typed field).
   for (int i : {0, 1, 2}) cluster.options(i).limits.max_response_bytes = 16 << 20;
   cluster.StartAll();
-  // 5 MiB that compress to about 4 (random letters and digits): over 2 MiB on the wire too.
-  std::mt19937 rng(7);
-  const std::string alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-  std::string payload(5 << 20, ' ');
-  for (char& c : payload) c = alphabet[rng() % alphabet.size()];
+  // 5 MiB that compress to about 4: over 2 MiB on the wire too.
+  const std::string payload = RandomText(5 << 20, 7);
   UpdateRequest large = UpdateOf("big", "large");
   SetStr(&large, {"payload"}, payload);
   const grpc::Status written = cluster.Update(0, large);
@@ -702,6 +708,88 @@ TEST(Replication, AnUpdateOverAPeersMessageLimitReachesItAndSoDoesEverythingAfte
   cluster.Start(2);
   ASSERT_TRUE(cluster.WaitConverged({0, 1, 2}, std::chrono::seconds(30)));
   EXPECT_TRUE(payload_on(2) == payload);
+}
+
+// A file system whose disk writes LevelDB's log files at 10 MiB/s (a pause of 100 ms after each
+// MiB appended), so a large commit takes most of a second or more.
+class SlowLogDiskEnv : public leveldb::EnvWrapper {
+ public:
+  explicit SlowLogDiskEnv(leveldb::Env* base) : EnvWrapper(base) {}
+  leveldb::Status NewWritableFile(const std::string& name, leveldb::WritableFile** file) override {
+    leveldb::Status s = target()->NewWritableFile(name, file);
+    if (s.ok() && absl::EndsWith(name, ".log")) *file = new SlowFile(*file, &appended_);
+    return s;
+  }
+
+ private:
+  class SlowFile : public leveldb::WritableFile {
+   public:
+    SlowFile(leveldb::WritableFile* file, std::atomic<size_t>* appended)
+        : file_(file), appended_(appended) {}
+    leveldb::Status Append(const leveldb::Slice& data) override {
+      if (appended_->fetch_add(data.size()) + data.size() >= (size_t{1} << 20)) {
+        appended_->store(0);
+        absl::SleepFor(absl::Milliseconds(100));
+      }
+      return file_->Append(data);
+    }
+    leveldb::Status Close() override { return file_->Close(); }
+    leveldb::Status Flush() override { return file_->Flush(); }
+    leveldb::Status Sync() override { return file_->Sync(); }
+
+   private:
+    std::unique_ptr<leveldb::WritableFile> file_;
+    std::atomic<size_t>* appended_;
+  };
+  std::atomic<size_t> appended_{0};
+};
+
+// A peer says nothing while it applies a large request, which may take longer than the link's
+// watchdog allows a silent peer (dead_after): the sender allows it a second per 4 MiB of the
+// request. Otherwise the link is cut during every apply, and a full-state transfer whose large
+// chunk takes that long restarts forever (here an 8 MiB chunk takes 0.8 s or more to commit,
+// the watchdog allows 0.3 s, and the grace 2 s more). A cut shows as a transfer sent again: the
+// receiver goes on with what it had buffered when the link was cut, so a cut transfer may
+// still complete, but only after the sender has begun it anew.
+TEST(Replication, APeerApplyingALargeRequestSlowlyIsNotTakenForDead) {
+  std::unique_ptr<SlowLogDiskEnv> slow;  // outlives the cluster's nodes
+  Cluster cluster(2);
+  cluster.options(0).limits.max_update_bytes = 16 << 20;
+  cluster.options(0).limits.max_value_bytes = 16 << 20;
+  cluster.options(0).replication.heartbeat = absl::Milliseconds(100);
+  cluster.options(0).replication.dead_after = absl::Milliseconds(300);
+  for (int i : {0, 1}) cluster.options(i).limits.max_response_bytes = 32 << 20;
+  cluster.StartAll();
+  const std::vector<std::string> payloads = {RandomText(8 << 20, 11), RandomText(8 << 20, 12)};
+  for (size_t k = 0; k < payloads.size(); ++k) {
+    UpdateRequest large = UpdateOf("big", "large" + std::to_string(k));
+    SetStr(&large, {"payload"}, payloads[k]);
+    const grpc::Status written = cluster.Update(0, large, nullptr, 30000);
+    ASSERT_TRUE(written.ok()) << written.error_message();
+  }
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("after", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged({0, 1}, std::chrono::seconds(30)));
+  ASSERT_TRUE(AwaitLogTruncated(cluster, 0)) << "logs were never truncated";
+  cluster.Stop(1);
+  cluster.Wipe(1);
+  slow = std::make_unique<SlowLogDiskEnv>(cluster.options(1).env);
+  cluster.options(1).env = slow.get();
+  auto sent_to_n2 = [&] {
+    for (const auto& peer : cluster.node(0)->replication()->PeerStatuses()) {
+      if (peer.name() == "n2") return peer.bytes_sent();
+    }
+    return uint64_t{0};
+  };
+  const uint64_t sent_before = sent_to_n2();
+  cluster.Start(1);
+  ASSERT_TRUE(cluster.WaitConverged({0, 1}, std::chrono::seconds(30)));
+  // One transfer of the 16 MiB (about 12 MiB compressed), not one begun anew after a cut.
+  EXPECT_LT(sent_to_n2() - sent_before, uint64_t{18} << 20);
+  for (size_t k = 0; k < payloads.size(); ++k) {
+    EXPECT_TRUE(FieldOn(cluster, 1, "big", "large" + std::to_string(k), "payload").string_value() ==
+                payloads[k]);
+  }
+  EXPECT_EQ(CounterIn(cluster.Get(1, "c", "after"), "n"), 1);
 }
 
 TEST(Replication, NodesWithAndWithoutStreamCompressionInteroperate) {
