@@ -30,6 +30,9 @@ class StreamCompressor {
  public:
   static std::unique_ptr<StreamCompressor> Create(StreamCodec codec);
   virtual ~StreamCompressor() = default;
+  // Each codec owns a C library's stream state: a copy would free it twice.
+  StreamCompressor(const StreamCompressor&) = delete;
+  StreamCompressor& operator=(const StreamCompressor&) = delete;
 
   // The next message of the stream, compressed and flushed so that the peer can decode it
   // without waiting for more. An empty message compresses to no bytes.
@@ -47,6 +50,8 @@ class StreamDecompressor {
  public:
   static std::unique_ptr<StreamDecompressor> Create(StreamCodec codec);
   virtual ~StreamDecompressor() = default;
+  StreamDecompressor(const StreamDecompressor&) = delete;
+  StreamDecompressor& operator=(const StreamDecompressor&) = delete;
 
   // The next message of the stream. INVALID_ARGUMENT when the data is not the continuation of
   // this stream or would expand beyond `max_bytes`; the stream cannot continue after an error.

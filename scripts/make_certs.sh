@@ -4,17 +4,19 @@
 #   scripts/make_certs.sh ca DIR NAME [DAYS]
 #       a self-signed CA: DIR/NAME.pem and DIR/NAME.key
 #   scripts/make_certs.sh cert DIR NAME CA [DAYS [ADDRESSES]]
-#       a node certificate signed by the CA DIR/CA.pem (DIR/CA.key): DIR/NAME.pem, DIR/NAME.key
+#       a certificate signed by the CA DIR/CA.pem (DIR/CA.key): DIR/NAME.pem, DIR/NAME.key; a
+#       node's (signed by the cluster's CA) or an application client's (by the client CA)
 #
 # DAYS defaults to 3650; -1 makes a certificate whose one day of validity ended yesterday.
-# ADDRESSES are the names peers and clients reach the node by (they check them), as
-# IP:a.b.c.d and DNS:name joined by commas; default IP:127.0.0.1,DNS:localhost. A cluster across
-# machines needs one certificate per node, naming its address.
+# ADDRESSES are the names peers and clients reach a node by (they check them), as
+# IP:a.b.c.d and DNS:name joined by commas; default IP:127.0.0.1,DNS:localhost (a client's
+# certificate is not checked for them). A cluster across machines needs one certificate per
+# node, naming its address.
 # Not a way to keep keys: the CA's key stays beside its certificate.
 set -euo pipefail
 
 die() { echo "make_certs.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 command -v openssl >/dev/null || die "needs the openssl tool (Debian package openssl)"
 [ $# -ge 3 ] || usage
