@@ -35,7 +35,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "mergedb/v1/api.grpc.pb.h"
@@ -230,6 +232,21 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s) {
   std::printf("%-16s %llu\n", "log entries", static_cast<unsigned long long>(s.log_entries()));
   std::printf("%-16s %llu\n", "change feed", static_cast<unsigned long long>(s.change_feed_entries()));
   std::printf("%-16s %s\n", "state digest", digest.c_str());
+  if (s.has_tls()) {
+    const absl::Time expires = absl::FromUnixSeconds(s.tls().expires_unix_seconds());
+    const absl::Time now = absl::Now();
+    const double days_left = absl::ToDoubleHours(expires - now) / 24;
+    std::printf("%-16s %s; %s %s (%s)\n", "tls",
+                s.tls().client_certificates_required() ? "client certificates required"
+                                                       : "clients not authenticated",
+                expires <= now ? "EXPIRED at" : "certificate valid until",
+                absl::FormatTime("%Y-%m-%d %H:%M UTC", expires, absl::UTCTimeZone()).c_str(),
+                absl::StrCat(s.tls().expiring_subject(),
+                             expires <= now ? "" : absl::StrFormat(", %.1f days left", days_left))
+                    .c_str());
+  } else {
+    std::printf("%-16s %s\n", "tls", "off (plaintext)");
+  }
   std::printf("applied\n");
   for (const auto& e : s.applied()) {
     std::printf("  %016llx  %llu\n", static_cast<unsigned long long>(e.replica()),

@@ -91,6 +91,11 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "--tls_ca signed. This CA's certificates open the client API only, never replication; "
           "it must be a CA of its own (neither --tls_ca's nor signed by it). "
           "Without it, clients present no certificate and are not authenticated.");
+ABSL_FLAG(int64_t, tls_expiry_warning_days, 30,
+          "Log a warning at start-up and once a day while this node's certificate, or any "
+          "certificate on its chain to --tls_ca, expires within this many days (0: only once "
+          "it has expired). Certificates are read at start-up: renew them by restarting the "
+          "node.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -211,6 +216,11 @@ int main(int argc, char** argv) {
       "--tls_", absl::GetFlag(FLAGS_tls_client_ca));
   if (!tls.ok()) return UsageError(std::string(tls.status().message()));
   options.tls = *std::move(tls);
+  const int64_t tls_expiry_warning_days = absl::GetFlag(FLAGS_tls_expiry_warning_days);
+  if (tls_expiry_warning_days < 0 || tls_expiry_warning_days > 3650) {
+    return UsageError("--tls_expiry_warning_days must be between 0 and 3650");
+  }
+  options.tls_expiry_warning = absl::Hours(24 * tls_expiry_warning_days);
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

@@ -21,6 +21,8 @@ namespace mergedb::node {
 namespace {
 // Request-id expiry runs this often.
 constexpr absl::Duration kJanitorInterval = absl::Minutes(1);
+// How often the node repeats a warning that its certificate is about to expire.
+constexpr absl::Duration kTlsWarningInterval = absl::Hours(24);
 }  // namespace
 
 void ConfigureServerBuilder(size_t max_update_bytes, size_t max_replication_bytes,
@@ -161,6 +163,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
                     << options.cluster_id << ") serving "
                     << (options.tls.enabled() ? "TLS" : "plaintext") << " on " << node->address()
                     << ", data in " << options.data_dir;
+  node->WarnIfCertificateExpires();
   return node;
 }
 
@@ -170,9 +173,17 @@ std::string Node::address() const {
   return absl::StrCat(colon == std::string::npos ? listen : listen.substr(0, colon), ":", port_);
 }
 
+void Node::WarnIfCertificateExpires() const {
+  const std::string warning = ExpiryWarning(options_.tls, absl::Now(), options_.tls_expiry_warning);
+  if (!warning.empty()) {
+    MERGEDB_LOG(WARNING) << warning;
+  }
+}
+
 void Node::RunJanitor() {
   absl::MutexLock lock(&janitor_mu_);
   absl::Time next_expiry = absl::Now() + kJanitorInterval;
+  absl::Time next_tls_warning = absl::Now() + kTlsWarningInterval;
   while (!janitor_stop_) {
     janitor_mu_.AwaitWithTimeout(absl::Condition(&janitor_stop_), options_.truncate_interval);
     if (janitor_stop_) break;
@@ -182,6 +193,10 @@ void Node::RunJanitor() {
     if (absl::Status trimmed = store_->TruncateChanges(options_.change_feed_retention);
         !trimmed.ok()) {
       MERGEDB_LOG(WARNING) << "change feed truncation: " << trimmed.message();
+    }
+    if (absl::Now() >= next_tls_warning) {
+      next_tls_warning = absl::Now() + kTlsWarningInterval;
+      WarnIfCertificateExpires();
     }
     if (absl::Now() < next_expiry) continue;
     next_expiry = absl::Now() + kJanitorInterval;

@@ -63,6 +63,9 @@ struct NodeOptions {
   ReplicationOptions replication;
   // TLS for every call and every link (node/tls.h); disabled: plaintext.
   TlsConfig tls;
+  // The node logs a warning at start-up and once a day while its certificate chain expires
+  // within this long (or has expired), and Status shows when it expires.
+  absl::Duration tls_expiry_warning = absl::Hours(24 * 30);
   // How many change-feed records the node keeps for Watch resumption.
   uint64_t change_feed_retention = 1000000;
   // How often fully replicated log entries are truncated.
@@ -115,6 +118,8 @@ class Node {
  private:
   explicit Node(const NodeOptions& options);
   void RunJanitor();
+  // Logs ExpiryWarning (node/tls.h) when there is one.
+  void WarnIfCertificateExpires() const;
 
   const NodeOptions options_;
   SystemClock clock_;

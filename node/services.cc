@@ -456,6 +456,12 @@ grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1:
   response->set_last_position(store->last_change_seq());
   response->set_log_entries(store->log_entries());
   response->set_change_feed_entries(store->change_feed_entries());
+  if (const TlsConfig& tls = node_->options().tls; tls.enabled()) {
+    mergedb::v1::TlsStatus* out = response->mutable_tls();
+    out->set_expires_unix_seconds(tls.expires_unix_seconds);
+    out->set_expiring_subject(tls.expiring_subject);
+    out->set_client_certificates_required(!tls.client_ca_pem.empty());
+  }
   return grpc::Status::OK;
 }
 

@@ -7,10 +7,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "grpc/grpc_security_constants.h"
 
@@ -148,6 +150,23 @@ bool SameCa(X509* a, X509* b) {
          EVP_PKEY_eq(X509_get0_pubkey(a), X509_get0_pubkey(b)) == 1;
 }
 
+// The end of `cert`'s validity in seconds since the Unix epoch (0 if it cannot be read, which a
+// certificate that parsed and verified does not do).
+int64_t NotAfterUnixSeconds(X509* cert) {
+  std::tm tm{};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) {
+    ERR_clear_error();
+    return 0;
+  }
+  return static_cast<int64_t>(timegm(&tm));
+}
+
+std::string Subject(X509* cert) {
+  char buffer[512];
+  X509_NAME_oneline(X509_get_subject_name(cert), buffer, sizeof buffer);
+  return buffer;
+}
+
 Cert Ref(X509* cert) {
   X509_up_ref(cert);
   return Cert(cert);
@@ -225,11 +244,19 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
   auto cas = LoadCas(ca_flag, files.ca);
   if (!cas.ok()) return cas.status();
   // Peers verify this node's certificate against their --tls_ca, the same CA.
+  std::vector<Cert> verified_chain;
   if (absl::Status verified =
           VerifyChain(identity->chain, cas->second, absl::StrCat(cert_flag, "=", files.cert),
-                      absl::StrCat(ca_flag, "=", files.ca));
+                      absl::StrCat(ca_flag, "=", files.ca), &verified_chain);
       !verified.ok()) {
     return verified;
+  }
+  for (const Cert& cert : verified_chain) {
+    const int64_t not_after = NotAfterUnixSeconds(cert.get());
+    if (tls.expiring_subject.empty() || not_after < tls.expires_unix_seconds) {
+      tls.expires_unix_seconds = not_after;
+      tls.expiring_subject = Subject(cert.get());
+    }
   }
   if (!client_ca.empty()) {
     const std::string client_ca_flag = flag_prefix + "client_ca";
@@ -291,6 +318,24 @@ absl::StatusOr<TlsConfig> LoadClientTls(const TlsFiles& files, const std::string
     tls.key_pem = std::move(identity->key_pem);
   }
   return tls;
+}
+
+std::string ExpiryWarning(const TlsConfig& tls, absl::Time now, absl::Duration window) {
+  if (!tls.enabled() || tls.expiring_subject.empty()) return "";
+  const absl::Time expires = absl::FromUnixSeconds(tls.expires_unix_seconds);
+  const std::string when = absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", expires, absl::UTCTimeZone());
+  const std::string what =
+      absl::StrCat("the TLS certificate ", tls.expiring_subject, " of this node's chain");
+  if (expires <= now) {
+    return absl::StrCat(what, " expired at ", when,
+                        ": peers and clients refuse this node's certificate until it is renewed "
+                        "and the node restarted");
+  }
+  if (expires - now > window) return "";
+  return absl::StrCat(what, " expires at ", when, ", in ",
+                      absl::StrFormat("%.1f", absl::ToDoubleHours(expires - now) / 24),
+                      " days: then peers and clients refuse it; renew it and restart the node "
+                      "before then");
 }
 
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls) {

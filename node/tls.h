@@ -22,11 +22,13 @@
 #ifndef MERGEDB_NODE_TLS_H_
 #define MERGEDB_NODE_TLS_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "grpcpp/security/auth_context.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
@@ -46,6 +48,12 @@ struct TlsConfig {
   std::string key_pem;
   std::string ca_pem;
   std::string client_ca_pem;  // a node's only; empty: clients present no certificate
+  // A node's only: when its certificate stops verifying for its peers and clients, that is the
+  // earliest end of validity along the chain from its certificate to the CA (an intermediate or
+  // the CA itself may expire first), as seconds since the Unix epoch; and the subject of the
+  // certificate that expires then.
+  int64_t expires_unix_seconds = 0;
+  std::string expiring_subject;
   bool enabled() const { return !ca_pem.empty(); }
 };
 
@@ -57,6 +65,11 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
 // A client's TLS: on when `files.ca` is given; a certificate and its key (both or neither) for
 // nodes that require client certificates.
 absl::StatusOr<TlsConfig> LoadClientTls(const TlsFiles& files, const std::string& flag_prefix);
+
+// A warning when a node's certificate chain (`tls`, as LoadNodeTls made it) ends its validity
+// within `window` of `now`, or already has; empty otherwise (and for plaintext). Certificates are
+// read at start-up only, so renewing one takes a restart (README: "Renewing certificates").
+std::string ExpiryWarning(const TlsConfig& tls, absl::Time now, absl::Duration window);
 
 // Insecure credentials when `tls` is disabled.
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls);

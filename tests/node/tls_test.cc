@@ -60,6 +60,13 @@ class TlsTest : public ::testing::Test {
     Run(make + "cert " + *dir_ + " impostor other-ca 2");
     Run(make + "cert " + *dir_ + " expired ca -1");  // one day of validity, ended yesterday
     Run(make + "cert " + *dir_ + " elsewhere ca 2 IP:127.0.0.2");  // not the address nodes use
+    // For certificate renewal: a certificate that outlives its CA ("lasting", 10 days under
+    // "ca"'s 2), the cluster's next CA (30 days) and a certificate it signed for 10 days, and
+    // a CA file that trusts both CAs, as during a change of CA.
+    Run(make + "cert " + *dir_ + " lasting ca 10");
+    Run(make + "ca " + *dir_ + " next-ca 30");
+    Run(make + "cert " + *dir_ + " renewed next-ca 10");
+    std::ofstream(Path("both-cas.pem")) << Contents("ca.pem") << Contents("next-ca.pem");
     std::ofstream(*dir_ + "/not.pem") << "not a certificate\n";
   }
   static void TearDownTestSuite() {
@@ -71,9 +78,9 @@ class TlsTest : public ::testing::Test {
   }
   static std::string Path(const std::string& name) { return *dir_ + "/" + name; }
 
-  static TlsConfig NodeTls(const std::string& identity = "node") {
-    auto tls =
-        LoadNodeTls({Path(identity + ".pem"), Path(identity + ".key"), Path("ca.pem")}, "--tls_");
+  static TlsConfig NodeTls(const std::string& identity = "node", const std::string& ca = "ca") {
+    auto tls = LoadNodeTls({Path(identity + ".pem"), Path(identity + ".key"), Path(ca + ".pem")},
+                           "--tls_");
     EXPECT_TRUE(tls.ok()) << tls.status();
     return tls.ok() ? *tls : TlsConfig();
   }
@@ -362,6 +369,91 @@ TEST_F(TlsTest, WithAClientCaEveryClientPresentsACertificateAndOnlyMembersReplic
   EXPECT_TRUE(absl::StrContains(replication.error_message(), "chains through the client CA"))
       << replication.error_message();
   EXPECT_EQ(AwaitCounter(n1.get(), 5), 5);
+}
+
+// When the node's certificate stops working: the earliest end of validity along its chain, which
+// may be the CA's. Status shows it, and the node warns ahead of it.
+TEST_F(TlsTest, TheNodeSaysWhenItsCertificateChainExpiresAndWarnsAhead) {
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  constexpr int64_t kDay = 24 * 3600;
+  const TlsConfig outlived = NodeTls("lasting");  // 10 days, under a CA of 2
+  EXPECT_EQ(outlived.expiring_subject, "/CN=ca");
+  EXPECT_GE(outlived.expires_unix_seconds, now + 2 * kDay - 600);
+  EXPECT_LE(outlived.expires_unix_seconds, now + 2 * kDay + 5);
+  const TlsConfig renewed = NodeTls("renewed", "next-ca");  // 10 days, under a CA of 30
+  EXPECT_EQ(renewed.expiring_subject, "/CN=renewed");
+  EXPECT_GE(renewed.expires_unix_seconds, now + 10 * kDay - 600);
+  EXPECT_LE(renewed.expires_unix_seconds, now + 10 * kDay + 5);
+
+  const std::string soon = ExpiryWarning(renewed, absl::Now(), absl::Hours(24 * 30));
+  EXPECT_TRUE(absl::StrContains(soon, "/CN=renewed of this node's chain expires at")) << soon;
+  EXPECT_TRUE(absl::StrContains(soon, "in 10.0 days")) << soon;
+  EXPECT_EQ(ExpiryWarning(renewed, absl::Now(), absl::Hours(24 * 7)), "");
+  const std::string expired =
+      ExpiryWarning(renewed, absl::FromUnixSeconds(renewed.expires_unix_seconds) + absl::Seconds(1),
+                    absl::ZeroDuration());
+  EXPECT_TRUE(absl::StrContains(expired, "/CN=renewed of this node's chain expired at")) << expired;
+  EXPECT_EQ(ExpiryWarning(TlsConfig(), absl::Now(), absl::Hours(24 * 30)), "");
+
+  Cluster cluster(2);
+  cluster.options(0).tls = outlived;
+  cluster.StartAll();  // n2 serves plaintext
+  auto status_of = [&](const std::shared_ptr<grpc::Channel>& channel) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    mergedb::v1::StatusResponse status;
+    grpc::Status called = mergedb::v1::ClusterService::NewStub(channel)->Status(
+        &context, mergedb::v1::StatusRequest(), &status);
+    EXPECT_TRUE(called.ok()) << called.error_message();
+    return status;
+  };
+  const mergedb::v1::StatusResponse n1 = status_of(ClientChannel(cluster.Address(0)));
+  ASSERT_TRUE(n1.has_tls());
+  EXPECT_EQ(n1.tls().expires_unix_seconds(), outlived.expires_unix_seconds);
+  EXPECT_EQ(n1.tls().expiring_subject(), "/CN=ca");
+  EXPECT_FALSE(n1.tls().client_certificates_required());
+  EXPECT_FALSE(
+      status_of(grpc::CreateChannel(cluster.Address(1), grpc::InsecureChannelCredentials()))
+          .has_tls());
+}
+
+// A change of CA without downtime, by rolling restarts (README, "Renewing certificates"): every
+// node first trusts both CAs, then takes a certificate of the new one, then stops trusting the
+// old. At every step the links carry the writes, and none is lost.
+TEST_F(TlsTest, ACaIsReplacedByRollingRestartsAndNoWriteIsLost) {
+  Cluster cluster(2);
+  for (int i = 0; i < 2; ++i) cluster.options(i).tls = NodeTls("node", "ca");
+  cluster.StartAll();
+  int64_t total = 0;
+  // A write on each node, seen on both; clients trust `ca` (a CA file).
+  auto write_on_both = [&](const std::string& ca, const std::string& step) {
+    for (int i = 0; i < 2; ++i) {
+      grpc::Status written = Update(ClientChannel(cluster.Address(i), ca).get(), IncrementDoc(1));
+      ASSERT_TRUE(written.ok()) << step << ", n" << i + 1 << ": " << written.error_message();
+      ++total;
+    }
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_EQ(AwaitCounter(ClientChannel(cluster.Address(i), ca).get(), total), total)
+          << step << ", n" << i + 1;
+    }
+  };
+  auto restart = [&](int i, const std::string& identity, const std::string& ca) {
+    cluster.Stop(i);
+    cluster.options(i).tls = NodeTls(identity, ca);
+    cluster.Start(i);
+  };
+  write_on_both("ca.pem", "before");
+  for (int i = 0; i < 2; ++i) restart(i, "node", "both-cas");
+  write_on_both("ca.pem", "both trusted");
+  restart(1, "renewed", "both-cas");
+  write_on_both("both-cas.pem", "n2 renewed");
+  // A client that trusts only the old CA no longer reaches n2.
+  EXPECT_EQ(Update(ClientChannel(cluster.Address(1), "ca.pem").get(), IncrementDoc(1)).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  restart(0, "renewed", "next-ca");
+  restart(1, "renewed", "next-ca");
+  write_on_both("next-ca.pem", "old CA gone");
+  EXPECT_EQ(total, 8);
 }
 
 }  // namespace
