@@ -141,11 +141,21 @@ class ZstdDecompressor final : public StreamDecompressor {
         return absl::InvalidArgumentError("compressed stream: unexpected end of stream");
       }
       // Done when the input is consumed and the output was not cut short by a full buffer.
-      if (in.pos == in.size && sink.pos < sink.size) break;
+      if (in.pos == in.size && sink.pos < sink.size) {
+        // A sender flushes every message to the end of a block, so the decoder must now wait
+        // for the next block's header: its hint is then exactly the header's size. Anything
+        // else means the message was cut inside a block.
+        if (rc != kZstdBlockHeaderBytes) {
+          return absl::InvalidArgumentError("compressed stream: a message ends inside a block");
+        }
+        break;
+      }
     }
     out.resize(produced);
     return out;
   }
+  // ZSTD_blockHeaderSize, which zstd.h exposes only to static linking.
+  static constexpr size_t kZstdBlockHeaderBytes = 3;
   ZSTD_DCtx* const dctx_;
 };
 
@@ -202,6 +212,12 @@ absl::StatusOr<std::string> DeflateDecompressor::DecompressNonEmpty(absl::string
   };
   MERGEDB_RETURN_IF_ERROR(run(data));
   MERGEDB_RETURN_IF_ERROR(run(absl::string_view(reinterpret_cast<const char*>(kFlushTail), 4)));
+  // The flush tail put back is an empty stored block, which ends at a block boundary (zlib's
+  // data_type has 128 set there) only if the message did too: a message cut inside a block
+  // reads the tail as more of that block.
+  if ((z_.data_type & 128) == 0) {
+    return absl::InvalidArgumentError("compressed stream: a message ends inside a block");
+  }
   out.resize(produced);
   return out;
 }
@@ -244,6 +260,11 @@ absl::StatusOr<std::string> StreamDecompressor::Decompress(absl::string_view dat
   absl::StatusOr<std::string> plain = DecompressNonEmpty(data, max_bytes);
   // GrowWithin's bound, checked once more whatever path a codec's loop took.
   if (plain.ok() && plain->size() > max_bytes) plain = ExpandsBeyond(max_bytes);
+  // Only an empty message travels as no bytes: data that decodes to nothing is a message cut
+  // short (after zstd's frame header, say).
+  if (plain.ok() && plain->empty()) {
+    plain = absl::InvalidArgumentError("compressed stream: a message decodes to nothing");
+  }
   if (!plain.ok()) failed_ = true;
   return plain;
 }

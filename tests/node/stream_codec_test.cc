@@ -84,6 +84,31 @@ TEST_P(StreamCodecTest, CorruptDataIsAnErrorAndTheStreamStaysBroken) {
   EXPECT_FALSE(decompressor.Decompress(compressor.Compress("x"), kMax).ok());
 }
 
+// gRPC delivers messages whole, so a cut message means a broken sender: it must not pass as a
+// shorter one (which could still parse as a replication message). Cut anywhere, a message of
+// less than a compressed block (DEFLATE's or zstd's; larger messages have block boundaries
+// inside, where a cut cannot be told from an end) is an error, whether it comes first on its
+// stream or refers back to earlier messages.
+TEST_P(StreamCodecTest, AMessageCutShortIsAnError) {
+  std::mt19937_64 rng(11);
+  const std::string earlier = "frame " + RandomBytes(rng, 300);
+  const std::string message = "frame " + RandomBytes(rng, 200) + earlier.substr(0, 200) +
+                              std::string(300, 'a') + RandomBytes(rng, 100);
+  for (const bool first : {true, false}) {
+    std::unique_ptr<StreamCompressor> compressor = NewCompressor();
+    const std::string before = first ? "" : compressor->Compress(earlier);
+    const std::string wire = compressor->Compress(message);
+    for (size_t cut = 1; cut < wire.size(); ++cut) {
+      std::unique_ptr<StreamDecompressor> decompressor = StreamDecompressor::Create(GetParam());
+      if (!first) ASSERT_EQ(decompressor->Decompress(before, kMax).value(), earlier);
+      auto plain = decompressor->Decompress(absl::string_view(wire).substr(0, cut), kMax);
+      EXPECT_FALSE(plain.ok()) << "cut at " << cut << " of " << wire.size() << " decoded "
+                               << plain->size() << " bytes, first: " << first;
+      if (!plain.ok()) EXPECT_EQ(plain.status().code(), absl::StatusCode::kInvalidArgument);
+    }
+  }
+}
+
 TEST_P(StreamCodecTest, AMessageOfAnotherStreamDoesNotDecode) {
   std::unique_ptr<StreamCompressor> first = NewCompressor();
   std::unique_ptr<StreamCompressor> second = NewCompressor();
