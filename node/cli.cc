@@ -219,7 +219,8 @@ mergedb::v1::WriteConcern ParseWriteConcern() {
   return mergedb::v1::LOCAL;
 }
 
-int PrintStatusTable(const mergedb::v1::StatusResponse& s) {
+// `used_tls`: whether this call went over TLS.
+int PrintStatusTable(const mergedb::v1::StatusResponse& s, bool used_tls) {
   std::string digest;
   for (unsigned char c : s.state_digest()) absl::StrAppend(&digest, absl::Hex(c, absl::kZeroPad2));
   std::printf("%-16s %s\n", "node", s.node_name().c_str());
@@ -232,18 +233,30 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s) {
   std::printf("%-16s %llu\n", "log entries", static_cast<unsigned long long>(s.log_entries()));
   std::printf("%-16s %llu\n", "change feed", static_cast<unsigned long long>(s.change_feed_entries()));
   std::printf("%-16s %s\n", "state digest", digest.c_str());
+  const absl::Time now = absl::Now();
+  // "until DATE (SUBJECT, N days left)", or "EXPIRED at DATE (SUBJECT)".
+  auto validity = [&](int64_t unix_seconds, const std::string& subject) {
+    const absl::Time expires = absl::FromUnixSeconds(unix_seconds);
+    const std::string when =
+        absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", expires, absl::UTCTimeZone());
+    if (expires <= now) return absl::StrCat("EXPIRED at ", when, " (", subject, ")");
+    return absl::StrFormat("valid until %s (%s, %.1f days left)", when, subject,
+                           absl::ToDoubleHours(expires - now) / 24);
+  };
   if (s.has_tls()) {
-    const absl::Time expires = absl::FromUnixSeconds(s.tls().expires_unix_seconds());
-    const absl::Time now = absl::Now();
-    const double days_left = absl::ToDoubleHours(expires - now) / 24;
-    std::printf("%-16s %s; %s %s (%s)\n", "tls",
-                s.tls().client_certificates_required() ? "client certificates required"
-                                                       : "clients not authenticated",
-                expires <= now ? "EXPIRED at" : "certificate valid until",
-                absl::FormatTime("%Y-%m-%d %H:%M UTC", expires, absl::UTCTimeZone()).c_str(),
-                absl::StrCat(s.tls().expiring_subject(),
-                             expires <= now ? "" : absl::StrFormat(", %.1f days left", days_left))
-                    .c_str());
+    std::printf("%-16s certificate %s\n", "tls",
+                validity(s.tls().expires_unix_seconds(), s.tls().expiring_subject()).c_str());
+    if (s.tls().client_certificates_required()) {
+      std::printf(
+          "%-16s client certificates required; client CA %s\n", "",
+          validity(s.tls().client_ca_expires_unix_seconds(), s.tls().client_ca_expiring_subject())
+              .c_str());
+    } else {
+      std::printf("%-16s clients not authenticated\n", "");
+    }
+  } else if (used_tls) {
+    // A node of a version before TlsStatus: it serves TLS, since this call used it.
+    std::printf("%-16s on (the node does not report its certificates)\n", "tls");
   } else {
     std::printf("%-16s %s\n", "tls", "off (plaintext)");
   }
@@ -537,7 +550,7 @@ int main(int argc, char** argv) {
       PrintJson(response);
       return 0;
     }
-    return PrintStatusTable(response);
+    return PrintStatusTable(response, tls->enabled());
   }
   if (command == "backup") {
     if (args.size() != 3) return Fail("usage: backup NAME");

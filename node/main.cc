@@ -92,10 +92,10 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "it must be a CA of its own (neither --tls_ca's nor signed by it). "
           "Without it, clients present no certificate and are not authenticated.");
 ABSL_FLAG(int64_t, tls_expiry_warning_days, 30,
-          "Log a warning at start-up and once a day while this node's certificate, or any "
-          "certificate on its chain to --tls_ca, expires within this many days (0: only once "
-          "it has expired). Certificates are read at start-up: renew them by restarting the "
-          "node.");
+          "Log a warning (at start-up, when it becomes due, then once a day) while this "
+          "node's certificate or any certificate on its chain, a CA certificate of --tls_ca "
+          "or one of --tls_client_ca expires within this many days (0: only once it has "
+          "expired). Certificates are read at start-up: renew them by restarting the node.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");

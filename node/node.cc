@@ -163,7 +163,6 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
                     << options.cluster_id << ") serving "
                     << (options.tls.enabled() ? "TLS" : "plaintext") << " on " << node->address()
                     << ", data in " << options.data_dir;
-  node->WarnIfCertificateExpires();
   return node;
 }
 
@@ -173,17 +172,23 @@ std::string Node::address() const {
   return absl::StrCat(colon == std::string::npos ? listen : listen.substr(0, colon), ":", port_);
 }
 
-void Node::WarnIfCertificateExpires() const {
-  const std::string warning = ExpiryWarning(options_.tls, absl::Now(), options_.tls_expiry_warning);
-  if (!warning.empty()) {
-    MERGEDB_LOG(WARNING) << warning;
-  }
+void Node::WarnIfCertificateExpires(std::string* stage, absl::Time* next_repeat) const {
+  const absl::Time now = absl::Now();
+  const ExpiryReport report = ReportExpiries(options_.tls, now, options_.tls_expiry_warning);
+  // At once when a certificate enters the window or expires; otherwise once a day.
+  if (report.stage == *stage && now < *next_repeat) return;
+  *stage = report.stage;
+  *next_repeat = now + kTlsWarningInterval;
+  for (const std::string& warning : report.warnings) MERGEDB_LOG(WARNING) << warning;
 }
 
 void Node::RunJanitor() {
   absl::MutexLock lock(&janitor_mu_);
   absl::Time next_expiry = absl::Now() + kJanitorInterval;
-  absl::Time next_tls_warning = absl::Now() + kTlsWarningInterval;
+  // The start-up check logs whatever is due; later ones what changed, or daily.
+  std::string tls_stage = "start";
+  absl::Time next_tls_warning = absl::InfinitePast();
+  WarnIfCertificateExpires(&tls_stage, &next_tls_warning);
   while (!janitor_stop_) {
     janitor_mu_.AwaitWithTimeout(absl::Condition(&janitor_stop_), options_.truncate_interval);
     if (janitor_stop_) break;
@@ -194,10 +199,7 @@ void Node::RunJanitor() {
         !trimmed.ok()) {
       MERGEDB_LOG(WARNING) << "change feed truncation: " << trimmed.message();
     }
-    if (absl::Now() >= next_tls_warning) {
-      next_tls_warning = absl::Now() + kTlsWarningInterval;
-      WarnIfCertificateExpires();
-    }
+    WarnIfCertificateExpires(&tls_stage, &next_tls_warning);
     if (absl::Now() < next_expiry) continue;
     next_expiry = absl::Now() + kJanitorInterval;
     const int64_t before = absl::ToUnixMillis(absl::Now() - options_.request_id_window);

@@ -63,8 +63,8 @@ struct NodeOptions {
   ReplicationOptions replication;
   // TLS for every call and every link (node/tls.h); disabled: plaintext.
   TlsConfig tls;
-  // The node logs a warning at start-up and once a day while its certificate chain expires
-  // within this long (or has expired), and Status shows when it expires.
+  // The node warns while a certificate it depends on (TlsConfig::expiries) expires within this
+  // long or has expired: at start-up, as soon as one enters the window or expires, then daily.
   absl::Duration tls_expiry_warning = absl::Hours(24 * 30);
   // How many change-feed records the node keeps for Watch resumption.
   uint64_t change_feed_retention = 1000000;
@@ -118,8 +118,9 @@ class Node {
  private:
   explicit Node(const NodeOptions& options);
   void RunJanitor();
-  // Logs ExpiryWarning (node/tls.h) when there is one.
-  void WarnIfCertificateExpires() const;
+  // Logs ReportExpiries' warnings (node/tls.h) when its stage differs from `*stage` or
+  // `*next_repeat` has passed, and updates both.
+  void WarnIfCertificateExpires(std::string* stage, absl::Time* next_repeat) const;
 
   const NodeOptions options_;
   SystemClock clock_;

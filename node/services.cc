@@ -458,9 +458,15 @@ grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1:
   response->set_change_feed_entries(store->change_feed_entries());
   if (const TlsConfig& tls = node_->options().tls; tls.enabled()) {
     mergedb::v1::TlsStatus* out = response->mutable_tls();
-    out->set_expires_unix_seconds(tls.expires_unix_seconds);
-    out->set_expiring_subject(tls.expiring_subject);
+    if (const CertificateExpiry* own = OwnChainExpiry(tls); own != nullptr) {
+      out->set_expires_unix_seconds(own->unix_seconds);
+      out->set_expiring_subject(own->subject);
+    }
     out->set_client_certificates_required(!tls.client_ca_pem.empty());
+    if (const CertificateExpiry* client_ca = ClientCaExpiry(tls); client_ca != nullptr) {
+      out->set_client_ca_expires_unix_seconds(client_ca->unix_seconds);
+      out->set_client_ca_expiring_subject(client_ca->subject);
+    }
   }
   return grpc::Status::OK;
 }

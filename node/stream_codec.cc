@@ -144,7 +144,9 @@ class ZstdDecompressor final : public StreamDecompressor {
       if (in.pos == in.size && sink.pos < sink.size) {
         // A sender flushes every message to the end of a block, so the decoder must now wait
         // for the next block's header: its hint is then exactly the header's size. Anything
-        // else means the message was cut inside a block.
+        // else means the message was cut inside a block. (zstd documents the value only as a
+        // hint; every round-trip test here would fail at once if a libzstd changed it. A cut
+        // at a block boundary inside a message larger than a block passes unseen.)
         if (rc != kZstdBlockHeaderBytes) {
           return absl::InvalidArgumentError("compressed stream: a message ends inside a block");
         }

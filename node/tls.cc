@@ -8,12 +8,14 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <optional>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/civil_time.h"
 #include "grpc/grpc_security_constants.h"
 
 namespace mergedb::node {
@@ -150,21 +152,44 @@ bool SameCa(X509* a, X509* b) {
          EVP_PKEY_eq(X509_get0_pubkey(a), X509_get0_pubkey(b)) == 1;
 }
 
-// The end of `cert`'s validity in seconds since the Unix epoch (0 if it cannot be read, which a
-// certificate that parsed and verified does not do).
-int64_t NotAfterUnixSeconds(X509* cert) {
+// The end of `cert`'s validity in seconds since the Unix epoch; nullopt if it cannot be read
+// (a certificate that parsed and verified has one).
+std::optional<int64_t> NotAfterUnixSeconds(X509* cert) {
   std::tm tm{};
   if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) {
     ERR_clear_error();
-    return 0;
+    return std::nullopt;
   }
-  return static_cast<int64_t>(timegm(&tm));
+  // Not timegm: a 32-bit time_t ends in 2038, and certificates may run to 9999.
+  return absl::ToUnixSeconds(
+      absl::FromCivil(absl::CivilSecond(tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                                        tm.tm_min, tm.tm_sec),
+                      absl::UTCTimeZone()));
 }
 
 std::string Subject(X509* cert) {
   char buffer[512];
-  X509_NAME_oneline(X509_get_subject_name(cert), buffer, sizeof buffer);
+  if (X509_NAME_oneline(X509_get_subject_name(cert), buffer, sizeof buffer) == nullptr) {
+    ERR_clear_error();
+    return "(unreadable subject)";
+  }
   return buffer;
+}
+
+// Adds `cert`'s expiry to `expiries`, or lowers the last entry's to it when `earliest_of_last`
+// (the entry sums up a chain or a CA file).
+void NoteExpiry(X509* cert, CertificateExpiry::Kind kind, std::vector<CertificateExpiry>* expiries,
+                bool earliest_of_last = false) {
+  const std::optional<int64_t> not_after = NotAfterUnixSeconds(cert);
+  if (!not_after.has_value()) return;
+  if (earliest_of_last && !expiries->empty() && expiries->back().kind == kind) {
+    if (*not_after < expiries->back().unix_seconds) {
+      expiries->back().unix_seconds = *not_after;
+      expiries->back().subject = Subject(cert);
+    }
+    return;
+  }
+  expiries->push_back({kind, Subject(cert), *not_after});
 }
 
 Cert Ref(X509* cert) {
@@ -251,12 +276,13 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
       !verified.ok()) {
     return verified;
   }
+  // The chain OpenSSL chose here is the one peers build too when they trust the same CA file.
+  // With two CAs in the file (a change of CA), each also gets an entry of its own below.
   for (const Cert& cert : verified_chain) {
-    const int64_t not_after = NotAfterUnixSeconds(cert.get());
-    if (tls.expiring_subject.empty() || not_after < tls.expires_unix_seconds) {
-      tls.expires_unix_seconds = not_after;
-      tls.expiring_subject = Subject(cert.get());
-    }
+    NoteExpiry(cert.get(), CertificateExpiry::Kind::kOwnChain, &tls.expiries, true);
+  }
+  for (const Cert& ca : cas->second) {
+    NoteExpiry(ca.get(), CertificateExpiry::Kind::kClusterCa, &tls.expiries);
   }
   if (!client_ca.empty()) {
     const std::string client_ca_flag = flag_prefix + "client_ca";
@@ -285,6 +311,9 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
             ": the client CA is signed by the cluster's CA, so application certificates "
             "would chain to it; use a client CA of its own"));
       }
+    }
+    for (const Cert& client : client_cas->second) {
+      NoteExpiry(client.get(), CertificateExpiry::Kind::kClientCa, &tls.expiries);
     }
     tls.client_ca_pem = std::move(client_cas->first);
   }
@@ -320,22 +349,66 @@ absl::StatusOr<TlsConfig> LoadClientTls(const TlsFiles& files, const std::string
   return tls;
 }
 
-std::string ExpiryWarning(const TlsConfig& tls, absl::Time now, absl::Duration window) {
-  if (!tls.enabled() || tls.expiring_subject.empty()) return "";
-  const absl::Time expires = absl::FromUnixSeconds(tls.expires_unix_seconds);
-  const std::string when = absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", expires, absl::UTCTimeZone());
-  const std::string what =
-      absl::StrCat("the TLS certificate ", tls.expiring_subject, " of this node's chain");
-  if (expires <= now) {
-    return absl::StrCat(what, " expired at ", when,
-                        ": peers and clients refuse this node's certificate until it is renewed "
-                        "and the node restarted");
+const CertificateExpiry* OwnChainExpiry(const TlsConfig& tls) {
+  for (const CertificateExpiry& expiry : tls.expiries) {
+    if (expiry.kind == CertificateExpiry::Kind::kOwnChain) return &expiry;
   }
-  if (expires - now > window) return "";
-  return absl::StrCat(what, " expires at ", when, ", in ",
-                      absl::StrFormat("%.1f", absl::ToDoubleHours(expires - now) / 24),
-                      " days: then peers and clients refuse it; renew it and restart the node "
-                      "before then");
+  return nullptr;
+}
+
+const CertificateExpiry* ClientCaExpiry(const TlsConfig& tls) {
+  const CertificateExpiry* earliest = nullptr;
+  for (const CertificateExpiry& expiry : tls.expiries) {
+    if (expiry.kind == CertificateExpiry::Kind::kClientCa &&
+        (earliest == nullptr || expiry.unix_seconds < earliest->unix_seconds)) {
+      earliest = &expiry;
+    }
+  }
+  return earliest;
+}
+
+ExpiryReport ReportExpiries(const TlsConfig& tls, absl::Time now, absl::Duration window) {
+  ExpiryReport report;
+  if (!tls.enabled()) return report;
+  const CertificateExpiry* own = OwnChainExpiry(tls);
+  for (const CertificateExpiry& expiry : tls.expiries) {
+    // The CA on the node's own chain already has the chain's entry when it is the earliest.
+    if (&expiry != own && own != nullptr && expiry.kind == CertificateExpiry::Kind::kClusterCa &&
+        expiry.subject == own->subject && expiry.unix_seconds == own->unix_seconds) {
+      continue;
+    }
+    const absl::Time expires = absl::FromUnixSeconds(expiry.unix_seconds);
+    const bool expired = expires <= now;
+    const bool soon = !expired && expires - now <= window;
+    absl::StrAppend(&report.stage, expired ? "x" : soon ? "w" : "-");
+    if (!expired && !soon) continue;
+    std::string what;
+    std::string consequence;
+    switch (expiry.kind) {
+      case CertificateExpiry::Kind::kOwnChain:
+        what = absl::StrCat("the TLS certificate ", expiry.subject, " of this node's chain");
+        consequence = "peers and clients refuse this node's certificate";
+        break;
+      case CertificateExpiry::Kind::kClusterCa:
+        what = absl::StrCat("the CA certificate ", expiry.subject, " of --tls_ca");
+        consequence = "peers whose certificates only it signed are refused";
+        break;
+      case CertificateExpiry::Kind::kClientCa:
+        what = absl::StrCat("the CA certificate ", expiry.subject, " of --tls_client_ca");
+        consequence = "clients whose certificates only it signed are refused";
+        break;
+    }
+    const std::string when =
+        absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", expires, absl::UTCTimeZone());
+    report.warnings.push_back(
+        expired ? absl::StrCat(what, " expired at ", when, ": ", consequence,
+                               " until it is renewed and the node restarted")
+                : absl::StrCat(what, " expires at ", when, ", in ",
+                               absl::StrFormat("%.1f", absl::ToDoubleHours(expires - now) / 24),
+                               " days: then ", consequence,
+                               "; renew it and restart the node before then"));
+  }
+  return report;
 }
 
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls) {

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -42,18 +43,31 @@ struct TlsFiles {
   std::string ca;    // PEM certificates of the cluster's CA
 };
 
+// When one certificate a node depends on stops being valid.
+struct CertificateExpiry {
+  enum class Kind {
+    // The earliest end of validity along the chain from the node's certificate to the CA (an
+    // intermediate or the CA itself may expire first): peers and clients refuse the node then.
+    kOwnChain,
+    // A CA certificate of --tls_ca: peers whose certificates only it signed are refused then.
+    kClusterCa,
+    // A CA certificate of --tls_client_ca: clients whose certificates only it signed are
+    // refused then.
+    kClientCa,
+  };
+  Kind kind;
+  std::string subject;  // e.g. "/CN=n1"
+  int64_t unix_seconds;
+};
+
 // The PEM contents. No CA (the default): plaintext. Every loaded config has one.
 struct TlsConfig {
   std::string cert_pem;  // empty for a client without a certificate
   std::string key_pem;
   std::string ca_pem;
   std::string client_ca_pem;  // a node's only; empty: clients present no certificate
-  // A node's only: when its certificate stops verifying for its peers and clients, that is the
-  // earliest end of validity along the chain from its certificate to the CA (an intermediate or
-  // the CA itself may expire first), as seconds since the Unix epoch; and the subject of the
-  // certificate that expires then.
-  int64_t expires_unix_seconds = 0;
-  std::string expiring_subject;
+  // A node's only: when certificates it depends on stop being valid (below).
+  std::vector<CertificateExpiry> expiries;
   bool enabled() const { return !ca_pem.empty(); }
 };
 
@@ -66,10 +80,21 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
 // nodes that require client certificates.
 absl::StatusOr<TlsConfig> LoadClientTls(const TlsFiles& files, const std::string& flag_prefix);
 
-// A warning when a node's certificate chain (`tls`, as LoadNodeTls made it) ends its validity
-// within `window` of `now`, or already has; empty otherwise (and for plaintext). Certificates are
-// read at start-up only, so renewing one takes a restart (README: "Renewing certificates").
-std::string ExpiryWarning(const TlsConfig& tls, absl::Time now, absl::Duration window);
+// The node's own chain's expiry (every node with TLS has one).
+const CertificateExpiry* OwnChainExpiry(const TlsConfig& tls);
+// The earliest expiry of a --tls_client_ca certificate; nullptr without a client CA.
+const CertificateExpiry* ClientCaExpiry(const TlsConfig& tls);
+
+// What a node says about its certificates at `now`: a warning for every one of `tls.expiries`
+// that ends its validity within `window` or already has (none for plaintext), and a key that
+// changes only when one of them enters the window or expires, so that a caller checking often
+// can log each change at once and repeat itself rarely. Certificates are read at start-up only:
+// renewing one takes a restart (README: "Renewing certificates").
+struct ExpiryReport {
+  std::vector<std::string> warnings;
+  std::string stage;
+};
+ExpiryReport ReportExpiries(const TlsConfig& tls, absl::Time now, absl::Duration window);
 
 // Insecure credentials when `tls` is disabled.
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls);

@@ -38,10 +38,13 @@ cluster start n2 >/dev/null
 every_node_sees 19
 cluster status | tee "$work/status.out"
 [ "$(grep -c serving "$work/status.out")" = 3 ] || { echo "not every node is serving"; exit 1; }
-# The node's status says until when its certificate works (cluster.sh makes them for 10 years).
+# The node's status says until when its certificate and the client CA work (cluster.sh makes
+# them for 10 years).
 mergedb_cli --node="$(node 1)" status | tee "$work/n1.status"
-grep -Eq "^tls +client certificates required; certificate valid until [0-9-]+ [0-9:]+ UTC \(/CN=(ca|node), 36[0-9][0-9]\.[0-9] days left\)" \
+grep -Eq '^tls +certificate valid until [0-9-]+ [0-9:]+ UTC \(/CN=(ca|node), 36[0-9][0-9]\.[0-9] days left\)$' \
   "$work/n1.status" || { echo "status does not say when the certificate expires"; exit 1; }
+grep -Eq '^ +client certificates required; client CA valid until [0-9-]+ [0-9:]+ UTC \(/CN=clients, 36[0-9][0-9]\.[0-9] days left\)$' \
+  "$work/n1.status" || { echo "status does not say when the client CA expires"; exit 1; }
 
 PYTHONPATH="$build/clients/python:$src/clients/python" /usr/bin/python3 - "$(node 3)" "$ca" \
     "$app_cert" "$app_key" <<'PY'

@@ -32,6 +32,7 @@ using testing::UpdateOf;
 class TlsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    made_at_ = new int64_t(absl::ToUnixSeconds(absl::Now()));
     const char* tmp = getenv("TMPDIR");
     std::string pattern = std::string(tmp != nullptr ? tmp : "/tmp") + "/mergedb-tls-XXXXXX";
     ASSERT_NE(mkdtemp(pattern.data()), nullptr);
@@ -72,6 +73,7 @@ class TlsTest : public ::testing::Test {
   static void TearDownTestSuite() {
     std::filesystem::remove_all(*dir_);
     delete dir_;
+    delete made_at_;
   }
   static void Run(const std::string& command) {
     ASSERT_EQ(std::system((command + " >/dev/null 2>&1").c_str()), 0) << command;
@@ -165,8 +167,10 @@ class TlsTest : public ::testing::Test {
   }
 
   static std::string* dir_;
+  static int64_t* made_at_;  // when SetUpTestSuite began making the certificates
 };
 std::string* TlsTest::dir_ = nullptr;
+int64_t* TlsTest::made_at_ = nullptr;
 
 UpdateRequest IncrementDoc(int64_t by) {
   UpdateRequest request = UpdateOf("c", "doc");
@@ -371,33 +375,73 @@ TEST_F(TlsTest, WithAClientCaEveryClientPresentsACertificateAndOnlyMembersReplic
   EXPECT_EQ(AwaitCounter(n1.get(), 5), 5);
 }
 
-// When the node's certificate stops working: the earliest end of validity along its chain, which
-// may be the CA's. Status shows it, and the node warns ahead of it.
-TEST_F(TlsTest, TheNodeSaysWhenItsCertificateChainExpiresAndWarnsAhead) {
+// When the certificates a node depends on stop working: its own chain's earliest end of
+// validity (which may be the CA's), and each CA it trusts. Status shows the chain's and the
+// client CA's, and the node warns ahead of each.
+TEST_F(TlsTest, TheNodeSaysWhenItsCertificatesExpireAndWarnsAhead) {
   const int64_t now = absl::ToUnixSeconds(absl::Now());
   constexpr int64_t kDay = 24 * 3600;
   const TlsConfig outlived = NodeTls("lasting");  // 10 days, under a CA of 2
-  EXPECT_EQ(outlived.expiring_subject, "/CN=ca");
-  EXPECT_GE(outlived.expires_unix_seconds, now + 2 * kDay - 600);
-  EXPECT_LE(outlived.expires_unix_seconds, now + 2 * kDay + 5);
+  const CertificateExpiry* outlived_chain = OwnChainExpiry(outlived);
+  ASSERT_NE(outlived_chain, nullptr);
+  EXPECT_EQ(outlived_chain->subject, "/CN=ca");
+  EXPECT_GE(outlived_chain->unix_seconds, *made_at_ + 2 * kDay - 5);
+  EXPECT_LE(outlived_chain->unix_seconds, now + 2 * kDay + 5);
+  EXPECT_EQ(ClientCaExpiry(outlived), nullptr);
+  // The CA is the chain's end: one warning, not one for the chain and one for the CA.
+  const ExpiryReport outlived_soon = ReportExpiries(outlived, absl::Now(), absl::Hours(24 * 30));
+  ASSERT_EQ(outlived_soon.warnings.size(), 1u);
+  EXPECT_TRUE(absl::StrContains(outlived_soon.warnings[0], "/CN=ca of this node's chain"));
+
   const TlsConfig renewed = NodeTls("renewed", "next-ca");  // 10 days, under a CA of 30
-  EXPECT_EQ(renewed.expiring_subject, "/CN=renewed");
-  EXPECT_GE(renewed.expires_unix_seconds, now + 10 * kDay - 600);
-  EXPECT_LE(renewed.expires_unix_seconds, now + 10 * kDay + 5);
+  const CertificateExpiry* renewed_chain = OwnChainExpiry(renewed);
+  ASSERT_NE(renewed_chain, nullptr);
+  EXPECT_EQ(renewed_chain->subject, "/CN=renewed");
+  EXPECT_GE(renewed_chain->unix_seconds, *made_at_ + 10 * kDay - 5);
+  EXPECT_LE(renewed_chain->unix_seconds, now + 10 * kDay + 5);
+  const absl::Time chain_end = absl::FromUnixSeconds(renewed_chain->unix_seconds);
 
-  const std::string soon = ExpiryWarning(renewed, absl::Now(), absl::Hours(24 * 30));
-  EXPECT_TRUE(absl::StrContains(soon, "/CN=renewed of this node's chain expires at")) << soon;
-  EXPECT_TRUE(absl::StrContains(soon, "in 10.0 days")) << soon;
-  EXPECT_EQ(ExpiryWarning(renewed, absl::Now(), absl::Hours(24 * 7)), "");
-  const std::string expired =
-      ExpiryWarning(renewed, absl::FromUnixSeconds(renewed.expires_unix_seconds) + absl::Seconds(1),
-                    absl::ZeroDuration());
-  EXPECT_TRUE(absl::StrContains(expired, "/CN=renewed of this node's chain expired at")) << expired;
-  EXPECT_EQ(ExpiryWarning(TlsConfig(), absl::Now(), absl::Hours(24 * 30)), "");
+  // 9.5 days before the chain's end, both it and the CA (20.5 days left) are within 30 days.
+  const ExpiryReport soon =
+      ReportExpiries(renewed, chain_end - absl::Hours(24 * 9.5), absl::Hours(24 * 30));
+  ASSERT_EQ(soon.warnings.size(), 2u);
+  EXPECT_TRUE(absl::StrContains(soon.warnings[0], "/CN=renewed of this node's chain expires at"))
+      << soon.warnings[0];
+  EXPECT_TRUE(absl::StrContains(soon.warnings[0], "in 9.5 days")) << soon.warnings[0];
+  EXPECT_TRUE(absl::StrContains(soon.warnings[1], "/CN=next-ca of --tls_ca expires at"))
+      << soon.warnings[1];
+  // Within 7 days of neither: nothing to say, and a stage of its own.
+  const ExpiryReport quiet =
+      ReportExpiries(renewed, chain_end - absl::Hours(24 * 9.5), absl::Hours(24 * 7));
+  EXPECT_TRUE(quiet.warnings.empty());
+  EXPECT_NE(quiet.stage, soon.stage);
+  // Once the chain has ended, it says so even with no warning window.
+  const ExpiryReport expired =
+      ReportExpiries(renewed, chain_end + absl::Seconds(1), absl::ZeroDuration());
+  ASSERT_EQ(expired.warnings.size(), 1u);
+  EXPECT_TRUE(absl::StrContains(expired.warnings[0], "/CN=renewed of this node's chain expired at"))
+      << expired.warnings[0];
+  EXPECT_NE(expired.stage, quiet.stage);
+  EXPECT_TRUE(ReportExpiries(TlsConfig(), absl::Now(), absl::Hours(24 * 30)).warnings.empty());
 
-  Cluster cluster(2);
+  auto with_clients = LoadNodeTls({Path("node.pem"), Path("node.key"), Path("ca.pem")}, "--tls_",
+                                  Path("clients.pem"));
+  ASSERT_TRUE(with_clients.ok()) << with_clients.status();
+  const CertificateExpiry* client_ca = ClientCaExpiry(*with_clients);
+  ASSERT_NE(client_ca, nullptr);
+  EXPECT_EQ(client_ca->subject, "/CN=clients");
+  bool warned_of_clients = false;
+  for (const std::string& warning :
+       ReportExpiries(*with_clients, absl::Now(), absl::Hours(24 * 30)).warnings) {
+    warned_of_clients |= absl::StrContains(warning, "/CN=clients of --tls_client_ca expires at") &&
+                         absl::StrContains(warning, "clients whose certificates only it signed");
+  }
+  EXPECT_TRUE(warned_of_clients);
+
+  Cluster cluster(3);
   cluster.options(0).tls = outlived;
-  cluster.StartAll();  // n2 serves plaintext
+  cluster.options(1).tls = *with_clients;
+  cluster.StartAll();  // n3 serves plaintext
   auto status_of = [&](const std::shared_ptr<grpc::Channel>& channel) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -409,11 +453,17 @@ TEST_F(TlsTest, TheNodeSaysWhenItsCertificateChainExpiresAndWarnsAhead) {
   };
   const mergedb::v1::StatusResponse n1 = status_of(ClientChannel(cluster.Address(0)));
   ASSERT_TRUE(n1.has_tls());
-  EXPECT_EQ(n1.tls().expires_unix_seconds(), outlived.expires_unix_seconds);
+  EXPECT_EQ(n1.tls().expires_unix_seconds(), outlived_chain->unix_seconds);
   EXPECT_EQ(n1.tls().expiring_subject(), "/CN=ca");
   EXPECT_FALSE(n1.tls().client_certificates_required());
+  EXPECT_EQ(n1.tls().client_ca_expires_unix_seconds(), 0);
+  const mergedb::v1::StatusResponse n2 =
+      status_of(ClientChannel(cluster.Address(1), "ca.pem", "app"));
+  EXPECT_TRUE(n2.tls().client_certificates_required());
+  EXPECT_EQ(n2.tls().client_ca_expires_unix_seconds(), client_ca->unix_seconds);
+  EXPECT_EQ(n2.tls().client_ca_expiring_subject(), "/CN=clients");
   EXPECT_FALSE(
-      status_of(grpc::CreateChannel(cluster.Address(1), grpc::InsecureChannelCredentials()))
+      status_of(grpc::CreateChannel(cluster.Address(2), grpc::InsecureChannelCredentials()))
           .has_tls());
 }
 
