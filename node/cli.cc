@@ -235,7 +235,9 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s, bool used_tls) {
   std::printf("%-16s %s\n", "state digest", digest.c_str());
   const absl::Time now = absl::Now();
   // "until DATE (SUBJECT, N days left)", or "EXPIRED at DATE (SUBJECT)".
-  auto validity = [&](int64_t unix_seconds, const std::string& subject) {
+  auto validity = [&](int64_t unix_seconds, const std::string& subject) -> std::string {
+    // A node of an earlier version fills in fewer fields.
+    if (subject.empty()) return "not reported by this node";
     const absl::Time expires = absl::FromUnixSeconds(unix_seconds);
     const std::string when =
         absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", expires, absl::UTCTimeZone());

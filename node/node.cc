@@ -157,12 +157,13 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   node->async_server_->Start();
   node->health_->SetServing(true);
   node->replication_->Start();
-  node->janitor_ = std::thread([n = node.get()] { n->RunJanitor(); });
   MERGEDB_LOG(INFO) << "node " << options.node_name << " (replica "
                     << absl::StrCat(absl::Hex(node->store_->replica_id())) << ", cluster "
                     << options.cluster_id << ") serving "
                     << (options.tls.enabled() ? "TLS" : "plaintext") << " on " << node->address()
                     << ", data in " << options.data_dir;
+  // After the line above: the janitor's first act is to warn of expiring certificates.
+  node->janitor_ = std::thread([n = node.get()] { n->RunJanitor(); });
   return node;
 }
 

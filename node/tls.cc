@@ -371,12 +371,15 @@ ExpiryReport ReportExpiries(const TlsConfig& tls, absl::Time now, absl::Duration
   ExpiryReport report;
   if (!tls.enabled()) return report;
   const CertificateExpiry* own = OwnChainExpiry(tls);
+  // The CA on the node's own chain, when its end is the chain's: one entry says it for both.
+  auto is_own_ca = [own](const CertificateExpiry& expiry) {
+    return own != nullptr && expiry.kind == CertificateExpiry::Kind::kClusterCa &&
+           expiry.subject == own->subject && expiry.unix_seconds == own->unix_seconds;
+  };
+  bool own_ends_with_ca = false;
+  for (const CertificateExpiry& expiry : tls.expiries) own_ends_with_ca |= is_own_ca(expiry);
   for (const CertificateExpiry& expiry : tls.expiries) {
-    // The CA on the node's own chain already has the chain's entry when it is the earliest.
-    if (&expiry != own && own != nullptr && expiry.kind == CertificateExpiry::Kind::kClusterCa &&
-        expiry.subject == own->subject && expiry.unix_seconds == own->unix_seconds) {
-      continue;
-    }
+    if (is_own_ca(expiry)) continue;
     const absl::Time expires = absl::FromUnixSeconds(expiry.unix_seconds);
     const bool expired = expires <= now;
     const bool soon = !expired && expires - now <= window;
@@ -387,7 +390,9 @@ ExpiryReport ReportExpiries(const TlsConfig& tls, absl::Time now, absl::Duration
     switch (expiry.kind) {
       case CertificateExpiry::Kind::kOwnChain:
         what = absl::StrCat("the TLS certificate ", expiry.subject, " of this node's chain");
-        consequence = "peers and clients refuse this node's certificate";
+        consequence = own_ends_with_ca ? "peers and clients refuse this node's certificate, "
+                                         "and this node refuses peers that CA signed"
+                                       : "peers and clients refuse this node's certificate";
         break;
       case CertificateExpiry::Kind::kClusterCa:
         what = absl::StrCat("the CA certificate ", expiry.subject, " of --tls_ca");

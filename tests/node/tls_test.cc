@@ -392,6 +392,9 @@ TEST_F(TlsTest, TheNodeSaysWhenItsCertificatesExpireAndWarnsAhead) {
   const ExpiryReport outlived_soon = ReportExpiries(outlived, absl::Now(), absl::Hours(24 * 30));
   ASSERT_EQ(outlived_soon.warnings.size(), 1u);
   EXPECT_TRUE(absl::StrContains(outlived_soon.warnings[0], "/CN=ca of this node's chain"));
+  EXPECT_TRUE(
+      absl::StrContains(outlived_soon.warnings[0], "this node refuses peers that CA signed"))
+      << outlived_soon.warnings[0];
 
   const TlsConfig renewed = NodeTls("renewed", "next-ca");  // 10 days, under a CA of 30
   const CertificateExpiry* renewed_chain = OwnChainExpiry(renewed);
@@ -415,6 +418,12 @@ TEST_F(TlsTest, TheNodeSaysWhenItsCertificatesExpireAndWarnsAhead) {
       ReportExpiries(renewed, chain_end - absl::Hours(24 * 9.5), absl::Hours(24 * 7));
   EXPECT_TRUE(quiet.warnings.empty());
   EXPECT_NE(quiet.stage, soon.stage);
+  // The stage stays put while nothing enters the window or expires, so a node that checks every
+  // second logs a change at once and is quiet otherwise.
+  EXPECT_EQ(ReportExpiries(renewed, chain_end - absl::Hours(24 * 9), absl::Hours(24 * 30)).stage,
+            soon.stage);
+  EXPECT_EQ(ReportExpiries(renewed, chain_end - absl::Hours(24 * 9), absl::Hours(24 * 7)).stage,
+            quiet.stage);
   // Once the chain has ended, it says so even with no warning window.
   const ExpiryReport expired =
       ReportExpiries(renewed, chain_end + absl::Seconds(1), absl::ZeroDuration());
