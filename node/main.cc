@@ -96,6 +96,10 @@ ABSL_FLAG(int64_t, tls_expiry_warning_days, 30,
           "node's certificate or any certificate on its chain, a CA certificate of --tls_ca "
           "or one of --tls_client_ca expires within this many days (0: only once it has "
           "expired). Certificates are read at start-up: renew them by restarting the node.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT to serve Prometheus metrics on (GET /metrics, plain HTTP without "
+          "authentication: what Status reports, no document data); e.g. 127.0.0.1:9464. "
+          "Empty: no metrics endpoint.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -221,6 +225,7 @@ int main(int argc, char** argv) {
     return UsageError("--tls_expiry_warning_days must be between 0 and 3650");
   }
   options.tls_expiry_warning = absl::Hours(24 * tls_expiry_warning_days);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

@@ -14,6 +14,7 @@
 #include "node/async_writes.h"
 #include "node/health.h"
 #include "node/log.h"
+#include "node/metrics.h"
 #include "node/services.h"
 
 namespace mergedb::node {
@@ -157,6 +158,19 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   node->async_server_->Start();
   node->health_->SetServing(true);
   node->replication_->Start();
+  if (!options.metrics_listen.empty()) {
+    Node* n = node.get();
+    auto metrics = MetricsServer::Start(options.metrics_listen, [n] {
+      mergedb::v1::StatusResponse status;
+      FillStatus(n, &status);
+      return status;
+    });
+    if (!metrics.ok()) return metrics.status();  // ~Node stops what already runs
+    node->metrics_ = *std::move(metrics);
+    MERGEDB_LOG(INFO) << "metrics on http://"
+                      << options.metrics_listen.substr(0, options.metrics_listen.rfind(':')) << ":"
+                      << node->metrics_->port() << "/metrics";
+  }
   MERGEDB_LOG(INFO) << "node " << options.node_name << " (replica "
                     << absl::StrCat(absl::Hex(node->store_->replica_id())) << ", cluster "
                     << options.cluster_id << ") serving "
@@ -213,11 +227,15 @@ void Node::RunJanitor() {
   }
 }
 
+int Node::metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }
+
 void Node::Shutdown(absl::Duration grace) {
   absl::MutexLock lock(&shutdown_mu_);
   if (shut_down_) return;
   shut_down_ = true;
   MERGEDB_LOG(INFO) << "node " << options_.node_name << " shutting down";
+  // First: a scrape reads the store and the links, which go below.
+  metrics_.reset();
   if (server_ != nullptr) {
     // Health watchers learn at once that the node is going, but their streams stay open until
     // the server refuses new calls: a client's health checker re-opens an ended Watch at once,

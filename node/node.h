@@ -66,6 +66,9 @@ struct NodeOptions {
   // The node warns while a certificate it depends on (TlsConfig::expiries) expires within this
   // long or has expired: at start-up, as soon as one enters the window or expires, then daily.
   absl::Duration tls_expiry_warning = absl::Hours(24 * 30);
+  // Where to serve Prometheus metrics over HTTP (HOST:PORT, port 0 picks one; node/metrics.h);
+  // empty: not served.
+  std::string metrics_listen;
   // How many change-feed records the node keeps for Watch resumption.
   uint64_t change_feed_retention = 1000000;
   // How often fully replicated log entries are truncated.
@@ -89,6 +92,7 @@ class DocumentServiceImpl;
 class ClusterServiceImpl;
 class HealthService;
 class AsyncServer;
+class MetricsServer;
 
 class Node {
  public:
@@ -103,6 +107,8 @@ class Node {
   void Shutdown(absl::Duration grace = absl::Seconds(5));
 
   int port() const { return port_; }
+  // The metrics endpoint's port; 0 without NodeOptions::metrics_listen.
+  int metrics_port() const;
   std::string address() const;
   const NodeOptions& options() const { return options_; }
   storage::Store* store() { return store_.get(); }
@@ -132,6 +138,7 @@ class Node {
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<AsyncServer> async_server_;
+  std::unique_ptr<MetricsServer> metrics_;
   int port_ = 0;
   absl::Time start_time_;
   std::atomic<bool> stopping_{false};

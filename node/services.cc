@@ -443,20 +443,25 @@ grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
 
 grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1::StatusRequest*,
                                         mergedb::v1::StatusResponse* response) {
-  storage::Store* store = node_->store();
-  response->set_node_name(node_->options().node_name);
-  response->set_cluster_id(node_->options().cluster_id);
+  FillStatus(node_, response);
+  return grpc::Status::OK;
+}
+
+void FillStatus(Node* node, mergedb::v1::StatusResponse* response) {
+  storage::Store* store = node->store();
+  response->set_node_name(node->options().node_name);
+  response->set_cluster_id(node->options().cluster_id);
   response->set_replica_id(store->replica_id());
-  response->set_role(node_->options().role);
+  response->set_role(node->options().role);
   EncodeVector(store->AppliedVector(), response->mutable_applied());
-  for (auto& peer : node_->replication()->PeerStatuses()) *response->add_peers() = std::move(peer);
+  for (auto& peer : node->replication()->PeerStatuses()) *response->add_peers() = std::move(peer);
   response->set_document_count(store->document_count());
-  response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - node_->start_time()));
+  response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - node->start_time()));
   response->set_state_digest(store->state_digest());
   response->set_last_position(store->last_change_seq());
   response->set_log_entries(store->log_entries());
   response->set_change_feed_entries(store->change_feed_entries());
-  if (const TlsConfig& tls = node_->options().tls; tls.enabled()) {
+  if (const TlsConfig& tls = node->options().tls; tls.enabled()) {
     mergedb::v1::TlsStatus* out = response->mutable_tls();
     if (const CertificateExpiry* own = OwnChainExpiry(tls); own != nullptr) {
       out->set_expires_unix_seconds(own->unix_seconds);
@@ -468,7 +473,6 @@ grpc::Status ClusterServiceImpl::Status(grpc::ServerContext*, const mergedb::v1:
       out->set_client_ca_expiring_subject(client_ca->subject);
     }
   }
-  return grpc::Status::OK;
 }
 
 namespace {

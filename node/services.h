@@ -123,6 +123,9 @@ class DocumentServiceImpl final : public DocumentServiceBase {
   Node* const node_;
 };
 
+// What ClusterService.Status answers for `node` (the metrics endpoint shows the same).
+void FillStatus(Node* node, mergedb::v1::StatusResponse* response);
+
 class ClusterServiceImpl final : public mergedb::v1::ClusterService::Service {
  public:
   explicit ClusterServiceImpl(Node* node) : node_(node) {}

@@ -7,7 +7,7 @@ MERGEDB_APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc grpc-proto
   libabsl-dev libleveldb-dev libsnappy-dev libgoogle-perftools-dev
   libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev zlib1g-dev libzstd-dev
-  libssl-dev openssl python3-grpcio python3-protobuf iproute2
+  libssl-dev openssl prometheus-cpp-dev python3-grpcio python3-protobuf iproute2
   clang-14 libclang-rt-14-dev
 )
 

@@ -1,0 +1,168 @@
+#include "node/metrics.h"
+
+#include <exception>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "prometheus/client_metric.h"
+#include "prometheus/exposer.h"
+#include "prometheus/metric_type.h"
+
+namespace mergedb::node {
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+MetricFamily Family(const std::string& name, const std::string& help, MetricType type) {
+  MetricFamily family;
+  family.name = name;
+  family.help = help;
+  family.type = type;
+  return family;
+}
+
+void Add(MetricFamily* family, double value, std::vector<ClientMetric::Label> labels = {}) {
+  ClientMetric metric;
+  metric.label = std::move(labels);
+  if (family->type == MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+  family->metric.push_back(std::move(metric));
+}
+
+MetricFamily One(const std::string& name, const std::string& help, MetricType type, double value) {
+  MetricFamily family = Family(name, help, type);
+  Add(&family, value);
+  return family;
+}
+
+std::string Hex(uint64_t id) { return absl::StrCat(absl::Hex(id, absl::kZeroPad16)); }
+
+}  // namespace
+
+std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& status) {
+  std::vector<MetricFamily> families;
+  MetricFamily info = Family("mergedb_node_info",
+                             "This node: its name, cluster, role and replica id (the incarnation "
+                             "of its data directory); always 1.",
+                             MetricType::Gauge);
+  Add(&info, 1,
+      {{"node", status.node_name()},
+       {"cluster", status.cluster_id()},
+       {"role", mergedb::v1::Role_Name(status.role())},
+       {"replica_id", Hex(status.replica_id())}});
+  families.push_back(std::move(info));
+  families.push_back(One("mergedb_uptime_seconds", "Seconds since the node started.",
+                         MetricType::Gauge, status.uptime_seconds()));
+  families.push_back(One("mergedb_documents", "Documents held.", MetricType::Gauge,
+                         static_cast<double>(status.document_count())));
+  MetricFamily applied = Family(
+      "mergedb_applied_entries_total",
+      "Per origin replica, the highest contiguous log sequence applied here: the writes of that "
+      "origin this node holds. The node's own origin (mergedb_node_info's replica_id) counts "
+      "the writes it accepted.",
+      MetricType::Counter);
+  for (const auto& entry : status.applied()) {
+    Add(&applied, static_cast<double>(entry.counter()), {{"origin", Hex(entry.replica())}});
+  }
+  families.push_back(std::move(applied));
+  families.push_back(One("mergedb_log_entries",
+                         "Replication log entries held (what some member has not applied yet).",
+                         MetricType::Gauge, static_cast<double>(status.log_entries())));
+  families.push_back(One("mergedb_change_feed_entries",
+                         "Change-feed records held (Watch can resume from any of them).",
+                         MetricType::Gauge, static_cast<double>(status.change_feed_entries())));
+  families.push_back(One("mergedb_change_feed_last_position", "The newest change-feed position.",
+                         MetricType::Gauge, static_cast<double>(status.last_position())));
+
+  MetricFamily up =
+      Family("mergedb_peer_up", "1 while this node's replication stream to the peer is connected.",
+             MetricType::Gauge);
+  MetricFamily behind =
+      Family("mergedb_peer_entries_behind",
+             "Log entries this node holds that the peer has not acknowledged.", MetricType::Gauge);
+  MetricFamily sent = Family("mergedb_peer_sent_bytes_total",
+                             "Replication payload bytes sent to the peer.", MetricType::Counter);
+  MetricFamily received =
+      Family("mergedb_peer_received_bytes_total",
+             "Replication payload bytes received from the peer on this node's stream to it.",
+             MetricType::Counter);
+  MetricFamily frames = Family("mergedb_peer_frames_sent_total",
+                               "Frames of log entries sent to the peer.", MetricType::Counter);
+  MetricFamily entries = Family("mergedb_peer_entries_sent_total", "Log entries sent to the peer.",
+                                MetricType::Counter);
+  for (const auto& peer : status.peers()) {
+    const std::vector<ClientMetric::Label> labels = {{"peer", peer.name()}};
+    Add(&up, peer.connected() ? 1 : 0, labels);
+    Add(&behind, static_cast<double>(peer.entries_behind()), labels);
+    Add(&sent, static_cast<double>(peer.bytes_sent()), labels);
+    Add(&received, static_cast<double>(peer.bytes_received()), labels);
+    Add(&frames, static_cast<double>(peer.frames_sent()), labels);
+    Add(&entries, static_cast<double>(peer.entries_sent()), labels);
+  }
+  for (MetricFamily* family : {&up, &behind, &sent, &received, &frames, &entries}) {
+    families.push_back(std::move(*family));
+  }
+
+  if (status.has_tls() && !status.tls().expiring_subject().empty()) {
+    families.push_back(One("mergedb_tls_certificate_expiry_timestamp_seconds",
+                           "When peers and clients start refusing this node's certificate: the "
+                           "earliest end of validity along its chain to the CA (Unix time).",
+                           MetricType::Gauge,
+                           static_cast<double>(status.tls().expires_unix_seconds())));
+    if (!status.tls().client_ca_expiring_subject().empty()) {
+      families.push_back(One("mergedb_tls_client_ca_expiry_timestamp_seconds",
+                             "When the first certificate of --tls_client_ca expires (Unix time).",
+                             MetricType::Gauge,
+                             static_cast<double>(status.tls().client_ca_expires_unix_seconds())));
+    }
+  }
+  return families;
+}
+
+class MetricsServer::Collector final : public prometheus::Collectable {
+ public:
+  explicit Collector(std::function<mergedb::v1::StatusResponse()> status)
+      : status_(std::move(status)) {}
+  std::vector<MetricFamily> Collect() const override { return MetricFamilies(status_()); }
+
+ private:
+  const std::function<mergedb::v1::StatusResponse()> status_;
+};
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const std::string& listen, std::function<mergedb::v1::StatusResponse()> status) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == listen.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics_listen=", listen, ": expected HOST:PORT, e.g. 127.0.0.1:9464"));
+  }
+  std::unique_ptr<MetricsServer> server(new MetricsServer());
+  server->collector_ = std::make_shared<Collector>(std::move(status));
+  try {
+    // One thread: a scrape is one Status answer, and monitoring scrapes every few seconds.
+    server->exposer_ = std::make_unique<prometheus::Exposer>(listen, 1);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics_listen=", listen, ": cannot listen there: ", e.what()));
+  }
+  server->exposer_->RegisterCollectable(server->collector_);
+  const std::vector<int> ports = server->exposer_->GetListeningPorts();
+  if (ports.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics_listen=", listen, ": cannot listen there"));
+  }
+  server->port_ = ports.front();
+  return server;
+}
+
+MetricsServer::~MetricsServer() {
+  // The exposer's threads call the collector: stop them before the collector goes.
+  exposer_.reset();
+}
+
+}  // namespace mergedb::node

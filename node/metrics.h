@@ -1,0 +1,54 @@
+// Prometheus metrics over HTTP (--metrics_listen): what ClusterService.Status reports, in the
+// text exposition format, for monitoring systems that scrape instead of calling gRPC.
+//
+// Every scrape builds its families from one Status answer (FillStatus in node/services.h), so
+// the two never disagree and the write path carries no instrumentation of its own. The
+// endpoint is plain HTTP without authentication, like most exporters: bind it to an address
+// only the monitoring system reaches. It shows no document data, only counts, positions, peer
+// names and certificate expiry times.
+#ifndef MERGEDB_NODE_METRICS_H_
+#define MERGEDB_NODE_METRICS_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mergedb/v1/api.pb.h"
+#include "prometheus/collectable.h"
+#include "prometheus/metric_family.h"
+
+namespace prometheus {
+class Exposer;
+}
+
+namespace mergedb::node {
+
+// The metric families for one Status answer, e.g. mergedb_documents, mergedb_peer_up{peer=...}.
+std::vector<prometheus::MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& status);
+
+class MetricsServer {
+ public:
+  // Serves GET /metrics on `listen` (HOST:PORT; port 0 picks a free one), calling `status` once
+  // per scrape, from the HTTP server's thread. INVALID_ARGUMENT for an address it cannot listen
+  // on.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
+      const std::string& listen, std::function<mergedb::v1::StatusResponse()> status);
+  // Stops serving; a scrape in progress finishes first.
+  ~MetricsServer();
+
+  int port() const { return port_; }
+
+ private:
+  class Collector;
+  MetricsServer() = default;
+
+  std::shared_ptr<Collector> collector_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+};
+
+}  // namespace mergedb::node
+
+#endif  // MERGEDB_NODE_METRICS_H_

@@ -1,0 +1,135 @@
+// The Prometheus endpoint (--metrics_listen): over HTTP, what Status reports, and clear errors
+// for an address the node cannot listen on.
+#include "node/metrics.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "tests/node/cluster_test_util.h"
+#include "tests/node/node_test_util.h"
+
+namespace mergedb::node {
+namespace {
+
+using testing::Cluster;
+using testing::Incr;
+using testing::UpdateOf;
+
+// GET `path` from 127.0.0.1:`port` over HTTP/1.0: the status line, headers and body, or "" when
+// the connection fails.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
+    const std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+        static_cast<ssize_t>(request.size())) {
+      char buffer[4096];
+      ssize_t n;
+      while ((n = recv(fd, buffer, sizeof buffer, 0)) > 0) response.append(buffer, n);
+    }
+  }
+  close(fd);
+  return response;
+}
+
+// Scrapes node `i` until its metrics hold every one of `lines` (at most 100 tries, 50 ms apart);
+// returns the last scrape.
+std::string AwaitMetrics(int port, const std::vector<std::string>& lines) {
+  std::string scraped;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    scraped = HttpGet(port, "/metrics");
+    bool all = true;
+    for (const std::string& line : lines)
+      all = all && absl::StrContains(scraped, "\n" + line + "\n");
+    if (all) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return scraped;
+}
+
+TEST(Metrics, AScrapeShowsWhatStatusReports) {
+  Cluster cluster(3);
+  cluster.options(0).metrics_listen = "127.0.0.1:0";
+  cluster.StartAll();
+  const int port = cluster.node(0)->metrics_port();
+  ASSERT_GT(port, 0);
+  EXPECT_EQ(cluster.node(1)->metrics_port(), 0) << "no endpoint unless asked for";
+
+  for (int i = 0; i < 3; ++i) {
+    auto request = UpdateOf("c", absl::StrCat("doc", i));
+    Incr(&request, {"n"}, 1);
+    ASSERT_TRUE(cluster.Update(0, request).ok());
+  }
+  ASSERT_TRUE(cluster.WaitConverged());
+  const mergedb::v1::StatusResponse status = cluster.Status(0);
+  const std::string own = absl::StrCat(absl::Hex(status.replica_id(), absl::kZeroPad16));
+  const std::string scraped = AwaitMetrics(
+      port,
+      {"mergedb_documents 3", absl::StrCat("mergedb_applied_entries_total{origin=\"", own, "\"} 3"),
+       "mergedb_peer_up{peer=\"n2\"} 1", "mergedb_peer_up{peer=\"n3\"} 1",
+       "mergedb_peer_entries_behind{peer=\"n2\"} 0", "mergedb_peer_entries_behind{peer=\"n3\"} 0"});
+  EXPECT_TRUE(absl::StartsWith(scraped, "HTTP/1.1 200")) << scraped.substr(0, 200);
+  for (const std::string& line :
+       {std::string("mergedb_documents 3"),
+        absl::StrCat("mergedb_applied_entries_total{origin=\"", own, "\"} 3"),
+        std::string("mergedb_peer_up{peer=\"n2\"} 1"),
+        std::string("mergedb_peer_entries_behind{peer=\"n3\"} 0"),
+        absl::StrCat("mergedb_node_info{node=\"n1\",cluster=\"", status.cluster_id(),
+                     "\",role=\"PRIMARY\",replica_id=\"", own, "\"} 1"),
+        std::string("# TYPE mergedb_peer_sent_bytes_total counter")}) {
+    EXPECT_TRUE(absl::StrContains(scraped, "\n" + line + "\n")) << line << "\nin\n" << scraped;
+  }
+  EXPECT_FALSE(absl::StrContains(scraped, "mergedb_tls_")) << "a plaintext node has no certificate";
+
+  // A peer that goes away shows as down, and the entries it misses as behind.
+  cluster.Stop(2);
+  auto request = UpdateOf("c", "doc0");
+  Incr(&request, {"n"}, 1);
+  ASSERT_TRUE(cluster.Update(0, request).ok());
+  const std::string after = AwaitMetrics(
+      port, {"mergedb_peer_up{peer=\"n3\"} 0", "mergedb_peer_entries_behind{peer=\"n3\"} 1"});
+  EXPECT_TRUE(absl::StrContains(after, "\nmergedb_peer_up{peer=\"n3\"} 0\n")) << after;
+  EXPECT_TRUE(absl::StrContains(after, "\nmergedb_peer_entries_behind{peer=\"n3\"} 1\n")) << after;
+
+  // The endpoint goes with the node.
+  cluster.Stop(0);
+  EXPECT_EQ(HttpGet(port, "/metrics"), "");
+}
+
+TEST(Metrics, AnAddressTheNodeCannotListenOnIsAClearError) {
+  Cluster cluster(1);
+  cluster.options(0).metrics_listen = "nonsense";
+  auto node = Node::Start(cluster.options(0));
+  ASSERT_FALSE(node.ok());
+  EXPECT_TRUE(
+      absl::StrContains(node.status().message(), "--metrics_listen=nonsense: expected HOST:PORT"))
+      << node.status();
+
+  // A port already taken (by another node's metrics).
+  cluster.options(0).metrics_listen = "127.0.0.1:0";
+  cluster.Start(0);
+  const int taken = cluster.node(0)->metrics_port();
+  Cluster other(1);
+  other.options(0).metrics_listen = absl::StrCat("127.0.0.1:", taken);
+  auto refused = Node::Start(other.options(0));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "cannot listen there"))
+      << refused.status();
+}
+
+}  // namespace
+}  // namespace mergedb::node
