@@ -86,10 +86,11 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
       Family("mergedb_peer_entries_behind",
              "Log entries this node holds that the peer has not acknowledged.", MetricType::Gauge);
   MetricFamily sent = Family("mergedb_peer_sent_bytes_total",
-                             "Replication payload bytes sent to the peer.", MetricType::Counter);
+                             "Replication payload bytes sent to the peer, on both streams with it.",
+                             MetricType::Counter);
   MetricFamily received =
       Family("mergedb_peer_received_bytes_total",
-             "Replication payload bytes received from the peer on this node's stream to it.",
+             "Replication payload bytes received from the peer, on both streams with it.",
              MetricType::Counter);
   MetricFamily frames = Family("mergedb_peer_frames_sent_total",
                                "Frames of log entries sent to the peer.", MetricType::Counter);
@@ -137,15 +138,22 @@ class MetricsServer::Collector final : public prometheus::Collectable {
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& listen, std::function<mergedb::v1::StatusResponse()> status) {
   const size_t colon = listen.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == listen.size()) {
+  // civetweb would also take its own list syntax ("a:1,b:2", a trailing "s" for TLS or "r" for
+  // a redirect); one plain HOST:PORT is what the flag promises.
+  const bool digits_after = colon != std::string::npos && colon + 1 < listen.size() &&
+                            listen.find_first_not_of("0123456789", colon + 1) == std::string::npos;
+  if (colon == 0 || !digits_after || listen.find(',') != std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("--metrics_listen=", listen, ": expected HOST:PORT, e.g. 127.0.0.1:9464"));
   }
   std::unique_ptr<MetricsServer> server(new MetricsServer());
   server->collector_ = std::make_shared<Collector>(std::move(status));
   try {
-    // One thread: a scrape is one Status answer, and monitoring scrapes every few seconds.
-    server->exposer_ = std::make_unique<prometheus::Exposer>(listen, 1);
+    // Two threads and a request timeout: a scrape is one Status answer and monitoring scrapes
+    // every few seconds, but one idle connection must not hold the only thread and make the
+    // target look down.
+    server->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", listen, "num_threads", "2", "request_timeout_ms", "5000"});
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("--metrics_listen=", listen, ": cannot listen there: ", e.what()));
@@ -161,7 +169,9 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
 }
 
 MetricsServer::~MetricsServer() {
-  // The exposer's threads call the collector: stop them before the collector goes.
+  // The exposer's threads call the collector, which reads the node: unregister it (this waits
+  // for a collection in progress), then stop the threads.
+  if (exposer_ != nullptr) exposer_->RemoveCollectable(collector_);
   exposer_.reset();
 }
 
