@@ -34,7 +34,7 @@ using Bio = std::unique_ptr<BIO, BioFree>;
 using Cert = std::unique_ptr<X509, X509Free>;
 using Key = std::unique_ptr<EVP_PKEY, KeyFree>;
 
-Bio MemoryBio(const std::string& pem) {
+Bio MemoryBio(absl::string_view pem) {
   return Bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
 }
 
@@ -62,7 +62,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& flag, const std::string&
 // The certificates that parse in `pem`, in order.
 std::vector<Cert> ParsePem(absl::string_view pem) {
   std::vector<Cert> certs;
-  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  Bio bio = MemoryBio(pem);
   while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, NoPassphrase, nullptr)) {
     certs.emplace_back(cert);
   }
@@ -152,21 +152,6 @@ bool SameCa(X509* a, X509* b) {
          EVP_PKEY_eq(X509_get0_pubkey(a), X509_get0_pubkey(b)) == 1;
 }
 
-// The end of `cert`'s validity in seconds since the Unix epoch; nullopt if it cannot be read
-// (a certificate that parsed and verified has one).
-std::optional<int64_t> NotAfterUnixSeconds(X509* cert) {
-  std::tm tm{};
-  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) {
-    ERR_clear_error();
-    return std::nullopt;
-  }
-  // Not timegm: a 32-bit time_t ends in 2038, and certificates may run to 9999.
-  return absl::ToUnixSeconds(
-      absl::FromCivil(absl::CivilSecond(tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                                        tm.tm_min, tm.tm_sec),
-                      absl::UTCTimeZone()));
-}
-
 std::string Subject(X509* cert) {
   char buffer[512];
   if (X509_NAME_oneline(X509_get_subject_name(cert), buffer, sizeof buffer) == nullptr) {
@@ -176,20 +161,20 @@ std::string Subject(X509* cert) {
   return buffer;
 }
 
-// Adds `cert`'s expiry to `expiries`, or lowers the last entry's to it when `earliest_of_last`
-// (the entry sums up a chain or a CA file).
-void NoteExpiry(X509* cert, CertificateExpiry::Kind kind, std::vector<CertificateExpiry>* expiries,
-                bool earliest_of_last = false) {
-  const std::optional<int64_t> not_after = NotAfterUnixSeconds(cert);
-  if (!not_after.has_value()) return;
-  if (earliest_of_last && !expiries->empty() && expiries->back().kind == kind) {
-    if (*not_after < expiries->back().unix_seconds) {
-      expiries->back().unix_seconds = *not_after;
-      expiries->back().subject = Subject(cert);
-    }
-    return;
+// When `cert` stops being valid, as `kind`; nullopt if its end cannot be read (a certificate
+// that parsed and verified has one).
+std::optional<CertificateExpiry> ExpiryOf(X509* cert, CertificateExpiry::Kind kind) {
+  std::tm tm{};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) {
+    ERR_clear_error();
+    return std::nullopt;
   }
-  expiries->push_back({kind, Subject(cert), *not_after});
+  // Not timegm: a 32-bit time_t ends in 2038, and certificates may run to 9999.
+  const absl::Time not_after =
+      absl::FromCivil(absl::CivilSecond(tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                                        tm.tm_min, tm.tm_sec),
+                      absl::UTCTimeZone());
+  return CertificateExpiry{kind, Subject(cert), absl::ToUnixSeconds(not_after)};
 }
 
 Cert Ref(X509* cert) {
@@ -278,11 +263,18 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
   }
   // The chain OpenSSL chose here is the one peers build too when they trust the same CA file.
   // With two CAs in the file (a change of CA), each also gets an entry of its own below.
+  std::optional<CertificateExpiry> chain_end;
   for (const Cert& cert : verified_chain) {
-    NoteExpiry(cert.get(), CertificateExpiry::Kind::kOwnChain, &tls.expiries, true);
+    auto expiry = ExpiryOf(cert.get(), CertificateExpiry::Kind::kOwnChain);
+    if (expiry && (!chain_end || expiry->unix_seconds < chain_end->unix_seconds)) {
+      chain_end = std::move(expiry);
+    }
   }
+  if (chain_end) tls.expiries.push_back(*std::move(chain_end));
   for (const Cert& ca : cas->second) {
-    NoteExpiry(ca.get(), CertificateExpiry::Kind::kClusterCa, &tls.expiries);
+    if (auto expiry = ExpiryOf(ca.get(), CertificateExpiry::Kind::kClusterCa)) {
+      tls.expiries.push_back(*std::move(expiry));
+    }
   }
   if (!client_ca.empty()) {
     const std::string client_ca_flag = flag_prefix + "client_ca";
@@ -313,7 +305,9 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
       }
     }
     for (const Cert& client : client_cas->second) {
-      NoteExpiry(client.get(), CertificateExpiry::Kind::kClientCa, &tls.expiries);
+      if (auto expiry = ExpiryOf(client.get(), CertificateExpiry::Kind::kClientCa)) {
+        tls.expiries.push_back(*std::move(expiry));
+      }
     }
     tls.client_ca_pem = std::move(client_cas->first);
   }
