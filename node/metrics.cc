@@ -135,8 +135,7 @@ class MetricsServer::Collector final : public prometheus::Collectable {
   const std::function<mergedb::v1::StatusResponse()> status_;
 };
 
-absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    const std::string& listen, std::function<mergedb::v1::StatusResponse()> status) {
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Listen(const std::string& listen) {
   const size_t colon = listen.rfind(':');
   // civetweb would also take its own list syntax ("a:1,b:2", a trailing "s" for TLS or "r" for
   // a redirect); one plain HOST:PORT is what the flag promises.
@@ -147,7 +146,6 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
         absl::StrCat("--metrics_listen=", listen, ": expected HOST:PORT, e.g. 127.0.0.1:9464"));
   }
   std::unique_ptr<MetricsServer> server(new MetricsServer());
-  server->collector_ = std::make_shared<Collector>(std::move(status));
   try {
     // Two threads and a request timeout: a scrape is one Status answer and monitoring scrapes
     // every few seconds, but one idle connection must not hold the only thread and make the
@@ -158,7 +156,6 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("--metrics_listen=", listen, ": cannot listen there: ", e.what()));
   }
-  server->exposer_->RegisterCollectable(server->collector_);
   const std::vector<int> ports = server->exposer_->GetListeningPorts();
   if (ports.empty()) {
     return absl::InvalidArgumentError(
@@ -168,10 +165,15 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   return server;
 }
 
+void MetricsServer::Serve(std::function<mergedb::v1::StatusResponse()> status) {
+  collector_ = std::make_shared<Collector>(std::move(status));
+  exposer_->RegisterCollectable(collector_);
+}
+
 MetricsServer::~MetricsServer() {
   // The exposer's threads call the collector, which reads the node: unregister it (this waits
   // for a collection in progress), then stop the threads.
-  if (exposer_ != nullptr) exposer_->RemoveCollectable(collector_);
+  if (exposer_ != nullptr && collector_ != nullptr) exposer_->RemoveCollectable(collector_);
   exposer_.reset();
 }
 

@@ -30,11 +30,13 @@ std::vector<prometheus::MetricFamily> MetricFamilies(const mergedb::v1::StatusRe
 
 class MetricsServer {
  public:
-  // Serves GET /metrics on `listen` (HOST:PORT; port 0 picks a free one), calling `status` once
-  // per scrape, from the HTTP server's thread. INVALID_ARGUMENT for an address it cannot listen
-  // on.
-  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
-      const std::string& listen, std::function<mergedb::v1::StatusResponse()> status);
+  // Listens on `listen` (HOST:PORT; port 0 picks a free one) and serves GET /metrics, empty
+  // until Serve. A node listens before it opens its data dir and serves anything else, so an
+  // address it cannot take stops it before it has accepted a write. INVALID_ARGUMENT for an
+  // address it cannot listen on.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Listen(const std::string& listen);
+  // From now on every scrape calls `status` once, from the HTTP server's thread. Once only.
+  void Serve(std::function<mergedb::v1::StatusResponse()> status);
   // Stops serving; a scrape in progress finishes first.
   ~MetricsServer();
 
@@ -44,7 +46,7 @@ class MetricsServer {
   class Collector;
   MetricsServer() = default;
 
-  std::shared_ptr<Collector> collector_;
+  std::shared_ptr<Collector> collector_;  // set by Serve
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 };

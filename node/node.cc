@@ -92,6 +92,11 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   MERGEDB_ASSIGN_OR_RETURN(std::vector<std::string> members, OtherMembers(options));
   std::unique_ptr<Node> node(new Node(options));
   node->start_time_ = absl::Now();
+  if (!options.metrics_listen.empty()) {
+    // First: an address the endpoint cannot take stops the node before it touches its data dir
+    // or accepts a write, not after it served for a moment.
+    MERGEDB_ASSIGN_OR_RETURN(node->metrics_, MetricsServer::Listen(options.metrics_listen));
+  }
 
   storage::StoreOptions store_options;
   store_options.path = options.data_dir;
@@ -158,15 +163,13 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   node->async_server_->Start();
   node->health_->SetServing(true);
   node->replication_->Start();
-  if (!options.metrics_listen.empty()) {
+  if (node->metrics_ != nullptr) {
     Node* n = node.get();
-    auto metrics = MetricsServer::Start(options.metrics_listen, [n] {
+    node->metrics_->Serve([n] {
       mergedb::v1::StatusResponse status;
       FillStatus(n, &status);
       return status;
     });
-    if (!metrics.ok()) return metrics.status();  // ~Node stops what already runs
-    node->metrics_ = *std::move(metrics);
     MERGEDB_LOG(INFO) << "metrics on http://"
                       << options.metrics_listen.substr(0, options.metrics_listen.rfind(':')) << ":"
                       << node->metrics_->port() << "/metrics";

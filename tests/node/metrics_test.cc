@@ -137,6 +137,9 @@ TEST(Metrics, AnAddressTheNodeCannotListenOnIsAClearError) {
   ASSERT_FALSE(refused.ok());
   EXPECT_TRUE(absl::StrContains(refused.status().message(), "cannot listen there"))
       << refused.status();
+  // ...before it touched its data dir or served a call.
+  EXPECT_FALSE(other.options(0).env->FileExists(other.options(0).data_dir + "/CURRENT"))
+      << "the refused node opened its data dir";
 }
 
 }  // namespace
