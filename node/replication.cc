@@ -9,6 +9,8 @@
 #include "absl/strings/str_split.h"
 #include "crdt/status_macros.h"
 #include "crdt/utf8.h"
+#include "grpc/support/time.h"
+#include "grpcpp/alarm.h"
 #include "grpcpp/grpcpp.h"
 #include "node/grpc_status.h"
 #include "node/log.h"
@@ -772,17 +774,23 @@ std::optional<StreamCodec> StreamCodecOf(int compression) {
   }
 }
 
+ReplicationRequest FragmentSplitter::Next() {
+  started_ = true;
+  ReplicationRequest piece;
+  piece.mutable_fragment()->set_data(
+      std::string(absl::string_view(serialized_).substr(offset_, piece_bytes_)));
+  offset_ += piece_bytes_;
+  piece.mutable_fragment()->set_last(offset_ >= serialized_.size());
+  return piece;
+}
+
 bool WriteFragments(absl::string_view serialized, size_t piece_bytes,
                     const std::function<bool(ReplicationRequest&)>& write) {
-  piece_bytes = std::max<size_t>(piece_bytes, 1);
-  size_t offset = 0;
-  do {
-    ReplicationRequest piece;
-    piece.mutable_fragment()->set_data(std::string(serialized.substr(offset, piece_bytes)));
-    offset += piece_bytes;
-    piece.mutable_fragment()->set_last(offset >= serialized.size());
+  FragmentSplitter splitter{std::string(serialized), piece_bytes};
+  while (!splitter.done()) {
+    ReplicationRequest piece = splitter.Next();
     if (!write(piece)) return false;
-  } while (offset < serialized.size());
+  }
   return true;
 }
 
@@ -880,7 +888,7 @@ absl::Status Unwrap(StreamDecompressor* decompressor, Message* message) {
 }  // namespace
 
 // One outbound link: a thread that connects, says hello, streams frames and heartbeats, and
-// reconnects with exponential backoff and jitter. A reader thread per stream takes acks.
+// reconnects with exponential backoff and jitter; each stream is driven by that thread alone.
 class Replication::Session {
  public:
   Session(Replication* owner, PeerConfig peer) : owner_(owner), peer_(std::move(peer)) {
@@ -978,212 +986,332 @@ class Replication::Session {
                 : ""));
       }
     }
-    auto stream = stub_->Replicate(&context);
+    // One thread drives the stream through a completion queue of its own: the hello exchange,
+    // acks, heartbeats, frames, the hold timer and the watchdog are all events of one loop. An
+    // ack that opens the window sends the next frame from the thread that read it, where a
+    // reader thread used to wake a sender thread for it (a hand-off per frame and link: a
+    // quarter of the machine's context switches under load). Commits reach the loop through
+    // an alarm that only commits of entries this link sends set (Store::AddAppliedListener).
+    grpc::CompletionQueue cq;
+    auto stream = stub_->PrepareAsyncReplicate(&context, &cq);
     LinkSender sender(options, store, &owner_->view_, peer_.name);
 
-    // Shared by this thread (the writer), the reader and the watchdog.
-    absl::Mutex link_mu;
-    bool broken = false;
-    bool hello_done = false;
-    absl::Status link_status;
-    absl::Time last_heard = absl::Now();
+    enum Tag : intptr_t { kStarted = 1, kRead, kWrite, kWake, kFinished };
+    auto tag = [](Tag t) { return reinterpret_cast<void*>(t); };
+    bool start_pending = true;
+    bool read_pending = false;
+    bool write_pending = false;
+    stream->StartCall(tag(kStarted));
 
-    // The reader takes the hello answer, then acks and heartbeats.
-    // Set once with hello_done, before the writer sends anything else.
+    // The commit alarm: armed at most once at a time, and only while the loop is idle with
+    // nothing to send (`listening`, with what it would send). Lock order: the store's commit
+    // lock (the listener runs under it), then wake_mu; the loop never calls the store holding
+    // wake_mu.
+    grpc::Alarm wake_alarm;
+    absl::Mutex wake_mu;
+    bool wake_listening = false;
+    bool wake_armed = false;
+    LogInterest wake_interest;
+    // Setting an alarm that is due completes it on the committing thread, under the store's
+    // commit lock: a queue lock and a wake-up, once per idle-to-busy change of the link.
+    const uint64_t listener = store->AddAppliedListener([&](const storage::VersionVector& applied) {
+      absl::MutexLock lock(&wake_mu);
+      if (!wake_listening || wake_armed || wake_interest.Pending(applied) == 0) return;
+      wake_listening = false;
+      wake_armed = true;
+      wake_alarm.Set(&cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), tag(kWake));
+    });
+
+    absl::Status link_status;
+    bool broken = false;      // the stream ended or failed: no more reads or writes
+    bool peer_ended = false;  // a read or the start failed: Finish() has the status
+    bool hello_done = false;
+    bool logged_connected = false;
+    absl::Time last_heard = absl::Now();
+    absl::Time last_sent = absl::Now();
+    // When a held partial frame leaves without its ack (one frame in flight: LinkSender::Next).
+    absl::Time hold_until = absl::InfiniteFuture();
+    // Set once with hello_done, before anything but the hello is written.
     std::unique_ptr<StreamCompressor> compressor;
     std::unique_ptr<StreamDecompressor> decompressor;
     mergedb::v1::StreamCompression negotiated = mergedb::v1::STREAM_COMPRESSION_NONE;
     // Requests over this many bytes go in fragments (0: the peer takes none).
     size_t fragment_bytes = 0;
-    // Set by the reader when the writer, waiting for log entries, must look again anyway.
-    std::atomic<bool> kicked{false};
-    auto kick = [&] {
-      kicked = true;
-      store->ReevaluateWaiters();
+    ReplicationResponse response;  // the read in flight
+    ReplicationRequest writing;    // the write in flight
+    // The pieces of a fragmented request still to write; nothing else leaves before them.
+    std::optional<FragmentSplitter> fragments;
+    // The size of the fragmented request whose last piece is in flight (0: none).
+    size_t last_piece_of = 0;
+    // While a peer takes in and applies a request that came in fragments it sends nothing:
+    // the watchdog allows it time for the request's size, from its first piece (writing them
+    // may wait for the peer's flow control) and again from its last.
+    auto allow_for_fragmented = [&](size_t bytes) {
+      last_heard = std::max(last_heard, absl::Now() + absl::Seconds(static_cast<double>(bytes) /
+                                                                    kFragmentedBytesPerSecond));
     };
-    std::thread reader([&] {
-      ReplicationResponse response;
-      while (stream->Read(&response)) {
-        state->bytes_received += response.ByteSizeLong();
-        absl::MutexLock lock(&link_mu);
-        // max: a grace the writer set for a large request (see `send`) outlasts this answer.
-        last_heard = std::max(last_heard, absl::Now());
-        if (hello_done) {
-          if (decompressor != nullptr) {
-            if (absl::Status s = Unwrap(decompressor.get(), &response); !s.ok()) {
-              link_status = s;
-              context.TryCancel();  // the stream cannot continue past a message it lost
-              break;
-            }
-          }
-          if (sender.OnResponse(response)) kick();
-          continue;
-        }
-        link_status = response.has_hello_ack()
-                          ? sender.OnHelloAck(response.hello_ack())
-                          : absl::InternalError("peer did not answer the hello");
-        if (!link_status.ok()) {
-          // This side refuses the peer: end the stream, which the peer would keep open.
-          context.TryCancel();
-          break;
-        }
-        if (const int chosen = response.hello_ack().compression();
-            chosen != mergedb::v1::STREAM_COMPRESSION_NONE) {
-          const std::optional<StreamCodec> codec = StreamCodecOf(chosen);
-          if (!options.compress_streams || !codec.has_value()) {
-            link_status = absl::FailedPreconditionError(
-                absl::StrCat(peer_.name, " chose stream compression ", chosen,
-                             ", which this node did not offer"));
-            context.TryCancel();
-            break;
-          }
-          compressor = StreamCompressor::Create(*codec);
-          decompressor = StreamDecompressor::Create(*codec);
-          negotiated = static_cast<mergedb::v1::StreamCompression>(chosen);
-        }
-        fragment_bytes = std::min<size_t>(response.hello_ack().fragment_bytes(), kMaxFragmentBytes);
-        hello_done = true;
+
+    auto fail = [&](absl::Status status) {
+      if (link_status.ok()) link_status = std::move(status);
+      context.TryCancel();
+      broken = true;
+    };
+    auto start_read = [&] {
+      read_pending = true;
+      stream->Read(&response, tag(kRead));
+    };
+    auto start_write = [&](ReplicationRequest request) {
+      if (compressor != nullptr) Wrap(compressor.get(), &request);
+      state->bytes_sent += request.ByteSizeLong();
+      writing = std::move(request);
+      write_pending = true;
+      stream->Write(writing, tag(kWrite));
+      last_sent = absl::Now();
+    };
+    auto write_piece = [&] {
+      start_write(fragments->Next());
+      if (fragments->done()) {
+        last_piece_of = fragments->size();
+        fragments.reset();
       }
+    };
+    // A request over what the peer takes in one message (a frame with one large record, a
+    // chunk with one large leaf) goes in fragments.
+    auto send = [&](ReplicationRequest request) {
+      if (fragment_bytes == 0 || request.ByteSizeLong() <= fragment_bytes) {
+        start_write(std::move(request));
+        return;
+      }
+      fragments.emplace(request.SerializeAsString(), fragment_bytes);
+      request.Clear();
+      allow_for_fragmented(fragments->size());
+      write_piece();
+    };
+    // Takes in one message from the peer: the hello's answer, then acks and heartbeats.
+    auto on_response = [&] {
+      state->bytes_received += response.ByteSizeLong();
+      last_heard = std::max(last_heard, absl::Now());
+      if (hello_done) {
+        if (decompressor != nullptr) {
+          if (absl::Status s = Unwrap(decompressor.get(), &response); !s.ok()) {
+            fail(s);  // the stream cannot continue past a message it lost
+            return;
+          }
+        }
+        sender.OnResponse(response);
+        return;
+      }
+      absl::Status hello_status = response.has_hello_ack()
+                                      ? sender.OnHelloAck(response.hello_ack())
+                                      : absl::InternalError("peer did not answer the hello");
+      if (!hello_status.ok()) {
+        fail(hello_status);  // this side refuses the peer: end the stream it would keep open
+        return;
+      }
+      if (const int chosen = response.hello_ack().compression();
+          chosen != mergedb::v1::STREAM_COMPRESSION_NONE) {
+        const std::optional<StreamCodec> codec = StreamCodecOf(chosen);
+        if (!options.compress_streams || !codec.has_value()) {
+          fail(absl::FailedPreconditionError(absl::StrCat(peer_.name, " chose stream compression ",
+                                                          chosen,
+                                                          ", which this node did not offer")));
+          return;
+        }
+        compressor = StreamCompressor::Create(*codec);
+        decompressor = StreamDecompressor::Create(*codec);
+        negotiated = static_cast<mergedb::v1::StreamCompression>(chosen);
+      }
+      fragment_bytes = std::min<size_t>(response.hello_ack().fragment_bytes(), kMaxFragmentBytes);
+      hello_done = true;
+    };
+    // Writes what is due now, if the stream can take a write; otherwise returns when the loop
+    // must wake at the latest.
+    auto step = [&]() -> absl::Time {
+      const absl::Time now = absl::Now();
+      absl::Time wake = now + absl::Milliseconds(100);  // stop, block and watchdog checks
+      if (!hello_done || write_pending) return wake;
+      if (!logged_connected) {
+        logged_connected = true;
+        state->compression = negotiated;
+        state->connected = true;
+        owner_->SetError(peer_.name, "");
+        MERGEDB_LOG(INFO) << "replicating to " << peer_.name << " at " << peer_.address
+                          << " (stream compression: " << CompressionName(negotiated) << ")";
+      }
+      if (fragments.has_value()) {
+        write_piece();
+        return wake;
+      }
+      // A partial frame held behind one frame in flight leaves once its hold ran out; behind
+      // two it waits for an ack however long (LinkSender::Next).
+      const auto held_behind_one = [&] {
+        return sender.holding_partial() && sender.in_flight() == 1;
+      };
+      if (held_behind_one() && now >= hold_until) sender.StopHolding();
+      auto produced = sender.Next();
+      if (!produced.ok()) {
+        fail(produced.status());
+        return wake;
+      }
+      if (produced->has_value()) {
+        hold_until = absl::InfiniteFuture();
+        ReplicationRequest& next = **produced;
+        if (next.has_frame()) {
+          ++state->frames_sent;
+          state->entries_sent += static_cast<uint64_t>(next.frame().records_size());
+        }
+        send(std::move(next));
+        return wake;
+      }
+      if (now - last_sent >= options.heartbeat) {
+        ReplicationRequest heartbeat;
+        heartbeat.mutable_heartbeat();
+        send(std::move(heartbeat));
+        return wake;
+      }
+      wake = std::min(wake, last_sent + options.heartbeat);
+      if (!held_behind_one()) {
+        hold_until = absl::InfiniteFuture();
+      } else if (hold_until == absl::InfiniteFuture()) {
+        hold_until = now + options.max_hold;
+      }
+      if (sender.waiting_for_ack()) {
+        return std::min(wake, hold_until);  // an ack, or the hold running out, moves it on
+      }
+      // Caught up: sleep until a commit of entries this link sends (checked once more after
+      // listening begins: a commit between Next() and here would otherwise go unnoticed).
       {
-        absl::MutexLock lock(&link_mu);
-        broken = true;
+        absl::MutexLock lock(&wake_mu);
+        wake_interest = sender.Interest();
+        wake_listening = !wake_armed;
       }
-      kick();
-    });
-    // The watchdog ends a stream whose peer went silent: a partitioned or paused peer stalls
-    // a TCP connection instead of closing it, and a blocked Write or Read never returns alone.
-    bool watchdog_stop = false;
-    std::thread watchdog([&] {
-      absl::MutexLock lock(&link_mu);
-      while (!watchdog_stop && !broken) {
-        link_mu.AwaitWithTimeout(absl::Condition(&watchdog_stop), absl::Milliseconds(100));
-        if (!watchdog_stop && absl::Now() - last_heard > options.dead_after) {
-          link_status = absl::UnavailableError(absl::StrCat(
-              "no word from ", peer_.name, " for ", absl::FormatDuration(options.dead_after)));
-          context.TryCancel();
-          break;
-        }
+      if (wake_interest.Pending(store->AppliedVector()) > 0) {
+        absl::MutexLock lock(&wake_mu);
+        wake_listening = false;  // looking again at once: no alarm needed
+        return now;
       }
-    });
+      return wake;
+    };
 
     ReplicationRequest hello = sender.Hello();
     if (options.compress_streams) OfferCompression(hello.mutable_hello());
-    state->bytes_sent += hello.ByteSizeLong();
-    bool logged_connected = false;
-    if (stream->Write(hello)) {
-      absl::Time last_sent = absl::Now();
-      while (!stopping() && !owner_->Blocked(peer_.name)) {
-        kicked = false;
-        std::optional<ReplicationRequest> next;
-        bool waiting_for_ack = false;
-        LogInterest interest;
-        {
-          absl::MutexLock lock(&link_mu);
-          if (broken) break;
-          if (!hello_done) {
-            link_mu.AwaitWithTimeout(absl::Condition(&hello_done), absl::Milliseconds(20));
-            continue;
-          }
-          if (!logged_connected) {
-            logged_connected = true;
-            state->compression = negotiated;
-            state->connected = true;
-            owner_->SetError(peer_.name, "");
-            MERGEDB_LOG(INFO) << "replicating to " << peer_.name << " at " << peer_.address
-                              << " (stream compression: " << CompressionName(negotiated) << ")";
-          }
-          auto produced = sender.Next();
-          if (!produced.ok()) {
-            link_status = produced.status();
+    bool started = false;
+    while (!broken) {
+      if (stopping() || owner_->Blocked(peer_.name)) {
+        fail(absl::OkStatus());
+        break;
+      }
+      const absl::Time now = absl::Now();
+      if (now - last_heard > options.dead_after) {
+        fail(absl::UnavailableError(absl::StrCat("no word from ", peer_.name, " for ",
+                                                 absl::FormatDuration(options.dead_after))));
+        break;
+      }
+      absl::Time wake = now + absl::Milliseconds(100);
+      if (started) wake = step();
+      if (broken) break;
+      void* got = nullptr;
+      bool ok = false;
+      const auto next = cq.AsyncNext(&got, &ok, absl::ToChronoTime(std::max(wake, now)));
+      if (next == grpc::CompletionQueue::TIMEOUT) continue;
+      if (next == grpc::CompletionQueue::SHUTDOWN) break;
+      {
+        absl::MutexLock lock(&wake_mu);
+        wake_listening = false;  // whatever woke the loop, step() decides anew
+      }
+      switch (static_cast<Tag>(reinterpret_cast<intptr_t>(got))) {
+        case kStarted:
+          start_pending = false;
+          if (!ok) {
+            broken = peer_ended = true;  // Finish says why
             break;
           }
-          next = *std::move(produced);
-          waiting_for_ack = sender.waiting_for_ack();
-          if (!next.has_value() && !waiting_for_ack) interest = sender.Interest();
-        }
-        // Only this thread uses the compressor, once hello_done made it final.
-        auto write = [&](ReplicationRequest& request) {
-          if (compressor != nullptr) Wrap(compressor.get(), &request);
-          state->bytes_sent += request.ByteSizeLong();
-          return stream->Write(request);
-        };
-        // A request over what the peer takes in one message (a frame with one large record, a
-        // chunk with one large leaf) goes in fragments.
-        auto send = [&](ReplicationRequest& request) {
-          if (fragment_bytes == 0 || request.ByteSizeLong() <= fragment_bytes) {
-            return write(request);
-          }
-          const std::string serialized = request.SerializeAsString();
-          request.Clear();
-          if (!WriteFragments(serialized, fragment_bytes, write)) return false;
-          absl::MutexLock lock(&link_mu);
-          last_heard = std::max(last_heard,
-                                absl::Now() + absl::Seconds(static_cast<double>(serialized.size()) /
-                                                            kFragmentedBytesPerSecond));
-          return true;
-        };
-        if (next.has_value()) {
-          if (next->has_frame()) {
-            ++state->frames_sent;
-            state->entries_sent += static_cast<uint64_t>(next->frame().records_size());
-          }
-          if (!send(*next)) break;
+          started = true;
+          state->bytes_sent += hello.ByteSizeLong();
+          write_pending = true;
+          stream->Write(hello, tag(kWrite));
           last_sent = absl::Now();
-          continue;
-        }
-        if (absl::Now() - last_sent >= options.heartbeat) {
-          ReplicationRequest heartbeat;
-          heartbeat.mutable_heartbeat();
-          if (!send(heartbeat)) break;
-          last_sent = absl::Now();
-        }
-        if (waiting_for_ack) {
-          // Wait for an ack (or the link to break); commits meanwhile go in the next frame. A
-          // held partial frame waits at most max_hold, then leaves anyway.
-          struct Ready {
-            const LinkSender* sender;
-            const bool* broken;
-            bool operator()() const { return *broken || !sender->waiting_for_ack(); }
-          } ready{&sender, &broken};
-          absl::MutexLock lock(&link_mu);
-          // Only a partial frame held behind one frame in flight has a time bound; behind two
-          // it waits for an ack however long (LinkSender::Next), so waking every max_hold to
-          // release it would only be turned down again.
-          const bool holding = sender.holding_partial() && sender.in_flight() == 1;
-          if (!link_mu.AwaitWithTimeout(absl::Condition(&ready),
-                                        holding ? options.max_hold : options.heartbeat) &&
-              holding && sender.holding_partial()) {
-            sender.StopHolding();
+          start_read();
+          break;
+        case kRead:
+          read_pending = false;
+          if (!ok) {
+            broken = peer_ended = true;  // the peer ended the stream: Finish has its status
+            break;
           }
-        } else {
-          // Caught up: wait for a commit of entries this link sends, at most until a heartbeat
-          // is due. Commits of entries the peer gets first-hand do not wake this thread.
-          store->WaitForApplied(
-              [&](const storage::VersionVector& applied) {
-                return kicked.load() || interest.Pending(applied) > 0;
-              },
-              options.heartbeat);
+          on_response();
+          if (!broken) start_read();
+          break;
+        case kWrite:
+          write_pending = false;
+          if (!ok) {
+            // A write fails only on a call that is over: Finish has its status.
+            broken = peer_ended = true;
+            break;
+          }
+          if (last_piece_of > 0) {
+            allow_for_fragmented(last_piece_of);
+            last_piece_of = 0;
+          }
+          break;
+        case kWake: {
+          absl::MutexLock lock(&wake_mu);
+          wake_armed = false;
+          break;
         }
+        case kFinished:
+          break;
       }
     }
+
+    // Ends the stream and takes back every operation still in flight before the queue goes.
+    store->RemoveAppliedListener(listener);  // no alarm is set after this
+    bool wake_outstanding;
     {
-      // Cancel only a stream still open: once the peer ended it, its status (a refusal, say)
-      // must reach Finish() intact.
-      absl::MutexLock lock(&link_mu);
-      if (!broken) context.TryCancel();
+      absl::MutexLock lock(&wake_mu);
+      wake_outstanding = wake_armed;
+      if (wake_armed) wake_alarm.Cancel();
     }
-    reader.join();
-    {
-      absl::MutexLock lock(&link_mu);
-      watchdog_stop = true;
+    // Cancel only a stream still open: once the peer ended it, its status (a refusal, say)
+    // must reach Finish() intact.
+    if (!peer_ended) context.TryCancel();
+    auto drain = [&](bool* pending_finish) {
+      while (start_pending || read_pending || write_pending || wake_outstanding ||
+             *pending_finish) {
+        void* got = nullptr;
+        bool ok = false;
+        if (!cq.Next(&got, &ok)) return;
+        switch (static_cast<Tag>(reinterpret_cast<intptr_t>(got))) {
+          case kStarted:
+            start_pending = false;
+            break;
+          case kRead:
+            read_pending = false;
+            break;
+          case kWrite:
+            write_pending = false;
+            break;
+          case kWake:
+            wake_outstanding = false;
+            break;
+          case kFinished:
+            *pending_finish = false;
+            break;
+        }
+      }
+    };
+    bool finish_pending = false;
+    drain(&finish_pending);  // Finish() only once no read or write is in flight
+    grpc::Status finish;
+    finish_pending = true;  // valid whether the call started or not: it says why not
+    stream->Finish(&finish, tag(kFinished));
+    drain(&finish_pending);
+    cq.Shutdown();
+    void* ignored_tag;
+    bool ignored_ok;
+    while (cq.Next(&ignored_tag, &ignored_ok)) {
     }
-    watchdog.join();
-    grpc::Status finish = stream->Finish();
-    absl::Status result;
-    {
-      absl::MutexLock lock(&link_mu);
-      result = link_status;
-    }
+    absl::Status result = link_status;
     if (result.ok() && !finish.ok() && finish.error_code() != grpc::StatusCode::CANCELLED) {
       result = FromGrpcStatus(finish);
       if (finish.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {

@@ -9,6 +9,7 @@
 #ifndef MERGEDB_NODE_REPLICATION_H_
 #define MERGEDB_NODE_REPLICATION_H_
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <functional>
@@ -52,6 +53,24 @@ std::optional<StreamCodec> StreamCodecOf(int compression);
 // Stops when `write` returns false, and returns whether every piece was written.
 bool WriteFragments(absl::string_view serialized, size_t piece_bytes,
                     const std::function<bool(mergedb::v1::ReplicationRequest&)>& write);
+
+// The same pieces one at a time, for a sender that writes each when the previous one left:
+// it holds the serialization once, not beside a copy cut in pieces.
+class FragmentSplitter {
+ public:
+  FragmentSplitter(std::string serialized, size_t piece_bytes)
+      : serialized_(std::move(serialized)), piece_bytes_(std::max<size_t>(piece_bytes, 1)) {}
+  size_t size() const { return serialized_.size(); }
+  bool done() const { return started_ && offset_ >= serialized_.size(); }
+  // REQUIRES: !done().
+  mergedb::v1::ReplicationRequest Next();
+
+ private:
+  std::string serialized_;
+  size_t piece_bytes_;
+  size_t offset_ = 0;
+  bool started_ = false;  // an empty request is still one (empty, last) piece
+};
 
 // Reassembles one inbound stream's fragments.
 class FragmentAssembler {

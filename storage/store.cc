@@ -1079,7 +1079,7 @@ void Store::LeadGroup(Writer* w) {
         log_floor_[origin] = std::max(log_floor_[origin], floor);
       }
     }
-    ++commit_count_;  // waiters on applied_ re-check their conditions when the lock is released
+    ++commit_count_;
   } else {
     // LevelDB refuses further writes after a failed sync; refuse every write, whatever failed.
     status = FailStore(FromLevelDb(s, "commit"));
@@ -1515,6 +1515,7 @@ void Store::SetAppliedLocked(VersionVector applied) {
   applied_ = std::move(applied);
   auto own = applied_.find(replica_id_);
   own_applied_.store(own == applied_.end() ? 0 : own->second, std::memory_order_release);
+  for (const auto& [handle, listener] : applied_listeners_) listener(applied_);
 }
 
 const char* Store::SyncedRunRecord() const {
@@ -1720,18 +1721,16 @@ uint64_t Store::commit_count() const {
   return commit_count_;
 }
 
-void Store::WaitForApplied(const std::function<bool(const VersionVector&)>& wanted,
-                           absl::Duration timeout) {
-  struct Ready {
-    const std::function<bool(const VersionVector&)>* wanted;
-    const VersionVector* applied;
-    bool operator()() const { return (*wanted)(*applied); }
-  } ready{&wanted, &applied_};
+uint64_t Store::AddAppliedListener(std::function<void(const VersionVector&)> listener) {
   absl::MutexLock lock(&commit_mu_);
-  commit_mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  applied_listeners_.emplace(++next_listener_, std::move(listener));
+  return next_listener_;
 }
 
-void Store::ReevaluateWaiters() { absl::MutexLock lock(&commit_mu_); }
+void Store::RemoveAppliedListener(uint64_t handle) {
+  absl::MutexLock lock(&commit_mu_);
+  applied_listeners_.erase(handle);
+}
 
 int64_t Store::document_count() const {
   absl::MutexLock lock(&commit_mu_);

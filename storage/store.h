@@ -422,16 +422,14 @@ class Store {
                          uint64_t* unmatched_through = nullptr);
   // Commits so far (local writes, remote frames, snapshots).
   uint64_t commit_count() const;
-  // Waits until `wanted(applied vector)` holds or `timeout` passes. `wanted` runs under the
-  // store's commit lock each time the lock is released, so a waiter wakes only when its
-  // condition holds: a replication sender whose peer receives most origins first-hand sleeps
-  // through the commits that do not concern it instead of waking for each. It must be quick,
-  // must not block and must not call the store.
-  void WaitForApplied(const std::function<bool(const VersionVector&)>& wanted,
-                      absl::Duration timeout);
-  // Has the waiters re-evaluate their conditions (after something they read besides the
-  // applied vector changed).
-  void ReevaluateWaiters();
+  // Calls `listener` with the applied vector after every commit, on the committing
+  // thread with the store's commit lock held: it must be quick, must not block and must not
+  // call the store. A replication sender uses it to be woken only by commits of entries its
+  // link sends (in a full mesh most commits are peers' frames whose entries the other peer
+  // receives first-hand). Returns a handle for RemoveAppliedListener.
+  uint64_t AddAppliedListener(std::function<void(const VersionVector&)> listener);
+  // Once it returns, the listener is not running and will not be called again.
+  void RemoveAppliedListener(uint64_t handle);
   // OK, or the failure that made the store refuse writes.
   absl::Status health() const;
 
@@ -541,6 +539,9 @@ class Store {
   mutable absl::Mutex commit_mu_;
   std::deque<Writer*> writers_ ABSL_GUARDED_BY(commit_mu_);  // the commit queue, front first
   VersionVector applied_ ABSL_GUARDED_BY(commit_mu_);
+  std::map<uint64_t, std::function<void(const VersionVector&)>> applied_listeners_
+      ABSL_GUARDED_BY(commit_mu_);
+  uint64_t next_listener_ ABSL_GUARDED_BY(commit_mu_) = 0;
   std::atomic<uint64_t> own_applied_{0};  // applied_[replica_id_]; see SetAppliedLocked
   VersionVector log_floor_ ABSL_GUARDED_BY(commit_mu_);
   uint64_t last_change_seq_ ABSL_GUARDED_BY(commit_mu_) = 0;
