@@ -221,6 +221,12 @@ int main(int argc, char** argv) {
               traffic.frames > 0 ? static_cast<double>(traffic.entries) / traffic.frames : 0.0);
 
   // 3. Catch-up.
+  if (catchup <= 0) {
+    std::printf("catch-up: skipped (--catchup=0)\n");
+    for (auto& node : nodes) node->Shutdown(absl::Seconds(1));
+    std::filesystem::remove_all(root);
+    return 0;
+  }
   nodes[2]->Shutdown(absl::Seconds(1));
   nodes[2].reset();
   const double accept =
