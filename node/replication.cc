@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <random>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -961,13 +962,10 @@ class Replication::Session {
       if (stop_) return absl::OkStatus();
       context_ = &context;
     }
-    struct Cleanup {
-      Session* s;
-      ~Cleanup() {
-        absl::MutexLock lock(&s->mu_);
-        s->context_ = nullptr;
-      }
-    } cleanup{this};
+    absl::Cleanup forget_context = [this] {
+      absl::MutexLock lock(&mu_);
+      context_ = nullptr;
+    };
 
     // Connect first, bounded: a stream started on a channel in backoff fails at once, and one
     // started with wait-for-ready blocks its thread in the constructor.
@@ -1021,6 +1019,8 @@ class Replication::Session {
       wake_armed = true;
       wake_alarm.Set(&cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), tag(kWake));
     });
+    // The listener refers to this frame: however the function leaves, it goes first.
+    absl::Cleanup remove_listener = [&] { store->RemoveAppliedListener(listener); };
 
     absl::Status link_status;
     bool broken = false;      // the stream ended or failed: no more reads or writes
@@ -1128,7 +1128,7 @@ class Replication::Session {
     // must wake at the latest.
     auto step = [&]() -> absl::Time {
       const absl::Time now = absl::Now();
-      absl::Time wake = now + absl::Milliseconds(100);  // stop, block and watchdog checks
+      absl::Time wake = now + options.idle_check;  // stop, block and watchdog checks
       if (!hello_done || write_pending) return wake;
       if (!logged_connected) {
         logged_connected = true;
@@ -1207,18 +1207,18 @@ class Replication::Session {
                                                  absl::FormatDuration(options.dead_after))));
         break;
       }
-      absl::Time wake = now + absl::Milliseconds(100);
+      absl::Time wake = now + options.idle_check;
       if (started) wake = step();
       if (broken) break;
       void* got = nullptr;
       bool ok = false;
       const auto next = cq.AsyncNext(&got, &ok, absl::ToChronoTime(std::max(wake, now)));
-      if (next == grpc::CompletionQueue::TIMEOUT) continue;
-      if (next == grpc::CompletionQueue::SHUTDOWN) break;
       {
         absl::MutexLock lock(&wake_mu);
         wake_listening = false;  // whatever woke the loop, step() decides anew
       }
+      if (next == grpc::CompletionQueue::TIMEOUT) continue;
+      if (next == grpc::CompletionQueue::SHUTDOWN) break;
       switch (static_cast<Tag>(reinterpret_cast<intptr_t>(got))) {
         case kStarted:
           start_pending = false;
@@ -1265,7 +1265,7 @@ class Replication::Session {
     }
 
     // Ends the stream and takes back every operation still in flight before the queue goes.
-    store->RemoveAppliedListener(listener);  // no alarm is set after this
+    std::move(remove_listener).Invoke();  // no alarm is set after this
     bool wake_outstanding;
     {
       absl::MutexLock lock(&wake_mu);
@@ -1274,13 +1274,25 @@ class Replication::Session {
     }
     // Cancel only a stream still open: once the peer ended it, its status (a refusal, say)
     // must reach Finish() intact.
-    if (!peer_ended) context.TryCancel();
+    bool cancelled = !peer_ended;
+    if (cancelled) context.TryCancel();
+    // A peer that ended the stream leaves a write of ours waiting for flow control only until
+    // the transport fails it; should that not come, the link cancels after `dead_after` (the
+    // peer's status is then lost, but the link must not hang short of reconnecting).
+    const absl::Time drain_deadline = absl::Now() + options.dead_after;
     auto drain = [&](bool* pending_finish) {
       while (start_pending || read_pending || write_pending || wake_outstanding ||
              *pending_finish) {
         void* got = nullptr;
         bool ok = false;
-        if (!cq.Next(&got, &ok)) return;
+        const auto next = cancelled ? cq.AsyncNext(&got, &ok, gpr_inf_future(GPR_CLOCK_MONOTONIC))
+                                    : cq.AsyncNext(&got, &ok, absl::ToChronoTime(drain_deadline));
+        if (next == grpc::CompletionQueue::SHUTDOWN) return;
+        if (next == grpc::CompletionQueue::TIMEOUT) {
+          cancelled = true;
+          context.TryCancel();
+          continue;
+        }
         switch (static_cast<Tag>(reinterpret_cast<intptr_t>(got))) {
           case kStarted:
             start_pending = false;

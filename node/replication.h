@@ -127,6 +127,10 @@ struct ReplicationOptions {
   // each side sends a heartbeat after `heartbeat` of silence.
   absl::Duration heartbeat = absl::Milliseconds(300);
   absl::Duration dead_after = absl::Seconds(3);
+  // How often an outbound link's loop wakes when nothing else wakes it, to check for a stop, a
+  // cut link (the test hook) and a silent peer. Commits do not wait for it: they wake the link
+  // at once (Store::AddAppliedListener). Tests raise it to show that.
+  absl::Duration idle_check = absl::Milliseconds(100);
   absl::Duration backoff_min = absl::Milliseconds(50);
   absl::Duration backoff_max = absl::Seconds(2);
   // Outbound links use it; inbound links then need a certificate the CA signed.

@@ -1456,6 +1456,31 @@ TEST(Replication, ANodeOfAnotherClusterIsRefused) {
   EXPECT_FALSE(theirs.Status(0).peers(0).connected());
 }
 
+// An idle link sleeps until a commit of entries it sends wakes it (Store::AddAppliedListener
+// and the link's alarm); its periodic checks and heartbeats are not what carries a write. Here
+// they come once a minute or less, so a write that arrives within seconds was carried by the
+// wake-up: with that broken, this test fails.
+TEST(Replication, ACommitWakesAnIdleLinkAtOnce) {
+  Cluster cluster(2);
+  for (int i : {0, 1}) {
+    cluster.options(i).replication.idle_check = absl::Minutes(10);
+    cluster.options(i).replication.heartbeat = absl::Minutes(1);
+    cluster.options(i).replication.dead_after = absl::Minutes(10);
+  }
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("idle", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged({0, 1}, std::chrono::seconds(20)));
+  for (int round = 0; round < 3; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // both links go idle
+    const int writer = round % 2;
+    ASSERT_TRUE(cluster.Update(writer, IncrementOf("idle", 1)).ok());
+    EXPECT_TRUE(Eventually(
+        [&] { return CounterIn(cluster.Get(1 - writer, "c", "idle"), "n") == 2 + round; },
+        std::chrono::seconds(20)))
+        << "round " << round << ": n" << 2 - writer << " did not see n" << writer + 1 << "'s write";
+  }
+}
+
 TEST(Replication, StatusReportsPeersLagAndTraffic) {
   Cluster cluster(3);
   cluster.StartAll();

@@ -344,6 +344,39 @@ TEST_F(StoreTest, RemoteFramesApplyInOrderSkipDuplicatesAndStopAtGaps) {
   EXPECT_EQ(sink->last_change_seq(), 5u);
 }
 
+// A replication link sleeps until a commit of the entries it sends: the listener must see
+// every commit, local or remote, with the vector that commit made, and nothing once removed.
+TEST_F(StoreTest, AppliedListenersSeeEveryCommitUntilRemoved) {
+  auto source = OpenOrDie();
+  auto sink = OpenOrDie(SecondNode("/other"));
+  const crdt::ReplicaId origin = source->replica_id();
+  std::vector<uint64_t> seen_by_first;
+  std::vector<uint64_t> seen_by_second;
+  const auto applied_from = [origin](const VersionVector& applied) {
+    const auto it = applied.find(origin);
+    return it == applied.end() ? uint64_t{0} : it->second;
+  };
+  const uint64_t first = sink->AddAppliedListener(
+      [&](const VersionVector& applied) { seen_by_first.push_back(applied_from(applied)); });
+  const uint64_t second = sink->AddAppliedListener(
+      [&](const VersionVector& applied) { seen_by_second.push_back(applied_from(applied)); });
+  EXPECT_NE(first, second);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(source->ApplyLocal(Increment("c", "d", "n", 1, origin)).ok());
+  const std::vector<LogRecord> log = *source->ReadLog({}, 100);
+  ASSERT_EQ(log.size(), 3u);
+
+  ASSERT_TRUE(sink->ApplyRemote({log[0], log[1]}).ok());
+  EXPECT_EQ(seen_by_first, (std::vector<uint64_t>{2}));  // one commit, one call
+  sink->RemoveAppliedListener(first);
+  ASSERT_TRUE(sink->ApplyRemote({log[2]}).ok());
+  ASSERT_TRUE(sink->ApplyLocal(Increment("c", "e", "n", 1, sink->replica_id())).ok());
+  EXPECT_EQ(seen_by_first, (std::vector<uint64_t>{2})) << "called after its removal";
+  EXPECT_EQ(seen_by_second, (std::vector<uint64_t>{2, 3, 3}));
+  sink->RemoveAppliedListener(second);
+  sink->RemoveAppliedListener(second);  // removing twice is harmless
+}
+
 TEST_F(StoreTest, AMalformedRemoteDeltaIsRejectedAndNothingApplies) {
   auto store = OpenOrDie();
   LogRecord good;
