@@ -1274,23 +1274,23 @@ class Replication::Session {
     }
     // Cancel only a stream still open: once the peer ended it, its status (a refusal, say)
     // must reach Finish() intact.
-    bool cancelled = !peer_ended;
-    if (cancelled) context.TryCancel();
-    // A peer that ended the stream leaves a write of ours waiting for flow control only until
-    // the transport fails it; should that not come, the link cancels after `dead_after` (the
-    // peer's status is then lost, but the link must not hang short of reconnecting).
-    const absl::Time drain_deadline = absl::Now() + options.dead_after;
+    if (!peer_ended) context.TryCancel();
+    // A cancelled call completes everything at once. A peer that ended the stream leaves a write
+    // of ours waiting for flow control only until the transport fails it; should that not come,
+    // the link cancels after `dead_after` (the peer's status is then lost, but the link must not
+    // hang short of reconnecting).
+    absl::Time drain_deadline =
+        peer_ended ? absl::Now() + options.dead_after : absl::InfiniteFuture();
     auto drain = [&](bool* pending_finish) {
       while (start_pending || read_pending || write_pending || wake_outstanding ||
              *pending_finish) {
         void* got = nullptr;
         bool ok = false;
-        const auto next = cancelled ? cq.AsyncNext(&got, &ok, gpr_inf_future(GPR_CLOCK_MONOTONIC))
-                                    : cq.AsyncNext(&got, &ok, absl::ToChronoTime(drain_deadline));
+        const auto next = cq.AsyncNext(&got, &ok, absl::ToChronoTime(drain_deadline));
         if (next == grpc::CompletionQueue::SHUTDOWN) return;
         if (next == grpc::CompletionQueue::TIMEOUT) {
-          cancelled = true;
           context.TryCancel();
+          drain_deadline = absl::InfiniteFuture();
           continue;
         }
         switch (static_cast<Tag>(reinterpret_cast<intptr_t>(got))) {

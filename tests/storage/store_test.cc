@@ -361,8 +361,9 @@ TEST_F(StoreTest, AppliedListenersSeeEveryCommitUntilRemoved) {
   const uint64_t second = sink->AddAppliedListener(
       [&](const VersionVector& applied) { seen_by_second.push_back(applied_from(applied)); });
   EXPECT_NE(first, second);
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(source->ApplyLocal(Increment("c", "d", "n", 1, origin)).ok());
+  }
   const std::vector<LogRecord> log = *source->ReadLog({}, 100);
   ASSERT_EQ(log.size(), 3u);
 
@@ -531,7 +532,9 @@ TEST_F(StoreTest, SupersededLogEntriesLeftByACrashAreDroppedAtTheNextOpen) {
   const crdt::ReplicaId b = peer_b->replica_id();
   for (int i = 0; i < 1500; ++i) {
     ASSERT_TRUE(peer_a->ApplyLocal(Increment("c", "d", "n", 1, a)).ok());
-    if (i < 700) ASSERT_TRUE(peer_b->ApplyLocal(Increment("c", "e", "n", 1, b)).ok());
+    if (i < 700) {
+      ASSERT_TRUE(peer_b->ApplyLocal(Increment("c", "e", "n", 1, b)).ok());
+    }
   }
   StoreOptions options = Options();
   options.testonly_after_transfer_commit = [&] { env_.set_fail_writes(true); };
