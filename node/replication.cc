@@ -465,7 +465,8 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   }
   // The origins the peer gets first-hand are not read at all: their floors and their newest
   // entries are no concern of this link.
-  auto records = store_->ReadLog(interest.from, options_.max_frame_records, interest.excluded);
+  auto records = store_->ReadLog(interest.from, options_.max_frame_records, interest.excluded,
+                                 storage::LogForm::kEncoded);
   if (absl::IsFailedPrecondition(records.status())) {
     MERGEDB_LOG(INFO) << "peer " << peer_ << " needs a full-state transfer: "
                       << records.status().message();
@@ -478,13 +479,13 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   auto* frame = request.mutable_frame();
   size_t bytes = 0;
   for (storage::LogRecord& record : *records) {
-    const size_t size = record.entry.ByteSizeLong() + 24;
+    const size_t size = record.encoded.size() + 24;
     if (frame->records_size() > 0 && bytes + size > options_.max_message_bytes) break;
     bytes += size;
     auto* out = frame->add_records();
     out->set_origin(record.origin);
     out->set_seq(record.seq);
-    *out->mutable_entry() = std::move(record.entry);
+    out->set_entry(std::move(record.encoded));
     sent_[record.origin] = record.seq;
   }
   ++in_flight_;
@@ -669,14 +670,18 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
       std::vector<storage::LogRecord> records;
       records.reserve(static_cast<size_t>(request.frame().records_size()));
       for (const auto& in : request.frame().records()) {
-        if (!IsUtf8Name(in.entry().collection(), in.entry().id())) {
-          return NotUtf8Error(absl::StrCat("log record ", absl::Hex(in.origin()), ":", in.seq()),
-                              in.entry().collection(), in.entry().id());
-        }
         storage::LogRecord record;
         record.origin = in.origin();
         record.seq = in.seq();
-        record.entry = in.entry();
+        if (!record.entry.ParseFromString(in.entry())) {
+          return absl::InvalidArgumentError(absl::StrCat("log record ", absl::Hex(in.origin()), ":",
+                                                         in.seq(), " is not a log entry"));
+        }
+        if (!IsUtf8Name(record.entry.collection(), record.entry.id())) {
+          return NotUtf8Error(absl::StrCat("log record ", absl::Hex(in.origin()), ":", in.seq()),
+                              record.entry.collection(), record.entry.id());
+        }
+        record.encoded = in.entry();  // logged as it came: it parses, so it is what was checked
         records.push_back(std::move(record));
       }
       MERGEDB_ASSIGN_OR_RETURN(storage::RemoteApplyResult result, store_->ApplyRemote(records));

@@ -1299,7 +1299,11 @@ absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord>
   std::vector<JoinTarget> targets;
   targets.reserve(to_apply.size());
   for (const auto& [record, delta] : to_apply) {
-    w.batch.Put(keys::Log(record->origin, record->seq), crdt::SerializeDeterministic(record->entry));
+    // Bytes that came encoded (a peer's frame, this node's own log) are logged as they are:
+    // serializing the parsed entry again would cost as much as parsing it did.
+    w.batch.Put(
+        keys::Log(record->origin, record->seq),
+        record->encoded.empty() ? crdt::SerializeDeterministic(record->entry) : record->encoded);
     w.applied_updates[record->origin] = record->seq;
     targets.push_back(
         {record->entry.collection(), record->entry.id(), &delta, record->origin, record->seq});
@@ -1545,7 +1549,8 @@ uint64_t Store::log_entries() const {
 }
 
 absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have, size_t max_entries,
-                                                      const std::set<crdt::ReplicaId>& skip) {
+                                                      const std::set<crdt::ReplicaId>& skip,
+                                                      LogForm form) {
   VersionVector applied, floors;
   {
     absl::MutexLock lock(&commit_mu_);
@@ -1553,7 +1558,11 @@ absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have,
     floors = log_floor_;
   }
   std::vector<LogRecord> out;
-  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
+  leveldb::ReadOptions read;
+  // Unparsed entries are checked the way LevelDB checks blocks (entries still in the memtable
+  // have no checksum to verify, and are not at risk from the disk).
+  read.verify_checksums = form == LogForm::kEncoded;
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(read));
   for (const auto& [origin, top] : applied) {
     if (skip.count(origin) > 0) continue;
     auto h = have.find(origin);
@@ -1580,7 +1589,8 @@ absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have,
       LogRecord record;
       record.origin = origin;
       record.seq = seq;
-      if (!record.entry.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      record.encoded.assign(it->value().data(), it->value().size());
+      if (form == LogForm::kParsed && !record.entry.ParseFromString(record.encoded)) {
         return absl::DataLossError(absl::StrCat("data dir ", options_.path, ": log entry ",
                                                 absl::Hex(origin), ":", seq, " is corrupt"));
       }

@@ -144,6 +144,16 @@ struct LogRecord {
   crdt::ReplicaId origin = 0;
   uint64_t seq = 0;
   mergedb::v1::LogEntry entry;
+  // When not empty: `entry` serialized, as the log stores it and frames carry it. ApplyRemote
+  // logs these bytes as they are instead of serializing `entry` again, and a sender puts them
+  // in a frame unparsed (ReadLog with LogForm::kEncoded then leaves `entry` empty).
+  std::string encoded;
+};
+
+// What ReadLog fills in of each LogRecord.
+enum class LogForm {
+  kParsed,   // `entry` and `encoded`
+  kEncoded,  // `encoded` only: for a sender, which passes the bytes on without looking inside
 };
 
 struct RemoteApplyResult {
@@ -308,7 +318,8 @@ class Store {
   // Applies a frame of remote log entries in one commit. Entries of one origin must appear in
   // sequence order. Already-applied entries are skipped; an entry whose predecessor is missing
   // stops its origin (see RemoteApplyResult::gap). INVALID_ARGUMENT (nothing applied) if any
-  // delta does not decode.
+  // delta does not decode. A record's `encoded`, when set, must be its `entry` serialized (the
+  // caller parsed one from the other): it is logged as it is.
   absl::StatusOr<RemoteApplyResult> ApplyRemote(absl::Span<const LogRecord> records);
 
   // Joins document states from a full-state transfer (whole documents or parts, see
@@ -338,9 +349,12 @@ class Store {
   uint64_t own_applied() const { return own_applied_.load(std::memory_order_acquire); }
   // Log entries the holder of `have` lacks, per origin in sequence order, at most `max_entries`,
   // none of the origins in `skip`. FAILED_PRECONDITION (naming the origin) when some are
-  // already truncated or missing: the peer then needs a full-state transfer.
+  // already truncated or missing: the peer then needs a full-state transfer. DATA_LOSS when an
+  // entry is corrupt: with kParsed it must parse; with kEncoded LevelDB's block checksums are
+  // verified instead (the receiver parses what it gets, and refuses what does not parse).
   absl::StatusOr<std::vector<LogRecord>> ReadLog(const VersionVector& have, size_t max_entries,
-                                                 const std::set<crdt::ReplicaId>& skip = {});
+                                                 const std::set<crdt::ReplicaId>& skip = {},
+                                                 LogForm form = LogForm::kParsed);
   // Deletes log entries at or below `through` (per origin).
   absl::Status TruncateLog(const VersionVector& through);
   // Per origin, the highest truncated sequence.

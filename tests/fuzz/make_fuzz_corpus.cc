@@ -303,7 +303,7 @@ void AddFrame(mergedb::fuzz::ReplicationStream* stream, const std::vector<storag
     auto* out = frame->add_records();
     out->set_origin(record.origin);
     out->set_seq(record.seq);
-    *out->mutable_entry() = record.entry;
+    out->set_entry(record.encoded);
   }
 }
 
@@ -314,7 +314,7 @@ void AddWholeLog(mergedb::fuzz::ReplicationStream* stream,
     auto* out = frame->add_records();
     out->set_origin(record.origin);
     out->set_seq(record.seq);
-    *out->mutable_entry() = record.entry;
+    out->set_entry(record.encoded);
   }
 }
 
@@ -461,13 +461,10 @@ void ReplicationSeeds() {
     AddFrame(&stream, *own, {0});
     stream.mutable_requests(1)->mutable_frame()->mutable_records(0)->set_origin(0);
     AddFrame(&stream, *own, {0});
-    stream.mutable_requests(2)
-        ->mutable_frame()
-        ->mutable_records(0)
-        ->mutable_entry()
-        ->mutable_delta()
-        ->mutable_leaves(0)
-        ->set_key("\x01\x02");
+    mergedb::v1::LogEntry malformed = (*own)[0].entry;
+    malformed.mutable_delta()->mutable_leaves(0)->set_key("\x01\x02");
+    stream.mutable_requests(2)->mutable_frame()->mutable_records(0)->set_entry(
+        malformed.SerializeAsString());
     *stream.add_requests()->mutable_hello() = *hello;
     stream.add_requests();
     AddFrame(&stream, *own, {0, 1});

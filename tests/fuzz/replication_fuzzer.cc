@@ -129,7 +129,8 @@ void Run(const ReplicationStream& input) {
     if (!whole->has_value()) continue;  // a piece held
     const mergedb::v1::ReplicationRequest& request = **whole;
     for (const auto& record : request.frame().records()) {
-      touched.emplace(record.entry().collection(), record.entry().id());
+      mergedb::v1::LogEntry entry;
+      if (entry.ParseFromString(record.entry())) touched.emplace(entry.collection(), entry.id());
     }
     for (const auto& doc : request.snapshot().documents()) {
       touched.emplace(doc.collection(), doc.id());

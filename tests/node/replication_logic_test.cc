@@ -48,7 +48,7 @@ class ReplicationLogicTest : public ::testing::Test {
       auto* out = request.mutable_frame()->add_records();
       out->set_origin(record.origin);
       out->set_seq(record.seq);
-      *out->mutable_entry() = record.entry;
+      out->set_entry(record.encoded);
     }
     return request;
   }
@@ -262,9 +262,11 @@ TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
     auto* record = frame.mutable_frame()->add_records();
     record->set_origin(7);
     record->set_seq(static_cast<uint64_t>(frame.frame().records_size()));
-    record->mutable_entry()->set_collection("c");
-    record->mutable_entry()->set_id(id);
-    writer.Increment({"n"}, 1, 7)->EncodeTo(record->mutable_entry()->mutable_delta());
+    mergedb::v1::LogEntry entry;
+    entry.set_collection("c");
+    entry.set_id(id);
+    writer.Increment({"n"}, 1, 7)->EncodeTo(entry.mutable_delta());
+    record->set_entry(entry.SerializeAsString());
   }
   auto refused = receiver.OnRequest(frame);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
@@ -279,6 +281,40 @@ TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
   writer.EncodeTo(doc->mutable_state());
   EXPECT_EQ(receiver.OnRequest(chunk).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(store->document_count(), 0);
+}
+
+// A frame carries each entry as bytes (the sender passes its log's bytes on unparsed), so the
+// receiver is the first to parse them: bytes that are not a log entry refuse the frame whole.
+TEST_F(ReplicationLogicTest, AnEntryThatIsNotALogEntryRefusesTheFrame) {
+  auto store = OpenStore("/b", "n2");
+  ClusterView view("n2", {"n1"}, store.get());
+  LinkReceiver receiver(options_, store.get(), &view, &hlc_);
+  ASSERT_TRUE(receiver.OnHello(HelloFrom("n1", 7)).ok());
+  crdt::Document writer;
+  mergedb::v1::LogEntry entry;
+  entry.set_collection("c");
+  entry.set_id("fine");
+  writer.Increment({"n"}, 1, 7)->EncodeTo(entry.mutable_delta());
+  mergedb::v1::ReplicationRequest frame;
+  auto* good = frame.mutable_frame()->add_records();
+  good->set_origin(7);
+  good->set_seq(1);
+  good->set_entry(entry.SerializeAsString());
+  auto* bad = frame.mutable_frame()->add_records();
+  bad->set_origin(7);
+  bad->set_seq(2);
+  bad->set_entry(entry.SerializeAsString().substr(0, 5));  // cut inside a field
+  auto refused = receiver.OnRequest(frame);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "7:2 is not a log entry"))
+      << refused.status();
+  EXPECT_TRUE(store->AppliedVector().empty());
+  EXPECT_FALSE(store->Get("c", "fine")->exists());
+
+  frame.mutable_frame()->mutable_records()->RemoveLast();
+  auto accepted = receiver.OnRequest(frame);
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  EXPECT_EQ(store->AppliedVector().at(7), 1u);
 }
 
 // Live writes share frames: while one frame is unacknowledged, a partial one waits and leaves
@@ -712,8 +748,10 @@ TEST(Fragments, PiecesReassembleIntoTheRequest) {
     auto* record = frame.mutable_frame()->add_records();
     record->set_origin(7);
     record->set_seq(static_cast<uint64_t>(i + 1));
-    record->mutable_entry()->set_collection("c");
-    record->mutable_entry()->set_id("doc" + std::to_string(i));
+    mergedb::v1::LogEntry entry;
+    entry.set_collection("c");
+    entry.set_id("doc" + std::to_string(i));
+    record->set_entry(entry.SerializeAsString());
   }
   const std::string serialized = frame.SerializeAsString();
   for (size_t piece_bytes :

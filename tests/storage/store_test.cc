@@ -344,6 +344,61 @@ TEST_F(StoreTest, RemoteFramesApplyInOrderSkipDuplicatesAndStopAtGaps) {
   EXPECT_EQ(sink->last_change_seq(), 5u);
 }
 
+// Log entries travel as the bytes the origin's log holds: a sender reads them unparsed
+// (LogForm::kEncoded), and a receiver logs what it parsed exactly as it came, so a node that
+// forwards them passes on the same bytes. Fields in an order a serializer would not write show
+// that nothing re-encoded them on the way.
+TEST_F(StoreTest, RemoteEntriesAreLoggedAndForwardedAsTheyCame) {
+  auto source = OpenOrDie();
+  auto sink = OpenOrDie(SecondNode("/other"));
+  const crdt::ReplicaId origin = source->replica_id();
+  ASSERT_TRUE(source->ApplyLocal(Increment("c", "d", "n", 1, origin)).ok());
+  ASSERT_TRUE(source->ApplyLocal(Increment("c", "e", "n", 2, origin)).ok());
+  auto parsed = source->ReadLog({}, 100);
+  auto encoded = source->ReadLog({}, 100, {}, LogForm::kEncoded);
+  ASSERT_TRUE(parsed.ok() && encoded.ok());
+  ASSERT_EQ(encoded->size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ((*encoded)[i].seq, (*parsed)[i].seq);
+    EXPECT_EQ((*encoded)[i].encoded, (*parsed)[i].encoded);
+    EXPECT_EQ((*encoded)[i].entry.ByteSizeLong(), 0u) << "kEncoded parsed the entry";
+    mergedb::v1::LogEntry entry;
+    ASSERT_TRUE(entry.ParseFromString((*encoded)[i].encoded));
+    EXPECT_EQ(crdt::SerializeDeterministic(entry),
+              crdt::SerializeDeterministic((*parsed)[i].entry));
+  }
+
+  // Entry 1 with its fields in reverse order (delta, id, collection): the same entry, other bytes.
+  LogRecord reordered = (*parsed)[0];
+  mergedb::v1::LogEntry only_delta;
+  *only_delta.mutable_delta() = reordered.entry.delta();
+  mergedb::v1::LogEntry only_id;
+  only_id.set_id(reordered.entry.id());
+  mergedb::v1::LogEntry only_collection;
+  only_collection.set_collection(reordered.entry.collection());
+  reordered.encoded = only_delta.SerializeAsString() + only_id.SerializeAsString() +
+                      only_collection.SerializeAsString();
+  mergedb::v1::LogEntry check;
+  ASSERT_TRUE(check.ParseFromString(reordered.encoded));
+  ASSERT_EQ(crdt::SerializeDeterministic(check), crdt::SerializeDeterministic(reordered.entry));
+  ASSERT_NE(reordered.encoded, (*parsed)[0].encoded);
+
+  // One frame from a sender that parsed nothing (an entry with only its bytes set and with only
+  // its parsed form set both apply: the store serializes what came without bytes).
+  LogRecord second = (*parsed)[1];
+  second.encoded.clear();
+  auto result = sink->ApplyRemote({reordered, second});
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->applied, 2u);
+  EXPECT_EQ(CounterOf(*sink->Get("c", "d"), "n"), 1);
+  EXPECT_EQ(CounterOf(*sink->Get("c", "e"), "n"), 2);
+  auto forwarded = sink->ReadLog({}, 100, {}, LogForm::kEncoded);
+  ASSERT_TRUE(forwarded.ok());
+  ASSERT_EQ(forwarded->size(), 2u);
+  EXPECT_EQ((*forwarded)[0].encoded, reordered.encoded) << "the receiver re-encoded the entry";
+  EXPECT_EQ((*forwarded)[1].encoded, crdt::SerializeDeterministic((*parsed)[1].entry));
+}
+
 // A replication link sleeps until a commit of the entries it sends: the listener must see
 // every commit, local or remote, with the vector that commit made, and nothing once removed.
 TEST_F(StoreTest, AppliedListenersSeeEveryCommitUntilRemoved) {
