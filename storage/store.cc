@@ -9,8 +9,8 @@
 #include <cstring>
 #include <filesystem>
 #include <list>
-#include <unordered_map>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/random/random.h"
 #include "absl/strings/escaping.h"
@@ -231,7 +231,10 @@ class Store::DocCache {
   const size_t capacity_;
   absl::Mutex mu_;
   std::list<std::string> lru_ ABSL_GUARDED_BY(mu_);
-  std::unordered_map<std::string, Entry> map_ ABSL_GUARDED_BY(mu_);
+  // Open addressing: each write looks a document up about twice on every node, and with
+  // std::unordered_map each lookup among ~10,000 cached documents missed the cache on a bucket
+  // and a node (1.4 % of all CPU samples under stream LOCAL).
+  absl::flat_hash_map<std::string, Entry> map_ ABSL_GUARDED_BY(mu_);
   size_t used_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
