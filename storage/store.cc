@@ -1701,6 +1701,21 @@ std::string Store::state_digest() const {
   return EncodeDigest(digest_);
 }
 
+absl::StatusOr<std::string> Store::ScanDigest() const {
+  leveldb::ReadOptions ro;
+  ro.verify_checksums = true;
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
+  const std::string doc_tag(1, keys::kDocTag);
+  const std::string end = keys::DocSpaceEnd();
+  unsigned __int128 digest = 0;
+  for (it->Seek(doc_tag); it->Valid() && HasPrefix(it->key(), doc_tag); it->Next()) {
+    if (View(it->key()) == end) continue;  // the fence, not a document record
+    digest += RecordHash(View(it->key()), View(it->value()));
+  }
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("scanning ", options_.path)));
+  return EncodeDigest(digest);
+}
+
 std::pair<VersionVector, std::string> Store::AppliedAndDigest() const {
   absl::MutexLock lock(&commit_mu_);
   return {applied_, EncodeDigest(digest_)};

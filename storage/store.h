@@ -417,6 +417,10 @@ class Store {
   std::string state_digest() const;
   // The applied vector and the state digest read at one point (no commit in between).
   std::pair<VersionVector, std::string> AppliedAndDigest() const;
+  // The digest computed afresh from every stored document record, by a full scan: what
+  // state_digest() must equal whenever no commit is in flight. For tests and checks of the
+  // incremental bookkeeping.
+  absl::StatusOr<std::string> ScanDigest() const;
 
   // The changes a waiter cares about: those of one collection, and of one document in it
   // unless `id` is empty.

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -1120,6 +1121,91 @@ TEST_F(StoreTest, EqualStatesHaveEqualDigestsWhateverTheOrderOfArrival) {
   EXPECT_EQ(a->state_digest(), digest) << "the digest is durable";
   ASSERT_TRUE(a->ApplyLocal(Increment("c", "fresh", "n", 1, a->replica_id())).ok());
   EXPECT_NE(a->state_digest(), b->state_digest());
+}
+
+// The digest is kept incrementally: each write subtracts the hash of every record it replaces
+// and adds the new one's. A full scan of the stored records must agree after every kind of
+// write: local ones (alone, batched, a batch with a refused write in its middle, removals),
+// frames of a peer's log (several entries on one document in one frame), full-state parts,
+// with a cache too small to keep the documents (evictions reload them from disk), and across
+// a reopen.
+TEST_F(StoreTest, TheDigestAgreesWithAFullScanAfterEveryKindOfWrite) {
+  StoreOptions small_cache = Options();
+  small_cache.cache_bytes = 1024;  // room for about two documents
+  auto a = OpenOrDie(small_cache);
+  StoreOptions other = SecondNode("/b");
+  other.cache_bytes = 1024;
+  auto b = OpenOrDie(other);
+  const crdt::ReplicaId me = a->replica_id();
+  const auto expect_exact = [](Store* store, const std::string& step) {
+    auto scanned = store->ScanDigest();
+    ASSERT_TRUE(scanned.ok()) << scanned.status();
+    EXPECT_EQ(*scanned, store->state_digest()) << "after " << step;
+  };
+  expect_exact(a.get(), "opening");
+  std::mt19937_64 rng(7);
+  for (int round = 0; round < 30; ++round) {
+    const std::string id = "d" + std::to_string(rng() % 6);
+    switch (rng() % 4) {
+      case 0:
+        ASSERT_TRUE(a->ApplyLocal(Increment("c", id, "n", 1, me)).ok());
+        break;
+      case 1:
+        ASSERT_TRUE(a->ApplyLocal(SetString("c", id, "s", std::to_string(round), me)).ok());
+        break;
+      case 2: {
+        LocalWrite rm;
+        rm.collection = "c";
+        rm.id = id;
+        rm.mutate = [](Document& doc) -> absl::StatusOr<Document> {
+          return doc.RemoveField({"n"});
+        };
+        ASSERT_TRUE(a->ApplyLocal(rm).ok());
+        break;
+      }
+      default: {
+        std::vector<LocalWrite> batch;
+        batch.push_back(Increment("c", "d", "n", 1, me));
+        batch.push_back(SetString("c", id, "s", "batch", me));
+        batch.push_back(HalfAppliedThenRefused(me));  // document d again, refused half-way
+        batch.push_back(Increment("c", "d", "n", 2, me));
+        batch.push_back(Increment("c", id, "n", 3, me));
+        auto results = a->ApplyLocalBatch(batch);
+        EXPECT_FALSE(results[2].ok());
+        break;
+      }
+    }
+    expect_exact(a.get(), "local write " + std::to_string(round));
+    ASSERT_TRUE(
+        b->ApplyLocal(Increment("c", "d" + std::to_string(rng() % 6), "n", 1, b->replica_id()))
+            .ok());
+    ASSERT_TRUE(
+        b->ApplyLocal(SetString("c", id, "s", "b" + std::to_string(round), b->replica_id())).ok());
+    if (round % 3 == 2) {
+      // Frames both ways: every entry the other lacks, many on the same documents.
+      auto to_a = b->ReadLog(a->AppliedVector(), 1000, {a->replica_id()});
+      auto to_b = a->ReadLog(b->AppliedVector(), 1000, {b->replica_id()});
+      ASSERT_TRUE(to_a.ok() && to_b.ok());
+      ASSERT_TRUE(a->ApplyRemote(*to_a).ok());
+      ASSERT_TRUE(b->ApplyRemote(*to_b).ok());
+      expect_exact(a.get(), "a frame " + std::to_string(round));
+      expect_exact(b.get(), "a frame " + std::to_string(round));
+    }
+  }
+  // A full-state part of b's documents joined into a's.
+  auto cursor = *b->OpenSnapshot();
+  std::vector<SnapshotDoc> docs;
+  SnapshotDoc doc;
+  while (*cursor->Next(&doc)) docs.push_back(doc);
+  ASSERT_FALSE(docs.empty());
+  ASSERT_TRUE(a->ApplySnapshot(docs).ok());
+  expect_exact(a.get(), "a full-state part");
+  EXPECT_EQ(a->state_digest(), b->state_digest()) << "both hold everything now";
+  a.reset();
+  a = OpenOrDie(small_cache);
+  expect_exact(a.get(), "reopening");
+  ASSERT_TRUE(a->ApplyLocal(Increment("c", "d0", "n", 1, me)).ok());
+  expect_exact(a.get(), "a write after reopening");
 }
 
 // An empty state (no context, no leaves) from a peer for a document never written here used to
