@@ -1159,6 +1159,12 @@ std::vector<absl::StatusOr<WriteResult>> Store::ApplyLocalBatch(
   };
   std::vector<Pending> pending;
   std::set<std::string> pending_requests;
+  // The documents of the pending writes, as the last of them left each. A later write of the
+  // batch to the same document must build on that state: the cache may have evicted the
+  // document meanwhile (other documents loaded since, here or by other threads), and reloading
+  // it would read the committed state without the pending writes, whose changes the later
+  // write's records would then overwrite — an acknowledged write lost.
+  absl::flat_hash_map<std::string, std::shared_ptr<Document>> pending_docs;
   auto flush = [&] {
     if (pending.empty()) return;
     std::vector<Writer*> ws;
@@ -1178,6 +1184,7 @@ std::vector<absl::StatusOr<WriteResult>> Store::ApplyLocalBatch(
     }
     pending.clear();
     pending_requests.clear();
+    pending_docs.clear();
   };
   for (size_t i = 0; i < writes.size(); ++i) {
     // A retry of a request still pending here would not find its record: commit first.
@@ -1186,7 +1193,9 @@ std::vector<absl::StatusOr<WriteResult>> Store::ApplyLocalBatch(
     }
     auto writer = std::make_unique<Writer>();
     std::shared_ptr<Document> doc;
-    results[i] = PrepareLocal(writes[i], prefixes[i], writer.get(), &doc);
+    const auto earlier = pending_docs.find(prefixes[i]);
+    results[i] = PrepareLocal(writes[i], prefixes[i], writer.get(), &doc,
+                              earlier == pending_docs.end() ? nullptr : earlier->second);
     if (!results[i].ok()) {
       // The failed update may have half-applied to the cached document that earlier writes of
       // this batch also changed: commit those (their changes are already encoded), then drop
@@ -1197,6 +1206,7 @@ std::vector<absl::StatusOr<WriteResult>> Store::ApplyLocalBatch(
     }
     if (doc == nullptr) continue;  // nothing to commit
     if (!writes[i].request_id.empty()) pending_requests.insert(writes[i].request_id);
+    pending_docs[prefixes[i]] = doc;
     pending.push_back({i, std::move(writer), std::move(doc)});
   }
   flush();
@@ -1204,7 +1214,8 @@ std::vector<absl::StatusOr<WriteResult>> Store::ApplyLocalBatch(
 }
 
 absl::StatusOr<WriteResult> Store::PrepareLocal(const LocalWrite& write, const std::string& prefix,
-                                                Writer* w, std::shared_ptr<Document>* to_commit) {
+                                                Writer* w, std::shared_ptr<Document>* to_commit,
+                                                std::shared_ptr<Document> pending) {
   WriteResult result;
   if (!write.request_id.empty()) {
     MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> previous,
@@ -1224,7 +1235,10 @@ absl::StatusOr<WriteResult> Store::PrepareLocal(const LocalWrite& write, const s
     }
   }
 
-  MERGEDB_ASSIGN_OR_RETURN(std::shared_ptr<Document> doc, LoadLocked(prefix));
+  std::shared_ptr<Document> doc = std::move(pending);
+  if (doc == nullptr) {
+    MERGEDB_ASSIGN_OR_RETURN(doc, LoadLocked(prefix));
+  }
   const bool existed = doc->exists();
   const crdt::CausalContext context_before = doc->context();
   crdt::LeafChanges changes;

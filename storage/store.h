@@ -504,8 +504,11 @@ class Store {
   const char* SyncedRunRecord() const;
   // Runs a local write's mutation on the document (the caller holds its lock) and encodes the
   // commit into `w`. Sets `*to_commit` to the document when there is anything to commit.
+  // `pending`, when not null, is the document as an earlier write of the same batch left it,
+  // not yet committed: the write builds on it rather than on what the cache or disk holds.
   absl::StatusOr<WriteResult> PrepareLocal(const LocalWrite& write, const std::string& prefix,
-                                           Writer* w, std::shared_ptr<crdt::Document>* to_commit);
+                                           Writer* w, std::shared_ptr<crdt::Document>* to_commit,
+                                           std::shared_ptr<crdt::Document> pending = nullptr);
   absl::Status FailStore(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
   // Deletes key(*floor + 1) .. key(upto) in chunks, recording each chunk's end under
   // `floor_key` and in *floor (guarded by commit_mu_). Each chunk starts from *floor as it is

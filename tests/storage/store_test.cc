@@ -234,6 +234,35 @@ TEST_F(StoreTest, ABatchCommitsTogetherInOrderAndAFailedWriteSparesTheOthers) {
   EXPECT_EQ(log->size(), 5u);
 }
 
+// A batch's writes commit together at its end, so a later write to a document an earlier one
+// changed must build on that pending state. With a cache that holds one document, the three
+// documents between the two writes to "d" evict it: reloading it then read the committed
+// state, and the second write's records overwrote the first's increment — an acknowledged
+// write lost (the counter read 2, and the digest no longer matched the records).
+TEST_F(StoreTest, ALaterWriteOfABatchBuildsOnTheEarlierOnesThoughTheCacheEvictedTheDocument) {
+  StoreOptions one_document = Options();
+  one_document.cache_bytes = 300;  // one empty document costs 256
+  auto store = OpenOrDie(one_document);
+  const crdt::ReplicaId me = store->replica_id();
+  std::vector<LocalWrite> batch;
+  batch.push_back(Increment("c", "d", "n", 1, me));
+  batch.push_back(Increment("c", "e", "n", 1, me));
+  batch.push_back(Increment("c", "f", "n", 1, me));
+  batch.push_back(Increment("c", "g", "n", 1, me));
+  batch.push_back(Increment("c", "d", "n", 2, me));
+  const uint64_t commits_before = store->commit_count();
+  for (const auto& result : store->ApplyLocalBatch(batch))
+    ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(store->commit_count() - commits_before, 1u);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 3);
+  auto scanned = store->ScanDigest();
+  ASSERT_TRUE(scanned.ok()) << scanned.status();
+  EXPECT_EQ(*scanned, store->state_digest());
+  store.reset();
+  store = OpenOrDie(one_document);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 3) << "on disk, not only in the cache";
+}
+
 TEST_F(StoreTest, ANoOpUpdateWritesNothing) {
   auto store = OpenOrDie();
   LocalWrite write;
