@@ -207,19 +207,32 @@ class Simulation {
     }
   }
 
+  // One client write, or a batch of two to four (as a stream's queued messages commit): a
+  // batch often writes one document twice with others between, which with a one-byte cache
+  // evicts it in between.
   void Write(int i) {
     SimNode& node = *nodes_[static_cast<size_t>(i)];
     if (!node.up) return;
-    storage::LocalWrite write;
-    write.collection = "c";
-    write.id = absl::StrCat("d", rng_.Range(0, 3));
     const crdt::ReplicaId replica = node.store->replica_id();
     const uint64_t now = static_cast<uint64_t>(node.clock.now);
-    write.mutate = [&](crdt::Document& doc) -> absl::StatusOr<crdt::Document> {
-      return crdt::testing::Ops<crdt::Document>::Mutate(doc, replica, rng_, node.write_clock, now);
-    };
-    auto result = node.store->ApplyLocal(write);
-    ASSERT_TRUE(result.ok()) << result.status();
+    std::vector<storage::LocalWrite> writes(
+        rng_.Chance(0.7) ? size_t{1} : static_cast<size_t>(rng_.Range(2, 4)));
+    for (storage::LocalWrite& write : writes) {
+      write.collection = "c";
+      write.id = absl::StrCat("d", rng_.Range(0, 3));
+      write.mutate = [&](crdt::Document& doc) -> absl::StatusOr<crdt::Document> {
+        return crdt::testing::Ops<crdt::Document>::Mutate(doc, replica, rng_, node.write_clock,
+                                                          now);
+      };
+    }
+    if (writes.size() == 1) {
+      auto result = node.store->ApplyLocal(writes[0]);
+      ASSERT_TRUE(result.ok()) << result.status();
+      return;
+    }
+    for (const auto& result : node.store->ApplyLocalBatch(writes)) {
+      ASSERT_TRUE(result.ok()) << result.status();
+    }
   }
 
   void Step() {
