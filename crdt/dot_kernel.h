@@ -122,6 +122,9 @@ class DotKernel {
   // The leaf at `key`, or nullptr.
   const DotStore* FindLeaf(absl::string_view key) const;
   bool IsLive(const Dot& dot) const { return index_.count(dot) > 0; }
+  // Live entries over all leaves (a set element, a counter's dot per replica, a register's
+  // concurrent values): O(1), for estimating what the state takes in memory.
+  size_t live_dots() const { return index_.size(); }
   // The leaves whose key starts with `prefix`, in key order.
   std::pair<LeafMap::const_iterator, LeafMap::const_iterator> LeavesWithPrefix(
       absl::string_view prefix) const;

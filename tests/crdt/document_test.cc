@@ -26,6 +26,25 @@ TEST(Document, EveryOperationShowsInTheJsonView) {
   EXPECT_TRUE(doc.Conflicts().empty());
 }
 
+// live_dots() counts live entries over all leaves (what the store's document cache charges
+// for): a set element each, a counter's dot per replica that incremented it; removals and
+// superseded dots leave the count.
+TEST(Document, LiveDotsCountEveryLiveEntry) {
+  Document doc;
+  EXPECT_EQ(doc.kernel().live_dots(), 0u);
+  ASSERT_TRUE(
+      doc.AddElements({"s"}, {Scalar::OfInt(1), Scalar::OfInt(2), Scalar::OfInt(3)}, kA).ok());
+  EXPECT_EQ(doc.kernel().live_dots(), 3u);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(doc.Increment({"n"}, 1, kA).ok());
+  EXPECT_EQ(doc.kernel().live_dots(), 4u) << "one live dot per replica per counter";
+  ASSERT_TRUE(doc.Increment({"n"}, 1, kB).ok());
+  EXPECT_EQ(doc.kernel().live_dots(), 5u);
+  ASSERT_TRUE(doc.RemoveElements({"s"}, {Scalar::OfInt(2)}).ok());
+  EXPECT_EQ(doc.kernel().live_dots(), 4u);
+  (void)doc.RemoveField({"n"});
+  EXPECT_EQ(doc.kernel().live_dots(), 2u);
+}
+
 TEST(Document, RegistersHoldOpaqueJson) {
   Document doc;
   google::protobuf::Value json;

@@ -241,7 +241,7 @@ TEST_F(StoreTest, ABatchCommitsTogetherInOrderAndAFailedWriteSparesTheOthers) {
 // write lost (the counter read 2, and the digest no longer matched the records).
 TEST_F(StoreTest, ALaterWriteOfABatchBuildsOnTheEarlierOnesThoughTheCacheEvictedTheDocument) {
   StoreOptions one_document = Options();
-  one_document.cache_bytes = 300;  // one empty document costs 256
+  one_document.cache_bytes = 300;  // less than any document costs: one stays
   auto store = OpenOrDie(one_document);
   const crdt::ReplicaId me = store->replica_id();
   std::vector<LocalWrite> batch;
@@ -1160,7 +1160,7 @@ TEST_F(StoreTest, EqualStatesHaveEqualDigestsWhateverTheOrderOfArrival) {
 // a reopen.
 TEST_F(StoreTest, TheDigestAgreesWithAFullScanAfterEveryKindOfWrite) {
   StoreOptions small_cache = Options();
-  small_cache.cache_bytes = 1024;  // room for about two documents
+  small_cache.cache_bytes = 1024;  // room for one document, two while they are empty
   auto a = OpenOrDie(small_cache);
   StoreOptions other = SecondNode("/b");
   other.cache_bytes = 1024;
