@@ -53,6 +53,15 @@ class ReplicationLogicTest : public ::testing::Test {
     return request;
   }
 
+  // A log entry as a frame carries it: `writer` increments c/`id`'s counter n as replica 7.
+  static std::string EncodedIncrement(crdt::Document& writer, const std::string& id) {
+    mergedb::v1::LogEntry entry;
+    entry.set_collection("c");
+    entry.set_id(id);
+    writer.Increment({"n"}, 1, 7)->EncodeTo(entry.mutable_delta());
+    return entry.SerializeAsString();
+  }
+
   // `times` local writes on `store`, each incrementing c/d's counter n by one.
   static void IncrementLocally(storage::Store* store, int times) {
     const crdt::ReplicaId origin = store->replica_id();
@@ -262,11 +271,7 @@ TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
     auto* record = frame.mutable_frame()->add_records();
     record->set_origin(7);
     record->set_seq(static_cast<uint64_t>(frame.frame().records_size()));
-    mergedb::v1::LogEntry entry;
-    entry.set_collection("c");
-    entry.set_id(id);
-    writer.Increment({"n"}, 1, 7)->EncodeTo(entry.mutable_delta());
-    record->set_entry(entry.SerializeAsString());
+    record->set_entry(EncodedIncrement(writer, id));
   }
   auto refused = receiver.OnRequest(frame);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
@@ -291,19 +296,16 @@ TEST_F(ReplicationLogicTest, AnEntryThatIsNotALogEntryRefusesTheFrame) {
   LinkReceiver receiver(options_, store.get(), &view, &hlc_);
   ASSERT_TRUE(receiver.OnHello(HelloFrom("n1", 7)).ok());
   crdt::Document writer;
-  mergedb::v1::LogEntry entry;
-  entry.set_collection("c");
-  entry.set_id("fine");
-  writer.Increment({"n"}, 1, 7)->EncodeTo(entry.mutable_delta());
+  const std::string entry = EncodedIncrement(writer, "fine");
   mergedb::v1::ReplicationRequest frame;
   auto* good = frame.mutable_frame()->add_records();
   good->set_origin(7);
   good->set_seq(1);
-  good->set_entry(entry.SerializeAsString());
+  good->set_entry(entry);
   auto* bad = frame.mutable_frame()->add_records();
   bad->set_origin(7);
   bad->set_seq(2);
-  bad->set_entry(entry.SerializeAsString().substr(0, 5));  // cut inside a field
+  bad->set_entry(entry.substr(0, 5));  // cut inside a field
   auto refused = receiver.OnRequest(frame);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(refused.status().message(), "7:2 is not a log entry"))
