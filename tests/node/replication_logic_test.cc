@@ -53,6 +53,13 @@ class ReplicationLogicTest : public ::testing::Test {
     return request;
   }
 
+  // n2's receiving end of a link from n1 (replica 7), past the hello.
+  std::unique_ptr<LinkReceiver> HelloedReceiver(storage::Store* store, ClusterView* view) {
+    auto receiver = std::make_unique<LinkReceiver>(options_, store, view, &hlc_);
+    EXPECT_TRUE(receiver->OnHello(HelloFrom("n1", 7)).ok());
+    return receiver;
+  }
+
   // A log entry as a frame carries it: `writer` increments c/`id`'s counter n as replica 7.
   static std::string EncodedIncrement(crdt::Document& writer, const std::string& id) {
     mergedb::v1::LogEntry entry;
@@ -263,8 +270,7 @@ TEST_F(ReplicationLogicTest, FirstHandStreamsAreCountedAndTheirEndIsAnnouncedEve
 TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
   auto store = OpenStore("/b", "n2");
   ClusterView view("n2", {"n1"}, store.get());
-  LinkReceiver receiver(options_, store.get(), &view, &hlc_);
-  ASSERT_TRUE(receiver.OnHello(HelloFrom("n1", 7)).ok());
+  auto receiver = HelloedReceiver(store.get(), &view);
   crdt::Document writer;
   mergedb::v1::ReplicationRequest frame;
   for (const char* id : {"fine", "d\x85"}) {
@@ -273,7 +279,7 @@ TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
     record->set_seq(static_cast<uint64_t>(frame.frame().records_size()));
     record->set_entry(EncodedIncrement(writer, id));
   }
-  auto refused = receiver.OnRequest(frame);
+  auto refused = receiver->OnRequest(frame);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(refused.status().message(), "not UTF-8"));
   EXPECT_TRUE(store->AppliedVector().empty());
@@ -284,7 +290,7 @@ TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
   doc->set_collection("c\xff");
   doc->set_id("d");
   writer.EncodeTo(doc->mutable_state());
-  EXPECT_EQ(receiver.OnRequest(chunk).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(receiver->OnRequest(chunk).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(store->document_count(), 0);
 }
 
@@ -293,8 +299,7 @@ TEST_F(ReplicationLogicTest, DocumentNamesThatAreNotUtf8AreRefused) {
 TEST_F(ReplicationLogicTest, AnEntryThatIsNotALogEntryRefusesTheFrame) {
   auto store = OpenStore("/b", "n2");
   ClusterView view("n2", {"n1"}, store.get());
-  LinkReceiver receiver(options_, store.get(), &view, &hlc_);
-  ASSERT_TRUE(receiver.OnHello(HelloFrom("n1", 7)).ok());
+  auto receiver = HelloedReceiver(store.get(), &view);
   crdt::Document writer;
   const std::string entry = EncodedIncrement(writer, "fine");
   mergedb::v1::ReplicationRequest frame;
@@ -306,7 +311,7 @@ TEST_F(ReplicationLogicTest, AnEntryThatIsNotALogEntryRefusesTheFrame) {
   bad->set_origin(7);
   bad->set_seq(2);
   bad->set_entry(entry.substr(0, 5));  // cut inside a field
-  auto refused = receiver.OnRequest(frame);
+  auto refused = receiver->OnRequest(frame);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(refused.status().message(), "7:2 is not a log entry"))
       << refused.status();
@@ -314,7 +319,7 @@ TEST_F(ReplicationLogicTest, AnEntryThatIsNotALogEntryRefusesTheFrame) {
   EXPECT_FALSE(store->Get("c", "fine")->exists());
 
   frame.mutable_frame()->mutable_records()->RemoveLast();
-  auto accepted = receiver.OnRequest(frame);
+  auto accepted = receiver->OnRequest(frame);
   ASSERT_TRUE(accepted.ok()) << accepted.status();
   EXPECT_EQ(store->AppliedVector().at(7), 1u);
 }
