@@ -29,6 +29,28 @@ std::pair<LeafMap::const_iterator, LeafMap::const_iterator> DotKernel::LeavesWit
   return {begin, end};
 }
 
+namespace {
+
+// A payload's strings (register values; the other payloads hold none).
+size_t PayloadHeapBytes(const Payload& payload) {
+  const auto* reg = std::get_if<RegisterPayload>(&payload);
+  if (reg == nullptr) return 0;
+  if (reg->value.is_json()) return reg->value.serialized_json().size();
+  const auto* text = std::get_if<std::string>(&reg->value.scalar().rep());
+  return text == nullptr ? 0 : text->size();
+}
+
+}  // namespace
+
+size_t DotKernel::HeapBytesOf(const LeafMap& leaves) {
+  size_t bytes = 0;
+  for (const auto& [key, store] : leaves) {
+    bytes += key.size();
+    for (const auto& [dot, payload] : store) bytes += key.size() + PayloadHeapBytes(payload);
+  }
+  return bytes;
+}
+
 void DotKernel::Join(const DotKernel& other, LeafChanges* changes, const std::set<Dot>* keep) {
   if (&other == this) return;  // x ⊔ x = x
   if (changes == nullptr) changes = journal_;
@@ -50,8 +72,13 @@ void DotKernel::Join(const DotKernel& other, LeafChanges* changes, const std::se
       }
       touch(it->second);
       auto leaf = leaves_.find(it->second);
-      leaf->second.erase(it->first);
-      if (leaf->second.empty()) leaves_.erase(leaf);
+      auto entry = leaf->second.find(it->first);
+      heap_bytes_ -= leaf->first.size() + PayloadHeapBytes(entry->second);
+      leaf->second.erase(entry);
+      if (leaf->second.empty()) {
+        heap_bytes_ -= leaf->first.size();
+        leaves_.erase(leaf);
+      }
       it = index_.erase(it);
     }
   });
@@ -63,17 +90,26 @@ void DotKernel::Join(const DotKernel& other, LeafChanges* changes, const std::se
       if (context_.Contains(dot)) continue;
       if (mine == nullptr) {
         touch(key);
-        mine = &leaves_.try_emplace(key).first->second;
+        const auto [leaf, created] = leaves_.try_emplace(key);
+        if (created) heap_bytes_ += key.size();
+        mine = &leaf->second;
       }
+      // A dot outside our context is live nowhere here, so this adds an entry.
       mine->emplace(dot, payload);
       index_.emplace(dot, key);
+      heap_bytes_ += key.size() + PayloadHeapBytes(payload);
     }
   }
   context_.Join(other.context_);
 }
 
 void DotKernel::AddEntry(absl::string_view key, const Dot& dot, Payload payload) {
-  auto leaf = leaves_.try_emplace(std::string(key)).first;
+  const auto [leaf, created] = leaves_.try_emplace(std::string(key));
+  if (created) heap_bytes_ += leaf->first.size();
+  if (auto old = leaf->second.find(dot); old != leaf->second.end()) {
+    heap_bytes_ -= leaf->first.size() + PayloadHeapBytes(old->second);  // replaced below
+  }
+  heap_bytes_ += leaf->first.size() + PayloadHeapBytes(payload);
   leaf->second.insert_or_assign(dot, std::move(payload));
   index_.insert_or_assign(dot, leaf->first);
   context_.Add(dot);
@@ -162,6 +198,7 @@ absl::StatusOr<DotKernel> DotKernel::FromParts(CausalContext context, LeafMap le
   DotKernel kernel;
   kernel.context_ = std::move(context);
   kernel.leaves_ = std::move(leaves);
+  kernel.heap_bytes_ = HeapBytesOf(kernel.leaves_);
   for (const auto& [key, store] : kernel.leaves_) {
     if (store.empty()) return absl::InvalidArgumentError("state: empty leaf");
     for (const auto& entry : store) {

@@ -24,6 +24,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -81,21 +82,27 @@ class DotKernel {
   DotKernel() = default;
   // Copies never carry the change journal: it belongs to one object and one scope.
   DotKernel(const DotKernel& other)
-      : context_(other.context_), leaves_(other.leaves_), index_(other.index_) {}
+      : context_(other.context_),
+        leaves_(other.leaves_),
+        index_(other.index_),
+        heap_bytes_(other.heap_bytes_) {}
   DotKernel& operator=(const DotKernel& other) {
     context_ = other.context_;
     leaves_ = other.leaves_;
     index_ = other.index_;
+    heap_bytes_ = other.heap_bytes_;
     return *this;
   }
   DotKernel(DotKernel&& other) noexcept
       : context_(std::move(other.context_)),
         leaves_(std::move(other.leaves_)),
-        index_(std::move(other.index_)) {}
+        index_(std::move(other.index_)),
+        heap_bytes_(std::exchange(other.heap_bytes_, 0)) {}
   DotKernel& operator=(DotKernel&& other) noexcept {
     context_ = std::move(other.context_);
     leaves_ = std::move(other.leaves_);
     index_ = std::move(other.index_);
+    heap_bytes_ = std::exchange(other.heap_bytes_, 0);
     return *this;
   }
 
@@ -125,6 +132,12 @@ class DotKernel {
   // Live entries over all leaves (a set element, a counter's dot per replica, a register's
   // concurrent values): O(1), for estimating what the state takes in memory.
   size_t live_dots() const { return index_.size(); }
+  // What the live state holds in strings, beyond fixed sizes per entry: each leaf's key (once
+  // in the leaf map, once per live dot in the index) and the strings of register values. Kept
+  // up to date as entries come and go, so O(1); with live_dots() and leaves().size(), what an
+  // estimate of the state's memory needs. HeapBytesOf recomputes it from scratch (tests).
+  size_t heap_bytes() const { return heap_bytes_; }
+  static size_t HeapBytesOf(const LeafMap& leaves);
   // The leaves whose key starts with `prefix`, in key order.
   std::pair<LeafMap::const_iterator, LeafMap::const_iterator> LeavesWithPrefix(
       absl::string_view prefix) const;
@@ -169,6 +182,8 @@ class DotKernel {
   LeafMap leaves_;
   // Derived from leaves_: where each live dot lives.
   std::map<Dot, std::string> index_;
+  // Derived from leaves_: see heap_bytes().
+  size_t heap_bytes_ = 0;
   LeafChanges* journal_ = nullptr;
   const CausalContext* observed_ = nullptr;
 };

@@ -39,8 +39,7 @@ ABSL_FLAG(bool, fsync, false,
 ABSL_FLAG(bool, compress_replication, true,
           "Compress replication streams (zstd over each stream, or DEFLATE with nodes of "
           "earlier versions; negotiated per link).");
-ABSL_FLAG(int64_t, cache_mb, 64,
-          "Memory for decoded hot documents, MiB (estimated; long string values not counted).");
+ABSL_FLAG(int64_t, cache_mb, 64, "Memory for decoded hot documents, MiB (estimated).");
 ABSL_FLAG(int64_t, max_name_bytes, 512, "Longest collection, id or field name, bytes.");
 ABSL_FLAG(int32_t, max_path_depth, 32, "Deepest field path, names.");
 ABSL_FLAG(int64_t, max_value_bytes, 1 << 20, "Largest register value or set element, bytes.");

@@ -195,12 +195,13 @@ class Store::DocCache {
   // 720 bytes; each further leaf with one entry (a set element, a counter field) about 384;
   // each further live entry in a leaf (a counter's dot per replica that incremented it, a
   // register's concurrent values) about 296; a W1 document written from three replicas 1,776.
-  // The estimate below matches those within 5 %. Payload bytes beyond the inline size (long
-  // strings in registers or sets) are not counted: this undercounts documents that hold large
-  // values. (It used to be 256 + 160 per leaf: 1.7x under for the smallest document, 3x for
-  // a W1 one.)
+  // The estimate below matches those within 5 %, and adds the strings the state holds (leaf
+  // keys, register values: DotKernel::heap_bytes), so that a document of large values is
+  // charged for them. (It used to be 256 + 160 per leaf: 1.7x under for the smallest
+  // document, 3x for a W1 one, and blind to value sizes.)
   static size_t CostOf(const Document& doc) {
-    return 336 + 88 * doc.kernel().leaves().size() + 296 * doc.kernel().live_dots();
+    const crdt::DotKernel& kernel = doc.kernel();
+    return 336 + 88 * kernel.leaves().size() + 296 * kernel.live_dots() + kernel.heap_bytes();
   }
 
   // Inserts or refreshes `key` (re-estimating its cost), then evicts down to capacity.
