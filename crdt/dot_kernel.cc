@@ -31,13 +31,19 @@ std::pair<LeafMap::const_iterator, LeafMap::const_iterator> DotKernel::LeavesWit
 
 namespace {
 
-// A payload's strings (register values; the other payloads hold none).
-size_t PayloadHeapBytes(const Payload& payload) {
-  const auto* reg = std::get_if<RegisterPayload>(&payload);
-  if (reg == nullptr) return 0;
-  if (reg->value.is_json()) return reg->value.serialized_json().size();
-  const auto* text = std::get_if<std::string>(&reg->value.scalar().rep());
-  return text == nullptr ? 0 : text->size();
+// What one live entry adds to heap_bytes(): its leaf's key, as the index holds a copy per live
+// dot, and its payload's strings (register values; the other payloads hold none). The leaf
+// map's own copy of the key is counted once per leaf, apart.
+size_t EntryHeapBytes(absl::string_view key, const Payload& payload) {
+  size_t bytes = key.size();
+  if (const auto* reg = std::get_if<RegisterPayload>(&payload)) {
+    if (reg->value.is_json()) {
+      bytes += reg->value.serialized_json().size();
+    } else if (const auto* text = std::get_if<std::string>(&reg->value.scalar().rep())) {
+      bytes += text->size();
+    }
+  }
+  return bytes;
 }
 
 }  // namespace
@@ -46,7 +52,7 @@ size_t DotKernel::HeapBytesOf(const LeafMap& leaves) {
   size_t bytes = 0;
   for (const auto& [key, store] : leaves) {
     bytes += key.size();
-    for (const auto& [dot, payload] : store) bytes += key.size() + PayloadHeapBytes(payload);
+    for (const auto& [dot, payload] : store) bytes += EntryHeapBytes(key, payload);
   }
   return bytes;
 }
@@ -73,7 +79,7 @@ void DotKernel::Join(const DotKernel& other, LeafChanges* changes, const std::se
       touch(it->second);
       auto leaf = leaves_.find(it->second);
       auto entry = leaf->second.find(it->first);
-      heap_bytes_ -= leaf->first.size() + PayloadHeapBytes(entry->second);
+      heap_bytes_ -= EntryHeapBytes(leaf->first, entry->second);
       leaf->second.erase(entry);
       if (leaf->second.empty()) {
         heap_bytes_ -= leaf->first.size();
@@ -97,7 +103,7 @@ void DotKernel::Join(const DotKernel& other, LeafChanges* changes, const std::se
       // A dot outside our context is live nowhere here, so this adds an entry.
       mine->emplace(dot, payload);
       index_.emplace(dot, key);
-      heap_bytes_ += key.size() + PayloadHeapBytes(payload);
+      heap_bytes_ += EntryHeapBytes(key, payload);
     }
   }
   context_.Join(other.context_);
@@ -107,9 +113,9 @@ void DotKernel::AddEntry(absl::string_view key, const Dot& dot, Payload payload)
   const auto [leaf, created] = leaves_.try_emplace(std::string(key));
   if (created) heap_bytes_ += leaf->first.size();
   if (auto old = leaf->second.find(dot); old != leaf->second.end()) {
-    heap_bytes_ -= leaf->first.size() + PayloadHeapBytes(old->second);  // replaced below
+    heap_bytes_ -= EntryHeapBytes(leaf->first, old->second);  // replaced below
   }
-  heap_bytes_ += leaf->first.size() + PayloadHeapBytes(payload);
+  heap_bytes_ += EntryHeapBytes(leaf->first, payload);
   leaf->second.insert_or_assign(dot, std::move(payload));
   index_.insert_or_assign(dot, leaf->first);
   context_.Add(dot);
