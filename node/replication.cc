@@ -467,9 +467,22 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   // entries are no concern of this link.
   auto records = store_->ReadLog(interest.from, options_.max_frame_records, interest.excluded,
                                  storage::LogForm::kEncoded);
-  if (absl::IsFailedPrecondition(records.status())) {
-    MERGEDB_LOG(INFO) << "peer " << peer_ << " needs a full-state transfer: "
-                      << records.status().message();
+  const bool truncated = absl::IsFailedPrecondition(records.status());
+  if (truncated || absl::IsDataLoss(records.status())) {
+    if (truncated) {
+      MERGEDB_LOG(INFO) << "peer " << peer_
+                        << " needs a full-state transfer: " << records.status().message();
+    } else {
+      // A log block failed its checksum. Its entries cannot be sent, and every reconnect would
+      // fail on them again, but the documents hold everything the log did: the peer gets them
+      // whole, and the damaged entries, below the transfer's vector, are not read again on
+      // this link. (Log truncation deletes them once every peer is past them.)
+      damage_report_ = absl::StrCat(
+          "this node's log is damaged (run mergedb-repair on its data "
+          "dir when convenient); sent a full-state transfer instead: ",
+          records.status().message());
+      MERGEDB_LOG(ERROR) << "peer " << peer_ << ": " << damage_report_;
+    }
     need_snapshot_ = true;
     return NextSnapshotChunk();
   }
@@ -1157,6 +1170,9 @@ class Replication::Session {
       if (!produced.ok()) {
         fail(produced.status());
         return wake;
+      }
+      if (std::string damage = sender.TakeDamageReport(); !damage.empty()) {
+        owner_->SetError(peer_.name, damage);
       }
       if (produced->has_value()) {
         hold_until = absl::InfiniteFuture();

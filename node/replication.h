@@ -19,6 +19,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -288,6 +289,9 @@ class LinkSender {
     holding_partial_ = false;
     hold_released_ = true;
   }
+  // Set by Next() when this node's log proved damaged and the peer gets a full-state transfer
+  // instead (empty otherwise); the driver shows it as the link's last error.
+  std::string TakeDamageReport() { return std::exchange(damage_report_, std::string()); }
   // What the link sends. Once Next() returned nothing with the window open, the link has
   // nothing to send until Interest().Pending(applied) > 0 or an ack changes what the peer
   // receives first-hand (OnResponse returns true).
@@ -319,6 +323,7 @@ class LinkSender {
   bool holding_partial_ = false;
   bool hold_released_ = false;
   bool need_snapshot_ = false;
+  std::string damage_report_;
   std::unique_ptr<storage::SnapshotCursor> snapshot_;
   struct Part {
     storage::SnapshotDoc doc;

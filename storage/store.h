@@ -350,8 +350,8 @@ class Store {
   // Log entries the holder of `have` lacks, per origin in sequence order, at most `max_entries`,
   // none of the origins in `skip`. FAILED_PRECONDITION (naming the origin) when some are
   // already truncated or missing: the peer then needs a full-state transfer. DATA_LOSS when an
-  // entry is corrupt: with kParsed it must parse; with kEncoded LevelDB's block checksums are
-  // verified instead (the receiver parses what it gets, and refuses what does not parse).
+  // entry is corrupt: LevelDB's block checksums are verified in either form (a parse is no
+  // integrity check: a value with flipped bits still parses), and with kParsed it must parse.
   absl::StatusOr<std::vector<LogRecord>> ReadLog(const VersionVector& have, size_t max_entries,
                                                  const std::set<crdt::ReplicaId>& skip = {},
                                                  LogForm form = LogForm::kParsed);

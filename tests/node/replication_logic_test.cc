@@ -7,6 +7,8 @@
 #include "leveldb/env.h"
 #include "leveldb/helpers/memenv.h"
 #include "node/replication.h"
+#include "storage/keys.h"
+#include "tests/storage/store_test_util.h"
 
 namespace mergedb::node {
 namespace {
@@ -461,6 +463,56 @@ TEST_F(ReplicationLogicTest, ReconcilingTransfersBackOffWhileThePeerStillHoldsMo
     }
   }
   EXPECT_EQ(transfers, 5);
+}
+
+// A log block that fails its checksum cannot be sent, and a link that failed on it would fail
+// again at every reconnect: the peer gets the documents whole instead, the damage shows as the
+// link's last error, and live writes then flow as frames again.
+TEST_F(ReplicationLogicTest, ADamagedLogBlockIsReplacedByAFullStateTransfer) {
+  auto sink = OpenStore("/b", "n2");
+  ClusterView sink_view("n2", {"n1"}, sink.get());
+  const ReplicationOptions sender_options = SenderOptions();
+  crdt::ReplicaId origin = 0;
+  {
+    // The sink takes the first write over a link (an empty node would get a full-state
+    // transfer anyway), and misses the rest.
+    auto source = OpenStore("/a", "n1");
+    origin = source->replica_id();
+    IncrementLocally(source.get(), 1);
+    ClusterView source_view("n1", {"n2"}, source.get());
+    LinkSender sender(sender_options, source.get(), &source_view, "n2");
+    LinkReceiver receiver(options_, sink.get(), &sink_view, &hlc_);
+    Connect(sender, receiver);
+    Drain(sender, receiver);
+    IncrementLocally(source.get(), 1999);
+  }
+  if (HasFatalFailure()) return;
+  OpenStore("/a", "n1");  // opening again moves LevelDB's write-ahead log into a table file
+  storage::testing::CorruptTableBlockHolding(env_.get(), "/a", storage::keys::Log(origin, 1000));
+  if (HasFatalFailure()) return;
+  auto source = OpenStore("/a", "n1");
+  ClusterView source_view("n1", {"n2"}, source.get());
+  LinkSender sender(sender_options, source.get(), &source_view, "n2");
+  LinkReceiver receiver(options_, sink.get(), &sink_view, &hlc_);
+  Connect(sender, receiver);
+  if (HasFatalFailure()) return;
+  ASSERT_FALSE(sender.in_snapshot()) << "the sink is behind by log entries, not empty";
+
+  auto counter = [&] { return storage::testing::CounterOf(*sink->Get("c", "d"), "n"); };
+  Drain(sender, receiver);
+  EXPECT_EQ(counter(), 2000);
+  EXPECT_EQ(sink->AppliedVector(), source->AppliedVector());
+  EXPECT_EQ(sink->state_digest(), source->state_digest());
+  const std::string report = sender.TakeDamageReport();
+  EXPECT_TRUE(absl::StrContains(report, "checksum")) << report;
+  EXPECT_TRUE(absl::StrContains(report, "mergedb-repair")) << report;
+
+  IncrementLocally(source.get(), 3);
+  auto frame = Step(sender, receiver);
+  ASSERT_TRUE(frame.has_value());
+  EXPECT_TRUE(frame->has_frame());
+  EXPECT_EQ(counter(), 2003);
+  EXPECT_EQ(sender.TakeDamageReport(), "");
 }
 
 // While a node receives a full-state transfer, its documents already hold state its applied

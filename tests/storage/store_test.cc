@@ -43,6 +43,34 @@ TEST_F(StoreTest, LocalWriteIsReadBackWithItsVersionAndLogEntry) {
   EXPECT_EQ((*log)[0].entry.id(), "d1");
 }
 
+// A log block whose checksum fails is DATA_LOSS in either form: a sender must not ship bytes
+// the disk garbled, and a parse would not notice a flipped bit inside a value.
+TEST_F(StoreTest, ALogBlockThatFailsItsChecksumIsDataLossInEitherForm) {
+  crdt::ReplicaId me;
+  {
+    auto store = OpenOrDie();
+    me = store->replica_id();
+    for (int i = 0; i < 2000; ++i) {
+      ASSERT_TRUE(store->ApplyLocal(Increment("c", "d" + std::to_string(i % 50), "n", 1, me)).ok());
+    }
+  }
+  OpenOrDie();  // opening again moves LevelDB's write-ahead log into a table file
+  testing::CorruptTableBlockHolding(&env_, "/db", keys::Log(me, 1000));
+  auto store = OpenOrDie();
+  for (LogForm form : {LogForm::kEncoded, LogForm::kParsed}) {
+    auto log = store->ReadLog({}, 5000, {}, form);
+    EXPECT_EQ(log.status().code(), absl::StatusCode::kDataLoss) << log.status();
+    EXPECT_TRUE(absl::StrContains(log.status().message(), "/db")) << log.status();
+  }
+  // Only the damaged block is lost: the entries before and after it still read.
+  auto head = store->ReadLog({}, 100, {}, LogForm::kEncoded);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->size(), 100u);
+  auto tail = store->ReadLog({{me, 1990}}, 100, {}, LogForm::kEncoded);
+  ASSERT_TRUE(tail.ok()) << tail.status();
+  EXPECT_EQ(tail->size(), 10u);
+}
+
 TEST_F(StoreTest, ReopenKeepsEverything) {
   crdt::ReplicaId me;
   {

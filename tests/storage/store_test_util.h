@@ -5,10 +5,13 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "leveldb/env.h"
 #include "leveldb/helpers/memenv.h"
+#include "leveldb/options.h"
+#include "leveldb/table.h"
 #include "storage/fault_env.h"
 #include "storage/store.h"
 
@@ -95,6 +98,43 @@ inline LocalWrite IncrementPair(std::string collection, std::string id, crdt::Re
 inline int64_t CounterOf(const crdt::Document& doc, const std::string& field) {
   auto fields = doc.ReadField({field});
   return fields.empty() ? 0 : fields[0].value().counter();
+}
+
+// Damages, on `env`, the data block of a table file in `dir` that holds `user_key`, as a bad
+// disk sector would: the block's checksum no longer matches. The data dir must be closed.
+// Finds the block through the table's index, so it works whatever the block's compression.
+inline void CorruptTableBlockHolding(leveldb::Env* env, const std::string& dir,
+                                     const std::string& user_key) {
+  std::vector<std::string> children;
+  ASSERT_TRUE(env->GetChildren(dir, &children).ok());
+  int damaged = 0;
+  for (const std::string& name : children) {
+    if (name.size() < 4 || name.compare(name.size() - 4, 4, ".ldb") != 0) continue;
+    const std::string path = dir + "/" + name;
+    uint64_t size = 0;
+    ASSERT_TRUE(env->GetFileSize(path, &size).ok());
+    uint64_t offset = 0;
+    {
+      leveldb::RandomAccessFile* raw = nullptr;
+      ASSERT_TRUE(env->NewRandomAccessFile(path, &raw).ok());
+      std::unique_ptr<leveldb::RandomAccessFile> file(raw);
+      leveldb::Table* table = nullptr;
+      ASSERT_TRUE(leveldb::Table::Open(leveldb::Options(), file.get(), size, &table).ok());
+      // The table's internal keys are the user key and 8 bytes more, so the first index entry
+      // at or after the bare user key is the block holding it. Past the last data block the
+      // offset is the index's: that file does not hold the key.
+      offset = table->ApproximateOffsetOf(user_key);
+      const uint64_t end = table->ApproximateOffsetOf(std::string(64, '\xff'));
+      delete table;
+      if (offset >= end) continue;
+    }
+    std::string contents;
+    ASSERT_TRUE(leveldb::ReadFileToString(env, path, &contents).ok());
+    for (size_t k = 8; k < 24 && offset + k < contents.size(); ++k) contents[offset + k] ^= 0x5a;
+    ASSERT_TRUE(leveldb::WriteStringToFile(env, contents, path).ok());
+    ++damaged;
+  }
+  ASSERT_GT(damaged, 0) << "no table file in " << dir << " holds the key";
 }
 
 }  // namespace mergedb::storage::testing
