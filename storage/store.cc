@@ -38,6 +38,16 @@ using crdt::ReplicaId;
 // millisecond (8192-key batches showed in the replication lag tail).
 constexpr uint64_t kDeletionChunk = 512;
 
+// Every read of the data dir checks the checksums of the table blocks it touches: a block the
+// disk damaged is DATA_LOSS, never bytes that happen to parse (a CRC32C per 4 KiB block read
+// from a table file; the memtable has none to check).
+leveldb::ReadOptions VerifiedReads(const leveldb::Snapshot* snapshot = nullptr) {
+  leveldb::ReadOptions ro;
+  ro.verify_checksums = true;
+  ro.snapshot = snapshot;
+  return ro;
+}
+
 // The one place LevelDB statuses become absl statuses.
 absl::Status FromLevelDb(const leveldb::Status& s, absl::string_view what) {
   if (s.ok()) return absl::OkStatus();
@@ -367,12 +377,12 @@ absl::Status Store::Initialize() {
   }
 
   std::string schema;
-  s = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSchema), &schema);
+  s = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaSchema), &schema);
   if (s.IsNotFound()) {
     // A backup writer's first record is its incomplete marker, synced before any copied record:
     // a copy with no schema record yet was cut off, and is no new data dir.
     if (backup_sentinel) return BackupCutOff(path);
-    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
+    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
     it->SeekToFirst();
     if (it->Valid()) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -411,7 +421,7 @@ absl::Status Store::Initialize() {
                      "; this mergedb supports up to ", keys::kSchemaVersion, ": upgrade mergedb"));
   }
   auto read_meta = [&](absl::string_view name, std::string* value) -> absl::Status {
-    leveldb::Status ms = db_->Get(leveldb::ReadOptions(), keys::Meta(name), value);
+    leveldb::Status ms = db_->Get(VerifiedReads(), keys::Meta(name), value);
     if (ms.IsNotFound()) {
       return absl::DataLossError(absl::StrCat("data dir ", path, ": meta record '", name,
                                               "' is missing"));
@@ -445,12 +455,12 @@ absl::Status Store::Initialize() {
   // no-fsync node continues as a new incarnation; its old writes stay under the old id, and the
   // peers send back any it lost.
   std::string clean;
-  leveldb::Status cs = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaCleanShutdown), &clean);
+  leveldb::Status cs = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaCleanShutdown), &clean);
   if (!cs.ok() && !cs.IsNotFound()) return FromLevelDb(cs, absl::StrCat("reading ", path));
   // What counts is how the run that stopped uncleanly committed, not how this one will: a
   // no-fsync node that lost power and comes back with --fsync has lost the tail all the same.
   std::string synced_run;
-  leveldb::Status sr = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSyncedRun), &synced_run);
+  leveldb::Status sr = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaSyncedRun), &synced_run);
   if (!sr.ok() && !sr.IsNotFound()) return FromLevelDb(sr, absl::StrCat("reading ", path));
   const bool unsynced_run = synced_run != "1" || options_.durability == Durability::kNoSync;
   leveldb::WriteBatch open_batch;
@@ -458,7 +468,7 @@ absl::Status Store::Initialize() {
   open_batch.Put(keys::DocSpaceEnd(), "");  // data dirs written before the fence existed
   open_batch.Put(keys::Meta(keys::kMetaSyncedRun), SyncedRunRecord());
   std::string from_backup;
-  leveldb::Status fb = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaFromBackup), &from_backup);
+  leveldb::Status fb = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaFromBackup), &from_backup);
   if (!fb.ok() && !fb.IsNotFound()) return FromLevelDb(fb, absl::StrCat("reading ", path));
   opened_backup_ = fb.ok();
   if (opened_backup_) {
@@ -472,8 +482,7 @@ absl::Status Store::Initialize() {
         FromLevelDb(options.env->RemoveFile(sentinel), absl::StrCat("removing ", sentinel)));
   }
   std::string feed_history;
-  leveldb::Status fh =
-      db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaFeedHistory), &feed_history);
+  leveldb::Status fh = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaFeedHistory), &feed_history);
   if (!fh.ok() && !fh.IsNotFound()) return FromLevelDb(fh, absl::StrCat("reading ", path));
   if (feed_history.size() % 16 != 0) {
     return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed feed history"));
@@ -515,8 +524,7 @@ absl::Status Store::Initialize() {
   MERGEDB_ASSIGN_OR_RETURN(VersionVector floors,
                            ReadVector(std::string(1, keys::kLogFloorTag), nullptr));
   std::string change_floor;
-  leveldb::Status fs = db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaChangeFloor),
-                                &change_floor);
+  leveldb::Status fs = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaChangeFloor), &change_floor);
   if (!fs.ok() && !fs.IsNotFound()) return FromLevelDb(fs, absl::StrCat("reading ", path));
   if (fs.ok() && change_floor.size() != 8) {
     return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed change floor"));
@@ -525,7 +533,7 @@ absl::Status Store::Initialize() {
   // nothing will read again: delete them now.
   std::string superseded_record;
   leveldb::Status ss =
-      db_->Get(leveldb::ReadOptions(), keys::Meta(keys::kMetaSupersededLog), &superseded_record);
+      db_->Get(VerifiedReads(), keys::Meta(keys::kMetaSupersededLog), &superseded_record);
   if (!ss.ok() && !ss.IsNotFound()) return FromLevelDb(ss, absl::StrCat("reading ", path));
   if (ss.ok()) {
     if (superseded_record.empty() || superseded_record.size() % 24 != 0) {
@@ -823,9 +831,7 @@ absl::StatusOr<BackupResult> Store::CopyOut(BackupSink& sink,
     MERGEDB_ASSIGN_OR_RETURN(result.applied,
                              ReadVector(std::string(1, keys::kAppliedTag), snapshot));
     MERGEDB_RETURN_IF_ERROR(sink.Begin(result.applied));
-    leveldb::ReadOptions ro;
-    ro.snapshot = snapshot;
-    ro.verify_checksums = true;
+    leveldb::ReadOptions ro = VerifiedReads(snapshot);
     ro.fill_cache = false;  // a backup reads everything once; keep the hot blocks cached
     std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
     const std::string clean_marker = keys::Meta(keys::kMetaCleanShutdown);
@@ -888,9 +894,7 @@ uint64_t Store::DrawReplicaId() {
 absl::StatusOr<VersionVector> Store::ReadVector(absl::string_view prefix,
                                                 const leveldb::Snapshot* snapshot) {
   VersionVector out;
-  leveldb::ReadOptions ro;
-  ro.snapshot = snapshot;
-  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads(snapshot)));
   for (it->Seek(leveldb::Slice(prefix.data(), prefix.size()));
        it->Valid() && HasPrefix(it->key(), prefix); it->Next()) {
     if (it->key().size() != prefix.size() + 8 || it->value().size() != 8) {
@@ -914,10 +918,7 @@ absl::Mutex& Store::RequestLock(absl::string_view request_id) {
 
 absl::StatusOr<Document> Store::LoadFromDb(const std::string& doc_prefix,
                                            const leveldb::Snapshot* snapshot) {
-  leveldb::ReadOptions ro;
-  ro.verify_checksums = true;
-  ro.snapshot = snapshot;
-  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads(snapshot)));
   crdt::CausalContext context;
   crdt::LeafMap leaves;
   auto corrupt = [&](absl::string_view why) {
@@ -1509,9 +1510,7 @@ absl::StatusOr<ScanPage> Store::Scan(absl::string_view collection, size_t page_s
   const std::string collection_prefix = keys::CollectionPrefix(collection);
   ScanPage page;
   const leveldb::Snapshot* snapshot = db_->GetSnapshot();
-  leveldb::ReadOptions ro;
-  ro.snapshot = snapshot;
-  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads(snapshot)));
   // Past every key of the token's document: its keys continue with 0x00 or 0x01.
   std::string start = collection_prefix;
   if (!page_token.empty()) start = keys::DocPrefix(collection, page_token) + "\x02";
@@ -1589,12 +1588,7 @@ absl::StatusOr<std::vector<LogRecord>> Store::ReadLog(const VersionVector& have,
     floors = log_floor_;
   }
   std::vector<LogRecord> out;
-  leveldb::ReadOptions read;
-  // Entries in table files are checked against their blocks' checksums (a CRC32C per 4 KiB
-  // block, a small cost beside the copy); entries still in the memtable have none to verify,
-  // and are not at risk from the disk.
-  read.verify_checksums = true;
-  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(read));
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
   for (const auto& [origin, top] : applied) {
     if (skip.count(origin) > 0) continue;
     auto h = have.find(origin);
@@ -1736,9 +1730,7 @@ std::string Store::state_digest() const {
 }
 
 absl::StatusOr<std::string> Store::ScanDigest() const {
-  leveldb::ReadOptions ro;
-  ro.verify_checksums = true;
-  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(ro));
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
   const std::string doc_tag(1, keys::kDocTag);
   const std::string end = keys::DocSpaceEnd();
   unsigned __int128 digest = 0;
@@ -1846,7 +1838,7 @@ absl::StatusOr<std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>>> Stor
   const uint64_t last = last_change_seq();
   if (after_seq >= last || max == 0) return out;
   const std::string prefix(1, keys::kChangeTag);
-  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
   // Like ReadLog, never steps past the last change: deleted request records may follow.
   for (it->Seek(keys::Change(after_seq + 1)); it->Valid() && HasPrefix(it->key(), prefix);
        it->Next()) {
@@ -1865,7 +1857,7 @@ absl::StatusOr<std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>>> Stor
 absl::StatusOr<std::optional<mergedb::v1::RequestRecord>> Store::LookupRequest(
     absl::string_view request_id) {
   std::string value;
-  leveldb::Status s = db_->Get(leveldb::ReadOptions(), keys::Request(request_id), &value);
+  leveldb::Status s = db_->Get(VerifiedReads(), keys::Request(request_id), &value);
   if (s.IsNotFound()) return std::optional<mergedb::v1::RequestRecord>();
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(s, "reading a request record"));
   mergedb::v1::RequestRecord record;
@@ -1878,7 +1870,7 @@ absl::StatusOr<std::optional<mergedb::v1::RequestRecord>> Store::LookupRequest(
 absl::StatusOr<size_t> Store::ExpireRequests(int64_t before_unix_millis) {
   MERGEDB_RETURN_IF_ERROR(health());
   const std::string prefix(1, keys::kRequestTag);
-  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
   leveldb::WriteBatch batch;
   size_t expired = 0;
   for (it->Seek(prefix); it->Valid() && HasPrefix(it->key(), prefix); it->Next()) {
@@ -1911,9 +1903,7 @@ class Store::LevelDbSnapshotCursor : public SnapshotCursor {
   absl::Status Init() {
     MERGEDB_ASSIGN_OR_RETURN(applied_,
                              store_->ReadVector(std::string(1, keys::kAppliedTag), snapshot_));
-    leveldb::ReadOptions ro;
-    ro.snapshot = snapshot_;
-    it_.reset(store_->db_->NewIterator(ro));
+    it_.reset(store_->db_->NewIterator(VerifiedReads(snapshot_)));
     it_->Seek(std::string(1, keys::kDocTag));
     return absl::OkStatus();
   }

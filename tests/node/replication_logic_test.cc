@@ -488,7 +488,8 @@ TEST_F(ReplicationLogicTest, ADamagedLogBlockIsReplacedByAFullStateTransfer) {
   }
   if (HasFatalFailure()) return;
   OpenStore("/a", "n1");  // opening again moves LevelDB's write-ahead log into a table file
-  storage::testing::CorruptTableBlockHolding(env_.get(), "/a", storage::keys::Log(origin, 1000));
+  storage::testing::BreakBlockChecksum(
+      env_.get(), "/a", [origin](int k) { return storage::keys::Log(origin, 1000 + k); });
   if (HasFatalFailure()) return;
   auto source = OpenStore("/a", "n1");
   ClusterView source_view("n1", {"n2"}, source.get());

@@ -44,7 +44,8 @@ TEST_F(StoreTest, LocalWriteIsReadBackWithItsVersionAndLogEntry) {
 }
 
 // A log block whose checksum fails is DATA_LOSS in either form: a sender must not ship bytes
-// the disk garbled, and a parse would not notice a flipped bit inside a value.
+// the disk garbled, and a parse would not notice a flipped bit inside a value. (The damage is
+// to the checksum alone, so the block still decodes: only verification can notice.)
 TEST_F(StoreTest, ALogBlockThatFailsItsChecksumIsDataLossInEitherForm) {
   crdt::ReplicaId me;
   {
@@ -55,7 +56,7 @@ TEST_F(StoreTest, ALogBlockThatFailsItsChecksumIsDataLossInEitherForm) {
     }
   }
   OpenOrDie();  // opening again moves LevelDB's write-ahead log into a table file
-  testing::CorruptTableBlockHolding(&env_, "/db", keys::Log(me, 1000));
+  testing::BreakBlockChecksum(&env_, "/db", [me](int k) { return keys::Log(me, 1000 + k); });
   auto store = OpenOrDie();
   for (LogForm form : {LogForm::kEncoded, LogForm::kParsed}) {
     auto log = store->ReadLog({}, 5000, {}, form);
@@ -69,6 +70,28 @@ TEST_F(StoreTest, ALogBlockThatFailsItsChecksumIsDataLossInEitherForm) {
   auto tail = store->ReadLog({{me, 1990}}, 100, {}, LogForm::kEncoded);
   ASSERT_TRUE(tail.ok()) << tail.status();
   EXPECT_EQ(tail->size(), 10u);
+}
+
+// The change feed's reader verifies checksums too: a damaged block is DATA_LOSS, not change
+// records that parse into the wrong documents (Watch and Changes serve them to clients).
+TEST_F(StoreTest, AChangeFeedBlockThatFailsItsChecksumIsDataLoss) {
+  {
+    auto store = OpenOrDie();
+    for (int i = 0; i < 2000; ++i) {
+      ASSERT_TRUE(store
+                      ->ApplyLocal(
+                          Increment("c", "d" + std::to_string(i % 50), "n", 1, store->replica_id()))
+                      .ok());
+    }
+  }
+  OpenOrDie();  // opening again moves LevelDB's write-ahead log into a table file
+  testing::BreakBlockChecksum(&env_, "/db", [](int k) { return keys::Change(1000 + k); });
+  auto store = OpenOrDie();
+  auto changes = store->ReadChanges(0, 5000);
+  EXPECT_EQ(changes.status().code(), absl::StatusCode::kDataLoss) << changes.status();
+  auto head = store->ReadChanges(0, 100);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->size(), 100u);
 }
 
 TEST_F(StoreTest, ReopenKeepsEverything) {

@@ -3,6 +3,7 @@
 #ifndef MERGEDB_TESTS_STORAGE_STORE_TEST_UTIL_H_
 #define MERGEDB_TESTS_STORAGE_STORE_TEST_UTIL_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "leveldb/env.h"
 #include "leveldb/helpers/memenv.h"
+#include "leveldb/iterator.h"
 #include "leveldb/options.h"
 #include "leveldb/table.h"
 #include "storage/fault_env.h"
@@ -100,11 +102,13 @@ inline int64_t CounterOf(const crdt::Document& doc, const std::string& field) {
   return fields.empty() ? 0 : fields[0].value().counter();
 }
 
-// Damages, on `env`, the data block of a table file in `dir` that holds `user_key`, as a bad
-// disk sector would: the block's checksum no longer matches. The data dir must be closed.
-// Finds the block through the table's index, so it works whatever the block's compression.
-inline void CorruptTableBlockHolding(leveldb::Env* env, const std::string& dir,
-                                     const std::string& user_key) {
+// Breaks, on `env`, the checksum of the table block that holds `key_at(0)` in the closed data
+// dir `dir`, as a bad disk sector would. The block's bytes still decode: only a reader that
+// verifies checksums notices. `key_at(k)` for k > 0 are later keys, in order, reaching into the
+// next data block (a block's checksum ends where the next block starts). Blocks are found
+// through the table's index, whatever their compression.
+inline void BreakBlockChecksum(leveldb::Env* env, const std::string& dir,
+                               const std::function<std::string(int)>& key_at) {
   std::vector<std::string> children;
   ASSERT_TRUE(env->GetChildren(dir, &children).ok());
   int damaged = 0;
@@ -113,24 +117,35 @@ inline void CorruptTableBlockHolding(leveldb::Env* env, const std::string& dir,
     const std::string path = dir + "/" + name;
     uint64_t size = 0;
     ASSERT_TRUE(env->GetFileSize(path, &size).ok());
-    uint64_t offset = 0;
+    uint64_t next_block = 0;
     {
       leveldb::RandomAccessFile* raw = nullptr;
       ASSERT_TRUE(env->NewRandomAccessFile(path, &raw).ok());
       std::unique_ptr<leveldb::RandomAccessFile> file(raw);
       leveldb::Table* table = nullptr;
       ASSERT_TRUE(leveldb::Table::Open(leveldb::Options(), file.get(), size, &table).ok());
-      // The table's internal keys are the user key and 8 bytes more, so the first index entry
-      // at or after the bare user key is the block holding it. Past the last data block the
-      // offset is the index's: that file does not hold the key.
-      offset = table->ApproximateOffsetOf(user_key);
-      const uint64_t end = table->ApproximateOffsetOf(std::string(64, '\xff'));
-      delete table;
-      if (offset >= end) continue;
+      std::unique_ptr<leveldb::Table> owned(table);
+      // The table's internal keys are a user key and 8 bytes more, so the first index entry at
+      // or after a bare user key names the block holding it. Past the last data block the
+      // offset is the metaindex's.
+      const uint64_t past_data = table->ApproximateOffsetOf(std::string(64, '\xff'));
+      const std::string key = key_at(0);
+      const uint64_t block = table->ApproximateOffsetOf(key);
+      if (block >= past_data) continue;  // all of this file's keys come before the key
+      std::unique_ptr<leveldb::Iterator> first(table->NewIterator(leveldb::ReadOptions()));
+      first->SeekToFirst();
+      ASSERT_TRUE(first->Valid());
+      if (first->key().ToString().substr(0, first->key().size() - 8) > key) continue;  // or after
+      for (int k = 1; k < 100000 && next_block == 0; ++k) {
+        const uint64_t at = table->ApproximateOffsetOf(key_at(k));
+        if (at != block) next_block = at;
+      }
+      ASSERT_GT(next_block, block);
+      ASSERT_LT(next_block, past_data) << "the key's block is the table's last: pick another";
     }
     std::string contents;
     ASSERT_TRUE(leveldb::ReadFileToString(env, path, &contents).ok());
-    for (size_t k = 8; k < 24 && offset + k < contents.size(); ++k) contents[offset + k] ^= 0x5a;
+    for (uint64_t at = next_block - 4; at < next_block; ++at) contents[at] ^= 0x5a;
     ASSERT_TRUE(leveldb::WriteStringToFile(env, contents, path).ok());
     ++damaged;
   }
