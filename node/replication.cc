@@ -458,11 +458,15 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::Next() {
   // is behind — one it applies, one waits — and a third would only queue behind them (under
   // fsync per commit, each at the cost of a sync: eight queued frames made a 50 ms lag), so a
   // partial frame then waits for an ack however slow; the watchdog bounds a dead peer.
+  const uint64_t pending = interest.Pending(mine);
   if (in_flight_ > 0 && (!hold_released_ || in_flight_ >= 2) &&
-      interest.Pending(mine) < options_.min_pipelined_entries) {
+      pending < options_.min_pipelined_entries) {
     holding_partial_ = true;
     return std::nullopt;
   }
+  // Caught up (the common case after an ack): no log read, which would open a LevelDB iterator
+  // over the memtables and every level only to find nothing.
+  if (pending == 0) return std::nullopt;
   // The origins the peer gets first-hand are not read at all: their floors and their newest
   // entries are no concern of this link.
   auto records = store_->ReadLog(interest.from, options_.max_frame_records, interest.excluded,
