@@ -21,7 +21,25 @@ using testing::Increment;
 using testing::MemStoreTest;
 using testing::SetString;
 
-class StoreTest : public MemStoreTest {};
+class StoreTest : public MemStoreTest {
+ protected:
+  // 2,000 increments over 50 documents (log entries and change records 1..2000), then the
+  // store closed and opened once more, which moves LevelDB's write-ahead log into a table file.
+  // Returns the writer's replica id.
+  crdt::ReplicaId WriteIncrementsIntoATable() {
+    crdt::ReplicaId me = 0;
+    {
+      auto store = OpenOrDie();
+      me = store->replica_id();
+      for (int i = 0; i < 2000; ++i) {
+        EXPECT_TRUE(
+            store->ApplyLocal(Increment("c", "d" + std::to_string(i % 50), "n", 1, me)).ok());
+      }
+    }
+    OpenOrDie();
+    return me;
+  }
+};
 
 TEST_F(StoreTest, LocalWriteIsReadBackWithItsVersionAndLogEntry) {
   auto store = OpenOrDie();
@@ -47,15 +65,7 @@ TEST_F(StoreTest, LocalWriteIsReadBackWithItsVersionAndLogEntry) {
 // the disk garbled, and a parse would not notice a flipped bit inside a value. (The damage is
 // to the checksum alone, so the block still decodes: only verification can notice.)
 TEST_F(StoreTest, ALogBlockThatFailsItsChecksumIsDataLossInEitherForm) {
-  crdt::ReplicaId me;
-  {
-    auto store = OpenOrDie();
-    me = store->replica_id();
-    for (int i = 0; i < 2000; ++i) {
-      ASSERT_TRUE(store->ApplyLocal(Increment("c", "d" + std::to_string(i % 50), "n", 1, me)).ok());
-    }
-  }
-  OpenOrDie();  // opening again moves LevelDB's write-ahead log into a table file
+  const crdt::ReplicaId me = WriteIncrementsIntoATable();
   testing::BreakBlockChecksum(&env_, "/db", [me](int k) { return keys::Log(me, 1000 + k); });
   auto store = OpenOrDie();
   for (LogForm form : {LogForm::kEncoded, LogForm::kParsed}) {
@@ -75,16 +85,7 @@ TEST_F(StoreTest, ALogBlockThatFailsItsChecksumIsDataLossInEitherForm) {
 // The change feed's reader verifies checksums too: a damaged block is DATA_LOSS, not change
 // records that parse into the wrong documents (Watch and Changes serve them to clients).
 TEST_F(StoreTest, AChangeFeedBlockThatFailsItsChecksumIsDataLoss) {
-  {
-    auto store = OpenOrDie();
-    for (int i = 0; i < 2000; ++i) {
-      ASSERT_TRUE(store
-                      ->ApplyLocal(
-                          Increment("c", "d" + std::to_string(i % 50), "n", 1, store->replica_id()))
-                      .ok());
-    }
-  }
-  OpenOrDie();  // opening again moves LevelDB's write-ahead log into a table file
+  WriteIncrementsIntoATable();
   testing::BreakBlockChecksum(&env_, "/db", [](int k) { return keys::Change(1000 + k); });
   auto store = OpenOrDie();
   auto changes = store->ReadChanges(0, 5000);
