@@ -945,11 +945,23 @@ class Replication::Session {
     if (context_ != nullptr) context_->TryCancel();
   }
 
+  // The peer is up: its own link to this node just said hello. A link waiting to reconnect
+  // tries now instead of at the end of its backoff (and of the channel's), which grows to
+  // seconds while the peer is down: a restarted node would otherwise wait that long for what
+  // it missed.
+  const std::string& peer_name() const { return peer_.name; }
+  void Kick() {
+    grpc::experimental::ChannelResetConnectionBackoff(channel_.get());
+    absl::MutexLock lock(&mu_);
+    if (context_ == nullptr) kicked_ = true;  // a running stream needs no kick
+  }
+
  private:
   bool stopping() {
     absl::MutexLock lock(&mu_);
     return stop_ || owner_->stopping_;
   }
+  bool StopOrKicked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || kicked_; }
 
   void Run() {
     std::mt19937_64 rng(std::random_device{}());
@@ -966,11 +978,16 @@ class Replication::Session {
         // A stream that lasted resets the backoff.
         if (absl::Now() - started > absl::Seconds(5)) backoff = owner_->options_.backoff_min;
       }
-      // Exponential backoff with full jitter; interruptible by Stop().
+      // Exponential backoff with jitter; interruptible by Stop(), and cut short by Kick().
       const double jitter = std::uniform_real_distribution<double>(0.5, 1.0)(rng);
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(absl::Condition(&stop_), backoff * jitter);
-      backoff = std::min(backoff * 2, owner_->options_.backoff_max);
+      mu_.AwaitWithTimeout(absl::Condition(this, &Session::StopOrKicked), backoff * jitter);
+      if (kicked_) {
+        kicked_ = false;
+        backoff = owner_->options_.backoff_min;
+      } else {
+        backoff = std::min(backoff * 2, owner_->options_.backoff_max);
+      }
     }
   }
 
@@ -983,6 +1000,7 @@ class Replication::Session {
       absl::MutexLock lock(&mu_);
       if (stop_) return absl::OkStatus();
       context_ = &context;
+      kicked_ = false;
     }
     absl::Cleanup forget_context = [this] {
       absl::MutexLock lock(&mu_);
@@ -1365,6 +1383,7 @@ class Replication::Session {
   std::unique_ptr<mergedb::v1::ReplicationService::Stub> stub_;
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool kicked_ ABSL_GUARDED_BY(mu_) = false;  // see Kick
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::thread thread_;
 };
@@ -1394,6 +1413,7 @@ Replication::Replication(ReplicationOptions options, storage::Store* store, Hybr
 Replication::~Replication() { Stop(); }
 
 void Replication::Start() {
+  absl::MutexLock lock(&mu_);
   for (const auto& peer : options_.peers) {
     sessions_.push_back(std::make_unique<Session>(this, peer));
   }
@@ -1401,12 +1421,14 @@ void Replication::Start() {
 
 void Replication::Stop() {
   stopping_ = true;
+  std::vector<std::unique_ptr<Session>> sessions;
   {
     absl::MutexLock lock(&mu_);
     for (auto& [peer, context] : inbound_) context->TryCancel();
+    sessions.swap(sessions_);
   }
-  for (auto& session : sessions_) session->Stop();
-  sessions_.clear();
+  // Outside mu_: a session's thread takes it (Blocked, SetError) on its way out.
+  for (auto& session : sessions) session->Stop();
   view_.ReleaseWaiters();
 }
 
@@ -1503,6 +1525,9 @@ grpc::Status Replication::Replicate(
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "link cut");
     }
     inbound_.emplace(peer, context);
+    for (auto& session : sessions_) {
+      if (session->peer_name() == peer) session->Kick();
+    }
   }
   struct Unregister {
     Replication* r;

@@ -440,10 +440,10 @@ class Replication final : public mergedb::v1::ReplicationService::Service {
   HybridClock* const clock_;
   ClusterView view_;
   std::map<std::string, std::unique_ptr<PeerState>> peer_states_;
-  std::vector<std::unique_ptr<Session>> sessions_;
   std::atomic<bool> stopping_{false};
 
   mutable absl::Mutex mu_;
+  std::vector<std::unique_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> blocked_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, grpc::ServerContext*> inbound_ ABSL_GUARDED_BY(mu_);
   // TruncateLog's: when it last warned that max_log_entries dropped entries a member lacks.

@@ -1481,6 +1481,33 @@ TEST(Replication, ACommitWakesAnIdleLinkAtOnce) {
   }
 }
 
+// A link waiting out its reconnect backoff, which grows to seconds while a peer is down, tries
+// again as soon as that peer's own link says hello: a restarted node gets what it missed at
+// once. Here the backoff is 15 to 30 s, so without that the sync below would time out.
+TEST(Replication, ARestartedPeerIsReconnectedToAtOnceNotAtTheEndOfTheBackoff) {
+  Cluster cluster(2);
+  for (int i = 0; i < 2; ++i) {
+    cluster.options(i).replication.backoff_min = absl::Seconds(30);
+    cluster.options(i).replication.backoff_max = absl::Seconds(30);
+  }
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  cluster.Stop(1);
+  auto link_down = [&] {
+    for (const auto& peer : cluster.node(0)->replication()->PeerStatuses()) {
+      if (peer.connected()) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(Eventually(link_down)) << "n1 did not notice n2 stop";
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  cluster.Start(1);
+  EXPECT_TRUE(cluster.WaitConverged({}, std::chrono::seconds(10)))
+      << "n1 reconnected only at the end of its backoff";
+  EXPECT_EQ(CounterIn(cluster.Get(1, "c", "d"), "n"), 2);
+}
+
 TEST(Replication, StatusReportsPeersLagAndTraffic) {
   Cluster cluster(3);
   cluster.StartAll();
