@@ -268,19 +268,24 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s, bool used_tls) {
                 static_cast<unsigned long long>(e.counter()));
   }
   if (s.peers_size() > 0) {
-    std::printf("%-12s %-22s %-10s %10s %12s %12s %10s %-8s  %s\n", "peer", "address", "connected",
-                "behind", "bytes out", "bytes in", "per frame", "codec", "last error");
+    std::printf("%-12s %-22s %-10s %10s %12s %12s %10s %-8s %9s %6s  %s\n", "peer", "address",
+                "connected", "behind", "bytes out", "bytes in", "per frame", "codec", "transfers",
+                "damage", "last error");
     for (const auto& p : s.peers()) {
       // Log entries per frame sent: how well the link amortizes its messages.
       const double per_frame = p.frames_sent() > 0
                                    ? static_cast<double>(p.entries_sent()) / p.frames_sent()
                                    : 0.0;
-      std::printf("%-12s %-22s %-10s %10llu %12llu %12llu %10.1f %-8s  %s\n", p.name().c_str(),
-                  p.address().c_str(), p.connected() ? "yes" : "no",
+      // Transfers: full-state transfers sent to the peer; damage: times this node's log proved
+      // damaged while read for it (run mergedb-repair on this node's data dir).
+      std::printf("%-12s %-22s %-10s %10llu %12llu %12llu %10.1f %-8s %9llu %6llu  %s\n",
+                  p.name().c_str(), p.address().c_str(), p.connected() ? "yes" : "no",
                   static_cast<unsigned long long>(p.entries_behind()),
                   static_cast<unsigned long long>(p.bytes_sent()),
                   static_cast<unsigned long long>(p.bytes_received()), per_frame,
-                  p.compression().empty() ? "-" : p.compression().c_str(), p.last_error().c_str());
+                  p.compression().empty() ? "-" : p.compression().c_str(),
+                  static_cast<unsigned long long>(p.full_state_transfers_sent()),
+                  static_cast<unsigned long long>(p.log_damage_events()), p.last_error().c_str());
     }
   }
   return 0;

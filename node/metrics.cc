@@ -96,6 +96,14 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
                                "Frames of log entries sent to the peer.", MetricType::Counter);
   MetricFamily entries = Family("mergedb_peer_entries_sent_total", "Log entries sent to the peer.",
                                 MetricType::Counter);
+  MetricFamily transfers =
+      Family("mergedb_peer_full_state_transfers_total",
+             "Full-state transfers this node completed to the peer.", MetricType::Counter);
+  MetricFamily damage =
+      Family("mergedb_peer_log_damage_total",
+             "Times this node's log proved damaged while read for the peer (each answered with a "
+             "full-state transfer): run mergedb-repair on this node's data dir.",
+             MetricType::Counter);
   for (const auto& peer : status.peers()) {
     const std::vector<ClientMetric::Label> labels = {{"peer", peer.name()}};
     Add(&up, peer.connected() ? 1 : 0, labels);
@@ -104,8 +112,11 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
     Add(&received, static_cast<double>(peer.bytes_received()), labels);
     Add(&frames, static_cast<double>(peer.frames_sent()), labels);
     Add(&entries, static_cast<double>(peer.entries_sent()), labels);
+    Add(&transfers, static_cast<double>(peer.full_state_transfers_sent()), labels);
+    Add(&damage, static_cast<double>(peer.log_damage_events()), labels);
   }
-  for (MetricFamily* family : {&up, &behind, &sent, &received, &frames, &entries}) {
+  for (MetricFamily* family :
+       {&up, &behind, &sent, &received, &frames, &entries, &transfers, &damage}) {
     families.push_back(std::move(*family));
   }
 

@@ -1194,6 +1194,7 @@ class Replication::Session {
         return wake;
       }
       if (std::string damage = sender.TakeDamageReport(); !damage.empty()) {
+        ++state->log_damage_events;
         owner_->SetError(peer_.name, damage);
       }
       if (produced->has_value()) {
@@ -1202,6 +1203,8 @@ class Replication::Session {
         if (next.has_frame()) {
           ++state->frames_sent;
           state->entries_sent += static_cast<uint64_t>(next.frame().records_size());
+        } else if (next.has_snapshot() && next.snapshot().last()) {
+          ++state->full_state_transfers_sent;
         }
         send(std::move(next));
         return wake;
@@ -1475,6 +1478,8 @@ std::vector<mergedb::v1::PeerStatus> Replication::PeerStatuses() const {
     status.set_bytes_received(state->bytes_received);
     status.set_frames_sent(state->frames_sent);
     status.set_entries_sent(state->entries_sent);
+    status.set_full_state_transfers_sent(state->full_state_transfers_sent);
+    status.set_log_damage_events(state->log_damage_events);
     absl::MutexLock lock(&state->mu);
     status.set_last_error(state->last_error);
     out.push_back(std::move(status));

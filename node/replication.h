@@ -424,6 +424,8 @@ class Replication final : public mergedb::v1::ReplicationService::Service {
     std::atomic<uint64_t> bytes_received{0};
     std::atomic<uint64_t> frames_sent{0};
     std::atomic<uint64_t> entries_sent{0};
+    std::atomic<uint64_t> full_state_transfers_sent{0};
+    std::atomic<uint64_t> log_damage_events{0};
     // What the current (or last) outbound stream negotiated.
     std::atomic<mergedb::v1::StreamCompression> compression{mergedb::v1::STREAM_COMPRESSION_NONE};
     absl::Mutex mu;

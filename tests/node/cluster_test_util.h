@@ -67,6 +67,8 @@ class Cluster {
 
   static std::string Name(int i) { return absl::StrCat("n", i + 1); }
   NodeOptions& options(int i) { return options_[static_cast<size_t>(i)]; }
+  // Node i's in-memory file system (its data dir is options(i).data_dir).
+  leveldb::Env* env(int i) { return envs_[static_cast<size_t>(i)].get(); }
   Node* node(int i) { return nodes_[static_cast<size_t>(i)].get(); }
   std::string Address(int i) const { return absl::StrCat("127.0.0.1:", ports_[static_cast<size_t>(i)]); }
   int Port(int i) const { return ports_[static_cast<size_t>(i)]; }

@@ -90,7 +90,9 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
         std::string("mergedb_peer_entries_behind{peer=\"n3\"} 0"),
         absl::StrCat("mergedb_node_info{node=\"n1\",cluster=\"", status.cluster_id(),
                      "\",role=\"PRIMARY\",replica_id=\"", own, "\"} 1"),
-        std::string("# TYPE mergedb_peer_sent_bytes_total counter")}) {
+        std::string("# TYPE mergedb_peer_sent_bytes_total counter"),
+        std::string("# TYPE mergedb_peer_full_state_transfers_total counter"),
+        std::string("mergedb_peer_log_damage_total{peer=\"n2\"} 0")}) {
     EXPECT_TRUE(absl::StrContains(scraped, "\n" + line + "\n")) << line << "\nin\n" << scraped;
   }
   EXPECT_FALSE(absl::StrContains(scraped, "mergedb_tls_")) << "a plaintext node has no certificate";

@@ -6,9 +6,11 @@
 
 #include "absl/strings/match.h"
 #include "node/stream_codec.h"
+#include "storage/keys.h"
 #include "tests/node/cluster_test_util.h"
 #include "tests/node/node_test_util.h"
 #include "tests/node/tcp_proxy.h"
+#include "tests/storage/store_test_util.h"
 
 namespace mergedb::node {
 namespace {
@@ -1506,6 +1508,37 @@ TEST(Replication, ARestartedPeerIsReconnectedToAtOnceNotAtTheEndOfTheBackoff) {
   EXPECT_TRUE(cluster.WaitConverged({}, std::chrono::seconds(10)))
       << "n1 reconnected only at the end of its backoff";
   EXPECT_EQ(CounterIn(cluster.Get(1, "c", "d"), "n"), 2);
+}
+
+// A damaged block of a node's log does not stop replication: the peer that needs those entries
+// gets a full-state transfer instead, and Status counts the damage and names the repair.
+TEST(Replication, ADamagedLogBlockIsReplacedByAFullStateTransferAndShowsInStatus) {
+  Cluster cluster(2);
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d0", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  const crdt::ReplicaId origin = cluster.node(0)->store()->replica_id();
+  cluster.Stop(1);
+  for (int k = 1; k < 2000; ++k) {
+    ASSERT_TRUE(cluster.Update(0, IncrementOf(absl::StrCat("d", k % 50), 1)).ok());
+  }
+  // A restart moves n1's write-ahead log into a table file, where a block can be damaged.
+  cluster.Stop(0);
+  cluster.Start(0);
+  cluster.Stop(0);
+  storage::testing::BreakBlockChecksum(cluster.env(0), cluster.options(0).data_dir,
+                                       [&](int k) { return storage::keys::Log(origin, 1000 + k); });
+  if (::testing::Test::HasFatalFailure()) return;
+  cluster.Start(0);
+  cluster.Start(1);
+  ASSERT_TRUE(cluster.WaitConverged());
+  EXPECT_EQ(CounterIn(cluster.Get(1, "c", "d0"), "n"), 40);
+  const mergedb::v1::StatusResponse status = cluster.Status(0);
+  ASSERT_EQ(status.peers_size(), 1);
+  const mergedb::v1::PeerStatus& peer = status.peers(0);
+  EXPECT_GE(peer.log_damage_events(), 1u);
+  EXPECT_GE(peer.full_state_transfers_sent(), 1u);
+  EXPECT_TRUE(absl::StrContains(peer.last_error(), "mergedb-repair")) << peer.last_error();
 }
 
 TEST(Replication, StatusReportsPeersLagAndTraffic) {
