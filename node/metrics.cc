@@ -98,7 +98,7 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
                                 MetricType::Counter);
   MetricFamily transfers =
       Family("mergedb_peer_full_state_transfers_total",
-             "Full-state transfers this node completed to the peer.", MetricType::Counter);
+             "Full-state transfers this node sent the peer, to their last chunk.", MetricType::Counter);
   MetricFamily damage =
       Family("mergedb_peer_log_damage_total",
              "Times this node's log proved damaged while read for the peer (each answered with a "
