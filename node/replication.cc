@@ -945,11 +945,12 @@ class Replication::Session {
     if (context_ != nullptr) context_->TryCancel();
   }
 
+  const std::string& peer_name() const { return peer_.name; }
+
   // The peer is up: its own link to this node just said hello. A link waiting to reconnect
   // tries now instead of at the end of its backoff (and of the channel's), which grows to
   // seconds while the peer is down: a restarted node would otherwise wait that long for what
   // it missed.
-  const std::string& peer_name() const { return peer_.name; }
   void Kick() {
     grpc::experimental::ChannelResetConnectionBackoff(channel_.get());
     absl::MutexLock lock(&mu_);
