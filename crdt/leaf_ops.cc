@@ -64,11 +64,25 @@ absl::StatusOr<DotKernel> CounterAddDelta(const DotKernel& state, absl::string_v
   if (next > std::numeric_limits<int64_t>::max() || next < std::numeric_limits<int64_t>::min()) {
     return absl::OutOfRangeError(absl::StrCat("counter would overflow int64 (adding ", by, ")"));
   }
-  if (by >= 0) {
-    totals.increments += static_cast<uint64_t>(by);
-  } else {
-    totals.decrements += static_cast<uint64_t>(-(static_cast<__int128>(by)));
+  // The running totals only grow, and a counter that goes up and down by large steps reaches
+  // 2^64 in them long before its value leaves int64. Only the difference counts, and the new
+  // entry replaces this replica's old one by its dot (never by comparing totals), so both
+  // totals may drop by the same amount: the value stays exact. Only when even the difference
+  // does not fit (other replicas' entries far the other way) is the update refused.
+  const uint64_t step =
+      by >= 0 ? static_cast<uint64_t>(by) : static_cast<uint64_t>(-(static_cast<__int128>(by)));
+  uint64_t& grows = by >= 0 ? totals.increments : totals.decrements;
+  if (grows > std::numeric_limits<uint64_t>::max() - step) {
+    const uint64_t common = std::min(totals.increments, totals.decrements);
+    totals.increments -= common;
+    totals.decrements -= common;
+    if (grows > std::numeric_limits<uint64_t>::max() - step) {
+      return absl::OutOfRangeError(
+          absl::StrCat("counter would overflow this node's 64-bit running total (adding ", by,
+                       "): the other nodes' shares of it lie too far the other way"));
+    }
   }
+  grows += step;
   // A replica's own entry holds its running total and is always replaced, whatever the base
   // read observed; otherwise the old total would stay beside the new one and count twice.
   DotKernel delta;

@@ -64,6 +64,50 @@ TEST(Document, CountersAreExactInt64) {
   EXPECT_EQ(doc.ReadField({"c"})[0].value().counter(), big);
 }
 
+// A replica's running totals only grow. A counter that goes up and down by large steps would
+// wrap them at 2^64 long before its value leaves int64; the totals are rebased instead (both
+// lowered by the same amount), and a peer that applies the deltas in order (as replication
+// does) holds the same state, because each new entry replaces the old one by its dot.
+TEST(Document, CountersGoingUpAndDownByLargeStepsStayExact) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  Document doc;
+  Document peer;
+  doc.Join(*peer.Increment({"c"}, 5, kB));
+  for (int round = 0; round < 4; ++round) {
+    auto up = doc.Increment({"c"}, kMax - 5, kA);
+    ASSERT_TRUE(up.ok()) << "round " << round << ": " << up.status();
+    EXPECT_EQ(doc.ReadField({"c"})[0].value().counter(), kMax);
+    peer.Join(*up);
+    auto down = doc.Increment({"c"}, -(kMax - 5), kA);
+    ASSERT_TRUE(down.ok()) << "round " << round << ": " << down.status();
+    EXPECT_EQ(doc.ReadField({"c"})[0].value().counter(), 5);
+    peer.Join(*down);
+    EXPECT_EQ(peer.ReadField({"c"})[0].value().counter(), 5);
+  }
+  EXPECT_EQ(peer.Encode(), doc.Encode());
+}
+
+// Only when this replica's share cannot be written at all (the other replicas' shares lie as
+// far the other way) is the update refused, clearly, and nothing changes.
+TEST(Document, ACounterShareBeyondSixtyFourBitsIsRefused) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  Document doc;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(doc.Increment({"c"}, kMax, kA).ok());
+    ASSERT_TRUE(doc.Increment({"c"}, -kMax, kB).ok());
+  }
+  // The value is 0; kA's share is 2^64 - 2 and kB's share as far below.
+  const std::string before = doc.Encode();
+  const auto refused = doc.Increment({"c"}, 3, kA);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "running total")) << refused.status();
+  EXPECT_EQ(doc.Encode(), before);
+  EXPECT_EQ(doc.ReadField({"c"})[0].value().counter(), 0);
+  // The same step from the other side is fine: it moves kB's share back.
+  ASSERT_TRUE(doc.Increment({"c"}, 3, kB).ok());
+  EXPECT_EQ(doc.ReadField({"c"})[0].value().counter(), 3);
+}
+
 TEST(Document, RemoveFieldOfAnAbsentFieldIsANoOp) {
   Document doc;
   ASSERT_TRUE(doc.SetFlag({"f"}, true, kA).ok());
