@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "crdt/scalar.h"
 #include "crdt/status_macros.h"
 #include "grpcpp/server_context.h"
 #include "node/grpc_status.h"
@@ -147,6 +148,14 @@ storage::LocalWrite MakeLocalWrite(const UpdateRequest& request, const PreparedU
   write.collection = request.collection();
   write.id = request.id();
   write.request_id = request.request_id();
+  if (!write.request_id.empty()) {
+    // What a retry must repeat. The write concern is left out: a retry may ask for a stronger
+    // one, and the write is the same.
+    UpdateRequest content;
+    *content.mutable_ops() = request.ops();
+    content.set_base_version(request.base_version());
+    write.request_fingerprint = storage::RequestFingerprint(crdt::SerializeDeterministic(content));
+  }
   write.unix_millis = unix_millis;
   write.mutate = [&update, replica, clock](crdt::Document& doc) {
     return update.Apply(doc, replica, *clock);

@@ -1228,6 +1228,11 @@ std::vector<absl::StatusOr<WriteResult>> Store::ApplyLocalBatch(
   return results;
 }
 
+uint64_t RequestFingerprint(absl::string_view content) {
+  const uint64_t h = XXH3_64bits(content.data(), content.size());
+  return h == 0 ? 1 : h;  // 0 means "unchecked"
+}
+
 absl::StatusOr<WriteResult> Store::PrepareLocal(const LocalWrite& write, const std::string& prefix,
                                                 Writer* w, std::shared_ptr<Document>* to_commit,
                                                 std::shared_ptr<Document> pending) {
@@ -1240,6 +1245,14 @@ absl::StatusOr<WriteResult> Store::PrepareLocal(const LocalWrite& write, const s
         return absl::InvalidArgumentError(absl::StrCat(
             "request id ", write.request_id, " was already used for document ",
             DocName(previous->collection(), previous->id())));
+      }
+      if (previous->fingerprint() != 0 && write.request_fingerprint != 0 &&
+          previous->fingerprint() != write.request_fingerprint) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "request id ", write.request_id, " was already used for a different update of ",
+            DocName(write.collection, write.id),
+            ": a retry must repeat the same operations and base version; a new update needs a "
+            "new request id"));
       }
       MERGEDB_ASSIGN_OR_RETURN(result.version, crdt::CausalContext::Decode(previous->version()));
       result.change_seq = previous->change_seq();
@@ -1287,6 +1300,7 @@ absl::StatusOr<WriteResult> Store::PrepareLocal(const LocalWrite& write, const s
     w->request.set_id(write.id);
     doc->context().EncodeTo(w->request.mutable_version());
     w->request.set_unix_millis(write.unix_millis);
+    w->request.set_fingerprint(write.request_fingerprint);
   }
   result.version = doc->context();
   if (w->has_local_entry || w->has_request) *to_commit = std::move(doc);

@@ -126,8 +126,16 @@ struct LocalWrite {
   // committed record instead of being applied again.
   std::string request_id;
   int64_t unix_millis = 0;  // when, for the request record's expiry
+  // RequestFingerprint of what the request asks (its operations and base version): a request id
+  // used again for a different update of the same document is refused, not answered as a
+  // retry of the first (which would acknowledge a write that was never applied). 0: unchecked.
+  uint64_t request_fingerprint = 0;
   std::function<absl::StatusOr<crdt::Document>(crdt::Document& doc)> mutate;
 };
+
+// A stable 64-bit hash of a request's content (the same bytes give the same value in every
+// process and version; never 0), for LocalWrite::request_fingerprint.
+uint64_t RequestFingerprint(absl::string_view content);
 
 struct WriteResult {
   crdt::CausalContext version;  // the document's causal context after the write

@@ -600,6 +600,35 @@ TEST_F(DocumentServiceTest, ARetriedRequestIdCountsOnceEvenAcrossARestart) {
   EXPECT_EQ(CounterIn(GetOrDie("c", "d"), "n"), 1);
 }
 
+// A request id names one update. Used again for a different update of the same document it is
+// refused, before and after a restart: answering it as a retry would acknowledge a write that
+// was never applied. A true retry may ask for another write concern.
+TEST_F(DocumentServiceTest, ARequestIdReusedForADifferentUpdateIsRefusedNotAcknowledged) {
+  StartNode();
+  UpdateRequest first = UpdateOf("c", "d");
+  Incr(&first, {"n"}, 1);
+  first.set_request_id("client-7/op-1");
+  ASSERT_TRUE(Update(first).ok());
+  UpdateRequest other = UpdateOf("c", "d");
+  SetStr(&other, {"title"}, "x");
+  other.set_request_id("client-7/op-1");
+  for (int incarnation = 0; incarnation < 2; ++incarnation) {
+    UpdateResponse response;
+    grpc::Status status = Update(other, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_TRUE(absl::StrContains(status.error_message(), "different update of c/d"))
+        << status.error_message();
+    UpdateRequest retry = first;
+    retry.set_write_concern(mergedb::v1::QUORUM);
+    ASSERT_TRUE(Update(retry, &response).ok());
+    EXPECT_TRUE(response.duplicate());
+    const auto doc = GetOrDie("c", "d");
+    EXPECT_EQ(CounterIn(doc, "n"), 1);
+    EXPECT_EQ(doc.value().struct_value().fields().count("title"), 0u);
+    RestartNode(Options());
+  }
+}
+
 TEST_F(DocumentServiceTest, SixteenClientsIncrementingOneDocumentLoseNothing) {
   StartNode();
   constexpr int kClients = 16;
