@@ -33,6 +33,7 @@
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/async_stream.h"
 #include "grpcpp/support/async_unary_call.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/grpc_status.h"
 #include "node/node.h"
@@ -110,6 +111,19 @@ bool ApplyWaits(const UpdateBatch& batch) {
                      [](const UpdateRequest& update) { return ApplyWaits(update); });
 }
 
+// Why a stream's message that does not parse is refused. A proto3 string that is not valid UTF-8
+// is the usual cause (a C++ client sends one with only a logged error); gRPC's own parse would
+// report it as the client closing its side, so the stream would end OK with that message and
+// every later one silently unanswered.
+template <typename Request>
+absl::Status Unparsable() {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "a message of this stream does not parse as ", Request::descriptor()->full_name(),
+      " (collection, id, request_id and field names must be valid UTF-8): neither it nor any "
+      "later message was applied, and the stream ends here (the messages before it were "
+      "answered)"));
+}
+
 // A streamed update's answer: its result, or why it failed (the stream goes on).
 UpdateResponse StreamedAnswer(absl::StatusOr<UpdateResponse> result, const std::string& request_id) {
   if (result.ok()) return *std::move(result);
@@ -125,7 +139,9 @@ UpdateResponse StreamedAnswer(absl::StatusOr<UpdateResponse> result, const std::
 template <typename Request, typename Answer>
 class WriteStreamCall final : public AsyncCall {
  public:
-  using Stream = grpc::ServerAsyncReaderWriter<Answer, Request>;
+  // Raw messages: the call parses them itself, to tell a message that does not parse from the
+  // end of the stream (see Unparsable).
+  using Stream = grpc::ServerAsyncReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
   using RequestMethod = void (DocumentServiceImpl::*)(grpc::ServerContext*, Stream*,
                                                      grpc::CompletionQueue*,
                                                      grpc::ServerCompletionQueue*, void*);
@@ -213,7 +229,11 @@ class WriteStreamCall final : public AsyncCall {
       if (!ok) {
         reads_ended_ = true;  // the client closed its side, or the call is gone
       } else if (!client_gone_) {
-        if (absl::Status taken = CheckMessage(request_, limits_); !taken.ok()) {
+        absl::Status taken =
+            grpc::SerializationTraits<Request>::Deserialize(&read_buffer_, &request_).ok()
+                ? CheckMessage(request_, limits_)
+                : Unparsable<Request>();
+        if (!taken.ok()) {
           // Ends the stream once the messages before it are answered: answering each of its
           // updates would let one message under the size limit (millions of empty updates)
           // make the node build an answer of hundreds of megabytes.
@@ -384,13 +404,19 @@ class WriteStreamCall final : public AsyncCall {
     // that sends without reading must not make the node hold its answers without bound.
     if (queued_updates_ + held_updates_ >= kMaxQueued) return;
     read_pending_ = true;
-    stream_.Read(&request_, &read_tag_);
+    stream_.Read(&read_buffer_, &read_tag_);
   }
 
   void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (write_pending_ || answers_.empty() || client_gone_) return;
     write_pending_ = true;
-    stream_.Write(answers_.front(), &write_tag_);
+    bool own_buffer;
+    write_buffer_.Clear();  // the previous Write's, done with
+    // An answer that does not serialize cannot be built here: every string in it is a copy of
+    // a parsed request's (valid UTF-8) or a status message.
+    (void)grpc::SerializationTraits<Answer>::Serialize(answers_.front(), &write_buffer_,
+                                                       &own_buffer);
+    stream_.Write(write_buffer_, &write_tag_);
   }
 
   // Ends the call once the client is done sending (or was refused) and everything it sent is
@@ -444,7 +470,9 @@ class WriteStreamCall final : public AsyncCall {
   AsyncTag done_tag_{this, kDone};
 
   absl::Mutex mu_;
-  Request request_ ABSL_GUARDED_BY(mu_);  // the buffer of the Read in flight
+  grpc::ByteBuffer read_buffer_ ABSL_GUARDED_BY(mu_);   // the Read in flight
+  grpc::ByteBuffer write_buffer_ ABSL_GUARDED_BY(mu_);  // the Write in flight
+  Request request_ ABSL_GUARDED_BY(mu_);                // the message read last, parsed
   std::deque<Request> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_updates_ ABSL_GUARDED_BY(mu_) = 0;
   // Answers to write, in order; the front one is being written.
@@ -482,6 +510,12 @@ class UpdateCall final : public AsyncCall {
         return;
       }
       Listen(server_, service_);
+      if (!grpc::SerializationTraits<UpdateRequest>::Deserialize(&raw_request_, &request_).ok()) {
+        Finish(absl::InvalidArgumentError(
+            "the request does not parse as mergedb.v1.UpdateRequest (collection, id, request_id "
+            "and field names must be valid UTF-8); nothing was applied"));
+        return;
+      }
       if (commits_wait_ || ApplyWaits(request_)) {
         server_->blocking_pool()->Run([this] { Execute(); });
       } else {
@@ -502,7 +536,7 @@ class UpdateCall final : public AsyncCall {
         commits_wait_(service->node()->options().durability != storage::Durability::kNoSync),
         responder_(&context_) {
     context_.AsyncNotifyWhenDone(&done_tag_);
-    service->RequestUpdate(&context_, &request_, &responder_, server->cq(), server->cq(),
+    service->RequestUpdate(&context_, &raw_request_, &responder_, server->cq(), server->cq(),
                            &started_tag_);
   }
 
@@ -529,7 +563,10 @@ class UpdateCall final : public AsyncCall {
 
   void Finish(absl::StatusOr<UpdateResponse> result) {
     if (result.ok()) {
-      responder_.Finish(*result, grpc::Status::OK, &finish_tag_);
+      bool own_buffer;
+      (void)grpc::SerializationTraits<UpdateResponse>::Serialize(*result, &raw_response_,
+                                                                 &own_buffer);
+      responder_.Finish(raw_response_, grpc::Status::OK, &finish_tag_);
     } else {
       responder_.FinishWithError(ToGrpcStatus(result.status()), &finish_tag_);
     }
@@ -545,10 +582,14 @@ class UpdateCall final : public AsyncCall {
   DocumentServiceImpl* const service_;
   const bool commits_wait_;
   grpc::ServerContext context_;
+  // Raw, like the streams' messages: gRPC's own parse would answer a request that does not
+  // parse with INTERNAL, which says "the server failed", not "the request is wrong".
+  grpc::ByteBuffer raw_request_;
   UpdateRequest request_;
   absl::Time deadline_;
   UpdateResponse response_;  // committed, waiting for the peers' confirmations
-  grpc::ServerAsyncResponseWriter<UpdateResponse> responder_;
+  grpc::ByteBuffer raw_response_;
+  grpc::ServerAsyncResponseWriter<grpc::ByteBuffer> responder_;
   AsyncTag started_tag_{this, kStarted};
   AsyncTag finish_tag_{this, kFinished};
   AsyncTag done_tag_{this, kDone};

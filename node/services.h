@@ -51,9 +51,11 @@ struct LogPoint {
 };
 
 // Update, UpdateStream and UpdateBatchStream are asynchronous methods: ServeWrites serves them.
-using DocumentServiceBase = mergedb::v1::DocumentService::WithAsyncMethod_Update<
-    mergedb::v1::DocumentService::WithAsyncMethod_UpdateStream<
-        mergedb::v1::DocumentService::WithAsyncMethod_UpdateBatchStream<
+// They take raw messages and parse them themselves, to answer one that does not parse with
+// INVALID_ARGUMENT (node/async_writes.cc, Unparsable).
+using DocumentServiceBase = mergedb::v1::DocumentService::WithRawMethod_Update<
+    mergedb::v1::DocumentService::WithRawMethod_UpdateStream<
+        mergedb::v1::DocumentService::WithRawMethod_UpdateBatchStream<
             mergedb::v1::DocumentService::Service>>>;
 
 // Thread safety: thread-safe; `node` is borrowed and outlives the service.

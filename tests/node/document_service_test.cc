@@ -328,6 +328,74 @@ TEST_F(DocumentServiceTest, UpdateStreamAcknowledgesEachUpdateAndSurvivesABadOne
   EXPECT_EQ(CounterIn(GetOrDie("s", "doc"), "n"), 49);
 }
 
+// A C++ client sends a string that is not UTF-8 (protobuf only logs it), and the node cannot
+// parse that message. The stream must say so: gRPC's own parse would take it for the client
+// closing its side and end the stream OK, the message and every later one silently unanswered.
+TEST_F(DocumentServiceTest, UpdateStreamEndsWithInvalidArgumentAtAMessageThatDoesNotParse) {
+  StartNode();
+  grpc::ClientContext context;
+  Deadline(&context, 10000);
+  auto stream = docs_->UpdateStream(&context);
+  for (const std::string id : {"a", "b\xff", "c"}) {
+    UpdateRequest request = UpdateOf("u", id);
+    Incr(&request, {"n"}, 1);
+    if (!stream->Write(request)) break;  // the node may end the stream before the last one
+  }
+  stream->WritesDone();
+  UpdateResponse response;
+  int answers = 0;
+  while (stream->Read(&response)) {
+    ++answers;
+    EXPECT_EQ(response.code(), 0) << response.message();
+  }
+  grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "valid UTF-8")) << status.error_message();
+  EXPECT_EQ(answers, 1);
+  EXPECT_TRUE(GetOrDie("u", "a").found());
+  EXPECT_FALSE(GetOrDie("u", "c").found());
+}
+
+TEST_F(DocumentServiceTest, AnUpdateThatDoesNotParseIsInvalidArgument) {
+  StartNode();
+  UpdateRequest request = UpdateOf("u", "b\xff");
+  Incr(&request, {"n"}, 1);
+  grpc::Status status = Update(request);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "valid UTF-8")) << status.error_message();
+  request.set_id("b");
+  EXPECT_TRUE(Update(request).ok());
+}
+
+TEST_F(DocumentServiceTest, UpdateBatchStreamEndsWithInvalidArgumentAtAMessageThatDoesNotParse) {
+  StartNode();
+  grpc::ClientContext context;
+  Deadline(&context, 10000);
+  auto stream = docs_->UpdateBatchStream(&context);
+  for (const std::string id : {"a", "b\xff", "c"}) {
+    mergedb::v1::UpdateBatch batch;
+    Incr(batch.add_updates(), {"n"}, 1);
+    batch.mutable_updates(0)->set_collection("u");
+    batch.mutable_updates(0)->set_id(id);
+    if (!stream->Write(batch)) break;
+  }
+  stream->WritesDone();
+  mergedb::v1::UpdateBatchResponse answer;
+  int answers = 0;
+  while (stream->Read(&answer)) {
+    ++answers;
+    ASSERT_EQ(answer.responses_size(), 1);
+    EXPECT_EQ(answer.responses(0).code(), 0) << answer.responses(0).message();
+  }
+  grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "mergedb.v1.UpdateBatch"))
+      << status.error_message();
+  EXPECT_EQ(answers, 1);
+  EXPECT_TRUE(GetOrDie("u", "a").found());
+  EXPECT_FALSE(GetOrDie("u", "c").found());
+}
+
 // With fsync per commit a commit waits for the disk, so the stream's applies run off the
 // threads that read; the answers still come in order and every acknowledged update survives a
 // restart.
