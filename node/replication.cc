@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "crdt/causal_context.h"
 #include "crdt/status_macros.h"
 #include "crdt/utf8.h"
 #include "grpc/support/time.h"
@@ -24,11 +25,37 @@ namespace {
 using mergedb::v1::ReplicationRequest;
 using mergedb::v1::ReplicationResponse;
 
+// An entry no replica can have written: replica id 0, or a counter past the largest a replica
+// reaches (crdt::CausalContext::kMaxCounter).
+bool ImpossibleEntry(const mergedb::v1::VectorEntry& e) {
+  return e.replica() == 0 || e.counter() > crdt::CausalContext::kMaxCounter;
+}
+
+// A peer's word on what it has applied (acks, what it knows of others). An impossible entry is
+// left out: that claims less, which is always safe (the entries are resent, or wait longer).
 storage::VersionVector DecodeVector(
     const google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>& in) {
   storage::VersionVector v;
-  for (const auto& e : in) v[e.replica()] = std::max(v[e.replica()], e.counter());
+  for (const auto& e : in) {
+    if (!ImpossibleEntry(e)) v[e.replica()] = std::max(v[e.replica()], e.counter());
+  }
   return v;
+}
+
+// A vector this node will persist as its own (a full-state transfer's) or take as a peer's
+// whole state (its hello answer): an impossible entry there is refused, or it would spread
+// (the node's links would offer the other nodes entries of an origin that does not exist).
+absl::StatusOr<storage::VersionVector> DecodeCheckedVector(
+    const google::protobuf::RepeatedPtrField<mergedb::v1::VectorEntry>& in,
+    absl::string_view what) {
+  for (const auto& e : in) {
+    if (ImpossibleEntry(e)) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " names replica ",
+                                                     absl::Hex(e.replica()), " at ", e.counter(),
+                                                     ", which no replica can have written"));
+    }
+  }
+  return DecodeVector(in);
 }
 
 // The newest register timestamp in a delta (0: none).
@@ -328,7 +355,7 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
     return absl::FailedPreconditionError(absl::StrCat("peer at this address is node '",
                                                       ack.node_name(), "', not '", peer_, "'"));
   }
-  sent_ = DecodeVector(ack.applied());
+  MERGEDB_ASSIGN_OR_RETURN(sent_, DecodeCheckedVector(ack.applied(), "the peer's hello answer"));
   // First-hand before the replace: a relay merged in between would stay for the stream.
   if (!first_hand_) {
     first_hand_ = true;
@@ -729,6 +756,14 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
         ObserveTimestamp(NewestTimestamp(in.state()));
         const auto key = std::make_pair(in.collection(), in.id());
         if (in.partial()) {
+          // A sender splits one document at a time and finishes it before the next: without
+          // this, parts of documents never finished would be held without bound.
+          if (!split_documents_.empty() && split_documents_.begin()->first != key) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "a full-state transfer sent a part of document ", in.collection(), "/", in.id(),
+                " before the last part of split document ", split_documents_.begin()->first.first,
+                "/", split_documents_.begin()->first.second));
+          }
           SplitDocument& split = split_documents_[key];
           for (const auto& [leaf, store] : state->kernel().leaves()) {
             for (const auto& entry : store) split.delivered.insert(entry.first);
@@ -751,7 +786,10 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
       }
       MERGEDB_RETURN_IF_ERROR(store_->ApplySnapshot(docs));
       if (request.snapshot().last()) {
-        MERGEDB_RETURN_IF_ERROR(store_->FinishSnapshot(DecodeVector(request.snapshot().applied())));
+        MERGEDB_ASSIGN_OR_RETURN(
+            storage::VersionVector applied,
+            DecodeCheckedVector(request.snapshot().applied(), "a full-state transfer's vector"));
+        MERGEDB_RETURN_IF_ERROR(store_->FinishSnapshot(applied));
         MarkReceivingTransfer(false);
         MERGEDB_LOG(INFO) << "full-state transfer from " << peer_ << " complete";
       }

@@ -610,6 +610,54 @@ TEST_F(ReplicationLogicTest, AStateMidTransferIsNotComparedAndStartsNoReconcile)
 // A document larger than a message goes in parts in a full-state transfer. The receiver shows
 // it as it was until the last part arrives, then as the sender has it; a stream that breaks
 // between the parts leaves it as it was.
+// What a buggy or hostile peer could send in a full-state transfer: parts of many documents
+// never finished (held without bound before), and a vector naming a replica that cannot exist
+// (persisted, then offered to every other node). Both are refused, and nothing is applied.
+TEST_F(ReplicationLogicTest, ATransferThatNoSenderWouldSendIsRefused) {
+  auto sink = OpenStore("/b", "n2");
+  ClusterView view("n2", {"n1"}, sink.get());
+  crdt::Document part;
+  ASSERT_TRUE(part.SetFlag({"f"}, true, 0x7777).ok());
+  auto chunk_of = [&](std::initializer_list<const char*> partial_ids) {
+    mergedb::v1::ReplicationRequest request;
+    for (const char* id : partial_ids) {
+      auto* doc = request.mutable_snapshot()->add_documents();
+      doc->set_collection("c");
+      doc->set_id(id);
+      doc->set_partial(true);
+      part.EncodeTo(doc->mutable_state());
+    }
+    return request;
+  };
+  {
+    LinkReceiver receiver(options_, sink.get(), &view, &hlc_);
+    ASSERT_TRUE(receiver.OnHello(HelloFrom("n1", 0x7777)).ok());
+    ASSERT_TRUE(receiver.OnRequest(chunk_of({"d1", "d1"})).ok());  // one document, two parts
+    auto second = receiver.OnRequest(chunk_of({"d2"}));
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kInvalidArgument) << second.status();
+    EXPECT_TRUE(absl::StrContains(second.status().message(),
+                                  "before the last part of split "
+                                  "document c/d1"))
+        << second.status();
+  }
+  {
+    LinkReceiver receiver(options_, sink.get(), &view, &hlc_);
+    ASSERT_TRUE(receiver.OnHello(HelloFrom("n1", 0x7777)).ok());
+    mergedb::v1::ReplicationRequest last;
+    last.mutable_snapshot()->set_last(true);
+    auto* entry = last.mutable_snapshot()->add_applied();
+    entry->set_replica(0);
+    entry->set_counter(5);
+    auto refused = receiver.OnRequest(last);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+    EXPECT_TRUE(absl::StrContains(refused.status().message(), "no replica can have written"))
+        << refused.status();
+  }
+  EXPECT_TRUE(sink->AppliedVector().empty());
+  EXPECT_FALSE(sink->Get("c", "d1")->exists());
+  EXPECT_FALSE(sink->Get("c", "d2")->exists());
+}
+
 TEST_F(ReplicationLogicTest, ASplitDocumentIsAppliedWholeAtItsLastPart) {
   auto source = OpenStore("/a", "n1");
   auto sink = OpenStore("/b", "n2");
