@@ -369,16 +369,17 @@ grpc::Status DocumentServiceImpl::List(grpc::ServerContext*,
     listed.set_id(id);
     *listed.mutable_value() = doc.ToJson();
     listed.set_version(EncodeVersionToken(doc.context()));
-    const size_t size = listed.ByteSizeLong();
+    size_t size = listed.ByteSizeLong();
+    if (size > limits.max_response_bytes) {
+      // Listed without its value, so that the pages after it can still be read.
+      listed.clear_value();
+      listed.set_too_large(true);
+      size = listed.ByteSizeLong();
+    }
     // Keep the answer under the response limit: end the page early (at least one document).
     if (response->documents_size() > 0 && bytes + size > limits.max_response_bytes) {
       response->set_next_page_token(EncodePageToken(last));
       return grpc::Status::OK;
-    }
-    if (size > limits.max_response_bytes) {
-      return ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
-          "document ", request->collection(), "/", id, " is ", size, " bytes, over the ",
-          limits.max_response_bytes, "-byte response limit: read it with Get and a path")));
     }
     bytes += size;
     last = id;
@@ -441,6 +442,10 @@ grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
         event.set_version(EncodeVersionToken(doc.context()));
       });
       if (!read.ok()) return ToGrpcStatus(read);
+      if (event.ByteSizeLong() > limits.max_response_bytes) {
+        event.clear_value();
+        event.set_too_large(true);
+      }
       if (!writer->Write(event)) return grpc::Status::OK;  // the client went away
     }
     // Changes the filter rules out need not be read again after a poll timeout.

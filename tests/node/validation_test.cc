@@ -113,8 +113,9 @@ TEST_F(ValidationTest, SizeLimitsOnUpdatesMessagesAndAnswers) {
   UpdateRequest huge = UpdateOf("c", "d");
   SetStr(&huge, {"v"}, std::string(3 << 20, 'x'));
   ExpectRefused(huge, grpc::StatusCode::RESOURCE_EXHAUSTED, "");
-  // A document whose answer exceeds the response limit: the error names the path option.
-  for (int i = 0; i < 3; ++i) {
+  // A document whose answer exceeds the response limit: the error names the path option. (Four
+  // fields: over the limit in JSON alone, which List and Watch send.)
+  for (int i = 0; i < 4; ++i) {
     UpdateRequest part = UpdateOf("c", "wide");
     SetStr(&part, {"f" + std::to_string(i)}, std::string(10 << 10, 'y'));
     ASSERT_TRUE(Update(part).ok());
@@ -128,6 +129,47 @@ TEST_F(ValidationTest, SizeLimitsOnUpdatesMessagesAndAnswers) {
   EXPECT_TRUE(absl::StrContains(status.error_message(), "GetRequest.path")) << status.error_message();
   get.add_path("f1");
   EXPECT_TRUE(Get(get, &response).ok());
+  // List and Watch leave such a document's value out and say so, and go on past it.
+  for (const char* id : {"a", "z"}) {
+    UpdateRequest small = UpdateOf("c", id);
+    Incr(&small, {"n"}, 1);
+    ASSERT_TRUE(Update(small).ok());
+  }
+  std::vector<std::string> listed;
+  mergedb::v1::ListRequest list;
+  list.set_collection("c");
+  list.set_page_size(1);
+  for (int page = 0; page < 10; ++page) {
+    mergedb::v1::ListResponse answer;
+    grpc::ClientContext context;
+    Deadline(&context);
+    grpc::Status status = docs_->List(&context, list, &answer);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    for (const auto& doc : answer.documents()) {
+      listed.push_back(doc.id());
+      EXPECT_EQ(doc.too_large(), doc.id() == "wide") << doc.id();
+      EXPECT_EQ(doc.has_value(), doc.id() != "wide") << doc.id();
+      EXPECT_FALSE(doc.version().empty());
+    }
+    if (answer.next_page_token().empty()) break;
+    list.set_page_token(answer.next_page_token());
+  }
+  EXPECT_EQ(listed, (std::vector<std::string>{"a", "wide", "z"}));
+  mergedb::v1::WatchRequest watch;
+  watch.set_collection("c");
+  grpc::ClientContext context;
+  Deadline(&context);
+  auto reader = docs_->Watch(&context, watch);
+  mergedb::v1::WatchEvent event;
+  std::vector<std::string> watched;
+  while (watched.size() < 6 && reader->Read(&event)) {
+    watched.push_back(event.id());
+    EXPECT_EQ(event.too_large(), event.id() == "wide") << event.id();
+    EXPECT_EQ(event.has_value(), event.id() != "wide") << event.id();
+    EXPECT_TRUE(event.found());
+  }
+  context.TryCancel();
+  EXPECT_EQ(watched, (std::vector<std::string>{"wide", "wide", "wide", "wide", "a", "z"}));
 }
 
 TEST_F(ValidationTest, BadReadsAreRefused) {
