@@ -210,6 +210,7 @@ void Node::RunJanitor() {
   while (!janitor_stop_) {
     janitor_mu_.AwaitWithTimeout(absl::Condition(&janitor_stop_), options_.truncate_interval);
     if (janitor_stop_) break;
+    replication_->CancelSilentHandshakes();
     if (absl::Status truncated = replication_->TruncateLog(); !truncated.ok()) {
       MERGEDB_LOG(WARNING) << "log truncation: " << truncated.message();
     }

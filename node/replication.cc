@@ -1467,11 +1467,24 @@ void Replication::Stop() {
   {
     absl::MutexLock lock(&mu_);
     for (auto& [peer, context] : inbound_) context->TryCancel();
+    for (auto& [context, handshake] : handshaking_) context->TryCancel();
     sessions.swap(sessions_);
   }
   // Outside mu_: a session's thread takes it (Blocked, SetError) on its way out.
   for (auto& session : sessions) session->Stop();
   view_.ReleaseWaiters();
+}
+
+void Replication::CancelSilentHandshakes() {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (auto& [context, handshake] : handshaking_) {
+    if (handshake.give_up > now) continue;
+    MERGEDB_LOG(WARNING) << "cancelled a replication stream from " << handshake.from
+                         << " that sent no hello within " << options_.dead_after;
+    context->TryCancel();
+    handshake.give_up = absl::InfiniteFuture();  // once
+  }
 }
 
 Replication::PeerState* Replication::StateOf(const std::string& peer) const {
@@ -1551,7 +1564,17 @@ grpc::Status Replication::Replicate(
     }
   }
   ReplicationRequest request;
-  if (!stream->Read(&request)) return grpc::Status::OK;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the node is stopping");
+    handshaking_[context] = Handshake{absl::Now() + options_.dead_after, context->peer()};
+  }
+  const bool said_something = stream->Read(&request);
+  {
+    absl::MutexLock lock(&mu_);
+    handshaking_.erase(context);
+  }
+  if (!said_something) return grpc::Status::OK;
   if (!request.has_hello()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first message must be a hello");
   }
@@ -1567,6 +1590,18 @@ grpc::Status Replication::Replicate(
     absl::MutexLock lock(&mu_);
     if (blocked_.count(peer) > 0 || stopping_) {
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "link cut");
+    }
+    // A peer runs one stream to this node at a time, so its older streams are over on its side;
+    // one is kept (it may not have noticed yet that its connection died), the rest cancelled, so
+    // that streams (and what each buffers) cannot pile up.
+    constexpr size_t kKeptPerPeer = 1;
+    if (inbound_.count(peer) > kKeptPerPeer) {
+      auto [begin, end] = inbound_.equal_range(peer);
+      for (size_t excess = inbound_.count(peer) - kKeptPerPeer; excess > 0; --excess, ++begin) {
+        MERGEDB_LOG(WARNING) << "peer " << peer << " opened another replication stream: "
+                             << "cancelling its oldest";
+        begin->second->TryCancel();
+      }
     }
     inbound_.emplace(peer, context);
     for (auto& session : sessions_) {

@@ -409,6 +409,10 @@ class Replication final : public mergedb::v1::ReplicationService::Service {
   // Drops from the log what every member has applied, and the oldest entries of an origin
   // past options().max_log_entries. Called from one thread at a time.
   absl::Status TruncateLog();
+  // Cancels the inbound streams that said no hello within options().dead_after: each holds a
+  // server thread, and a connection that never speaks would hold it for good. Called
+  // periodically (the node's janitor).
+  void CancelSilentHandshakes();
 
   // Test hook: while blocked, no stream to or from `peer` is kept or accepted on this node.
   void SetLinkBlocked(const std::string& peer, bool blocked);
@@ -448,6 +452,12 @@ class Replication final : public mergedb::v1::ReplicationService::Service {
   std::vector<std::unique_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> blocked_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, grpc::ServerContext*> inbound_ ABSL_GUARDED_BY(mu_);
+  // Inbound streams waiting for their hello, with when to give up on them and who they are.
+  struct Handshake {
+    absl::Time give_up;
+    std::string from;
+  };
+  std::map<grpc::ServerContext*, Handshake> handshaking_ ABSL_GUARDED_BY(mu_);
   // TruncateLog's: when it last warned that max_log_entries dropped entries a member lacks.
   absl::Time last_log_bound_warning_ = absl::InfinitePast();
 };

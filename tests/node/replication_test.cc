@@ -885,6 +885,53 @@ TEST(Replication, StreamCompressionIsTheFirstOfTheOffersTheNodeSupports) {
 // large a piece may be, every piece but the last is answered with a heartbeat (the sender's
 // watchdog hears the node while a large message arrives), and the whole request is answered
 // at its last piece as if it had come in one message.
+// Each inbound stream holds a server thread. One that never says hello is cancelled after
+// dead_after; and of a peer's streams only the newest two are kept (a peer runs one at a time,
+// so older ones are over on its side), so that neither can pile up.
+TEST(Replication, SilentAndSupersededInboundStreamsAreCancelled) {
+  Cluster cluster(2);  // n2 is a member of n1's cluster; the test speaks for it
+  cluster.options(0).replication.dead_after = absl::Milliseconds(500);
+  cluster.Start(0);
+  auto stub = mergedb::v1::ReplicationService::NewStub(
+      grpc::CreateChannel(cluster.Address(0), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    auto stream = stub->Replicate(&context);
+    const absl::Time start = absl::Now();
+    mergedb::v1::ReplicationResponse response;
+    EXPECT_FALSE(stream->Read(&response));
+    const grpc::Status status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+    // dead_after, plus up to the janitor's interval (200 ms here), with room for a busy machine.
+    EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  }
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<
+      grpc::ClientReaderWriter<mergedb::v1::ReplicationRequest, mergedb::v1::ReplicationResponse>>>
+      streams;
+  for (int i = 0; i < 3; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    streams.push_back(stub->Replicate(contexts.back().get()));
+    mergedb::v1::ReplicationResponse response;
+    ASSERT_TRUE(streams.back()->Write(testing::HelloAs("n2")) && streams.back()->Read(&response));
+  }
+  // The oldest ends; the other two still answer.
+  mergedb::v1::ReplicationResponse response;
+  while (streams[0]->Read(&response)) {
+  }
+  EXPECT_EQ(streams[0]->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  mergedb::v1::ReplicationRequest heartbeat;
+  heartbeat.mutable_heartbeat();
+  for (int i : {1, 2}) {
+    ASSERT_TRUE(streams[i]->Write(heartbeat) && streams[i]->Read(&response)) << i;
+    EXPECT_TRUE(response.has_ack()) << response.DebugString();
+    contexts[i]->TryCancel();
+    (void)streams[i]->Finish();
+  }
+}
+
 TEST(Replication, AFragmentedRequestIsAnsweredPieceByPieceThenWhole) {
   Cluster cluster(2);  // n2 is a member of n1's cluster; the test speaks for it
   cluster.Start(0);
