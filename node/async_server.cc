@@ -60,7 +60,8 @@ AsyncServer::AsyncServer(std::unique_ptr<grpc::ServerCompletionQueue> cq, int th
     : cq_(std::move(cq)),
       thread_count_(std::max(1, threads)),
       confirming_(kMaxBlockingThreads),
-      blocking_(kMaxBlockingThreads) {}
+      blocking_(kMaxBlockingThreads),
+      version_waits_(kMaxBlockingThreads) {}
 
 AsyncServer::~AsyncServer() { Shutdown(); }
 

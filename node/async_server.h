@@ -93,8 +93,12 @@ class AsyncServer {
   void Shutdown();
 
   grpc::ServerCompletionQueue* cq() const { return cq_.get(); }
-  // Applies that wait (fsync per commit, a base version).
+  // Applies that wait for the disk (fsync per commit).
   BlockingPool* blocking_pool() { return &blocking_; }
+  // Applies that wait for their base version to arrive: up to their deadlines, as long as a
+  // partition lasts. A pool of their own, so that commits under fsync per commit never queue
+  // behind them when many wait at once.
+  BlockingPool* version_pool() { return &version_waits_; }
   // Waits for the peers' confirmations (QUORUM, ALL) of writes already committed.
   BlockingPool* confirm_pool() { return &confirming_; }
   // A call object is about to ask gRPC for a call: false once shutting down (an operation on a
@@ -118,6 +122,7 @@ class AsyncServer {
   // since an apply may hand its answers to a confirmer.
   BlockingPool confirming_;
   BlockingPool blocking_;
+  BlockingPool version_waits_;
 };
 
 }  // namespace mergedb::node

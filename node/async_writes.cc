@@ -1,14 +1,15 @@
 // The write RPCs on the asynchronous server (node/async_server.h).
 //
-// Update: a call is applied on the thread that received it, or on the blocking pool when its
-// apply would wait (a base version, fsync per commit); concurrent calls share commits through the
-// store's group commit. A QUORUM or ALL call then waits for the peers on the confirmation pool.
+// Update: a call is applied on the thread that received it, or on a pool when its apply would
+// wait (for its base version, or for fsync per commit; PoolFor); concurrent calls share commits
+// through the store's group commit. A QUORUM or ALL call then waits for the peers on the
+// confirmation pool.
 //
 // UpdateStream and UpdateBatchStream: a stream's messages are applied on the thread that read
 // them. Batching still happens: while one thread applies a stream's messages, the others keep
 // reading that stream and queue what arrives; the applying thread takes it all as its next batch,
 // one storage commit. Messages whose apply would wait (a base version, or every commit under
-// fsync per commit) go to the blocking pool, which carries on with the stream from there.
+// fsync per commit) go to a pool (PoolFor), which carries on with the stream from there.
 //
 // QUORUM and ALL updates are committed like the others and wait for the peers afterwards: their
 // answers queue, and one task on the blocking pool per stream (the confirmer) releases them in
@@ -109,6 +110,11 @@ bool ApplyWaits(const UpdateRequest& request) { return !request.base_version().e
 bool ApplyWaits(const UpdateBatch& batch) {
   return std::any_of(batch.updates().begin(), batch.updates().end(),
                      [](const UpdateRequest& update) { return ApplyWaits(update); });
+}
+// Where an apply that may block runs: one that waits for its base version on a pool of its
+// own (AsyncServer::version_pool), one that waits only for the disk on the blocking pool.
+BlockingPool* PoolFor(AsyncServer* server, bool waits_for_version) {
+  return waits_for_version ? server->version_pool() : server->blocking_pool();
 }
 
 // Why a stream's message that does not parse is refused. A proto3 string that is not valid UTF-8
@@ -309,8 +315,8 @@ class WriteStreamCall final : public AsyncCall {
           messages.push_back(std::move(queue_.front()));
           queue_.pop_front();
         }
-        if (messages.empty()) {  // the next message waits: the pool carries on from here
-          server_->blocking_pool()->Run([this] { Apply(/*may_wait=*/true); });
+        if (messages.empty()) {  // the next message waits: a pool carries on from here
+          PoolFor(server_, ApplyWaits(queue_.front()))->Run([this] { Apply(/*may_wait=*/true); });
           return;
         }
         // Reading stopped while the queue was full; there is room again.
@@ -517,7 +523,7 @@ class UpdateCall final : public AsyncCall {
         return;
       }
       if (commits_wait_ || ApplyWaits(request_)) {
-        server_->blocking_pool()->Run([this] { Execute(); });
+        PoolFor(server_, ApplyWaits(request_))->Run([this] { Execute(); });
       } else {
         Execute();
       }
