@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/base/internal/endian.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -159,6 +160,54 @@ google::protobuf::Value Scalar::ToJson() const {
   };
   std::visit(Visitor{&out}, rep_);
   return out;
+}
+
+namespace {
+// JSON's number grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?. `integer` says whether
+// it has neither fraction nor exponent.
+bool IsJsonNumber(absl::string_view t, bool* integer) {
+  size_t i = 0;
+  auto digits = [&] {
+    const size_t start = i;
+    while (i < t.size() && t[i] >= '0' && t[i] <= '9') ++i;
+    return i > start;
+  };
+  if (i < t.size() && t[i] == '-') ++i;
+  if (i < t.size() && t[i] == '0') {
+    ++i;
+  } else if (!digits()) {
+    return false;
+  }
+  *integer = true;
+  if (i < t.size() && t[i] == '.') {
+    ++i;
+    if (!digits()) return false;
+    *integer = false;
+  }
+  if (i < t.size() && (t[i] == 'e' || t[i] == 'E')) {
+    ++i;
+    if (i < t.size() && (t[i] == '+' || t[i] == '-')) ++i;
+    if (!digits()) return false;
+    *integer = false;
+  }
+  return i == t.size();
+}
+}  // namespace
+
+Scalar Scalar::ParseText(absl::string_view text) {
+  if (text == "null") return OfNull();
+  if (text == "true" || text == "false") return OfBool(text == "true");
+  bool integer = false;
+  if (IsJsonNumber(text, &integer)) {
+    int64_t i;
+    if (integer && absl::SimpleAtoi(text, &i)) return OfInt(i);
+    double d;
+    if (absl::SimpleAtod(text, &d)) return OfDouble(d);
+  }
+  if (text.size() >= 2 && text.front() == '"' && text.back() == '"') {
+    return OfString(std::string(text.substr(1, text.size() - 2)));
+  }
+  return OfString(std::string(text));
 }
 
 std::string Scalar::DebugString() const {

@@ -55,6 +55,12 @@ class Scalar {
   // larger integers become decimal strings so that no JSON reader rounds them.
   google::protobuf::Value ToJson() const;
 
+  // What a command line means by TEXT, in JSON's scalar syntax: null, true, false; a JSON
+  // number (an int64 when it is an integer literal in range, else a double); "quoted" text
+  // (the quotes removed); anything else is the text itself, as a string (so 02134 and +5 are
+  // strings: JSON numbers have no leading zeros or plus signs).
+  static Scalar ParseText(absl::string_view text);
+
   std::string DebugString() const;
 
   friend bool operator==(const Scalar& a, const Scalar& b);

@@ -3,7 +3,7 @@
 //   mergedb [--node=HOST:PORT] get COLLECTION ID [PATH]
 //   mergedb update COLLECTION ID OP [OP...]      (one atomic update)
 //       set PATH VALUE      VALUE in JSON scalar syntax: 42 (int), 4.5 (double), "text",
-//                           true, false, null; anything else is taken as a string
+//                           true, false, null; anything else (02134, +5, hi) is a string
 //       setjson PATH JSON   any JSON value, stored opaque in a register
 //       incr PATH N         add N (negative to subtract) to a counter
 //       add PATH VALUE      add one element to a set (repeat the op for more)
@@ -38,6 +38,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "crdt/scalar.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "mergedb/v1/api.grpc.pb.h"
@@ -120,25 +121,9 @@ void SetPath(const std::string& path, mergedb::v1::Operation* op) {
   for (const std::string& name : SplitPath(path)) op->add_path(name);
 }
 
-// JSON scalar syntax, typed: an integer literal is an int64, a literal with a fraction or
-// exponent a double; quoted text a string; anything else is taken as a plain string.
 mergedb::v1::Scalar ParseScalar(const std::string& text) {
   mergedb::v1::Scalar s;
-  int64_t i;
-  double d;
-  if (text == "null") {
-    s.mutable_null_value();
-  } else if (text == "true" || text == "false") {
-    s.set_bool_value(text == "true");
-  } else if (absl::SimpleAtoi(text, &i)) {
-    s.set_int_value(i);
-  } else if (text.find_first_of(".eE") != std::string::npos && absl::SimpleAtod(text, &d)) {
-    s.set_double_value(d);
-  } else if (text.size() >= 2 && text.front() == '"' && text.back() == '"') {
-    s.set_string_value(text.substr(1, text.size() - 2));
-  } else {
-    s.set_string_value(text);
-  }
+  mergedb::crdt::Scalar::ParseText(text).EncodeTo(&s);
   return s;
 }
 
@@ -456,6 +441,13 @@ int main(int argc, char** argv) {
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
     return Fail("missing command: get, update, delete, list, watch, status, backup, fetch-backup");
+  }
+  // A week bounds both: beyond it a deadline is a typo (and past ~292 years it would overflow).
+  if (const int64_t t = absl::GetFlag(FLAGS_timeout_ms); t <= 0 || t > int64_t{7} * 86400 * 1000) {
+    return Fail(absl::StrCat("--timeout_ms must be from 1 to 604800000 (a week), not ", t));
+  }
+  if (const int64_t t = absl::GetFlag(FLAGS_backup_timeout_s); t <= 0 || t > int64_t{7} * 86400) {
+    return Fail(absl::StrCat("--backup_timeout_s must be from 1 to 604800 (a week), not ", t));
   }
   const std::string command = args[1];
   if (command == "fetch-backup") {

@@ -180,6 +180,9 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_max_update_bytes) > (int64_t{1} << 30)) {
     return UsageError("--max_update_bytes is at most 1 GiB");
   }
+  if (absl::GetFlag(FLAGS_cache_mb) > (int64_t{1} << 20)) {
+    return UsageError("--cache_mb is at most 1048576 (1 TiB)");
+  }
   options.cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_cache_mb)) << 20;
   options.limits.max_name_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_name_bytes));
   options.limits.max_path_depth = absl::GetFlag(FLAGS_max_path_depth);

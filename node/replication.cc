@@ -4,7 +4,9 @@
 #include <random>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -1700,9 +1702,14 @@ absl::StatusOr<std::vector<PeerConfig>> ParsePeers(absl::string_view spec) {
   if (spec.empty()) return peers;
   for (absl::string_view item : absl::StrSplit(spec, ',')) {
     std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
-    if (kv.first.empty() || kv.second.empty() || kv.second.find(':') == std::string::npos) {
+    // The port is what follows the last colon ([::1]:7001 is an IPv6 host).
+    const size_t colon = kv.second.rfind(':');
+    uint32_t port = 0;
+    if (kv.first.empty() || colon == std::string::npos || colon == 0 ||
+        !absl::SimpleAtoi(absl::string_view(kv.second).substr(colon + 1), &port) || port == 0 ||
+        port > 65535 || !absl::ascii_isdigit(kv.second[colon + 1])) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--peers: '", item, "' is not name=host:port"));
+          absl::StrCat("--peers: '", item, "' is not name=host:port (a port from 1 to 65535)"));
     }
     for (const auto& p : peers) {
       if (p.name == kv.first) {

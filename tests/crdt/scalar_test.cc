@@ -86,5 +86,22 @@ TEST(RegisterValue, JsonIsOpaqueAndCanonical) {
   EXPECT_EQ(back->ToJson().struct_value().fields().at("y").string_value(), "z");
 }
 
+TEST(Scalar, TextIsTypedByJsonScalarSyntaxAndAnythingElseIsAString) {
+  EXPECT_EQ(Scalar::ParseText("null"), Scalar::OfNull());
+  EXPECT_EQ(Scalar::ParseText("true"), Scalar::OfBool(true));
+  EXPECT_EQ(Scalar::ParseText("42"), Scalar::OfInt(42));
+  EXPECT_EQ(Scalar::ParseText("-0"), Scalar::OfInt(0));
+  EXPECT_EQ(Scalar::ParseText("-9223372036854775808"), Scalar::OfInt(INT64_MIN));
+  EXPECT_EQ(Scalar::ParseText("9223372036854775808"), Scalar::OfDouble(9223372036854775808.0));
+  EXPECT_EQ(Scalar::ParseText("1.5"), Scalar::OfDouble(1.5));
+  EXPECT_EQ(Scalar::ParseText("2e3"), Scalar::OfDouble(2000));
+  EXPECT_EQ(Scalar::ParseText("\"42\""), Scalar::OfString("42"));
+  // Not JSON numbers: kept as written (a ZIP code keeps its leading zero).
+  for (const char* text :
+       {"02134", "+5", " 42", "42 ", "1.", ".5", "1e", "0x10", "nan", "inf", "True", "", "\""}) {
+    EXPECT_EQ(Scalar::ParseText(text), Scalar::OfString(text)) << text;
+  }
+}
+
 }  // namespace
 }  // namespace mergedb::crdt

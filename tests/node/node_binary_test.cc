@@ -252,6 +252,17 @@ TEST_F(NodeBinaryTest, BadFlagsAreRefusedWithAClearMessage) {
   EXPECT_TRUE(absl::StrContains(data_in_backup.Stderr(), "--backup_dir must be outside --data_dir"))
       << data_in_backup.Stderr();
   args = Args();
+  args.push_back("--cache_mb=17592186044416");  // 2^44 MiB: would wrap to no cache at all
+  Process huge_cache(args);
+  EXPECT_EQ(huge_cache.Wait(std::chrono::seconds(20)), 2);
+  EXPECT_TRUE(absl::StrContains(huge_cache.Stderr(), "--cache_mb is at most"))
+      << huge_cache.Stderr();
+  args = Args();
+  args.push_back("--peers=n2=127.0.0.1:abc");
+  Process bad_port(args);
+  EXPECT_EQ(bad_port.Wait(std::chrono::seconds(20)), 2);
+  EXPECT_TRUE(absl::StrContains(bad_port.Stderr(), "is not name=host:port")) << bad_port.Stderr();
+  args = Args();
   args.push_back("--backup_stall_timeout_s=0");
   Process no_stall_bound(args);
   EXPECT_EQ(no_stall_bound.Wait(std::chrono::seconds(20)), 2);

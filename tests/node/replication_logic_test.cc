@@ -613,6 +613,20 @@ TEST_F(ReplicationLogicTest, AStateMidTransferIsNotComparedAndStartsNoReconcile)
 // What a buggy or hostile peer could send in a full-state transfer: parts of many documents
 // never finished (held without bound before), and a vector naming a replica that cannot exist
 // (persisted, then offered to every other node). Both are refused, and nothing is applied.
+TEST(ParsePeers, TakesNameEqualsHostColonPortAndRefusesAnythingElse) {
+  auto peers = ParsePeers("n2=127.0.0.1:7002,n3=[::1]:7003,n4=db-4.example:65535");
+  ASSERT_TRUE(peers.ok()) << peers.status();
+  ASSERT_EQ(peers->size(), 3u);
+  EXPECT_EQ((*peers)[1].name, "n3");
+  EXPECT_EQ((*peers)[1].address, "[::1]:7003");
+  EXPECT_TRUE(ParsePeers("")->empty());
+  for (const char* bad :
+       {"n2", "n2=", "=h:1", "n2=host", "n2=:7002", "n2=host:", "n2=host:abc", "n2=host:0",
+        "n2=host:65536", "n2=host:+5", "n2=host:7002x", "n2=h:1,n2=h:2"}) {
+    EXPECT_EQ(ParsePeers(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
 TEST_F(ReplicationLogicTest, ATransferThatNoSenderWouldSendIsRefused) {
   auto sink = OpenStore("/b", "n2");
   ClusterView view("n2", {"n1"}, sink.get());
