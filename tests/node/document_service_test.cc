@@ -708,43 +708,22 @@ TEST_F(DocumentServiceTest, UpdatesWaitingForTheirBaseVersionDoNotHoldUpOtherWri
   crdt::CausalContext elsewhere;
   elsewhere.Add(crdt::Dot{0x5151, 1});
   const std::string token = EncodeVersionToken(elsewhere);
-  struct Call {
-    grpc::ClientContext context;
-    UpdateResponse response;
-    grpc::Status status;
-    std::unique_ptr<grpc::ClientAsyncResponseReader<UpdateResponse>> reader;
-  };
-  grpc::CompletionQueue cq;
   constexpr int kWaiting = 300;  // past the 256 threads of a pool
-  std::vector<std::unique_ptr<Call>> calls;
+  std::vector<UpdateRequest> based;
   for (int i = 0; i < kWaiting; ++i) {
-    auto call = std::make_unique<Call>();
-    Deadline(&call->context, 60000);
-    UpdateRequest request = UpdateOf("w", "d" + std::to_string(i));
-    Incr(&request, {"n"}, 1);
-    request.set_base_version(token);
-    call->reader = docs_->AsyncUpdate(&call->context, request, &cq);
-    call->reader->Finish(&call->response, &call->status, call.get());
-    calls.push_back(std::move(call));
+    based.push_back(UpdateOf("w", "d" + std::to_string(i)));
+    Incr(&based.back(), {"n"}, 1);
+    based.back().set_base_version(token);
   }
+  testing::PendingUpdates waiting(docs_.get(), based, std::chrono::seconds(60));
   absl::SleepFor(absl::Seconds(2));  // time for them to reach the node and start waiting
   UpdateRequest plain = UpdateOf("w", "plain");
   Incr(&plain, {"n"}, 1);
   const grpc::Status status = Update(plain);  // a 5 s deadline
   EXPECT_TRUE(status.ok()) << status.error_message();
-  for (auto& call : calls) call->context.TryCancel();
-  int cancelled = 0;
-  for (int i = 0; i < kWaiting; ++i) {
-    void* tag;
-    bool ok;
-    ASSERT_TRUE(cq.Next(&tag, &ok));
-    cancelled += static_cast<Call*>(tag)->status.error_code() == grpc::StatusCode::CANCELLED;
-  }
-  EXPECT_EQ(cancelled, kWaiting);  // none was applied: the version never arrived
-  cq.Shutdown();
-  void* tag;
-  bool ok;
-  while (cq.Next(&tag, &ok)) {
+  for (const grpc::Status& waited : waiting.CancelAndCollect()) {
+    // None was applied: the version never arrived.
+    EXPECT_EQ(waited.error_code(), grpc::StatusCode::CANCELLED) << waited.error_message();
   }
 }
 

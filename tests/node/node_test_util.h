@@ -3,8 +3,10 @@
 #ifndef MERGEDB_TESTS_NODE_NODE_TEST_UTIL_H_
 #define MERGEDB_TESTS_NODE_NODE_TEST_UTIL_H_
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -119,6 +121,57 @@ inline int64_t CounterIn(const mergedb::v1::GetResponse& response, const std::st
   }
   return 0;
 }
+
+// Updates sent at once and left outstanding (asynchronous calls on one completion queue): for
+// tests that keep many calls waiting inside a node.
+class PendingUpdates {
+ public:
+  PendingUpdates(mergedb::v1::DocumentService::Stub* stub,
+                 const std::vector<mergedb::v1::UpdateRequest>& requests,
+                 std::chrono::milliseconds deadline) {
+    for (const auto& request : requests) {
+      auto call = std::make_unique<Call>();
+      call->context.set_deadline(std::chrono::system_clock::now() + deadline);
+      call->reader = stub->AsyncUpdate(&call->context, request, &cq_);
+      call->reader->Finish(&call->response, &call->status, call.get());
+      calls_.push_back(std::move(call));
+    }
+  }
+  PendingUpdates(const PendingUpdates&) = delete;
+  PendingUpdates& operator=(const PendingUpdates&) = delete;
+  ~PendingUpdates() { (void)CancelAndCollect(); }
+
+  // Cancels the calls still outstanding, waits for every answer, and returns each call's status
+  // in the order sent (empty once collected).
+  std::vector<grpc::Status> CancelAndCollect() {
+    if (calls_.empty()) return {};
+    for (auto& call : calls_) call->context.TryCancel();
+    for (size_t i = 0; i < calls_.size(); ++i) {
+      void* tag = nullptr;
+      bool ok = false;
+      if (!cq_.Next(&tag, &ok)) break;
+    }
+    std::vector<grpc::Status> statuses;
+    for (const auto& call : calls_) statuses.push_back(call->status);
+    calls_.clear();
+    cq_.Shutdown();
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq_.Next(&tag, &ok)) {
+    }
+    return statuses;
+  }
+
+ private:
+  struct Call {
+    grpc::ClientContext context;
+    mergedb::v1::UpdateResponse response;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<mergedb::v1::UpdateResponse>> reader;
+  };
+  grpc::CompletionQueue cq_;
+  std::vector<std::unique_ptr<Call>> calls_;
+};
 
 }  // namespace mergedb::node::testing
 

@@ -1445,23 +1445,9 @@ TEST(Replication, QuorumWritesWaitingOnAPartitionDoNotHoldUpLocalWrites) {
   cluster.Stop(1);
   cluster.Stop(2);
   constexpr int kWaiting = 300;  // more than the 256 threads a node keeps for either kind
-  struct Call {
-    grpc::ClientContext context;
-    UpdateResponse response;
-    grpc::Status status;
-    std::unique_ptr<grpc::ClientAsyncResponseReader<UpdateResponse>> reader;
-  };
-  grpc::CompletionQueue cq;
-  std::vector<std::unique_ptr<Call>> calls;
-  for (int k = 0; k < kWaiting; ++k) {
-    auto call = std::make_unique<Call>();
-    call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    UpdateRequest quorum = IncrementOf("waiting", 1);
-    quorum.set_write_concern(mergedb::v1::QUORUM);
-    call->reader = cluster.Docs(0)->AsyncUpdate(&call->context, quorum, &cq);
-    call->reader->Finish(&call->response, &call->status, call.get());
-    calls.push_back(std::move(call));
-  }
+  std::vector<UpdateRequest> quorum(kWaiting, IncrementOf("waiting", 1));
+  for (UpdateRequest& request : quorum) request.set_write_concern(mergedb::v1::QUORUM);
+  testing::PendingUpdates waiting(cluster.Docs(0), quorum, std::chrono::seconds(60));
   // Every one of them is committed, and waits.
   EXPECT_TRUE(
       Eventually([&] { return CounterIn(cluster.Get(0, "c", "waiting"), "n") == kWaiting; }));
@@ -1472,18 +1458,7 @@ TEST(Replication, QuorumWritesWaitingOnAPartitionDoNotHoldUpLocalWrites) {
             << std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
                    .count()
             << " ms\n";
-  for (auto& call : calls) call->context.TryCancel();
-  for (int k = 0; k < kWaiting; ++k) {
-    void* tag = nullptr;
-    bool ok = false;
-    ASSERT_TRUE(cq.Next(&tag, &ok));
-    EXPECT_FALSE(static_cast<Call*>(tag)->status.ok());
-  }
-  cq.Shutdown();
-  void* tag = nullptr;
-  bool ok = false;
-  while (cq.Next(&tag, &ok)) {
-  }
+  for (const grpc::Status& waited : waiting.CancelAndCollect()) EXPECT_FALSE(waited.ok());
 }
 
 TEST(Replication, ANodeOfAnotherClusterIsRefused) {
