@@ -12,7 +12,7 @@ class FaultFile : public leveldb::WritableFile {
       : env_(env), fname_(std::move(fname)), base_(base) {}
 
   leveldb::Status Append(const leveldb::Slice& data) override {
-    if (env_->fail_writes()) return leveldb::Status::IOError(fname_, "injected write failure");
+    if (env_->FailThisAppend()) return leveldb::Status::IOError(fname_, "injected write failure");
     leveldb::Status s = base_->Append(data);
     if (s.ok()) env_->RecordWrite(fname_, data.size());
     return s;
@@ -36,6 +36,15 @@ class FaultFile : public leveldb::WritableFile {
 };
 
 }  // namespace
+
+bool FaultInjectionEnv::FailThisAppend() {
+  if (fail_writes_) return true;
+  int left = fail_next_appends_.load();
+  while (left > 0) {
+    if (fail_next_appends_.compare_exchange_weak(left, left - 1)) return true;
+  }
+  return false;
+}
 
 leveldb::Status FaultInjectionEnv::NewWritableFile(const std::string& fname,
                                                    leveldb::WritableFile** result) {

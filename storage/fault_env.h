@@ -28,7 +28,11 @@ class FaultInjectionEnv : public leveldb::EnvWrapper {
   // While set, Append (respectively Sync) of any file fails with an I/O error.
   void set_fail_writes(bool fail) { fail_writes_ = fail; }
   void set_fail_syncs(bool fail) { fail_syncs_ = fail; }
+  // The next `n` Appends fail, then writes work again: a transient error (an ENOSPC that clears).
+  void fail_next_appends(int n) { fail_next_appends_ = n; }
   bool fail_writes() const { return fail_writes_; }
+  // Whether this Append fails (counts down fail_next_appends).
+  bool FailThisAppend();
   bool fail_syncs() const { return fail_syncs_; }
 
   // Bytes appended to files through this Env so far (what the store wrote, before compaction
@@ -55,6 +59,7 @@ class FaultInjectionEnv : public leveldb::EnvWrapper {
   };
   std::atomic<bool> fail_writes_{false};
   std::atomic<bool> fail_syncs_{false};
+  std::atomic<int> fail_next_appends_{0};
   std::atomic<uint64_t> bytes_written_{0};
   absl::Mutex mu_;
   std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);

@@ -1029,6 +1029,20 @@ absl::Status Store::Commit(absl::Span<Writer* const> ws) {
 // The leader, first in the queue, takes the queue (bounded by bytes), numbers its entries in
 // order and writes them in one LevelDB batch. Called and returns with commit_mu_ held.
 void Store::LeadGroup(Writer* w) {
+  if (!fatal_.ok()) {
+    // A group ahead failed. LevelDB would take the next write after a failed log append (it
+    // refuses more only after a failed sync), but the writers queued behind were prepared on
+    // state that may include the failed writes (a batch's later writes build on its earlier
+    // ones): none of them may commit.
+    while (!writers_.empty()) {
+      Writer* x = writers_.front();
+      writers_.pop_front();
+      x->status = fatal_;
+      x->done = true;
+      if (x != w) x->cv.Signal();
+    }
+    return;
+  }
   leveldb::WriteBatch group;
   VersionVector applied = applied_;
   uint64_t change_seq = last_change_seq_;

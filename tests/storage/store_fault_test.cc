@@ -33,6 +33,29 @@ TEST_F(StoreFaultTest, AFailedWriteIsFatalForTheHandleUntilReopened) {
   EXPECT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, me)).ok());
 }
 
+// A batch's later write is prepared on the document its earlier writes changed. When the earlier
+// one's commit fails and the later one is in the next group, the later one must not commit: it
+// carries the failed write's changes (and LevelDB takes a write after a failed append).
+TEST_F(StoreFaultTest, WritersQueuedBehindAFailedCommitFailToo) {
+  StoreOptions options = Options();
+  options.max_group_bytes = 1;  // one writer per group
+  auto store = OpenOrDie(options);
+  const crdt::ReplicaId me = store->replica_id();
+  ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, me)).ok());
+  env_.fail_next_appends(1);
+  const std::vector<LocalWrite> batch = {Increment("c", "d", "n", 10, me),
+                                         Increment("c", "d", "n", 100, me)};
+  for (const auto& result : store->ApplyLocalBatch(batch)) {
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+  }
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 1);
+  EXPECT_EQ(*store->ScanDigest(), store->state_digest());
+  store.reset();
+  store = OpenOrDie(options);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 1);
+  EXPECT_EQ(*store->ScanDigest(), store->state_digest());
+}
+
 TEST_F(StoreFaultTest, AFailedSyncIsFatalInSyncMode) {
   StoreOptions options = Options();
   options.durability = Durability::kSyncEachCommit;
