@@ -1708,11 +1708,16 @@ absl::Status Store::DeleteThrough(uint64_t* floor, uint64_t upto,
     leveldb::WriteBatch batch;
     for (uint64_t seq = from + 1; seq <= end; ++seq) batch.Delete(key(seq));
     batch.Put(floor_key, keys::EncodeBe64(end));
-    leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch);
     {
+      // Raised before the keys go, so that a reader that finds one missing also finds the
+      // floor past it (ReadLog, ReadChanges): truncation, never an unexplained gap.
       absl::MutexLock lock(&commit_mu_);
-      if (!s.ok()) return FailStore(FromLevelDb(s, what));
       *floor = end;
+    }
+    leveldb::Status s = db_->Write(leveldb::WriteOptions(), &batch);
+    if (!s.ok()) {
+      absl::MutexLock lock(&commit_mu_);
+      return FailStore(FromLevelDb(s, what));
     }
     if (end < upto && options_.testonly_between_truncation_chunks) {
       floors.Release();
@@ -1857,11 +1862,13 @@ absl::Status Store::TruncateChanges(uint64_t keep) {
 
 absl::StatusOr<std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>>> Store::ReadChanges(
     uint64_t after_seq, size_t max) {
-  if (const uint64_t floor = change_floor(); after_seq < floor) {
+  auto truncated = [&](uint64_t floor) {
     return absl::OutOfRangeError(absl::StrCat(
         "the change feed no longer holds changes after position ", after_seq,
         " (the oldest retained follows ", floor, "): read the documents again and watch from now"));
-  }
+  };
+  if (const uint64_t floor = change_floor(); after_seq < floor) return truncated(floor);
+  if (options_.testonly_before_reading_changes) options_.testonly_before_reading_changes();
   std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>> out;
   const uint64_t last = last_change_seq();
   if (after_seq >= last || max == 0) return out;
@@ -1875,6 +1882,15 @@ absl::StatusOr<std::vector<std::pair<uint64_t, mergedb::v1::ChangeRecord>>> Stor
       return absl::DataLossError(absl::StrCat("data dir ", options_.path, ": corrupt change record"));
     }
     const uint64_t seq = keys::DecodeBe64(View(it->key()).substr(1));
+    // Positions are contiguous. A gap is a truncation that ran since the check above (its
+    // floor rises before its keys go), or a damaged block the iterator stepped over: never
+    // a reason to deliver what follows as if nothing were missing.
+    if (const uint64_t expected = after_seq + 1 + out.size(); seq != expected) {
+      MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), "reading the change feed"));
+      if (const uint64_t floor = change_floor(); floor >= expected) return truncated(floor);
+      return absl::DataLossError(
+          absl::StrCat("data dir ", options_.path, ": the change feed misses position ", expected));
+    }
     out.emplace_back(seq, std::move(record));
     if (seq >= last || out.size() >= max) break;
   }

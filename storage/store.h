@@ -111,6 +111,9 @@ struct StoreOptions {
   // Tests only: runs between two chunks of a truncation (of the log or the change feed), with
   // no lock held, so that a test can put another writer of the floors exactly there.
   std::function<void()> testonly_between_truncation_chunks;
+  // Tests only: runs in ReadChanges between its check of the floor and its read, with no lock
+  // held, so that a test can truncate exactly there.
+  std::function<void()> testonly_before_reading_changes;
   // Tests only: runs after a full-state transfer's final commit, before the log entries it
   // superseded are deleted (where a crash leaves them for the next open to delete).
   std::function<void()> testonly_after_transfer_commit;

@@ -1129,6 +1129,29 @@ TEST_F(StoreTest, TheChangeFeedKeepsItsRetentionAndRefusesOlderPositions) {
   EXPECT_EQ(store->change_floor(), 20u);
 }
 
+// A reader that passed the floor check while a truncation deleted what it was about to read
+// must learn that changes are gone, not get the ones after them as if they were next (a Watch
+// would silently skip them).
+TEST_F(StoreTest, AChangeFeedReadRacingItsTruncationIsOutOfRangeNeverAGap) {
+  Store* raw = nullptr;
+  int reads = 0;
+  StoreOptions options = Options();
+  options.testonly_before_reading_changes = [&] {
+    if (++reads == 1) EXPECT_TRUE(raw->TruncateChanges(5).ok());
+  };
+  auto store = OpenOrDie(options);
+  raw = store.get();
+  const crdt::ReplicaId me = store->replica_id();
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 1, me)).ok());
+  auto raced = store->ReadChanges(0, 100);
+  EXPECT_EQ(raced.status().code(), absl::StatusCode::kOutOfRange) << raced.status();
+  EXPECT_EQ(store->change_floor(), 15u);
+  auto after = store->ReadChanges(15, 100);
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->size(), 5u);
+  EXPECT_EQ(after->front().first, 16u);
+}
+
 TEST_F(StoreTest, ASmallChangeToALargeDocumentWritesLittle) {
   auto store = OpenOrDie();
   const crdt::ReplicaId me = store->replica_id();
