@@ -1,6 +1,7 @@
 // mergedb-repair DATA_DIR: salvages a corrupted data directory (the node must be stopped).
-// Runs LevelDB's repair, which keeps every readable record and drops damaged ones; afterwards
-// the node catches up what it lost from its peers' logs or by a full-state transfer.
+// Runs LevelDB's repair, which keeps every readable record and drops damaged ones, and marks the
+// directory so that the node's next open recounts it and takes a new replica id; the node then
+// gets back what it lost from its peers (storage/FORMAT.md, "Corruption and repair").
 #include <cstdio>
 
 #include "storage/store.h"

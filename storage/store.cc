@@ -313,7 +313,9 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
         absl::StrCat("data dir ", options.path, ": cluster id and node name are required"));
   }
   std::unique_ptr<Store> store(new Store(options));
-  if (absl::Status opened = store->Initialize(); !opened.ok()) {
+  absl::Status opened = store->Initialize();
+  if (opened.ok() && store->repaired_) opened = store->Recount();
+  if (!opened.ok()) {
     // A failed open must leave the directory as it found it: marking it cleanly closed would
     // let the next open keep the replica id after an unclean stop of a no-fsync run.
     store->abandoned_ = true;
@@ -329,7 +331,47 @@ absl::Status Store::Repair(const std::string& path, leveldb::Env* env) {
   // Repair could drop a cut-off copy's incomplete marker and keep the rest, which would then
   // pass for a whole copy.
   if (options.env->FileExists(BackupSentinelPath(path))) return BackupCutOff(path);
-  return FromLevelDb(leveldb::RepairDB(path, options), absl::StrCat("repair of data dir ", path));
+  MERGEDB_RETURN_IF_ERROR(
+      FromLevelDb(leveldb::RepairDB(path, options), absl::StrCat("repair of data dir ", path)));
+  // What the repair dropped is unknown here: the next open recounts and rotates the replica id
+  // (Initialize, Recount). Without that, the stored digest would still match the peers' and
+  // hide the loss from them, and a lost context record would let this node issue again dots
+  // its peers already hold (their writes would then be dropped as duplicates: Riak's kv679).
+  leveldb::DB* raw = nullptr;
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(leveldb::DB::Open(options, path, &raw),
+                                      absl::StrCat("opening repaired data dir ", path)));
+  std::unique_ptr<leveldb::DB> db(raw);
+  leveldb::WriteOptions sync;
+  sync.sync = true;
+  return FromLevelDb(db->Put(sync, keys::Meta(keys::kMetaRepaired), "1"),
+                     absl::StrCat("marking data dir ", path, " repaired"));
+}
+
+absl::Status Store::Recount() {
+  int64_t documents = 0;
+  {
+    MERGEDB_ASSIGN_OR_RETURN(std::unique_ptr<SnapshotCursor> cursor, OpenSnapshot());
+    SnapshotDoc doc;
+    while (true) {
+      MERGEDB_ASSIGN_OR_RETURN(bool more, cursor->Next(&doc));
+      if (!more) break;
+      documents += doc.state.exists();
+    }
+  }
+  MERGEDB_ASSIGN_OR_RETURN(std::string digest, ScanDigest());
+  leveldb::WriteBatch batch;
+  batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(static_cast<uint64_t>(documents)));
+  batch.Put(keys::Meta(keys::kMetaDigest), digest);
+  batch.Delete(keys::Meta(keys::kMetaRepaired));
+  leveldb::WriteOptions sync;
+  sync.sync = true;
+  MERGEDB_RETURN_IF_ERROR(
+      FromLevelDb(db_->Write(sync, &batch), absl::StrCat("recounting data dir ", options_.path)));
+  absl::MutexLock lock(&commit_mu_);
+  doc_count_ = documents;
+  digest_ = (static_cast<unsigned __int128>(keys::DecodeBe64(digest)) << 64) |
+            keys::DecodeBe64(absl::string_view(digest).substr(8));
+  return absl::OkStatus();
 }
 
 absl::Status Store::Initialize() {
@@ -492,7 +534,12 @@ absl::Status Store::Initialize() {
     feed_history_.push_back(
         {keys::DecodeBe64(entry.substr(0, 8)), keys::DecodeBe64(entry.substr(8))});
   }
-  if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation || opened_backup_) {
+  std::string repaired;
+  leveldb::Status rp = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaRepaired), &repaired);
+  if (!rp.ok() && !rp.IsNotFound()) return FromLevelDb(rp, absl::StrCat("reading ", path));
+  repaired_ = rp.ok();
+  if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation || opened_backup_ ||
+      repaired_) {
     const crdt::ReplicaId previous = replica_id_;
     do {
       replica_id_ = DrawReplicaId();

@@ -469,6 +469,8 @@ class Store {
 
   explicit Store(const StoreOptions& options);
   absl::Status Initialize();
+  // After a repair: the document count and the digest from a scan of what survived.
+  absl::Status Recount();
   uint64_t DrawReplicaId();
 
   // A state to join into a document (a remote delta, or a snapshot part) and where it came
@@ -549,6 +551,7 @@ class Store {
   };
   std::vector<FeedEpoch> feed_history_;
   bool opened_backup_ = false;
+  bool repaired_ = false;  // keys::kMetaRepaired was present at open
   bool abandoned_ = false;
 
   static constexpr size_t kDocLockStripes = 1024;

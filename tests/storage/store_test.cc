@@ -95,6 +95,44 @@ TEST_F(StoreTest, AChangeFeedBlockThatFailsItsChecksumIsDataLoss) {
   EXPECT_EQ(head->size(), 100u);
 }
 
+// Repair drops the records of a damaged block. The next open must count the documents and the
+// digest again from what survived (else the digest would still match the peers' and hide the
+// loss from them), and continue under a new replica id (a lost context record would otherwise
+// let this node issue again dots its peers hold: their writes would be dropped as duplicates).
+TEST_F(StoreTest, TheFirstOpenAfterARepairRecountsAndTakesANewReplicaId) {
+  constexpr int kDocs = 400;
+  auto id = [](int i) { return absl::StrCat("d", absl::Dec(i, absl::kZeroPad4)); };
+  crdt::ReplicaId before = 0;
+  {
+    auto store = OpenOrDie();
+    before = store->replica_id();
+    for (int i = 0; i < kDocs; ++i) {
+      ASSERT_TRUE(
+          store->ApplyLocal(SetString("c", id(i), "s", std::string(100, 'x'), before)).ok());
+    }
+  }
+  OpenOrDie();  // moves the write-ahead log into a table
+  testing::BreakBlockChecksum(
+      &env_, "/db", [&](int k) { return keys::DocContext(keys::DocPrefix("c", id(100 + k))); });
+  ASSERT_TRUE(Store::Repair("/db", &env_).ok());
+  crdt::ReplicaId after = 0;
+  {
+    auto store = OpenOrDie();
+    after = store->replica_id();
+    EXPECT_TRUE(store->rotated_incarnation());
+    EXPECT_NE(after, before);
+    EXPECT_EQ(*store->ScanDigest(), store->state_digest());
+    int found = 0;
+    for (int i = 0; i < kDocs; ++i) found += (*store->Get("c", id(i))).exists();
+    EXPECT_LT(found, kDocs) << "the damaged block's documents are gone";
+    EXPECT_GT(found, 0);
+    EXPECT_EQ(store->document_count(), found);
+  }
+  auto store = OpenOrDie();  // recounted once: a clean reopen keeps the new id
+  EXPECT_FALSE(store->rotated_incarnation());
+  EXPECT_EQ(store->replica_id(), after);
+}
+
 TEST_F(StoreTest, ReopenKeepsEverything) {
   crdt::ReplicaId me;
   {
