@@ -102,8 +102,8 @@ void EncodeVector(const storage::VersionVector& v,
 ClusterView::ClusterView(std::string self, std::vector<std::string> peers, storage::Store* store)
     : self_(std::move(self)), peers_(std::move(peers)), store_(store) {}
 
-void ClusterView::Update(const std::string& node, const storage::VersionVector& applied,
-                         Mode mode) {
+void ClusterView::Update(const std::string& node, const storage::VersionVector& applied, Mode mode,
+                         crdt::ReplicaId incarnation) {
   if (node == self_) return;
   if (std::find(peers_.begin(), peers_.end(), node) == peers_.end()) return;
   // This node numbers its own entries and, while its dir keeps its replica id, never loses one
@@ -141,6 +141,12 @@ void ClusterView::Update(const std::string& node, const storage::VersionVector& 
   absl::MutexLock lock(&mu_);
   if (mode == Mode::kRelayed) {
     if (auto it = first_hand_.find(node); it != first_hand_.end() && it->second > 0) return;
+    if (auto it = incarnation_.find(node);
+        it != incarnation_.end() && incarnation != 0 && incarnation != it->second) {
+      return;
+    }
+  } else if (incarnation != 0) {
+    incarnation_[node] = incarnation;
   }
   storage::VersionVector& known = known_[node];
   if (mode == Mode::kReplace) {
@@ -237,6 +243,12 @@ std::vector<std::string> ClusterView::NodesWithRole(mergedb::v1::Role role) cons
     if (r == role) out.push_back(node);
   }
   return out;
+}
+
+crdt::ReplicaId ClusterView::Incarnation(const std::string& node) const {
+  absl::MutexLock lock(&mu_);
+  auto it = incarnation_.find(node);
+  return it == incarnation_.end() ? 0 : it->second;
 }
 
 std::map<std::string, storage::VersionVector> ClusterView::Known() const {
@@ -366,7 +378,7 @@ absl::Status LinkSender::OnHelloAck(const mergedb::v1::HelloAck& ack) {
   // The peer's vector is authoritative for its current incarnation; Update also checks it for
   // more of this node's own writes than this dir holds. Then this side refuses the link too,
   // so that the reason shows in this node's Status.
-  view_->Update(peer_, sent_, ClusterView::Mode::kReplace);
+  view_->Update(peer_, sent_, ClusterView::Mode::kReplace, ack.replica_id());
   if (std::string why = view_->rolled_back_reason(); !why.empty()) {
     return absl::FailedPreconditionError(why);
   }
@@ -441,9 +453,10 @@ bool LinkSender::OnResponse(const ReplicationResponse& response) {
     }
     peer_direct_ = std::move(direct);
   }
-  view_->Update(peer_, applied, ClusterView::Mode::kMerge);
+  view_->Update(peer_, applied, ClusterView::Mode::kMerge, peer_replica_);
   for (const auto& known : response.ack().known()) {
-    view_->Update(known.node_name(), DecodeVector(known.applied()), ClusterView::Mode::kRelayed);
+    view_->Update(known.node_name(), DecodeVector(known.applied()), ClusterView::Mode::kRelayed,
+                  known.replica_id());
   }
   return widened;
 }
@@ -681,6 +694,7 @@ ReplicationResponse LinkReceiver::MakeAck() {
     acked_known_[node] = vector;
     auto* known = ack->add_known();
     known->set_node_name(node);
+    known->set_replica_id(view_->Incarnation(node));
     EncodeVector(vector, known->mutable_applied());
   }
   std::vector<crdt::ReplicaId> direct = view_->DirectOrigins();

@@ -160,8 +160,17 @@ class ClusterView {
   // (SetFirstHand): a relay can be older than the node's own word, and after the node lost data
   // (a new incarnation, a restore) it would raise the node's vector again past what it holds,
   // and the log would drop entries the node needs. Every mode checks for a rolled-back dir.
+  //
+  // `incarnation` is the replica id of `node` the vector belongs to (0: not known). First-hand
+  // (kMerge, kReplace), it is recorded. A relay naming another incarnation than the one this
+  // node last heard first-hand is ignored even while no first-hand link is up: it is what a
+  // node that has not heard of the rebuild still holds of the old incarnation, and merged in
+  // it would count the new one for QUORUM and ALL and truncation as holding what it lost.
   enum class Mode { kMerge, kReplace, kRelayed };
-  void Update(const std::string& node, const storage::VersionVector& applied, Mode mode);
+  void Update(const std::string& node, const storage::VersionVector& applied, Mode mode,
+              crdt::ReplicaId incarnation = 0);
+  // The replica id of `node` last heard first-hand (0: none), which relays of its vector carry.
+  crdt::ReplicaId Incarnation(const std::string& node) const;
   // Links on which `peer` itself reports its applied vector (an outbound stream past its hello
   // exchange). Counted, like SetInbound.
   void SetFirstHand(const std::string& peer, bool up);
@@ -238,6 +247,7 @@ class ClusterView {
   std::map<std::string, storage::VersionVector> known_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, crdt::ReplicaId> inbound_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> first_hand_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, crdt::ReplicaId> incarnation_ ABSL_GUARDED_BY(mu_);  // see Update
   struct ReconcileBackoff {
     uint64_t skip = 0;  // divergent heartbeats to let pass before the next transfer
     uint64_t next_skip = 1;

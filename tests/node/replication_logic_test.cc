@@ -735,6 +735,36 @@ TEST_F(ReplicationLogicTest, ASplitDocumentIsAppliedWholeAtItsLastPart) {
   EXPECT_EQ(sink->state_digest(), source->state_digest());
 }
 
+// A peer rebuilt (a new incarnation) and its link to this node blipped: a third node that has
+// not heard of the rebuild still relays the old incarnation's vector. Merged in, it would count
+// the rebuilt node for QUORUM, ALL and truncation as holding what it lost. Relays carry the
+// incarnation they describe, and one other than the peer's last first-hand one is ignored,
+// also while no first-hand link is up; the current incarnation's still count.
+TEST_F(ReplicationLogicTest, ARelayOfAPeersOldIncarnationIsIgnored) {
+  auto store = OpenStore("/b", "n1");
+  const crdt::ReplicaId me = store->replica_id();
+  IncrementLocally(store.get(), 5);
+  ClusterView view("n1", {"n2", "n3"}, store.get());
+  constexpr crdt::ReplicaId kOld = 0x3a, kRebuilt = 0x3b;
+  view.SetFirstHand("n3", true);
+  view.Update("n3", Vector{{me, 5}}, ClusterView::Mode::kReplace, kOld);
+  view.SetFirstHand("n3", false);
+  EXPECT_EQ(view.Confirmations(me, 5), 2);
+  view.SetFirstHand("n3", true);
+  view.Update("n3", Vector{}, ClusterView::Mode::kReplace, kRebuilt);  // its hello answer
+  EXPECT_EQ(view.Incarnation("n3"), kRebuilt);
+  view.SetFirstHand("n3", false);                                         // the link blips
+  view.Update("n3", Vector{{me, 5}}, ClusterView::Mode::kRelayed, kOld);  // n2's stale view
+  EXPECT_EQ(view.Confirmations(me, 5), 1);
+  EXPECT_EQ(view.Known()["n3"].count(me), 0u);
+  // What n2 hears from the rebuilt n3 itself still counts here, and so does an untagged relay
+  // (from a node that never heard n3 first-hand).
+  view.Update("n3", Vector{{me, 3}}, ClusterView::Mode::kRelayed, kRebuilt);
+  EXPECT_EQ(view.Known()["n3"][me], 3u);
+  view.Update("n3", Vector{{me, 4}}, ClusterView::Mode::kRelayed, 0);
+  EXPECT_EQ(view.Known()["n3"][me], 4u);
+}
+
 // What a third node relays of a peer never overrides the peer's own word while this node hears
 // the peer first-hand: after the peer lost data (a new incarnation, a restore), a relay of its
 // old vector would let the log drop entries it needs.

@@ -1492,7 +1492,8 @@ TEST(Replication, ACommitWakesAnIdleLinkAtOnce) {
     cluster.options(i).replication.dead_after = absl::Minutes(10);
   }
   cluster.StartAll();
-  ASSERT_TRUE(cluster.Update(0, IncrementOf("idle", 1)).ok());
+  const grpc::Status first = cluster.Update(0, IncrementOf("idle", 1));
+  ASSERT_TRUE(first.ok()) << first.error_code() << ": " << first.error_message();
   ASSERT_TRUE(cluster.WaitConverged({0, 1}, std::chrono::seconds(20)));
   for (int round = 0; round < 3; ++round) {
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // both links go idle
