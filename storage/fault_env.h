@@ -38,6 +38,17 @@ class FaultInjectionEnv : public leveldb::EnvWrapper {
   // Bytes appended to files through this Env so far (what the store wrote, before compaction
   // rewrites): lets tests check that a write's cost follows the change.
   uint64_t bytes_written() const { return bytes_written_; }
+  // Files created through this Env whose names end in `suffix` (".log": LevelDB's write-ahead
+  // logs, one more at each memtable switch).
+  int FilesCreated(const std::string& suffix) const {
+    absl::MutexLock lock(&mu_);
+    int n = 0;
+    for (const auto& [name, state] : files_) {
+      n += name.size() >= suffix.size() &&
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    }
+    return n;
+  }
 
   // Simulated crash. REQUIRES: no DB is open on this Env.
   leveldb::Status DropUnsyncedData();
@@ -61,7 +72,7 @@ class FaultInjectionEnv : public leveldb::EnvWrapper {
   std::atomic<bool> fail_syncs_{false};
   std::atomic<int> fail_next_appends_{0};
   std::atomic<uint64_t> bytes_written_{0};
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -542,6 +542,9 @@ class Store {
   const StoreOptions options_;
   leveldb::DB* db_ = nullptr;
   const leveldb::FilterPolicy* filter_policy_ = nullptr;
+  // The Env LevelDB writes through: options_.env (or the default), syncing each write-ahead log
+  // as it is closed (see SyncClosedLogsEnv in store.cc). Outlives db_.
+  std::unique_ptr<leveldb::Env> log_env_;
   crdt::ReplicaId replica_id_ = 0;
   bool rotated_incarnation_ = false;
   // Earlier incarnations (keys::kMetaFeedHistory), oldest first; fixed once open.
