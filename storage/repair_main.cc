@@ -1,7 +1,7 @@
 // mergedb-repair DATA_DIR: salvages a corrupted data directory (the node must be stopped).
 // Runs LevelDB's repair, which keeps every readable record and drops damaged ones, and marks the
-// directory so that the node's next open recounts it and takes a new replica id; the node then
-// gets back what it lost from its peers (storage/FORMAT.md, "Corruption and repair").
+// directory so that the node's next open takes a new replica id and clears the documents, which
+// come back from the peers (storage/FORMAT.md, "Corruption and repair").
 #include <cstdio>
 
 #include "storage/store.h"

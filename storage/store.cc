@@ -355,7 +355,7 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
   }
   std::unique_ptr<Store> store(new Store(options));
   absl::Status opened = store->Initialize();
-  if (opened.ok() && store->repaired_) opened = store->Recount();
+  if (opened.ok() && store->repaired_) opened = store->ClearDocumentsAfterRepair();
   if (!opened.ok()) {
     // A failed open must leave the directory as it found it: marking it cleanly closed would
     // let the next open keep the replica id after an unclean stop of a no-fsync run.
@@ -374,10 +374,10 @@ absl::Status Store::Repair(const std::string& path, leveldb::Env* env) {
   if (options.env->FileExists(BackupSentinelPath(path))) return BackupCutOff(path);
   MERGEDB_RETURN_IF_ERROR(
       FromLevelDb(leveldb::RepairDB(path, options), absl::StrCat("repair of data dir ", path)));
-  // What the repair dropped is unknown here: the next open recounts and rotates the replica id
-  // (Initialize, Recount). Without that, the stored digest would still match the peers' and
-  // hide the loss from them, and a lost context record would let this node issue again dots
-  // its peers already hold (their writes would then be dropped as duplicates: Riak's kv679).
+  // What the repair dropped is unknown here. The next open takes a new replica id (a lost
+  // context record would otherwise let this node issue again dots its peers hold, and its
+  // writes would be dropped there as duplicates: Riak's kv679) and clears the documents, which
+  // then come back from the peers (Initialize, ClearDocumentsAfterRepair).
   leveldb::DB* raw = nullptr;
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(leveldb::DB::Open(options, path, &raw),
                                       absl::StrCat("opening repaired data dir ", path)));
@@ -388,30 +388,43 @@ absl::Status Store::Repair(const std::string& path, leveldb::Env* env) {
                      absl::StrCat("marking data dir ", path, " repaired"));
 }
 
-absl::Status Store::Recount() {
-  int64_t documents = 0;
-  {
-    MERGEDB_ASSIGN_OR_RETURN(std::unique_ptr<SnapshotCursor> cursor, OpenSnapshot());
-    SnapshotDoc doc;
-    while (true) {
-      MERGEDB_ASSIGN_OR_RETURN(bool more, cursor->Next(&doc));
-      if (!more) break;
-      documents += doc.state.exists();
-    }
-  }
-  MERGEDB_ASSIGN_OR_RETURN(std::string digest, ScanDigest());
-  leveldb::WriteBatch batch;
-  batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(static_cast<uint64_t>(documents)));
-  batch.Put(keys::Meta(keys::kMetaDigest), digest);
-  batch.Delete(keys::Meta(keys::kMetaRepaired));
+absl::Status Store::ClearDocumentsAfterRepair() {
+  // Which documents lost records is not knowable here, and a partial one is worse than none: a
+  // context record that survived its leaves reads as the removal of those leaves, and a join
+  // would carry that removal to every peer. So every document goes, as in a wiped node; the log
+  // and the applied vector stay. The empty state's digest then differs from the peers' at the
+  // same vector, and they reconcile it by a full-state transfer (LinkSender::CheckDivergence),
+  // while this node's own log entries still reach any peer that lacks them.
+  const std::string begin(1, keys::kDocTag);
+  const std::string end = keys::DocSpaceEnd();
   leveldb::WriteOptions sync;
   sync.sync = true;
+  while (true) {
+    leveldb::WriteBatch chunk;
+    size_t keys_in_chunk = 0;
+    {
+      std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
+      for (it->Seek(begin); it->Valid() && View(it->key()) < end && keys_in_chunk < 10000;
+           it->Next()) {
+        chunk.Delete(it->key());
+        ++keys_in_chunk;
+      }
+      MERGEDB_RETURN_IF_ERROR(
+          FromLevelDb(it->status(), absl::StrCat("clearing repaired data dir ", options_.path)));
+    }
+    if (keys_in_chunk == 0) break;
+    MERGEDB_RETURN_IF_ERROR(FromLevelDb(
+        db_->Write(sync, &chunk), absl::StrCat("clearing repaired data dir ", options_.path)));
+  }
+  leveldb::WriteBatch batch;
+  batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(0));
+  batch.Put(keys::Meta(keys::kMetaDigest), EncodeDigest(0));
+  batch.Delete(keys::Meta(keys::kMetaRepaired));
   MERGEDB_RETURN_IF_ERROR(
       FromLevelDb(db_->Write(sync, &batch), absl::StrCat("recounting data dir ", options_.path)));
   absl::MutexLock lock(&commit_mu_);
-  doc_count_ = documents;
-  digest_ = (static_cast<unsigned __int128>(keys::DecodeBe64(digest)) << 64) |
-            keys::DecodeBe64(absl::string_view(digest).substr(8));
+  doc_count_ = 0;
+  digest_ = 0;
   return absl::OkStatus();
 }
 

@@ -469,8 +469,8 @@ class Store {
 
   explicit Store(const StoreOptions& options);
   absl::Status Initialize();
-  // After a repair: the document count and the digest from a scan of what survived.
-  absl::Status Recount();
+  // The first open after a repair: every document goes, to come back from the peers.
+  absl::Status ClearDocumentsAfterRepair();
   uint64_t DrawReplicaId();
 
   // A state to join into a document (a remote delta, or a snapshot part) and where it came

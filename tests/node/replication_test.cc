@@ -1564,6 +1564,37 @@ TEST(Replication, ADamagedLogBlockIsReplacedByAFullStateTransferAndShowsInStatus
   EXPECT_TRUE(absl::StrContains(peer.last_error(), "mergedb-repair")) << peer.last_error();
 }
 
+// mergedb-repair drops the records of a damaged block. The repaired node comes back under a new
+// replica id with no documents (what is left of a damaged one could read as removals); its
+// digest then differs from its peer's at the same applied vector, and the peer's reconciling
+// full-state transfer brings every document back. (Before, the stored digest still matched the
+// peer's, and nothing brought back what the repair dropped.)
+TEST(Replication, ARepairedNodeGetsBackWhatTheRepairDroppedFromItsPeer) {
+  constexpr int kDocs = 400;
+  auto id = [](int i) { return absl::StrCat("d", absl::Dec(i, absl::kZeroPad4)); };
+  Cluster cluster(2);
+  cluster.StartAll();
+  for (int i = 0; i < kDocs; ++i) ASSERT_TRUE(cluster.Update(0, IncrementOf(id(i), 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  const crdt::ReplicaId before = cluster.node(1)->store()->replica_id();
+  // A restart moves n2's write-ahead log into a table file, where a block can be damaged.
+  cluster.Stop(1);
+  cluster.Start(1);
+  cluster.Stop(1);
+  storage::testing::BreakBlockChecksum(cluster.env(1), cluster.options(1).data_dir, [&](int k) {
+    return storage::keys::DocContext(storage::keys::DocPrefix("c", id(100 + k)));
+  });
+  if (::testing::Test::HasFatalFailure()) return;
+  ASSERT_TRUE(storage::Store::Repair(cluster.options(1).data_dir, cluster.env(1)).ok());
+  cluster.Start(1);
+  EXPECT_NE(cluster.node(1)->store()->replica_id(), before);
+  ASSERT_TRUE(cluster.WaitConverged());
+  int found = 0;
+  for (int i = 0; i < kDocs; ++i) found += CounterIn(cluster.Get(1, "c", id(i)), "n");
+  EXPECT_EQ(found, kDocs);
+  EXPECT_GE(cluster.Status(0).peers(0).full_state_transfers_sent(), 1u);
+}
+
 TEST(Replication, StatusReportsPeersLagAndTraffic) {
   Cluster cluster(3);
   cluster.StartAll();
