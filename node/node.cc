@@ -106,6 +106,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   store_options.cache_bytes = options.cache_bytes;
   store_options.env = options.env;
   store_options.new_incarnation = options.new_incarnation;
+  store_options.has_peers = !members.empty();
   store_options.backup_min_free_bytes = options.backup_min_free_bytes;
   store_options.free_space = options.free_space;
   MERGEDB_ASSIGN_OR_RETURN(node->store_, storage::Store::Open(store_options));

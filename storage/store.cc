@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "crdt/leaf_key.h"
 #include "crdt/status_macros.h"
 #include "leveldb/db.h"
 #include "leveldb/env.h"
@@ -355,7 +356,7 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
   }
   std::unique_ptr<Store> store(new Store(options));
   absl::Status opened = store->Initialize();
-  if (opened.ok() && store->repaired_) opened = store->ClearDocumentsAfterRepair();
+  if (opened.ok() && store->repaired_) opened = store->AfterRepair();
   if (!opened.ok()) {
     // A failed open must leave the directory as it found it: marking it cleanly closed would
     // let the next open keep the replica id after an unclean stop of a no-fsync run.
@@ -377,7 +378,7 @@ absl::Status Store::Repair(const std::string& path, leveldb::Env* env) {
   // What the repair dropped is unknown here. The next open takes a new replica id (a lost
   // context record would otherwise let this node issue again dots its peers hold, and its
   // writes would be dropped there as duplicates: Riak's kv679) and clears the documents, which
-  // then come back from the peers (Initialize, ClearDocumentsAfterRepair).
+  // then come back from the peers (Initialize, AfterRepair).
   leveldb::DB* raw = nullptr;
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(leveldb::DB::Open(options, path, &raw),
                                       absl::StrCat("opening repaired data dir ", path)));
@@ -388,43 +389,74 @@ absl::Status Store::Repair(const std::string& path, leveldb::Env* env) {
                      absl::StrCat("marking data dir ", path, " repaired"));
 }
 
-absl::Status Store::ClearDocumentsAfterRepair() {
-  // Which documents lost records is not knowable here, and a partial one is worse than none: a
-  // context record that survived its leaves reads as the removal of those leaves, and a join
-  // would carry that removal to every peer. So every document goes, as in a wiped node; the log
-  // and the applied vector stay. The empty state's digest then differs from the peers' at the
-  // same vector, and they reconcile it by a full-state transfer (LinkSender::CheckDivergence),
-  // while this node's own log entries still reach any peer that lacks them.
-  const std::string begin(1, keys::kDocTag);
+absl::Status Store::AfterRepair() {
+  // Which documents lost records is not knowable here, and a partial one is worse than none to a
+  // cluster: a context record that survived its leaves reads as the removal of those leaves, and
+  // a join would carry that removal to every peer. So with peers every document goes, as in a
+  // wiped node; the log and the applied vector stay. The empty state's digest then differs from
+  // the peers' at the same vector, and they reconcile it by a full-state transfer
+  // (LinkSender::CheckDivergence), while this node's own log entries still reach any peer that
+  // lacks them. A node alone has no one to get documents from: it keeps those that decode.
   const std::string end = keys::DocSpaceEnd();
+  const std::string what = absl::StrCat("clearing repaired data dir ", options_.path);
   leveldb::WriteOptions sync;
   sync.sync = true;
-  while (true) {
-    leveldb::WriteBatch chunk;
-    size_t keys_in_chunk = 0;
-    {
-      std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
-      for (it->Seek(begin); it->Valid() && View(it->key()) < end && keys_in_chunk < 10000;
-           it->Next()) {
+  leveldb::WriteBatch chunk;
+  size_t in_chunk = 0;
+  auto flush = [&]() -> absl::Status {
+    if (in_chunk == 0) return absl::OkStatus();
+    MERGEDB_RETURN_IF_ERROR(FromLevelDb(db_->Write(sync, &chunk), what));
+    chunk.Clear();
+    in_chunk = 0;
+    return absl::OkStatus();
+  };
+  int64_t documents = 0;
+  {
+    // An iterator reads the state as of its creation: the deletions below do not disturb it.
+    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
+    it->Seek(std::string(1, keys::kDocTag));
+    while (it->Valid() && View(it->key()) < end) {
+      absl::string_view rest = View(it->key()).substr(1);
+      std::string collection, id;
+      if (options_.has_peers || !crdt::ConsumeName(&rest, &collection) ||
+          !crdt::ConsumeName(&rest, &id)) {
         chunk.Delete(it->key());
-        ++keys_in_chunk;
+        ++in_chunk;
+        it->Next();
+      } else {
+        const std::string prefix = keys::DocPrefix(collection, id);
+        const std::string past = prefix + "\x02";
+        absl::StatusOr<Document> doc = LoadFromDb(prefix, nullptr);
+        if (doc.ok()) {
+          documents += doc->exists();
+        } else if (absl::IsDataLoss(doc.status())) {
+          for (it->Seek(prefix); it->Valid() && View(it->key()) < past; it->Next()) {
+            chunk.Delete(it->key());
+            ++in_chunk;
+          }
+        } else {
+          return doc.status();
+        }
+        it->Seek(past);
       }
-      MERGEDB_RETURN_IF_ERROR(
-          FromLevelDb(it->status(), absl::StrCat("clearing repaired data dir ", options_.path)));
+      if (in_chunk >= 10000) MERGEDB_RETURN_IF_ERROR(flush());
     }
-    if (keys_in_chunk == 0) break;
-    MERGEDB_RETURN_IF_ERROR(FromLevelDb(
-        db_->Write(sync, &chunk), absl::StrCat("clearing repaired data dir ", options_.path)));
+    MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), what));
+  }
+  MERGEDB_RETURN_IF_ERROR(flush());
+  std::string digest = EncodeDigest(0);
+  if (!options_.has_peers) {
+    MERGEDB_ASSIGN_OR_RETURN(digest, ScanDigest());
   }
   leveldb::WriteBatch batch;
-  batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(0));
-  batch.Put(keys::Meta(keys::kMetaDigest), EncodeDigest(0));
+  batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(static_cast<uint64_t>(documents)));
+  batch.Put(keys::Meta(keys::kMetaDigest), digest);
   batch.Delete(keys::Meta(keys::kMetaRepaired));
-  MERGEDB_RETURN_IF_ERROR(
-      FromLevelDb(db_->Write(sync, &batch), absl::StrCat("recounting data dir ", options_.path)));
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(db_->Write(sync, &batch), what));
   absl::MutexLock lock(&commit_mu_);
-  doc_count_ = 0;
-  digest_ = 0;
+  doc_count_ = documents;
+  digest_ = (static_cast<unsigned __int128>(keys::DecodeBe64(digest)) << 64) |
+            keys::DecodeBe64(absl::string_view(digest).substr(8));
   return absl::OkStatus();
 }
 

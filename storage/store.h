@@ -97,6 +97,10 @@ struct StoreOptions {
   // Draw a new replica id at this open even after a clean stop: for a data dir restored from a
   // copy, whose node may have issued sequence numbers since that the copy lacks.
   bool new_incarnation = false;
+  // Whether other nodes hold this one's documents (it has cluster members). The first open after
+  // mergedb-repair then clears them, to come back from those nodes; a node alone keeps what the
+  // repair salvaged instead (see Store::AfterRepair).
+  bool has_peers = true;
   // Backup keeps at least this many bytes free on the file system it writes to, whether or
   // not the data dir is on it too (when it is, the reserve is the node's own writes' room: a
   // node that fails a commit for want of space refuses writes until restarted): a copy that
@@ -469,8 +473,10 @@ class Store {
 
   explicit Store(const StoreOptions& options);
   absl::Status Initialize();
-  // The first open after a repair: every document goes, to come back from the peers.
-  absl::Status ClearDocumentsAfterRepair();
+  // The first open after a repair. With peers, every document goes, to come back from them.
+  // Alone, the documents stay but for those whose records no longer form a state, and the
+  // count and the digest are taken again from what is left.
+  absl::Status AfterRepair();
   uint64_t DrawReplicaId();
 
   // A state to join into a document (a remote delta, or a snapshot part) and where it came
