@@ -800,11 +800,14 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
             "a full-state transfer ended inside split document ",
             split_documents_.begin()->first.first, "/", split_documents_.begin()->first.second));
       }
+      // Checked before anything of the chunk is applied: a refused request changes nothing.
+      storage::VersionVector applied;
+      if (request.snapshot().last()) {
+        MERGEDB_ASSIGN_OR_RETURN(applied, DecodeCheckedVector(request.snapshot().applied(),
+                                                              "a full-state transfer's vector"));
+      }
       MERGEDB_RETURN_IF_ERROR(store_->ApplySnapshot(docs));
       if (request.snapshot().last()) {
-        MERGEDB_ASSIGN_OR_RETURN(
-            storage::VersionVector applied,
-            DecodeCheckedVector(request.snapshot().applied(), "a full-state transfer's vector"));
         MERGEDB_RETURN_IF_ERROR(store_->FinishSnapshot(applied));
         MarkReceivingTransfer(false);
         MERGEDB_LOG(INFO) << "full-state transfer from " << peer_ << " complete";

@@ -657,7 +657,13 @@ TEST_F(ReplicationLogicTest, ATransferThatNoSenderWouldSendIsRefused) {
   {
     LinkReceiver receiver(options_, sink.get(), &view, &hlc_);
     ASSERT_TRUE(receiver.OnHello(HelloFrom("n1", 0x7777)).ok());
-    mergedb::v1::ReplicationRequest last;
+    // The final chunk also carries a document: a refused chunk applies none of it (found by
+    // tests/fuzz/replication_fuzzer, corpus crash-transfer-vector-with-replica-zero).
+    mergedb::v1::ReplicationRequest last = chunk_of({});
+    auto* doc = last.mutable_snapshot()->add_documents();
+    doc->set_collection("c");
+    doc->set_id("d3");
+    part.EncodeTo(doc->mutable_state());
     last.mutable_snapshot()->set_last(true);
     auto* entry = last.mutable_snapshot()->add_applied();
     entry->set_replica(0);
@@ -670,6 +676,7 @@ TEST_F(ReplicationLogicTest, ATransferThatNoSenderWouldSendIsRefused) {
   EXPECT_TRUE(sink->AppliedVector().empty());
   EXPECT_FALSE(sink->Get("c", "d1")->exists());
   EXPECT_FALSE(sink->Get("c", "d2")->exists());
+  EXPECT_FALSE(sink->Get("c", "d3")->exists());
 }
 
 TEST_F(ReplicationLogicTest, ASplitDocumentIsAppliedWholeAtItsLastPart) {
