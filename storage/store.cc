@@ -195,6 +195,12 @@ std::string EncodeDigest(unsigned __int128 digest) {
          keys::EncodeBe64(static_cast<uint64_t>(digest));
 }
 
+// REQUIRES: encoded.size() == 16 (EncodeDigest's output).
+unsigned __int128 DecodeDigest(absl::string_view encoded) {
+  return (static_cast<unsigned __int128>(keys::DecodeBe64(encoded)) << 64) |
+         keys::DecodeBe64(encoded.substr(8));
+}
+
 std::string EncodeLeafValue(const crdt::DotStore& leaf) {
   mergedb::v1::Leaf proto;
   crdt::DotKernel::EncodeLeaf("", leaf, &proto);
@@ -455,8 +461,7 @@ absl::Status Store::AfterRepair() {
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(db_->Write(sync, &batch), what));
   absl::MutexLock lock(&commit_mu_);
   doc_count_ = documents;
-  digest_ = (static_cast<unsigned __int128>(keys::DecodeBe64(digest)) << 64) |
-            keys::DecodeBe64(absl::string_view(digest).substr(8));
+  digest_ = DecodeDigest(digest);
   return absl::OkStatus();
 }
 
@@ -696,8 +701,7 @@ absl::Status Store::Initialize() {
   log_floor_ = std::move(floors);
   last_change_seq_ = keys::DecodeBe64(change_seq);
   doc_count_ = static_cast<int64_t>(keys::DecodeBe64(doc_count));
-  digest_ = (static_cast<unsigned __int128>(keys::DecodeBe64(digest)) << 64) |
-            keys::DecodeBe64(absl::string_view(digest).substr(8));
+  digest_ = DecodeDigest(digest);
   change_floor_ = fs.ok() ? keys::DecodeBe64(change_floor) : 0;
   return absl::OkStatus();
 }
