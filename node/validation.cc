@@ -12,11 +12,13 @@ namespace mergedb::node {
 
 namespace {
 
+// `depth`: the names of the path the value is written at, plus the JSON levels above `value`.
 absl::Status ValidateJson(absl::string_view what, const google::protobuf::Value& value, int depth,
                           const Limits& limits) {
-  if (depth > limits.max_json_depth) {
+  if (depth > limits.max_path_depth) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, ": JSON nested deeper than ", limits.max_json_depth, " levels"));
+        absl::StrCat(what, ": nested deeper than ", limits.max_path_depth,
+                     " levels (the names of the path plus the levels of the JSON value)"));
   }
   switch (value.kind_case()) {
     case google::protobuf::Value::kNumberValue:
@@ -211,8 +213,8 @@ absl::StatusOr<PreparedUpdate> PreparedUpdate::Prepare(const mergedb::v1::Update
                 absl::StrCat(what, ".set.value: ", json_size, " bytes of JSON, over the ",
                              limits.max_value_bytes, "-byte value limit"));
           }
-          MERGEDB_RETURN_IF_ERROR(
-              ValidateJson(absl::StrCat(what, ".set.value"), value.json(), 0, limits));
+          MERGEDB_RETURN_IF_ERROR(ValidateJson(absl::StrCat(what, ".set.value"), value.json(),
+                                               static_cast<int>(op.path.size()), limits));
           op.value = crdt::RegisterValue::OfJson(value.json());
         } else {
           return absl::InvalidArgumentError(
@@ -253,7 +255,15 @@ absl::StatusOr<PreparedUpdate> PreparedUpdate::Prepare(const mergedb::v1::Update
 absl::StatusOr<crdt::Document> PreparedUpdate::Apply(crdt::Document& doc, crdt::ReplicaId replica,
                                                      HybridClock& clock) const {
   crdt::Document total;
-  if (has_base_version_) doc.set_observed_limit(&base_version_);
+  // With a base version, an operation supersedes what that read observed and what the earlier
+  // operations of this update wrote ("applied in order"): without the second part, `enable f`
+  // then `disable f` in one update would leave f enabled (enable wins over a disable that did
+  // not observe it).
+  crdt::CausalContext observed;
+  if (has_base_version_) {
+    observed = base_version_;
+    doc.set_observed_limit(&observed);
+  }
   absl::Status status;
   for (size_t i = 0; i < ops_.size() && status.ok(); ++i) {
     const Op& op = ops_[i];
@@ -288,6 +298,7 @@ absl::StatusOr<crdt::Document> PreparedUpdate::Apply(crdt::Document& doc, crdt::
         break;
     }
     if (delta.ok()) {
+      if (has_base_version_) observed.Join(delta->context());
       total.Join(*delta);
     } else {
       status = absl::Status(delta.status().code(),

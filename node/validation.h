@@ -22,14 +22,25 @@ namespace mergedb::node {
 
 struct Limits {
   size_t max_name_bytes = 512;          // collection, id, each field name
-  int max_path_depth = 32;              // names in a path
+  // How deep a field may sit: the names in its path, plus the levels of a JSON value written
+  // there. At most kMaxDepth (below), which is also the default.
+  int max_path_depth = 24;
   size_t max_value_bytes = 1 << 20;     // one register value or set element
   size_t max_update_bytes = 4 << 20;    // one UpdateRequest
   int max_ops_per_update = 1000;        // operations in one UpdateRequest
   int max_batch_updates = 1000;         // updates in one UpdateBatch
   size_t max_response_bytes = 4 << 20;  // one Get or List answer
   size_t max_request_id_bytes = 128;
-  int max_json_depth = 64;              // nesting inside a JSON register value
+
+  // Protobuf refuses to parse a message nested more than 100 levels deep, and every gRPC
+  // library and client applies that limit. A field's value nests inside the messages that carry
+  // it: each path name and each JSON object level costs 3 levels (MapView, TypedField,
+  // TypedValue in the typed view; Struct, its map entry, Value in the JSON view), a JSON list
+  // level 2, and a replication snapshot starts a value 8 levels down. A field 31 levels deep
+  // already made a snapshot unparsable: the write was acknowledged, then refused by every peer,
+  // and its origin's replication stopped for good. At 24 the deepest message (a snapshot, or a
+  // Get's typed view) stays under 85 levels.
+  static constexpr int kMaxDepth = 24;
 };
 
 // UTF-8, 1..max_name_bytes, no control characters. `what` names the field in the message.

@@ -34,7 +34,6 @@ node::Limits FuzzLimits() {
   limits.max_update_bytes = 16 << 10;
   limits.max_ops_per_update = 64;
   limits.max_request_id_bytes = 16;
-  limits.max_json_depth = 8;
   return limits;
 }
 

@@ -622,6 +622,98 @@ google::protobuf::Value FieldOn(Cluster& cluster, int i, const std::string& coll
   return response.value();
 }
 
+// Every write a node accepts must fit in every message that later carries it: a log entry, a
+// full-state transfer, a Get's JSON and typed views, a List page. Protobuf parses nothing nested
+// deeper than 100 levels; a field written 31 JSON levels deep was once acknowledged, then
+// refused by every peer, and stopped its origin's replication for good. So: try fields from
+// shallow to far too deep; whatever is accepted must replicate, rebuild a wiped node and read
+// back everywhere.
+TEST(Replication, EveryFieldANodeAcceptsReplicatesAndReadsBackHoweverDeep) {
+  Cluster cluster(2);
+  cluster.StartAll();
+  auto nested = [](int levels, bool lists) {
+    google::protobuf::Value value;
+    value.set_number_value(1);
+    for (int i = 0; i < levels; ++i) {
+      google::protobuf::Value outer;
+      if (lists) {
+        *outer.mutable_list_value()->add_values() = std::move(value);
+      } else {
+        (*outer.mutable_struct_value()->mutable_fields())["k"] = std::move(value);
+      }
+      value = std::move(outer);
+    }
+    return value;
+  };
+  auto deep_update = [&](const std::string& id, int path_names, int levels, bool lists) {
+    UpdateRequest request = UpdateOf("deep", id);
+    mergedb::v1::Operation* op = testing::AddOp(&request, {});
+    for (int i = 0; i < path_names; ++i) op->add_path("p" + std::to_string(i));
+    *op->mutable_set()->mutable_value()->mutable_json() = nested(levels, lists);
+    return request;
+  };
+  std::vector<std::string> accepted;
+  int refused = 0;
+  for (int path_names : {1, 12, 24, 30}) {
+    for (int levels = 0; levels <= 40; ++levels) {
+      for (bool lists : {false, true}) {
+        const std::string id = absl::StrCat(lists ? "lists-" : "objects-", path_names, "-", levels);
+        const grpc::Status status = cluster.Update(0, deep_update(id, path_names, levels, lists));
+        if (status.ok()) {
+          accepted.push_back(id);
+        } else {
+          ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+              << status.error_message();
+          ++refused;
+        }
+      }
+    }
+  }
+  // The limit itself is reachable and the message names it.
+  ASSERT_TRUE(cluster.Update(0, deep_update("at-limit", 1, Limits::kMaxDepth - 1, false)).ok());
+  accepted.push_back("at-limit");
+  const grpc::Status over =
+      cluster.Update(0, deep_update("over-limit", 1, Limits::kMaxDepth, false));
+  EXPECT_EQ(over.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(over.error_message(), "nested deeper than 24 levels"))
+      << over.error_message();
+  // Concurrent writes at the limit: a Get shows both siblings in its typed view.
+  cluster.SetLink(0, 1, false);
+  for (int i : {0, 1}) {
+    ASSERT_TRUE(cluster.Update(i, deep_update("siblings", 1, Limits::kMaxDepth - 1, i == 1)).ok());
+  }
+  accepted.push_back("siblings");
+  cluster.SetLink(0, 1, true);
+  EXPECT_GT(refused, 0);
+  ASSERT_TRUE(cluster.WaitConverged({0, 1}, std::chrono::seconds(20)))
+      << "an accepted write did not replicate";
+  auto read_everything = [&](int node) {
+    for (const std::string& id : accepted) {
+      SCOPED_TRACE(id);
+      EXPECT_TRUE(cluster.Get(node, "deep", id).found());
+    }
+    EXPECT_EQ(cluster.Get(node, "deep", "siblings").conflicts_size(), 1);
+    mergedb::v1::ListRequest list;
+    list.set_collection("deep");
+    list.set_page_size(1000);
+    mergedb::v1::ListResponse page;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    const grpc::Status status = cluster.Docs(node)->List(&context, list, &page);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(static_cast<size_t>(page.documents_size()), accepted.size());
+  };
+  read_everything(1);
+  // A wiped node gets all of it in a full-state transfer.
+  cluster.Stop(1);
+  cluster.Wipe(1);
+  cluster.Start(1);
+  ASSERT_TRUE(cluster.WaitConverged({0, 1}, std::chrono::seconds(20)))
+      << "the full-state transfer did not complete";
+  EXPECT_GT(cluster.Status(0).peers(0).full_state_transfers_sent(), 0u);
+  read_everything(1);
+}
+
 TEST(Replication, AWipedNodeRebuildsByFullStateTransferWhileWritesContinue) {
   Cluster cluster(3);
   cluster.StartAll();

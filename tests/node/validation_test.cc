@@ -49,9 +49,9 @@ TEST_F(ValidationTest, EachBadUpdateGetsAPreciseStatus) {
        [](UpdateRequest* r) {
          for (int i = 0; i < 40; ++i) r->mutable_ops(0)->add_path("p");
        },
-       grpc::StatusCode::INVALID_ARGUMENT, "41 names deep, over the limit of 32"},
-      {"no operations", [](UpdateRequest* r) { r->clear_ops(); }, grpc::StatusCode::INVALID_ARGUMENT,
-       "ops: no operations"},
+       grpc::StatusCode::INVALID_ARGUMENT, "41 names deep, over the limit of 24"},
+      {"no operations", [](UpdateRequest* r) { r->clear_ops(); },
+       grpc::StatusCode::INVALID_ARGUMENT, "ops: no operations"},
       {"unknown operation", [](UpdateRequest* r) { r->mutable_ops(0)->clear_increment(); },
        grpc::StatusCode::INVALID_ARGUMENT, "ops[0]: unknown or missing operation"},
       {"too many operations",
@@ -59,7 +59,8 @@ TEST_F(ValidationTest, EachBadUpdateGetsAPreciseStatus) {
          for (int i = 0; i < 1000; ++i) Incr(r, {"n"}, 1);
        },
        grpc::StatusCode::INVALID_ARGUMENT, "1001 operations, over the limit of 1000"},
-      {"NaN", [](UpdateRequest* r) {
+      {"NaN",
+       [](UpdateRequest* r) {
          AddOp(r, {"x"})->mutable_set()->mutable_value()->mutable_scalar()->set_double_value(
              std::numeric_limits<double>::quiet_NaN());
        },
