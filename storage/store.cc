@@ -379,8 +379,28 @@ absl::Status Store::Repair(const std::string& path, leveldb::Env* env) {
   // Repair could drop a cut-off copy's incomplete marker and keep the rest, which would then
   // pass for a whole copy.
   if (options.env->FileExists(BackupSentinelPath(path))) return BackupCutOff(path);
-  MERGEDB_RETURN_IF_ERROR(
-      FromLevelDb(leveldb::RepairDB(path, options), absl::StrCat("repair of data dir ", path)));
+  std::vector<std::string> children;
+  if (!options.env->GetChildren(path, &children).ok() || children.empty()) {
+    return absl::NotFoundError(absl::StrCat("data dir ", path, " does not exist or is empty"));
+  }
+  // LevelDB's repair takes no lock: run beside a live node it would move that node's log and
+  // manifest aside under it, losing every later write, and the node would go on under its old
+  // replica id. So take the lock a running node holds, and refuse while it is held.
+  leveldb::FileLock* lock = nullptr;
+  const leveldb::Status locked = options.env->LockFile(absl::StrCat(path, "/LOCK"), &lock);
+  if (!locked.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "data dir ", path, " is in use (stop its node before repairing it): ", locked.ToString()));
+  }
+  // The marker goes first: an open after a repair cut short anywhere still counts the data dir
+  // as repaired (a new replica id, documents cleared).
+  absl::Status repaired = WriteRepairMarker(options.env, path);
+  if (repaired.ok()) {
+    repaired =
+        FromLevelDb(leveldb::RepairDB(path, options), absl::StrCat("repair of data dir ", path));
+  }
+  (void)options.env->UnlockFile(lock);
+  MERGEDB_RETURN_IF_ERROR(repaired);
   // What the repair dropped is unknown here. The next open takes a new replica id (a lost
   // context record would otherwise let this node issue again dots its peers hold, and its
   // writes would be dropped there as duplicates: Riak's kv679) and clears the documents, which
@@ -459,6 +479,11 @@ absl::Status Store::AfterRepair() {
   batch.Put(keys::Meta(keys::kMetaDigest), digest);
   batch.Delete(keys::Meta(keys::kMetaRepaired));
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(db_->Write(sync, &batch), what));
+  leveldb::Env* env = options_.env != nullptr ? options_.env : leveldb::Env::Default();
+  const std::string marker = RepairMarkerPath(options_.path);
+  if (env->FileExists(marker)) {
+    MERGEDB_RETURN_IF_ERROR(FromLevelDb(env->RemoveFile(marker), what));
+  }
   absl::MutexLock lock(&commit_mu_);
   doc_count_ = documents;
   digest_ = DecodeDigest(digest);
@@ -630,7 +655,7 @@ absl::Status Store::Initialize() {
   std::string repaired;
   leveldb::Status rp = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaRepaired), &repaired);
   if (!rp.ok() && !rp.IsNotFound()) return FromLevelDb(rp, absl::StrCat("reading ", path));
-  repaired_ = rp.ok();
+  repaired_ = rp.ok() || options.env->FileExists(RepairMarkerPath(path));
   if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation || opened_backup_ ||
       repaired_) {
     const crdt::ReplicaId previous = replica_id_;
@@ -704,6 +729,27 @@ absl::Status Store::Initialize() {
   digest_ = DecodeDigest(digest);
   change_floor_ = fs.ok() ? keys::DecodeBe64(change_floor) : 0;
   return absl::OkStatus();
+}
+
+std::string RepairMarkerPath(const std::string& dir) {
+  return absl::StrCat(dir, "/", kRepairMarkerFile);
+}
+
+absl::Status WriteRepairMarker(leveldb::Env* env, const std::string& dir) {
+  constexpr absl::string_view kText =
+      "mergedb-repair ran here: the next open takes a new replica id and clears the documents\n";
+  const std::string path = RepairMarkerPath(dir);
+  const std::string what = absl::StrCat("marking data dir ", dir, " repaired");
+  leveldb::WritableFile* raw = nullptr;
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(env->NewWritableFile(path, &raw), what));
+  std::unique_ptr<leveldb::WritableFile> file(raw);
+  MERGEDB_RETURN_IF_ERROR(
+      FromLevelDb(file->Append(leveldb::Slice(kText.data(), kText.size())), what));
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(file->Sync(), what));
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(file->Close(), what));
+  // The entry must be durable before the repair changes anything (leveldb::Env cannot sync a
+  // directory; only the real file system needs it).
+  return env == leveldb::Env::Default() ? SyncDirectory(dir) : absl::OkStatus();
 }
 
 // ---- Backups ----

@@ -221,6 +221,14 @@ class BackupSink {
 inline constexpr absl::string_view kBackupSentinelFile = "BACKUP-INCOMPLETE";
 std::string BackupSentinelPath(const std::string& dir);
 
+// The file `mergedb-repair` writes into a data dir before it changes anything: the next open
+// treats the dir as repaired (as the `repaired` meta record says once the repair is done) even
+// if the repair was cut short, and removes the file once it has drawn a new replica id and
+// cleared the documents.
+inline constexpr absl::string_view kRepairMarkerFile = "MERGEDB-REPAIRED";
+std::string RepairMarkerPath(const std::string& dir);
+absl::Status WriteRepairMarker(leveldb::Env* env, const std::string& dir);
+
 // Writes a copy of a store as a new LevelDB data dir: Store::Backup's copies on the node's
 // machine, and `mergedb fetch-backup`'s, streamed from a node to another machine. The copy holds
 // the sentinel file until it is complete, is marked incomplete by its first write and complete
@@ -297,7 +305,7 @@ class Store {
 
   // Runs LevelDB's repair on a closed data directory: salvages every readable record and
   // rebuilds the metadata. Records in damaged blocks are dropped, so a repaired node should
-  // then catch up from its peers.
+  // then catch up from its peers. FAILED_PRECONDITION while a process holds the directory.
   static absl::Status Repair(const std::string& path, leveldb::Env* env = nullptr);
 
   ~Store();

@@ -180,6 +180,39 @@ TEST_F(StoreOpenTest, ACorruptedLogIsDataLossAndRepairSalvagesTheRest) {
   EXPECT_EQ((*kept)[0].entry.id(), "d0");
 }
 
+// LevelDB's repair takes no lock of its own: run beside a live node it would move the node's
+// log and manifest aside under it. mergedb-repair refuses a data dir in use, and changes nothing.
+TEST_F(StoreOpenTest, RepairRefusesADataDirInUseAndMarksTheOneItRepairs) {
+  Populate(10);
+  const std::string marker = (dir_ / std::string(kRepairMarkerFile)).string();
+  {
+    auto store = Store::Open(Options());
+    ASSERT_TRUE(store.ok()) << store.status();
+    const absl::Status refused = Store::Repair(dir_.string());
+    EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+    EXPECT_TRUE(absl::StrContains(refused.message(), "in use")) << refused;
+    EXPECT_FALSE(std::filesystem::exists(dir_ / "lost"))
+        << "the repair moved the live node's files";
+    EXPECT_FALSE(std::filesystem::exists(marker));
+    EXPECT_TRUE((*store)->Get("c", "d0").ok()) << "the live store still reads";
+  }
+  const absl::Status missing = Store::Repair((dir_ / "nowhere").string());
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;
+  // Stopped, it repairs; the marker is there from before the repair started until the first
+  // open has taken a new replica id.
+  ASSERT_TRUE(Store::Repair(dir_.string()).ok());
+  EXPECT_TRUE(std::filesystem::exists(marker));
+  {
+    auto store = Store::Open(Options());
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_TRUE((*store)->rotated_incarnation());
+  }
+  EXPECT_FALSE(std::filesystem::exists(marker));
+  auto again = Store::Open(Options());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE((*again)->rotated_incarnation()) << "one repair, one new replica id";
+}
+
 TEST_F(StoreOpenTest, ReopeningAfterACleanCloseNeedsNoRepair) {
   Populate(10);
   auto store = Store::Open(Options());
