@@ -111,6 +111,19 @@ DotKernel RemovePrefixDelta(const DotKernel& state, absl::string_view prefix) {
   return delta;
 }
 
+DotKernel StaleCounterEntriesDelta(const DotKernel& state) {
+  DotKernel delta;
+  for (const auto& [key, leaf] : state.leaves()) {
+    if (leaf.empty() || PayloadKind(leaf.begin()->second) != FieldKind::kCounter) continue;
+    // Dots order by replica, then counter: each replica's newest is the last of its run.
+    for (auto it = leaf.begin(); it != leaf.end(); ++it) {
+      auto next = std::next(it);
+      if (next != leaf.end() && next->first.replica == it->first.replica) delta.AddSeen(it->first);
+    }
+  }
+  return delta;
+}
+
 int64_t CounterValue(const DotStore& leaf) {
   const __int128 total = CounterTotal(leaf);
   if (total > std::numeric_limits<int64_t>::max()) return std::numeric_limits<int64_t>::max();

@@ -38,6 +38,13 @@ DotKernel ElementAddDelta(const DotKernel& state, absl::string_view key, Replica
 // map): the delta holds no entries and a context of exactly the removed dots.
 DotKernel RemovePrefixDelta(const DotKernel& state, absl::string_view prefix);
 
+// Removes, in every counter leaf of `state`, each replica's entries but its newest (the delta
+// holds no entries and a context of exactly those dots). A replica's own counter entry always
+// replaces its last (CounterAddDelta), so in a state reached by joining every delta in order it
+// has at most one. A state joined from deltas with some missing (a log with a gap, replayed
+// after a repair) can hold two, which would count twice; the newest holds the running total.
+DotKernel StaleCounterEntriesDelta(const DotKernel& state);
+
 // Readers of one leaf (REQUIRES: every entry of the leaf has the matching payload).
 // The counter's value; concurrent increments that overflow int64 saturate.
 int64_t CounterValue(const DotStore& leaf);

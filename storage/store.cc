@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "crdt/leaf_key.h"
+#include "crdt/leaf_ops.h"
 #include "crdt/status_macros.h"
 #include "leveldb/db.h"
 #include "leveldb/env.h"
@@ -419,10 +420,11 @@ absl::Status Store::AfterRepair() {
   // Which documents lost records is not knowable here, and a partial one is worse than none to a
   // cluster: a context record that survived its leaves reads as the removal of those leaves, and
   // a join would carry that removal to every peer. So with peers every document goes, as in a
-  // wiped node; the log and the applied vector stay. The empty state's digest then differs from
-  // the peers' at the same vector, and they reconcile it by a full-state transfer
-  // (LinkSender::CheckDivergence), while this node's own log entries still reach any peer that
-  // lacks them. A node alone has no one to get documents from: it keeps those that decode.
+  // wiped node, and the deltas of the log's surviving entries are joined in again; the log and
+  // the applied vector stay. The state's digest then differs from the peers' at the same vector,
+  // and they reconcile it by full-state transfers (LinkSender::CheckDivergence), while the log's
+  // entries still reach any peer that lacks them. A node alone has no one to get documents from:
+  // it keeps those that decode.
   const std::string end = keys::DocSpaceEnd();
   const std::string what = absl::StrCat("clearing repaired data dir ", options_.path);
   leveldb::WriteOptions sync;
@@ -477,16 +479,96 @@ absl::Status Store::AfterRepair() {
   leveldb::WriteBatch batch;
   batch.Put(keys::Meta(keys::kMetaDocCount), keys::EncodeBe64(static_cast<uint64_t>(documents)));
   batch.Put(keys::Meta(keys::kMetaDigest), digest);
-  batch.Delete(keys::Meta(keys::kMetaRepaired));
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(db_->Write(sync, &batch), what));
+  {
+    absl::MutexLock lock(&commit_mu_);
+    doc_count_ = documents;
+    digest_ = DecodeDigest(digest);
+  }
+  if (options_.has_peers) MERGEDB_RETURN_IF_ERROR(ReplayLogAfterRepair());
+  // Only now is the repair done with: an open cut short before this point does it all again
+  // (another new replica id, the documents cleared and the log replayed once more).
+  leveldb::WriteBatch done;
+  done.Delete(keys::Meta(keys::kMetaRepaired));
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(db_->Write(sync, &done), what));
   leveldb::Env* env = options_.env != nullptr ? options_.env : leveldb::Env::Default();
   const std::string marker = RepairMarkerPath(options_.path);
   if (env->FileExists(marker)) {
     MERGEDB_RETURN_IF_ERROR(FromLevelDb(env->RemoveFile(marker), what));
   }
-  absl::MutexLock lock(&commit_mu_);
-  doc_count_ = documents;
-  digest_ = DecodeDigest(digest);
+  return absl::OkStatus();
+}
+
+absl::Status Store::ReplayLogAfterRepair() {
+  // Each entry is a delta: a join of deltas never reads as the removal of something it did not
+  // remove (unlike what a repair left of a document), so the result is safe to serve, to the
+  // peers' full-state transfers above all. Without it a peer that lacked entries past a damaged
+  // block got an empty transfer carrying this node's applied vector, and never asked for those
+  // entries again: writes this node alone held were lost though its log still had them.
+  // Entries already truncated are held by every peer, which reconcile the rest.
+  absl::MutexLock remote_lock(&remote_mu_);
+  const std::string end(1, static_cast<char>(keys::kLogTag + 1));
+  constexpr size_t kChunk = 1000;
+  std::vector<Document> deltas;
+  std::vector<mergedb::v1::LogEntry> entries;
+  std::vector<std::pair<ReplicaId, uint64_t>> positions;
+  std::set<std::pair<std::string, std::string>> touched;
+  auto join = [&]() -> absl::Status {
+    if (deltas.empty()) return absl::OkStatus();
+    std::vector<JoinTarget> targets;
+    targets.reserve(deltas.size());
+    for (size_t i = 0; i < deltas.size(); ++i) {
+      targets.push_back({entries[i].collection(), entries[i].id(), &deltas[i], positions[i].first,
+                         positions[i].second});
+    }
+    Writer w;
+    MERGEDB_RETURN_IF_ERROR(JoinAndCommit(targets, &w));
+    deltas.clear();
+    entries.clear();
+    positions.clear();
+    return absl::OkStatus();
+  };
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
+  for (it->Seek(std::string(1, keys::kLogTag)); it->Valid() && View(it->key()) < end; it->Next()) {
+    const absl::string_view key = View(it->key());
+    // RepairDB keeps only records whose block checksums held, so an entry that does not
+    // decode is not expected; it would have nothing to give, and is passed over like a lost one.
+    mergedb::v1::LogEntry entry;
+    if (key.size() != 17 ||
+        !entry.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      continue;
+    }
+    absl::StatusOr<Document> delta = Document::Decode(entry.delta());
+    if (!delta.ok()) continue;
+    touched.emplace(entry.collection(), entry.id());
+    deltas.push_back(*std::move(delta));
+    entries.push_back(std::move(entry));
+    positions.emplace_back(keys::DecodeBe64(key.substr(1, 8)), keys::DecodeBe64(key.substr(9)));
+    if (deltas.size() >= kChunk) MERGEDB_RETURN_IF_ERROR(join());
+  }
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(
+      it->status(), absl::StrCat("replaying the log of repaired data dir ", options_.path)));
+  MERGEDB_RETURN_IF_ERROR(join());
+  // Past a gap in an origin's entries, a counter can hold two of that origin's entries (the one
+  // before the gap was replaced by a lost entry), which would count twice: only the newest stays.
+  std::vector<std::pair<std::string, std::string>> names;
+  for (const auto& [collection, id] : touched) {
+    MERGEDB_ASSIGN_OR_RETURN(Document doc, Get(collection, id));
+    MERGEDB_ASSIGN_OR_RETURN(Document stale,
+                             Document::FromKernel(crdt::StaleCounterEntriesDelta(doc.kernel())));
+    if (stale.context().empty()) continue;
+    deltas.push_back(std::move(stale));
+    names.emplace_back(collection, id);
+  }
+  std::vector<JoinTarget> targets;
+  for (size_t i = 0; i < deltas.size(); ++i) {
+    targets.push_back({names[i].first, names[i].second, &deltas[i], 0, 0});
+    if (targets.size() >= kChunk || i + 1 == deltas.size()) {
+      Writer w;
+      MERGEDB_RETURN_IF_ERROR(JoinAndCommit(targets, &w));
+      targets.clear();
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -481,10 +481,14 @@ class Store {
 
   explicit Store(const StoreOptions& options);
   absl::Status Initialize();
-  // The first open after a repair. With peers, every document goes, to come back from them.
-  // Alone, the documents stay but for those whose records no longer form a state, and the
-  // count and the digest are taken again from what is left.
+  // The first open after a repair. With peers, every document goes, to come back from them,
+  // and the deltas of the log's surviving entries are joined in again. Alone, the documents stay
+  // but for those whose records no longer form a state, and the count and the digest are taken
+  // again from what is left.
   absl::Status AfterRepair();
+  // Joins every delta the log still holds (all origins, whatever gaps the repair left) into the
+  // cleared documents: what no peer may have yet survives the repair wherever its entry did.
+  absl::Status ReplayLogAfterRepair();
   uint64_t DrawReplicaId();
 
   // A state to join into a document (a remote delta, or a snapshot part) and where it came

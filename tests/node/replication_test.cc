@@ -1656,11 +1656,47 @@ TEST(Replication, ADamagedLogBlockIsReplacedByAFullStateTransferAndShowsInStatus
   EXPECT_TRUE(absl::StrContains(peer.last_error(), "mergedb-repair")) << peer.last_error();
 }
 
+// The repair a damaged log block calls for must not lose what only that node holds. n2 was down
+// while n1 took 2,000 writes; a block of n1's log is damaged and n1 is repaired, which clears its
+// documents. Its log still holds every other entry, and n2 must get their writes: an empty
+// full-state transfer carrying n1's applied vector once made n2 skip them for good.
+TEST(Replication, ARepairedNodeStillGivesItsPeersTheWritesItsLogHeld) {
+  Cluster cluster(2);
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d0", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  const crdt::ReplicaId origin = cluster.node(0)->store()->replica_id();
+  cluster.Stop(1);
+  for (int k = 1; k < 2000; ++k) {
+    ASSERT_TRUE(cluster.Update(0, IncrementOf(absl::StrCat("d", k % 50), 1)).ok());
+  }
+  cluster.Stop(0);
+  cluster.Start(0);
+  cluster.Stop(0);
+  storage::testing::BreakBlockChecksum(cluster.env(0), cluster.options(0).data_dir,
+                                       [&](int k) { return storage::keys::Log(origin, 1000 + k); });
+  if (::testing::Test::HasFatalFailure()) return;
+  ASSERT_TRUE(storage::Store::Repair(cluster.options(0).data_dir, cluster.env(0)).ok());
+  cluster.Start(0);
+  EXPECT_NE(cluster.node(0)->store()->replica_id(), origin);
+  cluster.Start(1);
+  ASSERT_TRUE(cluster.WaitConverged());
+  // A counter's entry carries its replica's running total, so each document's last surviving
+  // entry (all well past the damaged block) restores all of it.
+  for (int node : {0, 1}) {
+    int64_t total = 0;
+    for (int d = 0; d < 50; ++d)
+      total += CounterIn(cluster.Get(node, "c", absl::StrCat("d", d)), "n");
+    EXPECT_EQ(total, 2000) << "on n" << node + 1;
+  }
+}
+
 // mergedb-repair drops the records of a damaged block. The repaired node comes back under a new
-// replica id with no documents (what is left of a damaged one could read as removals); its
-// digest then differs from its peer's at the same applied vector, and the peer's reconciling
-// full-state transfer brings every document back. (Before, the stored digest still matched the
-// peer's, and nothing brought back what the repair dropped.)
+// replica id with no documents (what is left of a damaged one could read as removals) but what
+// its log still holds; here the log is truncated, so its digest differs from its peer's at the
+// same applied vector, and the peer's reconciling full-state transfer brings every document
+// back. (Before, the stored digest still matched the peer's, and nothing brought back what the
+// repair dropped.)
 TEST(Replication, ARepairedNodeGetsBackWhatTheRepairDroppedFromItsPeer) {
   constexpr int kDocs = 400;
   auto id = [](int i) { return absl::StrCat("d", absl::Dec(i, absl::kZeroPad4)); };
@@ -1669,6 +1705,13 @@ TEST(Replication, ARepairedNodeGetsBackWhatTheRepairDroppedFromItsPeer) {
   for (int i = 0; i < kDocs; ++i) ASSERT_TRUE(cluster.Update(0, IncrementOf(id(i), 1)).ok());
   ASSERT_TRUE(cluster.WaitConverged());
   const crdt::ReplicaId before = cluster.node(1)->store()->replica_id();
+  const crdt::ReplicaId writer = cluster.node(0)->store()->replica_id();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (cluster.node(1)->store()->LogFloor()[writer] < kDocs &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(cluster.node(1)->store()->LogFloor()[writer], uint64_t{kDocs}) << "never truncated";
   // A restart moves n2's write-ahead log into a table file, where a block can be damaged.
   cluster.Stop(1);
   cluster.Start(1);

@@ -98,9 +98,10 @@ TEST_F(StoreTest, AChangeFeedBlockThatFailsItsChecksumIsDataLoss) {
 // Repair drops the records of a damaged block, and which documents lost records is unknown: a
 // context record that survived its leaves would read as their removal. The first open after a
 // repair takes a new replica id (a lost context record would otherwise let this node issue again
-// dots its peers hold) and clears every document, to be sent back by the peers; the log and the
-// applied vector stay.
-TEST_F(StoreTest, TheFirstOpenAfterARepairClearsTheDocumentsAndTakesANewReplicaId) {
+// dots its peers hold) and clears every document, to be sent back by the peers, then joins in
+// again the deltas its log still holds (what a peer may lack); the log and the applied vector
+// stay.
+TEST_F(StoreTest, TheFirstOpenAfterARepairClearsTheDocumentsReplaysTheLogAndTakesANewReplicaId) {
   constexpr int kDocs = 400;
   auto id = [](int i) { return absl::StrCat("d", absl::Dec(i, absl::kZeroPad4)); };
   crdt::ReplicaId before = 0;
@@ -112,7 +113,11 @@ TEST_F(StoreTest, TheFirstOpenAfterARepairClearsTheDocumentsAndTakesANewReplicaI
           store->ApplyLocal(SetString("c", id(i), "s", std::string(100, 'x'), before)).ok());
     }
   }
-  OpenOrDie();  // moves the write-ahead log into a table
+  {
+    // The peers have the first half: the log keeps only the second.
+    auto store = OpenOrDie();  // also moves the write-ahead log into a table
+    ASSERT_TRUE(store->TruncateLog({{before, uint64_t{kDocs / 2}}}).ok());
+  }
   testing::BreakBlockChecksum(
       &env_, "/db", [&](int k) { return keys::DocContext(keys::DocPrefix("c", id(100 + k))); });
   ASSERT_TRUE(Store::Repair("/db", &env_).ok());
@@ -122,11 +127,12 @@ TEST_F(StoreTest, TheFirstOpenAfterARepairClearsTheDocumentsAndTakesANewReplicaI
     after = store->replica_id();
     EXPECT_TRUE(store->rotated_incarnation());
     EXPECT_NE(after, before);
-    EXPECT_EQ(store->document_count(), 0);
+    EXPECT_EQ(store->document_count(), kDocs / 2);
     EXPECT_EQ(*store->ScanDigest(), store->state_digest());
     EXPECT_FALSE(store->Get("c", id(0))->exists());
+    EXPECT_TRUE(store->Get("c", id(kDocs - 1))->exists());
     EXPECT_EQ(store->AppliedVector()[before], static_cast<uint64_t>(kDocs));
-    auto log = store->ReadLog({}, 10);
+    auto log = store->ReadLog({{before, uint64_t{kDocs / 2}}}, 10);
     ASSERT_TRUE(log.ok()) << log.status();
     EXPECT_EQ(log->size(), 10u);
     EXPECT_TRUE(store->ApplyLocal(SetString("c", id(0), "s", "again", after)).ok());
@@ -134,7 +140,7 @@ TEST_F(StoreTest, TheFirstOpenAfterARepairClearsTheDocumentsAndTakesANewReplicaI
   auto store = OpenOrDie();  // cleared once: a clean reopen keeps the new id and the new write
   EXPECT_FALSE(store->rotated_incarnation());
   EXPECT_EQ(store->replica_id(), after);
-  EXPECT_EQ(store->document_count(), 1);
+  EXPECT_EQ(store->document_count(), kDocs / 2 + 1);
 }
 
 // A node alone has no peers to send its documents back: after a repair it keeps every document
