@@ -31,6 +31,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -438,6 +439,14 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "mergedb [--node=HOST:PORT] get|update|delete|list|watch|status|backup|fetch-backup ... "
       "(see node/cli.cc)");
+  // Abseil's --help lists the flags of files named like the program, and this program's flags
+  // live in cli.cc.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "node/cli.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
     return Fail("missing command: get, update, delete, list, watch, status, backup, fetch-backup");

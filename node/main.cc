@@ -15,6 +15,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -41,18 +43,26 @@ ABSL_FLAG(bool, compress_replication, true,
           "earlier versions; negotiated per link).");
 ABSL_FLAG(int64_t, cache_mb, 64, "Memory for decoded hot documents, MiB (estimated).");
 ABSL_FLAG(int64_t, max_name_bytes, 512, "Longest collection, id or field name, bytes.");
-ABSL_FLAG(int32_t, max_path_depth, 32, "Deepest field path, names.");
+ABSL_FLAG(int32_t, max_path_depth, 24,
+          "How deep a field may sit: the names of its path plus the levels of a JSON value "
+          "written there, 1..24 (protobuf parses no message nested deeper than 100 levels).");
 ABSL_FLAG(int64_t, max_value_bytes, 1 << 20, "Largest register value or set element, bytes.");
 ABSL_FLAG(int64_t, max_update_bytes, 4 << 20,
-          "Largest update request, bytes. Keep it the same on every node: a node takes "
-          "replication messages up to max(this, 1 MiB) + 1 MiB.");
+          "Largest update request, bytes (at most 1 GiB). Nodes may differ: a replication "
+          "message over 1 MiB travels to a peer in fragments, so an update that a node with a "
+          "higher limit accepted still reaches every node. Nodes of versions before fragments "
+          "get such a message whole and refuse it above max(their limit, 1 MiB) + 1 MiB: raise "
+          "the limit only once every node runs this version.");
 ABSL_FLAG(int32_t, max_ops_per_update, 1000, "Most operations in one update.");
 ABSL_FLAG(int32_t, max_batch_updates, 1000, "Most updates in one UpdateBatchStream message.");
 ABSL_FLAG(int64_t, max_clock_ahead_ms, 60000,
           "How far past this node's wall clock its hybrid clock follows a peer's timestamps (a "
           "peer's wrong clock, or a forged timestamp, cannot drag it further; such writes still "
           "apply, and a warning names the peer).");
-ABSL_FLAG(int64_t, max_response_bytes, 4 << 20, "Largest Get or List answer, bytes.");
+ABSL_FLAG(int64_t, max_response_bytes, 4 << 20,
+          "Largest Get or List answer, or Watch event, bytes. A Get over it is "
+          "RESOURCE_EXHAUSTED (read a field at a time with GetRequest.path); List and Watch send "
+          "such a document without its value, marked too_large.");
 ABSL_FLAG(int64_t, request_id_window_s, 24 * 3600,
           "How long client request ids are remembered for retry detection, seconds.");
 ABSL_FLAG(int64_t, change_feed_retention, 1000000,
@@ -139,6 +149,14 @@ int UsageError(const std::string& message) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "mergedb-node --data_dir=DIR --node_name=NAME --cluster=ID [--listen=HOST:PORT] [...]");
+  // Abseil's --help lists the flags of files named like the program, and this program's flags
+  // live in main.cc.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "node/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   // Abseil's debug-build deadlock detection costs a graph update on every lock.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
@@ -176,6 +194,11 @@ int main(int argc, char** argv) {
       !positive(absl::GetFlag(FLAGS_request_id_window_s)) ||
       !positive(absl::GetFlag(FLAGS_max_clock_ahead_ms))) {
     return UsageError("sizes, limits and windows must be positive");
+  }
+  if (absl::GetFlag(FLAGS_max_path_depth) > mergedb::node::Limits::kMaxDepth) {
+    return UsageError(absl::StrCat("--max_path_depth must be at most ",
+                                   mergedb::node::Limits::kMaxDepth,
+                                   " (deeper fields would not fit in a protobuf message)"));
   }
   if (absl::GetFlag(FLAGS_max_update_bytes) > (int64_t{1} << 30)) {
     return UsageError("--max_update_bytes is at most 1 GiB");
