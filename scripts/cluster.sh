@@ -2,11 +2,12 @@
 # A local mergedb cluster on 127.0.0.1, one command away.
 #
 #   scripts/cluster.sh up [N] [--replicas M] [--base-port P] [--dir DIR] [--tls]
-#        installs what is missing, builds if needed, starts N nodes (default 3; the last M are
-#        read-only replicas), waits until all are healthy, prints addresses and examples.
-#        Safe on a running cluster: starts only the nodes that are down. --tls (when the
-#        cluster is first made): a CA and node certificates in DIR/tls, every call and link TLS,
-#        and a client CA and client certificate (app) that every client must present.
+#        installs what is missing, builds the node and the tools, starts N nodes (default 3; the
+#        last M are read-only replicas) on ports P.. (default 7701), waits until all are healthy,
+#        prints addresses and examples. Safe on a running cluster: starts only the nodes that are
+#        down (N, M, P and --tls are fixed when the cluster is first made). --tls: a CA and node
+#        certificates in DIR/tls, every call and link TLS, and a client CA and client
+#        certificate (app) that every client must present.
 #   scripts/cluster.sh status            one line per node: pid, address, role, health, lag
 #   scripts/cluster.sh kill NODE         SIGKILL (e.g. kill n2)
 #   scripts/cluster.sh start NODE | restart NODE | logs NODE
@@ -17,7 +18,8 @@
 #        `mergedb fetch-backup ./n3-copy`) in its place and starts it: it comes back as a new
 #        incarnation and its peers send it everything written since the backup
 #   scripts/cluster.sh down              SIGTERM every node (they drain and close cleanly)
-#   scripts/cluster.sh wipe              down, then delete every data dir, log and backup
+#   scripts/cluster.sh wipe              down, then delete what the cluster made in DIR (data
+#        dirs, logs, backups, certificates) and DIR itself if nothing else is left in it
 #
 # State lives in one folder (default .cluster/ in the repository, or --dir / MERGEDB_CLUSTER_DIR).
 set -euo pipefail
@@ -33,7 +35,7 @@ cli_bin=$build_dir/node/mergedb
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -67,7 +69,18 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+[ -n "$dir" ] || die "--dir needs a folder"
+# One spelling of the folder (absolute, no trailing slash): the nodes' --data_dir is made of it,
+# and pid_of recognizes a node by that flag.
+dir=$(realpath -m -s -- "$dir")
+if [ "$command" != up ] && [ -n "$replicas$base_port$tls" ]; then
+  die "--replicas, --base-port and --tls are for 'up' (a cluster keeps what it was made with)"
+fi
+
 conf=$dir/cluster.conf
+# The cluster's settings (set by use_conf from cluster.conf, or by 'up' for a new cluster), not
+# taken from the environment.
+N="" REPLICAS="" BASE_PORT="" TLS=""
 # What the nodes and the CLI add for TLS (set by use_conf).
 node_tls=()
 cli_tls=()
@@ -75,6 +88,8 @@ use_conf() {
   # shellcheck source=/dev/null
   source "$conf"
   TLS=${TLS:-0}
+  node_tls=()
+  cli_tls=()
   if [ "$TLS" = 1 ]; then
     node_tls=(--tls_cert="$dir/tls/node.pem" --tls_key="$dir/tls/node.key" --tls_ca="$dir/tls/ca.pem")
     cli_tls=(--tls_ca="$dir/tls/ca.pem")
@@ -105,18 +120,35 @@ make_certs() {
 
 node_index() {  # n2 -> 2
   local name=$1
-  [[ "$name" =~ ^n([0-9]+)$ ]] || die "nodes are named n1..n$N, not '$name'"
+  [[ "$name" =~ ^n([1-9][0-9]*)$ ]] || die "nodes are named n1..n$N, not '$name'"
   local i=${BASH_REMATCH[1]}
   [ "$i" -ge 1 ] && [ "$i" -le "$N" ] || die "no node $name in this $N-node cluster"
   echo "$i"
 }
 port_of() { echo $((BASE_PORT + $1 - 1)); }
+
+# A process's arguments, one a line (empty once it has exited, also while it is a zombie).
+cmdline_of() { { tr '\0' '\n' <"/proc/$1/cmdline"; } 2>/dev/null; }
+# runs_node CMDLINE I: whether that command line is node I's: mergedb-node (from whichever build
+# dir) on this node's data dir, which only one process at a time can hold.
+runs_node() {
+  local cmdline=$1 i=$2 program
+  program=${cmdline%%$'\n'*}
+  [ "${program##*/}" = mergedb-node ] && grep -qxF -- "--data_dir=$dir/n$i" <<<"$cmdline"
+}
+# The pid of node I, if it runs. A pid file outlives its node (a reboot, a kill -9, a crash) and
+# its number may since belong to another program, which must never be signalled nor taken for
+# the node: such a stale file is removed.
 pid_of() {
-  local f=$dir/n$1.pid
+  local f=$dir/n$1.pid pid
   [ -f "$f" ] || return 1
-  local pid; pid=$(cat "$f")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
+  pid=$(cat "$f" 2>/dev/null) || pid=""
+  if [[ "$pid" =~ ^[1-9][0-9]*$ ]] && runs_node "$(cmdline_of "$pid")" "$1"; then
+    echo "$pid"
+    return 0
+  fi
+  rm -f "$f"
+  return 1
 }
 role_of() { if [ "$1" -gt $((N - REPLICAS)) ]; then echo replica; else echo primary; fi; }
 
@@ -129,12 +161,21 @@ port_in_use() {
   fi
 }
 
+# A port taken by another program: a cluster being made ('up' sets new) can choose other ports;
+# a made one keeps its own.
+new=""
+port_taken() {  # port_taken I
+  local advice="stop that program, or 'wipe' this cluster and make it again with another --base-port"
+  [ -z "$new" ] || advice="choose another --base-port"
+  die "port $(port_of "$1") (node n$1) is already in use by another program; $advice"
+}
+
 start_node() {  # start_node I [EXTRA FLAG...]: the extra flags are for this start only
   local i=$1
   shift
   if pid_of "$i" >/dev/null; then return 0; fi
   local port; port=$(port_of "$i")
-  port_in_use "$port" && die "port $port (node n$i) is already in use by another program; choose --base-port"
+  ! port_in_use "$port" || port_taken "$i"
   local peers="" j
   for j in $(seq 1 "$N"); do
     [ "$j" = "$i" ] && continue
@@ -144,7 +185,15 @@ start_node() {  # start_node I [EXTRA FLAG...]: the extra flags are for this sta
   nohup "$node_bin" --data_dir="$dir/n$i" --node_name="n$i" --cluster=local \
     --listen="127.0.0.1:$port" --peers="$peers" --role="$(role_of "$i")" \
     --backup_dir="$dir/backups/n$i" ${node_tls[@]+"${node_tls[@]}"} "$@" >>"$dir/n$i.log" 2>&1 &
-  echo $! >"$dir/n$i.pid"
+  # The pid is the node's once nohup has exec'd it; until then pid_of would take the file for a
+  # stale one. (A start that failed at once leaves an empty command line: wait_healthy says so.)
+  local pid=$! tries=0 cmdline
+  while cmdline=$(cmdline_of "$pid") && [ -n "$cmdline" ] && ! runs_node "$cmdline" "$i" &&
+    [ $tries -lt 250 ]; do
+    sleep 0.02
+    tries=$((tries + 1))
+  done
+  echo "$pid" >"$dir/n$i.pid"
 }
 
 cli() { "$cli_bin" ${cli_tls[@]+"${cli_tls[@]}"} "$@"; }
@@ -166,12 +215,55 @@ wait_healthy() {
 
 stop_node() {  # SIGTERM, then wait (bounded) for the drain
   local i=$1 pid
-  pid=$(pid_of "$i") || { rm -f "$dir/n$i.pid"; return 0; }
-  kill -TERM "$pid"
+  pid=$(pid_of "$i") || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  # Checked by command line, not kill -0: the number is not signalled again once the node is
+  # gone (or a zombie, when this script started it).
   local tries=0
-  while kill -0 "$pid" 2>/dev/null && [ $tries -lt 100 ]; do sleep 0.1; tries=$((tries + 1)); done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  while runs_node "$(cmdline_of "$pid")" "$i" && [ $tries -lt 100 ]; do
+    sleep 0.1
+    tries=$((tries + 1))
+  done
+  if runs_node "$(cmdline_of "$pid")" "$i"; then kill -KILL "$pid" 2>/dev/null || true; fi
   rm -f "$dir/n$i.pid"
+}
+
+# Whether a node of the cluster in DIR ever started: it then has a data dir. A cluster.conf
+# without one is from an 'up' that started nothing (earlier versions wrote it before checking
+# the ports), and a new 'up' may replace it.
+made_nodes() {
+  local d
+  for d in "$dir"/n[0-9]*; do
+    if [ -d "$d" ]; then return 0; fi
+  done
+  return 1
+}
+
+# What a cluster runs and the README's next steps use: the node, the CLI, mergedb-repair and
+# the Python client's stubs (a target where grpc_python_plugin is installed, which deps.sh
+# does); not the tests and benchmarks, most of a whole build. The output goes to a file and is
+# shown only when the build fails.
+build_cluster() {
+  local targets=(mergedb-node mergedb mergedb-repair) log
+  echo "cluster.sh: building ${targets[*]} and the Python stubs in $build_dir" \
+    "(the first build takes several minutes)" >&2
+  log=$(mktemp "${TMPDIR:-/tmp}/mergedb-cluster-build.XXXXXX")
+  if mergedb_configure "$build_dir" >>"$log" 2>&1; then
+    if grep -q '^build mergedb_python_stubs:' "$build_dir/build.ninja"; then
+      targets+=(mergedb_python_stubs)
+    fi
+    if mergedb_build "$build_dir" "${targets[@]}" >>"$log" 2>&1; then
+      rm -f "$log"
+      return 0
+    fi
+  fi
+  # From the first failed step (ninja's FAILED line), else the end.
+  if grep -q '^FAILED: ' "$log"; then
+    sed -n '/^FAILED: /,$p' "$log" | head -n 60 >&2
+  else
+    tail -n 40 "$log" >&2
+  fi
+  die "build failed (all of its output: $log)"
 }
 
 status_line() {
@@ -196,34 +288,52 @@ print(" ".join("%s:%s%s" % (p["name"], p.get("entries_behind","0"), "" if p.get(
 
 case "$command" in
   up)
-    mergedb_ensure_packages
-    mergedb_build "$build_dir" >/dev/null || die "build failed (run: cmake --build $build_dir)"
-    if [ -f "$conf" ]; then
-      use_conf
+    # Everything is checked before anything is written (or built). Numbers in decimal without
+    # leading zeros (bash arithmetic would read 07701 as octal), short enough not to overflow.
+    [ -z "$count" ] || [[ "$count" =~ ^[1-9][0-9]{0,4}$ ]] || die "N must be a positive number, not '$count'"
+    [ -z "$replicas" ] || [[ "$replicas" =~ ^(0|[1-9][0-9]{0,4})$ ]] ||
+      die "--replicas must be a number, not '$replicas'"
+    [ -z "$base_port" ] || [[ "$base_port" =~ ^[1-9][0-9]{0,4}$ ]] ||
+      die "--base-port must be a port number from 1024 to 65535, not '$base_port'"
+    if [ -f "$conf" ] && { use_conf; made_nodes; }; then
       if [ -n "$count" ] && [ "$count" != "$N" ]; then
         die "a $N-node cluster already lives in $dir (run 'wipe' first to change its size)"
+      fi
+      if [ -n "$replicas" ] && [ "$replicas" != "$REPLICAS" ]; then
+        die "the cluster in $dir has $REPLICAS read-only replicas (run 'wipe' first to change that)"
+      fi
+      if [ -n "$base_port" ] && [ "$base_port" != "$BASE_PORT" ]; then
+        die "the cluster in $dir uses ports $BASE_PORT-$((BASE_PORT + N - 1)) (run 'wipe' first to" \
+          "move it, or give another --dir for a second cluster)"
       fi
       if [ -n "$tls" ] && [ "$TLS" != 1 ]; then
         die "a plaintext cluster already lives in $dir (run 'wipe' first to make it TLS)"
       fi
     else
+      new=1
       N=${count:-3}
       REPLICAS=${replicas:-0}
       BASE_PORT=${base_port:-7701}
-      [[ "$N" =~ ^[1-9][0-9]*$ ]] || die "N must be a positive number"
-      [[ "$REPLICAS" =~ ^[0-9]+$ ]] && [ "$REPLICAS" -lt "$N" ] || die "--replicas must be below N"
-      mkdir -p "$dir"
       TLS=${tls:-0}
+      [ "$REPLICAS" -lt "$N" ] || die "--replicas must be below N ($N)"
+      [ "$N" -le $((65536 - 1024)) ] || die "$N nodes do not fit in ports 1024-65535"
+      if [ "$BASE_PORT" -lt 1024 ] || [ $((BASE_PORT + N - 1)) -gt 65535 ]; then
+        die "--base-port must be from 1024 to $((65536 - N)) for $N nodes (ports P to P+$((N - 1))), not $BASE_PORT"
+      fi
+    fi
+    mergedb_ensure_packages
+    build_cluster
+    # Check every port first, so that a port in use starts nothing (and makes no cluster).
+    for i in $(seq 1 "$N"); do
+      pid_of "$i" >/dev/null && continue
+      ! port_in_use "$(port_of "$i")" || port_taken "$i"
+    done
+    if [ -n "$new" ]; then
+      mkdir -p "$dir"
       [ "$TLS" = 1 ] && make_certs
       printf 'N=%s\nREPLICAS=%s\nBASE_PORT=%s\nTLS=%s\n' "$N" "$REPLICAS" "$BASE_PORT" "$TLS" >"$conf"
       use_conf
     fi
-    # Check every port first, so that a port in use starts nothing.
-    for i in $(seq 1 "$N"); do
-      pid_of "$i" >/dev/null && continue
-      port=$(port_of "$i")
-      ! port_in_use "$port" || die "port $port (node n$i) is already in use by another program; choose --base-port"
-    done
     for i in $(seq 1 "$N"); do start_node "$i"; done
     for i in $(seq 1 "$N"); do wait_healthy "$i" || die "cluster did not come up"; done
     echo "mergedb cluster up: $N nodes ($REPLICAS read-only$([ "$TLS" = 1 ] && echo ", TLS with the CA in $dir/tls/ca.pem")), data and logs in $dir"
@@ -261,7 +371,7 @@ EOF
     load_conf
     [ -n "$target" ] || die "start needs a node name"
     i=$(node_index "$target")
-    mergedb_build "$build_dir" >/dev/null
+    build_cluster
     start_node "$i"
     wait_healthy "$i"
     status_line "$i"
@@ -334,12 +444,26 @@ EOF
     cat "$dir/n$i.log"
     ;;
   wipe)
-    if [ -f "$conf" ]; then
-      use_conf
-      for i in $(seq 1 "$N"); do stop_node "$i"; done
+    # Only a folder that holds a cluster, and in it only what the cluster made: a mistyped --dir
+    # (or one shared with other files) loses nothing else.
+    [ -f "$conf" ] || die "no cluster in $dir (no cluster.conf there): nothing wiped"
+    use_conf
+    for i in $(seq 1 "$N"); do stop_node "$i"; done
+    for i in $(seq 1 "$N"); do
+      # The data dir, and what 'restore' leaves beside it.
+      rm -rf "$dir/n$i" "$dir/n$i".restoring-* "$dir/n$i".before-restore-* "$dir/n$i".refused-* \
+        "$dir/backups/n$i"
+      rm -f "$dir/n$i.pid" "$dir/n$i.log"
+    done
+    rm -rf "$dir/tls"
+    rmdir "$dir/backups" 2>/dev/null || true
+    # Last, so that a wipe cut short can be run again.
+    rm -f "$conf"
+    if rmdir "$dir" 2>/dev/null; then
+      echo "cluster wiped ($dir removed, with its data dirs, logs and backups)"
+    else
+      echo "cluster wiped (its data dirs, logs, backups and certificates); $dir is kept: it holds other files"
     fi
-    rm -rf "$dir"
-    echo "cluster wiped ($dir removed, with its data dirs, logs and backups)"
     ;;
   *)
     usage

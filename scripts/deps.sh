@@ -36,12 +36,32 @@ mergedb_ensure_packages() {
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
 }
 
-# The Node.js client example's npm dependencies (from package-lock.json), when Node.js and npm are
-# on the machine. They do not come from Debian's npm package, which conflicts with the installed
-# nodejs: this only uses what is already there.
+# Whether the nodejs package installed (if any) is another vendor's than Debian's (NodeSource's
+# ships npm inside it, and Debian's npm package conflicts with it: installing npm would replace
+# that nodejs).
+mergedb_foreign_nodejs() {
+  dpkg-query -W -f='${Status}' nodejs 2>/dev/null | grep -q 'install ok installed' &&
+    ! dpkg-query -W -f='${Maintainer}' nodejs 2>/dev/null | grep -q Debian
+}
+
+# Whether the node on the PATH is the one of Debian's nodejs package.
+mergedb_debian_node() {
+  local owner
+  owner=$(dpkg-query -S "$(readlink -f "$(command -v node)")" 2>/dev/null) || return 1
+  [ "${owner%%:*}" = nodejs ] && ! mergedb_foreign_nodejs
+}
+
+# The Node.js client example's npm dependencies (from package-lock.json). Node.js and npm come
+# from Debian's nodejs and npm packages when node is missing, and npm alone when node is Debian's;
+# a node from elsewhere (NodeSource, a tarball) is used as it is, with its own npm.
 mergedb_ensure_node_client() {
   local root
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if ! command -v node >/dev/null && ! mergedb_foreign_nodejs; then
+    mergedb_ensure_packages nodejs npm || echo "mergedb: could not install nodejs and npm" >&2
+  elif command -v node >/dev/null && ! command -v npm >/dev/null && mergedb_debian_node; then
+    mergedb_ensure_packages npm || echo "mergedb: could not install npm" >&2
+  fi
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "mergedb: node/npm not found; the Node.js client test will be skipped" >&2
     return 0
@@ -69,12 +89,23 @@ mergedb_build_fuzzers() {
   cmake --build "$build_dir" --target mergedb_fuzzers
 }
 
-# mergedb_build BUILD_DIR: configures once (Ninja) and builds; ccache is picked up when present.
-mergedb_build() {
+# mergedb_configure BUILD_DIR: configures once (Ninja); ccache is picked up when present.
+mergedb_configure() {
   local root build_dir=$1
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   if [ ! -f "$build_dir/build.ninja" ]; then
     cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="${MERGEDB_BUILD_TYPE:-RelWithDebInfo}"
   fi
-  cmake --build "$build_dir"
+}
+
+# mergedb_build BUILD_DIR [TARGET...]: configures once and builds those targets (default: all).
+mergedb_build() {
+  local build_dir=$1
+  shift
+  mergedb_configure "$build_dir" || return
+  if [ $# -gt 0 ]; then
+    cmake --build "$build_dir" --target "$@"
+  else
+    cmake --build "$build_dir"
+  fi
 }
