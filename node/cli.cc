@@ -213,6 +213,9 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s, bool used_tls) {
   std::printf("%-16s %s\n", "cluster", s.cluster_id().c_str());
   std::printf("%-16s %016llx\n", "replica id", static_cast<unsigned long long>(s.replica_id()));
   std::printf("%-16s %s\n", "role", mergedb::v1::Role_Name(s.role()).c_str());
+  if (!s.refusing_writes().empty()) {
+    std::printf("%-16s REFUSED: %s\n", "writes", s.refusing_writes().c_str());
+  }
   std::printf("%-16s %lld\n", "documents", static_cast<long long>(s.document_count()));
   std::printf("%-16s %.0f s\n", "uptime", s.uptime_seconds());
   std::printf("%-16s %llu\n", "last position", static_cast<unsigned long long>(s.last_position()));

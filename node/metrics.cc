@@ -60,6 +60,10 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
                          MetricType::Gauge, status.uptime_seconds()));
   families.push_back(One("mergedb_documents", "Documents held.", MetricType::Gauge,
                          static_cast<double>(status.document_count())));
+  families.push_back(One("mergedb_refusing_writes",
+                         "1 while the node refuses every write until an operator acts (a failed "
+                         "commit, a data dir that went back in time: see Status.refusing_writes).",
+                         MetricType::Gauge, status.refusing_writes().empty() ? 0.0 : 1.0));
   MetricFamily applied = Family(
       "mergedb_applied_entries_total",
       "Per origin replica, the highest contiguous log sequence applied here: the writes of that "

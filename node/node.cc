@@ -208,9 +208,18 @@ void Node::RunJanitor() {
   std::string tls_stage = "start";
   absl::Time next_tls_warning = absl::InfinitePast();
   WarnIfCertificateExpires(&tls_stage, &next_tls_warning);
+  bool store_failed = false;
   while (!janitor_stop_) {
     janitor_mu_.AwaitWithTimeout(absl::Condition(&janitor_stop_), options_.truncate_interval);
     if (janitor_stop_) break;
+    // A failed commit leaves the store refusing every write and every replicated change until
+    // a restart: the node serves ever staler reads, and must leave load balancers' rotation.
+    if (absl::Status health = store_->health(); !health.ok() && !store_failed) {
+      store_failed = true;
+      health_->SetServing(false);
+      MERGEDB_LOG(ERROR) << "the store refuses writes until this node restarts ("
+                         << health.message() << "): health is now NOT_SERVING";
+    }
     replication_->CancelSilentHandshakes();
     if (absl::Status truncated = replication_->TruncateLog(); !truncated.ok()) {
       MERGEDB_LOG(WARNING) << "log truncation: " << truncated.message();

@@ -475,6 +475,11 @@ void FillStatus(Node* node, mergedb::v1::StatusResponse* response) {
   response->set_last_position(store->last_change_seq());
   response->set_log_entries(store->log_entries());
   response->set_change_feed_entries(store->change_feed_entries());
+  if (absl::Status health = store->health(); !health.ok()) {
+    response->set_refusing_writes(std::string(health.message()));
+  } else if (std::string why = node->replication()->view()->rolled_back_reason(); !why.empty()) {
+    response->set_refusing_writes(why);
+  }
   if (const TlsConfig& tls = node->options().tls; tls.enabled()) {
     mergedb::v1::TlsStatus* out = response->mutable_tls();
     if (const CertificateExpiry* own = OwnChainExpiry(tls); own != nullptr) {

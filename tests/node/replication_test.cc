@@ -5,7 +5,9 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "node/stream_codec.h"
+#include "storage/fault_env.h"
 #include "storage/keys.h"
 #include "tests/node/cluster_test_util.h"
 #include "tests/node/node_test_util.h"
@@ -1728,6 +1730,46 @@ TEST(Replication, ARepairedNodeGetsBackWhatTheRepairDroppedFromItsPeer) {
   for (int i = 0; i < kDocs; ++i) found += CounterIn(cluster.Get(1, "c", id(i)), "n");
   EXPECT_EQ(found, kDocs);
   EXPECT_GE(cluster.Status(0).peers(0).full_state_transfers_sent(), 1u);
+}
+
+// A failed commit leaves the store refusing every write and every replicated change until a
+// restart. The node must say so where operators and load balancers look: Status names the
+// reason, and the standard health service turns NOT_SERVING (it stayed SERVING).
+TEST(Replication, ANodeWhoseStoreFailedSaysSoInStatusAndHealth) {
+  Cluster cluster(2);
+  storage::FaultInjectionEnv faulty(cluster.env(0));
+  cluster.options(0).env = &faulty;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  EXPECT_TRUE(cluster.Status(0).refusing_writes().empty());
+  auto channel = grpc::CreateChannel(cluster.Address(0), grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  auto serving = [&] {
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    const grpc::Status status = health->Check(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.status();
+  };
+  EXPECT_EQ(serving(), grpc::health::v1::HealthCheckResponse::SERVING);
+  faulty.set_fail_writes(true);
+  EXPECT_EQ(cluster.Update(0, IncrementOf("d", 1)).error_code(), grpc::StatusCode::UNAVAILABLE);
+  faulty.set_fail_writes(false);
+  EXPECT_EQ(cluster.Update(0, IncrementOf("d", 1)).error_code(), grpc::StatusCode::UNAVAILABLE)
+      << "a store that failed a commit takes no more writes";
+  EXPECT_FALSE(cluster.Status(0).refusing_writes().empty());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (serving() != grpc::health::v1::HealthCheckResponse::NOT_SERVING &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(serving(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  // The other node takes writes as before.
+  EXPECT_TRUE(cluster.Update(1, IncrementOf("d", 1)).ok());
+  EXPECT_TRUE(cluster.Status(1).refusing_writes().empty());
+  cluster.Stop(0);
 }
 
 TEST(Replication, StatusReportsPeersLagAndTraffic) {
