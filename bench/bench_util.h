@@ -20,8 +20,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -332,6 +335,85 @@ inline double UserProcessesBusySeconds() {
   const unsigned long long busy = user + nice + system + steal;
   return static_cast<double>(busy > kernel_threads ? busy - kernel_threads : 0) /
          static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// The established TCP sockets of the machine as `ss -tinpH state established` shows them (as root
+// it names every socket's process): (local address, peer address) -> owner and the bytes the
+// kernel counts the socket as having sent (tcpi_bytes_sent: what the application wrote, all its
+// framing included, no TCP/IP headers). nullopt when ss is missing or fails.
+struct TcpSocket {
+  pid_t pid = 0;
+  uint64_t bytes_sent = 0;
+};
+using TcpSockets = std::map<std::pair<std::string, std::string>, TcpSocket>;
+
+inline std::optional<TcpSockets> ReadTcpSockets() {
+  FILE* pipe = popen("ss -tinpH state established 2>/dev/null", "r");
+  if (pipe == nullptr) return std::nullopt;
+  std::string out;
+  char buf[65536];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+  if (pclose(pipe) != 0) return std::nullopt;
+  TcpSockets sockets;
+  TcpSocket* last = nullptr;
+  std::istringstream lines(out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    if (line[0] != ' ' && line[0] != '\t') {
+      // Recv-Q Send-Q Local Peer Process
+      std::istringstream fields(line);
+      std::string recv_q, send_q, local, peer;
+      last = nullptr;
+      if (!(fields >> recv_q >> send_q >> local >> peer)) continue;
+      TcpSocket& socket = sockets[{local, peer}];
+      const size_t at = line.find("pid=");
+      if (at != std::string::npos)
+        socket.pid = static_cast<pid_t>(std::atol(line.c_str() + at + 4));
+      last = &socket;
+    } else if (last != nullptr) {
+      // The details line; ss leaves out bytes_sent while it is 0.
+      const size_t at = line.find("bytes_sent:");
+      if (at != std::string::npos)
+        last->bytes_sent = std::strtoull(line.c_str() + at + 11, nullptr, 10);
+    }
+  }
+  return sockets;
+}
+
+// What the processes `pids` sent one another over TCP between two readings: the growth of
+// bytes_sent of every socket whose both ends belong to them (each direction counted once, by
+// its sender). A socket opened meanwhile counts from 0; one closed meanwhile is lost, and
+// counted in `vanished` so that a report can say its figure is low.
+struct TcpTraffic {
+  uint64_t bytes = 0;
+  int sockets = 0;
+  int vanished = 0;
+};
+
+inline TcpTraffic TcpTrafficBetween(const TcpSockets& before, const TcpSockets& after,
+                                    const std::set<pid_t>& pids) {
+  auto between = [&pids](const TcpSockets& table, const std::pair<std::string, std::string>& key,
+                         const TcpSocket& socket) {
+    if (pids.count(socket.pid) == 0) return false;
+    auto other = table.find({key.second, key.first});
+    return other != table.end() && pids.count(other->second.pid) > 0;
+  };
+  TcpTraffic traffic;
+  for (const auto& [key, socket] : after) {
+    if (!between(after, key, socket)) continue;
+    auto old = before.find(key);
+    const uint64_t base = old != before.end() && old->second.bytes_sent <= socket.bytes_sent
+                              ? old->second.bytes_sent
+                              : 0;
+    traffic.bytes += socket.bytes_sent - base;
+    ++traffic.sockets;
+  }
+  for (const auto& [key, socket] : before) {
+    if (between(before, key, socket) && after.count(key) == 0) ++traffic.vanished;
+  }
+  return traffic;
 }
 
 // Builds one JSON object on one line, fields in insertion order. Non-finite numbers become null.

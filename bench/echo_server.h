@@ -1,8 +1,9 @@
 // The echo baseline of the benchmarks: a bare gRPC unary server that answers an UpdateRequest
-// with its request id, built the way mergedb-node builds its server (same builder settings,
-// same services beside it, and the unary call served on the asynchronous API by one
+// with its request id, built the way mergedb-node builds its server (same builder settings and,
+// in mergedb-bench, the same allocator; the unary call served on the asynchronous API by one
 // completion-queue thread per core, answered on the thread that read it, as mergedb-node serves
-// Update). What mergedb does beyond this is the cost of being a database.
+// Update; the node's other services, idle in a write benchmark, are left out). What mergedb does
+// beyond this is the cost of being a database.
 #ifndef MERGEDB_BENCH_ECHO_SERVER_H_
 #define MERGEDB_BENCH_ECHO_SERVER_H_
 

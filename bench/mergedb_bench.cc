@@ -141,7 +141,12 @@ ABSL_FLAG(int64_t, warmup, 2000, "Writes before the measurement starts (not coun
 ABSL_FLAG(bool, baselines, true,
           "Measure the echo and LevelDB baselines (default: on when the tool starts the cluster, "
           "off with --targets).");
-ABSL_FLAG(int64_t, baseline_calls, 100000, "At most this many echo calls and LevelDB puts.");
+ABSL_FLAG(int64_t, baseline_calls, 100000,
+          "At most this many echo calls (and, with --fsync, LevelDB puts).");
+ABSL_FLAG(int64_t, leveldb_baseline_puts, 1000000,
+          "LevelDB puts of the bare-LevelDB baseline without --fsync: enough to fill the 16 MiB "
+          "memtable several times over, so that it pays for flushes and compactions as the nodes "
+          "do.");
 ABSL_FLAG(bool, json_only, false, "Print only the JSON line (no table, no progress line).");
 ABSL_FLAG(int, nodes, 3, "Nodes to start (without --targets).");
 ABSL_FLAG(std::string, node_binary, "",
@@ -782,7 +787,15 @@ class Phase {
         readers_(std::move(readable)),
         options_(options),
         tracker_(tracker),
-        rng_(42 + options.first_write) {}
+        rng_(42 + options.first_write) {
+    // The lag tracker and the Watch streams number nodes by their place among all nodes
+    // (`readable`), writes by their place among the writable ones: with read-only replicas
+    // listed first, the two differ.
+    for (Endpoint* w : nodes_) {
+      const auto at = std::find(readers_.begin(), readers_.end(), w);
+      writer_in_all_.push_back(at == readers_.end() ? -1 : static_cast<int>(at - readers_.begin()));
+    }
+  }
 
   PhaseResult Run();
 
@@ -1035,6 +1048,7 @@ class Phase {
 
   const std::vector<Endpoint*> nodes_;
   const std::vector<Endpoint*> readers_;
+  std::vector<int> writer_in_all_;  // nodes_[i] is readers_[writer_in_all_[i]]
   const PhaseOptions options_;
   LagTracker* const tracker_;
   std::mt19937_64 rng_;
@@ -1130,7 +1144,7 @@ void Phase::OnWriteAck(Clock::time_point sent, int64_t sample, int node) {
   result_.write_latency_us.push_back(std::chrono::duration<double, std::micro>(now - sent).count());
   ++result_.writes;
   result_.last_ack = now;
-  if (sample >= 0 && tracker_ != nullptr) tracker_->OnAck(sample, node, now);
+  if (sample >= 0 && tracker_ != nullptr) tracker_->OnAck(sample, writer_in_all_[node], now);
   --outstanding_;
   Fill();
 }
@@ -1554,6 +1568,14 @@ int Main(int argc, char** argv) {
   }
 
   const Traffic traffic_before = TrafficBetweenNodes(nodes);
+  // The same traffic as the kernel counts it, gRPC's and HTTP/2's framing included (as Redis's
+  // counters include RESP's): only for nodes this tool started, whose processes it knows.
+  std::set<pid_t> node_pids;
+  for (const Endpoint& e : nodes) {
+    if (e.pid > 0) node_pids.insert(e.pid);
+  }
+  const std::optional<mergedb::bench::TcpSockets> sockets_before =
+      start_cluster ? mergedb::bench::ReadTcpSockets() : std::nullopt;
   std::vector<ProcessStats> stats_before;
   for (const Endpoint& e : nodes) {
     stats_before.push_back(e.pid > 0 ? ReadProcessStats(e.pid) : ProcessStats{});
@@ -1577,6 +1599,12 @@ int Main(int argc, char** argv) {
   const double client_cpu = CpuSecondsOfSelf() - client_cpu_before;
   const double machine_busy = UserProcessesBusySeconds() - busy_before;
   const Traffic traffic = TrafficBetweenNodes(nodes) - traffic_before;
+  std::optional<mergedb::bench::TcpTraffic> tcp;
+  if (sockets_before.has_value()) {
+    if (auto sockets_after = mergedb::bench::ReadTcpSockets(); sockets_after.has_value()) {
+      tcp = mergedb::bench::TcpTrafficBetween(*sockets_before, *sockets_after, node_pids);
+    }
+  }
   struct NodeStats {
     std::string name;
     double cpu_s = 0;
@@ -1624,17 +1652,27 @@ int Main(int argc, char** argv) {
   const int64_t baseline_n = std::min<int64_t>(
       absl::GetFlag(FLAGS_baseline_calls), std::max<int64_t>(run.writes, 1000));
   if (baselines) {
-    if (!json_only) std::fprintf(stderr, "baselines: gRPC echo, bare LevelDB (%lld each)...\n",
-                                 static_cast<long long>(baseline_n));
+    // Without fsync, enough puts to fill the memtable several times over (about 70 bytes
+    // each), so that the baseline pays for flushes and compactions as the nodes do, not only
+    // the write-ahead log and the memtable. With fsync each put waits for the disk: the run's
+    // own count.
+    const int64_t leveldb_n =
+        fsync ? baseline_n : std::max<int64_t>(1, absl::GetFlag(FLAGS_leveldb_baseline_puts));
+    if (!json_only) {
+      std::fprintf(stderr, "baselines: gRPC echo (%lld calls), bare LevelDB (%lld puts)...\n",
+                   static_cast<long long>(baseline_n), static_cast<long long>(leveldb_n));
+    }
     echo = RunEchoBaseline(phase.concurrency, baseline_n, phase.shape);
-    leveldb_rate = RunLevelDbBaseline(work_dir + "/leveldb-baseline", phase.concurrency,
-                                      baseline_n, phase.shape, fsync);
+    leveldb_rate = RunLevelDbBaseline(work_dir + "/leveldb-baseline", phase.concurrency, leveldb_n,
+                                      phase.shape, fsync);
   }
 
   const double seconds = run.seconds();
   const double writes_per_s = seconds > 0 ? run.writes / seconds : 0;
   const double reads_per_s = seconds > 0 ? run.reads / seconds : 0;
   const double bytes_per_write = run.writes > 0 ? static_cast<double>(traffic.bytes) / run.writes : 0;
+  const double tcp_bytes_per_write =
+      tcp.has_value() && run.writes > 0 ? static_cast<double>(tcp->bytes) / run.writes : -1;
   const double entries_per_frame =
       traffic.frames > 0 ? static_cast<double>(traffic.entries) / traffic.frames : 0;
   const double updates_per_message =
@@ -1680,6 +1718,13 @@ int Main(int argc, char** argv) {
       std::printf("  %-40s NOT CONVERGED within 120 s\n", "convergence after the last ack (ms)");
     }
     std::printf("  %-40s %.0f\n", "bytes between nodes per write", bytes_per_write);
+    if (tcp.has_value()) {
+      std::printf("  %-40s %.0f (over %d connections%s)\n", "  the same, TCP payload (all framing)",
+                  tcp_bytes_per_write, tcp->sockets,
+                  tcp->vanished > 0
+                      ? absl::StrCat("; ", tcp->vanished, " closed meanwhile, not counted").c_str()
+                      : "");
+    }
     std::printf("  %-40s %.1f\n", "log entries per replication frame", entries_per_frame);
     if (phase.mode == Mode::kBatch) {
       std::printf("  %-40s %.1f\n", "updates per UpdateBatch message", updates_per_message);
@@ -1751,6 +1796,10 @@ int Main(int argc, char** argv) {
   }
   json.Add("convergence_ms", convergence_ms);
   json.Add("bytes_between_nodes_per_write", bytes_per_write);
+  if (tcp.has_value()) {
+    json.Add("tcp_bytes_between_nodes_per_write", tcp_bytes_per_write);
+    json.Add("tcp_sockets_closed_meanwhile", tcp->vanished);
+  }
   json.Add("entries_per_frame", entries_per_frame);
   if (phase.mode == Mode::kBatch) json.Add("updates_per_message", updates_per_message);
   std::vector<std::string> per_node;

@@ -5,24 +5,30 @@
 //
 // W1 as mergedb-bench runs it: --documents hashes doc:<i> (10,000); even writes
 // `HSET doc:<i> name <--value_size random letters and digits>` (as mergedb's W1: values that do
-// not compress, so that neither side's byte counts are flattered), odd writes `HINCRBY doc:<i> count 1`, documents chosen
-// uniformly. --concurrency writes (16) are outstanding at all times, pipelined over
-// --connections connections (each write on the least loaded one). Modes:
-//   async  replicas follow asynchronously (Redis's default);
+// not compress, so that neither side's byte counts are flattered), odd writes `HINCRBY doc:<i>
+// count 1`, documents chosen uniformly. --concurrency writes (16) are outstanding at all times.
+// Modes:
+//   async  replicas follow asynchronously (Redis's default); the writes are pipelined over
+//          --connections connections (6 by default, as mergedb-bench's UpdateStream streams),
+//          each write on the least loaded one;
 //   wait1  every write is followed on its connection, in the same pipeline (no MULTI), by
 //          `WAIT 1 0`; the write counts as acknowledged when the WAIT answers (1 replica has it);
 //   wait2  the same with `WAIT 2 0` (both replicas).
-// Note that Redis runs one connection's commands in order, so a WAIT holds back the commands
-// pipelined behind it on that connection: like one mergedb UpdateStream, one connection has
-// one write waiting for replicas at a time.
+// Redis stops reading a connection while its client is blocked in WAIT, so a connection has one
+// write waiting for replicas at a time, and the commands pipelined behind it wait too. The wait
+// modes therefore use one connection per outstanding write (16 writers, each writing and then
+// waiting, as the issue's Redis figures were measured), so that as many writes wait for
+// replicas at once as mergedb's QUORUM and ALL runs have waiting (every write of a stream waits
+// on its own).
 //
 // Measured (after --warmup writes, not counted; FLUSHALL first unless --noflush):
 // - acknowledged writes/s, latency p50/p99/p99.9 (from appending the write to its answer, the
 //   WAIT's answer in wait modes);
 // - bytes between nodes per write: master_repl_offset delta x replicas (the replication stream,
-//   RESP payload), and INFO stats total_net_repl_output_bytes (primary -> replicas) plus
-//   total_net_repl_input_bytes (replicas -> primary: REPLCONF ACK) deltas; the latter pair,
-//   what the primary actually wrote to and read from its replicas, is the reported figure;
+//   RESP payload), and what the primary actually wrote to and read from its replicas, the
+//   reported figure: INFO stats total_net_repl_output_bytes (primary -> replicas) plus the
+//   replicas' REPLCONF ACKs, which the primary counts with its clients' commands in
+//   total_net_input_bytes (that delta less every command this tool sent it, counted exactly);
 // - convergence: ms from the last acknowledgement until every replica's processed offset
 //   (INFO replication slave_repl_offset, polled about every millisecond) reaches the primary's
 //   master_repl_offset as it was at that acknowledgement;
@@ -64,9 +70,11 @@ ABSL_FLAG(std::string, mode, "async", "async, wait1 (WAIT 1 0 after each write) 
 ABSL_FLAG(int64_t, writes, 200000, "Writes to acknowledge (ignored with --duration).");
 ABSL_FLAG(double, duration, 0, "Seconds to run (stop by time instead of count); 0: by count.");
 ABSL_FLAG(int, concurrency, 16, "Writes outstanding at all times, across all connections.");
-ABSL_FLAG(int, connections, 6,
-          "Connections the writes are pipelined over (6: as many as mergedb-bench's default "
-          "UpdateStream streams on a 3-node cluster).");
+ABSL_FLAG(int, connections, 0,
+          "Connections the writes are pipelined over. 0: 6 in async mode (as many as "
+          "mergedb-bench's default UpdateStream streams on a 3-node cluster), --concurrency in "
+          "the wait modes (one write and its WAIT per connection: a connection blocked in WAIT "
+          "reads nothing else).");
 ABSL_FLAG(int, documents, mergedb::bench::kW1Documents, "Hashes W1 writes to.");
 ABSL_FLAG(int, value_size, 64, "Bytes of each HSET value.");
 ABSL_FLAG(int64_t, warmup, 2000, "Writes before the measurement starts (not counted).");
@@ -179,6 +187,17 @@ bool WaitReplicas(const std::vector<Context>& replicas, int64_t target, double t
   return false;
 }
 
+// The bytes a command takes on the wire in RESP, as hiredis formats it: *<n> then $<len> <arg>
+// per argument, each line ending in CRLF.
+int64_t RespBytes(const std::vector<std::string>& args) {
+  int64_t n = 1 + static_cast<int64_t>(std::to_string(args.size()).size()) + 2;
+  for (const auto& a : args) {
+    n += 1 + static_cast<int64_t>(std::to_string(a.size()).size()) + 2 +
+         static_cast<int64_t>(a.size()) + 2;
+  }
+  return n;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The load: non-blocking hiredis contexts, one poll() loop.
 
@@ -195,6 +214,7 @@ struct LoadOptions {
 
 struct LoadResult {
   int64_t writes = 0;
+  int64_t bytes_sent = 0;  // every command this load sent the primary, in RESP
   Clock::time_point start, last_ack;
   std::vector<double> latency_us;  // sorted
   double seconds() const { return SecondsBetween(start, last_ack); }
@@ -244,6 +264,7 @@ class Load {
                                lengths.data()) != REDIS_OK) {
       Fatal(absl::StrCat("append: ", c.context->errstr));
     }
+    result_.bytes_sent += RespBytes(args);
     c.has_output = true;
   }
   void Fill(Clock::time_point now) {
@@ -392,7 +413,14 @@ int Main(int argc, char** argv) {
   load.shape.documents = absl::GetFlag(FLAGS_documents);
   load.shape.value_size = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_value_size)));
   if (load.concurrency < 1) return UsageError("--concurrency must be at least 1");
+  if (load.connections == 0) load.connections = load.wait_replicas > 0 ? load.concurrency : 6;
   if (load.connections < 1) return UsageError("--connections must be at least 1");
+  if (load.wait_replicas > 0 && load.connections < load.concurrency) {
+    return UsageError(
+        "in the wait modes --connections must be at least --concurrency: a connection blocked in "
+        "WAIT holds back every write behind it, so fewer connections would wait for fewer writes "
+        "at once than --concurrency says");
+  }
   if (load.duration_s < 0) return UsageError("--duration must not be negative");
   if (load.duration_s == 0 && load.writes < 1) return UsageError("--writes must be at least 1");
   if (load.shape.documents < 1) return UsageError("--documents must be at least 1");
@@ -437,6 +465,9 @@ int Main(int argc, char** argv) {
     if (!WaitReplicas(replicas, offset, 60, &at)) Fatal("the replicas did not catch up after the warm-up");
   }
 
+  std::set<pid_t> redis_pids;
+  for (const auto& [name, pid] : processes) redis_pids.insert(pid);
+  const std::optional<TcpSockets> sockets_before = ReadTcpSockets();
   const auto repl_before = Info(primary.get(), "replication");
   const auto stats_before = Info(primary.get(), "stats");
   std::vector<ProcessStats> proc_before;
@@ -458,6 +489,12 @@ int Main(int argc, char** argv) {
   const double machine_busy = UserProcessesBusySeconds() - busy_before;
   const auto stats_after = Info(primary.get(), "stats");
   const auto repl_after = Info(primary.get(), "replication");
+  std::optional<TcpTraffic> tcp;
+  if (sockets_before.has_value()) {
+    if (auto sockets_after = ReadTcpSockets(); sockets_after.has_value()) {
+      tcp = TcpTrafficBetween(*sockets_before, *sockets_after, redis_pids);
+    }
+  }
 
   struct ProcessLine {
     std::string name;
@@ -487,7 +524,14 @@ int Main(int argc, char** argv) {
   };
   const int64_t stream_bytes = delta(repl_before, repl_after, "master_repl_offset");
   const int64_t net_out = delta(stats_before, stats_after, "total_net_repl_output_bytes");
-  const int64_t net_in = delta(stats_before, stats_after, "total_net_repl_input_bytes");
+  // A primary counts what it reads from its replicas (REPLCONF ACK, GETACK answers) with its
+  // clients' commands in total_net_input_bytes (total_net_repl_input_bytes counts only what a
+  // replica reads from its primary, and stays 0 here). So: the primary's input less every
+  // command this tool sent it meanwhile (the load's, then INFO replication and INFO stats).
+  const int64_t input = delta(stats_before, stats_after, "total_net_input_bytes");
+  const int64_t own_commands =
+      run.bytes_sent + RespBytes({"INFO", "replication"}) + RespBytes({"INFO", "stats"});
+  const int64_t net_in = input >= own_commands ? input - own_commands : -1;
   const double writes = static_cast<double>(std::max<int64_t>(run.writes, 1));
   const double stream_per_write = static_cast<double>(stream_bytes) * replicas.size() / writes;
   const bool have_net = net_out >= 0 && net_in >= 0;
@@ -512,6 +556,11 @@ int Main(int argc, char** argv) {
     std::printf("  %-40s %.0f (primary -> replicas %.0f, replicas -> primary %.0f)\n",
                 "bytes between nodes per write", bytes_per_write, have_net ? net_out / writes : -1.0,
                 have_net ? net_in / writes : -1.0);
+    if (tcp.has_value()) {
+      std::printf("  %-40s %.0f (over %d connections%s)\n", "  the same, TCP payload (kernel)",
+                  static_cast<double>(tcp->bytes) / writes, tcp->sockets,
+                  tcp->vanished > 0 ? "; some closed meanwhile, not counted" : "");
+    }
     std::printf("  %-40s %.0f (master_repl_offset delta x %zu replicas)\n",
                 "  replication stream per write", stream_per_write, replicas.size());
     for (const ProcessLine& l : process_lines) {
@@ -546,9 +595,14 @@ int Main(int argc, char** argv) {
   json.Add("latency_us", JsonObject().Add("p50", p(0.5)).Add("p99", p(0.99)).Add("p999", p(0.999)));
   json.Add("convergence_ms", convergence_ms);
   json.Add("bytes_between_nodes_per_write", bytes_per_write);
-  json.AddString("bytes_counted",
-                 have_net ? "total_net_repl_output_bytes + total_net_repl_input_bytes deltas on the primary"
-                          : "master_repl_offset delta x replicas");
+  json.AddString("bytes_counted", have_net
+                                      ? "total_net_repl_output_bytes delta on the primary + its "
+                                        "total_net_input_bytes delta less this tool's commands"
+                                      : "master_repl_offset delta x replicas");
+  if (tcp.has_value()) {
+    json.Add("tcp_bytes_between_nodes_per_write", static_cast<double>(tcp->bytes) / writes);
+    json.Add("tcp_sockets_closed_meanwhile", tcp->vanished);
+  }
   json.Add("repl_output_bytes_per_write", have_net ? net_out / writes : -1.0);
   json.Add("repl_input_bytes_per_write", have_net ? net_in / writes : -1.0);
   json.Add("repl_stream_bytes_per_write", stream_per_write);

@@ -16,7 +16,8 @@
 #                  the table warns about runs that shared the machine)
 #   --keep         keep the working directory (Redis logs, each tool's output)
 #
-# Installs what is missing (scripts/deps.sh, plus redis-server and libhiredis-dev), builds
+# Installs what is missing (scripts/deps.sh, plus redis-server, libhiredis-dev and iproute2 for
+# ss, which counts the TCP bytes), builds
 # mergedb-bench, mergedb-node and redis-w1, starts redis-server as a primary and 2 replicas on
 # free 127.0.0.1 ports (appendonly yes, RDB snapshots off) in a temporary directory, then runs:
 #   redis-w1 async, WAIT 1 0 after each write, WAIT 2 0 after each write;
@@ -73,7 +74,7 @@ else
   amount_text="$duration s per run"
 fi
 
-mergedb_ensure_packages redis-server libhiredis-dev
+mergedb_ensure_packages redis-server libhiredis-dev iproute2
 # A build dir configured before libhiredis-dev was installed has no redis-w1 target: configure
 # again (CMake searches again for what it did not find).
 if [ ! -f "$build_dir/build.ninja" ] || ! grep -q "redis-w1" "$build_dir/build.ninja"; then
@@ -187,9 +188,13 @@ run() {  # LABEL COMMAND...: the table to stdout, progress to stderr, the JSON l
 }
 
 common=("${amount[@]}" --concurrency="$concurrency" --warmup=2000)
-for mode in async wait1 wait2; do
-  run "redis-$mode" "$redis_w1" --port="$p_primary" --mode="$mode" --connections="$streams" \
-    "${common[@]}"
+# Async: pipelined over as many connections as mergedb has UpdateStream streams. WAIT: one
+# connection per outstanding write (redis-w1's default there), since Redis reads nothing more
+# from a connection blocked in WAIT: as many writes wait for replicas at once as in mergedb's
+# QUORUM and ALL runs.
+run "redis-async" "$redis_w1" --port="$p_primary" --mode=async --connections="$streams" "${common[@]}"
+for mode in wait1 wait2; do
+  run "redis-$mode" "$redis_w1" --port="$p_primary" --mode="$mode" "${common[@]}"
 done
 # Redis is idle from here on; stop it so that mergedb has the machine to itself.
 cleanup_redis() {
@@ -235,21 +240,25 @@ durability = ("fsync each commit / appendfsync always" if fsync == "1"
               else "no fsync / appendfsync everysec")
 print(f"W1: {amount}, {concurrency} outstanding, {streams} UpdateStream streams / Redis "
       f"connections, {durability}, nproc {nproc}")
-header = ("run", "writes/s", "p50 us", "p99 us", "p99.9 us", "bytes/write", "converge ms",
-          "lag p50/p99 ms", "others cores")
-fmt = "{:<35} {:>9} {:>8} {:>8} {:>9} {:>11} {:>11} {:>15} {:>12}"
+header = ("run", "writes/s", "p50 us", "p99 us", "p99.9 us", "bytes/write", "TCP B/write",
+          "converge ms", "lag p50/p99 ms", "others cores")
+fmt = "{:<35} {:>9} {:>8} {:>8} {:>9} {:>11} {:>11} {:>11} {:>15} {:>12}"
 print(fmt.format(*header))
+def tcp(r):
+    v = r.get("tcp_bytes_between_nodes_per_write", -1)
+    return v if v >= 0 and r.get("tcp_sockets_closed_meanwhile", 0) == 0 else -1
 for name, r in runs:
     lag = r.get("lag_ms")
     print(fmt.format(
         name, f"{r['writes_per_s']:.0f}", f"{r['latency_us']['p50']:.0f}",
         f"{r['latency_us']['p99']:.0f}", f"{r['latency_us']['p999']:.0f}",
         f"{r['bytes_between_nodes_per_write']:.0f}",
+        f"{tcp(r):.0f}" if tcp(r) >= 0 else "?",
         f"{r['convergence_ms']:.1f}" if r["convergence_ms"] >= 0 else "NO",
         f"{lag['p50']:.2f}/{lag['p99']:.2f}" if lag else "-",
         f"{r['other_processes_cores']:.2f}" if "other_processes_cores" in r else "?"))
 print()
-print("ratios mergedb / Redis              writes/s  bytes/write  converge ms")
+print("ratios mergedb / Redis              writes/s  bytes/write  TCP B/write  converge ms")
 pairs = [
     ("stream LOCAL / Redis async", "mergedb-stream-local", "redis-async"),
     ("stream QUORUM / Redis WAIT 1", "mergedb-stream-quorum", "redis-wait1"),
@@ -263,16 +272,20 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if b > 0 and a >= 0 else "-"
 for name, m, r in pairs:
     m, r = load(m), load(r)
-    print("{:<35} {:>9} {:>12} {:>12}".format(
+    print("{:<35} {:>9} {:>12} {:>12} {:>12}".format(
         name, ratio(m["writes_per_s"], r["writes_per_s"]),
         ratio(m["bytes_between_nodes_per_write"], r["bytes_between_nodes_per_write"]),
+        ratio(tcp(m), tcp(r)) if tcp(m) >= 0 and tcp(r) > 0 else "-",
         ratio(m["convergence_ms"], r["convergence_ms"])))
 b = load("mergedb-stream-local").get("baselines")
 if b:
     print()
+    unary = load("mergedb-unary-local")["writes_per_s"]
     print(f"baselines (same machine, after the stream LOCAL run): gRPC unary echo "
-          f"{b['echo_calls_per_s']:.0f} calls/s (stream LOCAL / echo {b['mergedb_over_echo']:.2f}x), "
-          f"bare LevelDB {b['leveldb_puts_per_s']:.0f} puts/s (stream LOCAL / LevelDB "
+          f"{b['echo_calls_per_s']:.0f} calls/s: unary LOCAL / echo "
+          f"{unary / b['echo_calls_per_s']:.2f}x (the like-for-like ratio: one call per write; "
+          f"stream LOCAL / echo {b['mergedb_over_echo']:.2f}x, a stream message costs less than "
+          f"a call); bare LevelDB {b['leveldb_puts_per_s']:.0f} puts/s (stream LOCAL / LevelDB "
           f"{b['mergedb_over_leveldb']:.2f}x)")
 busy = [name for name, r in runs if r.get("other_processes_cores", 0) > 0.1]
 if busy:
@@ -281,7 +294,10 @@ if busy:
     print("Those figures are low; run again on a quiet machine (--wait-quiet 120 helps).")
 print()
 print("bytes/write: mergedb = replication payload every node sent its peers (frames, acks,")
-print("heartbeats); Redis = what the primary wrote to and read from its replicas (stream + REPLCONF")
-print("ACK). Neither counts TCP/IP headers. 'others cores': CPU other processes of the machine used")
-print("during the run, in cores; above 0.1 the run shared the machine.")
+print("heartbeats; the PeerStatus counters, the issue's definition); Redis = what the primary wrote")
+print("to its replicas (stream, GETACK) and read from them (REPLCONF ACK). TCP B/write: what the")
+print("kernel counts the nodes' (or Redis processes') sockets to one another as having sent, all")
+print("framing included (gRPC, HTTP/2, RESP), the like-for-like comparison; '?' when unknown. Neither")
+print("counts TCP/IP headers. 'others cores': CPU other processes of the machine used during the")
+print("run, in cores; above 0.1 the run shared the machine.")
 EOF

@@ -6,6 +6,7 @@ usage: mergedb_bench_smoke.py PATH/TO/mergedb-bench
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,11 @@ def check_run(label, args, writes, want_baselines):
     check(len(r["node_stats"]) == 3, f"{label}: node stats {r['node_stats']}")
     for n in r["node_stats"]:
         check(n["cpu_s"] > 0 and n["peak_rss_mib"] > 1, f"{label}: node stats {n}")
+    # The kernel's count of the same traffic adds gRPC's and HTTP/2's framing (and TLS's).
+    if shutil.which("ss"):
+        tcp = r.get("tcp_bytes_between_nodes_per_write", -1)
+        check(r["bytes_between_nodes_per_write"] <= tcp < 4000, f"{label}: TCP bytes per write {tcp}")
+    check(("lag_ms" in r) == ("--lag=off" not in args), f"{label}: lag present: {'lag_ms' in r}")
     if "lag_ms" in r:
         lag = r["lag_ms"]
         check(lag["samples"] == lag["expected"] and lag["samples"] > 0,
@@ -61,6 +67,8 @@ def check_run(label, args, writes, want_baselines):
     if want_baselines and "baselines" in r:
         b = r["baselines"]
         check(b["echo_calls_per_s"] > 0 and b["leveldb_puts_per_s"] > 0, f"{label}: {b}")
+        check(abs(b["mergedb_over_echo"] * b["echo_calls_per_s"] - r["writes_per_s"]) <
+              0.01 * r["writes_per_s"], f"{label}: echo ratio {b} for {r['writes_per_s']} writes/s")
     if "--json_only" in args:
         check(proc.stdout.count("\n") == 1,
               f"{label}: --json_only printed more than the JSON line: {proc.stdout[:500]!r}")
@@ -70,7 +78,8 @@ def check_run(label, args, writes, want_baselines):
 
 check_run("stream LOCAL with baselines",
           ["--mode=stream", "--writes=3000", "--warmup=200", "--documents=500",
-           "--baseline_calls=2000", "--sample_every=20"], 3000, True)
+           "--baseline_calls=2000", "--leveldb_baseline_puts=5000", "--sample_every=20"],
+          3000, True)
 check_run("batch QUORUM", ["--mode=batch", "--write_concern=quorum", "--writes=2000",
                            "--warmup=200", "--nobaselines", "--json_only"], 2000, False)
 check_run("unary ALL with reads", ["--mode=unary", "--write_concern=all", "--writes=1000",
