@@ -61,7 +61,11 @@ absl::StatusOr<DotKernel> CounterAddDelta(const DotKernel& state, absl::string_v
     }
   }
   const __int128 next = value + by;
-  if (next > std::numeric_limits<int64_t>::max() || next < std::numeric_limits<int64_t>::min()) {
+  // Refused only when the add moves the value out of int64, or further out: concurrent adds on
+  // several replicas can take a counter past int64 (a read then shows the limit), and an add
+  // back toward the range must still be taken, or the counter would be stuck there.
+  if ((next > std::numeric_limits<int64_t>::max() && by > 0) ||
+      (next < std::numeric_limits<int64_t>::min() && by < 0)) {
     return absl::OutOfRangeError(absl::StrCat("counter would overflow int64 (adding ", by, ")"));
   }
   // The running totals only grow, and a counter that goes up and down by large steps reaches

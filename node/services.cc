@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "crdt/scalar.h"
@@ -611,6 +612,15 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
           absl::StrCat(failed.message(),
                        " (--backup_min_free_mb): free some space there, or restart the node with "
                        "a lower --backup_min_free_mb or another --backup_dir"));
+    } else if (absl::StrContains(failed.message(), "No space left on device")) {
+      // The disk filled during the copy (the free-space check passed, or is off): a retry fails
+      // the same way until space is freed, which UNAVAILABLE would not say.
+      failed = absl::ResourceExhaustedError(
+          absl::StrCat(failed.message(), ": the backup disk is full; free some space there"));
+    } else if (absl::IsCancelled(failed) && node_->stopping()) {
+      // Cancelled by the node, not by the caller: as the other calls a stopping node ends.
+      failed = absl::UnavailableError(absl::StrCat("node ", node_->options().node_name,
+                                                   " is shutting down; the backup was not made"));
     }
     MERGEDB_LOG(WARNING) << "backup to " << path << " failed: " << failed;
     return ToGrpcStatus(failed);
@@ -681,6 +691,9 @@ grpc::Status ClusterServiceImpl::StreamBackup(
     result = absl::DeadlineExceededError(
         absl::StrCat("the backup's reader took no data for ", absl::FormatDuration(stall_timeout),
                      " (--backup_stall_timeout_s); the copy was cancelled"));
+  } else if (!result.ok() && absl::IsCancelled(result.status()) && node_->stopping()) {
+    result = absl::UnavailableError(absl::StrCat("node ", node_->options().node_name,
+                                                 " is shutting down; the backup was not made"));
   }
   if (!result.ok()) {
     MERGEDB_LOG(WARNING) << "backup streamed to " << peer << " failed: " << result.status();

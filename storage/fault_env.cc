@@ -13,6 +13,8 @@ class FaultFile : public leveldb::WritableFile {
 
   leveldb::Status Append(const leveldb::Slice& data) override {
     if (env_->FailThisAppend()) return leveldb::Status::IOError(fname_, "injected write failure");
+    if (env_->DiskFullFor(fname_))
+      return leveldb::Status::IOError(fname_, "No space left on device");
     leveldb::Status s = base_->Append(data);
     if (s.ok()) env_->RecordWrite(fname_, data.size());
     return s;

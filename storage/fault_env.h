@@ -34,6 +34,16 @@ class FaultInjectionEnv : public leveldb::EnvWrapper {
   // Whether this Append fails (counts down fail_next_appends).
   bool FailThisAppend();
   bool fail_syncs() const { return fail_syncs_; }
+  // While not empty, appends to files whose names start with `prefix` fail as on a full disk
+  // (ENOSPC's message): one directory's disk filling up, the others' not.
+  void set_full_disk_under(std::string prefix) {
+    absl::MutexLock lock(&mu_);
+    full_prefix_ = std::move(prefix);
+  }
+  bool DiskFullFor(const std::string& fname) const {
+    absl::MutexLock lock(&mu_);
+    return !full_prefix_.empty() && fname.compare(0, full_prefix_.size(), full_prefix_) == 0;
+  }
 
   // Bytes appended to files through this Env so far (what the store wrote, before compaction
   // rewrites): lets tests check that a write's cost follows the change.
@@ -74,6 +84,7 @@ class FaultInjectionEnv : public leveldb::EnvWrapper {
   std::atomic<uint64_t> bytes_written_{0};
   mutable absl::Mutex mu_;
   std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);
+  std::string full_prefix_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace mergedb::storage

@@ -1,5 +1,6 @@
 #include "crdt/document.h"
 
+#include <limits>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -63,6 +64,26 @@ TEST(Document, CountersAreExactInt64) {
   EXPECT_EQ(doc.Increment({"c"}, std::numeric_limits<int64_t>::max(), kA).status().code(),
             absl::StatusCode::kOutOfRange);
   EXPECT_EQ(doc.ReadField({"c"})[0].value().counter(), big);
+}
+
+// Concurrent adds on two replicas can take a counter past int64, which no single replica would
+// accept: a read shows the limit, and adds back toward the range are taken (the counter is not
+// stuck there), while one further out is still refused.
+TEST(Document, ACounterConcurrentlyPastInt64TakesAddsBackTowardTheRange) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  Document a, b;
+  auto from_a = a.Increment({"c"}, kMax, kA);
+  auto from_b = b.Increment({"c"}, kMax, kB);
+  ASSERT_TRUE(from_a.ok() && from_b.ok());
+  a.Join(*from_b);
+  b.Join(*from_a);
+  EXPECT_EQ(a.ReadField({"c"})[0].value().counter(), kMax);
+  EXPECT_EQ(a.Increment({"c"}, 1, kA).status().code(), absl::StatusCode::kOutOfRange);
+  ASSERT_TRUE(a.Increment({"c"}, -1, kA).ok()) << "an add back toward the range";
+  ASSERT_TRUE(b.Increment({"c"}, -kMax, kB).ok());
+  EXPECT_EQ(b.ReadField({"c"})[0].value().counter(), kMax);
+  a.Join(b);
+  EXPECT_EQ(a.ReadField({"c"})[0].value().counter(), kMax - 1);
 }
 
 // Joined without one of its deltas (a log with a gap, replayed after a repair), a counter keeps

@@ -407,6 +407,27 @@ TEST(Replication, ABackupIsRefusedWhileAnotherRunsOrWhenItWouldFillTheDisk) {
       << full.error_message();
 }
 
+// A backup disk that fills during the copy (the free-space check passed, or is off) is
+// RESOURCE_EXHAUSTED, not UNAVAILABLE: a retry fails the same way until space is freed. The
+// node's own store is on another disk and takes writes as before.
+TEST(Replication, ABackupDiskThatFillsDuringTheCopyIsResourceExhausted) {
+  Cluster cluster(1);
+  storage::FaultInjectionEnv faulty(cluster.env(0));
+  cluster.options(0).env = &faulty;
+  cluster.options(0).backup_dir = "/backups";
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  faulty.set_full_disk_under("/backups/");
+  BackupResponse response;
+  const grpc::Status full = cluster.Backup(0, "full", &response);
+  EXPECT_EQ(full.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << full.error_message();
+  EXPECT_TRUE(absl::StrContains(full.error_message(), "the backup disk is full"))
+      << full.error_message();
+  EXPECT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  faulty.set_full_disk_under("");
+  EXPECT_TRUE(cluster.Backup(0, "after", &response).ok());
+}
+
 // A backup streamed to a client and written on another machine (here: another file system)
 // restores exactly like one written on the node's machine.
 TEST(Replication, AStreamedBackupWrittenElsewhereRestoresAndNothingIsLost) {
