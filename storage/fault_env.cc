@@ -108,12 +108,19 @@ void FaultInjectionEnv::RecordWrite(const std::string& fname, size_t bytes) {
 
 void FaultInjectionEnv::RecordSync(const std::string& fname) {
   absl::MutexLock lock(&mu_);
+  if (power_cut_) return;  // the disk is gone: nothing synced now persists
   FileState& state = files_[fname];
   state.synced = state.size;
 }
 
+void FaultInjectionEnv::CutPower() {
+  absl::MutexLock lock(&mu_);
+  power_cut_ = true;
+}
+
 leveldb::Status FaultInjectionEnv::DropUnsyncedData() {
   absl::MutexLock lock(&mu_);
+  power_cut_ = false;
   for (auto& [fname, state] : files_) {
     if (state.synced >= state.size) continue;
     // Keep the synced prefix: read it, then rewrite the file with just that prefix.

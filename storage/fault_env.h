@@ -60,7 +60,11 @@ class FaultInjectionEnv : public leveldb::EnvWrapper {
     return n;
   }
 
-  // Simulated crash. REQUIRES: no DB is open on this Env.
+  // The power goes now: syncs from here on persist nothing, so a store closed afterwards (whose
+  // close would sync its log) loses exactly what a machine losing power at this point would.
+  void CutPower();
+  // Simulated crash: every file keeps only what was synced (before CutPower, if it was called),
+  // and the power is back. REQUIRES: no DB is open on this Env.
   leveldb::Status DropUnsyncedData();
 
   leveldb::Status NewWritableFile(const std::string& fname, leveldb::WritableFile** result) override;
@@ -85,6 +89,7 @@ class FaultInjectionEnv : public leveldb::EnvWrapper {
   mutable absl::Mutex mu_;
   std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);
   std::string full_prefix_ ABSL_GUARDED_BY(mu_);
+  bool power_cut_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace mergedb::storage

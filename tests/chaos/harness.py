@@ -213,6 +213,10 @@ class NodeProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def kill9(self):
+        code = self.exited_unexpectedly()
+        if code is not None:
+            # Dead by itself before the nemesis came to kill it: a crash, not a fault we made.
+            raise RuntimeError(f"{self.name} exited with {code} by itself:\n{self.tail_log()}")
         if self.alive():
             if self.stopped:
                 os.kill(self.proc.pid, signal.SIGCONT)
@@ -285,23 +289,51 @@ class History:
     def __init__(self):
         self.lock = threading.Lock()
         self.ops = []
-        self.wipes = collections.defaultdict(list)  # node name -> monotonic times
+        # node name -> monotonic times of its kills for a wipe (taken just before the kill)
+        self.wipes = collections.defaultdict(list)
+        # node name -> per wipe, a moment before which every write the node had acknowledged
+        # had reached a running peer (None: unknown, e.g. the node was cut off), and when the
+        # node came back
+        self.wipe_covered = collections.defaultdict(list)
+        self.wipe_restarts = collections.defaultdict(list)
 
     def add(self, op):
         with self.lock:
             self.ops.append(op)
 
-    def wiped(self, node):
+    def wiped(self, node, at=None, covered=None):
         with self.lock:
-            self.wipes[node].append(time.monotonic())
+            self.wipes[node].append(time.monotonic() if at is None else at)
+            self.wipe_covered[node].append(covered)
+            self.wipe_restarts[node].append(float("inf"))
+
+    def restarted_after_wipe(self, node):
+        with self.lock:
+            if self.wipe_restarts[node]:
+                self.wipe_restarts[node][-1] = time.monotonic()
 
     def required(self, op):
-        """Acknowledged, and must survive: LOCAL acknowledgements die with a wiped data dir."""
+        """Acknowledged, and must survive. A LOCAL write dies with its node's data dir only if the
+        wipe came while it was in flight or before it reached any peer: a write the node
+        acknowledged before a moment at which a peer had everything the node had acknowledged
+        must survive a later wipe, as must one the restarted node acknowledged."""
         if op.acked is None:
             return False
         if op.concern != "LOCAL":
             return True
-        return not any(t > op.acked for t in self.wipes[op.node])
+        with self.lock:
+            wipes = list(zip(self.wipes[op.node], self.wipe_covered[op.node],
+                             self.wipe_restarts[op.node]))
+        for i, kill in enumerate(wipes):
+            kill_at, covered, restart = kill if isinstance(kill, tuple) else (kill, None, None)
+            if restart is None:
+                restart = float("inf")
+            # Invoked before the kill and answered before the node came back: the answer may
+            # have left just before the kill (its time is taken when the client thread runs).
+            if op.invoked < kill_at and op.acked < restart and not (
+                    covered is not None and op.acked <= covered):
+                return False
+        return True
 
 
 class Workload:
@@ -320,17 +352,29 @@ class Workload:
         self.threads = []
         self.added = collections.defaultdict(list)  # set doc -> elements acknowledged added
         self.added_lock = threading.Lock()
+        self.errors = []  # what ended a client thread early (a refused valid write, a bug here)
 
     def start(self):
         for index, node in enumerate(self.nodes):
-            thread = threading.Thread(target=self._run, args=(index, node), daemon=True)
+            thread = threading.Thread(target=self._run_reporting, args=(index, node), daemon=True)
             thread.start()
             self.threads.append(thread)
 
     def finish(self):
+        """Stops the clients; raises if any of them ended early (its node then went unchecked
+        for the rest of the run, and what ended it is itself a failure)."""
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=self.timeout * 3 + 5)
+        if self.errors:
+            raise RuntimeError("client threads failed:\n" + "\n".join(self.errors))
+
+    def _run_reporting(self, index, node):
+        try:
+            self._run(index, node)
+        except Exception as error:  # reported by finish(): a daemon thread's exception is lost
+            with self.added_lock:
+                self.errors.append(f"{node.name}: {type(error).__name__}: {error}")
 
     def _run(self, index, node):
         rng = random.Random(self.seed * 1000 + index)
@@ -405,6 +449,31 @@ def status(address, timeout=2.0):
 
 def applied_vector(response):
     return {entry.replica: entry.counter for entry in response.applied}
+
+
+def replicated_point(node, peers, limit=2.0):
+    """A moment before which every write `node` acknowledged had reached one of `peers`: the
+    node's log position for its own writes, asked at that moment, then seen applied on a peer
+    within `limit` seconds (the node keeps running meanwhile). None when no peer shows it in
+    time (the node is cut off) or the node does not answer."""
+    try:
+        asked = time.monotonic()
+        own = status(node.address, timeout=1.0)
+    except grpc.RpcError:
+        return None
+    position = applied_vector(own).get(own.replica_id, 0)
+    deadline = time.monotonic() + limit
+    while True:
+        for peer in peers:
+            try:
+                if applied_vector(status(peer.address, timeout=1.0)).get(own.replica_id, 0) \
+                        >= position:
+                    return asked
+            except grpc.RpcError:
+                pass
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
 
 
 def wait_converged(nodes, limit_seconds):
@@ -490,6 +559,20 @@ def check_history(history, documents):
                 if not any(r.arg == add.arg and r.invoked >= add.invoked for r in removes):
                     problems.append(f"{doc}: acknowledged add of {add.arg} ({add.concern} on "
                                     f"{add.node}) lost, and no remove could have observed it")
+            # Elements are unique to their add. A remove acknowledged by the node that had
+            # acknowledged the add before the remove was invoked there observed the add (the
+            # node kept its data meanwhile, so it held the add's every dot): the element must be
+            # gone, whatever else happened.
+            for remove in removes:
+                if remove.acked is None or remove.arg not in present:
+                    continue
+                for add in adds:
+                    if (add.arg == remove.arg and add.node == remove.node and
+                            add.acked is not None and add.acked < remove.invoked and
+                            not any(add.invoked < t < remove.acked
+                                    for t in history.wipes[add.node])):
+                        problems.append(f"{doc}: {remove.arg} present, but {remove.node} "
+                                        f"acknowledged its remove after acknowledging its add")
         elif kind == REGISTER:
             final = register_values(fields["v"]) if "v" in fields else []
             writes = {op.arg: op for op in ops}
@@ -499,9 +582,11 @@ def check_history(history, documents):
             for write in ops:
                 if not history.required(write) or write.arg in final:
                     continue
-                if not any(w.invoked > write.invoked for w in ops if w is not write):
-                    problems.append(f"{doc}: acknowledged write {write.arg} lost, and no later "
-                                    f"write could have superseded it")
+                # Only a write that saw it supersedes it, and what superseded it was itself
+                # superseded only by a later one: so some surviving value was invoked after it.
+                if not any(writes[v].invoked > write.invoked for v in final if v in writes):
+                    problems.append(f"{doc}: acknowledged write {write.arg} lost, and no "
+                                    f"surviving value was written after it")
             # Two siblings cannot be causally ordered: a write the same node acknowledged before
             # another was invoked there is dominated by it (unless the node lost its data between).
             survivors = [writes[v] for v in final if v in writes]

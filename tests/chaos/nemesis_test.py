@@ -102,15 +102,22 @@ class Nemesis:
         node = self._pick_up_node()
         if node is None:
             return
-        log(f"nemesis: kill -9 {node.name} and wipe its data dir")
+        # Which of its acknowledged LOCAL writes may die with it: those after the last moment a
+        # peer was seen holding everything it had acknowledged (History.required).
+        covered = harness.replicated_point(
+            node, [n for n in self.nodes if n is not node and n.name not in self.down])
+        log(f"nemesis: kill -9 {node.name} and wipe its data dir"
+            f"{'' if covered is not None else ' (its last writes may be on no peer)'}")
+        killed_at = time.monotonic()
         node.kill9()
         node.wipe()
-        self.history.wiped(node.name)
+        self.history.wiped(node.name, at=killed_at, covered=covered)
         self.down.add(node.name)
         self.faults["wipe"] += 1
 
         def restart():
             self._restart(node)
+            self.history.restarted_after_wipe(node.name)
             # The next wipe waits until this node holds everything any other node held after
             # it came back: wiping a second node before would lose QUORUM writes by design.
             self.rebuilding = (node, {n.name: None for n in self.nodes if n is not node})
@@ -189,6 +196,10 @@ class Nemesis:
         self.network.heal_all()
         for node in self.nodes:
             if not node.alive():
+                code = node.exited_unexpectedly()
+                if code is not None:
+                    raise RuntimeError(f"{node.name} exited with {code} by itself:\n"
+                                       f"{node.tail_log()}")
                 node.start()
             node.resume()
         self.down.clear()
