@@ -5,11 +5,16 @@
 // and crashes and restarts nodes (process kills, which keep what was committed, and power losses,
 // which drop what was never synced), while random document updates land on random nodes, and
 // nodes truncate their logs as their janitors do. At the end everything
-// heals and every node must hold the same state (equal digests and applied vectors).
+// heals and every node must hold the same state (equal digests and applied vectors), and that
+// state must hold every acknowledged write: each node's document right after each write it
+// acknowledged since the last power loss (which may take unsynced writes with it, by design)
+// is joined into a reference, and the final state must already contain the reference (joining
+// it in changes nothing). Agreeing on a state that lost writes would pass the first check alone.
 //
 // A failure prints the seed; MERGEDB_SEED=<seed> replays exactly that schedule.
 #include <cstdio>
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -127,6 +132,9 @@ class Simulation {
     node.store.reset();
     if (kind == CrashKind::kPowerLoss) {
       ASSERT_TRUE(node.env->DropUnsyncedData().ok());
+      // Writes acknowledged without a sync may be gone now: the reference starts again.
+      reference_.clear();
+      ++power_losses_;
     }
     node.up = false;
   }
@@ -228,12 +236,48 @@ class Simulation {
     if (writes.size() == 1) {
       auto result = node.store->ApplyLocal(writes[0]);
       ASSERT_TRUE(result.ok()) << result.status();
-      return;
+    } else {
+      for (const auto& result : node.store->ApplyLocalBatch(writes)) {
+        ASSERT_TRUE(result.ok()) << result.status();
+      }
     }
-    for (const auto& result : node.store->ApplyLocalBatch(writes)) {
-      ASSERT_TRUE(result.ok()) << result.status();
+    for (const storage::LocalWrite& write : writes) {
+      auto doc = node.store->Get(write.collection, write.id);
+      ASSERT_TRUE(doc.ok()) << doc.status();
+      reference_[write.id].Join(*doc);
+      ++acknowledged_;
     }
   }
+
+  // Every node's state holds every acknowledged write since the last power loss: joining the
+  // reference into it changes nothing. Returns what is missing where, empty when nothing is.
+  std::string MissingAcknowledged() {
+    std::string missing;
+    for (auto& node : nodes_) {
+      for (const auto& [id, reference] : reference_) {
+        auto doc = node->store->Get("c", id);
+        if (!doc.ok()) {
+          absl::StrAppend(&missing, node->name, " ", id, ": ", doc.status().message(), "\n");
+          continue;
+        }
+        crdt::Document joined = *doc;
+        joined.Join(reference);
+        if (!(joined == *doc)) {
+          absl::StrAppend(&missing, node->name, " ", id, " lacks acknowledged writes:\n  has ",
+                          doc->DebugString(), "\n  reference ", reference.DebugString(), "\n");
+        }
+      }
+    }
+    return missing;
+  }
+  // Writes acknowledged since the last power loss, and power losses so far.
+  int checked_writes() const {
+    int n = 0;
+    for (const auto& entry : reference_) n += !entry.second.context().empty();
+    return n;
+  }
+  int acknowledged() const { return acknowledged_; }
+  int power_losses() const { return power_losses_; }
 
   void Step() {
     for (auto& node : nodes_) node->clock.now += 1;
@@ -343,6 +387,11 @@ class Simulation {
  private:
   Rng rng_;
   int snapshot_chunks_ = 0;
+  int acknowledged_ = 0;
+  int power_losses_ = 0;
+  // Document id -> the join of its states right after each write acknowledged since the last
+  // power loss, on whichever node took it.
+  std::map<std::string, crdt::Document> reference_;
   std::vector<std::unique_ptr<SimNode>> nodes_;
   std::vector<Stream> streams_;
 };
@@ -351,6 +400,7 @@ TEST(ReplicationSimulation, SeededSchedulesOfBreaksPartitionsAndRestartsConverge
   SetMinLogLevel(LogLevel::kError);
   const std::vector<uint64_t> seeds = crdt::testing::SeedsToRun(1, 5000);
   int schedules_with_transfers = 0;
+  int schedules_checking_writes = 0;
   for (uint64_t seed : seeds) {
     SCOPED_TRACE(::testing::Message() << "seed " << seed << " (replay: MERGEDB_SEED=" << seed << ")");
     Rng pick(seed);
@@ -358,15 +408,22 @@ TEST(ReplicationSimulation, SeededSchedulesOfBreaksPartitionsAndRestartsConverge
     for (int step = 0; step < 400 && !::testing::Test::HasFatalFailure(); ++step) sim.Step();
     ASSERT_FALSE(::testing::Test::HasFatalFailure());
     ASSERT_TRUE(sim.HealAndConverge()) << sim.Describe();
+    const std::string missing = sim.MissingAcknowledged();
+    ASSERT_TRUE(missing.empty()) << missing << sim.Describe();
     if (sim.snapshot_chunks() > 0) ++schedules_with_transfers;
+    if (sim.checked_writes() > 0) ++schedules_checking_writes;
   }
   // The schedules must reach the full-state transfer path (short logs, restarts, partitions),
   // or they do not test it.
   if (seeds.size() > 1) {
-    EXPECT_GT(schedules_with_transfers, 0);
+    EXPECT_GT(schedules_with_transfers, static_cast<int>(seeds.size()) / 10);
+    // And most schedules must hold acknowledged writes to check after their last power loss.
+    EXPECT_GT(schedules_checking_writes, static_cast<int>(seeds.size()) / 2);
   }
-  std::printf("%d of %zu schedules included a full-state transfer\n", schedules_with_transfers,
-              seeds.size());
+  std::printf(
+      "%d of %zu schedules included a full-state transfer; %d checked acknowledged "
+      "writes survived\n",
+      schedules_with_transfers, seeds.size(), schedules_checking_writes);
 }
 
 }  // namespace
