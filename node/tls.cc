@@ -3,6 +3,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -261,6 +262,26 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
       !verified.ok()) {
     return verified;
   }
+  // A member's certificate serves its clients and peers (a TLS server's) and is presented to
+  // the peers it connects to (a TLS client's): one whose extended key usage allows only one of
+  // the two starts, then fails every handshake of the other kind, blamed on the CA or address.
+  for (const auto& [purpose, use] :
+       {std::pair{X509_PURPOSE_SSL_SERVER,
+                  "TLS server use "
+                  "(serverAuth), which a node "
+                  "needs to serve clients and "
+                  "peers"},
+        std::pair{X509_PURPOSE_SSL_CLIENT,
+                  "TLS client use (clientAuth), which a node needs for "
+                  "its links to its peers"}}) {
+    const int allowed = X509_check_purpose(identity->chain.front().get(), purpose, 0);
+    ERR_clear_error();
+    if (allowed != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          cert_flag, "=", files.cert, ": its extended key usage does not allow ", use,
+          " (issue it with both serverAuth and clientAuth, or with no extended key usage)"));
+    }
+  }
   // The chain OpenSSL chose here is the one peers build too when they trust the same CA file.
   // With two CAs in the file (a change of CA), each also gets an entry of its own below.
   std::optional<CertificateExpiry> chain_end;
@@ -337,6 +358,15 @@ absl::StatusOr<TlsConfig> LoadClientTls(const TlsFiles& files, const std::string
     absl::StatusOr<Identity> identity =
         LoadIdentity(flag_prefix + "cert", files.cert, flag_prefix + "key", files.key);
     if (!identity.ok()) return identity.status();
+    const int allowed =
+        X509_check_purpose(identity->chain.front().get(), X509_PURPOSE_SSL_CLIENT, 0);
+    ERR_clear_error();
+    if (allowed != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          flag_prefix, "cert=", files.cert,
+          ": its extended key usage does not allow TLS client use (clientAuth), so nodes that "
+          "ask for client certificates would refuse it"));
+    }
     tls.cert_pem = std::move(identity->cert_pem);
     tls.key_pem = std::move(identity->key_pem);
   }

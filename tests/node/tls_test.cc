@@ -58,6 +58,19 @@ class TlsTest : public ::testing::Test {
         "    -extfile ca.ext -out clients-cross.pem"
         " && cat app.pem clients-cross.pem >app-chain.pem && cp app.key app-chain.key");
     Run(make + "cert " + *dir_ + " node ca 2");
+    // Certificates a PKI's "web server" and "client" templates would issue: one extended key
+    // usage each, where a node needs both (it serves, and it connects to its peers).
+    for (const std::string usage : {"serverAuth", "clientAuth"}) {
+      Run("cd " + *dir_ + " && printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=" + usage +
+          "\\n' >" + usage +
+          ".ext"
+          " && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " +
+          usage + ".key -subj /CN=" + usage + " -out " + usage + ".csr" +
+          " && openssl x509 -req -in " + usage +
+          ".csr -CA ca.pem -CAkey ca.key -CAcreateserial"
+          " -days 2 -extfile " +
+          usage + ".ext -out " + usage + ".pem");
+    }
     Run(make + "cert " + *dir_ + " impostor other-ca 2");
     Run(make + "cert " + *dir_ + " expired ca -1");  // one day of validity, ended yesterday
     Run(make + "cert " + *dir_ + " elsewhere ca 2 IP:127.0.0.2");  // not the address nodes use
@@ -244,6 +257,25 @@ TEST_F(TlsTest, ANodeChecksItsFilesAtStartUp) {
   EXPECT_TRUE(
       absl::StrContains(client_wrong_key.status().message(), "not the key of the certificate"))
       << client_wrong_key.status();
+
+  // A node's certificate must allow both TLS server and TLS client use; an application's,
+  // client use.
+  auto server_only =
+      LoadNodeTls({Path("serverAuth.pem"), Path("serverAuth.key"), Path("ca.pem")}, "--tls_");
+  EXPECT_TRUE(absl::StrContains(server_only.status().message(), "does not allow TLS client use"))
+      << server_only.status();
+  auto client_only =
+      LoadNodeTls({Path("clientAuth.pem"), Path("clientAuth.key"), Path("ca.pem")}, "--tls_");
+  EXPECT_TRUE(absl::StrContains(client_only.status().message(), "does not allow TLS server use"))
+      << client_only.status();
+  auto app_server_only =
+      LoadClientTls({Path("serverAuth.pem"), Path("serverAuth.key"), Path("ca.pem")}, "--tls_");
+  EXPECT_TRUE(
+      absl::StrContains(app_server_only.status().message(), "does not allow TLS client use"))
+      << app_server_only.status();
+  EXPECT_TRUE(
+      LoadClientTls({Path("clientAuth.pem"), Path("clientAuth.key"), Path("ca.pem")}, "--tls_")
+          .ok());
 
   auto none = LoadNodeTls({"", "", ""}, "--tls_");
   ASSERT_TRUE(none.ok());
