@@ -255,12 +255,22 @@ void Node::Shutdown(absl::Duration grace) {
     // the server refuses new calls: a client's health checker re-opens an ended Watch at once,
     // so ending them earlier would make it spin for as long as replication takes to stop.
     health_->SetServing(false);
+    const absl::Time deadline = absl::Now() + grace;
+    // Synchronous writes waiting for their peers' confirmations get them while the links still
+    // run (a rolling restart must not fail every QUORUM write in flight), up to `grace`; new
+    // writes are refused meanwhile, so the wait ends.
+    draining_ = true;
+    if (!replication_->view()->AwaitNoWaiters(deadline)) {
+      MERGEDB_LOG(WARNING) << "synchronous writes still unconfirmed after the shutdown's grace "
+                              "period: they are answered UNAVAILABLE (durable here, and will "
+                              "replicate)";
+    }
     // New calls are refused at once; in-flight unary calls finish (their writes are
     // acknowledged only once durable); long waits and Watch streams notice stopping_.
     stopping_ = true;
     replication_->Stop();
     health_->Shutdown();
-    server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+    server_->Shutdown(absl::ToChronoTime(deadline));
     server_->Wait();
   }
   if (async_server_ != nullptr) async_server_->Shutdown();

@@ -102,8 +102,10 @@ class Node {
 
   ~Node();
 
-  // Stops accepting calls, lets in-flight calls finish within `grace` (then cancels them, and
-  // ends Watch streams), stops background work and closes the store. Idempotent.
+  // Stops taking writes, lets synchronous writes already waiting for their peers' confirmations
+  // get them (the links still run) and in-flight calls finish, all within `grace` (then
+  // cancels them, and ends Watch streams), stops background work and closes the store.
+  // Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(5));
 
   int port() const { return port_; }
@@ -119,6 +121,8 @@ class Node {
     replication_->SetLinkBlocked(peer, blocked);
   }
   bool stopping() const { return stopping_; }
+  // From the start of a shutdown: new writes are refused while waiting ones drain.
+  bool draining() const { return draining_; }
   absl::Time start_time() const { return start_time_; }
 
  private:
@@ -142,6 +146,7 @@ class Node {
   int port_ = 0;
   absl::Time start_time_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> draining_{false};
 
   absl::Mutex janitor_mu_;
   bool janitor_stop_ ABSL_GUARDED_BY(janitor_mu_) = false;

@@ -201,6 +201,12 @@ void ClusterView::ReleaseWaiters() {
   released_ = true;
 }
 
+bool ClusterView::AwaitNoWaiters(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return waiting_ == 0; };
+  return mu_.AwaitWithDeadline(absl::Condition(&none), deadline);
+}
+
 void ClusterView::SetInbound(const std::string& peer, crdt::ReplicaId replica, Link link) {
   absl::MutexLock lock(&mu_);
   // Counted: a peer's new stream can come up before its old one has gone down (a reconnect
@@ -290,7 +296,9 @@ int ClusterView::WaitForConfirmations(crdt::ReplicaId origin, uint64_t seq, int 
       return view->released_ || view->ConfirmationsLocked(origin, seq, *mine) >= needed;
     }
   } enough{this, origin, seq, needed, &mine};
+  ++waiting_;
   mu_.AwaitWithDeadline(absl::Condition(&enough), deadline);
+  --waiting_;
   return ConfirmationsLocked(origin, seq, mine);
 }
 

@@ -217,6 +217,9 @@ class ClusterView {
   uint64_t EntriesBehind(const std::string& peer) const;
   // Shutdown: every current and later WaitForConfirmations returns at once.
   void ReleaseWaiters();
+  // Shutdown's drain: waits until no WaitForConfirmations is waiting, or `deadline`; true when
+  // none is.
+  bool AwaitNoWaiters(absl::Time deadline);
 
   // Inbound streams this node currently has, by peer name: their replica ids are the
   // "direct origins" acks announce.
@@ -259,6 +262,7 @@ class ClusterView {
   std::atomic<bool> rolled_back_{false};  // set after rolled_back_reason_
   std::string rolled_back_reason_ ABSL_GUARDED_BY(mu_);
   bool released_ ABSL_GUARDED_BY(mu_) = false;
+  int waiting_ ABSL_GUARDED_BY(mu_) = 0;  // calls in WaitForConfirmations
 };
 
 // Which log entries a link sends: per origin, those past `from`, except the excluded origins

@@ -135,7 +135,9 @@ absl::Status DocumentServiceImpl::CheckWritable() {
         primaries.empty() ? std::string("a primary node")
                           : absl::StrCat("a primary: ", absl::StrJoin(primaries, ", "))));
   }
-  if (node_->stopping()) return absl::UnavailableError("the node is shutting down");
+  if (node_->stopping() || node_->draining()) {
+    return absl::UnavailableError("the node is shutting down");
+  }
   if (std::string why = node_->replication()->view()->rolled_back_reason(); !why.empty()) {
     return absl::FailedPreconditionError(why);
   }

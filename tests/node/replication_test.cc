@@ -1425,6 +1425,32 @@ TEST(Replication, AStreamCommitsTheWritesBehindAWaitingQuorumWriteAndAnswersInOr
   EXPECT_EQ(CounterIn(cluster.Get(1, "c", "waits"), "n"), 1);
 }
 
+// A rolling restart: a node asked to stop while a QUORUM write waits for its peer lets the wait
+// finish (its links still run) within its grace period, refusing new writes meanwhile. It used
+// to cut the links first, and every synchronous write in flight failed.
+TEST(Replication, AStoppingNodeLetsAWaitingQuorumWriteFinish) {
+  Cluster cluster(2);
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  cluster.Stop(1);  // the quorum of two needs n2
+  UpdateRequest quorum = IncrementOf("d", 1);
+  quorum.set_write_concern(mergedb::v1::QUORUM);
+  grpc::Status waited;
+  std::thread writer([&] { waited = cluster.Update(0, quorum, nullptr, 20000); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the wait has begun
+  std::thread stopper([&] { cluster.node(0)->Shutdown(absl::Seconds(15)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Draining: a new write is refused at once.
+  const grpc::Status refused = cluster.Update(0, IncrementOf("d", 1));
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  cluster.Start(1);
+  writer.join();
+  stopper.join();
+  EXPECT_TRUE(waited.ok()) << waited.error_code() << ": " << waited.error_message();
+  EXPECT_EQ(CounterIn(cluster.Get(1, "c", "d"), "n"), 2);
+}
+
 // A node stops while clients hold write streams open, one of them waiting for a quorum that
 // cannot come: the stop neither hangs nor loses what was acknowledged.
 TEST(Replication, ANodeStopsWithWriteStreamsOpenAndAQuorumWaitInFlight) {
