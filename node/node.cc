@@ -270,7 +270,10 @@ void Node::Shutdown(absl::Duration grace) {
     stopping_ = true;
     replication_->Stop();
     health_->Shutdown();
-    server_->Shutdown(absl::ToChronoTime(deadline));
+    // The released writes (and any other call) still get a moment to send their answers,
+    // even when the drain took the whole grace period.
+    server_->Shutdown(
+        absl::ToChronoTime(std::max(deadline, absl::Now() + std::min(grace, absl::Seconds(1)))));
     server_->Wait();
   }
   if (async_server_ != nullptr) async_server_->Shutdown();

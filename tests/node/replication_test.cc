@@ -1674,24 +1674,32 @@ TEST(Replication, ARestartedPeerIsReconnectedToAtOnceNotAtTheEndOfTheBackoff) {
   EXPECT_EQ(CounterIn(cluster.Get(1, "c", "d"), "n"), 2);
 }
 
-// A damaged block of a node's log does not stop replication: the peer that needs those entries
-// gets a full-state transfer instead, and Status counts the damage and names the repair.
-TEST(Replication, ADamagedLogBlockIsReplacedByAFullStateTransferAndShowsInStatus) {
-  Cluster cluster(2);
+// n2 is down while n1 takes 2,000 increments over 50 documents (d0 holds 40); then a block of
+// n1's log around entry 1,000, moved into a table file by a restart, fails its checksum. Both
+// nodes are left stopped; `origin` is n1's replica id, the writes' origin.
+void WritesOnlyN1HoldsThenADamagedLogBlock(Cluster& cluster, crdt::ReplicaId* origin) {
   cluster.StartAll();
   ASSERT_TRUE(cluster.Update(0, IncrementOf("d0", 1)).ok());
   ASSERT_TRUE(cluster.WaitConverged());
-  const crdt::ReplicaId origin = cluster.node(0)->store()->replica_id();
+  *origin = cluster.node(0)->store()->replica_id();
   cluster.Stop(1);
   for (int k = 1; k < 2000; ++k) {
     ASSERT_TRUE(cluster.Update(0, IncrementOf(absl::StrCat("d", k % 50), 1)).ok());
   }
-  // A restart moves n1's write-ahead log into a table file, where a block can be damaged.
   cluster.Stop(0);
   cluster.Start(0);
   cluster.Stop(0);
+  const crdt::ReplicaId writer = *origin;
   storage::testing::BreakBlockChecksum(cluster.env(0), cluster.options(0).data_dir,
-                                       [&](int k) { return storage::keys::Log(origin, 1000 + k); });
+                                       [&](int k) { return storage::keys::Log(writer, 1000 + k); });
+}
+
+// A damaged block of a node's log does not stop replication: the peer that needs those entries
+// gets a full-state transfer instead, and Status counts the damage and names the repair.
+TEST(Replication, ADamagedLogBlockIsReplacedByAFullStateTransferAndShowsInStatus) {
+  Cluster cluster(2);
+  crdt::ReplicaId origin = 0;
+  WritesOnlyN1HoldsThenADamagedLogBlock(cluster, &origin);
   if (::testing::Test::HasFatalFailure()) return;
   cluster.Start(0);
   cluster.Start(1);
@@ -1711,19 +1719,8 @@ TEST(Replication, ADamagedLogBlockIsReplacedByAFullStateTransferAndShowsInStatus
 // full-state transfer carrying n1's applied vector once made n2 skip them for good.
 TEST(Replication, ARepairedNodeStillGivesItsPeersTheWritesItsLogHeld) {
   Cluster cluster(2);
-  cluster.StartAll();
-  ASSERT_TRUE(cluster.Update(0, IncrementOf("d0", 1)).ok());
-  ASSERT_TRUE(cluster.WaitConverged());
-  const crdt::ReplicaId origin = cluster.node(0)->store()->replica_id();
-  cluster.Stop(1);
-  for (int k = 1; k < 2000; ++k) {
-    ASSERT_TRUE(cluster.Update(0, IncrementOf(absl::StrCat("d", k % 50), 1)).ok());
-  }
-  cluster.Stop(0);
-  cluster.Start(0);
-  cluster.Stop(0);
-  storage::testing::BreakBlockChecksum(cluster.env(0), cluster.options(0).data_dir,
-                                       [&](int k) { return storage::keys::Log(origin, 1000 + k); });
+  crdt::ReplicaId origin = 0;
+  WritesOnlyN1HoldsThenADamagedLogBlock(cluster, &origin);
   if (::testing::Test::HasFatalFailure()) return;
   ASSERT_TRUE(storage::Store::Repair(cluster.options(0).data_dir, cluster.env(0)).ok());
   cluster.Start(0);
