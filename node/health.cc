@@ -1,5 +1,6 @@
 #include "node/health.h"
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 
@@ -8,8 +9,8 @@ namespace mergedb::node {
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
 
-HealthService::HealthService(const std::vector<std::string>& services)
-    : services_(services.begin(), services.end()) {}
+HealthService::HealthService(const std::vector<std::string>& services, int max_watches)
+    : services_(services.begin(), services.end()), max_watches_(max_watches) {}
 
 void HealthService::SetServing(bool serving) {
   absl::MutexLock lock(&mu_);
@@ -45,6 +46,13 @@ grpc::Status HealthService::Check(grpc::ServerContext*, const HealthCheckRequest
 
 grpc::Status HealthService::Watch(grpc::ServerContext* context, const HealthCheckRequest* request,
                                   grpc::ServerWriter<HealthCheckResponse>* writer) {
+  if (watches_.fetch_add(1) >= max_watches_) {
+    watches_.fetch_sub(1);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("this node serves at most ", max_watches_,
+                                     " health Watch streams at once (--max_watch_streams)"));
+  }
+  absl::Cleanup release = [this] { watches_.fetch_sub(1); };
   uint64_t sent_version = 0;
   bool sent_any = false;
   ServingStatus sent_status = HealthCheckResponse::UNKNOWN;

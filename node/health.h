@@ -15,6 +15,7 @@
 #ifndef MERGEDB_NODE_HEALTH_H_
 #define MERGEDB_NODE_HEALTH_H_
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -29,7 +30,9 @@ class HealthService final : public grpc::health::v1::Health::Service {
  public:
   // `services`: the full names of the services the node serves ("mergedb.v1.DocumentService"),
   // which `Check` and `Watch` answer for besides "" (the server as a whole).
-  explicit HealthService(const std::vector<std::string>& services);
+  // `max_watches`: Watch streams served at once; more are RESOURCE_EXHAUSTED (each holds a
+  // server thread).
+  explicit HealthService(const std::vector<std::string>& services, int max_watches = 1000);
 
   // Starts as NOT_SERVING. Watch streams see every change.
   void SetServing(bool serving);
@@ -56,6 +59,8 @@ class HealthService final : public grpc::health::v1::Health::Service {
   ServingStatus StatusOf(const std::string& service) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   const absl::flat_hash_set<std::string> services_;
+  const int max_watches_;
+  std::atomic<int> watches_{0};
   mutable absl::Mutex mu_;
   bool serving_ ABSL_GUARDED_BY(mu_) = false;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;

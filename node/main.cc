@@ -63,6 +63,9 @@ ABSL_FLAG(int64_t, max_response_bytes, 4 << 20,
           "Largest Get or List answer, or Watch event, bytes. A Get over it is "
           "RESOURCE_EXHAUSTED (read a field at a time with GetRequest.path); List and Watch send "
           "such a document without its value, marked too_large.");
+ABSL_FLAG(int32_t, max_watch_streams, 1000,
+          "Watch streams served at once (DocumentService.Watch, and separately health Watch); "
+          "more are RESOURCE_EXHAUSTED. Each holds a server thread while it lasts.");
 ABSL_FLAG(int64_t, request_id_window_s, 24 * 3600,
           "How long client request ids are remembered for retry detection, seconds.");
 ABSL_FLAG(int64_t, change_feed_retention, 1000000,
@@ -195,6 +198,11 @@ int main(int argc, char** argv) {
       !positive(absl::GetFlag(FLAGS_max_clock_ahead_ms))) {
     return UsageError("sizes, limits and windows must be positive");
   }
+  if (absl::GetFlag(FLAGS_max_watch_streams) <= 0 ||
+      absl::GetFlag(FLAGS_max_watch_streams) > 100000) {
+    return UsageError("--max_watch_streams must be between 1 and 100000");
+  }
+  options.max_watch_streams = absl::GetFlag(FLAGS_max_watch_streams);
   if (absl::GetFlag(FLAGS_max_path_depth) > mergedb::node::Limits::kMaxDepth) {
     return UsageError(absl::StrCat("--max_path_depth must be at most ",
                                    mergedb::node::Limits::kMaxDepth,

@@ -137,10 +137,11 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
 
   node->documents_ = std::make_unique<DocumentServiceImpl>(node.get());
   node->cluster_ = std::make_unique<ClusterServiceImpl>(node.get());
-  node->health_ = std::make_unique<HealthService>(std::vector<std::string>{
-      mergedb::v1::DocumentService::service_full_name(),
-      mergedb::v1::ClusterService::service_full_name(),
-      mergedb::v1::ReplicationService::service_full_name()});
+  node->health_ = std::make_unique<HealthService>(
+      std::vector<std::string>{mergedb::v1::DocumentService::service_full_name(),
+                               mergedb::v1::ClusterService::service_full_name(),
+                               mergedb::v1::ReplicationService::service_full_name()},
+      options.max_watch_streams);
   grpc::ServerBuilder builder;
   ConfigureServerBuilder(options.limits.max_update_bytes, options.replication.max_message_bytes,
                          &builder);

@@ -83,6 +83,10 @@ struct NodeOptions {
   // A streamed backup (ClusterService.StreamBackup) whose reader takes nothing for this long is
   // cancelled, so that a stalled reader cannot hold the node's backup slot and snapshot.
   absl::Duration backup_stall_timeout = absl::Seconds(60);
+  // Watch streams (DocumentService.Watch, and separately grpc.health.v1.Health.Watch) served at
+  // once; more are RESOURCE_EXHAUSTED. Each holds a server thread for its whole life, so without
+  // a bound one client opening thousands of streams could starve every other call of threads.
+  int max_watch_streams = 1000;
   // Test-only: reports the free space of a path instead of the file system
   // (storage::StoreOptions::free_space).
   std::function<absl::StatusOr<uint64_t>(const std::string& path)> free_space;

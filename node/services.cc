@@ -6,6 +6,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -395,6 +396,17 @@ grpc::Status DocumentServiceImpl::List(grpc::ServerContext*,
 grpc::Status DocumentServiceImpl::Watch(grpc::ServerContext* context,
                                         const mergedb::v1::WatchRequest* request,
                                         grpc::ServerWriter<mergedb::v1::WatchEvent>* writer) {
+  // Each stream holds a server thread for its life: a bound keeps one client from starving
+  // every other call.
+  const int max_watches = node_->options().max_watch_streams;
+  if (watches_.fetch_add(1) >= max_watches) {
+    watches_.fetch_sub(1);
+    return ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
+        "this node serves at most ", max_watches,
+        " Watch streams at once (--max_watch_streams); close some, or watch a collection "
+        "instead of many documents")));
+  }
+  absl::Cleanup release = [this] { watches_.fetch_sub(1); };
   const Limits& limits = node_->options().limits;
   absl::Status status = ValidateName("collection", request->collection(), limits);
   if (status.ok() && !request->id().empty()) status = ValidateName("id", request->id(), limits);

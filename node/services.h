@@ -123,6 +123,7 @@ class DocumentServiceImpl final : public DocumentServiceBase {
                               grpc::ServerContext* context);
 
   Node* const node_;
+  std::atomic<int> watches_{0};  // Watch streams being served
 };
 
 // What ClusterService.Status answers for `node` (the metrics endpoint shows the same).

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/node/node_test_util.h"
 
 namespace mergedb::node {
@@ -177,6 +178,70 @@ TEST_F(DocumentServiceTest, WithABaseVersionLaterOperationsSupersedeEarlierOnesO
   // disable that did not observe it), as the base version asks; the update's own enable does not.
   EXPECT_TRUE(fields.at("flag").bool_value());
   EXPECT_EQ(fields.at("keep").string_value(), "x");
+}
+
+// Each Watch stream holds a server thread while it lasts: past --max_watch_streams a new one
+// is RESOURCE_EXHAUSTED (one client could otherwise starve every other call of threads), and
+// health Watch streams have a cap of their own. A stream that ends frees its place.
+TEST_F(DocumentServiceTest, WatchStreamsPastTheCapAreRefusedAndAnEndedOneFreesItsPlace) {
+  NodeOptions options = Options();
+  options.max_watch_streams = 2;
+  StartNode(options);
+  mergedb::v1::WatchRequest watch;
+  watch.set_collection("c");
+  watch.set_from_now(true);
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<mergedb::v1::WatchEvent>>> readers;
+  for (int i = 0; i < 2; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    readers.push_back(docs_->Watch(contexts.back().get(), watch));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // both are being served
+  grpc::ClientContext third_context;
+  Deadline(&third_context);
+  auto third = docs_->Watch(&third_context, watch);
+  mergedb::v1::WatchEvent event;
+  EXPECT_FALSE(third->Read(&event));
+  const grpc::Status refused = third->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  EXPECT_TRUE(absl::StrContains(refused.error_message(), "--max_watch_streams"))
+      << refused.error_message();
+  // The health service counts its own.
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  std::vector<std::unique_ptr<grpc::ClientContext>> health_contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<grpc::health::v1::HealthCheckResponse>>> healths;
+  grpc::health::v1::HealthCheckResponse serving;
+  for (int i = 0; i < 2; ++i) {
+    health_contexts.push_back(std::make_unique<grpc::ClientContext>());
+    healths.push_back(health->Watch(health_contexts.back().get(), {}));
+    ASSERT_TRUE(healths.back()->Read(&serving));  // the current status comes at once
+  }
+  grpc::ClientContext third_health_context;
+  Deadline(&third_health_context);
+  auto third_health = health->Watch(&third_health_context, {});
+  EXPECT_FALSE(third_health->Read(&serving));
+  EXPECT_EQ(third_health->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // One Watch ends: a new one is served and sees a write.
+  contexts[0]->TryCancel();
+  (void)readers[0]->Finish();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the server noticed
+  grpc::ClientContext again_context;
+  Deadline(&again_context);
+  auto again = docs_->Watch(&again_context, watch);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  UpdateRequest write = UpdateOf("c", "d");
+  Incr(&write, {"n"}, 1);
+  ASSERT_TRUE(Update(write).ok());
+  ASSERT_TRUE(again->Read(&event)) << again->Finish().error_message();
+  EXPECT_EQ(event.id(), "d");
+  again_context.TryCancel();
+  (void)again->Finish();
+  contexts[1]->TryCancel();
+  (void)readers[1]->Finish();
+  for (size_t i = 0; i < healths.size(); ++i) {
+    health_contexts[i]->TryCancel();
+    (void)healths[i]->Finish();
+  }
 }
 
 TEST_F(DocumentServiceTest, ListPagesInIdOrderAndRejectsMalformedTokens) {
