@@ -192,9 +192,9 @@ absl::Status DocumentServiceImpl::AwaitConcern(mergedb::v1::WriteConcern concern
   const std::string rule =
       absl::StrCat(" (", mergedb::v1::WriteConcern_Name(concern), " needs ", needed, ")");
   // The wait ends before the deadline only when the node stops (stopping_ is set before
-  // ClusterView::ReleaseWaiters): that is no missed deadline. The write stays applied here, and
-  // request ids are per node: a retry belongs on this node, with the same request_id, once it
-  // is back; on another node it would be applied a second time.
+  // ClusterView::ReleaseWaiters): that is no missed deadline. The write stays applied here; a
+  // retry belongs on this node, with the same request_id, once it is back (another node
+  // recognizes it only once the write has reached it).
   if (node_->stopping()) {
     return absl::UnavailableError(
         absl::StrCat("node ", node_->options().node_name, " is shutting down: ", so_far, rule,

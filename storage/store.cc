@@ -1569,6 +1569,11 @@ absl::StatusOr<WriteResult> Store::PrepareLocal(const LocalWrite& write, const s
     entry.set_collection(write.collection);
     entry.set_id(write.id);
     delta->EncodeTo(entry.mutable_delta());
+    if (!write.request_id.empty()) {
+      entry.set_request_id(write.request_id);
+      entry.set_request_fingerprint(write.request_fingerprint);
+      entry.set_request_unix_millis(write.unix_millis);
+    }
     w->local_entry = crdt::SerializeDeterministic(entry);
     w->has_local_entry = true;
     w->local_changed = true;
@@ -1634,6 +1639,13 @@ absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord>
     w.applied_updates[record->origin] = record->seq;
     targets.push_back(
         {record->entry.collection(), record->entry.id(), &delta, record->origin, record->seq});
+    // The update's request id, remembered here too, unless this node already knows it (the
+    // record of the node that took the update, or of an earlier copy of the entry, stays).
+    if (!record->entry.request_id().empty()) {
+      MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> known,
+                               LookupRequest(record->entry.request_id()));
+      if (!known.has_value()) targets.back().request = &record->entry;
+    }
   }
   MERGEDB_RETURN_IF_ERROR(JoinAndCommit(targets, &w));
   result.applied = to_apply.size();
@@ -1668,6 +1680,18 @@ absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* 
     const crdt::CausalContext before = touched.doc->context();
     crdt::LeafChanges changes;
     touched.doc->Join(*target.state, &changes);
+    if (target.request != nullptr) {
+      mergedb::v1::RequestRecord request;
+      request.set_collection(target.collection);
+      request.set_id(target.id);
+      touched.doc->context().EncodeTo(request.mutable_version());
+      request.set_unix_millis(target.request->request_unix_millis());
+      request.set_log_seq(target.seq);
+      request.set_log_origin(target.origin);
+      request.set_fingerprint(target.request->request_fingerprint());
+      w->batch.Put(keys::Request(target.request->request_id()),
+                   crdt::SerializeDeterministic(request));
+    }
     if (!changes.empty() || !(touched.doc->context() == before)) {
       mergedb::v1::ChangeRecord change;
       change.set_collection(target.collection);

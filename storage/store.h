@@ -499,6 +499,8 @@ class Store {
     const crdt::Document* state;
     crdt::ReplicaId origin;
     uint64_t seq;
+    // A remote entry's request id to remember (null: none, or this node already knows it).
+    const mergedb::v1::LogEntry* request = nullptr;
   };
   // Joins every target into its document under the documents' locks, adds the changed leaves,
   // contexts and change records to `w`, and commits `w`.

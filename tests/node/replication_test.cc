@@ -1425,6 +1425,45 @@ TEST(Replication, AStreamCommitsTheWritesBehindAWaitingQuorumWriteAndAnswersInOr
   EXPECT_EQ(CounterIn(cluster.Get(1, "c", "waits"), "n"), 1);
 }
 
+// A request id travels with its update's log entry, so a retry on any node the entry has reached
+// is recognized: on another node, and on the node that took it after it was restored from a
+// backup taken before (its peers send it the entry again). Before, request ids lived only in
+// the data dir of the node that took the update, and both retries applied it a second time.
+TEST(Replication, ARetryIsRecognizedOnEveryNodeTheUpdateReached) {
+  Cluster cluster(2);
+  cluster.options(0).backup_dir = "/backups";
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+  BackupResponse backup;
+  ASSERT_TRUE(cluster.Backup(0, "before", &backup).ok());
+  UpdateRequest first = IncrementOf("d", 10);
+  first.set_request_id("once");
+  UpdateResponse original;
+  ASSERT_TRUE(cluster.Update(0, first, &original).ok());
+  EXPECT_FALSE(original.duplicate());
+  ASSERT_TRUE(cluster.WaitConverged());
+  // A retry on the other node.
+  UpdateResponse elsewhere;
+  ASSERT_TRUE(cluster.Update(1, first, &elsewhere).ok());
+  EXPECT_TRUE(elsewhere.duplicate());
+  // The same id for another update is refused there too.
+  UpdateRequest other = IncrementOf("d", 99);
+  other.set_request_id("once");
+  EXPECT_EQ(cluster.Update(1, other).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // n1 restored from the backup taken before the update: its peer sends the entry back, and a
+  // retry there is recognized too.
+  cluster.Stop(0);
+  cluster.RestoreData(0, cluster.CopyData(0, "/backups/before"));
+  cluster.Start(0);
+  ASSERT_TRUE(cluster.WaitConverged());
+  UpdateResponse restored;
+  ASSERT_TRUE(cluster.Update(0, first, &restored).ok());
+  EXPECT_TRUE(restored.duplicate());
+  ASSERT_TRUE(cluster.WaitConverged());
+  for (int i : {0, 1}) EXPECT_EQ(CounterIn(cluster.Get(i, "c", "d"), "n"), 11) << "on n" << i + 1;
+}
+
 // A rolling restart: a node asked to stop while a QUORUM write waits for its peer lets the wait
 // finish (its links still run) within its grace period, refusing new writes meanwhile. It used
 // to cut the links first, and every synchronous write in flight failed.
