@@ -10,7 +10,8 @@
 // makes about a fifth fewer context switches per write and the nodes spend 4-8 % less CPU per
 // write (docs/PERFORMANCE.md, fix 14).
 //
-// Every service the node serves shares one status: SERVING from start until shutdown begins.
+// Every service the node serves shares one status: SERVING from start until shutdown begins,
+// or until the store fails a commit (the node then refuses every write until a restart).
 // Thread-safe.
 #ifndef MERGEDB_NODE_HEALTH_H_
 #define MERGEDB_NODE_HEALTH_H_
