@@ -426,6 +426,7 @@ TEST(Replication, ABackupDiskThatFillsDuringTheCopyIsResourceExhausted) {
   EXPECT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
   faulty.set_full_disk_under("");
   EXPECT_TRUE(cluster.Backup(0, "after", &response).ok());
+  cluster.Stop(0);  // before `faulty`, which the node's store uses, goes
 }
 
 // A backup streamed to a client and written on another machine (here: another file system)
@@ -1852,7 +1853,7 @@ TEST(Replication, ANodeWhoseStoreFailedSaysSoInStatusAndHealth) {
   // The other node takes writes as before.
   EXPECT_TRUE(cluster.Update(1, IncrementOf("d", 1)).ok());
   EXPECT_TRUE(cluster.Status(1).refusing_writes().empty());
-  cluster.Stop(0);
+  cluster.Stop(0);  // before `faulty`, which the node's store uses, goes
 }
 
 TEST(Replication, StatusReportsPeersLagAndTraffic) {
