@@ -4,6 +4,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "node/stream_codec.h"
@@ -413,6 +414,10 @@ TEST(Replication, ABackupIsRefusedWhileAnotherRunsOrWhenItWouldFillTheDisk) {
 TEST(Replication, ABackupDiskThatFillsDuringTheCopyIsResourceExhausted) {
   Cluster cluster(1);
   storage::FaultInjectionEnv faulty(cluster.env(0));
+  // The node must stop before `faulty` goes, which its store uses (also when a check fails).
+  absl::Cleanup stop_first = [&] {
+    if (cluster.node(0) != nullptr) cluster.Stop(0);
+  };
   cluster.options(0).env = &faulty;
   cluster.options(0).backup_dir = "/backups";
   cluster.StartAll();
@@ -426,7 +431,6 @@ TEST(Replication, ABackupDiskThatFillsDuringTheCopyIsResourceExhausted) {
   EXPECT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
   faulty.set_full_disk_under("");
   EXPECT_TRUE(cluster.Backup(0, "after", &response).ok());
-  cluster.Stop(0);  // before `faulty`, which the node's store uses, goes
 }
 
 // A backup streamed to a client and written on another machine (here: another file system)
@@ -1822,6 +1826,10 @@ TEST(Replication, ARepairedNodeGetsBackWhatTheRepairDroppedFromItsPeer) {
 TEST(Replication, ANodeWhoseStoreFailedSaysSoInStatusAndHealth) {
   Cluster cluster(2);
   storage::FaultInjectionEnv faulty(cluster.env(0));
+  // The node must stop before `faulty` goes, which its store uses (also when a check fails).
+  absl::Cleanup stop_first = [&] {
+    if (cluster.node(0) != nullptr) cluster.Stop(0);
+  };
   cluster.options(0).env = &faulty;
   cluster.StartAll();
   ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
@@ -1853,7 +1861,6 @@ TEST(Replication, ANodeWhoseStoreFailedSaysSoInStatusAndHealth) {
   // The other node takes writes as before.
   EXPECT_TRUE(cluster.Update(1, IncrementOf("d", 1)).ok());
   EXPECT_TRUE(cluster.Status(1).refusing_writes().empty());
-  cluster.Stop(0);  // before `faulty`, which the node's store uses, goes
 }
 
 TEST(Replication, StatusReportsPeersLagAndTraffic) {
