@@ -1221,7 +1221,9 @@ TEST_F(StoreTest, AChangeFeedReadRacingItsTruncationIsOutOfRangeNeverAGap) {
   int reads = 0;
   StoreOptions options = Options();
   options.testonly_before_reading_changes = [&] {
-    if (++reads == 1) EXPECT_TRUE(raw->TruncateChanges(5).ok());
+    if (++reads == 1) {
+      EXPECT_TRUE(raw->TruncateChanges(5).ok());
+    }
   };
   auto store = OpenOrDie(options);
   raw = store.get();
