@@ -64,12 +64,15 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
                          "1 while the node refuses every write until an operator acts (a failed "
                          "commit, a data dir that went back in time: see Status.refusing_writes).",
                          MetricType::Gauge, status.refusing_writes().empty() ? 0.0 : 1.0));
+  // A gauge, not a counter: it is a stored high-water mark, not a count since the process
+  // started, and a node restored from a backup comes back with lower, non-zero values, which
+  // Prometheus would read as a counter reset and count again in full.
   MetricFamily applied = Family(
-      "mergedb_applied_entries_total",
+      "mergedb_applied_position",
       "Per origin replica, the highest contiguous log sequence applied here: the writes of that "
       "origin this node holds. The node's own origin (mergedb_node_info's replica_id) counts "
-      "the writes it accepted.",
-      MetricType::Counter);
+      "the writes it accepted. Lower after a restore from a backup.",
+      MetricType::Gauge);
   for (const auto& entry : status.applied()) {
     Add(&applied, static_cast<double>(entry.counter()), {{"origin", Hex(entry.replica())}});
   }

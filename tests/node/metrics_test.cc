@@ -79,17 +79,19 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
   const std::string own = absl::StrCat(absl::Hex(status.replica_id(), absl::kZeroPad16));
   const std::string scraped = AwaitMetrics(
       port,
-      {"mergedb_documents 3", absl::StrCat("mergedb_applied_entries_total{origin=\"", own, "\"} 3"),
+      {"mergedb_documents 3", absl::StrCat("mergedb_applied_position{origin=\"", own, "\"} 3"),
        "mergedb_peer_up{peer=\"n2\"} 1", "mergedb_peer_up{peer=\"n3\"} 1",
        "mergedb_peer_entries_behind{peer=\"n2\"} 0", "mergedb_peer_entries_behind{peer=\"n3\"} 0"});
   EXPECT_TRUE(absl::StartsWith(scraped, "HTTP/1.1 200")) << scraped.substr(0, 200);
   for (const std::string& line :
        {std::string("mergedb_documents 3"),
-        absl::StrCat("mergedb_applied_entries_total{origin=\"", own, "\"} 3"),
+        absl::StrCat("mergedb_applied_position{origin=\"", own, "\"} 3"),
         std::string("mergedb_peer_up{peer=\"n2\"} 1"),
         std::string("mergedb_peer_entries_behind{peer=\"n3\"} 0"),
         absl::StrCat("mergedb_node_info{node=\"n1\",cluster=\"", status.cluster_id(),
                      "\",role=\"PRIMARY\",replica_id=\"", own, "\"} 1"),
+        std::string("# TYPE mergedb_applied_position gauge"),
+        std::string("mergedb_refusing_writes 0"),
         std::string("# TYPE mergedb_peer_sent_bytes_total counter"),
         std::string("# TYPE mergedb_peer_full_state_transfers_total counter"),
         std::string("mergedb_peer_log_damage_total{peer=\"n2\"} 0")}) {
