@@ -1605,6 +1605,9 @@ int Main(int argc, char** argv) {
       tcp = mergedb::bench::TcpTrafficBetween(*sockets_before, *sockets_after, node_pids);
     }
   }
+  // No socket between the processes seen (ss names other users' processes only to root): the
+  // figure is unknown, not 0.
+  if (tcp.has_value() && tcp->sockets == 0) tcp.reset();
   struct NodeStats {
     std::string name;
     double cpu_s = 0;

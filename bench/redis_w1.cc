@@ -495,6 +495,9 @@ int Main(int argc, char** argv) {
       tcp = TcpTrafficBetween(*sockets_before, *sockets_after, redis_pids);
     }
   }
+  // No socket between the processes seen (ss names other users' processes only to root): the
+  // figure is unknown, not 0.
+  if (tcp.has_value() && tcp->sockets == 0) tcp.reset();
 
   struct ProcessLine {
     std::string name;

@@ -261,7 +261,21 @@ void Node::Shutdown(absl::Duration grace) {
     // run (a rolling restart must not fail every QUORUM write in flight), up to `grace`; new
     // writes are refused meanwhile, so the wait ends.
     draining_ = true;
-    if (!replication_->view()->AwaitNoWaiters(deadline)) {
+    // A write that passed its checks before draining_ may still be committing, or queued in a
+    // stream behind another's wait, and enters the wait only then: the drain ends once no write
+    // has waited for a settling moment, not at the first instant none does.
+    constexpr absl::Duration kSettle = absl::Milliseconds(100);
+    bool drained = false;
+    while (!drained && replication_->view()->AwaitNoWaiters(deadline)) {
+      const absl::Time now = absl::Now();
+      if (now >= deadline) {
+        drained = true;
+        break;
+      }
+      absl::SleepFor(std::min(kSettle, deadline - now));
+      drained = replication_->view()->waiters() == 0;
+    }
+    if (!drained) {
       MERGEDB_LOG(WARNING) << "synchronous writes still unconfirmed after the shutdown's grace "
                               "period: they are answered UNAVAILABLE (durable here, and will "
                               "replicate)";

@@ -201,6 +201,11 @@ void ClusterView::ReleaseWaiters() {
   released_ = true;
 }
 
+int ClusterView::waiters() const {
+  absl::MutexLock lock(&mu_);
+  return waiting_;
+}
+
 bool ClusterView::AwaitNoWaiters(absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return waiting_ == 0; };

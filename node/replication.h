@@ -220,6 +220,8 @@ class ClusterView {
   // Shutdown's drain: waits until no WaitForConfirmations is waiting, or `deadline`; true when
   // none is.
   bool AwaitNoWaiters(absl::Time deadline);
+  // Calls in WaitForConfirmations now.
+  int waiters() const;
 
   // Inbound streams this node currently has, by peer name: their replica ids are the
   // "direct origins" acks announce.

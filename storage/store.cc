@@ -520,6 +520,13 @@ absl::Status Store::ReplayLogAfterRepair() {
     for (size_t i = 0; i < deltas.size(); ++i) {
       targets.push_back({entries[i].collection(), entries[i].id(), &deltas[i], positions[i].first,
                          positions[i].second});
+      // A request record the repair dropped comes back from its entry, so that a retry is
+      // still recognized here.
+      if (!entries[i].request_id().empty()) {
+        MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> known,
+                                 LookupRequest(entries[i].request_id()));
+        if (!known.has_value()) targets.back().request = &entries[i];
+      }
     }
     Writer w;
     MERGEDB_RETURN_IF_ERROR(JoinAndCommit(targets, &w));

@@ -143,6 +143,30 @@ TEST_F(StoreTest, TheFirstOpenAfterARepairClearsTheDocumentsReplaysTheLogAndTake
   EXPECT_EQ(store->document_count(), kDocs / 2 + 1);
 }
 
+// The replay after a repair also brings back a request record the repair dropped (its log entry
+// carries the id), so that a client's retry is still recognized, not applied a second time.
+TEST_F(StoreTest, AReplayedLogEntryBringsBackTheRequestRecordTheRepairDropped) {
+  {
+    auto store = OpenOrDie();
+    ASSERT_TRUE(store->ApplyLocal(Increment("c", "d", "n", 10, store->replica_id(), "r1")).ok());
+  }
+  {
+    // As if the record's block had been damaged and dropped.
+    leveldb::Options options;
+    options.env = &env_;
+    leveldb::DB* raw = nullptr;
+    ASSERT_TRUE(leveldb::DB::Open(options, "/db", &raw).ok());
+    std::unique_ptr<leveldb::DB> db(raw);
+    ASSERT_TRUE(db->Delete(leveldb::WriteOptions(), keys::Request("r1")).ok());
+  }
+  ASSERT_TRUE(Store::Repair("/db", &env_).ok());
+  auto store = OpenOrDie();
+  auto retry = store->ApplyLocal(Increment("c", "d", "n", 10, store->replica_id(), "r1"));
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_TRUE(retry->duplicate_request);
+  EXPECT_EQ(CounterOf(*store->Get("c", "d"), "n"), 10);
+}
+
 // A node alone has no peers to send its documents back: after a repair it keeps every document
 // whose records still form a state, drops the others whole, and counts the documents and the
 // digest again from what is left (a new replica id all the same).
