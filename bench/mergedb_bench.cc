@@ -1599,15 +1599,18 @@ int Main(int argc, char** argv) {
   const double client_cpu = CpuSecondsOfSelf() - client_cpu_before;
   const double machine_busy = UserProcessesBusySeconds() - busy_before;
   const Traffic traffic = TrafficBetweenNodes(nodes) - traffic_before;
-  std::optional<mergedb::bench::TcpTraffic> tcp;
+  // (A plain value and a flag: GCC 12 warns that an optional's fields may be uninitialized.)
+  mergedb::bench::TcpTraffic tcp;
+  bool tcp_known = false;
   if (sockets_before.has_value()) {
     if (auto sockets_after = mergedb::bench::ReadTcpSockets(); sockets_after.has_value()) {
       tcp = mergedb::bench::TcpTrafficBetween(*sockets_before, *sockets_after, node_pids);
+      tcp_known = true;
     }
   }
   // No socket between the processes seen (ss names other users' processes only to root): the
   // figure is unknown, not 0.
-  if (tcp.has_value() && tcp->sockets == 0) tcp.reset();
+  if (tcp.sockets == 0) tcp_known = false;
   struct NodeStats {
     std::string name;
     double cpu_s = 0;
@@ -1675,7 +1678,7 @@ int Main(int argc, char** argv) {
   const double reads_per_s = seconds > 0 ? run.reads / seconds : 0;
   const double bytes_per_write = run.writes > 0 ? static_cast<double>(traffic.bytes) / run.writes : 0;
   const double tcp_bytes_per_write =
-      tcp.has_value() && run.writes > 0 ? static_cast<double>(tcp->bytes) / run.writes : -1;
+      tcp_known && run.writes > 0 ? static_cast<double>(tcp.bytes) / run.writes : -1;
   const double entries_per_frame =
       traffic.frames > 0 ? static_cast<double>(traffic.entries) / traffic.frames : 0;
   const double updates_per_message =
@@ -1721,11 +1724,11 @@ int Main(int argc, char** argv) {
       std::printf("  %-40s NOT CONVERGED within 120 s\n", "convergence after the last ack (ms)");
     }
     std::printf("  %-40s %.0f\n", "bytes between nodes per write", bytes_per_write);
-    if (tcp.has_value()) {
+    if (tcp_known) {
       std::printf("  %-40s %.0f (over %d connections%s)\n", "  the same, TCP payload (all framing)",
-                  tcp_bytes_per_write, tcp->sockets,
-                  tcp->vanished > 0
-                      ? absl::StrCat("; ", tcp->vanished, " closed meanwhile, not counted").c_str()
+                  tcp_bytes_per_write, tcp.sockets,
+                  tcp.vanished > 0
+                      ? absl::StrCat("; ", tcp.vanished, " closed meanwhile, not counted").c_str()
                       : "");
     }
     std::printf("  %-40s %.1f\n", "log entries per replication frame", entries_per_frame);
@@ -1799,9 +1802,9 @@ int Main(int argc, char** argv) {
   }
   json.Add("convergence_ms", convergence_ms);
   json.Add("bytes_between_nodes_per_write", bytes_per_write);
-  if (tcp.has_value()) {
+  if (tcp_known) {
     json.Add("tcp_bytes_between_nodes_per_write", tcp_bytes_per_write);
-    json.Add("tcp_sockets_closed_meanwhile", tcp->vanished);
+    json.Add("tcp_sockets_closed_meanwhile", tcp.vanished);
   }
   json.Add("entries_per_frame", entries_per_frame);
   if (phase.mode == Mode::kBatch) json.Add("updates_per_message", updates_per_message);

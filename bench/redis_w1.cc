@@ -489,15 +489,18 @@ int Main(int argc, char** argv) {
   const double machine_busy = UserProcessesBusySeconds() - busy_before;
   const auto stats_after = Info(primary.get(), "stats");
   const auto repl_after = Info(primary.get(), "replication");
-  std::optional<TcpTraffic> tcp;
+  // (A plain value and a flag: GCC 12 warns that an optional's fields may be uninitialized.)
+  TcpTraffic tcp;
+  bool tcp_known = false;
   if (sockets_before.has_value()) {
     if (auto sockets_after = ReadTcpSockets(); sockets_after.has_value()) {
       tcp = TcpTrafficBetween(*sockets_before, *sockets_after, redis_pids);
+      tcp_known = true;
     }
   }
   // No socket between the processes seen (ss names other users' processes only to root): the
   // figure is unknown, not 0.
-  if (tcp.has_value() && tcp->sockets == 0) tcp.reset();
+  if (tcp.sockets == 0) tcp_known = false;
 
   struct ProcessLine {
     std::string name;
@@ -559,10 +562,10 @@ int Main(int argc, char** argv) {
     std::printf("  %-40s %.0f (primary -> replicas %.0f, replicas -> primary %.0f)\n",
                 "bytes between nodes per write", bytes_per_write, have_net ? net_out / writes : -1.0,
                 have_net ? net_in / writes : -1.0);
-    if (tcp.has_value()) {
+    if (tcp_known) {
       std::printf("  %-40s %.0f (over %d connections%s)\n", "  the same, TCP payload (kernel)",
-                  static_cast<double>(tcp->bytes) / writes, tcp->sockets,
-                  tcp->vanished > 0 ? "; some closed meanwhile, not counted" : "");
+                  static_cast<double>(tcp.bytes) / writes, tcp.sockets,
+                  tcp.vanished > 0 ? "; some closed meanwhile, not counted" : "");
     }
     std::printf("  %-40s %.0f (master_repl_offset delta x %zu replicas)\n",
                 "  replication stream per write", stream_per_write, replicas.size());
@@ -602,9 +605,9 @@ int Main(int argc, char** argv) {
                                       ? "total_net_repl_output_bytes delta on the primary + its "
                                         "total_net_input_bytes delta less this tool's commands"
                                       : "master_repl_offset delta x replicas");
-  if (tcp.has_value()) {
-    json.Add("tcp_bytes_between_nodes_per_write", static_cast<double>(tcp->bytes) / writes);
-    json.Add("tcp_sockets_closed_meanwhile", tcp->vanished);
+  if (tcp_known) {
+    json.Add("tcp_bytes_between_nodes_per_write", static_cast<double>(tcp.bytes) / writes);
+    json.Add("tcp_sockets_closed_meanwhile", tcp.vanished);
   }
   json.Add("repl_output_bytes_per_write", have_net ? net_out / writes : -1.0);
   json.Add("repl_input_bytes_per_write", have_net ? net_in / writes : -1.0);

@@ -168,7 +168,9 @@ TEST_F(DocumentServiceTest, WithABaseVersionLaterOperationsSupersedeEarlierOnesO
 
   const GetResponse got = GetOrDie("c", "d");
   const auto& fields = got.value().struct_value().fields();
-  if (fields.contains("tags")) EXPECT_EQ(fields.at("tags").list_value().values_size(), 0);
+  if (fields.contains("tags")) {
+    EXPECT_EQ(fields.at("tags").list_value().values_size(), 0);
+  }
   EXPECT_FALSE(fields.contains("gone"));
   ASSERT_TRUE(fields.contains("own_flag"));
   EXPECT_FALSE(fields.at("own_flag").bool_value());

@@ -100,11 +100,15 @@ TEST_P(StreamCodecTest, AMessageCutShortIsAnError) {
     const std::string wire = compressor->Compress(message);
     for (size_t cut = 1; cut < wire.size(); ++cut) {
       std::unique_ptr<StreamDecompressor> decompressor = StreamDecompressor::Create(GetParam());
-      if (!first) ASSERT_EQ(decompressor->Decompress(before, kMax).value(), earlier);
+      if (!first) {
+        ASSERT_EQ(decompressor->Decompress(before, kMax).value(), earlier);
+      }
       auto plain = decompressor->Decompress(absl::string_view(wire).substr(0, cut), kMax);
       EXPECT_FALSE(plain.ok()) << "cut at " << cut << " of " << wire.size() << " decoded "
                                << plain->size() << " bytes, first: " << first;
-      if (!plain.ok()) EXPECT_EQ(plain.status().code(), absl::StatusCode::kInvalidArgument);
+      if (!plain.ok()) {
+        EXPECT_EQ(plain.status().code(), absl::StatusCode::kInvalidArgument);
+      }
     }
   }
 }
