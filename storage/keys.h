@@ -56,10 +56,9 @@ inline constexpr absl::string_view kMetaSyncedRun = "synced_run";
 // Present in a copy written by Store::Backup until its first open, which then draws a new
 // replica id: the node the copy came from may have issued sequence numbers since.
 inline constexpr absl::string_view kMetaFromBackup = "from_backup";
-// Present after mergedb-repair (Store::Repair) until an open has drawn a new replica id and
-// cleared the documents, or, on a node without peers, dropped those that no longer decode and
-// counted the rest again (Store::AfterRepair): the repair may have dropped some of a document's
-// records, and what is left of it could read as removals.
+// Written by mergedb-repair before it marked a repaired dir with the file MERGEDB-REPAIRED
+// (storage/store.h) instead; still honoured at open, like the file, until an open has drawn a
+// new replica id and cleared the documents (Store::AfterRepair).
 inline constexpr absl::string_view kMetaRepaired = "repaired";
 // The data dir's earlier incarnations, oldest first, as 16-byte entries (be64 replica id, be64
 // the last change-feed position that survived into the next incarnation): a change-feed position

@@ -401,19 +401,11 @@ absl::Status Store::Repair(const std::string& path, leveldb::Env* env) {
         FromLevelDb(leveldb::RepairDB(path, options), absl::StrCat("repair of data dir ", path));
   }
   (void)options.env->UnlockFile(lock);
-  MERGEDB_RETURN_IF_ERROR(repaired);
-  // What the repair dropped is unknown here. The next open takes a new replica id (a lost
-  // context record would otherwise let this node issue again dots its peers hold, and its
-  // writes would be dropped there as duplicates: Riak's kv679) and clears the documents, which
-  // then come back from the peers (Initialize, AfterRepair).
-  leveldb::DB* raw = nullptr;
-  MERGEDB_RETURN_IF_ERROR(FromLevelDb(leveldb::DB::Open(options, path, &raw),
-                                      absl::StrCat("opening repaired data dir ", path)));
-  std::unique_ptr<leveldb::DB> db(raw);
-  leveldb::WriteOptions sync;
-  sync.sync = true;
-  return FromLevelDb(db->Put(sync, keys::Meta(keys::kMetaRepaired), "1"),
-                     absl::StrCat("marking data dir ", path, " repaired"));
+  // What the repair dropped is unknown here. The next open finds the marker, takes a new replica
+  // id (a lost context record would otherwise let this node issue again dots its peers hold, and
+  // its writes would be dropped there as duplicates: Riak's kv679) and clears the documents,
+  // which then come back from the log and the peers (Initialize, AfterRepair).
+  return repaired;
 }
 
 absl::Status Store::AfterRepair() {
@@ -522,11 +514,7 @@ absl::Status Store::ReplayLogAfterRepair() {
                          positions[i].second});
       // A request record the repair dropped comes back from its entry, so that a retry is
       // still recognized here.
-      if (!entries[i].request_id().empty()) {
-        MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> known,
-                                 LookupRequest(entries[i].request_id()));
-        if (!known.has_value()) targets.back().request = &entries[i];
-      }
+      targets.back().request = &entries[i];
     }
     Writer w;
     MERGEDB_RETURN_IF_ERROR(JoinAndCommit(targets, &w));
@@ -741,6 +729,7 @@ absl::Status Store::Initialize() {
     feed_history_.push_back(
         {keys::DecodeBe64(entry.substr(0, 8)), keys::DecodeBe64(entry.substr(8))});
   }
+  // The repair's marker file, or the meta record mergedb-repair wrote before it had one.
   std::string repaired;
   leveldb::Status rp = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaRepaired), &repaired);
   if (!rp.ok() && !rp.IsNotFound()) return FromLevelDb(rp, absl::StrCat("reading ", path));
@@ -1646,13 +1635,7 @@ absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord>
     w.applied_updates[record->origin] = record->seq;
     targets.push_back(
         {record->entry.collection(), record->entry.id(), &delta, record->origin, record->seq});
-    // The update's request id, remembered here too, unless this node already knows it (the
-    // record of the node that took the update, or of an earlier copy of the entry, stays).
-    if (!record->entry.request_id().empty()) {
-      MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> known,
-                               LookupRequest(record->entry.request_id()));
-      if (!known.has_value()) targets.back().request = &record->entry;
-    }
+    targets.back().request = &record->entry;  // its request id is remembered here too
   }
   MERGEDB_RETURN_IF_ERROR(JoinAndCommit(targets, &w));
   result.applied = to_apply.size();
@@ -1677,17 +1660,28 @@ absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* 
   std::sort(stripes.begin(), stripes.end());
   stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
   StripeLocks locks(std::move(stripes));
+  // Request ids to remember: those of entries that carry one this node does not know yet (the
+  // record of the node that took the update, or of an earlier copy of the entry, stays).
+  std::vector<bool> remember(targets.size(), false);
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const mergedb::v1::LogEntry* entry = targets[i].request;
+    if (entry == nullptr || entry->request_id().empty()) continue;
+    MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> known,
+                             LookupRequest(entry->request_id()));
+    remember[i] = !known.has_value();
+  }
   for (auto& [prefix, touched] : docs) {
     MERGEDB_ASSIGN_OR_RETURN(touched.doc, LoadLocked(prefix));
     touched.existed = touched.doc->exists();
     touched.context_before = touched.doc->context();
   }
-  for (const JoinTarget& target : targets) {
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const JoinTarget& target = targets[i];
     Touched& touched = docs[keys::DocPrefix(target.collection, target.id)];
     const crdt::CausalContext before = touched.doc->context();
     crdt::LeafChanges changes;
     touched.doc->Join(*target.state, &changes);
-    if (target.request != nullptr) {
+    if (remember[i]) {
       mergedb::v1::RequestRecord request;
       request.set_collection(target.collection);
       request.set_id(target.id);

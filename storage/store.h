@@ -221,10 +221,9 @@ class BackupSink {
 inline constexpr absl::string_view kBackupSentinelFile = "BACKUP-INCOMPLETE";
 std::string BackupSentinelPath(const std::string& dir);
 
-// The file `mergedb-repair` writes into a data dir before it changes anything: the next open
-// treats the dir as repaired (as the `repaired` meta record says once the repair is done) even
-// if the repair was cut short, and removes the file once it has drawn a new replica id and
-// cleared the documents.
+// The file `mergedb-repair` writes into a data dir before it changes anything, and its only
+// mark: the next open treats the dir as repaired (also when the repair was cut short), and
+// removes the file once it has drawn a new replica id and cleared the documents.
 inline constexpr absl::string_view kRepairMarkerFile = "MERGEDB-REPAIRED";
 std::string RepairMarkerPath(const std::string& dir);
 absl::Status WriteRepairMarker(leveldb::Env* env, const std::string& dir);
@@ -499,7 +498,8 @@ class Store {
     const crdt::Document* state;
     crdt::ReplicaId origin;
     uint64_t seq;
-    // A remote entry's request id to remember (null: none, or this node already knows it).
+    // The log entry the state came from, whose request id (if any) is remembered here unless
+    // this node knows it already; null for a snapshot part.
     const mergedb::v1::LogEntry* request = nullptr;
   };
   // Joins every target into its document under the documents' locks, adds the changed leaves,
@@ -574,7 +574,7 @@ class Store {
   };
   std::vector<FeedEpoch> feed_history_;
   bool opened_backup_ = false;
-  bool repaired_ = false;  // keys::kMetaRepaired was present at open
+  bool repaired_ = false;  // the repair marker (or keys::kMetaRepaired) was present at open
   bool abandoned_ = false;
 
   static constexpr size_t kDocLockStripes = 1024;

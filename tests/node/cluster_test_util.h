@@ -25,6 +25,7 @@
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/log.h"
 #include "node/node.h"
+#include "storage/fault_env.h"
 
 namespace mergedb::node::testing {
 
@@ -124,6 +125,15 @@ class Cluster {
     envs_[static_cast<size_t>(i)] = std::move(copy);
     options_[static_cast<size_t>(i)].env = envs_[static_cast<size_t>(i)].get();
   }
+  // Wraps node i's file system in one that injects faults (call before the node starts; Wipe
+  // and RestoreData end it). The Cluster owns it, so that it outlives the node whose store uses
+  // it.
+  storage::FaultInjectionEnv* InjectFaults(int i) {
+    faulty_.push_back(std::make_unique<storage::FaultInjectionEnv>(env(i)));
+    options(i).env = faulty_.back().get();
+    return faulty_.back().get();
+  }
+
   // Cuts (or heals) the link between nodes a and b, both directions.
   void SetLink(int a, int b, bool up) {
     if (node(a) != nullptr) node(a)->SetLinkBlocked(Name(b), !up);
@@ -242,6 +252,8 @@ class Cluster {
   const std::string cluster_id_;
   std::vector<int> ports_;
   std::vector<std::unique_ptr<leveldb::Env>> envs_;
+  // Declared before nodes_: destroyed after them.
+  std::vector<std::unique_ptr<storage::FaultInjectionEnv>> faulty_;
   std::vector<std::unique_ptr<Node>> nodes_;
   std::vector<NodeOptions> options_;
   std::map<int, Stubs> stubs_;

@@ -4,7 +4,6 @@
 #include <random>
 #include <thread>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "node/stream_codec.h"
@@ -413,12 +412,7 @@ TEST(Replication, ABackupIsRefusedWhileAnotherRunsOrWhenItWouldFillTheDisk) {
 // node's own store is on another disk and takes writes as before.
 TEST(Replication, ABackupDiskThatFillsDuringTheCopyIsResourceExhausted) {
   Cluster cluster(1);
-  storage::FaultInjectionEnv faulty(cluster.env(0));
-  // The node must stop before `faulty` goes, which its store uses (also when a check fails).
-  absl::Cleanup stop_first = [&] {
-    if (cluster.node(0) != nullptr) cluster.Stop(0);
-  };
-  cluster.options(0).env = &faulty;
+  storage::FaultInjectionEnv& faulty = *cluster.InjectFaults(0);
   cluster.options(0).backup_dir = "/backups";
   cluster.StartAll();
   ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
@@ -1825,12 +1819,7 @@ TEST(Replication, ARepairedNodeGetsBackWhatTheRepairDroppedFromItsPeer) {
 // reason, and the standard health service turns NOT_SERVING (it stayed SERVING).
 TEST(Replication, ANodeWhoseStoreFailedSaysSoInStatusAndHealth) {
   Cluster cluster(2);
-  storage::FaultInjectionEnv faulty(cluster.env(0));
-  // The node must stop before `faulty` goes, which its store uses (also when a check fails).
-  absl::Cleanup stop_first = [&] {
-    if (cluster.node(0) != nullptr) cluster.Stop(0);
-  };
-  cluster.options(0).env = &faulty;
+  storage::FaultInjectionEnv& faulty = *cluster.InjectFaults(0);
   cluster.StartAll();
   ASSERT_TRUE(cluster.Update(0, IncrementOf("d", 1)).ok());
   EXPECT_TRUE(cluster.Status(0).refusing_writes().empty());
