@@ -38,6 +38,7 @@
 #include "mergedb/v1/api.grpc.pb.h"
 #include "node/grpc_status.h"
 #include "node/node.h"
+#include "node/parsed_requests.h"
 #include "node/services.h"
 
 namespace mergedb::node {
@@ -516,10 +517,8 @@ class UpdateCall final : public AsyncCall {
         return;
       }
       Listen(server_, service_);
-      if (!grpc::SerializationTraits<UpdateRequest>::Deserialize(&raw_request_, &request_).ok()) {
-        Finish(absl::InvalidArgumentError(
-            "the request does not parse as mergedb.v1.UpdateRequest (collection, id, request_id "
-            "and field names must be valid UTF-8); nothing was applied"));
+      if (absl::Status parsed = ParseRequest(&raw_request_, &request_); !parsed.ok()) {
+        Finish(std::move(parsed));
         return;
       }
       if (commits_wait_ || ApplyWaits(request_)) {

@@ -15,6 +15,7 @@
 #include "node/health.h"
 #include "node/log.h"
 #include "node/metrics.h"
+#include "node/parsed_requests.h"
 #include "node/services.h"
 
 namespace mergedb::node {
@@ -50,6 +51,25 @@ void ConfigureServerBuilder(size_t max_update_bytes, size_t max_replication_byte
   // is noticed within seconds on both sides.
   for (const auto& [name, value] : KeepaliveChannelArgs()) builder->AddChannelArgument(name, value);
 }
+
+namespace {
+// The methods whose requests gRPC parses: the synchronous unary and server-streaming ones of the
+// API. Update is asynchronous and parses its raw request itself (node/async_writes.cc).
+std::vector<const google::protobuf::MethodDescriptor*> MethodsGrpcParses() {
+  std::vector<const google::protobuf::MethodDescriptor*> methods;
+  for (const char* name : {mergedb::v1::DocumentService::service_full_name(),
+                           mergedb::v1::ClusterService::service_full_name()}) {
+    const google::protobuf::ServiceDescriptor* service =
+        google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(name);
+    for (int i = 0; i < service->method_count(); ++i) {
+      const google::protobuf::MethodDescriptor* method = service->method(i);
+      if (method->client_streaming() || method->name() == "Update") continue;
+      methods.push_back(method);
+    }
+  }
+  return methods;
+}
+}  // namespace
 
 Node::Node(const NodeOptions& options)
     : options_(options), clock_(options.clock_offset_millis), hlc_(&clock_, options.max_clock_ahead_millis) {}
@@ -146,6 +166,9 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   ConfigureServerBuilder(options.limits.max_update_bytes, options.replication.max_message_bytes,
                          &builder);
   builder.AddListeningPort(options.listen, MakeServerCredentials(options.tls), &node->port_);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(NewUnparsableRequestInterceptors(MethodsGrpcParses()));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.RegisterService(node->replication_.get());
   builder.RegisterService(node->documents_.get());
   builder.RegisterService(node->cluster_.get());

@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/impl/client_unary_call.h"
 #include "tests/node/node_test_util.h"
 
 namespace mergedb::node {
@@ -473,6 +474,103 @@ TEST_F(DocumentServiceTest, AnUpdateThatDoesNotParseIsInvalidArgument) {
   EXPECT_TRUE(absl::StrContains(status.error_message(), "valid UTF-8")) << status.error_message();
   request.set_id("b");
   EXPECT_TRUE(Update(request).ok());
+}
+
+// gRPC's own parse answers a request that does not parse with INTERNAL and no message; every
+// method parses its request itself and says what is wrong with it.
+TEST_F(DocumentServiceTest, EveryMethodAnswersARequestThatDoesNotParseWithInvalidArgument) {
+  StartNode();
+  auto expect_refused = [](const grpc::Status& status, const std::string& type) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << type << ": " << status.error_message();
+    EXPECT_TRUE(absl::StrContains(status.error_message(), "does not parse as " + type))
+        << status.error_message();
+  };
+  const std::string not_utf8 = "b\xff";
+  {
+    mergedb::v1::GetRequest request;
+    request.set_collection("u");
+    request.set_id(not_utf8);
+    GetResponse response;
+    grpc::Status status = Get(request, &response);
+    expect_refused(status, "mergedb.v1.GetRequest");
+    EXPECT_TRUE(absl::StrContains(status.error_message(), "valid UTF-8"));
+  }
+  {
+    mergedb::v1::DeleteRequest request;
+    request.set_collection("u");
+    request.set_id(not_utf8);
+    grpc::ClientContext context;
+    Deadline(&context);
+    UpdateResponse response;
+    expect_refused(docs_->Delete(&context, request, &response), "mergedb.v1.DeleteRequest");
+  }
+  {
+    mergedb::v1::ListRequest request;
+    request.set_collection(not_utf8);
+    grpc::ClientContext context;
+    Deadline(&context);
+    mergedb::v1::ListResponse response;
+    expect_refused(docs_->List(&context, request, &response), "mergedb.v1.ListRequest");
+  }
+  {
+    mergedb::v1::WatchRequest request;
+    request.set_collection(not_utf8);
+    grpc::ClientContext context;
+    Deadline(&context);
+    auto reader = docs_->Watch(&context, request);
+    mergedb::v1::WatchEvent event;
+    EXPECT_FALSE(reader->Read(&event));
+    expect_refused(reader->Finish(), "mergedb.v1.WatchRequest");
+  }
+  {
+    mergedb::v1::BackupRequest request;
+    request.set_name(not_utf8);
+    grpc::ClientContext context;
+    Deadline(&context);
+    mergedb::v1::BackupResponse response;
+    expect_refused(cluster_->Backup(&context, request, &response), "mergedb.v1.BackupRequest");
+  }
+  // Requests without strings: bytes that end inside a field, as a client with another schema
+  // or a broken encoder might send.
+  const std::string truncated =
+      "\x0a\x05"
+      "ab";
+  {
+    grpc::Slice slice(truncated);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    grpc::ClientContext context;
+    Deadline(&context);
+    const grpc::internal::RpcMethod method("/mergedb.v1.ClusterService/Status",
+                                           grpc::internal::RpcMethod::NORMAL_RPC);
+    expect_refused(
+        grpc::internal::BlockingUnaryCall(channel_.get(), method, &context, request, &response),
+        "mergedb.v1.StatusRequest");
+  }
+  {
+    grpc::Slice slice(truncated);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ClientContext context;
+    Deadline(&context);
+    const grpc::internal::RpcMethod method("/mergedb.v1.ClusterService/StreamBackup",
+                                           grpc::internal::RpcMethod::SERVER_STREAMING);
+    std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+        grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel_.get(), method,
+                                                                      &context, request));
+    grpc::ByteBuffer chunk;
+    EXPECT_FALSE(reader->Read(&chunk));
+    expect_refused(reader->Finish(), "mergedb.v1.StreamBackupRequest");
+  }
+  // The node serves on, and the same methods answer requests that parse.
+  UpdateRequest update = UpdateOf("u", "b");
+  Incr(&update, {"n"}, 1);
+  ASSERT_TRUE(Update(update).ok());
+  EXPECT_EQ(CounterIn(GetOrDie("u", "b"), "n"), 1);
+  grpc::ClientContext context;
+  Deadline(&context);
+  mergedb::v1::StatusResponse status;
+  EXPECT_TRUE(cluster_->Status(&context, {}, &status).ok());
 }
 
 TEST_F(DocumentServiceTest, UpdateBatchStreamEndsWithInvalidArgumentAtAMessageThatDoesNotParse) {
