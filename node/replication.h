@@ -346,6 +346,9 @@ class LinkSender {
     bool partial = false;
   };
   std::deque<Part> pending_parts_;
+  bool snapshot_docs_done_ = false;  // the snapshot's documents are sent; its request ids follow
+  // A request id read from the snapshot that did not fit in the last chunk.
+  std::optional<mergedb::v1::SnapshotRequestRecord> pending_request_;
 };
 
 // The receiving side of one inbound stream. Not thread-safe.

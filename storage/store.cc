@@ -1726,16 +1726,27 @@ absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* 
   return status;
 }
 
-absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs) {
+absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs,
+                                  absl::Span<const SnapshotRequest> requests) {
   MERGEDB_RETURN_IF_ERROR(health());
-  if (docs.empty()) return absl::OkStatus();
+  if (docs.empty() && requests.empty()) return absl::OkStatus();
   absl::MutexLock remote_lock(&remote_mu_);
+  Writer w;
+  for (const SnapshotRequest& request : requests) {
+    // As with a peer's log entry, a record this node holds already (its own, or an earlier
+    // copy) stays.
+    MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> known,
+                             LookupRequest(request.request_id));
+    if (known.has_value()) continue;
+    mergedb::v1::RequestRecord record = request.record;
+    record.clear_change_seq();  // a position in the sender's change feed, not in this one
+    w.batch.Put(keys::Request(request.request_id), crdt::SerializeDeterministic(record));
+  }
   std::vector<JoinTarget> targets;
   targets.reserve(docs.size());
   for (const SnapshotDoc& doc : docs) {
     targets.push_back({doc.collection, doc.id, &doc.state, 0, 0});
   }
-  Writer w;
   return JoinAndCommit(targets, &w);
 }
 
@@ -2233,6 +2244,7 @@ class Store::LevelDbSnapshotCursor : public SnapshotCursor {
   LevelDbSnapshotCursor(Store* store) : store_(store), snapshot_(store->db_->GetSnapshot()) {}
   ~LevelDbSnapshotCursor() override {
     it_.reset();
+    requests_it_.reset();
     store_->db_->ReleaseSnapshot(snapshot_);
   }
 
@@ -2263,11 +2275,37 @@ class Store::LevelDbSnapshotCursor : public SnapshotCursor {
     return true;
   }
 
+  absl::StatusOr<bool> NextRequest(SnapshotRequest* request) override {
+    const std::string prefix(1, keys::kRequestTag);
+    if (requests_it_ == nullptr) {
+      requests_it_.reset(store_->db_->NewIterator(VerifiedReads(snapshot_)));
+      requests_it_->Seek(prefix);
+    } else {
+      requests_it_->Next();
+    }
+    if (!requests_it_->Valid() || !HasPrefix(requests_it_->key(), prefix)) {
+      MERGEDB_RETURN_IF_ERROR(FromLevelDb(requests_it_->status(), "reading a snapshot"));
+      return false;
+    }
+    request->request_id = std::string(View(requests_it_->key()).substr(1));
+    const leveldb::Slice value = requests_it_->value();
+    if (!request->record.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+      return absl::DataLossError(
+          absl::StrCat("data dir ", store_->options_.path, ": corrupt request record"));
+    }
+    // Records from before log_origin were written by this node's current incarnation.
+    if (request->record.log_origin() == 0 && request->record.log_seq() != 0) {
+      request->record.set_log_origin(store_->replica_id());
+    }
+    return true;
+  }
+
  private:
   Store* const store_;
   const leveldb::Snapshot* const snapshot_;
   const std::string doc_space_end_ = keys::DocSpaceEnd();
   std::unique_ptr<leveldb::Iterator> it_;
+  std::unique_ptr<leveldb::Iterator> requests_it_;
   VersionVector applied_;
 };
 

@@ -186,8 +186,15 @@ struct SnapshotDoc {
   crdt::Document state;
 };
 
+// A client request id remembered by a node, as a full-state transfer carries it.
+struct SnapshotRequest {
+  std::string request_id;
+  mergedb::v1::RequestRecord record;
+};
+
 // A consistent point-in-time view of every document, read one document at a time (full-state
-// transfer, backup). Thread safety: not thread-safe; the Store must outlive it.
+// transfer, backup), and of the request ids remembered at that point. Thread safety: not
+// thread-safe; the Store must outlive it.
 class SnapshotCursor {
  public:
   virtual ~SnapshotCursor() = default;
@@ -195,6 +202,10 @@ class SnapshotCursor {
   virtual const VersionVector& applied() const = 0;
   // The next document (tombstones included), or false at the end.
   virtual absl::StatusOr<bool> Next(SnapshotDoc* doc) = 0;
+  // The next remembered request id, or false at the end. A record's log_origin is always set
+  // (records from before that field are this node's own updates), so that it means the same on
+  // another node.
+  virtual absl::StatusOr<bool> NextRequest(SnapshotRequest* request) = 0;
 };
 
 // What Store::Backup wrote.
@@ -346,8 +357,11 @@ class Store {
 
   // Joins document states from a full-state transfer (whole documents or parts, see
   // mergedb.v1.SnapshotDocument) in one commit. They are not deltas of one origin, so no log
-  // entries are written; every changed document gets a change record (origin 0).
-  absl::Status ApplySnapshot(absl::Span<const SnapshotDoc> docs);
+  // entries are written; every changed document gets a change record (origin 0). The same
+  // commit remembers the sender's request ids this node does not know yet, so that a retry of
+  // an update that came inside the transfer is recognized here too.
+  absl::Status ApplySnapshot(absl::Span<const SnapshotDoc> docs,
+                             absl::Span<const SnapshotRequest> requests = {});
   // Ends a full-state transfer whose snapshot reflected `applied`: raises this node's applied
   // vector to it, and the log floor of every origin raised, since the entries in between never
   // arrived one by one and cannot be forwarded from here.

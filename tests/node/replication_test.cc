@@ -1463,6 +1463,52 @@ TEST(Replication, ARetryIsRecognizedOnEveryNodeTheUpdateReached) {
   for (int i : {0, 1}) EXPECT_EQ(CounterIn(cluster.Get(i, "c", "d"), "n"), 11) << "on n" << i + 1;
 }
 
+// A node rebuilt from its peers gets the updates inside a full-state transfer, not as log
+// entries: the transfer carries the request ids too, so a retry there is recognized, and the same
+// id for another update is refused.
+TEST(Replication, ARetryIsRecognizedOnANodeRebuiltByFullStateTransfer) {
+  Cluster cluster(3);
+  cluster.StartAll();
+  UpdateRequest first = IncrementOf("d", 10);
+  first.set_request_id("once");
+  ASSERT_TRUE(cluster.Update(0, first).ok());
+  for (int k = 0; k < 20; ++k) {
+    UpdateRequest more = IncrementOf("e" + std::to_string(k), 1);
+    more.set_request_id("more-" + std::to_string(k));
+    ASSERT_TRUE(cluster.Update(k % 2, more).ok());
+  }
+  ASSERT_TRUE(cluster.WaitConverged());
+  // Truncated logs cannot serve the wiped node: it needs a full-state transfer.
+  ASSERT_TRUE(AwaitLogTruncated(cluster, 0)) << "logs were never truncated";
+  ASSERT_TRUE(AwaitLogTruncated(cluster, 1)) << "logs were never truncated";
+  cluster.Stop(2);
+  cluster.Wipe(2);
+  cluster.Start(2);
+  ASSERT_TRUE(cluster.WaitConverged({0, 1, 2}, std::chrono::seconds(30)));
+  uint64_t transfers = 0;
+  for (int i : {0, 1}) {
+    const mergedb::v1::StatusResponse status = cluster.Status(i);
+    for (const auto& peer : status.peers()) transfers += peer.full_state_transfers_sent();
+  }
+  ASSERT_GE(transfers, 1u) << "n3 was not rebuilt by a full-state transfer";
+  UpdateResponse retried;
+  ASSERT_TRUE(cluster.Update(2, first, &retried).ok());
+  EXPECT_TRUE(retried.duplicate());
+  UpdateRequest other = IncrementOf("d", 99);
+  other.set_request_id("once");
+  EXPECT_EQ(cluster.Update(2, other).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // Request ids taken on either peer came across.
+  UpdateRequest from_n2 = IncrementOf("e1", 1);
+  from_n2.set_request_id("more-1");
+  ASSERT_TRUE(cluster.Update(2, from_n2, &retried).ok());
+  EXPECT_TRUE(retried.duplicate());
+  ASSERT_TRUE(cluster.WaitConverged());
+  for (int i : {0, 1, 2}) {
+    EXPECT_EQ(CounterIn(cluster.Get(i, "c", "d"), "n"), 10) << "on n" << i + 1;
+    EXPECT_EQ(CounterIn(cluster.Get(i, "c", "e1"), "n"), 1) << "on n" << i + 1;
+  }
+}
+
 // A rolling restart: a node asked to stop while a QUORUM write waits for its peer lets the wait
 // finish (its links still run) within its grace period, refusing new writes meanwhile. It used
 // to cut the links first, and every synchronous write in flight failed.

@@ -1455,5 +1455,48 @@ TEST_F(StoreTest, AnEmptyRemoteStateStoresNothingAndLeavesTheDigestExact) {
   EXPECT_EQ(b->state_digest(), a->state_digest());
 }
 
+// A full-state transfer carries the request ids the sender remembers: the receiver keeps those
+// it does not know, without the sender's change-feed position, and keeps its own record of an id
+// it knows.
+TEST_F(StoreTest, ASnapshotCarriesRequestIdsAndTheReceiverKeepsItsOwn) {
+  auto a = OpenOrDie();
+  auto b = OpenOrDie(SecondNode("/b"));
+  ASSERT_TRUE(a->ApplyLocal(Increment("c", "d", "n", 1, a->replica_id(), "r1")).ok());
+  ASSERT_TRUE(a->ApplyLocal(Increment("c", "e", "n", 1, a->replica_id(), "r2")).ok());
+  ASSERT_TRUE(b->ApplyLocal(Increment("c", "f", "n", 1, b->replica_id(), "r2")).ok());
+  auto cursor = *a->OpenSnapshot();
+  // Written after the snapshot: not in it.
+  ASSERT_TRUE(a->ApplyLocal(Increment("c", "d", "n", 1, a->replica_id(), "r3")).ok());
+  std::vector<SnapshotDoc> docs;
+  SnapshotDoc doc;
+  while (*cursor->Next(&doc)) docs.push_back(doc);
+  std::vector<SnapshotRequest> requests;
+  SnapshotRequest request;
+  while (*cursor->NextRequest(&request)) requests.push_back(request);
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0].request_id, "r1");
+  EXPECT_EQ(requests[1].request_id, "r2");
+  EXPECT_EQ(requests[0].record.log_origin(), a->replica_id());
+  EXPECT_GT(requests[0].record.change_seq(), 0u);
+  ASSERT_TRUE(b->ApplySnapshot(docs, requests).ok());
+  auto r1 = *b->LookupRequest("r1");
+  ASSERT_TRUE(r1.has_value());
+  EXPECT_EQ(r1->id(), "d");
+  EXPECT_EQ(r1->log_origin(), a->replica_id());
+  EXPECT_EQ(r1->log_seq(), requests[0].record.log_seq());
+  EXPECT_EQ(r1->change_seq(), 0u) << "a position in a's change feed means nothing on b";
+  auto r2 = *b->LookupRequest("r2");
+  ASSERT_TRUE(r2.has_value());
+  EXPECT_EQ(r2->id(), "f") << "b's own record of r2 stays";
+  EXPECT_FALSE(b->LookupRequest("r3")->has_value());
+  // Request records alone (the last chunks of a transfer may carry nothing else) commit too.
+  cursor = *a->OpenSnapshot();
+  requests.clear();
+  while (*cursor->NextRequest(&request)) requests.push_back(request);
+  cursor.reset();
+  ASSERT_TRUE(b->ApplySnapshot({}, requests).ok());
+  EXPECT_TRUE(b->LookupRequest("r3")->has_value());
+}
+
 }  // namespace
 }  // namespace mergedb::storage
