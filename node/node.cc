@@ -5,6 +5,7 @@
 
 #include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "crdt/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/security/server_credentials.h"
@@ -138,6 +139,16 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
     MERGEDB_LOG(INFO) << "first start of a backup: continuing as a new incarnation (replica "
                       << absl::StrCat(absl::Hex(node->store_->replica_id()))
                       << "); the peers send back everything written since the backup";
+  } else if (node->store_->opened_repaired()) {
+    MERGEDB_LOG(WARNING) << "first start after mergedb-repair: continuing as a new incarnation "
+                            "(replica "
+                         << absl::StrCat(absl::Hex(node->store_->replica_id()))
+                         << "); the documents come back from the log and the peers";
+    if (!node->store_->rebuilt_meta().empty()) {
+      MERGEDB_LOG(WARNING) << "the repair had lost the meta records "
+                           << absl::StrJoin(node->store_->rebuilt_meta(), ", ")
+                           << ": rebuilt from this node's configuration and its data";
+    }
   } else if (node->store_->rotated_incarnation()) {
     MERGEDB_LOG(WARNING) << "the previous stop was not clean and not every commit was fsynced: "
                             "continuing as a new incarnation (replica "

@@ -613,8 +613,25 @@ absl::Status Store::Initialize() {
     return FromLevelDb(s, absl::StrCat("opening data dir ", path));
   }
 
+  // A repair drops what it cannot read, and the meta records sort first: one damaged block can
+  // take all of them. After mergedb-repair (its marker file), the open rebuilds what they said
+  // (below) instead of refusing the data dir: the node's name and cluster come from its
+  // configuration, the schema is this version's, a new replica id is drawn anyway, the document
+  // count and digest are taken again (AfterRepair), and the change feed continues after its
+  // newest surviving record.
+  const bool repair_marked = options.env->FileExists(RepairMarkerPath(path));
   std::string schema;
   s = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaSchema), &schema);
+  if (s.IsNotFound() && repair_marked && !backup_sentinel) {
+    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
+    it->SeekToFirst();
+    if (it->Valid()) {
+      schema = absl::StrCat(keys::kSchemaVersion);
+      lost_meta_.push_back(std::string(keys::kMetaSchema));
+      s = leveldb::Status::OK();
+    }
+    MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading data dir ", path)));
+  }
   if (s.IsNotFound()) {
     // A backup writer's first record is its incomplete marker, synced before any copied record:
     // a copy with no schema record yet was cut off, and is no new data dir.
@@ -657,21 +674,40 @@ absl::Status Store::Initialize() {
         absl::StrCat("data dir ", path, " has schema version ", version,
                      "; this mergedb supports up to ", keys::kSchemaVersion, ": upgrade mergedb"));
   }
-  auto read_meta = [&](absl::string_view name, std::string* value) -> absl::Status {
+  leveldb::WriteBatch open_batch;
+  // Reads a meta record; after a repair, one the repair lost reads as `rebuilt`, written back
+  // with this open.
+  auto read_meta = [&](absl::string_view name, std::string* value,
+                       const std::string& rebuilt) -> absl::Status {
     leveldb::Status ms = db_->Get(VerifiedReads(), keys::Meta(name), value);
+    if (ms.IsNotFound() && repair_marked) {
+      *value = rebuilt;
+      lost_meta_.push_back(std::string(name));
+      if (!rebuilt.empty()) open_batch.Put(keys::Meta(name), rebuilt);
+      return absl::OkStatus();
+    }
     if (ms.IsNotFound()) {
       return absl::DataLossError(absl::StrCat("data dir ", path, ": meta record '", name,
                                               "' is missing"));
     }
     return FromLevelDb(ms, absl::StrCat("reading data dir ", path));
   };
+  if (!lost_meta_.empty()) open_batch.Put(keys::Meta(keys::kMetaSchema), schema);
   std::string cluster, node, replica, change_seq, doc_count, digest;
-  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaCluster, &cluster));
-  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaNode, &node));
-  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaReplica, &replica));
-  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaChangeSeq, &change_seq));
-  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaDocCount, &doc_count));
-  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaDigest, &digest));
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaCluster, &cluster, options_.cluster_id));
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaNode, &node, options_.node_name));
+  // Lost, the replica id is unknown (0): a repaired data dir draws a new one below anyway.
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaReplica, &replica, keys::EncodeBe64(0)));
+  if (repair_marked) {
+    MERGEDB_ASSIGN_OR_RETURN(const uint64_t newest_change, NewestChangeSeq());
+    MERGEDB_RETURN_IF_ERROR(
+        read_meta(keys::kMetaChangeSeq, &change_seq, keys::EncodeBe64(newest_change)));
+  } else {
+    MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaChangeSeq, &change_seq, ""));
+  }
+  // Taken again from the documents by AfterRepair.
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaDocCount, &doc_count, keys::EncodeBe64(0)));
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaDigest, &digest, EncodeDigest(0)));
   if (cluster != options_.cluster_id) {
     return absl::FailedPreconditionError(absl::StrCat("data dir ", path, " belongs to cluster '",
                                                       cluster, "', not '", options_.cluster_id,
@@ -700,7 +736,6 @@ absl::Status Store::Initialize() {
   leveldb::Status sr = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaSyncedRun), &synced_run);
   if (!sr.ok() && !sr.IsNotFound()) return FromLevelDb(sr, absl::StrCat("reading ", path));
   const bool unsynced_run = synced_run != "1" || options_.durability == Durability::kNoSync;
-  leveldb::WriteBatch open_batch;
   open_batch.Delete(keys::Meta(keys::kMetaCleanShutdown));
   open_batch.Put(keys::DocSpaceEnd(), "");  // data dirs written before the fence existed
   open_batch.Put(keys::Meta(keys::kMetaSyncedRun), SyncedRunRecord());
@@ -744,8 +779,9 @@ absl::Status Store::Initialize() {
     rotated_incarnation_ = true;
     // The feed as it is now survived the old incarnation: what it handed out beyond this point
     // was lost with an unsynced tail, or lies past the point a backup was taken, and new changes
-    // will take those positions.
-    feed_history_.push_back({previous, keys::DecodeBe64(change_seq)});
+    // will take those positions. (An old incarnation a repair lost the id of cannot be named:
+    // resuming from its positions is then refused as from an unknown feed.)
+    if (previous != 0) feed_history_.push_back({previous, keys::DecodeBe64(change_seq)});
     if (feed_history_.size() > kMaxFeedHistory) {
       feed_history_.erase(feed_history_.begin(),
                           feed_history_.end() - static_cast<ptrdiff_t>(kMaxFeedHistory));
@@ -807,6 +843,27 @@ absl::Status Store::Initialize() {
   digest_ = DecodeDigest(digest);
   change_floor_ = fs.ok() ? keys::DecodeBe64(change_floor) : 0;
   return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Store::NewestChangeSeq() {
+  const std::string what = absl::StrCat("reading the change feed of ", options_.path);
+  uint64_t newest = 0;
+  std::string floor;
+  leveldb::Status fs = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaChangeFloor), &floor);
+  if (fs.ok() && floor.size() == 8) newest = keys::DecodeBe64(floor);
+  if (!fs.ok() && !fs.IsNotFound()) return FromLevelDb(fs, what);
+  std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
+  it->Seek(std::string(1, static_cast<char>(keys::kChangeTag + 1)));
+  if (it->Valid()) {
+    it->Prev();
+  } else {
+    it->SeekToLast();
+  }
+  if (it->Valid() && it->key().size() == 9 && it->key()[0] == keys::kChangeTag) {
+    newest = std::max(newest, keys::DecodeBe64(View(it->key()).substr(1)));
+  }
+  MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), what));
+  return newest;
 }
 
 std::string RepairMarkerPath(const std::string& dir) {

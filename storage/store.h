@@ -326,6 +326,10 @@ class Store {
   // True when this open drew a new replica id: after an unclean stop when that run or this one
   // does not fsync every commit, or on request (StoreOptions::new_incarnation).
   bool rotated_incarnation() const { return rotated_incarnation_; }
+  // True when this open finished a repair (mergedb-repair's mark was found).
+  bool opened_repaired() const { return repaired_; }
+  // The meta records a repair had lost, by name, which this open rebuilt (see Initialize).
+  const std::vector<std::string>& rebuilt_meta() const { return lost_meta_; }
   // Whether change-feed position `position`, handed out by incarnation `feed` of this node (its
   // replica id then), names the same change in this store's feed: always for the current
   // incarnation; for an earlier one of this data dir up to the last change that survived into
@@ -503,6 +507,9 @@ class Store {
   // cleared documents: what no peer may have yet survives the repair wherever its entry did.
   absl::Status ReplayLogAfterRepair();
   uint64_t DrawReplicaId();
+  // The newest position the change feed handed out that this data dir still shows: its newest
+  // change record, or its change floor.
+  absl::StatusOr<uint64_t> NewestChangeSeq();
 
   // A state to join into a document (a remote delta, or a snapshot part) and where it came
   // from, for the change feed. Borrowed pointers: valid for the JoinAndCommit call.
@@ -588,6 +595,7 @@ class Store {
   };
   std::vector<FeedEpoch> feed_history_;
   bool opened_backup_ = false;
+  std::vector<std::string> lost_meta_;  // meta records a repair lost, rebuilt at open
   bool repaired_ = false;  // the repair marker (or keys::kMetaRepaired) was present at open
   bool abandoned_ = false;
 

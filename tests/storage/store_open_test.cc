@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "leveldb/db.h"
+#include "leveldb/write_batch.h"
 #include "storage/keys.h"
 #include "tests/storage/store_test_util.h"
 
@@ -181,6 +182,47 @@ TEST_F(StoreOpenTest, ACorruptedLogIsDataLossAndRepairSalvagesTheRest) {
   ASSERT_TRUE(kept.ok()) << kept.status();
   ASSERT_FALSE(kept->empty()) << "records before the damage are kept";
   EXPECT_EQ((*kept)[0].entry.id(), "d0");
+}
+
+// The meta records sort first, so one damaged block can take them all. A data dir in that state
+// is refused, but once mergedb-repair has run the open rebuilds them instead of leaving the
+// operator a directory no tool can open.
+TEST_F(StoreOpenTest, ARepairThatLostTheMetaRecordsLeavesADataDirThatOpens) {
+  Populate(50);
+  {
+    leveldb::DB* db = nullptr;
+    ASSERT_TRUE(leveldb::DB::Open(leveldb::Options(), dir_.string(), &db).ok());
+    std::unique_ptr<leveldb::DB> owned(db);
+    leveldb::WriteBatch lost;
+    std::unique_ptr<leveldb::Iterator> it(db->NewIterator(leveldb::ReadOptions()));
+    const std::string meta(1, keys::kMetaTag);
+    for (it->Seek(meta); it->Valid() && it->key().starts_with(meta); it->Next()) {
+      lost.Delete(it->key());
+    }
+    it.reset();
+    ASSERT_TRUE(db->Write(leveldb::WriteOptions(), &lost).ok());
+  }
+  ExpectError(Options(), absl::StatusCode::kFailedPrecondition, "no mergedb schema record");
+  ASSERT_TRUE(Store::Repair(dir_.string()).ok());
+  {
+    auto store = Store::Open(Options());
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_TRUE((*store)->opened_repaired());
+    EXPECT_TRUE((*store)->rotated_incarnation());
+    const std::vector<std::string> expected = {"schema",     "cluster",   "node",  "replica",
+                                               "change_seq", "doc_count", "digest"};
+    EXPECT_EQ((*store)->rebuilt_meta(), expected);
+    // Alone, the node keeps its documents; the count and digest are taken again.
+    EXPECT_EQ((*store)->document_count(), 50);
+    EXPECT_EQ(*(*store)->ScanDigest(), (*store)->state_digest());
+    EXPECT_GE((*store)->last_change_seq(), 50u) << "the feed continues after its newest change";
+    EXPECT_TRUE((*store)->ApplyLocal(Increment("c", "d0", "n", 1, (*store)->replica_id())).ok());
+  }
+  auto again = Store::Open(Options());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE((*again)->rotated_incarnation());
+  EXPECT_TRUE((*again)->rebuilt_meta().empty()) << "the rebuilt records were written back";
+  EXPECT_EQ((*again)->document_count(), 50);
 }
 
 // LevelDB's repair takes no lock of its own: run beside a live node it would move the node's
