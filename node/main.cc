@@ -104,6 +104,11 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "--tls_ca signed. This CA's certificates open the client API only, never replication; "
           "it must be a CA of its own (neither --tls_ca's nor signed by it). "
           "Without it, clients present no certificate and are not authenticated.");
+ABSL_FLAG(bool, tls_bind_member_names, false,
+          "With TLS: every member's certificate names its member (its common name, or a DNS "
+          "subjectAltName, is the node's --node_name), and replication is accepted from, and "
+          "sent to, only the member a certificate names. Off: any certificate --tls_ca signed "
+          "may speak for any member name.");
 ABSL_FLAG(int64_t, tls_expiry_warning_days, 30,
           "Log a warning (at start-up, when it becomes due, then once a day) while this "
           "node's certificate or any certificate on its chain, a CA certificate of --tls_ca "
@@ -254,6 +259,7 @@ int main(int argc, char** argv) {
       "--tls_", absl::GetFlag(FLAGS_tls_client_ca));
   if (!tls.ok()) return UsageError(std::string(tls.status().message()));
   options.tls = *std::move(tls);
+  options.tls.bind_member_names = absl::GetFlag(FLAGS_tls_bind_member_names);
   const int64_t tls_expiry_warning_days = absl::GetFlag(FLAGS_tls_expiry_warning_days);
   if (tls_expiry_warning_days < 0 || tls_expiry_warning_days > 3650) {
     return UsageError("--tls_expiry_warning_days must be between 0 and 3650");

@@ -111,6 +111,16 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   if (options.cluster_id.empty()) return absl::InvalidArgumentError("cluster id is required");
   if (options.data_dir.empty()) return absl::InvalidArgumentError("data dir is required");
   MERGEDB_ASSIGN_OR_RETURN(std::vector<std::string> members, OtherMembers(options));
+  if (options.tls.bind_member_names) {
+    if (!options.tls.enabled()) {
+      return absl::InvalidArgumentError(
+          "--tls_bind_member_names needs TLS (--tls_cert, --tls_key and --tls_ca)");
+    }
+    // Its peers would refuse it on every link: better said once, at start-up.
+    if (absl::Status named = CheckOwnMemberName(options.tls, options.node_name); !named.ok()) {
+      return absl::InvalidArgumentError(named.message());
+    }
+  }
   std::unique_ptr<Node> node(new Node(options));
   node->start_time_ = absl::Now();
   if (!options.metrics_listen.empty()) {

@@ -1251,6 +1251,11 @@ class Replication::Session {
       absl::Status hello_status = response.has_hello_ack()
                                       ? sender.OnHelloAck(response.hello_ack())
                                       : absl::InternalError("peer did not answer the hello");
+      // The address answered as the member this node meant to reach: with bound names, its
+      // certificate must say so too.
+      if (hello_status.ok() && options.tls.enabled() && options.tls.bind_member_names) {
+        hello_status = CheckPeerMemberName(*context.auth_context(), peer_.name);
+      }
       if (!hello_status.ok()) {
         fail(hello_status);  // this side refuses the peer: end the stream it would keep open
         return;
@@ -1654,6 +1659,13 @@ grpc::Status Replication::Replicate(
     return ToGrpcStatus(hello.status());
   }
   const std::string peer = receiver.peer();
+  if (options_.tls.enabled() && options_.tls.bind_member_names) {
+    if (absl::Status named = CheckPeerMemberName(*context->auth_context(), peer); !named.ok()) {
+      MERGEDB_LOG(WARNING) << "refused replication from " << context->peer()
+                           << ", which says it is " << peer << ": " << named.message();
+      return ToGrpcStatus(named);
+    }
+  }
   {
     absl::MutexLock lock(&mu_);
     if (blocked_.count(peer) > 0 || stopping_) {

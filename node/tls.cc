@@ -5,6 +5,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -15,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/civil_time.h"
 #include "grpc/grpc_security_constants.h"
@@ -160,6 +162,44 @@ std::string Subject(X509* cert) {
     return "(unreadable subject)";
   }
   return buffer;
+}
+
+// The member names a certificate gives its holder (--tls_bind_member_names): its subject's
+// common names and its DNS subjectAltNames, in that order.
+std::vector<std::string> MemberNamesOf(X509* cert) {
+  std::vector<std::string> names;
+  X509_NAME* subject = X509_get_subject_name(cert);
+  for (int at = X509_NAME_get_index_by_NID(subject, NID_commonName, -1); at >= 0;
+       at = X509_NAME_get_index_by_NID(subject, NID_commonName, at)) {
+    const ASN1_STRING* value = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, at));
+    unsigned char* utf8 = nullptr;
+    const int length = ASN1_STRING_to_UTF8(&utf8, value);
+    if (length >= 0) names.emplace_back(reinterpret_cast<const char*>(utf8), length);
+    OPENSSL_free(utf8);
+  }
+  auto* alt_names =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  for (int i = 0; alt_names != nullptr && i < sk_GENERAL_NAME_num(alt_names); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(alt_names, i);
+    if (name->type != GEN_DNS) continue;
+    const ASN1_IA5STRING* dns = name->d.dNSName;
+    names.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(dns)),
+                       static_cast<size_t>(ASN1_STRING_length(dns)));
+  }
+  GENERAL_NAMES_free(alt_names);
+  ERR_clear_error();
+  return names;
+}
+
+// Whether `cert` names `member`, or why not.
+absl::Status CheckNames(X509* cert, absl::string_view member, absl::string_view whose) {
+  const std::vector<std::string> names = MemberNamesOf(cert);
+  if (std::find(names.begin(), names.end(), member) != names.end()) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      whose, " certificate (", Subject(cert), ") does not name member '", member,
+      "': with --tls_bind_member_names a member's certificate must carry its node name as its "
+      "common name or as a DNS subjectAltName (it names ",
+      names.empty() ? "nothing" : absl::StrJoin(names, ", "), ")"));
 }
 
 // When `cert` stops being valid, as `kind`; nullopt if its end cannot be read (a certificate
@@ -462,6 +502,26 @@ std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsConfig
   options.pem_private_key = tls.key_pem;
   options.pem_cert_chain = tls.cert_pem;
   return grpc::SslCredentials(options);
+}
+
+absl::Status CheckOwnMemberName(const TlsConfig& tls, absl::string_view node_name) {
+  std::vector<Cert> chain = ParsePem(tls.cert_pem);
+  if (chain.empty()) return absl::InvalidArgumentError("no certificate to check the name of");
+  return CheckNames(chain.front().get(), node_name, "this node's (--tls_cert)");
+}
+
+absl::Status CheckPeerMemberName(const grpc::AuthContext& auth, absl::string_view member) {
+  const std::vector<grpc::string_ref> leaf_pem =
+      auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+  std::vector<Cert> leaf = leaf_pem.size() == 1
+                               ? ParsePem(absl::string_view(leaf_pem[0].data(), leaf_pem[0].size()))
+                               : std::vector<Cert>();
+  if (leaf.size() != 1) {
+    return absl::PermissionDeniedError(absl::StrCat("the certificate of member '", member,
+                                                    "' is missing from the handshake, so its name "
+                                                    "cannot be checked (--tls_bind_member_names)"));
+  }
+  return CheckNames(leaf.front().get(), member, absl::StrCat("the peer's"));
 }
 
 absl::Status CheckMemberCertificate(const grpc::AuthContext& auth, const TlsConfig& tls) {

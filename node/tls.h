@@ -5,7 +5,9 @@
 // CA (the peer's address must match the certificate's subjectAltName), and its inbound
 // replication streams are refused unless the connecting node presented a certificate the CA
 // signed: the CA is what makes a node a member, beside the cluster id and node name of the
-// hello. So the CA must sign members' certificates only.
+// hello. So the CA must sign members' certificates only. With --tls_bind_member_names the
+// certificate must also name the member (CheckPeerMemberName), so that one member's certificate
+// cannot speak for another.
 //
 // Application clients trust the CA. Without a client CA they present no certificate (one from
 // another CA fails the handshake) and are not authenticated. With a client CA
@@ -29,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/security/auth_context.h"
 #include "grpcpp/security/credentials.h"
@@ -68,6 +71,10 @@ struct TlsConfig {
   std::string client_ca_pem;  // a node's only; empty: clients present no certificate
   // A node's only: when certificates it depends on stop being valid (below).
   std::vector<CertificateExpiry> expiries;
+  // A node's only (--tls_bind_member_names): every member's certificate names it (its common
+  // name, or a DNS subjectAltName, is its node name), and a replication stream is accepted from,
+  // or opened to, only the member its certificate names.
+  bool bind_member_names = false;
   bool enabled() const { return !ca_pem.empty(); }
 };
 
@@ -104,6 +111,14 @@ std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsConfig
 // cluster's CA (`tls.ca_pem`) signed. PERMISSION_DENIED otherwise, saying why. Call only when
 // `tls` is enabled.
 absl::Status CheckMemberCertificate(const grpc::AuthContext& auth, const TlsConfig& tls);
+
+// With --tls_bind_member_names: whether this node's certificate names `node_name` (checked at
+// start-up), and
+// whether the peer of a replication stream presented a certificate naming `member`, the member
+// it says it is (inbound) or the one this node meant to reach (outbound). PERMISSION_DENIED
+// otherwise, with the names the certificate does carry.
+absl::Status CheckOwnMemberName(const TlsConfig& tls, absl::string_view node_name);
+absl::Status CheckPeerMemberName(const grpc::AuthContext& auth, absl::string_view member);
 
 }  // namespace mergedb::node
 

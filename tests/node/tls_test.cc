@@ -71,6 +71,10 @@ class TlsTest : public ::testing::Test {
           " -days 2 -extfile " +
           usage + ".ext -out " + usage + ".pem");
     }
+    // For --tls_bind_member_names: certificates naming members n1 and n2, one by its common name
+    // and one by a DNS subjectAltName beside the address.
+    Run(make + "cert " + *dir_ + " n1 ca 2");
+    Run(make + "cert " + *dir_ + " n2-by-dns ca 2 IP:127.0.0.1,DNS:n2");
     Run(make + "cert " + *dir_ + " impostor other-ca 2");
     Run(make + "cert " + *dir_ + " expired ca -1");  // one day of validity, ended yesterday
     Run(make + "cert " + *dir_ + " elsewhere ca 2 IP:127.0.0.2");  // not the address nodes use
@@ -360,6 +364,56 @@ TEST_F(TlsTest, ANodeWhoseCertificateNamesAnotherAddressIsNotTrusted) {
   auto n1 = ClientChannel(cluster.Address(0));
   ASSERT_TRUE(Update(n1.get(), IncrementDoc(3)).ok());
   EXPECT_TRUE(absl::StrContains(AwaitLinkDown(n1), "TLS handshake"));
+}
+
+// With --tls_bind_member_names a member's certificate names it, and speaks for it alone: a node
+// whose certificate names another refuses to start, a member's certificate cannot say hello as
+// another member, and a node does not replicate to an address whose certificate names another.
+TEST_F(TlsTest, WithBoundMemberNamesACertificateSpeaksOnlyForTheMemberItNames) {
+  auto bound = [](TlsConfig tls) {
+    tls.bind_member_names = true;
+    return tls;
+  };
+  {
+    Cluster unnamed(1);
+    unnamed.options(0).tls = bound(NodeTls());  // CN=node, for member n1
+    auto started = Node::Start(unnamed.options(0));
+    ASSERT_FALSE(started.ok());
+    EXPECT_EQ(started.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(started.status().message(), "does not name member 'n1'"))
+        << started.status();
+  }
+  Cluster cluster(2);
+  cluster.options(0).tls = bound(NodeTls("n1"));
+  cluster.options(1).tls = bound(NodeTls("n2-by-dns"));
+  cluster.StartAll();
+  auto n1 = ClientChannel(cluster.Address(0));
+  auto n2 = ClientChannel(cluster.Address(1));
+  ASSERT_TRUE(Update(n1.get(), IncrementDoc(4)).ok());
+  EXPECT_EQ(AwaitCounter(n2.get(), 4), 4) << "named members replicate";
+  // n1's certificate, saying hello to n1 as n2.
+  bool answered = false;
+  grpc::Status status = HelloAsN2(ClientChannel(cluster.Address(0), "ca.pem", "n1"), &answered);
+  EXPECT_FALSE(answered);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "does not name member 'n2'"))
+      << status.error_message();
+  // n2 back with a certificate that does not name it (and no binding of its own, so it starts):
+  // n1 refuses to send to it, and says why.
+  cluster.Stop(1);
+  cluster.options(1).tls = NodeTls();
+  cluster.Start(1);
+  ASSERT_TRUE(Update(n1.get(), IncrementDoc(4)).ok());
+  EXPECT_TRUE(absl::StrContains(AwaitLinkDown(n1), "does not name member 'n2'"));
+  EXPECT_EQ(AwaitCounter(ClientChannel(cluster.Address(1)).get(), 8, 20), 4)
+      << "n1 sent to a node its certificate does not name";
+  // Without the binding, as before: any member's certificate may speak for any member.
+  cluster.Stop(0);
+  cluster.options(0).tls = NodeTls("n1");
+  cluster.Start(0);
+  answered = false;
+  status = HelloAsN2(ClientChannel(cluster.Address(0), "ca.pem", "n1"), &answered);
+  EXPECT_TRUE(answered) << status.error_message();
 }
 
 // With a client CA, every connection presents a certificate: the client CA's opens the client
