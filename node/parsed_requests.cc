@@ -25,8 +25,11 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
         methods->GetRecvMessage() == nullptr) {
       unparsable_ = true;
     }
+    // Only gRPC's own answer to a failed parse, INTERNAL: a call refused for want of a server
+    // thread also gets no request, and keeps its RESOURCE_EXHAUSTED.
     if (unparsable_ &&
-        methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+        methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
+        methods->GetSendStatus().error_code() == grpc::StatusCode::INTERNAL) {
       methods->ModifySendStatus(ToGrpcStatus(RequestDoesNotParse(request_type_)));
     }
     methods->Proceed();

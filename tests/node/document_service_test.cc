@@ -477,7 +477,7 @@ TEST_F(DocumentServiceTest, AnUpdateThatDoesNotParseIsInvalidArgument) {
 }
 
 // gRPC's own parse answers a request that does not parse with INTERNAL and no message; every
-// method parses its request itself and says what is wrong with it.
+// method of the API says instead what is wrong with it (node/parsed_requests.h).
 TEST_F(DocumentServiceTest, EveryMethodAnswersARequestThatDoesNotParseWithInvalidArgument) {
   StartNode();
   auto expect_refused = [](const grpc::Status& status, const std::string& type) {
