@@ -570,21 +570,52 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::NextSnapshotChunk(
     MERGEDB_ASSIGN_OR_RETURN(snapshot_, store_->OpenSnapshot());
     need_snapshot_ = false;
     pending_parts_.clear();
-    snapshot_docs_done_ = false;
+    snapshot_requests_done_ = false;
     pending_request_.reset();
   }
   ReplicationRequest request;
   auto* chunk = request.mutable_snapshot();
   const size_t max_bytes = options_.max_message_bytes - 1024;
   size_t bytes = 0;
-  while (!snapshot_docs_done_) {
+  auto full = [&](size_t more) {
+    return (chunk->documents_size() > 0 || chunk->requests_size() > 0) && bytes + more > max_bytes;
+  };
+  // First the request ids the snapshot remembers, so that a retry on the receiver is recognized
+  // while the documents still arrive. They are a convenience, not the state: a record that cannot
+  // be read ends them, and the transfer goes on (otherwise it would fail at the same record on
+  // every attempt and never end). At most kMaxRequestsPerChunk per chunk: the receiver looks
+  // each one up while it holds up the peers' frames.
+  constexpr int kMaxRequestsPerChunk = 4096;
+  while (!snapshot_requests_done_) {
+    if (!pending_request_.has_value()) {
+      storage::SnapshotRequest read;
+      absl::StatusOr<bool> more = snapshot_->NextRequest(&read);
+      if (!more.ok()) {
+        MERGEDB_LOG(WARNING) << "full-state transfer to " << peer_
+                             << ": the rest of the request ids are not sent (" << more.status()
+                             << "); a retry there of those requests would be applied again";
+      }
+      if (!more.ok() || !*more) {
+        snapshot_requests_done_ = true;
+        break;
+      }
+      pending_request_.emplace();
+      pending_request_->set_request_id(std::move(read.request_id));
+      *pending_request_->mutable_record() = std::move(read.record);
+    }
+    if (full(pending_request_->ByteSizeLong()) || chunk->requests_size() >= kMaxRequestsPerChunk) {
+      ++in_flight_;
+      return request;  // full; the rest follows in later chunks
+    }
+    bytes += pending_request_->ByteSizeLong();
+    *chunk->add_requests() = *std::move(pending_request_);
+    pending_request_.reset();
+  }
+  while (true) {
     if (pending_parts_.empty()) {
       storage::SnapshotDoc doc;
       MERGEDB_ASSIGN_OR_RETURN(bool more, snapshot_->Next(&doc));
-      if (!more) {
-        snapshot_docs_done_ = true;
-        break;
-      }
+      if (!more) break;
       std::vector<crdt::Document> parts =
           SplitForTransfer(doc.state, options_.max_message_bytes / 2);
       for (size_t i = 0; i < parts.size(); ++i) {
@@ -599,33 +630,13 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::NextSnapshotChunk(
     encoded.set_partial(part.partial);
     part.doc.state.EncodeTo(encoded.mutable_state());
     const size_t size = encoded.ByteSizeLong();
-    if (chunk->documents_size() > 0 && bytes + size > max_bytes) {
+    if (full(size)) {
       ++in_flight_;
       return request;  // full; the rest follows in later chunks
     }
     bytes += size;
     *chunk->add_documents() = std::move(encoded);
     pending_parts_.pop_front();
-  }
-  // Then the request ids the snapshot remembers (records of a few hundred bytes at most: a
-  // request id is at most a name's length).
-  while (true) {
-    if (!pending_request_.has_value()) {
-      storage::SnapshotRequest read;
-      MERGEDB_ASSIGN_OR_RETURN(bool more, snapshot_->NextRequest(&read));
-      if (!more) break;
-      pending_request_.emplace();
-      pending_request_->set_request_id(std::move(read.request_id));
-      *pending_request_->mutable_record() = std::move(read.record);
-    }
-    const size_t size = pending_request_->ByteSizeLong();
-    if ((chunk->documents_size() > 0 || chunk->requests_size() > 0) && bytes + size > max_bytes) {
-      ++in_flight_;
-      return request;
-    }
-    bytes += size;
-    *chunk->add_requests() = *std::move(pending_request_);
-    pending_request_.reset();
   }
   // The snapshot is exhausted: the last chunk carries its applied vector, and the log resumes
   // from there.
@@ -845,13 +856,16 @@ absl::StatusOr<std::optional<ReplicationResponse>> LinkReceiver::OnRequest(
         MERGEDB_ASSIGN_OR_RETURN(applied, DecodeCheckedVector(request.snapshot().applied(),
                                                               "a full-state transfer's vector"));
       }
+      // Request ids are a convenience beside the state: a malformed record is dropped, not a
+      // reason to refuse the chunk (the sender would send it again on every attempt).
       std::vector<storage::SnapshotRequest> requests;
       requests.reserve(request.snapshot().requests_size());
       for (const auto& in : request.snapshot().requests()) {
         if (in.request_id().empty() || !IsUtf8Name(in.record().collection(), in.record().id())) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("a full-state transfer carried a malformed request record (id '",
-                           absl::CHexEscape(in.request_id()), "')"));
+          MERGEDB_LOG(WARNING) << "a full-state transfer from " << peer_
+                               << " carried a malformed record of request id '"
+                               << absl::CHexEscape(in.request_id()) << "': dropped";
+          continue;
         }
         requests.push_back({in.request_id(), in.record()});
       }

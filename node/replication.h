@@ -346,7 +346,7 @@ class LinkSender {
     bool partial = false;
   };
   std::deque<Part> pending_parts_;
-  bool snapshot_docs_done_ = false;  // the snapshot's documents are sent; its request ids follow
+  bool snapshot_requests_done_ = false;  // the snapshot's request ids are sent; documents follow
   // A request id read from the snapshot that did not fit in the last chunk.
   std::optional<mergedb::v1::SnapshotRequestRecord> pending_request_;
 };

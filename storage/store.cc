@@ -660,7 +660,15 @@ absl::Status Store::Initialize() {
     batch.Put(keys::DocSpaceEnd(), "");
     leveldb::WriteOptions sync;
     sync.sync = true;
-    return FromLevelDb(db_->Write(sync, &batch), absl::StrCat("initializing data dir ", path));
+    MERGEDB_RETURN_IF_ERROR(
+        FromLevelDb(db_->Write(sync, &batch), absl::StrCat("initializing data dir ", path)));
+    // A repair that left nothing: this is a new data dir, and its mark must not make a later
+    // open clear what the peers send it meanwhile.
+    if (repair_marked) {
+      MERGEDB_RETURN_IF_ERROR(FromLevelDb(options.env->RemoveFile(RepairMarkerPath(path)),
+                                          absl::StrCat("initializing data dir ", path)));
+    }
+    return absl::OkStatus();
   }
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(s, absl::StrCat("reading data dir ", path)));
 
@@ -807,6 +815,28 @@ absl::Status Store::Initialize() {
   if (!fs.ok() && !fs.IsNotFound()) return FromLevelDb(fs, absl::StrCat("reading ", path));
   if (fs.ok() && change_floor.size() != 8) {
     return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed change floor"));
+  }
+  if (fs.IsNotFound() && repair_marked) {
+    // No floor: the feed was never trimmed, or the repair lost the record. Either way the feed
+    // now starts at its oldest surviving change; without the floor a Watch resuming from an
+    // older position would pass over the trimmed changes without a word.
+    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
+    it->Seek(std::string(1, keys::kChangeTag));
+    uint64_t floor = keys::DecodeBe64(change_seq);  // no change left: all of them are gone
+    if (it->Valid() && it->key().size() == 9 && it->key()[0] == keys::kChangeTag) {
+      floor = keys::DecodeBe64(View(it->key()).substr(1)) - 1;
+    }
+    MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading ", path)));
+    if (floor > 0) {
+      change_floor = keys::EncodeBe64(floor);
+      leveldb::WriteOptions sync;
+      sync.sync = true;
+      leveldb::WriteBatch batch;
+      batch.Put(keys::Meta(keys::kMetaChangeFloor), change_floor);
+      MERGEDB_RETURN_IF_ERROR(
+          FromLevelDb(db_->Write(sync, &batch), absl::StrCat("opening data dir ", path)));
+      fs = leveldb::Status::OK();
+    }
   }
   // A crash between a full-state transfer's final commit and its deletions left entries that
   // nothing will read again: delete them now.
@@ -1699,7 +1729,8 @@ absl::StatusOr<RemoteApplyResult> Store::ApplyRemote(absl::Span<const LogRecord>
   return result;
 }
 
-absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* w) {
+absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* w,
+                                  absl::Span<const SnapshotRequest> requests) {
   struct Touched {
     std::shared_ptr<Document> doc;
     crdt::LeafChanges changes;
@@ -1713,10 +1744,23 @@ absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* 
     stripes.push_back(&DocLock(prefix));
     docs.try_emplace(prefix);
   }
+  for (const SnapshotRequest& request : requests) {
+    stripes.push_back(&DocLock(keys::DocPrefix(request.record.collection(), request.record.id())));
+  }
   // Several documents: take their stripes in address order, so no two committers deadlock.
   std::sort(stripes.begin(), stripes.end());
   stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
   StripeLocks locks(std::move(stripes));
+  for (const SnapshotRequest& request : requests) {
+    // As with a peer's log entry, a record this node holds already (its own, or an earlier
+    // copy) stays.
+    MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> known,
+                             LookupRequest(request.request_id));
+    if (known.has_value()) continue;
+    mergedb::v1::RequestRecord record = request.record;
+    record.clear_change_seq();  // a position in the sender's change feed, not in this one
+    w->batch.Put(keys::Request(request.request_id), crdt::SerializeDeterministic(record));
+  }
   // Request ids to remember: those of entries that carry one this node does not know yet (the
   // record of the node that took the update, or of an earlier copy of the entry, stays).
   std::vector<bool> remember(targets.size(), false);
@@ -1789,22 +1833,12 @@ absl::Status Store::ApplySnapshot(absl::Span<const SnapshotDoc> docs,
   if (docs.empty() && requests.empty()) return absl::OkStatus();
   absl::MutexLock remote_lock(&remote_mu_);
   Writer w;
-  for (const SnapshotRequest& request : requests) {
-    // As with a peer's log entry, a record this node holds already (its own, or an earlier
-    // copy) stays.
-    MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> known,
-                             LookupRequest(request.request_id));
-    if (known.has_value()) continue;
-    mergedb::v1::RequestRecord record = request.record;
-    record.clear_change_seq();  // a position in the sender's change feed, not in this one
-    w.batch.Put(keys::Request(request.request_id), crdt::SerializeDeterministic(record));
-  }
   std::vector<JoinTarget> targets;
   targets.reserve(docs.size());
   for (const SnapshotDoc& doc : docs) {
     targets.push_back({doc.collection, doc.id, &doc.state, 0, 0});
   }
-  return JoinAndCommit(targets, &w);
+  return JoinAndCommit(targets, &w, requests);
 }
 
 absl::Status Store::FinishSnapshot(const VersionVector& applied) {
@@ -2334,27 +2368,29 @@ class Store::LevelDbSnapshotCursor : public SnapshotCursor {
 
   absl::StatusOr<bool> NextRequest(SnapshotRequest* request) override {
     const std::string prefix(1, keys::kRequestTag);
-    if (requests_it_ == nullptr) {
-      requests_it_.reset(store_->db_->NewIterator(VerifiedReads(snapshot_)));
-      requests_it_->Seek(prefix);
-    } else {
-      requests_it_->Next();
+    while (true) {
+      if (requests_it_ == nullptr) {
+        requests_it_.reset(store_->db_->NewIterator(VerifiedReads(snapshot_)));
+        requests_it_->Seek(prefix);
+      } else {
+        requests_it_->Next();
+      }
+      if (!requests_it_->Valid() || !HasPrefix(requests_it_->key(), prefix)) {
+        MERGEDB_RETURN_IF_ERROR(FromLevelDb(requests_it_->status(), "reading a snapshot"));
+        return false;
+      }
+      request->request_id = std::string(View(requests_it_->key()).substr(1));
+      const leveldb::Slice value = requests_it_->value();
+      if (!request->record.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+        return absl::DataLossError(
+            absl::StrCat("data dir ", store_->options_.path, ": corrupt request record"));
+      }
+      // A record from before log_origin names no incarnation (this data dir's at the time,
+      // which may have changed since): another node could not tell which entry a retry must
+      // wait for. Such records expire with the window.
+      if (request->record.log_origin() == 0 && request->record.log_seq() != 0) continue;
+      return true;
     }
-    if (!requests_it_->Valid() || !HasPrefix(requests_it_->key(), prefix)) {
-      MERGEDB_RETURN_IF_ERROR(FromLevelDb(requests_it_->status(), "reading a snapshot"));
-      return false;
-    }
-    request->request_id = std::string(View(requests_it_->key()).substr(1));
-    const leveldb::Slice value = requests_it_->value();
-    if (!request->record.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
-      return absl::DataLossError(
-          absl::StrCat("data dir ", store_->options_.path, ": corrupt request record"));
-    }
-    // Records from before log_origin were written by this node's current incarnation.
-    if (request->record.log_origin() == 0 && request->record.log_seq() != 0) {
-      request->record.set_log_origin(store_->replica_id());
-    }
-    return true;
   }
 
  private:

@@ -202,9 +202,8 @@ class SnapshotCursor {
   virtual const VersionVector& applied() const = 0;
   // The next document (tombstones included), or false at the end.
   virtual absl::StatusOr<bool> Next(SnapshotDoc* doc) = 0;
-  // The next remembered request id, or false at the end. A record's log_origin is always set
-  // (records from before that field are this node's own updates), so that it means the same on
-  // another node.
+  // The next remembered request id, or false at the end. A record's log_origin is always set:
+  // records from before that field, which name no incarnation, are skipped.
   virtual absl::StatusOr<bool> NextRequest(SnapshotRequest* request) = 0;
 };
 
@@ -525,7 +524,10 @@ class Store {
   };
   // Joins every target into its document under the documents' locks, adds the changed leaves,
   // contexts and change records to `w`, and commits `w`.
-  absl::Status JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* w);
+  // `requests` (a full-state transfer's) are remembered unless known here, looked up under
+  // their documents' stripes as a local write's request id is.
+  absl::Status JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* w,
+                             absl::Span<const SnapshotRequest> requests = {});
 
   // The striped lock serializing one document.
   absl::Mutex& DocLock(absl::string_view doc_prefix);

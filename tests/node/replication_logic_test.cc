@@ -3,6 +3,7 @@
 #include <functional>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "leveldb/env.h"
 #include "leveldb/helpers/memenv.h"
@@ -514,6 +515,43 @@ TEST_F(ReplicationLogicTest, ADamagedLogBlockIsReplacedByAFullStateTransfer) {
   EXPECT_TRUE(frame->has_frame());
   EXPECT_EQ(counter(), 2003);
   EXPECT_EQ(sender.TakeDamageReport(), "");
+}
+
+// Request ids are a convenience beside the state: a block of request records whose checksum
+// fails must not stop a full-state transfer (it failed at the same record on every attempt and
+// never ended). The records before the damage still arrive, and the documents all of them.
+TEST_F(ReplicationLogicTest, ADamagedRequestRecordDoesNotStopAFullStateTransfer) {
+  auto request_id = [](int k) { return absl::StrCat("r", absl::Dec(k, absl::kZeroPad5)); };
+  {
+    auto source = OpenStore("/a", "n1");
+    for (int k = 0; k < 3000; ++k) {
+      ASSERT_TRUE(
+          source
+              ->ApplyLocal(storage::testing::Increment("c", absl::StrCat("d", k % 50), "n", 1,
+                                                       source->replica_id(), request_id(k)))
+              .ok());
+    }
+  }
+  OpenStore("/a", "n1");  // opening again moves LevelDB's write-ahead log into a table file
+  storage::testing::BreakBlockChecksum(
+      env_.get(), "/a", [&](int k) { return storage::keys::Request(request_id(1500 + k)); });
+  if (HasFatalFailure()) return;
+  auto source = OpenStore("/a", "n1");
+  auto sink = OpenStore("/b", "n2");
+  ClusterView source_view("n1", {"n2"}, source.get());
+  ClusterView sink_view("n2", {"n1"}, sink.get());
+  LinkSender sender(SenderOptions(), source.get(), &source_view, "n2");
+  LinkReceiver receiver(options_, sink.get(), &sink_view, &hlc_);
+  Connect(sender, receiver);
+  if (HasFatalFailure()) return;
+  ASSERT_TRUE(sender.in_snapshot()) << "an empty node gets a full-state transfer";
+  Drain(sender, receiver);
+  EXPECT_FALSE(sender.in_snapshot()) << "the transfer never ended";
+  EXPECT_EQ(sink->AppliedVector(), source->AppliedVector());
+  EXPECT_EQ(sink->state_digest(), source->state_digest());
+  EXPECT_EQ(sink->document_count(), 50);
+  EXPECT_TRUE(sink->LookupRequest(request_id(0))->has_value());
+  EXPECT_TRUE(sink->LookupRequest(request_id(1000))->has_value());
 }
 
 // While a node receives a full-state transfer, its documents already hold state its applied

@@ -190,6 +190,12 @@ TEST_F(StoreOpenTest, ACorruptedLogIsDataLossAndRepairSalvagesTheRest) {
 TEST_F(StoreOpenTest, ARepairThatLostTheMetaRecordsLeavesADataDirThatOpens) {
   Populate(50);
   {
+    auto store = Store::Open(Options());
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)->TruncateChanges(10).ok());  // the feed keeps its last 10 changes
+    ASSERT_EQ((*store)->change_floor(), 40u);
+  }
+  {
     leveldb::DB* db = nullptr;
     ASSERT_TRUE(leveldb::DB::Open(leveldb::Options(), dir_.string(), &db).ok());
     std::unique_ptr<leveldb::DB> owned(db);
@@ -216,6 +222,8 @@ TEST_F(StoreOpenTest, ARepairThatLostTheMetaRecordsLeavesADataDirThatOpens) {
     EXPECT_EQ((*store)->document_count(), 50);
     EXPECT_EQ(*(*store)->ScanDigest(), (*store)->state_digest());
     EXPECT_GE((*store)->last_change_seq(), 50u) << "the feed continues after its newest change";
+    EXPECT_EQ((*store)->change_floor(), 40u)
+        << "without its floor a resumed Watch would pass over the trimmed changes";
     EXPECT_TRUE((*store)->ApplyLocal(Increment("c", "d0", "n", 1, (*store)->replica_id())).ok());
   }
   auto again = Store::Open(Options());
@@ -223,6 +231,33 @@ TEST_F(StoreOpenTest, ARepairThatLostTheMetaRecordsLeavesADataDirThatOpens) {
   EXPECT_FALSE((*again)->rotated_incarnation());
   EXPECT_TRUE((*again)->rebuilt_meta().empty()) << "the rebuilt records were written back";
   EXPECT_EQ((*again)->document_count(), 50);
+}
+
+// A repair that left nothing makes a new data dir, which must not keep the repair's mark: a
+// later open would clear what the peers sent it meanwhile.
+TEST_F(StoreOpenTest, ARepairThatLeftNothingMakesANewDataDirWithoutTheRepairsMark) {
+  Populate(5);
+  {
+    leveldb::DB* db = nullptr;
+    ASSERT_TRUE(leveldb::DB::Open(leveldb::Options(), dir_.string(), &db).ok());
+    std::unique_ptr<leveldb::DB> owned(db);
+    leveldb::WriteBatch lost;
+    std::unique_ptr<leveldb::Iterator> it(db->NewIterator(leveldb::ReadOptions()));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) lost.Delete(it->key());
+    it.reset();
+    ASSERT_TRUE(db->Write(leveldb::WriteOptions(), &lost).ok());
+  }
+  ASSERT_TRUE(Store::Repair(dir_.string()).ok());
+  {
+    auto store = Store::Open(Options());
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)->ApplyLocal(Increment("c", "kept", "n", 1, (*store)->replica_id())).ok());
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir_ / std::string(kRepairMarkerFile)));
+  auto again = Store::Open(Options());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE((*again)->opened_repaired());
+  EXPECT_EQ((*again)->document_count(), 1);
 }
 
 // LevelDB's repair takes no lock of its own: run beside a live node it would move the node's
