@@ -584,8 +584,8 @@ absl::StatusOr<std::optional<ReplicationRequest>> LinkSender::NextSnapshotChunk(
   // while the documents still arrive. They are a convenience, not the state: a record that cannot
   // be read ends them, and the transfer goes on (otherwise it would fail at the same record on
   // every attempt and never end). At most kMaxRequestsPerChunk per chunk: the receiver looks
-  // each one up while it holds up the peers' frames.
-  constexpr int kMaxRequestsPerChunk = 4096;
+  // each one up holding its document's lock stripe and the peers' frames.
+  constexpr int kMaxRequestsPerChunk = 256;
   while (!snapshot_requests_done_) {
     if (!pending_request_.has_value()) {
       storage::SnapshotRequest read;
@@ -1262,13 +1262,20 @@ class Replication::Session {
         sender.OnResponse(response);
         return;
       }
-      absl::Status hello_status = response.has_hello_ack()
-                                      ? sender.OnHelloAck(response.hello_ack())
-                                      : absl::InternalError("peer did not answer the hello");
-      // The address answered as the member this node meant to reach: with bound names, its
-      // certificate must say so too.
-      if (hello_status.ok() && options.tls.enabled() && options.tls.bind_member_names) {
+      // With bound names, the peer's certificate must name the member this node meant to reach
+      // before its answer changes anything (OnHelloAck takes the vector it claims).
+      absl::Status hello_status = absl::OkStatus();
+      if (options.tls.enabled() && options.tls.bind_member_names) {
         hello_status = CheckPeerMemberName(*context.auth_context(), peer_.name);
+        if (!hello_status.ok()) {
+          MERGEDB_LOG(WARNING) << "link to " << peer_.name << " at " << peer_.address
+                               << " refused: " << hello_status.message();
+        }
+      }
+      if (hello_status.ok()) {
+        hello_status = response.has_hello_ack()
+                           ? sender.OnHelloAck(response.hello_ack())
+                           : absl::InternalError("peer did not answer the hello");
       }
       if (!hello_status.ok()) {
         fail(hello_status);  // this side refuses the peer: end the stream it would keep open
@@ -1665,6 +1672,18 @@ grpc::Status Replication::Replicate(
   if (!request.has_hello()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first message must be a hello");
   }
+  // With bound names, the certificate is checked against the name the hello gives before the
+  // hello changes anything (OnHello records the member's role, for one).
+  if (options_.tls.enabled() && options_.tls.bind_member_names) {
+    if (absl::Status named =
+            CheckPeerMemberName(*context->auth_context(), request.hello().node_name());
+        !named.ok()) {
+      MERGEDB_LOG(WARNING) << "refused replication from " << context->peer()
+                           << ", which says it is " << absl::CHexEscape(request.hello().node_name())
+                           << ": " << named.message();
+      return ToGrpcStatus(named);
+    }
+  }
   LinkReceiver receiver(options_, store_, &view_, clock_);
   auto hello = receiver.OnHello(request.hello());
   if (!hello.ok()) {
@@ -1673,13 +1692,6 @@ grpc::Status Replication::Replicate(
     return ToGrpcStatus(hello.status());
   }
   const std::string peer = receiver.peer();
-  if (options_.tls.enabled() && options_.tls.bind_member_names) {
-    if (absl::Status named = CheckPeerMemberName(*context->auth_context(), peer); !named.ok()) {
-      MERGEDB_LOG(WARNING) << "refused replication from " << context->peer()
-                           << ", which says it is " << peer << ": " << named.message();
-      return ToGrpcStatus(named);
-    }
-  }
   {
     absl::MutexLock lock(&mu_);
     if (blocked_.count(peer) > 0 || stopping_) {

@@ -7,7 +7,8 @@
 // signed: the CA is what makes a node a member, beside the cluster id and node name of the
 // hello. So the CA must sign members' certificates only. With --tls_bind_member_names the
 // certificate must also name the member (CheckPeerMemberName), so that one member's certificate
-// cannot speak for another.
+// cannot open a link as another. It binds the name only: what a member relays (other origins'
+// entries and vectors) is trusted as from any member.
 //
 // Application clients trust the CA. Without a client CA they present no certificate (one from
 // another CA fails the handshake) and are not authenticated. With a client CA

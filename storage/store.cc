@@ -710,6 +710,12 @@ absl::Status Store::Initialize() {
     MERGEDB_ASSIGN_OR_RETURN(const uint64_t newest_change, NewestChangeSeq());
     MERGEDB_RETURN_IF_ERROR(
         read_meta(keys::kMetaChangeSeq, &change_seq, keys::EncodeBe64(newest_change)));
+    // A repair can also bring back an older value of the record (the block with the newest
+    // one lost): the feed must not hand out again a position a change still holds.
+    if (change_seq.size() == 8 && keys::DecodeBe64(change_seq) < newest_change) {
+      change_seq = keys::EncodeBe64(newest_change);
+      open_batch.Put(keys::Meta(keys::kMetaChangeSeq), change_seq);
+    }
   } else {
     MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaChangeSeq, &change_seq, ""));
   }
@@ -816,15 +822,15 @@ absl::Status Store::Initialize() {
   if (fs.ok() && change_floor.size() != 8) {
     return absl::DataLossError(absl::StrCat("data dir ", path, ": malformed change floor"));
   }
-  if (fs.IsNotFound() && repair_marked) {
+  if (fs.IsNotFound() && repaired_) {
     // No floor: the feed was never trimmed, or the repair lost the record. Either way the feed
-    // now starts at its oldest surviving change; without the floor a Watch resuming from an
-    // older position would pass over the trimmed changes without a word.
+    // now starts at its oldest surviving change: a Watch resuming from an older position is
+    // told its changes were trimmed (OUT_OF_RANGE) rather than read a gap.
     std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(VerifiedReads()));
     it->Seek(std::string(1, keys::kChangeTag));
     uint64_t floor = keys::DecodeBe64(change_seq);  // no change left: all of them are gone
     if (it->Valid() && it->key().size() == 9 && it->key()[0] == keys::kChangeTag) {
-      floor = keys::DecodeBe64(View(it->key()).substr(1)) - 1;
+      floor = std::min(floor, keys::DecodeBe64(View(it->key()).substr(1)) - 1);
     }
     MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading ", path)));
     if (floor > 0) {
@@ -1753,10 +1759,11 @@ absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* 
   StripeLocks locks(std::move(stripes));
   for (const SnapshotRequest& request : requests) {
     // As with a peer's log entry, a record this node holds already (its own, or an earlier
-    // copy) stays.
-    MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> known,
-                             LookupRequest(request.request_id));
-    if (known.has_value()) continue;
+    // copy) stays; so does one that does not read (a damaged record here must not fail the
+    // transfer's chunk on every attempt: records are a convenience beside the state).
+    absl::StatusOr<std::optional<mergedb::v1::RequestRecord>> known =
+        LookupRequest(request.request_id);
+    if (!known.ok() || known->has_value()) continue;
     mergedb::v1::RequestRecord record = request.record;
     record.clear_change_seq();  // a position in the sender's change feed, not in this one
     w->batch.Put(keys::Request(request.request_id), crdt::SerializeDeterministic(record));
