@@ -55,11 +55,13 @@ void ConfigureServerBuilder(size_t max_update_bytes, size_t max_replication_byte
 
 namespace {
 // The methods whose requests gRPC parses: the synchronous unary and server-streaming ones of the
-// API. Update is asynchronous and parses its raw request itself (node/async_writes.cc).
+// API and of the health service. Update is asynchronous and parses its raw request itself
+// (node/async_writes.cc).
 std::vector<const google::protobuf::MethodDescriptor*> MethodsGrpcParses() {
   std::vector<const google::protobuf::MethodDescriptor*> methods;
   for (const char* name : {mergedb::v1::DocumentService::service_full_name(),
-                           mergedb::v1::ClusterService::service_full_name()}) {
+                           mergedb::v1::ClusterService::service_full_name(),
+                           grpc::health::v1::Health::service_full_name()}) {
     const google::protobuf::ServiceDescriptor* service =
         google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(name);
     for (int i = 0; i < service->method_count(); ++i) {

@@ -531,6 +531,16 @@ TEST_F(DocumentServiceTest, EveryMethodAnswersARequestThatDoesNotParseWithInvali
     mergedb::v1::BackupResponse response;
     expect_refused(cluster_->Backup(&context, request, &response), "mergedb.v1.BackupRequest");
   }
+  {
+    auto health = grpc::health::v1::Health::NewStub(channel_);
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(not_utf8);
+    grpc::ClientContext context;
+    Deadline(&context);
+    grpc::health::v1::HealthCheckResponse response;
+    expect_refused(health->Check(&context, request, &response),
+                   "grpc.health.v1.HealthCheckRequest");
+  }
   // Requests without strings: bytes that end inside a field, as a client with another schema
   // or a broken encoder might send.
   const std::string truncated =
