@@ -5,9 +5,10 @@
 #        installs what is missing, builds the node and the tools, starts N nodes (default 3; the
 #        last M are read-only replicas) on ports P.. (default 7701), waits until all are healthy,
 #        prints addresses and examples. Safe on a running cluster: starts only the nodes that are
-#        down (N, M, P and --tls are fixed when the cluster is first made). --tls: a CA and node
-#        certificates in DIR/tls, every call and link TLS, and a client CA and client
-#        certificate (app) that every client must present.
+#        down (N, M, P and --tls are fixed when the cluster is first made). --tls: a CA and a
+#        certificate per node in DIR/tls, every call and link TLS, member names bound to the
+#        nodes' certificates, and a client CA and client certificate (app) that every client
+#        must present.
 #   scripts/cluster.sh status            one line per node: pid, address, role, health, lag
 #   scripts/cluster.sh kill NODE         SIGKILL (e.g. kill n2)
 #   scripts/cluster.sh start NODE | restart NODE | logs NODE
@@ -91,7 +92,7 @@ use_conf() {
   node_tls=()
   cli_tls=()
   if [ "$TLS" = 1 ]; then
-    node_tls=(--tls_cert="$dir/tls/node.pem" --tls_key="$dir/tls/node.key" --tls_ca="$dir/tls/ca.pem")
+    node_tls=(--tls_ca="$dir/tls/ca.pem")
     cli_tls=(--tls_ca="$dir/tls/ca.pem")
     # Clusters made before client certificates have no client CA: their clients present none.
     if [ -f "$dir/tls/clients.pem" ]; then
@@ -105,17 +106,33 @@ load_conf() {
   use_conf
 }
 
-# In DIR/tls: the cluster's CA and one certificate for every node (they all listen on
-# 127.0.0.1); a CA for application clients and one client certificate ("app"), which nodes
-# require (--tls_client_ca). The CAs' keys stay there too: a local cluster for trying things
-# out, not a way to keep keys.
+# In DIR/tls: the cluster's CA and a certificate for each node, named after it (nI.pem, common
+# name nI, for 127.0.0.1), so that the nodes bind member names to certificates
+# (--tls_bind_member_names); a CA for application clients and one client certificate ("app"),
+# which nodes require (--tls_client_ca). The CAs' keys stay there too: a local cluster for
+# trying things out, not a way to keep keys.
 make_certs() {
   rm -rf "$dir/tls"  # a new cluster: certificates left by an earlier one go
-  "$root/scripts/make_certs.sh" ca "$dir/tls" ca &&
-    "$root/scripts/make_certs.sh" cert "$dir/tls" node ca &&
-    "$root/scripts/make_certs.sh" ca "$dir/tls" clients &&
+  local i
+  "$root/scripts/make_certs.sh" ca "$dir/tls" ca || die "could not make the TLS CA in $dir/tls"
+  for i in $(seq 1 "$N"); do
+    "$root/scripts/make_certs.sh" cert "$dir/tls" "n$i" ca ||
+      die "could not make the TLS certificate of n$i in $dir/tls"
+  done
+  "$root/scripts/make_certs.sh" ca "$dir/tls" clients &&
     "$root/scripts/make_certs.sh" cert "$dir/tls" app clients ||
     die "could not make the TLS certificates in $dir/tls"
+}
+
+# Node i's TLS certificate flags: its own certificate with bound member names, or, in a
+# cluster made before per-node certificates, the one certificate all its nodes share.
+node_cert_flags() {
+  local i=$1
+  if [ -f "$dir/tls/n$i.pem" ]; then
+    printf '%s\n' --tls_cert="$dir/tls/n$i.pem" --tls_key="$dir/tls/n$i.key" --tls_bind_member_names
+  else
+    printf '%s\n' --tls_cert="$dir/tls/node.pem" --tls_key="$dir/tls/node.key"
+  fi
 }
 
 node_index() {  # n2 -> 2
@@ -182,9 +199,12 @@ start_node() {  # start_node I [EXTRA FLAG...]: the extra flags are for this sta
     peers+="${peers:+,}n$j=127.0.0.1:$(port_of "$j")"
   done
   mkdir -p "$dir"
+  local cert_flags=()
+  [ "$TLS" = 1 ] && mapfile -t cert_flags < <(node_cert_flags "$i")
   nohup "$node_bin" --data_dir="$dir/n$i" --node_name="n$i" --cluster=local \
     --listen="127.0.0.1:$port" --peers="$peers" --role="$(role_of "$i")" \
-    --backup_dir="$dir/backups/n$i" ${node_tls[@]+"${node_tls[@]}"} "$@" >>"$dir/n$i.log" 2>&1 &
+    --backup_dir="$dir/backups/n$i" ${node_tls[@]+"${node_tls[@]}"} \
+    ${cert_flags[@]+"${cert_flags[@]}"} "$@" >>"$dir/n$i.log" 2>&1 &
   # The pid is the node's once nohup has exec'd it; until then pid_of would take the file for a
   # stale one. (A start that failed at once leaves an empty command line: wait_healthy says so.)
   local pid=$! tries=0 cmdline

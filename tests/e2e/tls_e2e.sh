@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end: `scripts/cluster.sh up --tls` on three real nodes, which require client
-# certificates. Writes reach every node over the TLS links, also after a node is killed and
+# certificates and bind member names to their own certificates. Writes reach every node over the TLS links, also after a node is killed and
 # started again; a plaintext client, and a client without a certificate, are refused and told
 # what they lack; the Python and Node.js example clients connect with the CA and the client
 # certificate.
@@ -19,6 +19,12 @@ cli_flags=(--tls_ca="$ca" --tls_cert="$app_cert" --tls_key="$app_key")
 cluster up 3 --base-port "$base" --tls | tee "$work/up.out"
 grep -q "TLS with the CA in $ca" "$work/up.out" || { echo "up did not say TLS"; exit 1; }
 grep -q "serving TLS" "$work/cluster/n1.log" || { echo "n1 does not serve TLS"; exit 1; }
+# Each node has a certificate of its own and binds member names to certificates.
+for i in 1 2 3; do
+  [ -f "$work/cluster/tls/n$i.pem" ] || { echo "no certificate of its own for n$i"; exit 1; }
+  pgrep -f -- "--data_dir=$work/cluster/n$i .*--tls_bind_member_names" >/dev/null ||
+    { echo "n$i does not bind member names to certificates"; exit 1; }
+done
 for k in $(seq 1 9); do mergedb_cli --node="$(node $((k % 3 + 1)))" update c d incr n 1 >/dev/null; done
 every_node_sees 9
 
@@ -41,7 +47,7 @@ cluster status | tee "$work/status.out"
 # The node's status says until when its certificate and the client CA work (cluster.sh makes
 # them for 10 years).
 mergedb_cli --node="$(node 1)" status | tee "$work/n1.status"
-grep -Eq '^tls +certificate valid until [0-9-]+ [0-9:]+ UTC \(/CN=(ca|node), 36[0-9][0-9]\.[0-9] days left\)$' \
+grep -Eq '^tls +certificate valid until [0-9-]+ [0-9:]+ UTC \(/CN=(ca|n1), 36[0-9][0-9]\.[0-9] days left\)$' \
   "$work/n1.status" || { echo "status does not say when the certificate expires"; exit 1; }
 grep -Eq '^ +client certificates required; client CA valid until [0-9-]+ [0-9:]+ UTC \(/CN=clients, 36[0-9][0-9]\.[0-9] days left\)$' \
   "$work/n1.status" || { echo "status does not say when the client CA expires"; exit 1; }
