@@ -476,6 +476,17 @@ TEST_F(DocumentServiceTest, AnUpdateThatDoesNotParseIsInvalidArgument) {
   EXPECT_TRUE(Update(request).ok());
 }
 
+// One unary call of `method` on `stub`, with a deadline; its answer is dropped.
+template <typename Stub, typename Request, typename Response>
+grpc::Status CallOnce(Stub* stub,
+                      grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+                      const Request& request) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  Response response;
+  return (stub->*method)(&context, request, &response);
+}
+
 // gRPC's own parse answers a request that does not parse with INTERNAL and no message; every
 // method of the API says instead what is wrong with it (node/parsed_requests.h).
 TEST_F(DocumentServiceTest, EveryMethodAnswersARequestThatDoesNotParseWithInvalidArgument) {
@@ -500,18 +511,14 @@ TEST_F(DocumentServiceTest, EveryMethodAnswersARequestThatDoesNotParseWithInvali
     mergedb::v1::DeleteRequest request;
     request.set_collection("u");
     request.set_id(not_utf8);
-    grpc::ClientContext context;
-    Deadline(&context);
-    UpdateResponse response;
-    expect_refused(docs_->Delete(&context, request, &response), "mergedb.v1.DeleteRequest");
+    expect_refused(CallOnce(docs_.get(), &mergedb::v1::DocumentService::Stub::Delete, request),
+                   "mergedb.v1.DeleteRequest");
   }
   {
     mergedb::v1::ListRequest request;
     request.set_collection(not_utf8);
-    grpc::ClientContext context;
-    Deadline(&context);
-    mergedb::v1::ListResponse response;
-    expect_refused(docs_->List(&context, request, &response), "mergedb.v1.ListRequest");
+    expect_refused(CallOnce(docs_.get(), &mergedb::v1::DocumentService::Stub::List, request),
+                   "mergedb.v1.ListRequest");
   }
   {
     mergedb::v1::WatchRequest request;
@@ -526,19 +533,14 @@ TEST_F(DocumentServiceTest, EveryMethodAnswersARequestThatDoesNotParseWithInvali
   {
     mergedb::v1::BackupRequest request;
     request.set_name(not_utf8);
-    grpc::ClientContext context;
-    Deadline(&context);
-    mergedb::v1::BackupResponse response;
-    expect_refused(cluster_->Backup(&context, request, &response), "mergedb.v1.BackupRequest");
+    expect_refused(CallOnce(cluster_.get(), &mergedb::v1::ClusterService::Stub::Backup, request),
+                   "mergedb.v1.BackupRequest");
   }
   {
     auto health = grpc::health::v1::Health::NewStub(channel_);
     grpc::health::v1::HealthCheckRequest request;
     request.set_service(not_utf8);
-    grpc::ClientContext context;
-    Deadline(&context);
-    grpc::health::v1::HealthCheckResponse response;
-    expect_refused(health->Check(&context, request, &response),
+    expect_refused(CallOnce(health.get(), &grpc::health::v1::Health::Stub::Check, request),
                    "grpc.health.v1.HealthCheckRequest");
   }
   // Requests without strings: bytes that end inside a field, as a client with another schema
