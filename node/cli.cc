@@ -205,6 +205,27 @@ mergedb::v1::WriteConcern ParseWriteConcern() {
   return mergedb::v1::LOCAL;
 }
 
+// "p50 <= 1 ms, p99 <= 2.5 ms (1234)": the bounds of the buckets that hold the median and the
+// 99th percentile of `h`, or "none yet".
+std::string LatencySummary(const mergedb::v1::LatencyHistogram& h) {
+  if (h.count() == 0) return "none yet";
+  auto quantile = [&](double q) -> std::string {
+    const double rank = q * static_cast<double>(h.count());
+    for (int i = 0; i < h.upper_bounds_seconds_size() && i < h.cumulative_counts_size(); ++i) {
+      if (static_cast<double>(h.cumulative_counts(i)) >= rank) {
+        return absl::StrFormat("<= %g ms", h.upper_bounds_seconds(i) * 1000);
+      }
+    }
+    return h.upper_bounds_seconds_size() > 0
+               ? absl::StrFormat("> %g ms",
+                                 h.upper_bounds_seconds(h.upper_bounds_seconds_size() - 1) * 1000)
+               : std::string("?");
+  };
+  return absl::StrFormat("p50 %s, p99 %s, mean %.3g ms (%llu)", quantile(0.5), quantile(0.99),
+                         h.sum_seconds() * 1000 / static_cast<double>(h.count()),
+                         static_cast<unsigned long long>(h.count()));
+}
+
 // `used_tls`: whether this call went over TLS.
 int PrintStatusTable(const mergedb::v1::StatusResponse& s, bool used_tls) {
   std::string digest;
@@ -222,6 +243,13 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s, bool used_tls) {
   std::printf("%-16s %llu\n", "log entries", static_cast<unsigned long long>(s.log_entries()));
   std::printf("%-16s %llu\n", "change feed", static_cast<unsigned long long>(s.change_feed_entries()));
   std::printf("%-16s %s\n", "state digest", digest.c_str());
+  for (const auto& h : s.latencies()) {
+    const std::string what =
+        h.what() == "write_concern_wait"
+            ? absl::StrCat(mergedb::v1::WriteConcern_Name(h.write_concern()), " wait")
+            : h.what();
+    std::printf("%-16s %s\n", what.c_str(), LatencySummary(h).c_str());
+  }
   const absl::Time now = absl::Now();
   // "until DATE (SUBJECT, N days left)", or "EXPIRED at DATE (SUBJECT)".
   auto validity = [&](int64_t unix_seconds, const std::string& subject) -> std::string {

@@ -1,8 +1,11 @@
 #include "node/metrics.h"
 
+#include <algorithm>
 #include <exception>
+#include <limits>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "prometheus/client_metric.h"
 #include "prometheus/exposer.h"
@@ -41,6 +44,27 @@ MetricFamily One(const std::string& name, const std::string& help, MetricType ty
 }
 
 std::string Hex(uint64_t id) { return absl::StrCat(absl::Hex(id, absl::kZeroPad16)); }
+
+void AddHistogram(MetricFamily* family, const mergedb::v1::LatencyHistogram& histogram,
+                  std::vector<ClientMetric::Label> labels = {}) {
+  ClientMetric metric;
+  metric.label = std::move(labels);
+  metric.histogram.sample_count = histogram.count();
+  metric.histogram.sample_sum = histogram.sum_seconds();
+  const int bounds =
+      std::min(histogram.upper_bounds_seconds_size(), histogram.cumulative_counts_size());
+  for (int i = 0; i < bounds; ++i) {
+    ClientMetric::Bucket bucket;
+    bucket.upper_bound = histogram.upper_bounds_seconds(i);
+    bucket.cumulative_count = histogram.cumulative_counts(i);
+    metric.histogram.bucket.push_back(bucket);
+  }
+  ClientMetric::Bucket all;  // +Inf
+  all.upper_bound = std::numeric_limits<double>::infinity();
+  all.cumulative_count = histogram.count();
+  metric.histogram.bucket.push_back(all);
+  family->metric.push_back(std::move(metric));
+}
 
 }  // namespace
 
@@ -140,6 +164,26 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
                              static_cast<double>(status.tls().client_ca_expires_unix_seconds())));
     }
   }
+  MetricFamily commit = Family("mergedb_commit_duration_seconds",
+                               "Local commit of a client write (alone or in its batch), until "
+                               "durable on this node.",
+                               MetricType::Histogram);
+  MetricFamily wait = Family("mergedb_write_concern_wait_seconds",
+                             "After the commit, the wait until enough members applied a QUORUM "
+                             "or ALL write (timed-out waits included).",
+                             MetricType::Histogram);
+  for (const auto& histogram : status.latencies()) {
+    if (histogram.what() == "commit") {
+      AddHistogram(&commit, histogram);
+    } else if (histogram.what() == "write_concern_wait") {
+      AddHistogram(
+          &wait, histogram,
+          {{"write_concern",
+            absl::AsciiStrToLower(mergedb::v1::WriteConcern_Name(histogram.write_concern()))}});
+    }
+  }
+  families.push_back(std::move(commit));
+  families.push_back(std::move(wait));
   return families;
 }
 

@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "mergedb/v1/api.pb.h"
 #include "node/clock.h"
+#include "node/latency_histogram.h"
 #include "node/replication.h"
 #include "node/validation.h"
 #include "storage/store.h"
@@ -128,6 +129,12 @@ class Node {
   // From the start of a shutdown: new writes are refused while waiting ones drain.
   bool draining() const { return draining_; }
   absl::Time start_time() const { return start_time_; }
+  // Server-side latencies (StatusResponse.latencies): the local commit of client writes, and
+  // the wait for the peers of QUORUM and ALL writes.
+  LatencyHistogram* commit_latency() { return &commit_latency_; }
+  LatencyHistogram* concern_wait(mergedb::v1::WriteConcern concern) {
+    return concern == mergedb::v1::ALL ? &all_wait_ : &quorum_wait_;
+  }
 
  private:
   explicit Node(const NodeOptions& options);
@@ -151,6 +158,9 @@ class Node {
   absl::Time start_time_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> draining_{false};
+  LatencyHistogram commit_latency_;
+  LatencyHistogram quorum_wait_;
+  LatencyHistogram all_wait_;
 
   absl::Mutex janitor_mu_;
   bool janitor_stop_ ABSL_GUARDED_BY(janitor_mu_) = false;

@@ -184,7 +184,9 @@ absl::Status DocumentServiceImpl::AwaitConcern(mergedb::v1::WriteConcern concern
   ClusterView* view = node_->replication()->view();
   const int members = view->member_count();
   const int needed = concern == mergedb::v1::ALL ? members : members / 2 + 1;
+  const absl::Time wait_start = absl::Now();
   const int confirmed = view->WaitForConfirmations(entry.origin, entry.seq, needed, deadline);
+  node_->concern_wait(concern)->Observe(absl::Now() - wait_start);
   if (confirmed >= needed) return absl::OkStatus();
   const std::string so_far = absl::StrCat(
       "the write is durable on node ", node_->options().node_name,
@@ -243,8 +245,10 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ApplyUpdate(const UpdateRequ
     MERGEDB_RETURN_IF_ERROR(
         WaitForVersion(request.collection(), request.id(), update.base_version(), deadline, context));
   }
+  const absl::Time commit_start = absl::Now();
   MERGEDB_ASSIGN_OR_RETURN(storage::WriteResult result,
                            node_->store()->ApplyLocal(LocalWriteOf(request, update)));
+  node_->commit_latency()->Observe(absl::Now() - commit_start);
   return FinishUpdate(request, result, deadline, await);
 }
 
@@ -259,7 +263,9 @@ std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
   std::vector<storage::LocalWrite> writes;
   std::vector<size_t> batched;  // request index of each write
   auto apply_batch = [&] {
+    const absl::Time commit_start = absl::Now();
     auto results = node_->store()->ApplyLocalBatch(writes);
+    node_->commit_latency()->Observe(absl::Now() - commit_start, results.size());
     for (size_t k = 0; k < results.size(); ++k) {
       const size_t i = batched[k];
       responses[i] = results[k].ok()
@@ -489,6 +495,17 @@ void FillStatus(Node* node, mergedb::v1::StatusResponse* response) {
   response->set_state_digest(store->state_digest());
   response->set_last_position(store->last_change_seq());
   response->set_log_entries(store->log_entries());
+  {
+    mergedb::v1::LatencyHistogram* commit = response->add_latencies();
+    commit->set_what("commit");
+    node->commit_latency()->FillTo(commit);
+    for (mergedb::v1::WriteConcern concern : {mergedb::v1::QUORUM, mergedb::v1::ALL}) {
+      mergedb::v1::LatencyHistogram* wait = response->add_latencies();
+      wait->set_what("write_concern_wait");
+      wait->set_write_concern(concern);
+      node->concern_wait(concern)->FillTo(wait);
+    }
+  }
   response->set_change_feed_entries(store->change_feed_entries());
   if (absl::Status health = store->health(); !health.ok()) {
     response->set_refusing_writes(std::string(health.message()));

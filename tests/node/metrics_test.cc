@@ -72,10 +72,22 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
   for (int i = 0; i < 3; ++i) {
     auto request = UpdateOf("c", absl::StrCat("doc", i));
     Incr(&request, {"n"}, 1);
+    if (i == 2) request.set_write_concern(mergedb::v1::QUORUM);
     ASSERT_TRUE(cluster.Update(0, request).ok());
   }
   ASSERT_TRUE(cluster.WaitConverged());
   const mergedb::v1::StatusResponse status = cluster.Status(0);
+  // Server-side latencies: three commits, one of them waited for a quorum.
+  ASSERT_EQ(status.latencies_size(), 3);
+  EXPECT_EQ(status.latencies(0).what(), "commit");
+  EXPECT_EQ(status.latencies(0).count(), 3u);
+  EXPECT_EQ(status.latencies(0).cumulative_counts(status.latencies(0).cumulative_counts_size() - 1),
+            3u);
+  EXPECT_GT(status.latencies(0).sum_seconds(), 0);
+  EXPECT_EQ(status.latencies(1).write_concern(), mergedb::v1::QUORUM);
+  EXPECT_EQ(status.latencies(1).count(), 1u);
+  EXPECT_EQ(status.latencies(2).write_concern(), mergedb::v1::ALL);
+  EXPECT_EQ(status.latencies(2).count(), 0u);
   const std::string own = absl::StrCat(absl::Hex(status.replica_id(), absl::kZeroPad16));
   const std::string scraped = AwaitMetrics(
       port,
@@ -94,7 +106,12 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
         std::string("mergedb_refusing_writes 0"),
         std::string("# TYPE mergedb_peer_sent_bytes_total counter"),
         std::string("# TYPE mergedb_peer_full_state_transfers_total counter"),
-        std::string("mergedb_peer_log_damage_total{peer=\"n2\"} 0")}) {
+        std::string("mergedb_peer_log_damage_total{peer=\"n2\"} 0"),
+        std::string("# TYPE mergedb_commit_duration_seconds histogram"),
+        std::string("mergedb_commit_duration_seconds_count 3"),
+        std::string("mergedb_commit_duration_seconds_bucket{le=\"+Inf\"} 3"),
+        std::string("mergedb_write_concern_wait_seconds_count{write_concern=\"quorum\"} 1"),
+        std::string("mergedb_write_concern_wait_seconds_count{write_concern=\"all\"} 0")}) {
     EXPECT_TRUE(absl::StrContains(scraped, "\n" + line + "\n")) << line << "\nin\n" << scraped;
   }
   EXPECT_FALSE(absl::StrContains(scraped, "mergedb_tls_")) << "a plaintext node has no certificate";
