@@ -2,7 +2,8 @@
 // text exposition format, for monitoring systems that scrape instead of calling gRPC.
 //
 // Every scrape builds its families from one Status answer (FillStatus in node/services.h), so
-// the two never disagree and the write path carries no instrumentation of its own. The
+// the two never disagree; the write path's only instrumentation is the latency histograms that
+// Status reports (node/latency_histogram.h). The
 // endpoint is plain HTTP without authentication, like most exporters: bind it to an address
 // only the monitoring system reaches. It shows no document data, only counts, positions, peer
 // names and certificate expiry times.
