@@ -205,8 +205,8 @@ mergedb::v1::WriteConcern ParseWriteConcern() {
   return mergedb::v1::LOCAL;
 }
 
-// "p50 <= 1 ms, p99 <= 2.5 ms (1234)": the bounds of the buckets that hold the median and the
-// 99th percentile of `h`, or "none yet".
+// "p50 <= 1 ms, p99 <= 2.5 ms, mean 0.8 ms (1234)": the bounds of the buckets that hold the
+// median and the 99th percentile of `h`, its mean and count, or "none yet".
 std::string LatencySummary(const mergedb::v1::LatencyHistogram& h) {
   if (h.count() == 0) return "none yet";
   auto quantile = [&](double q) -> std::string {

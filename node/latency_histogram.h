@@ -4,9 +4,9 @@
 // ALL) on a running cluster, not only in the benchmarks.
 //
 // Observing costs two relaxed atomic additions and a search of 16 bounds; no lock, no
-// allocation. A reader sees each counter at some point of its own: a snapshot taken while
-// writes go on may count a write in `count` and not yet in its bucket, never the reverse order
-// of two writes of one counter.
+// allocation. A snapshot taken while writes go on reads each bucket once and builds `count`
+// from them, so its cumulative counts never pass `count`; only the sum may be a write ahead or
+// behind. Durations are taken on a monotonic clock by the callers.
 #ifndef MERGEDB_NODE_LATENCY_HISTOGRAM_H_
 #define MERGEDB_NODE_LATENCY_HISTOGRAM_H_
 
@@ -34,8 +34,9 @@ class LatencyHistogram {
         std::lower_bound(kBoundsSeconds.begin(), kBoundsSeconds.end(), seconds) -
         kBoundsSeconds.begin());
     buckets_[bucket].fetch_add(count, std::memory_order_relaxed);
-    sum_nanos_.fetch_add(
-        count * static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Nanoseconds(duration))),
+    // Microseconds: 64 bits hold half a million years of summed waits.
+    sum_micros_.fetch_add(
+        count * static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Microseconds(duration))),
         std::memory_order_relaxed);
   }
 
@@ -49,12 +50,12 @@ class LatencyHistogram {
     }
     cumulative += buckets_[kBoundsSeconds.size()].load(std::memory_order_relaxed);
     out->set_count(cumulative);
-    out->set_sum_seconds(static_cast<double>(sum_nanos_.load(std::memory_order_relaxed)) * 1e-9);
+    out->set_sum_seconds(static_cast<double>(sum_micros_.load(std::memory_order_relaxed)) * 1e-6);
   }
 
  private:
   std::array<std::atomic<uint64_t>, kBoundsSeconds.size() + 1> buckets_{};
-  std::atomic<uint64_t> sum_nanos_{0};
+  std::atomic<uint64_t> sum_micros_{0};
 };
 
 }  // namespace mergedb::node

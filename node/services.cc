@@ -173,6 +173,14 @@ storage::LocalWrite DocumentServiceImpl::LocalWriteOf(const UpdateRequest& reque
                         absl::ToUnixMillis(absl::Now()));
 }
 
+namespace {
+// Whether a write's result is a commit of its own (the commit latency counts those): not a
+// retry answered from its request record, nor an update that changed nothing.
+bool Committed(const storage::WriteResult& result) {
+  return result.log_seq != 0 && !result.duplicate_request;
+}
+}  // namespace
+
 bool ConcernWaits(mergedb::v1::WriteConcern concern) {
   return concern == mergedb::v1::QUORUM || concern == mergedb::v1::ALL;
 }
@@ -184,9 +192,9 @@ absl::Status DocumentServiceImpl::AwaitConcern(mergedb::v1::WriteConcern concern
   ClusterView* view = node_->replication()->view();
   const int members = view->member_count();
   const int needed = concern == mergedb::v1::ALL ? members : members / 2 + 1;
-  const absl::Time wait_start = absl::Now();
   const int confirmed = view->WaitForConfirmations(entry.origin, entry.seq, needed, deadline);
-  node_->concern_wait(concern)->Observe(absl::Now() - wait_start);
+  node_->concern_wait(concern)->Observe(
+      absl::FromChrono(std::chrono::steady_clock::now() - entry.committed));
   if (confirmed >= needed) return absl::OkStatus();
   const std::string so_far = absl::StrCat(
       "the write is durable on node ", node_->options().node_name,
@@ -209,7 +217,7 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::FinishUpdate(const UpdateReq
                                                                  const storage::WriteResult& result,
                                                                  absl::Time deadline,
                                                                  LogPoint* await) {
-  const LogPoint entry{result.origin, result.log_seq};
+  const LogPoint entry{result.origin, result.log_seq, std::chrono::steady_clock::now()};
   if (await == nullptr) {
     MERGEDB_RETURN_IF_ERROR(AwaitConcern(request.write_concern(), entry, deadline));
   } else if (ConcernWaits(request.write_concern())) {
@@ -245,10 +253,13 @@ absl::StatusOr<UpdateResponse> DocumentServiceImpl::ApplyUpdate(const UpdateRequ
     MERGEDB_RETURN_IF_ERROR(
         WaitForVersion(request.collection(), request.id(), update.base_version(), deadline, context));
   }
-  const absl::Time commit_start = absl::Now();
+  const auto commit_start = std::chrono::steady_clock::now();
   MERGEDB_ASSIGN_OR_RETURN(storage::WriteResult result,
                            node_->store()->ApplyLocal(LocalWriteOf(request, update)));
-  node_->commit_latency()->Observe(absl::Now() - commit_start);
+  if (Committed(result)) {
+    node_->commit_latency()->Observe(
+        absl::FromChrono(std::chrono::steady_clock::now() - commit_start));
+  }
   return FinishUpdate(request, result, deadline, await);
 }
 
@@ -263,9 +274,15 @@ std::vector<absl::StatusOr<UpdateResponse>> DocumentServiceImpl::ExecuteUpdates(
   std::vector<storage::LocalWrite> writes;
   std::vector<size_t> batched;  // request index of each write
   auto apply_batch = [&] {
-    const absl::Time commit_start = absl::Now();
+    const auto commit_start = std::chrono::steady_clock::now();
     auto results = node_->store()->ApplyLocalBatch(writes);
-    node_->commit_latency()->Observe(absl::Now() - commit_start, results.size());
+    const uint64_t committed = static_cast<uint64_t>(std::count_if(
+        results.begin(), results.end(),
+        [](const absl::StatusOr<storage::WriteResult>& r) { return r.ok() && Committed(*r); }));
+    if (committed > 0) {
+      node_->commit_latency()->Observe(
+          absl::FromChrono(std::chrono::steady_clock::now() - commit_start), committed);
+    }
     for (size_t k = 0; k < results.size(); ++k) {
       const size_t i = batched[k];
       responses[i] = results[k].ok()

@@ -6,6 +6,7 @@
 #define MERGEDB_NODE_SERVICES_H_
 
 #include <atomic>
+#include <chrono>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -48,6 +49,9 @@ bool ConcernWaits(mergedb::v1::WriteConcern concern);
 struct LogPoint {
   crdt::ReplicaId origin = 0;
   uint64_t seq = 0;
+  // When the commit was done: the wait for the peers is measured from here (latency
+  // histograms), whatever queue the confirmation then waits in.
+  std::chrono::steady_clock::time_point committed;
 };
 
 // Update, UpdateStream and UpdateBatchStream are asynchronous methods: ServeWrites serves them.

@@ -72,12 +72,18 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
   for (int i = 0; i < 3; ++i) {
     auto request = UpdateOf("c", absl::StrCat("doc", i));
     Incr(&request, {"n"}, 1);
-    if (i == 2) request.set_write_concern(mergedb::v1::QUORUM);
+    if (i == 2) {
+      request.set_write_concern(mergedb::v1::QUORUM);
+      request.set_request_id("once");
+      ASSERT_TRUE(cluster.Update(0, request).ok());
+      // Below, its retry: no commit of its own.
+    }
     ASSERT_TRUE(cluster.Update(0, request).ok());
   }
   ASSERT_TRUE(cluster.WaitConverged());
   const mergedb::v1::StatusResponse status = cluster.Status(0);
-  // Server-side latencies: three commits, one of them waited for a quorum.
+  // Server-side latencies: three commits (the retry made none), and two waits for a quorum
+  // (the retry waits again).
   ASSERT_EQ(status.latencies_size(), 3);
   EXPECT_EQ(status.latencies(0).what(), "commit");
   EXPECT_EQ(status.latencies(0).count(), 3u);
@@ -85,7 +91,7 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
             3u);
   EXPECT_GT(status.latencies(0).sum_seconds(), 0);
   EXPECT_EQ(status.latencies(1).write_concern(), mergedb::v1::QUORUM);
-  EXPECT_EQ(status.latencies(1).count(), 1u);
+  EXPECT_EQ(status.latencies(1).count(), 2u);
   EXPECT_EQ(status.latencies(2).write_concern(), mergedb::v1::ALL);
   EXPECT_EQ(status.latencies(2).count(), 0u);
   const std::string own = absl::StrCat(absl::Hex(status.replica_id(), absl::kZeroPad16));
@@ -110,7 +116,7 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
         std::string("# TYPE mergedb_commit_duration_seconds histogram"),
         std::string("mergedb_commit_duration_seconds_count 3"),
         std::string("mergedb_commit_duration_seconds_bucket{le=\"+Inf\"} 3"),
-        std::string("mergedb_write_concern_wait_seconds_count{write_concern=\"quorum\"} 1"),
+        std::string("mergedb_write_concern_wait_seconds_count{write_concern=\"quorum\"} 2"),
         std::string("mergedb_write_concern_wait_seconds_count{write_concern=\"all\"} 0")}) {
     EXPECT_TRUE(absl::StrContains(scraped, "\n" + line + "\n")) << line << "\nin\n" << scraped;
   }

@@ -136,6 +136,7 @@ class Simulation {
     node.hlc = std::make_unique<HybridClock>(&node.clock);
     node.write_clock = crdt::testing::ClockState();
     Boot(i);
+    if (::testing::Test::HasFatalFailure()) return;
     // After a crash a node that syncs every commit lost nothing and keeps its incarnation; one
     // that does not may have lost its tail after peers got it, and must take a new one (Riak's
     // kv679): reusing its dots would make the peers drop its next writes as duplicates.
@@ -378,7 +379,7 @@ class Simulation {
   // Heals everything and runs the network until it is quiet. Returns true once converged.
   bool HealAndConverge() {
     for (size_t i = 0; i < nodes_.size(); ++i) {
-      if (!nodes_[i]->up) Boot(static_cast<int>(i));
+      if (!nodes_[i]->up) Restart(static_cast<int>(i));
     }
     for (Stream& s : streams_) s.cut = false;
     for (int round = 0; round < 20000; ++round) {
