@@ -159,7 +159,8 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
     if (!node->store_->rebuilt_meta().empty()) {
       MERGEDB_LOG(WARNING) << "the repair had lost the meta records "
                            << absl::StrJoin(node->store_->rebuilt_meta(), ", ")
-                           << ": rebuilt from this node's configuration and its data";
+                           << ": rebuilt from the data dir's " << storage::kIdentityFile
+                           << " file (or, without one, this node's flags) and its data";
     }
   } else if (node->store_->rotated_incarnation()) {
     MERGEDB_LOG(WARNING) << "the previous stop was not clean and not every commit was fsynced: "

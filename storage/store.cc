@@ -17,6 +17,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "crdt/leaf_key.h"
 #include "crdt/leaf_ops.h"
 #include "crdt/status_macros.h"
@@ -668,6 +670,7 @@ absl::Status Store::Initialize() {
       MERGEDB_RETURN_IF_ERROR(FromLevelDb(options.env->RemoveFile(RepairMarkerPath(path)),
                                           absl::StrCat("initializing data dir ", path)));
     }
+    KeepIdentityFile();
     return absl::OkStatus();
   }
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(s, absl::StrCat("reading data dir ", path)));
@@ -702,8 +705,13 @@ absl::Status Store::Initialize() {
   };
   if (!lost_meta_.empty()) open_batch.Put(keys::Meta(keys::kMetaSchema), schema);
   std::string cluster, node, replica, change_seq, doc_count, digest;
-  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaCluster, &cluster, options_.cluster_id));
-  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaNode, &node, options_.node_name));
+  // Lost names come from the identity file, so that a wrong node or cluster is still refused
+  // below; only a dir older than that file takes them from the flags.
+  const auto identity = repair_marked ? ReadIdentityFile() : std::nullopt;
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaCluster, &cluster,
+                                    identity.has_value() ? identity->first : options_.cluster_id));
+  MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaNode, &node,
+                                    identity.has_value() ? identity->second : options_.node_name));
   // Lost, the replica id is unknown (0): a repaired data dir draws a new one below anyway.
   MERGEDB_RETURN_IF_ERROR(read_meta(keys::kMetaReplica, &replica, keys::EncodeBe64(0)));
   if (repair_marked) {
@@ -878,6 +886,7 @@ absl::Status Store::Initialize() {
   doc_count_ = static_cast<int64_t>(keys::DecodeBe64(doc_count));
   digest_ = DecodeDigest(digest);
   change_floor_ = fs.ok() ? keys::DecodeBe64(change_floor) : 0;
+  KeepIdentityFile();
   return absl::OkStatus();
 }
 
@@ -906,21 +915,68 @@ std::string RepairMarkerPath(const std::string& dir) {
   return absl::StrCat(dir, "/", kRepairMarkerFile);
 }
 
-absl::Status WriteRepairMarker(leveldb::Env* env, const std::string& dir) {
-  constexpr absl::string_view kText =
-      "mergedb-repair ran here: the next open takes a new replica id and clears the documents\n";
-  const std::string path = RepairMarkerPath(dir);
-  const std::string what = absl::StrCat("marking data dir ", dir, " repaired");
+namespace {
+// Writes `contents` into the file `name` of `dir`, synced, with its directory entry (leveldb::Env
+// cannot sync a directory; only the real file system needs it).
+absl::Status WriteSyncedFile(leveldb::Env* env, const std::string& dir, absl::string_view name,
+                             absl::string_view contents, const std::string& what) {
   leveldb::WritableFile* raw = nullptr;
-  MERGEDB_RETURN_IF_ERROR(FromLevelDb(env->NewWritableFile(path, &raw), what));
+  MERGEDB_RETURN_IF_ERROR(
+      FromLevelDb(env->NewWritableFile(absl::StrCat(dir, "/", name), &raw), what));
   std::unique_ptr<leveldb::WritableFile> file(raw);
   MERGEDB_RETURN_IF_ERROR(
-      FromLevelDb(file->Append(leveldb::Slice(kText.data(), kText.size())), what));
+      FromLevelDb(file->Append(leveldb::Slice(contents.data(), contents.size())), what));
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(file->Sync(), what));
   MERGEDB_RETURN_IF_ERROR(FromLevelDb(file->Close(), what));
-  // The entry must be durable before the repair changes anything (leveldb::Env cannot sync a
-  // directory; only the real file system needs it).
   return env == leveldb::Env::Default() ? SyncDirectory(dir) : absl::OkStatus();
+}
+
+// The identity file's text for `cluster` and `node`; empty when a name would not fit on a line.
+std::string IdentityText(const std::string& cluster, const std::string& node) {
+  if (absl::StrContains(cluster, '\n') || absl::StrContains(node, '\n')) return "";
+  return absl::StrCat("cluster=", cluster, "\nnode=", node, "\n");
+}
+}  // namespace
+
+absl::Status WriteRepairMarker(leveldb::Env* env, const std::string& dir) {
+  // The mark must be durable before the repair changes anything.
+  return WriteSyncedFile(
+      env, dir, kRepairMarkerFile,
+      "mergedb-repair ran here: the next open takes a new replica id and clears the documents\n",
+      absl::StrCat("marking data dir ", dir, " repaired"));
+}
+
+std::optional<std::pair<std::string, std::string>> Store::ReadIdentityFile() const {
+  leveldb::Env* env = options_.env != nullptr ? options_.env : leveldb::Env::Default();
+  std::string text;
+  if (!leveldb::ReadFileToString(env, absl::StrCat(options_.path, "/", kIdentityFile), &text)
+           .ok()) {
+    return std::nullopt;
+  }
+  std::string cluster, node;
+  bool has_cluster = false, has_node = false;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    if (absl::ConsumePrefix(&line, "cluster=")) {
+      cluster = std::string(line);
+      has_cluster = true;
+    } else if (absl::ConsumePrefix(&line, "node=")) {
+      node = std::string(line);
+      has_node = true;
+    }
+  }
+  if (!has_cluster || !has_node) return std::nullopt;
+  return std::make_pair(std::move(cluster), std::move(node));
+}
+
+void Store::KeepIdentityFile() {
+  const std::string text = IdentityText(options_.cluster_id, options_.node_name);
+  if (text.empty()) return;
+  auto current = ReadIdentityFile();
+  if (current.has_value() && IdentityText(current->first, current->second) == text) return;
+  // An aid for a later repair, not the data: a dir whose file cannot be written still opens.
+  leveldb::Env* env = options_.env != nullptr ? options_.env : leveldb::Env::Default();
+  (void)WriteSyncedFile(env, options_.path, kIdentityFile, text,
+                        absl::StrCat("writing the identity file of ", options_.path));
 }
 
 // ---- Backups ----

@@ -235,6 +235,11 @@ std::string BackupSentinelPath(const std::string& dir);
 // mark: the next open treats the dir as repaired (also when the repair was cut short), and
 // removes the file once it has drawn a new replica id and cleared the documents.
 inline constexpr absl::string_view kRepairMarkerFile = "MERGEDB-REPAIRED";
+// A plain file beside LevelDB's that every open keeps up to date with the data dir's cluster
+// and node ("cluster=ID" and "node=NAME" lines), outside the records a repair may lose: an open
+// after a repair that lost the meta records takes the names from it, so that the dir still
+// refuses another node or cluster. Without it (a dir older than the file), from the flags.
+inline constexpr absl::string_view kIdentityFile = "MERGEDB-IDENTITY";
 std::string RepairMarkerPath(const std::string& dir);
 absl::Status WriteRepairMarker(leveldb::Env* env, const std::string& dir);
 
@@ -506,6 +511,11 @@ class Store {
   // cleared documents: what no peer may have yet survives the repair wherever its entry did.
   absl::Status ReplayLogAfterRepair();
   uint64_t DrawReplicaId();
+  // The identity file's (cluster, node) (kIdentityFile), nullopt when absent or unreadable.
+  std::optional<std::pair<std::string, std::string>> ReadIdentityFile() const;
+  // Writes the identity file when it is missing or names another cluster or node (a dir opened
+  // by this node passed the meta records' check first). Best effort.
+  void KeepIdentityFile();
   // The newest position the change feed handed out that this data dir still shows: its newest
   // change record, or its change floor.
   absl::StatusOr<uint64_t> NewestChangeSeq();

@@ -210,6 +210,12 @@ TEST_F(StoreOpenTest, ARepairThatLostTheMetaRecordsLeavesADataDirThatOpens) {
   }
   ExpectError(Options(), absl::StatusCode::kFailedPrecondition, "no mergedb schema record");
   ASSERT_TRUE(Store::Repair(dir_.string()).ok());
+  // The names come back from the identity file every open keeps beside LevelDB's files, so the
+  // repaired dir still refuses another node (and changes nothing when it does).
+  ASSERT_TRUE(std::filesystem::exists(dir_ / std::string(kIdentityFile)));
+  StoreOptions another_node = Options();
+  another_node.node_name = "someone-else";
+  ExpectError(another_node, absl::StatusCode::kFailedPrecondition, "belongs to node");
   {
     auto store = Store::Open(Options());
     ASSERT_TRUE(store.ok()) << store.status();
