@@ -390,6 +390,9 @@ struct TcpTraffic {
   uint64_t bytes = 0;
   int sockets = 0;
   int vanished = 0;
+  // Without a socket between the processes seen (`ss` could not be read, or names other users'
+  // processes only to root) the figure is unknown, not 0.
+  bool known() const { return sockets > 0; }
 };
 
 inline TcpTraffic TcpTrafficBetween(const TcpSockets& before, const TcpSockets& after,

@@ -1599,18 +1599,13 @@ int Main(int argc, char** argv) {
   const double client_cpu = CpuSecondsOfSelf() - client_cpu_before;
   const double machine_busy = UserProcessesBusySeconds() - busy_before;
   const Traffic traffic = TrafficBetweenNodes(nodes) - traffic_before;
-  // (A plain value and a flag: GCC 12 warns that an optional's fields may be uninitialized.)
+  // A plain value, not an optional: GCC 12 warns that an optional's fields may be uninitialized.
   mergedb::bench::TcpTraffic tcp;
-  bool tcp_known = false;
   if (sockets_before.has_value()) {
     if (auto sockets_after = mergedb::bench::ReadTcpSockets(); sockets_after.has_value()) {
       tcp = mergedb::bench::TcpTrafficBetween(*sockets_before, *sockets_after, node_pids);
-      tcp_known = true;
     }
   }
-  // No socket between the processes seen (ss names other users' processes only to root): the
-  // figure is unknown, not 0.
-  if (tcp.sockets == 0) tcp_known = false;
   struct NodeStats {
     std::string name;
     double cpu_s = 0;
@@ -1678,7 +1673,7 @@ int Main(int argc, char** argv) {
   const double reads_per_s = seconds > 0 ? run.reads / seconds : 0;
   const double bytes_per_write = run.writes > 0 ? static_cast<double>(traffic.bytes) / run.writes : 0;
   const double tcp_bytes_per_write =
-      tcp_known && run.writes > 0 ? static_cast<double>(tcp.bytes) / run.writes : -1;
+      tcp.known() && run.writes > 0 ? static_cast<double>(tcp.bytes) / run.writes : -1;
   const double entries_per_frame =
       traffic.frames > 0 ? static_cast<double>(traffic.entries) / traffic.frames : 0;
   const double updates_per_message =
@@ -1724,7 +1719,7 @@ int Main(int argc, char** argv) {
       std::printf("  %-40s NOT CONVERGED within 120 s\n", "convergence after the last ack (ms)");
     }
     std::printf("  %-40s %.0f\n", "bytes between nodes per write", bytes_per_write);
-    if (tcp_known) {
+    if (tcp.known()) {
       std::printf("  %-40s %.0f (over %d connections%s)\n", "  the same, TCP payload (all framing)",
                   tcp_bytes_per_write, tcp.sockets,
                   tcp.vanished > 0
@@ -1802,7 +1797,7 @@ int Main(int argc, char** argv) {
   }
   json.Add("convergence_ms", convergence_ms);
   json.Add("bytes_between_nodes_per_write", bytes_per_write);
-  if (tcp_known) {
+  if (tcp.known()) {
     json.Add("tcp_bytes_between_nodes_per_write", tcp_bytes_per_write);
     json.Add("tcp_sockets_closed_meanwhile", tcp.vanished);
   }

@@ -489,18 +489,13 @@ int Main(int argc, char** argv) {
   const double machine_busy = UserProcessesBusySeconds() - busy_before;
   const auto stats_after = Info(primary.get(), "stats");
   const auto repl_after = Info(primary.get(), "replication");
-  // (A plain value and a flag: GCC 12 warns that an optional's fields may be uninitialized.)
+  // A plain value, not an optional: GCC 12 warns that an optional's fields may be uninitialized.
   TcpTraffic tcp;
-  bool tcp_known = false;
   if (sockets_before.has_value()) {
     if (auto sockets_after = ReadTcpSockets(); sockets_after.has_value()) {
       tcp = TcpTrafficBetween(*sockets_before, *sockets_after, redis_pids);
-      tcp_known = true;
     }
   }
-  // No socket between the processes seen (ss names other users' processes only to root): the
-  // figure is unknown, not 0.
-  if (tcp.sockets == 0) tcp_known = false;
 
   struct ProcessLine {
     std::string name;
@@ -562,7 +557,7 @@ int Main(int argc, char** argv) {
     std::printf("  %-40s %.0f (primary -> replicas %.0f, replicas -> primary %.0f)\n",
                 "bytes between nodes per write", bytes_per_write, have_net ? net_out / writes : -1.0,
                 have_net ? net_in / writes : -1.0);
-    if (tcp_known) {
+    if (tcp.known()) {
       std::printf("  %-40s %.0f (over %d connections%s)\n", "  the same, TCP payload (kernel)",
                   static_cast<double>(tcp.bytes) / writes, tcp.sockets,
                   tcp.vanished > 0 ? "; some closed meanwhile, not counted" : "");
@@ -605,7 +600,7 @@ int Main(int argc, char** argv) {
                                       ? "total_net_repl_output_bytes delta on the primary + its "
                                         "total_net_input_bytes delta less this tool's commands"
                                       : "master_repl_offset delta x replicas");
-  if (tcp_known) {
+  if (tcp.known()) {
     json.Add("tcp_bytes_between_nodes_per_write", static_cast<double>(tcp.bytes) / writes);
     json.Add("tcp_sockets_closed_meanwhile", tcp.vanished);
   }

@@ -32,6 +32,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -245,9 +246,9 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s, bool used_tls) {
   std::printf("%-16s %s\n", "state digest", digest.c_str());
   for (const auto& h : s.latencies()) {
     const std::string what =
-        h.what() == "write_concern_wait"
+        h.what() == mergedb::v1::LatencyHistogram::WRITE_CONCERN_WAIT
             ? absl::StrCat(mergedb::v1::WriteConcern_Name(h.write_concern()), " wait")
-            : h.what();
+            : absl::AsciiStrToLower(mergedb::v1::LatencyHistogram::What_Name(h.what()));
     std::printf("%-16s %s\n", what.c_str(), LatencySummary(h).c_str());
   }
   const absl::Time now = absl::Now();

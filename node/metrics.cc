@@ -173,9 +173,9 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
                              "or ALL write (timed-out waits included).",
                              MetricType::Histogram);
   for (const auto& histogram : status.latencies()) {
-    if (histogram.what() == "commit") {
+    if (histogram.what() == mergedb::v1::LatencyHistogram::COMMIT) {
       AddHistogram(&commit, histogram);
-    } else if (histogram.what() == "write_concern_wait") {
+    } else if (histogram.what() == mergedb::v1::LatencyHistogram::WRITE_CONCERN_WAIT) {
       AddHistogram(
           &wait, histogram,
           {{"write_concern",

@@ -5,10 +5,10 @@
 // empty message ("the server failed", and no word of why), and on a streaming call takes it for
 // the end of the stream. The usual cause is the client's: a proto3 string that is not valid
 // UTF-8, which a C++ client sends with only a logged error. The asynchronous write methods take
-// raw messages and parse them with ParseRequest (node/async_writes.cc). The synchronous methods
-// keep gRPC's parse, which is the cheapest path for them, and an interceptor mends the answer:
-// when gRPC hands a call no request (its parse failed), the interceptor replaces the status the
-// call ends with.
+// raw messages and parse them themselves (node/async_writes.cc; Update with ParseRequest). The
+// synchronous methods keep gRPC's parse, which is the cheapest path for them, and an interceptor
+// mends the answer: when gRPC hands a call no request (its parse failed), the interceptor replaces
+// the status the call ends with.
 #ifndef MERGEDB_NODE_PARSED_REQUESTS_H_
 #define MERGEDB_NODE_PARSED_REQUESTS_H_
 

@@ -514,11 +514,11 @@ void FillStatus(Node* node, mergedb::v1::StatusResponse* response) {
   response->set_log_entries(store->log_entries());
   {
     mergedb::v1::LatencyHistogram* commit = response->add_latencies();
-    commit->set_what("commit");
+    commit->set_what(mergedb::v1::LatencyHistogram::COMMIT);
     node->commit_latency()->FillTo(commit);
     for (mergedb::v1::WriteConcern concern : {mergedb::v1::QUORUM, mergedb::v1::ALL}) {
       mergedb::v1::LatencyHistogram* wait = response->add_latencies();
-      wait->set_what("write_concern_wait");
+      wait->set_what(mergedb::v1::LatencyHistogram::WRITE_CONCERN_WAIT);
       wait->set_write_concern(concern);
       node->concern_wait(concern)->FillTo(wait);
     }
@@ -635,6 +635,16 @@ bool ClusterServiceImpl::Abandoned(grpc::ServerContext* context) const {
   return context->IsCancelled() || node_->stopping();
 }
 
+bool ClusterServiceImpl::StoppedByShutdown(const absl::Status& failed) const {
+  return absl::IsCancelled(failed) && node_->stopping();
+}
+
+absl::Status ClusterServiceImpl::ShutdownRefusal() const {
+  // Cancelled by the node, not by the caller: as the other calls a stopping node ends.
+  return absl::UnavailableError(absl::StrCat("node ", node_->options().node_name,
+                                             " is shutting down; the backup was not made"));
+}
+
 grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
                                         const mergedb::v1::BackupRequest* request,
                                         mergedb::v1::BackupResponse* response) {
@@ -665,10 +675,8 @@ grpc::Status ClusterServiceImpl::Backup(grpc::ServerContext* context,
       // the same way until space is freed, which UNAVAILABLE would not say.
       failed = absl::ResourceExhaustedError(
           absl::StrCat(failed.message(), ": the backup disk is full; free some space there"));
-    } else if (absl::IsCancelled(failed) && node_->stopping()) {
-      // Cancelled by the node, not by the caller: as the other calls a stopping node ends.
-      failed = absl::UnavailableError(absl::StrCat("node ", node_->options().node_name,
-                                                   " is shutting down; the backup was not made"));
+    } else if (StoppedByShutdown(failed)) {
+      failed = ShutdownRefusal();
     }
     MERGEDB_LOG(WARNING) << "backup to " << path << " failed: " << failed;
     return ToGrpcStatus(failed);
@@ -739,9 +747,8 @@ grpc::Status ClusterServiceImpl::StreamBackup(
     result = absl::DeadlineExceededError(
         absl::StrCat("the backup's reader took no data for ", absl::FormatDuration(stall_timeout),
                      " (--backup_stall_timeout_s); the copy was cancelled"));
-  } else if (!result.ok() && absl::IsCancelled(result.status()) && node_->stopping()) {
-    result = absl::UnavailableError(absl::StrCat("node ", node_->options().node_name,
-                                                 " is shutting down; the backup was not made"));
+  } else if (!result.ok() && StoppedByShutdown(result.status())) {
+    result = ShutdownRefusal();
   }
   if (!result.ok()) {
     MERGEDB_LOG(WARNING) << "backup streamed to " << peer << " failed: " << result.status();

@@ -151,6 +151,10 @@ class ClusterServiceImpl final : public mergedb::v1::ClusterService::Service {
   std::atomic<bool> backup_running_{false};
   // A backup stops when its caller cancels or the node begins to stop.
   bool Abandoned(grpc::ServerContext* context) const;
+  // Whether a backup that failed with `failed` was stopped by the node's shutdown, and what it
+  // answers then.
+  bool StoppedByShutdown(const absl::Status& failed) const;
+  absl::Status ShutdownRefusal() const;
 };
 
 }  // namespace mergedb::node

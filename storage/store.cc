@@ -617,10 +617,10 @@ absl::Status Store::Initialize() {
 
   // A repair drops what it cannot read, and the meta records sort first: one damaged block can
   // take all of them. After mergedb-repair (its marker file), the open rebuilds what they said
-  // (below) instead of refusing the data dir: the node's name and cluster come from its
-  // configuration, the schema is this version's, a new replica id is drawn anyway, the document
-  // count and digest are taken again (AfterRepair), and the change feed continues after its
-  // newest surviving record.
+  // (below) instead of refusing the data dir: the names come from the identity file (or, in a
+  // dir older than it, the flags), the schema is this version's, a new replica id is drawn
+  // anyway, the document count and digest are taken again (AfterRepair), and the change feed
+  // continues after its newest surviving record, above a floor below its oldest one.
   const bool repair_marked = options.env->FileExists(RepairMarkerPath(path));
   std::string schema;
   s = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaSchema), &schema);
@@ -790,7 +790,7 @@ absl::Status Store::Initialize() {
   std::string repaired;
   leveldb::Status rp = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaRepaired), &repaired);
   if (!rp.ok() && !rp.IsNotFound()) return FromLevelDb(rp, absl::StrCat("reading ", path));
-  repaired_ = rp.ok() || options.env->FileExists(RepairMarkerPath(path));
+  repaired_ = rp.ok() || repair_marked;
   if ((cs.IsNotFound() && unsynced_run) || options_.new_incarnation || opened_backup_ ||
       repaired_) {
     const crdt::ReplicaId previous = replica_id_;
@@ -814,16 +814,6 @@ absl::Status Store::Initialize() {
     }
     open_batch.Put(keys::Meta(keys::kMetaFeedHistory), record);
   }
-  {
-    leveldb::WriteOptions sync;
-    sync.sync = true;
-    MERGEDB_RETURN_IF_ERROR(
-        FromLevelDb(db_->Write(sync, &open_batch), absl::StrCat("opening data dir ", path)));
-  }
-  MERGEDB_ASSIGN_OR_RETURN(VersionVector applied,
-                           ReadVector(std::string(1, keys::kAppliedTag), nullptr));
-  MERGEDB_ASSIGN_OR_RETURN(VersionVector floors,
-                           ReadVector(std::string(1, keys::kLogFloorTag), nullptr));
   std::string change_floor;
   leveldb::Status fs = db_->Get(VerifiedReads(), keys::Meta(keys::kMetaChangeFloor), &change_floor);
   if (!fs.ok() && !fs.IsNotFound()) return FromLevelDb(fs, absl::StrCat("reading ", path));
@@ -843,15 +833,20 @@ absl::Status Store::Initialize() {
     MERGEDB_RETURN_IF_ERROR(FromLevelDb(it->status(), absl::StrCat("reading ", path)));
     if (floor > 0) {
       change_floor = keys::EncodeBe64(floor);
-      leveldb::WriteOptions sync;
-      sync.sync = true;
-      leveldb::WriteBatch batch;
-      batch.Put(keys::Meta(keys::kMetaChangeFloor), change_floor);
-      MERGEDB_RETURN_IF_ERROR(
-          FromLevelDb(db_->Write(sync, &batch), absl::StrCat("opening data dir ", path)));
+      open_batch.Put(keys::Meta(keys::kMetaChangeFloor), change_floor);
       fs = leveldb::Status::OK();
     }
   }
+  {
+    leveldb::WriteOptions sync;
+    sync.sync = true;
+    MERGEDB_RETURN_IF_ERROR(
+        FromLevelDb(db_->Write(sync, &open_batch), absl::StrCat("opening data dir ", path)));
+  }
+  MERGEDB_ASSIGN_OR_RETURN(VersionVector applied,
+                           ReadVector(std::string(1, keys::kAppliedTag), nullptr));
+  MERGEDB_ASSIGN_OR_RETURN(VersionVector floors,
+                           ReadVector(std::string(1, keys::kLogFloorTag), nullptr));
   // A crash between a full-state transfer's final commit and its deletions left entries that
   // nothing will read again: delete them now.
   std::string superseded_record;
@@ -944,6 +939,14 @@ absl::Status WriteRepairMarker(leveldb::Env* env, const std::string& dir) {
       env, dir, kRepairMarkerFile,
       "mergedb-repair ran here: the next open takes a new replica id and clears the documents\n",
       absl::StrCat("marking data dir ", dir, " repaired"));
+}
+
+bool Store::RemembersPeersRequest(absl::string_view request_id) {
+  // A record this node holds already (its own, or an earlier copy) stays; so does one that does
+  // not read: a damaged record must not fail, on every attempt, the frame or transfer chunk
+  // that carries its id (request records are a convenience beside the state).
+  absl::StatusOr<std::optional<mergedb::v1::RequestRecord>> known = LookupRequest(request_id);
+  return known.ok() && !known->has_value();
 }
 
 std::optional<std::pair<std::string, std::string>> Store::ReadIdentityFile() const {
@@ -1814,25 +1817,17 @@ absl::Status Store::JoinAndCommit(absl::Span<const JoinTarget> targets, Writer* 
   stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
   StripeLocks locks(std::move(stripes));
   for (const SnapshotRequest& request : requests) {
-    // As with a peer's log entry, a record this node holds already (its own, or an earlier
-    // copy) stays; so does one that does not read (a damaged record here must not fail the
-    // transfer's chunk on every attempt: records are a convenience beside the state).
-    absl::StatusOr<std::optional<mergedb::v1::RequestRecord>> known =
-        LookupRequest(request.request_id);
-    if (!known.ok() || known->has_value()) continue;
+    if (!RemembersPeersRequest(request.request_id)) continue;
     mergedb::v1::RequestRecord record = request.record;
     record.clear_change_seq();  // a position in the sender's change feed, not in this one
     w->batch.Put(keys::Request(request.request_id), crdt::SerializeDeterministic(record));
   }
-  // Request ids to remember: those of entries that carry one this node does not know yet (the
-  // record of the node that took the update, or of an earlier copy of the entry, stays).
+  // Request ids to remember: those of entries that carry one this node does not know yet.
   std::vector<bool> remember(targets.size(), false);
   for (size_t i = 0; i < targets.size(); ++i) {
     const mergedb::v1::LogEntry* entry = targets[i].request;
     if (entry == nullptr || entry->request_id().empty()) continue;
-    MERGEDB_ASSIGN_OR_RETURN(std::optional<mergedb::v1::RequestRecord> known,
-                             LookupRequest(entry->request_id()));
-    remember[i] = !known.has_value();
+    remember[i] = RemembersPeersRequest(entry->request_id());
   }
   for (auto& [prefix, touched] : docs) {
     MERGEDB_ASSIGN_OR_RETURN(touched.doc, LoadLocked(prefix));

@@ -511,6 +511,10 @@ class Store {
   // cleared documents: what no peer may have yet survives the repair wherever its entry did.
   absl::Status ReplayLogAfterRepair();
   uint64_t DrawReplicaId();
+  // Whether a peer's record of `request_id` (from a log entry or a full-state transfer) is
+  // written here: not when this node knows the id, nor when its own record does not read.
+  // Called under the stripes of the documents involved, as a local write's lookup is.
+  bool RemembersPeersRequest(absl::string_view request_id);
   // The identity file's (cluster, node) (kIdentityFile), nullopt when absent or unreadable.
   std::optional<std::pair<std::string, std::string>> ReadIdentityFile() const;
   // Writes the identity file when it is missing or names another cluster or node (a dir opened

@@ -85,7 +85,7 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
   // Server-side latencies: three commits (the retry made none), and two waits for a quorum
   // (the retry waits again).
   ASSERT_EQ(status.latencies_size(), 3);
-  EXPECT_EQ(status.latencies(0).what(), "commit");
+  EXPECT_EQ(status.latencies(0).what(), mergedb::v1::LatencyHistogram::COMMIT);
   EXPECT_EQ(status.latencies(0).count(), 3u);
   EXPECT_EQ(status.latencies(0).cumulative_counts(status.latencies(0).cumulative_counts_size() - 1),
             3u);

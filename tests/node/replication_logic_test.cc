@@ -554,6 +554,40 @@ TEST_F(ReplicationLogicTest, ADamagedRequestRecordDoesNotStopAFullStateTransfer)
   EXPECT_TRUE(sink->LookupRequest(request_id(1000))->has_value());
 }
 
+// The same on the receiving side: a damaged block of this node's own request records must not
+// fail the frames of a peer's entries that carry ids from it (on every attempt: replication from
+// that peer would stop).
+TEST_F(ReplicationLogicTest, ADamagedRequestRecordHereDoesNotStopAPeersFrames) {
+  auto request_id = [](int k) { return absl::StrCat("r", absl::Dec(k, absl::kZeroPad5)); };
+  {
+    auto sink = OpenStore("/b", "n2");
+    for (int k = 0; k < 3000; ++k) {
+      ASSERT_TRUE(sink->ApplyLocal(storage::testing::Increment("c", "own", "n", 1,
+                                                               sink->replica_id(), request_id(k)))
+                      .ok());
+    }
+  }
+  OpenStore("/b", "n2");  // opening again moves LevelDB's write-ahead log into a table file
+  storage::testing::BreakBlockChecksum(
+      env_.get(), "/b", [&](int k) { return storage::keys::Request(request_id(1500 + k)); });
+  if (HasFatalFailure()) return;
+  auto sink = OpenStore("/b", "n2");
+  ASSERT_FALSE(sink->LookupRequest(request_id(1500)).ok()) << "the block is not damaged";
+  auto source = OpenStore("/a", "n1");
+  for (int k = 0; k < 5; ++k) {
+    ASSERT_TRUE(source
+                    ->ApplyLocal(storage::testing::Increment("c", "d", "n", 1, source->replica_id(),
+                                                             request_id(1500 + k)))
+                    .ok());
+  }
+  auto log = source->ReadLog({}, 100);
+  ASSERT_TRUE(log.ok()) << log.status();
+  auto applied = sink->ApplyRemote(*log);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(applied->applied, 5u);
+  EXPECT_EQ(storage::testing::CounterOf(*sink->Get("c", "d"), "n"), 5);
+}
+
 // While a node receives a full-state transfer, its documents already hold state its applied
 // vector names only at the end. A third node at the same vector must not take the difference
 // for a divergence and send a whole-database transfer of its own: acks leave the digest out
