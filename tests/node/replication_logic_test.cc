@@ -56,6 +56,26 @@ class ReplicationLogicTest : public ::testing::Test {
     return request;
   }
 
+  static std::string RequestId(int k) { return absl::StrCat("r", absl::Dec(k, absl::kZeroPad5)); }
+
+  // Store `name` at `path` takes 3,000 increments (documents d0..d49) with request ids
+  // RequestId(0..2999), then the checksum of the table block holding RequestId(1500) breaks.
+  void WriteRequestIdsAndDamageABlockOfThem(const std::string& path, const std::string& name) {
+    {
+      auto store = OpenStore(path, name);
+      for (int k = 0; k < 3000; ++k) {
+        ASSERT_TRUE(
+            store
+                ->ApplyLocal(storage::testing::Increment("c", absl::StrCat("d", k % 50), "n", 1,
+                                                         store->replica_id(), RequestId(k)))
+                .ok());
+      }
+    }
+    OpenStore(path, name);  // opening again moves LevelDB's write-ahead log into a table file
+    storage::testing::BreakBlockChecksum(
+        env_.get(), path, [](int k) { return storage::keys::Request(RequestId(1500 + k)); });
+  }
+
   // n2's receiving end of a link from n1 (replica 7), past the hello.
   std::unique_ptr<LinkReceiver> HelloedReceiver(storage::Store* store, ClusterView* view) {
     auto receiver = std::make_unique<LinkReceiver>(options_, store, view, &hlc_);
@@ -521,20 +541,7 @@ TEST_F(ReplicationLogicTest, ADamagedLogBlockIsReplacedByAFullStateTransfer) {
 // fails must not stop a full-state transfer (it failed at the same record on every attempt and
 // never ended). The records before the damage still arrive, and the documents all of them.
 TEST_F(ReplicationLogicTest, ADamagedRequestRecordDoesNotStopAFullStateTransfer) {
-  auto request_id = [](int k) { return absl::StrCat("r", absl::Dec(k, absl::kZeroPad5)); };
-  {
-    auto source = OpenStore("/a", "n1");
-    for (int k = 0; k < 3000; ++k) {
-      ASSERT_TRUE(
-          source
-              ->ApplyLocal(storage::testing::Increment("c", absl::StrCat("d", k % 50), "n", 1,
-                                                       source->replica_id(), request_id(k)))
-              .ok());
-    }
-  }
-  OpenStore("/a", "n1");  // opening again moves LevelDB's write-ahead log into a table file
-  storage::testing::BreakBlockChecksum(
-      env_.get(), "/a", [&](int k) { return storage::keys::Request(request_id(1500 + k)); });
+  WriteRequestIdsAndDamageABlockOfThem("/a", "n1");
   if (HasFatalFailure()) return;
   auto source = OpenStore("/a", "n1");
   auto sink = OpenStore("/b", "n2");
@@ -550,34 +557,23 @@ TEST_F(ReplicationLogicTest, ADamagedRequestRecordDoesNotStopAFullStateTransfer)
   EXPECT_EQ(sink->AppliedVector(), source->AppliedVector());
   EXPECT_EQ(sink->state_digest(), source->state_digest());
   EXPECT_EQ(sink->document_count(), 50);
-  EXPECT_TRUE(sink->LookupRequest(request_id(0))->has_value());
-  EXPECT_TRUE(sink->LookupRequest(request_id(1000))->has_value());
+  EXPECT_TRUE(sink->LookupRequest(RequestId(0))->has_value());
+  EXPECT_TRUE(sink->LookupRequest(RequestId(1000))->has_value());
 }
 
 // The same on the receiving side: a damaged block of this node's own request records must not
 // fail the frames of a peer's entries that carry ids from it (on every attempt: replication from
 // that peer would stop).
 TEST_F(ReplicationLogicTest, ADamagedRequestRecordHereDoesNotStopAPeersFrames) {
-  auto request_id = [](int k) { return absl::StrCat("r", absl::Dec(k, absl::kZeroPad5)); };
-  {
-    auto sink = OpenStore("/b", "n2");
-    for (int k = 0; k < 3000; ++k) {
-      ASSERT_TRUE(sink->ApplyLocal(storage::testing::Increment("c", "own", "n", 1,
-                                                               sink->replica_id(), request_id(k)))
-                      .ok());
-    }
-  }
-  OpenStore("/b", "n2");  // opening again moves LevelDB's write-ahead log into a table file
-  storage::testing::BreakBlockChecksum(
-      env_.get(), "/b", [&](int k) { return storage::keys::Request(request_id(1500 + k)); });
+  WriteRequestIdsAndDamageABlockOfThem("/b", "n2");
   if (HasFatalFailure()) return;
   auto sink = OpenStore("/b", "n2");
-  ASSERT_FALSE(sink->LookupRequest(request_id(1500)).ok()) << "the block is not damaged";
+  ASSERT_FALSE(sink->LookupRequest(RequestId(1500)).ok()) << "the block is not damaged";
   auto source = OpenStore("/a", "n1");
   for (int k = 0; k < 5; ++k) {
     ASSERT_TRUE(source
                     ->ApplyLocal(storage::testing::Increment("c", "d", "n", 1, source->replica_id(),
-                                                             request_id(1500 + k)))
+                                                             RequestId(1500 + k)))
                     .ok());
   }
   auto log = source->ReadLog({}, 100);
