@@ -305,6 +305,12 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s, bool used_tls) {
                   static_cast<unsigned long long>(p.full_state_transfers_sent()),
                   static_cast<unsigned long long>(p.log_damage_events()), p.last_error().c_str());
     }
+    // From this node's commit of its own writes until it knew the peer had them.
+    std::printf("replication delay\n");
+    for (const auto& p : s.peers()) {
+      if (!p.has_replication_delay()) continue;  // a node of an earlier version
+      std::printf("  %-12s %s\n", p.name().c_str(), LatencySummary(p.replication_delay()).c_str());
+    }
   }
   return 0;
 }

@@ -135,6 +135,11 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
              "Times this node's log proved damaged while read for the peer (each answered with a "
              "full-state transfer): run mergedb-repair on this node's data dir.",
              MetricType::Counter);
+  MetricFamily delay =
+      Family("mergedb_replication_delay_seconds",
+             "From this node's commit of one of its own writes until it learned the peer had "
+             "applied it (the peer's acknowledgement, or a third node's relay of it).",
+             MetricType::Histogram);
   for (const auto& peer : status.peers()) {
     const std::vector<ClientMetric::Label> labels = {{"peer", peer.name()}};
     Add(&up, peer.connected() ? 1 : 0, labels);
@@ -145,9 +150,11 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
     Add(&entries, static_cast<double>(peer.entries_sent()), labels);
     Add(&transfers, static_cast<double>(peer.full_state_transfers_sent()), labels);
     Add(&damage, static_cast<double>(peer.log_damage_events()), labels);
+    // A node of an earlier version reports none.
+    if (peer.has_replication_delay()) AddHistogram(&delay, peer.replication_delay(), labels);
   }
   for (MetricFamily* family :
-       {&up, &behind, &sent, &received, &frames, &entries, &transfers, &damage}) {
+       {&up, &behind, &sent, &received, &frames, &entries, &transfers, &damage, &delay}) {
     families.push_back(std::move(*family));
   }
 

@@ -345,6 +345,8 @@ void Node::Shutdown(absl::Duration grace) {
     janitor_stop_ = true;
   }
   if (janitor_.joinable()) janitor_.join();
+  // Replication holds a listener on the store (stopping twice is harmless).
+  if (replication_ != nullptr) replication_->Stop();
   store_.reset();  // closes LevelDB cleanly
   MERGEDB_LOG(INFO) << "node " << options_.node_name << " stopped";
 }

@@ -100,7 +100,10 @@ void EncodeVector(const storage::VersionVector& v,
 // ClusterView
 
 ClusterView::ClusterView(std::string self, std::vector<std::string> peers, storage::Store* store)
-    : self_(std::move(self)), peers_(std::move(peers)), store_(store) {}
+    : self_(std::move(self)),
+      peers_(std::move(peers)),
+      store_(store),
+      delays_(peers_, store->own_applied()) {}
 
 void ClusterView::Update(const std::string& node, const storage::VersionVector& applied, Mode mode,
                          crdt::ReplicaId incarnation) {
@@ -153,6 +156,9 @@ void ClusterView::Update(const std::string& node, const storage::VersionVector& 
     known = applied;
   } else {
     for (const auto& [origin, seq] : applied) known[origin] = std::max(known[origin], seq);
+  }
+  if (auto own = known.find(me); own != known.end()) {
+    delays_.Confirmed(node, own->second, std::chrono::steady_clock::now());
   }
   // Waiters (WaitForConfirmations) use mutex conditions: releasing mu_ wakes only those whose
   // write has now reached its write concern, not every waiter on every acknowledgement.
@@ -1544,6 +1550,14 @@ Replication::Replication(ReplicationOptions options, storage::Store* store, Hybr
   for (const auto& peer : options_.peers) {
     peer_states_.emplace(peer.name, std::make_unique<PeerState>());
   }
+  // Times the commits of this node's own entries, for the peers' replication delays. The
+  // replica id is fixed for the store's life (a new incarnation is drawn at its open).
+  const crdt::ReplicaId me = store_->replica_id();
+  delay_listener_ = store_->AddAppliedListener([this, me](const storage::VersionVector& applied) {
+    if (auto own = applied.find(me); own != applied.end()) {
+      view_.OwnCommitted(own->second, std::chrono::steady_clock::now());
+    }
+  });
 }
 
 Replication::~Replication() { Stop(); }
@@ -1567,6 +1581,10 @@ void Replication::Stop() {
   // Outside mu_: a session's thread takes it (Blocked, SetError) on its way out.
   for (auto& session : sessions) session->Stop();
   view_.ReleaseWaiters();
+  // Here, not in the destructor: the node closes its store before it drops this object.
+  if (const uint64_t listener = delay_listener_.exchange(0); listener != 0) {
+    store_->RemoveAppliedListener(listener);
+  }
 }
 
 void Replication::CancelSilentHandshakes() {
@@ -1626,6 +1644,7 @@ std::vector<mergedb::v1::PeerStatus> Replication::PeerStatuses() const {
     status.set_entries_sent(state->entries_sent);
     status.set_full_state_transfers_sent(state->full_state_transfers_sent);
     status.set_log_damage_events(state->log_damage_events);
+    view_.FillReplicationDelay(peer.name, status.mutable_replication_delay());
     absl::MutexLock lock(&state->mu);
     status.set_last_error(state->last_error);
     out.push_back(std::move(status));

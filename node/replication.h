@@ -30,6 +30,7 @@
 #include "mergedb/v1/api.pb.h"
 #include "mergedb/v1/replication.grpc.pb.h"
 #include "node/clock.h"
+#include "node/replication_delay.h"
 #include "node/stream_codec.h"
 #include "node/tls.h"
 #include "storage/store.h"
@@ -240,6 +241,16 @@ class ClusterView {
   // Empty: none. Cheap when empty (every write asks).
   std::string rolled_back_reason() const;
 
+  // Replication delays (node/replication_delay.h): commits of this node's own entries are
+  // timed through OwnCommitted (the node's store listener; the simulator times none), and
+  // Update counts what each peer is now known to hold.
+  void OwnCommitted(uint64_t through, ReplicationDelays::TimePoint when) {
+    delays_.Committed(through, when);
+  }
+  void FillReplicationDelay(const std::string& peer, mergedb::v1::LatencyHistogram* out) const {
+    delays_.FillTo(peer, out);
+  }
+
  private:
   int ConfirmationsLocked(crdt::ReplicaId origin, uint64_t seq,
                           const storage::VersionVector& mine) const
@@ -265,6 +276,7 @@ class ClusterView {
   std::string rolled_back_reason_ ABSL_GUARDED_BY(mu_);
   bool released_ ABSL_GUARDED_BY(mu_) = false;
   int waiting_ ABSL_GUARDED_BY(mu_) = 0;  // calls in WaitForConfirmations
+  ReplicationDelays delays_;
 };
 
 // Which log entries a link sends: per origin, those past `from`, except the excluded origins
@@ -464,6 +476,8 @@ class Replication final : public mergedb::v1::ReplicationService::Service {
   storage::Store* const store_;
   HybridClock* const clock_;
   ClusterView view_;
+  // The store listener that feeds view_'s replication delays (0: removed, by Stop).
+  std::atomic<uint64_t> delay_listener_{0};
   std::map<std::string, std::unique_ptr<PeerState>> peer_states_;
   std::atomic<bool> stopping_{false};
 

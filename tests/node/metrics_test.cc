@@ -99,7 +99,10 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
       port,
       {"mergedb_documents 3", absl::StrCat("mergedb_applied_position{origin=\"", own, "\"} 3"),
        "mergedb_peer_up{peer=\"n2\"} 1", "mergedb_peer_up{peer=\"n3\"} 1",
-       "mergedb_peer_entries_behind{peer=\"n2\"} 0", "mergedb_peer_entries_behind{peer=\"n3\"} 0"});
+       "mergedb_peer_entries_behind{peer=\"n2\"} 0", "mergedb_peer_entries_behind{peer=\"n3\"} 0",
+       // The three writes that committed, once per peer, once its ack is back.
+       "mergedb_replication_delay_seconds_count{peer=\"n2\"} 3",
+       "mergedb_replication_delay_seconds_count{peer=\"n3\"} 3"});
   EXPECT_TRUE(absl::StartsWith(scraped, "HTTP/1.1 200")) << scraped.substr(0, 200);
   for (const std::string& line :
        {std::string("mergedb_documents 3"),
@@ -117,7 +120,10 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
         std::string("mergedb_commit_duration_seconds_count 3"),
         std::string("mergedb_commit_duration_seconds_bucket{le=\"+Inf\"} 3"),
         std::string("mergedb_write_concern_wait_seconds_count{write_concern=\"quorum\"} 2"),
-        std::string("mergedb_write_concern_wait_seconds_count{write_concern=\"all\"} 0")}) {
+        std::string("mergedb_write_concern_wait_seconds_count{write_concern=\"all\"} 0"),
+        std::string("# TYPE mergedb_replication_delay_seconds histogram"),
+        std::string("mergedb_replication_delay_seconds_count{peer=\"n2\"} 3"),
+        std::string("mergedb_replication_delay_seconds_bucket{peer=\"n3\",le=\"+Inf\"} 3")}) {
     EXPECT_TRUE(absl::StrContains(scraped, "\n" + line + "\n")) << line << "\nin\n" << scraped;
   }
   EXPECT_FALSE(absl::StrContains(scraped, "mergedb_tls_")) << "a plaintext node has no certificate";
@@ -128,13 +134,51 @@ TEST(Metrics, AScrapeShowsWhatStatusReports) {
   Incr(&request, {"n"}, 1);
   ASSERT_TRUE(cluster.Update(0, request).ok());
   const std::string after = AwaitMetrics(
-      port, {"mergedb_peer_up{peer=\"n3\"} 0", "mergedb_peer_entries_behind{peer=\"n3\"} 1"});
-  EXPECT_TRUE(absl::StrContains(after, "\nmergedb_peer_up{peer=\"n3\"} 0\n")) << after;
-  EXPECT_TRUE(absl::StrContains(after, "\nmergedb_peer_entries_behind{peer=\"n3\"} 1\n")) << after;
+      port, {"mergedb_peer_up{peer=\"n3\"} 0", "mergedb_peer_entries_behind{peer=\"n3\"} 1",
+             "mergedb_replication_delay_seconds_count{peer=\"n2\"} 4"});
+  for (const std::string line :
+       {"mergedb_peer_up{peer=\"n3\"} 0", "mergedb_peer_entries_behind{peer=\"n3\"} 1",
+        "mergedb_replication_delay_seconds_count{peer=\"n2\"} 4",
+        "mergedb_replication_delay_seconds_count{peer=\"n3\"} 3"}) {
+    EXPECT_TRUE(absl::StrContains(after, "\n" + line + "\n")) << line << "\nin\n" << after;
+  }
 
   // The endpoint goes with the node.
   cluster.Stop(0);
   EXPECT_EQ(HttpGet(port, "/metrics"), "");
+}
+
+// The delay runs from the writer's commit, not from when its frame left: a write made while
+// the link was cut counts the time the cut lasted.
+TEST(Metrics, AReplicationDelayRunsFromTheCommit) {
+  Cluster cluster(2);
+  cluster.StartAll();
+  auto request = UpdateOf("c", "before");
+  Incr(&request, {"n"}, 1);
+  ASSERT_TRUE(cluster.Update(0, request).ok());
+  ASSERT_TRUE(cluster.WaitConverged());
+
+  cluster.SetLink(0, 1, false);
+  request = UpdateOf("c", "during");
+  Incr(&request, {"n"}, 1);
+  ASSERT_TRUE(cluster.Update(0, request).ok());
+  absl::SleepFor(absl::Milliseconds(600));
+  cluster.SetLink(0, 1, true);
+  ASSERT_TRUE(cluster.WaitConverged());
+
+  mergedb::v1::LatencyHistogram delay;
+  for (int attempt = 0; attempt < 400; ++attempt) {  // the ack may trail the convergence
+    const mergedb::v1::StatusResponse status = cluster.Status(0);
+    ASSERT_EQ(status.peers_size(), 1);
+    delay = status.peers(0).replication_delay();
+    if (delay.count() >= 2) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(delay.what(), mergedb::v1::LatencyHistogram::REPLICATION_DELAY);
+  ASSERT_EQ(delay.count(), 2u) << "each write once";
+  ASSERT_EQ(delay.upper_bounds_seconds(10), 0.25);
+  EXPECT_EQ(delay.cumulative_counts(10), 1u) << "only the write before the cut came within 250 ms";
+  EXPECT_GE(delay.sum_seconds(), 0.6);
 }
 
 TEST(Metrics, AnAddressTheNodeCannotListenOnIsAClearError) {
