@@ -274,6 +274,17 @@ int PrintStatusTable(const mergedb::v1::StatusResponse& s, bool used_tls) {
     } else {
       std::printf("%-16s clients not authenticated\n", "");
     }
+    if (s.tls().loaded_unix_seconds() > 0) {
+      std::printf("%-16s certificates read %s\n", "",
+                  absl::FormatTime("%Y-%m-%d %H:%M:%S UTC",
+                                   absl::FromUnixSeconds(s.tls().loaded_unix_seconds()),
+                                   absl::UTCTimeZone())
+                      .c_str());
+    }
+    if (!s.tls().reload_error().empty()) {
+      std::printf("%-16s CHANGED FILES REFUSED (still using the above): %s\n", "",
+                  s.tls().reload_error().c_str());
+    }
   } else if (used_tls) {
     // A node of a version before TlsStatus: it serves TLS, since this call used it.
     std::printf("%-16s on (the node does not report its certificates)\n", "tls");

@@ -113,7 +113,12 @@ ABSL_FLAG(int64_t, tls_expiry_warning_days, 30,
           "Log a warning (at start-up, when it becomes due, then once a day) while this "
           "node's certificate or any certificate on its chain, a CA certificate of --tls_ca "
           "or one of --tls_client_ca expires within this many days (0: only once it has "
-          "expired). Certificates are read at start-up: renew them by restarting the node.");
+          "expired).");
+ABSL_FLAG(int64_t, tls_reload_interval_s, 60,
+          "Seconds between reads of the --tls_ files while the node runs: renewed certificates "
+          "(and a changed CA file) are taken without a restart once they pass the start-up "
+          "checks; files that do not are logged and left, and the node keeps its certificates. "
+          "SIGHUP reads them at once. 0: only at start-up and on SIGHUP.");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT to serve Prometheus metrics on (GET /metrics, plain HTTP without "
           "authentication: what Status reports, no document data); e.g. 127.0.0.1:9464. "
@@ -265,6 +270,11 @@ int main(int argc, char** argv) {
     return UsageError("--tls_expiry_warning_days must be between 0 and 3650");
   }
   options.tls_expiry_warning = absl::Hours(24 * tls_expiry_warning_days);
+  const int64_t tls_reload_interval_s = absl::GetFlag(FLAGS_tls_reload_interval_s);
+  if (tls_reload_interval_s < 0 || tls_reload_interval_s > 86400) {
+    return UsageError("--tls_reload_interval_s must be between 0 and 86400");
+  }
+  options.tls_reload_interval = absl::Seconds(tls_reload_interval_s);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
@@ -280,12 +290,14 @@ int main(int argc, char** argv) {
   }
   mergedb::node::SetLogTag(options.node_name);
 
-  // Block the stop signals in every thread; the main thread takes them with sigwait.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // Block the signals the node acts on in every thread; the main thread takes them with
+  // sigwait: SIGTERM and SIGINT stop it, SIGHUP reloads its TLS files.
+  sigset_t handled_signals;
+  sigemptyset(&handled_signals);
+  sigaddset(&handled_signals, SIGTERM);
+  sigaddset(&handled_signals, SIGINT);
+  sigaddset(&handled_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &handled_signals, nullptr);
 
   auto node = mergedb::node::Node::Start(options);
   if (!node.ok()) {
@@ -297,7 +309,15 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   int signal = 0;
-  sigwait(&stop_signals, &signal);
+  while (sigwait(&handled_signals, &signal) == 0 && signal == SIGHUP) {
+    if ((*node)->live_tls() == nullptr) {
+      MERGEDB_LOG(INFO) << "received SIGHUP: nothing to reload (this node serves plaintext)";
+      continue;
+    }
+    MERGEDB_LOG(INFO) << "received SIGHUP: reading the TLS files again";
+    absl::StatusOr<bool> reloaded = (*node)->ReloadTls();  // logs what it took or refused
+    if (reloaded.ok() && !*reloaded) MERGEDB_LOG(INFO) << "the TLS files are unchanged";
+  }
   MERGEDB_LOG(INFO) << "received " << (signal == SIGTERM ? "SIGTERM" : "SIGINT") << ", draining";
   (*node)->Shutdown(absl::Seconds(5));
   return 0;

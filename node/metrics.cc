@@ -164,6 +164,10 @@ std::vector<MetricFamily> MetricFamilies(const mergedb::v1::StatusResponse& stat
                            "earliest end of validity along its chain to the CA (Unix time).",
                            MetricType::Gauge,
                            static_cast<double>(status.tls().expires_unix_seconds())));
+    families.push_back(One("mergedb_tls_files_refused",
+                           "1 while the TLS files changed since they were read fail the start-up "
+                           "checks (the node keeps the certificates it has): see mergedb status.",
+                           MetricType::Gauge, status.tls().reload_error().empty() ? 0 : 1));
     if (!status.tls().client_ca_expiring_subject().empty()) {
       families.push_back(One("mergedb_tls_client_ca_expiry_timestamp_seconds",
                              "When the first certificate of --tls_client_ca expires (Unix time).",

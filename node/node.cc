@@ -11,6 +11,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "leveldb/env.h"
 #include "node/async_server.h"
 #include "node/async_writes.h"
 #include "node/health.h"
@@ -169,12 +170,23 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
                          << ") so that no dot or log sequence is ever reused";
   }
 
+  if (options.tls.enabled()) {
+    // The copies gRPC watches live in the data dir (private, kept across restarts, which
+    // overwrite them); a data dir in another Env (tests' memory) gets a temporary directory.
+    const bool real_files = options.env == nullptr || options.env == leveldb::Env::Default();
+    MERGEDB_ASSIGN_OR_RETURN(
+        node->live_tls_,
+        LiveTls::Start(options.tls, options.node_name,
+                       real_files ? absl::StrCat(options.data_dir, "/", kTlsInUseDir) : ""));
+  }
+
   ReplicationOptions replication = options.replication;
   replication.cluster_id = options.cluster_id;
   replication.node_name = options.node_name;
   replication.role = options.role;
   replication.peers = options.peers;
   replication.tls = options.tls;
+  replication.live_tls = node->live_tls_.get();
   replication.members = std::move(members);
   node->replication_ =
       std::make_unique<Replication>(std::move(replication), node->store_.get(), &node->hlc_);
@@ -189,7 +201,10 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   grpc::ServerBuilder builder;
   ConfigureServerBuilder(options.limits.max_update_bytes, options.replication.max_message_bytes,
                          &builder);
-  builder.AddListeningPort(options.listen, MakeServerCredentials(options.tls), &node->port_);
+  builder.AddListeningPort(options.listen,
+                           node->live_tls_ != nullptr ? node->live_tls_->ServerCredentials()
+                                                      : MakeServerCredentials(options.tls),
+                           &node->port_);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(NewUnparsableRequestInterceptors(MethodsGrpcParses()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
@@ -240,8 +255,10 @@ std::string Node::address() const {
 }
 
 void Node::WarnIfCertificateExpires(std::string* stage, absl::Time* next_repeat) const {
+  if (live_tls_ == nullptr) return;
   const absl::Time now = absl::Now();
-  const ExpiryReport report = ReportExpiries(options_.tls, now, options_.tls_expiry_warning);
+  const ExpiryReport report =
+      ReportExpiries(*live_tls_->current(), now, options_.tls_expiry_warning);
   // At once when a certificate enters the window or expires; otherwise once a day.
   if (report.stage == *stage && now < *next_repeat) return;
   *stage = report.stage;
@@ -255,6 +272,7 @@ void Node::RunJanitor() {
   // The start-up check logs whatever is due; later ones what changed, or daily.
   std::string tls_stage = "start";
   absl::Time next_tls_warning = absl::InfinitePast();
+  absl::Time next_tls_reload = absl::Now() + options_.tls_reload_interval;
   WarnIfCertificateExpires(&tls_stage, &next_tls_warning);
   bool store_failed = false;
   while (!janitor_stop_) {
@@ -276,6 +294,11 @@ void Node::RunJanitor() {
         !trimmed.ok()) {
       MERGEDB_LOG(WARNING) << "change feed truncation: " << trimmed.message();
     }
+    if (live_tls_ != nullptr && options_.tls_reload_interval > absl::ZeroDuration() &&
+        absl::Now() >= next_tls_reload) {
+      next_tls_reload = absl::Now() + options_.tls_reload_interval;
+      ReloadTls().IgnoreError();  // it logs what it took or refused
+    }
     WarnIfCertificateExpires(&tls_stage, &next_tls_warning);
     if (absl::Now() < next_expiry) continue;
     next_expiry = absl::Now() + kJanitorInterval;
@@ -287,6 +310,37 @@ void Node::RunJanitor() {
       MERGEDB_LOG(DEBUG) << "forgot " << *expired << " request ids";
     }
   }
+}
+
+absl::StatusOr<bool> Node::ReloadTls() {
+  if (live_tls_ == nullptr) return absl::FailedPreconditionError("this node serves plaintext");
+  const std::string error_before = live_tls_->reload_error();
+  absl::StatusOr<bool> reloaded = live_tls_->Reload();
+  const std::shared_ptr<const TlsConfig> tls = live_tls_->current();
+  if (!reloaded.ok()) {
+    // Once per new error: a bad file stays bad until someone fixes it.
+    if (std::string(reloaded.status().message()) != error_before) {
+      MERGEDB_LOG(ERROR) << "the TLS files changed but were not taken, so this node keeps the "
+                            "certificates it read at "
+                         << absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", live_tls_->loaded_at(),
+                                             absl::UTCTimeZone())
+                         << ": " << reloaded.status().message();
+    }
+  } else if (*reloaded) {
+    const CertificateExpiry* own = OwnChainExpiry(*tls);
+    MERGEDB_LOG(INFO) << "reloaded the TLS files: new connections use them"
+                      << (own != nullptr
+                              ? absl::StrCat(
+                                    " (", own->subject, "'s chain valid until ",
+                                    absl::FormatTime("%Y-%m-%d %H:%M:%S UTC",
+                                                     absl::FromUnixSeconds(own->unix_seconds),
+                                                     absl::UTCTimeZone()),
+                                    ")")
+                              : std::string());
+  } else if (!error_before.empty()) {
+    MERGEDB_LOG(INFO) << "the TLS files pass their checks again (unchanged from those in use)";
+  }
+  return reloaded;
 }
 
 int Node::metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }

@@ -37,6 +37,10 @@ namespace mergedb::node {
 void ConfigureServerBuilder(size_t max_update_bytes, size_t max_replication_bytes,
                             grpc::ServerBuilder* builder);
 
+// The directory in a data dir where a node with TLS keeps the private copies of its
+// certificates that gRPC reads (LiveTls).
+inline constexpr char kTlsInUseDir[] = "tls-in-use";
+
 struct NodeOptions {
   std::string node_name;
   std::string cluster_id;
@@ -67,6 +71,9 @@ struct NodeOptions {
   // The node warns while a certificate it depends on (TlsConfig::expiries) expires within this
   // long or has expired: at start-up, as soon as one enters the window or expires, then daily.
   absl::Duration tls_expiry_warning = absl::Hours(24 * 30);
+  // How often the node reads its TLS files again (LiveTls::Reload), so renewed certificates
+  // are taken without a restart; zero: only at start-up and on ReloadTls (SIGHUP).
+  absl::Duration tls_reload_interval = absl::Minutes(1);
   // Where to serve Prometheus metrics over HTTP (HOST:PORT, port 0 picks one; node/metrics.h);
   // empty: not served.
   std::string metrics_listen;
@@ -116,6 +123,12 @@ class Node {
   int port() const { return port_; }
   // The metrics endpoint's port; 0 without NodeOptions::metrics_listen.
   int metrics_port() const;
+  // Reads the TLS files again and takes them if they pass the start-up checks (LiveTls::Reload),
+  // logging the outcome; the janitor calls it every tls_reload_interval, the binary on SIGHUP.
+  // FAILED_PRECONDITION for a plaintext node.
+  absl::StatusOr<bool> ReloadTls();
+  // The TLS in use; nullptr for a plaintext node.
+  const LiveTls* live_tls() const { return live_tls_.get(); }
   std::string address() const;
   const NodeOptions& options() const { return options_; }
   storage::Store* store() { return store_.get(); }
@@ -146,6 +159,8 @@ class Node {
   const NodeOptions options_;
   SystemClock clock_;
   HybridClock hlc_;
+  // Outlives every server and channel that uses its credentials (destroyed last).
+  std::unique_ptr<LiveTls> live_tls_;
   std::unique_ptr<storage::Store> store_;
   std::unique_ptr<Replication> replication_;
   std::unique_ptr<DocumentServiceImpl> documents_;

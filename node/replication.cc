@@ -1050,8 +1050,11 @@ class Replication::Session {
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
     args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, kMaxMessageBytes);
     args.SetInt(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, kMaxMessageBytes);
-    channel_ =
-        grpc::CreateCustomChannel(peer_.address, MakeChannelCredentials(owner->options_.tls), args);
+    channel_ = grpc::CreateCustomChannel(peer_.address,
+                                         owner->options_.live_tls != nullptr
+                                             ? owner->options_.live_tls->ChannelCredentials()
+                                             : MakeChannelCredentials(owner->options_.tls),
+                                         args);
     stub_ = mergedb::v1::ReplicationService::NewStub(channel_);
     thread_ = std::thread([this] { Run(); });
   }
@@ -1669,7 +1672,11 @@ grpc::Status Replication::Replicate(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<ReplicationResponse, ReplicationRequest>* stream) {
   if (options_.tls.enabled()) {
-    if (absl::Status member = CheckMemberCertificate(*context->auth_context(), options_.tls);
+    // The CAs in use now: a reload may have changed them since the start.
+    const std::shared_ptr<const TlsConfig> tls =
+        options_.live_tls != nullptr ? options_.live_tls->current()
+                                     : std::make_shared<const TlsConfig>(options_.tls);
+    if (absl::Status member = CheckMemberCertificate(*context->auth_context(), *tls);
         !member.ok()) {
       MERGEDB_LOG(WARNING) << "refused replication from " << context->peer() << ": "
                            << member.message();

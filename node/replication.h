@@ -137,6 +137,9 @@ struct ReplicationOptions {
   absl::Duration backoff_max = absl::Seconds(2);
   // Outbound links use it; inbound links then need a certificate the CA signed.
   TlsConfig tls;
+  // The certificates in use while the node runs (borrowed; outlives the replication). Null:
+  // `tls` as given, never reloaded.
+  LiveTls* live_tls = nullptr;
   // Offer (outbound) and accept (inbound) DEFLATE stream compression; see node/stream_codec.h.
   bool compress_streams = true;
   // The log keeps at most this many entries per origin for members that have not applied

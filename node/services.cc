@@ -529,8 +529,12 @@ void FillStatus(Node* node, mergedb::v1::StatusResponse* response) {
   } else if (std::string why = node->replication()->view()->rolled_back_reason(); !why.empty()) {
     response->set_refusing_writes(why);
   }
-  if (const TlsConfig& tls = node->options().tls; tls.enabled()) {
+  if (const LiveTls* live = node->live_tls(); live != nullptr) {
+    const std::shared_ptr<const TlsConfig> in_use = live->current();
+    const TlsConfig& tls = *in_use;
     mergedb::v1::TlsStatus* out = response->mutable_tls();
+    out->set_loaded_unix_seconds(absl::ToUnixSeconds(live->loaded_at()));
+    out->set_reload_error(live->reload_error());
     if (const CertificateExpiry* own = OwnChainExpiry(tls); own != nullptr) {
       out->set_expires_unix_seconds(own->unix_seconds);
       out->set_expiring_subject(own->subject);

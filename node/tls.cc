@@ -1,15 +1,20 @@
 #include "node/tls.h"
 
+#include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -20,6 +25,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/civil_time.h"
 #include "grpc/grpc_security_constants.h"
+#include "grpcpp/security/tls_certificate_verifier.h"
+#include "grpcpp/security/tls_credentials_options.h"
 
 namespace mergedb::node {
 namespace {
@@ -375,6 +382,9 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
   tls.cert_pem = std::move(identity->cert_pem);
   tls.key_pem = std::move(identity->key_pem);
   tls.ca_pem = std::move(cas->first);
+  tls.files = files;
+  tls.client_ca_file = client_ca;
+  tls.flag_prefix = flag_prefix;
   return tls;
 }
 
@@ -522,6 +532,191 @@ absl::Status CheckPeerMemberName(const grpc::AuthContext& auth, absl::string_vie
                                                     "cannot be checked (--tls_bind_member_names)"));
   }
   return CheckNames(leaf.front().get(), member, absl::StrCat("the peer's"));
+}
+
+namespace {
+
+// Writes `contents` to `path` by a rename, so a reader sees the old file or the new one, whole.
+absl::Status WriteWhole(const std::string& path, const std::string& contents) {
+  const std::string temporary = path + ".tmp";
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot write ", temporary, ": ", std::strerror(errno)));
+  }
+  size_t written = 0;
+  while (written < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int error = errno;
+      ::close(fd);
+      return absl::InternalError(
+          absl::StrCat("cannot write ", temporary, ": ", std::strerror(error)));
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0 || std::rename(temporary.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot replace ", path, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+// The roots the server accepts client certificates from: members' and, with a client CA,
+// applications' (which CA signed one decides what its holder may call).
+std::string ServerRoots(const TlsConfig& tls) {
+  return tls.client_ca_pem.empty() ? tls.ca_pem : absl::StrCat(tls.ca_pem, "\n", tls.client_ca_pem);
+}
+
+bool SamePem(const TlsConfig& a, const TlsConfig& b) {
+  return a.cert_pem == b.cert_pem && a.key_pem == b.key_pem && a.ca_pem == b.ca_pem &&
+         a.client_ca_pem == b.client_ca_pem;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LiveTls>> LiveTls::Start(TlsConfig config, std::string node_name,
+                                                        std::string dir) {
+  if (!config.enabled()) return absl::InvalidArgumentError("LiveTls needs TLS enabled");
+  const bool temporary = dir.empty();
+  if (temporary) {
+    const char* tmp = getenv("TMPDIR");
+    dir = absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/mergedb-tls-XXXXXX");
+    // mkdtemp makes it readable by this user alone: it holds a copy of the private key.
+    if (mkdtemp(dir.data()) == nullptr) {
+      return absl::InternalError(
+          absl::StrCat("cannot make a private directory for the node's "
+                       "TLS files under ",
+                       dir, ": ", std::strerror(errno)));
+    }
+  } else if ((::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) ||
+             ::chmod(dir.c_str(), 0700) != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot make the private directory ", dir, ": ", std::strerror(errno)));
+  }
+  auto shared = std::make_shared<const TlsConfig>(std::move(config));
+  std::unique_ptr<LiveTls> live(new LiveTls(shared, std::move(node_name), dir, temporary));
+  if (absl::Status written = live->WriteCopies(*shared); !written.ok()) return written;
+  // Each provider reads its files once here, and then every kRefreshSeconds on a thread of its
+  // own.
+  live->server_provider_ = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      dir + "/key.pem", dir + "/chain.pem", dir + "/roots.pem", kRefreshSeconds);
+  live->channel_provider_ = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      dir + "/key.pem", dir + "/chain.pem", dir + "/ca.pem", kRefreshSeconds);
+  return live;
+}
+
+LiveTls::LiveTls(std::shared_ptr<const TlsConfig> config, std::string node_name, std::string dir,
+                 bool temporary)
+    : node_name_(std::move(node_name)),
+      dir_(std::move(dir)),
+      temporary_(temporary),
+      current_(std::move(config)),
+      loaded_at_(absl::Now()) {}
+
+LiveTls::~LiveTls() {
+  // A temporary directory goes with the node. gRPC may hold the providers a moment longer than
+  // the node's servers and channels (and logs an error per refresh for files gone); a directory
+  // in the data dir stays, and the next start overwrites it.
+  server_provider_.reset();
+  channel_provider_.reset();
+  if (temporary_) {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+}
+
+absl::Status LiveTls::WriteCopies(const TlsConfig& config) const {
+  // The roots first: a certificate a new CA signed arrives after the CA does. The key and its
+  // chain go one right after the other; gRPC's provider re-reads a pair that changed while it
+  // read.
+  for (const auto& [name, contents] :
+       {std::pair<const char*, std::string>{"roots.pem", ServerRoots(config)},
+        {"ca.pem", config.ca_pem},
+        {"key.pem", config.key_pem},
+        {"chain.pem", config.cert_pem}}) {
+    if (absl::Status written = WriteWhole(absl::StrCat(dir_, "/", name), contents); !written.ok()) {
+      return written;
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const TlsConfig> LiveTls::current() const {
+  absl::MutexLock lock(&mu_);
+  return current_;
+}
+
+std::string LiveTls::reload_error() const {
+  absl::MutexLock lock(&mu_);
+  return reload_error_;
+}
+
+absl::Time LiveTls::loaded_at() const {
+  absl::MutexLock lock(&mu_);
+  return loaded_at_;
+}
+
+std::shared_ptr<grpc::ServerCredentials> LiveTls::ServerCredentials() const {
+  grpc::experimental::TlsServerCredentialsOptions options(server_provider_);
+  options.watch_root_certs();
+  options.watch_identity_key_cert_pairs();
+  // Without a client CA, requested, not required: application clients may come without a
+  // certificate. The replication service requires one (CheckMemberCertificate). With one,
+  // required from everyone, and either CA's will do here: which CA signed it decides what the
+  // peer may call. Whether there is a client CA is fixed at start-up (its flag is).
+  options.set_cert_request_type(current()->client_ca_pem.empty()
+                                    ? GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
+                                    : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> LiveTls::ChannelCredentials() const {
+  grpc::experimental::TlsChannelCredentialsOptions options;
+  options.set_certificate_provider(channel_provider_);
+  options.watch_root_certs();
+  options.watch_identity_key_cert_pairs();
+  options.set_verify_server_certs(true);
+  // The peer's certificate must name the address dialled, as with SslCredentials.
+  options.set_certificate_verifier(
+      std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
+  return grpc::experimental::TlsCredentials(options);
+}
+
+absl::StatusOr<bool> LiveTls::Reload() {
+  // One reload at a time (the janitor's, a SIGHUP's): each writes the copies.
+  absl::MutexLock reloading(&reload_mu_);
+  const std::shared_ptr<const TlsConfig> in_use = current();
+  if (in_use->files.cert.empty()) return false;
+  auto checked = [&]() -> absl::StatusOr<TlsConfig> {
+    absl::StatusOr<TlsConfig> fresh =
+        LoadNodeTls(in_use->files, in_use->flag_prefix, in_use->client_ca_file);
+    if (!fresh.ok()) return fresh.status();
+    fresh->bind_member_names = in_use->bind_member_names;
+    if (fresh->bind_member_names) {
+      if (absl::Status named = CheckOwnMemberName(*fresh, node_name_); !named.ok()) return named;
+    }
+    return fresh;
+  }();
+  if (!checked.ok()) {
+    absl::MutexLock state(&mu_);
+    reload_error_ = std::string(checked.status().message());
+    return checked.status();
+  }
+  {
+    absl::MutexLock state(&mu_);
+    reload_error_.clear();
+  }
+  if (SamePem(*checked, *in_use)) return false;
+  if (absl::Status written = WriteCopies(*checked); !written.ok()) {
+    absl::MutexLock state(&mu_);
+    reload_error_ = std::string(written.message());
+    return written;
+  }
+  absl::MutexLock state(&mu_);
+  current_ = std::make_shared<const TlsConfig>(*std::move(checked));
+  loaded_at_ = absl::Now();
+  return true;
 }
 
 absl::Status CheckMemberCertificate(const grpc::AuthContext& auth, const TlsConfig& tls) {

@@ -19,9 +19,10 @@
 // through the client CA (checked per stream: a cross-signed copy of it would otherwise lead an
 // application certificate to the cluster's CA).
 //
-// Files are read and checked once, at start-up, with OpenSSL (which gRPC uses too), so that a
-// wrong path, a file that is not PEM or a key that does not belong to the certificate is a
-// clear error naming the flag, not a failed handshake later.
+// Files are read and checked at start-up, with OpenSSL (which gRPC uses too), so that a wrong
+// path, a file that is not PEM or a key that does not belong to the certificate is a clear
+// error naming the flag, not a failed handshake later; and again, with the same checks, each
+// time a running node reloads them (LiveTls).
 #ifndef MERGEDB_NODE_TLS_H_
 #define MERGEDB_NODE_TLS_H_
 
@@ -30,13 +31,16 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/security/auth_context.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
 
 namespace mergedb::node {
 
@@ -76,6 +80,10 @@ struct TlsConfig {
   // name, or a DNS subjectAltName, is its node name), and a replication stream is accepted from,
   // or opened to, only the member its certificate names.
   bool bind_member_names = false;
+  // Where LoadNodeTls read it, for LiveTls::Reload (empty when made otherwise).
+  TlsFiles files;
+  std::string client_ca_file;
+  std::string flag_prefix;
   bool enabled() const { return !ca_pem.empty(); }
 };
 
@@ -96,8 +104,8 @@ const CertificateExpiry* ClientCaExpiry(const TlsConfig& tls);
 // What a node says about its certificates at `now`: a warning for every one of `tls.expiries`
 // that ends its validity within `window` or already has (none for plaintext), and a key that
 // changes only when one of them enters the window or expires, so that a caller checking often
-// can log each change at once and repeat itself rarely. Certificates are read at start-up only:
-// renewing one takes a restart (README: "Renewing certificates").
+// can log each change at once and repeat itself rarely. Certificates are read at start-up and
+// by LiveTls::Reload (README: "Renewing certificates").
 struct ExpiryReport {
   std::vector<std::string> warnings;
   std::string stage;
@@ -107,6 +115,60 @@ ExpiryReport ReportExpiries(const TlsConfig& tls, absl::Time now, absl::Duration
 // Insecure credentials when `tls` is disabled.
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls);
 std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsConfig& tls);
+
+// A running node's TLS: the configuration in use, and credentials whose certificates follow it
+// without a restart. gRPC's own provider (FileWatcherCertificateProvider) re-reads files; it
+// watches private copies of what Reload last accepted (in a directory only this process's
+// user can read), never the operator's files themselves, so a
+// certificate renewed with a mistake (a key that does not match, a chain the CA did not sign,
+// a name that is not the member's) is refused by the same checks as at start-up and the node
+// keeps serving with what it has. New handshakes take an accepted change within
+// kRefreshSeconds; connections already open keep the certificates they were made with.
+class LiveTls {
+ public:
+  // How often gRPC re-reads the private copies.
+  static constexpr unsigned int kRefreshSeconds = 1;
+
+  // `config` is enabled; `node_name` is what its certificate must name with bound member names.
+  // `dir` holds the private copies (made mode 0700, kept); empty: a temporary directory, removed
+  // with this object.
+  static absl::StatusOr<std::unique_ptr<LiveTls>> Start(TlsConfig config, std::string node_name,
+                                                        std::string dir = "");
+  ~LiveTls();
+  LiveTls(const LiveTls&) = delete;
+  LiveTls& operator=(const LiveTls&) = delete;
+
+  std::shared_ptr<const TlsConfig> current() const;
+  std::shared_ptr<grpc::ServerCredentials> ServerCredentials() const;
+  // For the node's links to its peers: present this node's certificate, and verify the peer's
+  // against the cluster's CA and the address dialled.
+  std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials() const;
+
+  // Reads the files named at start-up again and checks them as at start-up: true when they
+  // changed and were taken, false when unchanged, an error (also kept for reload_error) when
+  // they do not pass; then the certificates in use stay. Without files to read, false.
+  absl::StatusOr<bool> Reload();
+  // The last Reload's error; empty once one passed.
+  std::string reload_error() const;
+  // When the certificates in use were read.
+  absl::Time loaded_at() const;
+
+ private:
+  LiveTls(std::shared_ptr<const TlsConfig> config, std::string node_name, std::string dir,
+          bool temporary);
+  absl::Status WriteCopies(const TlsConfig& config) const;
+
+  const std::string node_name_;
+  const std::string dir_;  // the private copies gRPC's providers watch
+  const bool temporary_;   // dir_ goes with this object
+  std::shared_ptr<grpc::experimental::CertificateProviderInterface> server_provider_;
+  std::shared_ptr<grpc::experimental::CertificateProviderInterface> channel_provider_;
+  absl::Mutex reload_mu_;  // held by Reload, outside mu_
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const TlsConfig> current_ ABSL_GUARDED_BY(mu_);
+  std::string reload_error_ ABSL_GUARDED_BY(mu_);
+  absl::Time loaded_at_ ABSL_GUARDED_BY(mu_);
+};
 
 // Whether the peer of an inbound call is a member: it presented a certificate that the
 // cluster's CA (`tls.ca_pem`) signed. PERMISSION_DENIED otherwise, saying why. Call only when

@@ -1697,7 +1697,9 @@ TEST(Replication, ANodeOfAnotherClusterIsRefused) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   std::string error;
   while (std::chrono::steady_clock::now() < deadline) {
-    error = theirs.Status(0).peers(0).last_error();
+    const mergedb::v1::StatusResponse status = theirs.Status(0);
+    ASSERT_EQ(status.peers_size(), 1) << status.DebugString();
+    error = status.peers(0).last_error();
     if (absl::StrContains(error, "cluster")) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

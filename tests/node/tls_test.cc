@@ -601,5 +601,116 @@ TEST_F(TlsTest, ACaIsReplacedByRollingRestartsAndNoWriteIsLost) {
   EXPECT_EQ(total, 8);
 }
 
+// The same change of CA with no restart: each node's files are replaced and reloaded (as the
+// janitor does every --tls_reload_interval_s, or SIGHUP at once), and files that fail the
+// start-up checks are refused while the node goes on with the certificates it has.
+TEST_F(TlsTest, CertificatesAndCasAreReplacedWithoutARestart) {
+  Cluster cluster(2);
+  // Each node's files, as an operator's deployment would replace them.
+  auto place = [&](int i, const std::string& identity, const std::string& ca) {
+    const std::string prefix = Path(absl::StrCat("live", i));
+    std::filesystem::copy_file(Path(identity + ".pem"), prefix + ".pem",
+                               std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(Path(identity + ".key"), prefix + ".key",
+                               std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(Path(ca + ".pem"), prefix + "-ca.pem",
+                               std::filesystem::copy_options::overwrite_existing);
+  };
+  for (int i = 0; i < 2; ++i) {
+    place(i, "node", "ca");
+    auto tls =
+        LoadNodeTls({Path(absl::StrCat("live", i, ".pem")), Path(absl::StrCat("live", i, ".key")),
+                     Path(absl::StrCat("live", i, "-ca.pem"))},
+                    "--tls_");
+    ASSERT_TRUE(tls.ok()) << tls.status();
+    cluster.options(i).tls = *tls;
+    cluster.options(i).tls_reload_interval = absl::ZeroDuration();  // the test reloads
+  }
+  cluster.StartAll();
+  auto reload = [&](int i, bool changed) {
+    absl::StatusOr<bool> reloaded = cluster.node(i)->ReloadTls();
+    ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+    EXPECT_EQ(*reloaded, changed) << "n" << i + 1;
+  };
+  // Whether a new connection to node i, trusting `ca`, can write (gRPC takes a reloaded
+  // certificate within LiveTls::kRefreshSeconds: bounded retries until it is so).
+  auto reaches = [&](int i, const std::string& ca, bool expected) {
+    bool ok = !expected;
+    for (int attempt = 0; attempt < 100 && ok != expected; ++attempt) {
+      if (attempt > 0) absl::SleepFor(absl::Milliseconds(50));
+      ok = Update(ClientChannel(cluster.Address(i), ca).get(), IncrementDoc(0)).ok();
+    }
+    return ok;
+  };
+  int64_t total = 0;
+  auto write_on_both = [&](const std::string& ca, const std::string& step) {
+    for (int i = 0; i < 2; ++i) {
+      grpc::Status written = Update(ClientChannel(cluster.Address(i), ca).get(), IncrementDoc(1));
+      ASSERT_TRUE(written.ok()) << step << ", n" << i + 1 << ": " << written.error_message();
+      ++total;
+    }
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_EQ(AwaitCounter(ClientChannel(cluster.Address(i), ca).get(), total), total)
+          << step << ", n" << i + 1;
+    }
+  };
+  write_on_both("ca.pem", "before");
+  reload(0, false);
+
+  for (int i = 0; i < 2; ++i) {
+    place(i, "node", "both-cas");
+    reload(i, true);
+  }
+  write_on_both("ca.pem", "both trusted");
+
+  place(1, "renewed", "both-cas");
+  reload(1, true);
+  EXPECT_TRUE(reaches(1, "next-ca.pem", true)) << "n2 presents its renewed certificate";
+  EXPECT_FALSE(reaches(1, "ca.pem", false)) << "...which the old CA did not sign";
+  // Links already open keep their connections; a new one (after a peer's restart or a network
+  // failure) presents the renewed certificate, which n1 accepts as a member's.
+  bool answered = false;
+  HelloAsN2(ClientChannel(cluster.Address(0), "both-cas.pem", "renewed"), &answered);
+  EXPECT_TRUE(answered);
+  write_on_both("both-cas.pem", "n2 renewed");
+
+  // A mistake in a renewal: n1's new certificate with another node's key. Refused, logged and
+  // reported; n1 goes on with what it has.
+  place(0, "renewed", "next-ca");
+  std::filesystem::copy_file(Path("impostor.key"), Path("live0.key"),
+                             std::filesystem::copy_options::overwrite_existing);
+  absl::StatusOr<bool> refused = cluster.node(0)->ReloadTls();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "--tls_key")) << refused.status();
+  mergedb::v1::StatusResponse status;
+  {
+    auto cluster_stub =
+        mergedb::v1::ClusterService::NewStub(ClientChannel(cluster.Address(0), "both-cas.pem"));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    ASSERT_TRUE(cluster_stub->Status(&context, mergedb::v1::StatusRequest(), &status).ok());
+  }
+  EXPECT_EQ(status.tls().reload_error(), refused.status().message());
+  EXPECT_EQ(status.tls().expiring_subject(), "/CN=node") << "still the first certificate";
+  EXPECT_TRUE(reaches(0, "ca.pem", true)) << "n1 still presents its first certificate";
+
+  // Fixed: taken, and the error is gone.
+  place(0, "renewed", "next-ca");
+  reload(0, true);
+  EXPECT_EQ(cluster.node(0)->live_tls()->reload_error(), "");
+  EXPECT_EQ(cluster.node(0)->live_tls()->current()->ca_pem, Contents("next-ca.pem"));
+  place(1, "renewed", "next-ca");
+  reload(1, true);
+  EXPECT_FALSE(reaches(0, "ca.pem", false)) << "n1 now presents its renewed certificate";
+  write_on_both("next-ca.pem", "old CA gone");
+  // n1 no longer trusts the old CA: a member's certificate it signed opens no new link.
+  for (const auto& [identity, member] : {std::pair{"renewed", true}, std::pair{"node", false}}) {
+    answered = false;
+    HelloAsN2(ClientChannel(cluster.Address(0), "next-ca.pem", identity), &answered);
+    EXPECT_EQ(answered, member) << identity;
+  }
+  EXPECT_EQ(total, 8);
+}
+
 }  // namespace
 }  // namespace mergedb::node
