@@ -1,6 +1,7 @@
 #include "node/node.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <limits>
 
 #include "absl/algorithm/container.h"
@@ -170,10 +171,15 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
                          << ") so that no dot or log sequence is ever reused";
   }
 
+  // The copies gRPC watches live in the data dir (private, kept across restarts, which replace
+  // them); a data dir in another Env (tests' memory) gets a temporary directory. A node started
+  // without TLS removes the copies, a private key among them, an earlier run left.
+  const bool real_files = options.env == nullptr || options.env == leveldb::Env::Default();
+  if (!options.tls.enabled() && real_files) {
+    std::error_code ignored;
+    std::filesystem::remove_all(absl::StrCat(options.data_dir, "/", kTlsInUseDir), ignored);
+  }
   if (options.tls.enabled()) {
-    // The copies gRPC watches live in the data dir (private, kept across restarts, which
-    // overwrite them); a data dir in another Env (tests' memory) gets a temporary directory.
-    const bool real_files = options.env == nullptr || options.env == leveldb::Env::Default();
     MERGEDB_ASSIGN_OR_RETURN(
         node->live_tls_,
         LiveTls::Start(options.tls, options.node_name,
@@ -338,7 +344,7 @@ absl::StatusOr<bool> Node::ReloadTls() {
                                     ")")
                               : std::string());
   } else if (!error_before.empty()) {
-    MERGEDB_LOG(INFO) << "the TLS files pass their checks again (unchanged from those in use)";
+    MERGEDB_LOG(INFO) << "the TLS files hold again the certificates in use: nothing refused";
   }
   return reloaded;
 }

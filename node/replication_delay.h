@@ -34,7 +34,7 @@ namespace mergedb::node {
 class ReplicationDelays {
  public:
   using TimePoint = std::chrono::steady_clock::time_point;
-  // Commit groups kept for peers that have not confirmed them: at 24 bytes each, 1.5 MiB.
+  // Commit groups kept for peers that have not confirmed them: at 16 bytes each, 1 MiB.
   static constexpr size_t kMaxGroups = 1 << 16;
 
   // `peers`: the names delays are kept for. `committed_before`: this node's own entries already

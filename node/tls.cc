@@ -480,12 +480,12 @@ ExpiryReport ReportExpiries(const TlsConfig& tls, absl::Time now, absl::Duration
     const std::string when =
         absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", expires, absl::UTCTimeZone());
     report.warnings.push_back(
-        expired ? absl::StrCat(what, " expired at ", when, ": ", consequence,
-                               " until it is renewed and the node restarted")
-                : absl::StrCat(what, " expires at ", when, ", in ",
-                               absl::StrFormat("%.1f", absl::ToDoubleHours(expires - now) / 24),
-                               " days: then ", consequence,
-                               "; renew it and restart the node before then"));
+        expired
+            ? absl::StrCat(what, " expired at ", when, ": ", consequence,
+                           " until it is renewed (the node reads renewed files without a restart)")
+            : absl::StrCat(what, " expires at ", when, ", in ",
+                           absl::StrFormat("%.1f", absl::ToDoubleHours(expires - now) / 24),
+                           " days: then ", consequence, "; renew it before then"));
   }
   return report;
 }
@@ -536,13 +536,12 @@ absl::Status CheckPeerMemberName(const grpc::AuthContext& auth, absl::string_vie
 
 namespace {
 
-// Writes `contents` to `path` by a rename, so a reader sees the old file or the new one, whole.
-absl::Status WriteWhole(const std::string& path, const std::string& contents) {
-  const std::string temporary = path + ".tmp";
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+// Creates `path` and writes `contents` to it, mode 0600. O_EXCL and O_NOFOLLOW: a file or a
+// link already there (planted, or left by a crash) is never written through.
+absl::Status WriteNew(const std::string& path, const std::string& contents) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot write ", temporary, ": ", std::strerror(errno)));
+    return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
   }
   size_t written = 0;
   while (written < contents.size()) {
@@ -551,13 +550,12 @@ absl::Status WriteWhole(const std::string& path, const std::string& contents) {
     if (n <= 0) {
       const int error = errno;
       ::close(fd);
-      return absl::InternalError(
-          absl::StrCat("cannot write ", temporary, ": ", std::strerror(error)));
+      return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(error)));
     }
     written += static_cast<size_t>(n);
   }
-  if (::close(fd) != 0 || std::rename(temporary.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot replace ", path, ": ", std::strerror(errno)));
+  if (::close(fd) != 0) {
+    return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
   }
   return absl::OkStatus();
 }
@@ -568,9 +566,16 @@ std::string ServerRoots(const TlsConfig& tls) {
   return tls.client_ca_pem.empty() ? tls.ca_pem : absl::StrCat(tls.ca_pem, "\n", tls.client_ca_pem);
 }
 
-bool SamePem(const TlsConfig& a, const TlsConfig& b) {
-  return a.cert_pem == b.cert_pem && a.key_pem == b.key_pem && a.ca_pem == b.ca_pem &&
-         a.client_ca_pem == b.client_ca_pem;
+// Whether the files `tls` was read from still hold what it holds (a file that does not read
+// counts as changed).
+bool FilesUnchanged(const TlsConfig& tls) {
+  auto holds = [](const std::string& path, const std::string& contents) {
+    absl::StatusOr<std::string> now = ReadFile("", path);
+    return now.ok() && *now == contents;
+  };
+  return holds(tls.files.cert, tls.cert_pem) && holds(tls.files.key, tls.key_pem) &&
+         holds(tls.files.ca, tls.ca_pem) &&
+         (tls.client_ca_file.empty() || holds(tls.client_ca_file, tls.client_ca_pem));
 }
 
 }  // namespace
@@ -589,20 +594,32 @@ absl::StatusOr<std::unique_ptr<LiveTls>> LiveTls::Start(TlsConfig config, std::s
                        "TLS files under ",
                        dir, ": ", std::strerror(errno)));
     }
-  } else if ((::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) ||
-             ::chmod(dir.c_str(), 0700) != 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot make the private directory ", dir, ": ", std::strerror(errno)));
+  } else {
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          dir, " is not a directory (a link, say): remove it; the node keeps its TLS files there"));
+    }
+    if ((::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) || ::chmod(dir.c_str(), 0700) != 0) {
+      return absl::InternalError(
+          absl::StrCat("cannot make the private directory ", dir, ": ", std::strerror(errno)));
+    }
+    // What an earlier run left: its versions go, this run publishes its own.
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ignored)) {
+      std::filesystem::remove_all(entry.path(), ignored);
+    }
   }
   auto shared = std::make_shared<const TlsConfig>(std::move(config));
   std::unique_ptr<LiveTls> live(new LiveTls(shared, std::move(node_name), dir, temporary));
-  if (absl::Status written = live->WriteCopies(*shared); !written.ok()) return written;
+  if (absl::Status published = live->Publish(*shared); !published.ok()) return published;
   // Each provider reads its files once here, and then every kRefreshSeconds on a thread of its
-  // own.
+  // own, through the `current` link.
+  const std::string current = dir + "/current/";
   live->server_provider_ = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-      dir + "/key.pem", dir + "/chain.pem", dir + "/roots.pem", kRefreshSeconds);
+      current + "key.pem", current + "chain.pem", current + "roots.pem", kRefreshSeconds);
   live->channel_provider_ = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-      dir + "/key.pem", dir + "/chain.pem", dir + "/ca.pem", kRefreshSeconds);
+      current + "key.pem", current + "chain.pem", current + "ca.pem", kRefreshSeconds);
   return live;
 }
 
@@ -617,7 +634,7 @@ LiveTls::LiveTls(std::shared_ptr<const TlsConfig> config, std::string node_name,
 LiveTls::~LiveTls() {
   // A temporary directory goes with the node. gRPC may hold the providers a moment longer than
   // the node's servers and channels (and logs an error per refresh for files gone); a directory
-  // in the data dir stays, and the next start overwrites it.
+  // in the data dir stays, and the next start replaces what is in it.
   server_provider_.reset();
   channel_provider_.reset();
   if (temporary_) {
@@ -626,19 +643,45 @@ LiveTls::~LiveTls() {
   }
 }
 
-absl::Status LiveTls::WriteCopies(const TlsConfig& config) const {
-  // The roots first: a certificate a new CA signed arrives after the CA does. The key and its
-  // chain go one right after the other; gRPC's provider re-reads a pair that changed while it
-  // read.
-  for (const auto& [name, contents] :
+absl::Status LiveTls::Publish(const TlsConfig& config) {
+  // All four files of a version go into a directory of their own, then one rename of the
+  // `current` link switches gRPC's providers to it. A provider reads the key and the chain
+  // one after the other, and re-reads them when their modification times changed meanwhile:
+  // through the link, a switch between the two reads changes both, so it never pairs a new
+  // key with an old chain (as replacing the files one by one could). A write that fails
+  // leaves the version in use untouched.
+  const uint64_t version = published_ + 1;
+  const std::string name = absl::StrCat("v", version);
+  const std::string path = absl::StrCat(dir_, "/", name);
+  std::error_code ignored;
+  std::filesystem::remove_all(path, ignored);
+  absl::Status status =
+      ::mkdir(path.c_str(), 0700) == 0
+          ? absl::OkStatus()
+          : absl::InternalError(absl::StrCat("cannot make ", path, ": ", std::strerror(errno)));
+  for (const auto& [file, contents] :
        {std::pair<const char*, std::string>{"roots.pem", ServerRoots(config)},
         {"ca.pem", config.ca_pem},
         {"key.pem", config.key_pem},
         {"chain.pem", config.cert_pem}}) {
-    if (absl::Status written = WriteWhole(absl::StrCat(dir_, "/", name), contents); !written.ok()) {
-      return written;
-    }
+    if (status.ok()) status = WriteNew(absl::StrCat(path, "/", file), contents);
   }
+  const std::string link = absl::StrCat(dir_, "/current");
+  const std::string next_link = link + ".next";
+  ::unlink(next_link.c_str());
+  if (status.ok() && (::symlink(name.c_str(), next_link.c_str()) != 0 ||
+                      ::rename(next_link.c_str(), link.c_str()) != 0)) {
+    status = absl::InternalError(
+        absl::StrCat("cannot switch ", link, " to ", name, ": ", std::strerror(errno)));
+  }
+  if (!status.ok()) {
+    ::unlink(next_link.c_str());
+    std::filesystem::remove_all(path, ignored);
+    return status;
+  }
+  // The version before stays: a provider may be reading it right now.
+  if (version >= 3) std::filesystem::remove_all(absl::StrCat(dir_, "/v", version - 2), ignored);
+  published_ = version;
   return absl::OkStatus();
 }
 
@@ -684,36 +727,36 @@ std::shared_ptr<grpc::ChannelCredentials> LiveTls::ChannelCredentials() const {
 }
 
 absl::StatusOr<bool> LiveTls::Reload() {
-  // One reload at a time (the janitor's, a SIGHUP's): each writes the copies.
+  // One reload at a time (the janitor's, a SIGHUP's): each publishes a version.
   absl::MutexLock reloading(&reload_mu_);
   const std::shared_ptr<const TlsConfig> in_use = current();
   if (in_use->files.cert.empty()) return false;
-  auto checked = [&]() -> absl::StatusOr<TlsConfig> {
-    absl::StatusOr<TlsConfig> fresh =
-        LoadNodeTls(in_use->files, in_use->flag_prefix, in_use->client_ca_file);
-    if (!fresh.ok()) return fresh.status();
-    fresh->bind_member_names = in_use->bind_member_names;
-    if (fresh->bind_member_names) {
-      if (absl::Status named = CheckOwnMemberName(*fresh, node_name_); !named.ok()) return named;
-    }
-    return fresh;
-  }();
-  if (!checked.ok()) {
+  // Files as they were need no check: a certificate in use that expires is for the expiry
+  // warnings to say, not a refused change. A refused change undone clears its error.
+  if (FilesUnchanged(*in_use)) {
     absl::MutexLock state(&mu_);
+    reload_error_.clear();
+    return false;
+  }
+  absl::StatusOr<TlsConfig> checked =
+      LoadNodeTls(in_use->files, in_use->flag_prefix, in_use->client_ca_file);
+  if (checked.ok()) {
+    checked->bind_member_names = in_use->bind_member_names;
+    if (checked->bind_member_names) {
+      if (absl::Status named = CheckOwnMemberName(*checked, node_name_); !named.ok()) {
+        checked = named;
+      }
+    }
+  }
+  if (checked.ok()) {
+    if (absl::Status published = Publish(*checked); !published.ok()) checked = published;
+  }
+  absl::MutexLock state(&mu_);
+  if (!checked.ok()) {
     reload_error_ = std::string(checked.status().message());
     return checked.status();
   }
-  {
-    absl::MutexLock state(&mu_);
-    reload_error_.clear();
-  }
-  if (SamePem(*checked, *in_use)) return false;
-  if (absl::Status written = WriteCopies(*checked); !written.ok()) {
-    absl::MutexLock state(&mu_);
-    reload_error_ = std::string(written.message());
-    return written;
-  }
-  absl::MutexLock state(&mu_);
+  reload_error_.clear();
   current_ = std::make_shared<const TlsConfig>(*std::move(checked));
   loaded_at_ = absl::Now();
   return true;
@@ -725,9 +768,9 @@ absl::Status CheckMemberCertificate(const grpc::AuthContext& auth, const TlsConf
         "replication needs a client certificate signed by the cluster's CA (--tls_ca)", why));
   };
   if (!auth.IsPeerAuthenticated()) return refuse("");
-  // Without a client CA the handshake verified the certificate against the cluster's CA alone.
-  if (tls.client_ca_pem.empty()) return absl::OkStatus();
-  // With one, it accepted either CA's: verify the chain against the cluster's CA alone. The
+  // The handshake verified the certificate against the roots of its time: with a client CA,
+  // either CA's would do; and since a reload (LiveTls) the CA may have changed while the
+  // connection stayed open. So verify the chain against the cluster's CA in use, alone. The
   // server side reports the leaf apart from the rest of the chain (which a resumed TLS session
   // may leave empty: nodes keep no session cache, and a member whose certificate needs
   // intermediates would then be refused, not admitted).

@@ -119,7 +119,8 @@ std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsConfig
 // A running node's TLS: the configuration in use, and credentials whose certificates follow it
 // without a restart. gRPC's own provider (FileWatcherCertificateProvider) re-reads files; it
 // watches private copies of what Reload last accepted (in a directory only this process's
-// user can read), never the operator's files themselves, so a
+// user can read: a version per reload, and a link `current` to the one in use), never the
+// operator's files themselves, so a
 // certificate renewed with a mistake (a key that does not match, a chain the CA did not sign,
 // a name that is not the member's) is refused by the same checks as at start-up and the node
 // keeps serving with what it has. New handshakes take an accepted change within
@@ -144,9 +145,9 @@ class LiveTls {
   // against the cluster's CA and the address dialled.
   std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials() const;
 
-  // Reads the files named at start-up again and checks them as at start-up: true when they
-  // changed and were taken, false when unchanged, an error (also kept for reload_error) when
-  // they do not pass; then the certificates in use stay. Without files to read, false.
+  // Reads the files named at start-up again: false when they hold what is in use; otherwise
+  // checks them as at start-up and takes them (true), or returns why not (also kept for
+  // reload_error), and the certificates in use stay. Without files to read, false.
   absl::StatusOr<bool> Reload();
   // The last Reload's error; empty once one passed.
   std::string reload_error() const;
@@ -156,11 +157,13 @@ class LiveTls {
  private:
   LiveTls(std::shared_ptr<const TlsConfig> config, std::string node_name, std::string dir,
           bool temporary);
-  absl::Status WriteCopies(const TlsConfig& config) const;
+  // Writes `config`'s files as a new version under dir_ and points dir_/current at it.
+  absl::Status Publish(const TlsConfig& config);
 
   const std::string node_name_;
   const std::string dir_;  // the private copies gRPC's providers watch
   const bool temporary_;   // dir_ goes with this object
+  uint64_t published_ = 0;  // the version dir_/current names (Start, then Reload: reload_mu_)
   std::shared_ptr<grpc::experimental::CertificateProviderInterface> server_provider_;
   std::shared_ptr<grpc::experimental::CertificateProviderInterface> channel_provider_;
   absl::Mutex reload_mu_;  // held by Reload, outside mu_

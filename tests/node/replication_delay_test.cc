@@ -52,7 +52,7 @@ TEST(ReplicationDelays, EachWriteCountsOncePerPeerFromItsOwnCommit) {
   EXPECT_EQ(AtMost(n2, 0.05), 6u);
   EXPECT_NEAR(n2.sum_seconds(), 0.001 + 0.030 + 0.010 * 2 + 0.025 + 0.005, 1e-9);
 
-  // n3 confirms everything at once, entries committed before this node started included.
+  // n3 confirms everything at once, with entries committed before this node started (not timed).
   delays.Confirmed("n3", 16, At(100));
   const mergedb::v1::LatencyHistogram n3 = Of(delays, "n3");
   EXPECT_EQ(n3.count(), 6u) << "entries through 10 are not timed";

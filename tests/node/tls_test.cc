@@ -633,15 +633,26 @@ TEST_F(TlsTest, CertificatesAndCasAreReplacedWithoutARestart) {
     EXPECT_EQ(*reloaded, changed) << "n" << i + 1;
   };
   // Whether a new connection to node i, trusting `ca`, can write (gRPC takes a reloaded
-  // certificate within LiveTls::kRefreshSeconds: bounded retries until it is so).
+  // certificate within LiveTls::kRefreshSeconds: bounded retries until it is so). Only a
+  // failed connection (UNAVAILABLE: the handshake) counts as not reaching it.
   auto reaches = [&](int i, const std::string& ca, bool expected) {
     bool ok = !expected;
     for (int attempt = 0; attempt < 100 && ok != expected; ++attempt) {
       if (attempt > 0) absl::SleepFor(absl::Milliseconds(50));
-      ok = Update(ClientChannel(cluster.Address(i), ca).get(), IncrementDoc(0)).ok();
+      const grpc::Status status =
+          Update(ClientChannel(cluster.Address(i), ca).get(), IncrementDoc(0));
+      EXPECT_TRUE(status.ok() || status.error_code() == grpc::StatusCode::UNAVAILABLE)
+          << status.error_message();
+      ok = status.error_code() != grpc::StatusCode::UNAVAILABLE;
     }
     return ok;
   };
+  // A member's connection made now, with a certificate of the first CA, stays open throughout.
+  const std::shared_ptr<grpc::Channel> old_connection =
+      ClientChannel(cluster.Address(0), "both-cas.pem", "node");
+  bool answered = false;
+  HelloAsN2(old_connection, &answered);
+  ASSERT_TRUE(answered);
   int64_t total = 0;
   auto write_on_both = [&](const std::string& ca, const std::string& step) {
     for (int i = 0; i < 2; ++i) {
@@ -669,7 +680,7 @@ TEST_F(TlsTest, CertificatesAndCasAreReplacedWithoutARestart) {
   EXPECT_FALSE(reaches(1, "ca.pem", false)) << "...which the old CA did not sign";
   // Links already open keep their connections; a new one (after a peer's restart or a network
   // failure) presents the renewed certificate, which n1 accepts as a member's.
-  bool answered = false;
+  answered = false;
   HelloAsN2(ClientChannel(cluster.Address(0), "both-cas.pem", "renewed"), &answered);
   EXPECT_TRUE(answered);
   write_on_both("both-cas.pem", "n2 renewed");
@@ -691,8 +702,17 @@ TEST_F(TlsTest, CertificatesAndCasAreReplacedWithoutARestart) {
     ASSERT_TRUE(cluster_stub->Status(&context, mergedb::v1::StatusRequest(), &status).ok());
   }
   EXPECT_EQ(status.tls().reload_error(), refused.status().message());
-  EXPECT_EQ(status.tls().expiring_subject(), "/CN=node") << "still the first certificate";
+  // Still the first certificate's chain (whose end is /CN=node's or the CA's, made in the same
+  // second or so), not the renewed one's.
+  EXPECT_NE(status.tls().expiring_subject(), "/CN=renewed");
+  EXPECT_EQ(status.tls().loaded_unix_seconds(),
+            absl::ToUnixSeconds(cluster.node(0)->live_tls()->loaded_at()));
+  EXPECT_EQ(cluster.node(0)->live_tls()->current()->cert_pem, Contents("node.pem"));
+  // Past gRPC's next read of the copies, new connections still get the first certificate.
+  absl::SleepFor(absl::Seconds(LiveTls::kRefreshSeconds) + absl::Milliseconds(500));
   EXPECT_TRUE(reaches(0, "ca.pem", true)) << "n1 still presents its first certificate";
+  EXPECT_EQ(cluster.node(0)->ReloadTls().status().message(), refused.status().message())
+      << "refused again while the files stay as they are";
 
   // Fixed: taken, and the error is gone.
   place(0, "renewed", "next-ca");
@@ -709,6 +729,11 @@ TEST_F(TlsTest, CertificatesAndCasAreReplacedWithoutARestart) {
     HelloAsN2(ClientChannel(cluster.Address(0), "next-ca.pem", identity), &answered);
     EXPECT_EQ(answered, member) << identity;
   }
+  // ...nor on the connection made before the change, which the handshake no longer judges.
+  answered = false;
+  const grpc::Status stale = HelloAsN2(old_connection, &answered);
+  EXPECT_FALSE(answered);
+  EXPECT_EQ(stale.error_code(), grpc::StatusCode::PERMISSION_DENIED) << stale.error_message();
   EXPECT_EQ(total, 8);
 }
 
