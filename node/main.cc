@@ -104,6 +104,12 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "--tls_ca signed. This CA's certificates open the client API only, never replication; "
           "it must be a CA of its own (neither --tls_ca's nor signed by it). "
           "Without it, clients present no certificate and are not authenticated.");
+ABSL_FLAG(std::string, tls_crl_dir, "",
+          "A directory of PEM certificate revocation lists (X509 CRLs, any file names) from "
+          "--tls_ca's CA, --tls_client_ca's or an intermediate of this node's chain: a "
+          "certificate one of them revokes opens no connection to this node, and this node "
+          "opens none to a peer presenting one. Read with the other --tls_ files (a new list is "
+          "taken on reload); a list past its next update is refused. Empty: no revocation.");
 ABSL_FLAG(bool, tls_bind_member_names, false,
           "With TLS: every member's certificate names its member (its common name, or a DNS "
           "subjectAltName, is the node's --node_name), and replication is accepted from, and "
@@ -259,9 +265,10 @@ int main(int argc, char** argv) {
     return UsageError("--backup_stall_timeout_s must be between 1 and 604800 (a week)");
   }
   options.backup_stall_timeout = absl::Seconds(backup_stall_timeout_s);
-  auto tls = mergedb::node::LoadNodeTls(
-      {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_ca)},
-      "--tls_", absl::GetFlag(FLAGS_tls_client_ca));
+  auto tls =
+      mergedb::node::LoadNodeTls({absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                                  absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_crl_dir)},
+                                 "--tls_", absl::GetFlag(FLAGS_tls_client_ca));
   if (!tls.ok()) return UsageError(std::string(tls.status().message()));
   options.tls = *std::move(tls);
   options.tls.bind_member_names = absl::GetFlag(FLAGS_tls_bind_member_names);

@@ -124,11 +124,34 @@ struct StackFree {
 // Checks that `chain` (leaf first, then any intermediates) leads to one of `cas` and that
 // every certificate on the way is valid now: the mistake a peer would otherwise only report
 // as a failed handshake.
+struct CrlFree {
+  void operator()(X509_CRL* crl) const { X509_CRL_free(crl); }
+};
+using CrlPtr = std::unique_ptr<X509_CRL, CrlFree>;
+
+// With revocation lists: a certificate one revokes fails; one whose issuer has none passes (as
+// gRPC's handshakes do).
+int IgnoreMissingCrl(int ok, X509_STORE_CTX* ctx) {
+  return ok == 1 || X509_STORE_CTX_get_error(ctx) == X509_V_ERR_UNABLE_TO_GET_CRL ? 1 : 0;
+}
+
 absl::Status VerifyChain(const std::vector<Cert>& chain, const std::vector<Cert>& cas,
                          const std::string& cert_what, const std::string& ca_what,
-                         std::vector<Cert>* verified_chain = nullptr) {
+                         std::vector<Cert>* verified_chain = nullptr,
+                         const std::vector<TlsConfig::Crl>* crls = nullptr) {
   std::unique_ptr<X509_STORE, StoreFree> store(X509_STORE_new());
+  if (store == nullptr)
+    return absl::ResourceExhaustedError("no memory to check the TLS certificates");
   for (const Cert& ca : cas) X509_STORE_add_cert(store.get(), ca.get());
+  if (crls != nullptr && !crls->empty()) {
+    for (const TlsConfig::Crl& crl : *crls) {
+      Bio bio = MemoryBio(crl.pem);
+      CrlPtr parsed(PEM_read_bio_X509_CRL(bio.get(), nullptr, NoPassphrase, nullptr));
+      if (parsed != nullptr) X509_STORE_add_crl(store.get(), parsed.get());  // takes a reference
+    }
+    X509_STORE_set_flags(store.get(), X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+    X509_STORE_set_verify_cb(store.get(), IgnoreMissingCrl);
+  }
   std::unique_ptr<STACK_OF(X509), StackFree> intermediates(sk_X509_new_null());
   for (size_t i = 1; i < chain.size(); ++i) sk_X509_push(intermediates.get(), chain[i].get());
   std::unique_ptr<X509_STORE_CTX, StoreCtxFree> ctx(X509_STORE_CTX_new());
@@ -211,18 +234,24 @@ absl::Status CheckNames(X509* cert, absl::string_view member, absl::string_view 
 
 // When `cert` stops being valid, as `kind`; nullopt if its end cannot be read (a certificate
 // that parsed and verified has one).
-std::optional<CertificateExpiry> ExpiryOf(X509* cert, CertificateExpiry::Kind kind) {
+// Seconds since the Unix epoch of an ASN.1 time; nullopt when it does not read.
+std::optional<int64_t> UnixSecondsOf(const ASN1_TIME* time) {
   std::tm tm{};
-  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) {
+  if (time == nullptr || ASN1_TIME_to_tm(time, &tm) != 1) {
     ERR_clear_error();
     return std::nullopt;
   }
   // Not timegm: a 32-bit time_t ends in 2038, and certificates may run to 9999.
-  const absl::Time not_after =
+  return absl::ToUnixSeconds(
       absl::FromCivil(absl::CivilSecond(tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
                                         tm.tm_min, tm.tm_sec),
-                      absl::UTCTimeZone());
-  return CertificateExpiry{kind, Subject(cert), absl::ToUnixSeconds(not_after)};
+                      absl::UTCTimeZone()));
+}
+
+std::optional<CertificateExpiry> ExpiryOf(X509* cert, CertificateExpiry::Kind kind) {
+  const std::optional<int64_t> not_after = UnixSecondsOf(X509_get0_notAfter(cert));
+  if (!not_after) return std::nullopt;
+  return CertificateExpiry{kind, Subject(cert), *not_after};
 }
 
 Cert Ref(X509* cert) {
@@ -282,17 +311,135 @@ absl::StatusOr<std::pair<std::string, std::vector<Cert>>> LoadCas(const std::str
 
 }  // namespace
 
+std::string NameOf(const X509_NAME* name) {
+  char buffer[512];
+  if (X509_NAME_oneline(name, buffer, sizeof buffer) == nullptr) {
+    ERR_clear_error();
+    return "(unreadable name)";
+  }
+  return buffer;
+}
+
+// The files of a revocation-list directory, by name: regular files not starting with '.'.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadCrlDir(
+    const std::string& flag, const std::string& dir) {
+  std::error_code error;
+  std::filesystem::directory_iterator entries(dir, error);
+  if (error) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, "=", dir, ": cannot read the directory: ", error.message()));
+  }
+  std::vector<std::pair<std::string, std::string>> files;
+  for (; entries != std::filesystem::directory_iterator(); entries.increment(error)) {
+    if (error) break;
+    const std::string name = entries->path().filename().string();
+    if (name.empty() || name[0] == '.' || !entries->is_regular_file(error)) continue;
+    absl::StatusOr<std::string> contents = ReadFile(flag, entries->path().string());
+    if (!contents.ok()) return contents.status();
+    files.emplace_back(name, *std::move(contents));
+  }
+  if (error) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, "=", dir, ": cannot read the directory: ", error.message()));
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+std::string CrlFilesKey(const std::vector<std::pair<std::string, std::string>>& files) {
+  std::string key;
+  for (const auto& [name, contents] : files) {
+    absl::StrAppend(&key, name.size(), ":", name, contents.size(), ":", contents);
+  }
+  return key;
+}
+
+// Reads --tls_crl_dir into `tls` (see LoadNodeTls): `issuers` are the certificates a list may
+// come from, `leaf` the node's own certificate.
+absl::Status LoadCrls(const std::string& flag, const std::string& dir,
+                      const std::vector<X509*>& issuers, X509* leaf, TlsConfig* tls) {
+  auto files = ReadCrlDir(flag, dir);
+  if (!files.ok()) return files.status();
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  for (const auto& [name, contents] : *files) {
+    const std::string where = absl::StrCat(flag, "=", dir, ": ", name);
+    Bio bio = MemoryBio(contents);
+    int found = 0;
+    while (X509_CRL* raw = PEM_read_bio_X509_CRL(bio.get(), nullptr, NoPassphrase, nullptr)) {
+      CrlPtr crl(raw);
+      ++found;
+      const X509_NAME* issuer_name = X509_CRL_get_issuer(crl.get());
+      const std::string issuer = NameOf(issuer_name);
+      bool signed_by_issuer = false;
+      for (X509* candidate : issuers) {
+        EVP_PKEY* key = X509_get0_pubkey(candidate);
+        if (X509_NAME_cmp(X509_get_subject_name(candidate), issuer_name) == 0 && key != nullptr &&
+            X509_CRL_verify(crl.get(), key) == 1) {
+          signed_by_issuer = true;
+          break;
+        }
+      }
+      ERR_clear_error();
+      if (!signed_by_issuer) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": the revocation list of ", issuer,
+            " is not signed by a CA of --tls_ca, --tls_client_ca or this node's chain"));
+      }
+      const std::optional<int64_t> next_update = UnixSecondsOf(X509_CRL_get0_nextUpdate(crl.get()));
+      if (next_update) {
+        if (*next_update <= now) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, ": the revocation list of ", issuer, " is past its next update (",
+              absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixSeconds(*next_update),
+                               absl::UTCTimeZone()),
+              "): handshakes would fail; publish a fresh one"));
+        }
+        tls->expiries.push_back(
+            CertificateExpiry{CertificateExpiry::Kind::kCrl, issuer, *next_update});
+      }
+      X509_REVOKED* revoked = nullptr;
+      if (X509_CRL_get0_by_cert(crl.get(), &revoked, leaf) == 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": the revocation list of ", issuer,
+            " revokes this node's own certificate (--tls_cert): its peers would refuse it"));
+      }
+      int hashed = 0;
+      const unsigned long hash = X509_NAME_hash_ex(issuer_name, nullptr, nullptr, &hashed);
+      Bio out(BIO_new(BIO_s_mem()));
+      if (hashed != 1 || out == nullptr || PEM_write_bio_X509_CRL(out.get(), crl.get()) != 1) {
+        ERR_clear_error();
+        return absl::InternalError(absl::StrCat(where, ": cannot encode the revocation list"));
+      }
+      char* data = nullptr;
+      const long size = BIO_get_mem_data(out.get(), &data);
+      tls->crls.push_back(TlsConfig::Crl{hash, std::string(data, static_cast<size_t>(size))});
+    }
+    ERR_clear_error();
+    if (found == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": no PEM revocation list (X509 CRL) in it; the directory holds those only"));
+    }
+  }
+  tls->crl_files = CrlFilesKey(*files);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& flag_prefix,
                                       const std::string& client_ca) {
   TlsConfig tls;
-  if (files.cert.empty() && files.key.empty() && files.ca.empty() && client_ca.empty()) {
+  if (files.cert.empty() && files.key.empty() && files.ca.empty() && client_ca.empty() &&
+      files.crl_dir.empty()) {
     return tls;
   }
   if (files.cert.empty() || files.key.empty() || files.ca.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "TLS needs all three of ", flag_prefix, "cert, ", flag_prefix, "key and ", flag_prefix,
         "ca (the CA that signed every member's certificate), or none of them",
-        client_ca.empty() ? "" : absl::StrCat("; ", flag_prefix, "client_ca needs all three")));
+        client_ca.empty() && files.crl_dir.empty() ? ""
+        : files.crl_dir.empty() ? absl::StrCat("; ", flag_prefix, "client_ca needs all three")
+        : client_ca.empty()     ? absl::StrCat("; ", flag_prefix, "crl_dir needs all three")
+                                : absl::StrCat("; ", flag_prefix, "client_ca and ", flag_prefix,
+                                               "crl_dir need all three")));
   }
   const std::string cert_flag = flag_prefix + "cert";
   const std::string ca_flag = flag_prefix + "ca";
@@ -378,6 +525,18 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
       }
     }
     tls.client_ca_pem = std::move(client_cas->first);
+  }
+  if (!files.crl_dir.empty()) {
+    std::vector<X509*> issuers;
+    for (const Cert& cert : cas->second) issuers.push_back(cert.get());
+    for (const Cert& cert : identity->chain) issuers.push_back(cert.get());
+    const std::vector<Cert> client_cas = ParsePem(tls.client_ca_pem);
+    for (const Cert& cert : client_cas) issuers.push_back(cert.get());
+    if (absl::Status crls = LoadCrls(flag_prefix + "crl_dir", files.crl_dir, issuers,
+                                     identity->chain.front().get(), &tls);
+        !crls.ok()) {
+      return crls;
+    }
   }
   tls.cert_pem = std::move(identity->cert_pem);
   tls.key_pem = std::move(identity->key_pem);
@@ -476,6 +635,10 @@ ExpiryReport ReportExpiries(const TlsConfig& tls, absl::Time now, absl::Duration
         what = absl::StrCat("the CA certificate ", expiry.subject, " of --tls_client_ca");
         consequence = "clients whose certificates only it signed are refused";
         break;
+      case CertificateExpiry::Kind::kCrl:
+        what = absl::StrCat("the revocation list of ", expiry.subject, " in --tls_crl_dir");
+        consequence = "handshakes with certificates that CA signed fail";
+        break;
     }
     const std::string when =
         absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", expires, absl::UTCTimeZone());
@@ -573,9 +736,15 @@ bool FilesUnchanged(const TlsConfig& tls) {
     absl::StatusOr<std::string> now = ReadFile("", path);
     return now.ok() && *now == contents;
   };
+  auto crls_hold = [&tls] {
+    if (tls.files.crl_dir.empty()) return true;
+    auto files = ReadCrlDir("", tls.files.crl_dir);
+    return files.ok() && CrlFilesKey(*files) == tls.crl_files;
+  };
   return holds(tls.files.cert, tls.cert_pem) && holds(tls.files.key, tls.key_pem) &&
          holds(tls.files.ca, tls.ca_pem) &&
-         (tls.client_ca_file.empty() || holds(tls.client_ca_file, tls.client_ca_pem));
+         (tls.client_ca_file.empty() || holds(tls.client_ca_file, tls.client_ca_pem)) &&
+         crls_hold();
 }
 
 }  // namespace
@@ -666,6 +835,24 @@ absl::Status LiveTls::Publish(const TlsConfig& config) {
         {"chain.pem", config.cert_pem}}) {
     if (status.ok()) status = WriteNew(absl::StrCat(path, "/", file), contents);
   }
+  if (status.ok() && !config.files.crl_dir.empty()) {
+    for (const TlsConfig::Crl& crl : config.crls) {
+      std::vector<std::string>& history = crl_history_[crl.issuer_hash];
+      if (std::find(history.begin(), history.end(), crl.pem) == history.end()) {
+        history.push_back(crl.pem);
+      }
+    }
+    const std::string crl_path = path + "/crl";
+    if (::mkdir(crl_path.c_str(), 0700) != 0) {
+      status =
+          absl::InternalError(absl::StrCat("cannot make ", crl_path, ": ", std::strerror(errno)));
+    }
+    for (const auto& [hash, history] : crl_history_) {
+      for (size_t suffix = 0; status.ok() && suffix < history.size(); ++suffix) {
+        status = WriteNew(absl::StrFormat("%s/%08lx.r%d", crl_path, hash, suffix), history[suffix]);
+      }
+    }
+  }
   const std::string link = absl::StrCat(dir_, "/current");
   const std::string next_link = link + ".next";
   ::unlink(next_link.c_str());
@@ -683,6 +870,11 @@ absl::Status LiveTls::Publish(const TlsConfig& config) {
   if (version >= 3) std::filesystem::remove_all(absl::StrCat(dir_, "/v", version - 2), ignored);
   published_ = version;
   return absl::OkStatus();
+}
+
+std::string LiveTls::CrlDirectory() const {
+  // Through the link: OpenSSL looks the lists up by path at each handshake.
+  return current()->files.crl_dir.empty() ? std::string() : dir_ + "/current/crl";
 }
 
 std::shared_ptr<const TlsConfig> LiveTls::current() const {
@@ -708,6 +900,7 @@ std::shared_ptr<grpc::ServerCredentials> LiveTls::ServerCredentials() const {
   // certificate. The replication service requires one (CheckMemberCertificate). With one,
   // required from everyone, and either CA's will do here: which CA signed it decides what the
   // peer may call. Whether there is a client CA is fixed at start-up (its flag is).
+  if (const std::string crls = CrlDirectory(); !crls.empty()) options.set_crl_directory(crls);
   options.set_cert_request_type(current()->client_ca_pem.empty()
                                     ? GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
                                     : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
@@ -720,6 +913,7 @@ std::shared_ptr<grpc::ChannelCredentials> LiveTls::ChannelCredentials() const {
   options.watch_root_certs();
   options.watch_identity_key_cert_pairs();
   options.set_verify_server_certs(true);
+  if (const std::string crls = CrlDirectory(); !crls.empty()) options.set_crl_directory(crls);
   // The peer's certificate must name the address dialled, as with SslCredentials.
   options.set_certificate_verifier(
       std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
@@ -770,7 +964,8 @@ absl::Status CheckMemberCertificate(const grpc::AuthContext& auth, const TlsConf
   if (!auth.IsPeerAuthenticated()) return refuse("");
   // The handshake verified the certificate against the roots of its time: with a client CA,
   // either CA's would do; and since a reload (LiveTls) the CA may have changed while the
-  // connection stayed open. So verify the chain against the cluster's CA in use, alone. The
+  // connection stayed open. So verify the chain against the cluster's CA in use, alone, and
+  // its revocation lists in use. The
   // server side reports the leaf apart from the rest of the chain (which a resumed TLS session
   // may leave empty: nodes keep no session cache, and a member whose certificate needs
   // intermediates would then be refused, not admitted).
@@ -786,8 +981,8 @@ absl::Status CheckMemberCertificate(const grpc::AuthContext& auth, const TlsConf
     }
   }
   std::vector<Cert> verified;
-  if (absl::Status s =
-          VerifyChain(chain, ParsePem(tls.ca_pem), "the certificate", "that CA", &verified);
+  if (absl::Status s = VerifyChain(chain, ParsePem(tls.ca_pem), "the certificate", "that CA",
+                                   &verified, &tls.crls);
       !s.ok()) {
     return refuse(absl::StrCat(" (", s.message(),
                                "; an application client's certificate opens "

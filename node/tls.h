@@ -27,6 +27,7 @@
 #define MERGEDB_NODE_TLS_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,6 +50,9 @@ struct TlsFiles {
   std::string cert;  // PEM certificate chain, leaf first
   std::string key;   // PEM private key of the leaf certificate
   std::string ca;    // PEM certificates of the cluster's CA
+  // A node's only, optional: a directory of PEM certificate revocation lists (any file names)
+  // from the cluster's CA, the client CA or an intermediate of the node's chain.
+  std::string crl_dir;
 };
 
 // When one certificate a node depends on stops being valid.
@@ -62,6 +66,9 @@ struct CertificateExpiry {
     // A CA certificate of --tls_client_ca: clients whose certificates only it signed are
     // refused then.
     kClientCa,
+    // A revocation list of --tls_crl_dir passes its next update: handshakes with certificates
+    // its issuer signed fail until a fresh one is published. `subject` is the issuer.
+    kCrl,
   };
   Kind kind;
   std::string subject;  // e.g. "/CN=n1"
@@ -80,6 +87,15 @@ struct TlsConfig {
   // name, or a DNS subjectAltName, is its node name), and a replication stream is accepted from,
   // or opened to, only the member its certificate names.
   bool bind_member_names = false;
+  // With files.crl_dir: every revocation list in it, PEM, with its issuer's name hash (OpenSSL's
+  // X509_NAME_hash_ex, which names the files of a hashed directory); and the directory's files
+  // as read (name, then contents), to tell a change.
+  struct Crl {
+    unsigned long issuer_hash;
+    std::string pem;
+  };
+  std::vector<Crl> crls;
+  std::string crl_files;
   // Where LoadNodeTls read it, for LiveTls::Reload (empty when made otherwise).
   TlsFiles files;
   std::string client_ca_file;
@@ -88,8 +104,10 @@ struct TlsConfig {
 };
 
 // A node's TLS: none of the files, or all three (and optionally `client_ca`, the PEM
-// certificates of the application clients' CA), and the certificate must verify against the CA
-// (`flag_prefix` names the flags in errors, e.g. "--tls_").
+// certificates of the application clients' CA, and `files.crl_dir`), and the certificate must
+// verify against the CA (`flag_prefix` names the flags in errors, e.g. "--tls_"). Every
+// revocation list must parse, be signed by a CA it can belong to and not be past its next
+// update, and none may revoke the node's own certificate.
 absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& flag_prefix,
                                       const std::string& client_ca = "");
 // A client's TLS: on when `files.ca` is given; a certificate and its key (both or neither) for
@@ -159,11 +177,18 @@ class LiveTls {
           bool temporary);
   // Writes `config`'s files as a new version under dir_ and points dir_/current at it.
   absl::Status Publish(const TlsConfig& config);
+  // The directory of revocation lists gRPC reads (empty: none configured).
+  std::string CrlDirectory() const;
 
   const std::string node_name_;
   const std::string dir_;  // the private copies gRPC's providers watch
   const bool temporary_;   // dir_ goes with this object
   uint64_t published_ = 0;  // the version dir_/current names (Start, then Reload: reload_mu_)
+  // Every revocation list published, per issuer hash, in order (Publish: reload_mu_). OpenSSL's
+  // hashed-directory lookup caches the lists it loaded and, for an issuer it knows, looks only
+  // at suffixes from the last one it loaded on: so each version holds them all, a new list
+  // under the next suffix, and of an issuer's lists OpenSSL uses the newest.
+  std::map<unsigned long, std::vector<std::string>> crl_history_;
   std::shared_ptr<grpc::experimental::CertificateProviderInterface> server_provider_;
   std::shared_ptr<grpc::experimental::CertificateProviderInterface> channel_provider_;
   absl::Mutex reload_mu_;  // held by Reload, outside mu_

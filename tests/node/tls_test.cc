@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "mergedb/v1/replication.grpc.pb.h"
@@ -735,6 +736,109 @@ TEST_F(TlsTest, CertificatesAndCasAreReplacedWithoutARestart) {
   EXPECT_FALSE(answered);
   EXPECT_EQ(stale.error_code(), grpc::StatusCode::PERMISSION_DENIED) << stale.error_message();
   EXPECT_EQ(total, 8);
+}
+
+// Revocation (--tls_crl_dir): lists are checked like the other files, and a certificate a list
+// revokes opens no connection either way, from the moment a reload reads the list.
+TEST_F(TlsTest, ARevokedCertificateOpensNoConnectionOnceItsListIsRead) {
+  // A CA database for `openssl ca`, a member certificate to revoke, and lists: "none" (an hour
+  // old, revokes nothing), "doomed" (revokes it), "stale" (past its next update), "other" (from
+  // another CA).
+  auto when = [](absl::Duration from_now) {
+    return absl::FormatTime("%Y%m%d%H%M%SZ", absl::Now() + from_now, absl::UTCTimeZone());
+  };
+  const std::string gencrl =
+      " && openssl ca -config crldb/ca.cnf -gencrl -keyfile ca.key -cert ca.pem";
+  Run("cd " + *dir_ + " && rm -rf crldb && mkdir crldb && touch crldb/index.txt" +
+      " && echo 1000 >crldb/crlnumber" +
+      " && printf '[ca]\\ndefault_ca=d\\n[d]\\ndatabase=crldb/index.txt\\n"
+      "crlnumber=crldb/crlnumber\\ndefault_md=sha256\\ndefault_crl_days=2\\n' >crldb/ca.cnf" +
+      " && " + MERGEDB_SOURCE_DIR + "/scripts/make_certs.sh cert . doomed ca 2" + gencrl +
+      " -crl_lastupdate " + when(-absl::Hours(1)) + " -out crl-none.pem" + gencrl +
+      " -crl_lastupdate " + when(-absl::Hours(48)) + " -crl_nextupdate " + when(-absl::Hours(24)) +
+      " -out crl-stale.pem" +
+      " && openssl ca -config crldb/ca.cnf -revoke doomed.pem -keyfile ca.key -cert ca.pem" +
+      gencrl + " -out crl-doomed.pem" +
+      " && openssl ca -config crldb/ca.cnf -gencrl -keyfile other-ca.key -cert other-ca.pem"
+      " -out crl-other.pem");
+  // A directory holding exactly `lists` (files of the suite's directory).
+  auto crl_dir = [&](const std::string& name, const std::vector<std::string>& lists) {
+    const std::string path = Path(name);
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directory(path);
+    for (const std::string& list : lists) {
+      std::filesystem::copy_file(Path(list), path + "/" + list);
+    }
+    return path;
+  };
+  auto load = [&](const std::string& identity, const std::string& crls) {
+    return LoadNodeTls({Path(identity + ".pem"), Path(identity + ".key"), Path("ca.pem"), crls},
+                       "--tls_");
+  };
+  for (const auto& [lists, identity, error] :
+       {std::tuple{std::vector<std::string>{"not.pem"}, "node", "no PEM revocation list"},
+        std::tuple{std::vector<std::string>{"crl-other.pem"}, "node",
+                   "revocation list of /CN=other-ca is not signed by a CA"},
+        std::tuple{std::vector<std::string>{"crl-stale.pem"}, "node", "is past its next update"},
+        std::tuple{std::vector<std::string>{"crl-doomed.pem"}, "doomed",
+                   "revokes this node's own certificate"}}) {
+    auto refused = load(identity, crl_dir("crl-check", lists));
+    ASSERT_FALSE(refused.ok()) << lists[0];
+    EXPECT_TRUE(absl::StrContains(refused.status().message(), error)) << refused.status();
+    EXPECT_TRUE(absl::StrContains(refused.status().message(), "--tls_crl_dir="))
+        << refused.status();
+  }
+  EXPECT_TRUE(absl::StrContains(load("node", Path("no-such-dir")).status().message(),
+                                "cannot read the directory"));
+  auto empty = load("node", crl_dir("crl-check", {}));
+  ASSERT_TRUE(empty.ok()) << "a directory without lists yet: " << empty.status();
+
+  // A node whose list revokes nothing yet (n2, a member, stays down: HelloAsN2 speaks as it).
+  Cluster cluster(2);
+  auto tls = load("node", crl_dir("crl-live", {"crl-none.pem"}));
+  ASSERT_TRUE(tls.ok()) << tls.status();
+  ASSERT_EQ(tls->crls.size(), 1u);
+  cluster.options(0).tls = *tls;
+  cluster.options(0).tls_reload_interval = absl::ZeroDuration();
+  cluster.Start(0);
+  auto member_gets_in = [&](const std::string& identity) {
+    bool answered = false;
+    HelloAsN2(ClientChannel(cluster.Address(0), "ca.pem", identity), &answered);
+    return answered;
+  };
+  EXPECT_TRUE(member_gets_in("doomed"));
+  const std::shared_ptr<grpc::Channel> doomed_connection =
+      ClientChannel(cluster.Address(0), "ca.pem", "doomed");
+  bool answered = false;
+  HelloAsN2(doomed_connection, &answered);
+  ASSERT_TRUE(answered);
+  // Its CA's next list revokes it: a second list of the same issuer, which OpenSSL must load
+  // over the one it has cached.
+  crl_dir("crl-live", {"crl-doomed.pem"});
+  absl::StatusOr<bool> reloaded = cluster.node(0)->ReloadTls();
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  EXPECT_TRUE(*reloaded);
+  bool shut_out = false;
+  for (int attempt = 0; attempt < 100 && !shut_out; ++attempt) {
+    if (attempt > 0) absl::SleepFor(absl::Milliseconds(50));
+    shut_out = !member_gets_in("doomed");
+  }
+  EXPECT_TRUE(shut_out) << "the revoked member still opens streams";
+  EXPECT_TRUE(member_gets_in("node")) << "other members still do";
+  // Nor on the connection it made before the list: each stream checks the lists in use.
+  answered = false;
+  const grpc::Status stale = HelloAsN2(doomed_connection, &answered);
+  EXPECT_FALSE(answered);
+  EXPECT_EQ(stale.error_code(), grpc::StatusCode::PERMISSION_DENIED) << stale.error_message();
+  EXPECT_TRUE(absl::StrContains(stale.error_message(), "revoked")) << stale.error_message();
+
+  // And this node opens no link to a peer whose certificate is revoked.
+  Cluster pair(2);
+  pair.options(0).tls = *load("node", Path("crl-live"));
+  pair.options(1).tls = NodeTls("doomed");
+  pair.StartAll();
+  EXPECT_TRUE(absl::StrContains(AwaitLinkDown(ClientChannel(pair.Address(0))), "TLS handshake"))
+      << "n1 kept a link to a peer whose certificate is revoked";
 }
 
 }  // namespace
