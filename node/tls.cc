@@ -15,6 +15,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -49,6 +50,7 @@ Bio MemoryBio(absl::string_view pem) {
 }
 
 constexpr char kCertificateBegin[] = "-----BEGIN CERTIFICATE-----";
+constexpr char kCrlBegin[] = "-----BEGIN X509 CRL-----";
 
 // Refuses a passphrase instead of prompting for one on the terminal: a node starts unattended.
 int NoPassphrase(char*, int, int, void*) { return -1; }
@@ -364,18 +366,26 @@ absl::Status LoadCrls(const std::string& flag, const std::string& dir,
   for (const auto& [name, contents] : *files) {
     const std::string where = absl::StrCat(flag, "=", dir, ": ", name);
     Bio bio = MemoryBio(contents);
-    int found = 0;
+    size_t blocks = 0;
+    for (size_t at = contents.find(kCrlBegin); at != std::string::npos;
+         at = contents.find(kCrlBegin, at + 1)) {
+      ++blocks;
+    }
+    size_t found = 0;
     while (X509_CRL* raw = PEM_read_bio_X509_CRL(bio.get(), nullptr, NoPassphrase, nullptr)) {
       CrlPtr crl(raw);
       ++found;
       const X509_NAME* issuer_name = X509_CRL_get_issuer(crl.get());
       const std::string issuer = NameOf(issuer_name);
       bool signed_by_issuer = false;
+      bool may_sign_lists = false;
       for (X509* candidate : issuers) {
         EVP_PKEY* key = X509_get0_pubkey(candidate);
         if (X509_NAME_cmp(X509_get_subject_name(candidate), issuer_name) == 0 && key != nullptr &&
             X509_CRL_verify(crl.get(), key) == 1) {
           signed_by_issuer = true;
+          // OpenSSL refuses a list whose issuer's key usage leaves out cRLSign.
+          may_sign_lists = (X509_get_key_usage(candidate) & KU_CRL_SIGN) != 0;
           break;
         }
       }
@@ -384,6 +394,28 @@ absl::Status LoadCrls(const std::string& flag, const std::string& dir,
         return absl::InvalidArgumentError(absl::StrCat(
             where, ": the revocation list of ", issuer,
             " is not signed by a CA of --tls_ca, --tls_client_ca or this node's chain"));
+      }
+      if (!may_sign_lists) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": the key usage of ", issuer,
+                         " does not allow signing revocation lists (cRLSign), so TLS would "
+                         "refuse its list"));
+      }
+      // Lists OpenSSL would not apply in full (a delta, or one scoped by an issuing
+      // distribution point: part of the reasons or certificates, or another issuer's), and
+      // which it would then skip in silence: only complete lists are taken.
+      if (X509_CRL_get_ext_by_NID(crl.get(), NID_delta_crl, -1) >= 0 ||
+          X509_CRL_get_ext_by_NID(crl.get(), NID_issuing_distribution_point, -1) >= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": the revocation list of ", issuer,
+            " is a delta or carries an issuing distribution point; give complete lists only"));
+      }
+      const std::optional<int64_t> issued = UnixSecondsOf(X509_CRL_get0_lastUpdate(crl.get()));
+      if (!issued || *issued > now) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": the revocation list of ", issuer,
+                         " is not valid yet (its last update is in the future, or unreadable): "
+                         "TLS would refuse every certificate of that CA"));
       }
       const std::optional<int64_t> next_update = UnixSecondsOf(X509_CRL_get0_nextUpdate(crl.get()));
       if (next_update) {
@@ -395,7 +427,7 @@ absl::Status LoadCrls(const std::string& flag, const std::string& dir,
               "): handshakes would fail; publish a fresh one"));
         }
         tls->expiries.push_back(
-            CertificateExpiry{CertificateExpiry::Kind::kCrl, issuer, *next_update});
+            CertificateExpiry{CertificateExpiry::Kind::kCrl, issuer, *next_update, *issued});
       }
       X509_REVOKED* revoked = nullptr;
       if (X509_CRL_get0_by_cert(crl.get(), &revoked, leaf) == 1) {
@@ -418,6 +450,10 @@ absl::Status LoadCrls(const std::string& flag, const std::string& dir,
     if (found == 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           where, ": no PEM revocation list (X509 CRL) in it; the directory holds those only"));
+    }
+    if (found != blocks) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": revocation list ", found + 1, " in it does not parse"));
     }
   }
   tls->crl_files = CrlFilesKey(*files);
@@ -537,6 +573,16 @@ absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& 
         !crls.ok()) {
       return crls;
     }
+    // The whole chain as peers will judge it, with the lists (an intermediate revoked, a list
+    // out of scope): peers would refuse what does not pass here.
+    if (absl::Status judged =
+            VerifyChain(identity->chain, cas->second, absl::StrCat(cert_flag, "=", files.cert),
+                        absl::StrCat(ca_flag, "=", files.ca, " with the lists of ", flag_prefix,
+                                     "crl_dir=", files.crl_dir),
+                        nullptr, &tls.crls);
+        !judged.ok()) {
+      return judged;
+    }
   }
   tls.cert_pem = std::move(identity->cert_pem);
   tls.key_pem = std::move(identity->key_pem);
@@ -615,7 +661,12 @@ ExpiryReport ReportExpiries(const TlsConfig& tls, absl::Time now, absl::Duration
     if (is_own_ca(expiry)) continue;
     const absl::Time expires = absl::FromUnixSeconds(expiry.unix_seconds);
     const bool expired = expires <= now;
-    const bool soon = !expired && expires - now <= window;
+    absl::Duration own_window = window;
+    if (expiry.kind == CertificateExpiry::Kind::kCrl && expiry.issued_unix_seconds > 0) {
+      own_window =
+          std::min(window, absl::Seconds(expiry.unix_seconds - expiry.issued_unix_seconds) / 4);
+    }
+    const bool soon = !expired && expires - now <= own_window;
     absl::StrAppend(&report.stage, expired ? "x" : soon ? "w" : "-");
     if (!expired && !soon) continue;
     std::string what;
@@ -779,6 +830,12 @@ absl::StatusOr<std::unique_ptr<LiveTls>> LiveTls::Start(TlsConfig config, std::s
       std::filesystem::remove_all(entry.path(), ignored);
     }
   }
+  if (!config.files.crl_dir.empty() && dir.find(':') != std::string::npos) {
+    // OpenSSL splits a list directory's path at ':'.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls_crl_dir needs a data dir whose path has no ':' (the node's copies go in ", dir,
+        ")"));
+  }
   auto shared = std::make_shared<const TlsConfig>(std::move(config));
   std::unique_ptr<LiveTls> live(new LiveTls(shared, std::move(node_name), dir, temporary));
   if (absl::Status published = live->Publish(*shared); !published.ok()) return published;
@@ -821,6 +878,12 @@ absl::Status LiveTls::Publish(const TlsConfig& config) {
   // leaves the version in use untouched.
   const uint64_t version = published_ + 1;
   const std::string name = absl::StrCat("v", version);
+  // A line before the certificates (which PEM readers skip) makes every version's roots differ
+  // from the last: gRPC then builds its TLS contexts anew, with a fresh certificate store. The
+  // store caches the revocation lists it loaded from the directory and, for an issuer it has
+  // seen, reads only files with later suffixes, so without a fresh store a changed or removed
+  // list would stay in force (and a removed one fail every handshake once past its update).
+  const std::string generation = absl::StrCat("mergedb TLS files, version ", version, "\n");
   const std::string path = absl::StrCat(dir_, "/", name);
   std::error_code ignored;
   std::filesystem::remove_all(path, ignored);
@@ -829,28 +892,38 @@ absl::Status LiveTls::Publish(const TlsConfig& config) {
           ? absl::OkStatus()
           : absl::InternalError(absl::StrCat("cannot make ", path, ": ", std::strerror(errno)));
   for (const auto& [file, contents] :
-       {std::pair<const char*, std::string>{"roots.pem", ServerRoots(config)},
-        {"ca.pem", config.ca_pem},
+       {std::pair<const char*, std::string>{"roots.pem",
+                                            absl::StrCat(generation, ServerRoots(config))},
+        {"ca.pem", absl::StrCat(generation, config.ca_pem)},
         {"key.pem", config.key_pem},
         {"chain.pem", config.cert_pem}}) {
     if (status.ok()) status = WriteNew(absl::StrCat(path, "/", file), contents);
   }
   if (status.ok() && !config.files.crl_dir.empty()) {
-    for (const TlsConfig::Crl& crl : config.crls) {
-      std::vector<std::string>& history = crl_history_[crl.issuer_hash];
-      if (std::find(history.begin(), history.end(), crl.pem) == history.end()) {
-        history.push_back(crl.pem);
-      }
-    }
+    // The lists in use, named as a hashed directory wants them: issuer hash, then .r0, .r1, ...
+    // for an issuer's several lists.
     const std::string crl_path = path + "/crl";
     if (::mkdir(crl_path.c_str(), 0700) != 0) {
       status =
           absl::InternalError(absl::StrCat("cannot make ", crl_path, ": ", std::strerror(errno)));
     }
-    for (const auto& [hash, history] : crl_history_) {
-      for (size_t suffix = 0; status.ok() && suffix < history.size(); ++suffix) {
-        status = WriteNew(absl::StrFormat("%s/%08lx.r%d", crl_path, hash, suffix), history[suffix]);
-      }
+    std::map<unsigned long, int> suffixes;
+    for (const TlsConfig::Crl& crl : config.crls) {
+      if (!status.ok()) break;
+      status = WriteNew(
+          absl::StrFormat("%s/%08lx.r%d", crl_path, crl.issuer_hash, suffixes[crl.issuer_hash]++),
+          crl.pem);
+    }
+  }
+  // Every file of the version gets an mtime past the previous version's: gRPC's provider tells
+  // a switch between its reads of the key and the chain by their mtimes, in whole seconds.
+  const int64_t mtime = std::max(absl::ToUnixSeconds(absl::Now()), published_mtime_ + 1);
+  for (const char* file : {"roots.pem", "ca.pem", "key.pem", "chain.pem"}) {
+    const timespec times[2] = {{static_cast<time_t>(mtime), 0}, {static_cast<time_t>(mtime), 0}};
+    if (status.ok() && ::utimensat(AT_FDCWD, absl::StrCat(path, "/", file).c_str(), times,
+                                   AT_SYMLINK_NOFOLLOW) != 0) {
+      status = absl::InternalError(
+          absl::StrCat("cannot date ", path, "/", file, ": ", std::strerror(errno)));
     }
   }
   const std::string link = absl::StrCat(dir_, "/current");
@@ -869,6 +942,7 @@ absl::Status LiveTls::Publish(const TlsConfig& config) {
   // The version before stays: a provider may be reading it right now.
   if (version >= 3) std::filesystem::remove_all(absl::StrCat(dir_, "/v", version - 2), ignored);
   published_ = version;
+  published_mtime_ = mtime;
   return absl::OkStatus();
 }
 

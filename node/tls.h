@@ -27,7 +27,6 @@
 #define MERGEDB_NODE_TLS_H_
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,6 +72,9 @@ struct CertificateExpiry {
   Kind kind;
   std::string subject;  // e.g. "/CN=n1"
   int64_t unix_seconds;
+  // kCrl: when the list was issued (its last update). A list lives days, not years: its
+  // warning comes in the last quarter of its life, or the window if that is shorter.
+  int64_t issued_unix_seconds = 0;
 };
 
 // The PEM contents. No CA (the default): plaintext. Every loaded config has one.
@@ -184,11 +186,8 @@ class LiveTls {
   const std::string dir_;  // the private copies gRPC's providers watch
   const bool temporary_;   // dir_ goes with this object
   uint64_t published_ = 0;  // the version dir_/current names (Start, then Reload: reload_mu_)
-  // Every revocation list published, per issuer hash, in order (Publish: reload_mu_). OpenSSL's
-  // hashed-directory lookup caches the lists it loaded and, for an issuer it knows, looks only
-  // at suffixes from the last one it loaded on: so each version holds them all, a new list
-  // under the next suffix, and of an issuer's lists OpenSSL uses the newest.
-  std::map<unsigned long, std::vector<std::string>> crl_history_;
+  // The mtime given to the last version's files (Publish: reload_mu_), in seconds.
+  int64_t published_mtime_ = 0;
   std::shared_ptr<grpc::experimental::CertificateProviderInterface> server_provider_;
   std::shared_ptr<grpc::experimental::CertificateProviderInterface> channel_provider_;
   absl::Mutex reload_mu_;  // held by Reload, outside mu_

@@ -790,6 +790,12 @@ TEST_F(TlsTest, ARevokedCertificateOpensNoConnectionOnceItsListIsRead) {
   }
   EXPECT_TRUE(absl::StrContains(load("node", Path("no-such-dir")).status().message(),
                                 "cannot read the directory"));
+  // A good list followed by one cut short: the file is refused, not read up to the cut.
+  std::ofstream(Path("crl-cut.pem"))
+      << Contents("crl-none.pem") << "-----BEGIN X509 CRL-----\nMIIB\n-----END X509 CRL-----\n";
+  EXPECT_TRUE(
+      absl::StrContains(load("node", crl_dir("crl-check", {"crl-cut.pem"})).status().message(),
+                        "revocation list 2 in it does not parse"));
   auto empty = load("node", crl_dir("crl-check", {}));
   ASSERT_TRUE(empty.ok()) << "a directory without lists yet: " << empty.status();
 
@@ -806,7 +812,20 @@ TEST_F(TlsTest, ARevokedCertificateOpensNoConnectionOnceItsListIsRead) {
     HelloAsN2(ClientChannel(cluster.Address(0), "ca.pem", identity), &answered);
     return answered;
   };
+  // Whether the TLS handshake itself lets `identity` in, as seen by a client call on a new
+  // connection, once gRPC has read the copies (bounded retries until `expected`).
+  auto handshake_admits = [&](const std::string& identity, bool expected) {
+    bool admitted = !expected;
+    for (int attempt = 0; attempt < 100 && admitted != expected; ++attempt) {
+      if (attempt > 0) absl::SleepFor(absl::Milliseconds(50));
+      admitted =
+          Update(ClientChannel(cluster.Address(0), "ca.pem", identity).get(), IncrementDoc(0))
+              .error_code() != grpc::StatusCode::UNAVAILABLE;
+    }
+    return admitted;
+  };
   EXPECT_TRUE(member_gets_in("doomed"));
+  EXPECT_TRUE(handshake_admits("doomed", true));
   const std::shared_ptr<grpc::Channel> doomed_connection =
       ClientChannel(cluster.Address(0), "ca.pem", "doomed");
   bool answered = false;
@@ -824,6 +843,7 @@ TEST_F(TlsTest, ARevokedCertificateOpensNoConnectionOnceItsListIsRead) {
     shut_out = !member_gets_in("doomed");
   }
   EXPECT_TRUE(shut_out) << "the revoked member still opens streams";
+  EXPECT_FALSE(handshake_admits("doomed", false)) << "gRPC's handshake did not read the new list";
   EXPECT_TRUE(member_gets_in("node")) << "other members still do";
   // Nor on the connection it made before the list: each stream checks the lists in use.
   answered = false;
@@ -831,6 +851,16 @@ TEST_F(TlsTest, ARevokedCertificateOpensNoConnectionOnceItsListIsRead) {
   EXPECT_FALSE(answered);
   EXPECT_EQ(stale.error_code(), grpc::StatusCode::PERMISSION_DENIED) << stale.error_message();
   EXPECT_TRUE(absl::StrContains(stale.error_message(), "revoked")) << stale.error_message();
+
+  // A list taken out of the directory is lifted at the next reload (gRPC starts a fresh
+  // store: OpenSSL's would have kept every list it had loaded).
+  crl_dir("crl-live", {});
+  reloaded = cluster.node(0)->ReloadTls();
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  EXPECT_TRUE(*reloaded);
+  EXPECT_TRUE(handshake_admits("doomed", true)) << "the removed list still holds";
+  EXPECT_TRUE(member_gets_in("doomed"));
+  crl_dir("crl-live", {"crl-doomed.pem"});
 
   // And this node opens no link to a peer whose certificate is revoked.
   Cluster pair(2);
