@@ -410,6 +410,17 @@ absl::Status LoadCrls(const std::string& flag, const std::string& dir,
             where, ": the revocation list of ", issuer,
             " is a delta or carries an issuing distribution point; give complete lists only"));
       }
+      // A critical extension TLS does not know fails every handshake of the issuer's
+      // certificates.
+      for (int i = 0; i < X509_CRL_get_ext_count(crl.get()); ++i) {
+        X509_EXTENSION* extension = X509_CRL_get_ext(crl.get(), i);
+        if (X509_EXTENSION_get_critical(extension) == 1 &&
+            OBJ_obj2nid(X509_EXTENSION_get_object(extension)) != NID_authority_key_identifier) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": the revocation list of ", issuer,
+                           " carries a critical extension TLS would refuse it for"));
+        }
+      }
       const std::optional<int64_t> issued = UnixSecondsOf(X509_CRL_get0_lastUpdate(crl.get()));
       if (!issued || *issued > now) {
         return absl::InvalidArgumentError(
@@ -832,6 +843,10 @@ absl::StatusOr<std::unique_ptr<LiveTls>> LiveTls::Start(TlsConfig config, std::s
   }
   if (!config.files.crl_dir.empty() && dir.find(':') != std::string::npos) {
     // OpenSSL splits a list directory's path at ':'.
+    if (temporary) {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
+    }
     return absl::InvalidArgumentError(absl::StrCat(
         "--tls_crl_dir needs a data dir whose path has no ':' (the node's copies go in ", dir,
         ")"));
@@ -878,12 +893,13 @@ absl::Status LiveTls::Publish(const TlsConfig& config) {
   // leaves the version in use untouched.
   const uint64_t version = published_ + 1;
   const std::string name = absl::StrCat("v", version);
-  // A line before the certificates (which PEM readers skip) makes every version's roots differ
+  // A line after the certificates (which PEM readers skip; after, so that a file starting with a
+  // byte-order mark keeps it first, where OpenSSL drops it) makes every version's roots differ
   // from the last: gRPC then builds its TLS contexts anew, with a fresh certificate store. The
   // store caches the revocation lists it loaded from the directory and, for an issuer it has
   // seen, reads only files with later suffixes, so without a fresh store a changed or removed
   // list would stay in force (and a removed one fail every handshake once past its update).
-  const std::string generation = absl::StrCat("mergedb TLS files, version ", version, "\n");
+  const std::string generation = absl::StrCat("\nmergedb TLS files, version ", version, "\n");
   const std::string path = absl::StrCat(dir_, "/", name);
   std::error_code ignored;
   std::filesystem::remove_all(path, ignored);
@@ -893,8 +909,8 @@ absl::Status LiveTls::Publish(const TlsConfig& config) {
           : absl::InternalError(absl::StrCat("cannot make ", path, ": ", std::strerror(errno)));
   for (const auto& [file, contents] :
        {std::pair<const char*, std::string>{"roots.pem",
-                                            absl::StrCat(generation, ServerRoots(config))},
-        {"ca.pem", absl::StrCat(generation, config.ca_pem)},
+                                            absl::StrCat(ServerRoots(config), generation)},
+        {"ca.pem", absl::StrCat(config.ca_pem, generation)},
         {"key.pem", config.key_pem},
         {"chain.pem", config.cert_pem}}) {
     if (status.ok()) status = WriteNew(absl::StrCat(path, "/", file), contents);

@@ -108,8 +108,10 @@ struct TlsConfig {
 // A node's TLS: none of the files, or all three (and optionally `client_ca`, the PEM
 // certificates of the application clients' CA, and `files.crl_dir`), and the certificate must
 // verify against the CA (`flag_prefix` names the flags in errors, e.g. "--tls_"). Every
-// revocation list must parse, be signed by a CA it can belong to and not be past its next
-// update, and none may revoke the node's own certificate.
+// revocation list must parse (every block of its file), be signed by a CA it can belong to
+// whose key usage allows it, be complete (no delta, no issuing distribution point, no other
+// critical extension than the authority key id), be valid now, and the node's whole chain must
+// verify with the lists: what TLS would refuse, or skip in silence, is refused here.
 absl::StatusOr<TlsConfig> LoadNodeTls(const TlsFiles& files, const std::string& flag_prefix,
                                       const std::string& client_ca = "");
 // A client's TLS: on when `files.ca` is given; a certificate and its key (both or neither) for

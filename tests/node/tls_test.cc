@@ -755,6 +755,7 @@ TEST_F(TlsTest, ARevokedCertificateOpensNoConnectionOnceItsListIsRead) {
       "crlnumber=crldb/crlnumber\\ndefault_md=sha256\\ndefault_crl_days=2\\n' >crldb/ca.cnf" +
       " && " + MERGEDB_SOURCE_DIR + "/scripts/make_certs.sh cert . doomed ca 2" + gencrl +
       " -crl_lastupdate " + when(-absl::Hours(1)) + " -out crl-none.pem" + gencrl +
+      " -crl_lastupdate " + when(absl::Hours(1)) + " -out crl-future.pem" + gencrl +
       " -crl_lastupdate " + when(-absl::Hours(48)) + " -crl_nextupdate " + when(-absl::Hours(24)) +
       " -out crl-stale.pem" +
       " && openssl ca -config crldb/ca.cnf -revoke doomed.pem -keyfile ca.key -cert ca.pem" +
@@ -780,6 +781,7 @@ TEST_F(TlsTest, ARevokedCertificateOpensNoConnectionOnceItsListIsRead) {
         std::tuple{std::vector<std::string>{"crl-other.pem"}, "node",
                    "revocation list of /CN=other-ca is not signed by a CA"},
         std::tuple{std::vector<std::string>{"crl-stale.pem"}, "node", "is past its next update"},
+        std::tuple{std::vector<std::string>{"crl-future.pem"}, "node", "is not valid yet"},
         std::tuple{std::vector<std::string>{"crl-doomed.pem"}, "doomed",
                    "revokes this node's own certificate"}}) {
     auto refused = load(identity, crl_dir("crl-check", lists));
@@ -798,6 +800,22 @@ TEST_F(TlsTest, ARevokedCertificateOpensNoConnectionOnceItsListIsRead) {
                         "revocation list 2 in it does not parse"));
   auto empty = load("node", crl_dir("crl-check", {}));
   ASSERT_TRUE(empty.ok()) << "a directory without lists yet: " << empty.status();
+  // A list lives days: its warning comes in the last quarter of its life, not a month ahead.
+  const auto none = load("node", crl_dir("crl-check", {"crl-none.pem"}));
+  ASSERT_TRUE(none.ok()) << none.status();
+  const auto list = std::find_if(none->expiries.begin(), none->expiries.end(), [](const auto& e) {
+    return e.kind == CertificateExpiry::Kind::kCrl;
+  });
+  ASSERT_NE(list, none->expiries.end());
+  const absl::Time next_update = absl::FromUnixSeconds(list->unix_seconds);  // issued + 2 days
+  auto warns_of_list = [&](absl::Time at) {
+    for (const std::string& warning : ReportExpiries(*none, at, absl::Hours(24 * 30)).warnings) {
+      if (absl::StrContains(warning, "revocation list of /CN=ca")) return true;
+    }
+    return false;
+  };
+  EXPECT_FALSE(warns_of_list(next_update - absl::Hours(24)));
+  EXPECT_TRUE(warns_of_list(next_update - absl::Hours(6)));
 
   // A node whose list revokes nothing yet (n2, a member, stays down: HelloAsN2 speaks as it).
   Cluster cluster(2);
