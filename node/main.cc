@@ -119,7 +119,8 @@ ABSL_FLAG(int64_t, tls_expiry_warning_days, 30,
           "Log a warning (at start-up, when it becomes due, then once a day) while this "
           "node's certificate or any certificate on its chain, a CA certificate of --tls_ca "
           "or one of --tls_client_ca expires within this many days (0: only once it has "
-          "expired).");
+          "expired), or a list of --tls_crl_dir nears its next update (within this many days "
+          "and the last quarter of its life).");
 ABSL_FLAG(int64_t, tls_reload_interval_s, 60,
           "Seconds between reads of the --tls_ files while the node runs: renewed certificates "
           "(and a changed CA file) are taken without a restart once they pass the start-up "

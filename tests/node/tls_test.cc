@@ -27,6 +27,12 @@ using testing::CounterIn;
 using testing::Incr;
 using testing::UpdateOf;
 
+UpdateRequest IncrementDoc(int64_t by) {
+  UpdateRequest request = UpdateOf("c", "doc");
+  Incr(&request, {"n"}, by);
+  return request;
+}
+
 // Certificates made by scripts/make_certs.sh in a temporary directory: a CA, a node certificate
 // it signed for 127.0.0.1, an impostor's certificate another CA signed for the same name, one
 // the CA signed that has expired, and an application's certificate a client CA signed.
@@ -147,6 +153,21 @@ class TlsTest : public ::testing::Test {
     return seen;
   }
 
+  // A write on each node of a two-node `cluster`, seen on both (`*total` counts them); clients
+  // trust `ca` (a CA file); `step` names the moment in failures.
+  static void WriteOnBoth(Cluster& cluster, const std::string& ca, const std::string& step,
+                          int64_t* total) {
+    for (int i = 0; i < 2; ++i) {
+      grpc::Status written = Update(ClientChannel(cluster.Address(i), ca).get(), IncrementDoc(1));
+      ASSERT_TRUE(written.ok()) << step << ", n" << i + 1 << ": " << written.error_message();
+      ++*total;
+    }
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_EQ(AwaitCounter(ClientChannel(cluster.Address(i), ca).get(), *total), *total)
+          << step << ", n" << i + 1;
+    }
+  }
+
   // Opens a replication stream over `channel`, says hello as member n2, and returns how the
   // stream ended; `answered` says whether the node answered the hello.
   static grpc::Status HelloAsN2(const std::shared_ptr<grpc::Channel>& channel, bool* answered) {
@@ -189,12 +210,6 @@ class TlsTest : public ::testing::Test {
 };
 std::string* TlsTest::dir_ = nullptr;
 int64_t* TlsTest::made_at_ = nullptr;
-
-UpdateRequest IncrementDoc(int64_t by) {
-  UpdateRequest request = UpdateOf("c", "doc");
-  Incr(&request, {"n"}, by);
-  return request;
-}
 
 TEST_F(TlsTest, ANodeChecksItsFilesAtStartUp) {
   auto partial = LoadNodeTls({Path("node.pem"), Path("node.key"), ""}, "--tls_");
@@ -571,17 +586,8 @@ TEST_F(TlsTest, ACaIsReplacedByRollingRestartsAndNoWriteIsLost) {
   for (int i = 0; i < 2; ++i) cluster.options(i).tls = NodeTls("node", "ca");
   cluster.StartAll();
   int64_t total = 0;
-  // A write on each node, seen on both; clients trust `ca` (a CA file).
   auto write_on_both = [&](const std::string& ca, const std::string& step) {
-    for (int i = 0; i < 2; ++i) {
-      grpc::Status written = Update(ClientChannel(cluster.Address(i), ca).get(), IncrementDoc(1));
-      ASSERT_TRUE(written.ok()) << step << ", n" << i + 1 << ": " << written.error_message();
-      ++total;
-    }
-    for (int i = 0; i < 2; ++i) {
-      EXPECT_EQ(AwaitCounter(ClientChannel(cluster.Address(i), ca).get(), total), total)
-          << step << ", n" << i + 1;
-    }
+    WriteOnBoth(cluster, ca, step, &total);
   };
   auto restart = [&](int i, const std::string& identity, const std::string& ca) {
     cluster.Stop(i);
@@ -656,15 +662,7 @@ TEST_F(TlsTest, CertificatesAndCasAreReplacedWithoutARestart) {
   ASSERT_TRUE(answered);
   int64_t total = 0;
   auto write_on_both = [&](const std::string& ca, const std::string& step) {
-    for (int i = 0; i < 2; ++i) {
-      grpc::Status written = Update(ClientChannel(cluster.Address(i), ca).get(), IncrementDoc(1));
-      ASSERT_TRUE(written.ok()) << step << ", n" << i + 1 << ": " << written.error_message();
-      ++total;
-    }
-    for (int i = 0; i < 2; ++i) {
-      EXPECT_EQ(AwaitCounter(ClientChannel(cluster.Address(i), ca).get(), total), total)
-          << step << ", n" << i + 1;
-    }
+    WriteOnBoth(cluster, ca, step, &total);
   };
   write_on_both("ca.pem", "before");
   reload(0, false);
