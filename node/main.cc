@@ -126,6 +126,13 @@ ABSL_FLAG(int64_t, tls_reload_interval_s, 60,
           "(and a changed CA file) are taken without a restart once they pass the start-up "
           "checks; files that do not are logged and left, and the node keeps its certificates. "
           "SIGHUP reads them at once. 0: only at start-up and on SIGHUP.");
+ABSL_FLAG(int64_t, max_connection_age_s, 0,
+          "Close every client and peer connection this many seconds after it opened (with up "
+          "to 10 % jitter, then at most min(this, 30 s) for calls in flight); gRPC clients "
+          "reconnect by themselves, with a new TLS handshake. It bounds how long a connection "
+          "made before a revocation (--tls_crl_dir) or a change of CA keeps working; long "
+          "streams (Watch, StreamBackup) end then, and a Watch resumes from its position. "
+          "0: connections last until they break.");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT to serve Prometheus metrics on (GET /metrics, plain HTTP without "
           "authentication: what Status reports, no document data); e.g. 127.0.0.1:9464. "
@@ -283,6 +290,11 @@ int main(int argc, char** argv) {
     return UsageError("--tls_reload_interval_s must be between 0 and 86400");
   }
   options.tls_reload_interval = absl::Seconds(tls_reload_interval_s);
+  const int64_t max_connection_age_s = absl::GetFlag(FLAGS_max_connection_age_s);
+  if (max_connection_age_s < 0 || max_connection_age_s > 2000000) {
+    return UsageError("--max_connection_age_s must be between 0 (no limit) and 2000000");
+  }
+  options.max_connection_age = absl::Seconds(max_connection_age_s);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {

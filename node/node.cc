@@ -207,6 +207,15 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   grpc::ServerBuilder builder;
   ConfigureServerBuilder(options.limits.max_update_bytes, options.replication.max_message_bytes,
                          &builder);
+  if (options.max_connection_age > absl::ZeroDuration()) {
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_MS,
+        static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(options.max_connection_age),
+                                           std::numeric_limits<int>::max())));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(
+                                   std::min(options.max_connection_age, absl::Seconds(30)))));
+  }
   builder.AddListeningPort(options.listen,
                            node->live_tls_ != nullptr ? node->live_tls_->ServerCredentials()
                                                       : MakeServerCredentials(options.tls),

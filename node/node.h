@@ -74,6 +74,11 @@ struct NodeOptions {
   // How often the node reads its TLS files again (LiveTls::Reload), so renewed certificates
   // are taken without a restart; zero: only at start-up and on ReloadTls (SIGHUP).
   absl::Duration tls_reload_interval = absl::Minutes(1);
+  // Every client and peer connection is closed this long after it opened (gRPC's GOAWAY, with
+  // up to 10 % jitter, then at most min(this, 30 s) for the calls in flight), and the client
+  // reconnects, with a new TLS handshake: what bounds how long a connection made before a
+  // revocation or a change of CA keeps working. Zero: connections last until they break.
+  absl::Duration max_connection_age = absl::ZeroDuration();
   // Where to serve Prometheus metrics over HTTP (HOST:PORT, port 0 picks one; node/metrics.h);
   // empty: not served.
   std::string metrics_listen;

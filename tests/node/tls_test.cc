@@ -153,6 +153,31 @@ class TlsTest : public ::testing::Test {
     return seen;
   }
 
+  // A CA database for `openssl ca`, a member certificate to revoke ("doomed"), and lists:
+  // "none" (an hour old, revokes nothing), "future" (not valid yet), "stale" (past its next
+  // update), "doomed" (revokes it), "other" (from another CA). Made once per process.
+  static void MakeRevocationLists() {
+    if (std::filesystem::exists(Path("crl-other.pem"))) return;
+    auto when = [](absl::Duration from_now) {
+      return absl::FormatTime("%Y%m%d%H%M%SZ", absl::Now() + from_now, absl::UTCTimeZone());
+    };
+    const std::string gencrl =
+        " && openssl ca -config crldb/ca.cnf -gencrl -keyfile ca.key -cert ca.pem";
+    Run("cd " + *dir_ + " && rm -rf crldb && mkdir crldb && touch crldb/index.txt" +
+        " && echo 1000 >crldb/crlnumber" +
+        " && printf '[ca]\\ndefault_ca=d\\n[d]\\ndatabase=crldb/index.txt\\n"
+        "crlnumber=crldb/crlnumber\\ndefault_md=sha256\\ndefault_crl_days=2\\n' >crldb/ca.cnf" +
+        " && " + MERGEDB_SOURCE_DIR + "/scripts/make_certs.sh cert . doomed ca 2" + gencrl +
+        " -crl_lastupdate " + when(-absl::Hours(1)) + " -out crl-none.pem" + gencrl +
+        " -crl_lastupdate " + when(absl::Hours(1)) + " -out crl-future.pem" + gencrl +
+        " -crl_lastupdate " + when(-absl::Hours(48)) + " -crl_nextupdate " +
+        when(-absl::Hours(24)) + " -out crl-stale.pem" +
+        " && openssl ca -config crldb/ca.cnf -revoke doomed.pem -keyfile ca.key -cert ca.pem" +
+        gencrl + " -out crl-doomed.pem" +
+        " && openssl ca -config crldb/ca.cnf -gencrl -keyfile other-ca.key -cert other-ca.pem"
+        " -out crl-other.pem");
+  }
+
   // A write on each node of a two-node `cluster`, seen on both (`*total` counts them); clients
   // trust `ca` (a CA file); `step` names the moment in failures.
   static void WriteOnBoth(Cluster& cluster, const std::string& ca, const std::string& step,
@@ -739,27 +764,7 @@ TEST_F(TlsTest, CertificatesAndCasAreReplacedWithoutARestart) {
 // Revocation (--tls_crl_dir): lists are checked like the other files, and a certificate a list
 // revokes opens no connection either way, from the moment a reload reads the list.
 TEST_F(TlsTest, ARevokedCertificateOpensNoConnectionOnceItsListIsRead) {
-  // A CA database for `openssl ca`, a member certificate to revoke, and lists: "none" (an hour
-  // old, revokes nothing), "doomed" (revokes it), "stale" (past its next update), "other" (from
-  // another CA).
-  auto when = [](absl::Duration from_now) {
-    return absl::FormatTime("%Y%m%d%H%M%SZ", absl::Now() + from_now, absl::UTCTimeZone());
-  };
-  const std::string gencrl =
-      " && openssl ca -config crldb/ca.cnf -gencrl -keyfile ca.key -cert ca.pem";
-  Run("cd " + *dir_ + " && rm -rf crldb && mkdir crldb && touch crldb/index.txt" +
-      " && echo 1000 >crldb/crlnumber" +
-      " && printf '[ca]\\ndefault_ca=d\\n[d]\\ndatabase=crldb/index.txt\\n"
-      "crlnumber=crldb/crlnumber\\ndefault_md=sha256\\ndefault_crl_days=2\\n' >crldb/ca.cnf" +
-      " && " + MERGEDB_SOURCE_DIR + "/scripts/make_certs.sh cert . doomed ca 2" + gencrl +
-      " -crl_lastupdate " + when(-absl::Hours(1)) + " -out crl-none.pem" + gencrl +
-      " -crl_lastupdate " + when(absl::Hours(1)) + " -out crl-future.pem" + gencrl +
-      " -crl_lastupdate " + when(-absl::Hours(48)) + " -crl_nextupdate " + when(-absl::Hours(24)) +
-      " -out crl-stale.pem" +
-      " && openssl ca -config crldb/ca.cnf -revoke doomed.pem -keyfile ca.key -cert ca.pem" +
-      gencrl + " -out crl-doomed.pem" +
-      " && openssl ca -config crldb/ca.cnf -gencrl -keyfile other-ca.key -cert other-ca.pem"
-      " -out crl-other.pem");
+  MakeRevocationLists();
   // A directory holding exactly `lists` (files of the suite's directory).
   auto crl_dir = [&](const std::string& name, const std::vector<std::string>& lists) {
     const std::string path = Path(name);
@@ -885,6 +890,50 @@ TEST_F(TlsTest, ARevokedCertificateOpensNoConnectionOnceItsListIsRead) {
   pair.StartAll();
   EXPECT_TRUE(absl::StrContains(AwaitLinkDown(ClientChannel(pair.Address(0))), "TLS handshake"))
       << "n1 kept a link to a peer whose certificate is revoked";
+}
+
+// A connection made before a revocation keeps working until it closes: --max_connection_age_s
+// bounds that. n1 closes its connections after a second, n2 never; both take the same list.
+TEST_F(TlsTest, AMaximumConnectionAgeEndsWhatARevokedCertificateOpenedBefore) {
+  MakeRevocationLists();
+  const std::string crls = Path("crl-aged");
+  std::filesystem::remove_all(crls);
+  std::filesystem::create_directory(crls);
+  Cluster cluster(2);
+  for (int i = 0; i < 2; ++i) {
+    auto tls = LoadNodeTls({Path("node.pem"), Path("node.key"), Path("ca.pem"), crls}, "--tls_");
+    ASSERT_TRUE(tls.ok()) << tls.status();
+    cluster.options(i).tls = *tls;
+    cluster.options(i).tls_reload_interval = absl::ZeroDuration();
+  }
+  cluster.options(0).max_connection_age = absl::Seconds(1);
+  cluster.StartAll();
+  std::vector<std::shared_ptr<grpc::Channel>> doomed;
+  for (int i = 0; i < 2; ++i) {
+    doomed.push_back(ClientChannel(cluster.Address(i), "ca.pem", "doomed"));
+    ASSERT_TRUE(Update(doomed[i].get(), IncrementDoc(1)).ok()) << "n" << i + 1;
+  }
+  std::filesystem::copy_file(Path("crl-doomed.pem"), crls + "/crl-doomed.pem");
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<bool> reloaded = cluster.node(i)->ReloadTls();
+    ASSERT_TRUE(reloaded.ok() && *reloaded) << reloaded.status();
+  }
+  // Within about two ages (GOAWAY, the calls' grace, a reconnect that fails its handshake),
+  // n1's old connection is gone and the new one refused; n2's goes on.
+  grpc::Status aged;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    aged = Update(doomed[0].get(), IncrementDoc(0));
+    if (aged.error_code() == grpc::StatusCode::UNAVAILABLE) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(aged.error_code(), grpc::StatusCode::UNAVAILABLE) << aged.error_message();
+  const grpc::Status kept = Update(doomed[1].get(), IncrementDoc(0));
+  EXPECT_TRUE(kept.ok()) << "without an age limit the old connection stays: "
+                         << kept.error_message();
+  // The members' links to n1 came back through the limit: writes still replicate.
+  ASSERT_TRUE(
+      Update(ClientChannel(cluster.Address(0), "ca.pem", "node").get(), IncrementDoc(5)).ok());
+  EXPECT_EQ(AwaitCounter(ClientChannel(cluster.Address(1), "ca.pem", "node").get(), 7), 7);
 }
 
 }  // namespace
