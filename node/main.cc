@@ -134,9 +134,16 @@ ABSL_FLAG(int64_t, max_connection_age_s, 0,
           "streams (Watch, StreamBackup) end then, and a Watch resumes from its position. "
           "0: connections last until they break.");
 ABSL_FLAG(std::string, metrics_listen, "",
-          "HOST:PORT to serve Prometheus metrics on (GET /metrics, plain HTTP without "
-          "authentication: what Status reports, no document data); e.g. 127.0.0.1:9464. "
+          "HOST:PORT to serve Prometheus metrics on (GET /metrics, plain HTTP, without "
+          "authentication unless --metrics_auth_file: what Status reports, no document data); "
+          "e.g. 127.0.0.1:9464. "
           "Empty: no metrics endpoint.");
+ABSL_FLAG(std::string, metrics_auth_file, "",
+          "With --metrics_listen: a file holding USER:PASSWORD on one line, readable by its "
+          "owner only (chmod 600); scrapes must then give them with HTTP basic authentication "
+          "(Prometheus: basic_auth in the scrape config), others get 401. Plain HTTP still: "
+          "the password crosses the network in the clear, so keep the endpoint on a trusted "
+          "network. Read at start-up. Empty: no authentication.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(int64_t, testonly_clock_offset_ms, 0,
           "Testing only: shift this node's wall clock (for clock-skew fault injection).");
@@ -296,6 +303,7 @@ int main(int argc, char** argv) {
   }
   options.max_connection_age = absl::Seconds(max_connection_age_s);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.metrics_auth_file = absl::GetFlag(FLAGS_metrics_auth_file);
   const std::string level = absl::GetFlag(FLAGS_log_level);
   if (level == "debug") {
     mergedb::node::SetMinLogLevel(mergedb::node::LogLevel::kDebug);

@@ -1,12 +1,19 @@
 #include "node/metrics.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <exception>
+#include <fstream>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "prometheus/client_metric.h"
 #include "prometheus/exposer.h"
 #include "prometheus/metric_type.h"
@@ -208,7 +215,60 @@ class MetricsServer::Collector final : public prometheus::Collectable {
   const std::function<mergedb::v1::StatusResponse()> status_;
 };
 
-absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Listen(const std::string& listen) {
+namespace {
+
+struct Credentials {
+  std::string user;
+  std::string password;
+};
+
+// --metrics_auth_file's USER:PASSWORD, refused when others may read it (as ssh refuses a key).
+absl::StatusOr<Credentials> ReadCredentials(const std::string& path) {
+  const std::string flag = absl::StrCat("--metrics_auth_file=", path);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", std::strerror(errno)));
+  }
+  if ((st.st_mode & 077) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": readable or writable by other users (mode ",
+                     absl::StrFormat("%04o", st.st_mode & 07777), "): chmod 600 it"));
+  }
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line)) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read a line from it"));
+  }
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  const size_t colon = line.find(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == line.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": expected USER:PASSWORD on its first line"));
+  }
+  return Credentials{line.substr(0, colon), line.substr(colon + 1)};
+}
+
+// Compares without stopping at the first difference, so the time taken says nothing of where
+// a guess went wrong (only whether its length was right).
+bool SameSecret(const std::string& given, const std::string& expected) {
+  if (given.size() != expected.size()) return false;
+  unsigned char difference = 0;
+  for (size_t i = 0; i < given.size(); ++i) {
+    difference |= static_cast<unsigned char>(given[i] ^ expected[i]);
+  }
+  return difference == 0;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Listen(const std::string& listen,
+                                                                     const std::string& auth_file) {
+  std::optional<Credentials> credentials;
+  if (!auth_file.empty()) {
+    absl::StatusOr<Credentials> read = ReadCredentials(auth_file);
+    if (!read.ok()) return read.status();
+    credentials = *std::move(read);
+  }
   const size_t colon = listen.rfind(':');
   // civetweb would also take its own list syntax ("a:1,b:2", a trailing "s" for TLS or "r" for
   // a redirect); one plain HOST:PORT is what the flag promises.
@@ -235,6 +295,16 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Listen(const std::
         absl::StrCat("--metrics_listen=", listen, ": cannot listen there"));
   }
   server->port_ = ports.front();
+  if (credentials) {
+    server->exposer_->RegisterAuth(
+        [credentials = *credentials](const std::string& user, const std::string& password) {
+          // Both compared, whatever the first gives.
+          const bool user_matches = SameSecret(user, credentials.user);
+          const bool password_matches = SameSecret(password, credentials.password);
+          return user_matches && password_matches;
+        },
+        "mergedb metrics");
+  }
   return server;
 }
 

@@ -127,10 +127,14 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   }
   std::unique_ptr<Node> node(new Node(options));
   node->start_time_ = absl::Now();
+  if (!options.metrics_auth_file.empty() && options.metrics_listen.empty()) {
+    return absl::InvalidArgumentError("--metrics_auth_file needs --metrics_listen");
+  }
   if (!options.metrics_listen.empty()) {
     // First: an address the endpoint cannot take stops the node before it touches its data dir
     // or accepts a write, not after it served for a moment.
-    MERGEDB_ASSIGN_OR_RETURN(node->metrics_, MetricsServer::Listen(options.metrics_listen));
+    MERGEDB_ASSIGN_OR_RETURN(
+        node->metrics_, MetricsServer::Listen(options.metrics_listen, options.metrics_auth_file));
   }
 
   storage::StoreOptions store_options;

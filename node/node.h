@@ -82,6 +82,9 @@ struct NodeOptions {
   // Where to serve Prometheus metrics over HTTP (HOST:PORT, port 0 picks one; node/metrics.h);
   // empty: not served.
   std::string metrics_listen;
+  // A file holding USER:PASSWORD (one line, readable by its owner only): scrapes must then give
+  // them with HTTP basic authentication (MetricsServer::Listen). Empty: no authentication.
+  std::string metrics_auth_file;
   // How many change-feed records the node keeps for Watch resumption.
   uint64_t change_feed_retention = 1000000;
   // How often fully replicated log entries are truncated.

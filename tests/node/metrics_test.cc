@@ -4,11 +4,17 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <tuple>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "tests/node/cluster_test_util.h"
@@ -21,9 +27,9 @@ using testing::Cluster;
 using testing::Incr;
 using testing::UpdateOf;
 
-// GET `path` from 127.0.0.1:`port` over HTTP/1.0: the status line, headers and body, or "" when
-// the connection fails.
-std::string HttpGet(int port, const std::string& path) {
+// GET `path` from 127.0.0.1:`port` over HTTP/1.0, with `headers` (each ending in CRLF): the
+// status line, headers and body, or "" when the connection fails.
+std::string HttpGet(int port, const std::string& path, const std::string& headers = "") {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return "";
   timeval timeout{5, 0};
@@ -34,7 +40,8 @@ std::string HttpGet(int port, const std::string& path) {
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   std::string response;
   if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
-    const std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    const std::string request =
+        absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n", headers, "\r\n");
     if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
         static_cast<ssize_t>(request.size())) {
       char buffer[4096];
@@ -179,6 +186,55 @@ TEST(Metrics, AReplicationDelayRunsFromTheCommit) {
   ASSERT_EQ(delay.upper_bounds_seconds(10), 0.25);
   EXPECT_EQ(delay.cumulative_counts(10), 1u) << "only the write before the cut came within 250 ms";
   EXPECT_GE(delay.sum_seconds(), 0.6);
+}
+
+// With --metrics_auth_file a scrape needs its credentials (HTTP basic authentication); a file
+// others may read, or one without USER:PASSWORD, stops the node at start-up.
+TEST(Metrics, ACredentialsFileMakesScrapesAuthenticate) {
+  const char* tmp = getenv("TMPDIR");
+  std::string dir = std::string(tmp != nullptr ? tmp : "/tmp") + "/mergedb-metrics-XXXXXX";
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  const std::string file = dir + "/scrape.auth";
+  auto write = [&](const std::string& contents, mode_t mode) {
+    std::ofstream(file, std::ios::trunc) << contents;
+    ASSERT_EQ(chmod(file.c_str(), mode), 0);
+  };
+  Cluster cluster(1);
+  cluster.options(0).metrics_listen = "127.0.0.1:0";
+  cluster.options(0).metrics_auth_file = file;
+  for (const auto& [contents, mode, error] :
+       {std::tuple{"scraper:s3cret\n", 0644, "readable or writable by other users (mode 0644)"},
+        std::tuple{"no colon here\n", 0600, "expected USER:PASSWORD"},
+        std::tuple{":s3cret\n", 0600, "expected USER:PASSWORD"}}) {
+    write(contents, mode);
+    auto refused = Node::Start(cluster.options(0));
+    ASSERT_FALSE(refused.ok()) << contents;
+    EXPECT_TRUE(absl::StrContains(refused.status().message(), error)) << refused.status();
+  }
+  write("scraper:s3cret-pass\n", 0600);
+  cluster.Start(0);
+  const int port = cluster.node(0)->metrics_port();
+  auto basic = [](const std::string& credentials) {
+    return absl::StrCat("Authorization: Basic ", absl::Base64Escape(credentials), "\r\n");
+  };
+  EXPECT_TRUE(absl::StartsWith(HttpGet(port, "/metrics"), "HTTP/1.1 401"));
+  EXPECT_TRUE(
+      absl::StartsWith(HttpGet(port, "/metrics", basic("scraper:s3cret-pas")), "HTTP/1.1 401"));
+  EXPECT_TRUE(
+      absl::StartsWith(HttpGet(port, "/metrics", basic("scraper:s3cret-pasS")), "HTTP/1.1 401"));
+  EXPECT_TRUE(
+      absl::StartsWith(HttpGet(port, "/metrics", basic("Scraper:s3cret-pass")), "HTTP/1.1 401"));
+  const std::string scraped = HttpGet(port, "/metrics", basic("scraper:s3cret-pass"));
+  EXPECT_TRUE(absl::StartsWith(scraped, "HTTP/1.1 200")) << scraped.substr(0, 200);
+  EXPECT_TRUE(absl::StrContains(scraped, "\nmergedb_documents 0\n")) << scraped;
+  cluster.Stop(0);
+
+  // Without an endpoint, a credentials file is a mistake.
+  cluster.options(0).metrics_listen = "";
+  auto alone = Node::Start(cluster.options(0));
+  ASSERT_FALSE(alone.ok());
+  EXPECT_TRUE(absl::StrContains(alone.status().message(), "needs --metrics_listen"));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Metrics, AnAddressTheNodeCannotListenOnIsAClearError) {
