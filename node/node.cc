@@ -195,7 +195,6 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   replication.node_name = options.node_name;
   replication.role = options.role;
   replication.peers = options.peers;
-  replication.tls = options.tls;
   replication.live_tls = node->live_tls_.get();
   replication.members = std::move(members);
   node->replication_ =
@@ -222,7 +221,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options) {
   }
   builder.AddListeningPort(options.listen,
                            node->live_tls_ != nullptr ? node->live_tls_->ServerCredentials()
-                                                      : MakeServerCredentials(options.tls),
+                                                      : grpc::InsecureServerCredentials(),
                            &node->port_);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(NewUnparsableRequestInterceptors(MethodsGrpcParses()));

@@ -96,6 +96,14 @@ void EncodeVector(const storage::VersionVector& v,
   }
 }
 
+namespace {
+// Whether links check that a member's certificate names it (--tls_bind_member_names; fixed at
+// start-up, so any version of the TLS in use says).
+bool BindsMemberNames(const ReplicationOptions& options) {
+  return options.live_tls != nullptr && options.live_tls->current()->bind_member_names;
+}
+}  // namespace
+
 // ---------------------------------------------------------------------------------------------
 // ClusterView
 
@@ -1053,7 +1061,7 @@ class Replication::Session {
     channel_ = grpc::CreateCustomChannel(peer_.address,
                                          owner->options_.live_tls != nullptr
                                              ? owner->options_.live_tls->ChannelCredentials()
-                                             : MakeChannelCredentials(owner->options_.tls),
+                                             : grpc::InsecureChannelCredentials(),
                                          args);
     stub_ = mergedb::v1::ReplicationService::NewStub(channel_);
     thread_ = std::thread([this] { Run(); });
@@ -1148,7 +1156,7 @@ class Replication::Session {
         // likely as a peer that is down, so name what to check.
         return absl::UnavailableError(absl::StrCat(
             "cannot connect to ", peer_.address,
-            owner_->options_.tls.enabled()
+            owner_->options_.live_tls != nullptr
                 ? " (down, or the TLS handshake failed: the certificates of both nodes must be "
                   "signed by the CA of --tls_ca, and the peer's must name this address)"
                 : ""));
@@ -1274,7 +1282,7 @@ class Replication::Session {
       // With bound names, the peer's certificate must name the member this node meant to reach
       // before its answer changes anything (OnHelloAck takes the vector it claims).
       absl::Status hello_status = absl::OkStatus();
-      if (options.tls.enabled() && options.tls.bind_member_names) {
+      if (BindsMemberNames(options)) {
         hello_status = CheckPeerMemberName(*context.auth_context(), peer_.name);
         if (!hello_status.ok()) {
           MERGEDB_LOG(WARNING) << "link to " << peer_.name << " at " << peer_.address
@@ -1671,12 +1679,10 @@ absl::Status Replication::TruncateLog() {
 grpc::Status Replication::Replicate(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<ReplicationResponse, ReplicationRequest>* stream) {
-  if (options_.tls.enabled()) {
-    // The CAs in use now: a reload may have changed them since the start.
-    const std::shared_ptr<const TlsConfig> tls =
-        options_.live_tls != nullptr ? options_.live_tls->current()
-                                     : std::make_shared<const TlsConfig>(options_.tls);
-    if (absl::Status member = CheckMemberCertificate(*context->auth_context(), *tls);
+  if (options_.live_tls != nullptr) {
+    // The CAs and lists in use now: a reload may have changed them since the start.
+    if (absl::Status member =
+            CheckMemberCertificate(*context->auth_context(), *options_.live_tls->current());
         !member.ok()) {
       MERGEDB_LOG(WARNING) << "refused replication from " << context->peer() << ": "
                            << member.message();
@@ -1700,7 +1706,7 @@ grpc::Status Replication::Replicate(
   }
   // With bound names, the certificate is checked against the name the hello gives before the
   // hello changes anything (OnHello records the member's role, for one).
-  if (options_.tls.enabled() && options_.tls.bind_member_names) {
+  if (BindsMemberNames(options_)) {
     if (absl::Status named =
             CheckPeerMemberName(*context->auth_context(), request.hello().node_name());
         !named.ok()) {

@@ -135,10 +135,8 @@ struct ReplicationOptions {
   absl::Duration idle_check = absl::Milliseconds(100);
   absl::Duration backoff_min = absl::Milliseconds(50);
   absl::Duration backoff_max = absl::Seconds(2);
-  // Outbound links use it; inbound links then need a certificate the CA signed.
-  TlsConfig tls;
-  // The certificates in use while the node runs (borrowed; outlives the replication). Null:
-  // `tls` as given, never reloaded.
+  // TLS (borrowed; outlives the replication): outbound links present its certificates, and
+  // inbound links then need a certificate its CA signed. Null: plaintext.
   LiveTls* live_tls = nullptr;
   // Offer (outbound) and accept (inbound) DEFLATE stream compression; see node/stream_codec.h.
   bool compress_streams = true;

@@ -715,21 +715,6 @@ ExpiryReport ReportExpiries(const TlsConfig& tls, absl::Time now, absl::Duration
   return report;
 }
 
-std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls) {
-  if (!tls.enabled()) return grpc::InsecureServerCredentials();
-  // Without a client CA, requested, not required: application clients may come without a
-  // certificate. The replication service requires one (CheckMemberCertificate). With one,
-  // required from everyone, and either CA's will do here: which CA signed it decides what the
-  // peer may call.
-  grpc::SslServerCredentialsOptions options(
-      tls.client_ca_pem.empty() ? GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
-                                : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  options.pem_root_certs = tls.ca_pem;
-  if (!tls.client_ca_pem.empty()) absl::StrAppend(&options.pem_root_certs, "\n", tls.client_ca_pem);
-  options.pem_key_cert_pairs.push_back({tls.key_pem, tls.cert_pem});
-  return grpc::SslServerCredentials(options);
-}
-
 std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsConfig& tls) {
   if (!tls.enabled()) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions options;

@@ -134,8 +134,8 @@ struct ExpiryReport {
 };
 ExpiryReport ReportExpiries(const TlsConfig& tls, absl::Time now, absl::Duration window);
 
-// Insecure credentials when `tls` is disabled.
-std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsConfig& tls);
+// A client's credentials (the CLI's, the benchmark's): insecure when `tls` is disabled. A node
+// takes its own from LiveTls.
 std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsConfig& tls);
 
 // A running node's TLS: the configuration in use, and credentials whose certificates follow it
